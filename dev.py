@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""The project's two commands; each installs what it needs into ./.venv first.
+
+    python3 dev.py book   build the HTML book into _build/html, executing every notebook
+                          at its default scale (SCALE = "auto": "cpu" here, "gpu" with CUDA)
+    python3 dev.py test   run the whole test suite, including a smoke-scale book build
+
+Extra arguments after `test` go to pytest (e.g. `python3 dev.py test -k mc -x`).
+The virtual environment's location can be changed with ISMOD_VENV.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+VENV = Path(os.environ.get("ISMOD_VENV", ROOT / ".venv"))
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+PYTHON = BIN / "python"
+
+
+def _requirements_hash() -> str:
+    digest = hashlib.sha256()
+    for name in ("requirements.txt", "pyproject.toml"):
+        digest.update((ROOT / name).read_bytes())
+    return digest.hexdigest()
+
+
+def ensure_venv() -> None:
+    """Create .venv and install requirements.txt plus ismod (editable), unless already current."""
+    stamp = VENV / ".ismod-requirements"
+    wanted = _requirements_hash()
+    if stamp.exists() and stamp.read_text() == wanted and PYTHON.exists():
+        return
+    if not PYTHON.exists():
+        print(f"creating virtual environment {VENV}", flush=True)
+        venv.EnvBuilder(with_pip=True).create(VENV)
+    print("installing requirements (torch and torchvision resolved together)", flush=True)
+    # One pip call for everything, so torch and torchvision come as a matching pair.
+    subprocess.run(
+        [str(PYTHON), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+         "-r", str(ROOT / "requirements.txt"), "-e", str(ROOT)],
+        check=True,
+    )  # fmt: skip
+    stamp.write_text(wanted)
+
+
+def book() -> int:
+    env = dict(os.environ, MPLBACKEND="Agg")
+    cmd = [
+        str(BIN / "jupyter-book"), "build", "book", "--config", str(ROOT / "_config.yml"), "--toc", str(ROOT / "_toc.yml"),
+        "--path-output", ".", "--all", "-W", "-n", "--keep-going",
+    ]  # fmt: skip
+    code = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    if code == 0:
+        print(f"book built: {ROOT / '_build' / 'html' / 'index.html'}")
+    else:
+        print("book build failed; notebook execution logs are in _build/html/reports/", file=sys.stderr)
+    return code
+
+
+def test(args: list[str]) -> int:
+    return subprocess.run([str(PYTHON), "-m", "pytest", *args], cwd=ROOT).returncode
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("book", "test"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    ensure_venv()
+    return book() if argv[0] == "book" else test(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

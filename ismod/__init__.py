@@ -1,0 +1,12 @@
+"""ismod: importance sampling for deep learning, in PyTorch.
+
+The package behind the course *Importance Sampling for Deep Learning*. Modules are layered;
+a module imports only from layers below it:
+
+- layer 0, estimators and formulas: :mod:`ismod.mc`, :mod:`ismod.scale`;
+- layer 4, presentation: :mod:`ismod.plots`, :mod:`ismod.widgets` (need the ``book`` extra).
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

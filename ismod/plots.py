@@ -1,0 +1,139 @@
+"""Figures for the book. Each function computes with :mod:`ismod` and draws on a matplotlib ``Axes``.
+
+Needs the ``book`` extra (matplotlib). Functions return what they measured, so a chapter can print
+the numbers next to the figure instead of typing them in.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import matplotlib.pyplot as plt
+import torch
+from matplotlib.axes import Axes
+from torch.distributions import Distribution, Normal
+
+from . import mc
+
+__all__ = [
+    "mc_error_against_n",
+    "running_estimates",
+    "tail_proposal",
+]
+
+
+def _axes(ax: Axes | None) -> Axes:
+    return ax if ax is not None else plt.subplots(figsize=(6, 4))[1]
+
+
+def mc_error_against_n(
+    f: Callable[[torch.Tensor], torch.Tensor],
+    p: Distribution,
+    exact: float,
+    ns: Sequence[int],
+    *,
+    repeats: int = 50,
+    seed: int = 0,
+    ax: Axes | None = None,
+) -> dict[int, tuple[float, float]]:
+    """Plot the root-mean-square error of plain Monte Carlo and its mean reported stderr against n.
+
+    Both should follow :math:`\\sqrt{\\mathrm{Var}_p[f]/n}`: a slope of -1/2 on log-log axes.
+    Returns ``{n: (rms_error, mean_stderr)}`` over ``repeats`` independent runs per n.
+    """
+    ax = _axes(ax)
+    out: dict[int, tuple[float, float]] = {}
+    for n in ns:
+        ests = [mc.monte_carlo(f, p, n, seed=seed + 1000 * r + n) for r in range(repeats)]
+        rms = math.sqrt(sum((e.value - exact) ** 2 for e in ests) / repeats)
+        out[n] = (rms, sum(e.stderr for e in ests) / repeats)
+    xs = list(out)
+    ax.loglog(xs, [v[0] for v in out.values()], "o-", label=f"RMS error over {repeats} runs")
+    ax.loglog(xs, [v[1] for v in out.values()], "s--", label="mean reported stderr")
+    ref = out[xs[0]][0] * math.sqrt(xs[0])
+    ax.loglog(xs, [ref / math.sqrt(n) for n in xs], ":", color="gray", label=r"$\propto 1/\sqrt{n}$")
+    ax.set_xlabel("number of draws n")
+    ax.set_ylabel("error")
+    ax.legend()
+    return out
+
+
+def running_estimates(
+    f: Callable[[torch.Tensor], torch.Tensor],
+    p: Distribution,
+    proposals: Mapping[str, Distribution],
+    n: int,
+    *,
+    exact: float | None = None,
+    seed: int = 0,
+    ax: Axes | None = None,
+) -> dict[str, mc.Estimate]:
+    """Plot the running importance sampling estimate :math:`\\frac1k\\sum_{j\\le k} w_j f_j` for each proposal.
+
+    A proposal with lighter tails than :math:`p|f|` gives an estimator of infinite variance: its
+    running estimate creeps along, then jumps when a rare, heavily weighted sample arrives.
+    Returns the final :class:`~ismod.mc.Estimate` per proposal.
+    """
+    ax = _axes(ax)
+    results = {}
+    steps = torch.arange(1, n + 1, dtype=torch.float64)
+    for name, q in proposals.items():
+        values, log_w = mc.importance_draws(f, p, q, n, seed=seed)
+        running = torch.cumsum(log_w.exp() * values, 0) / steps
+        results[name] = mc.estimate_from_draws(values, log_w)
+        ax.plot(steps.numpy(), running.numpy(), label=f"{name} (ESS {results[name].ess:.0f} of {n})")
+    if exact is not None:
+        ax.axhline(exact, color="black", lw=0.8, ls="--", label="exact")
+    ax.set_xscale("log")
+    ax.set_xlabel("number of draws")
+    ax.set_ylabel("running estimate")
+    ax.legend()
+    return results
+
+
+def tail_proposal(
+    mean: float,
+    scale: float,
+    *,
+    threshold: float = 3.0,
+    n: int = 10_000,
+    seed: int = 0,
+    axes: Sequence[Axes] | None = None,
+) -> mc.Estimate:
+    """Estimate :math:`P(X > \\text{threshold})`, :math:`X \\sim N(0,1)`, with proposal :math:`N(\\text{mean}, \\text{scale}^2)`.
+
+    Left panel: the target density, the proposal, and the zero-variance proposal
+    :math:`q^* \\propto p f` (the target truncated to the tail). Right panel: the importance
+    weights of the draws that land in the tail, whose spread sets the variance.
+    """
+    if axes is None:
+        axes = plt.subplots(1, 2, figsize=(10, 3.5))[1]
+    p, q = Normal(0.0, 1.0), Normal(float(mean), float(scale))
+    exact = 0.5 * math.erfc(threshold / math.sqrt(2))
+    indicator = lambda x: (x > threshold).to(torch.float64)  # noqa: E731
+    values, log_w = mc.importance_draws(indicator, p, q, n, seed=seed)
+    est = mc.estimate_from_draws(values, log_w)
+
+    x = torch.linspace(-4, max(8.0, mean + 4 * scale), 600)
+    left, right = axes
+    left.plot(x, p.log_prob(x).exp(), label="target p = N(0, 1)")
+    left.plot(x, q.log_prob(x).exp(), label=f"proposal q = N({mean:g}, {scale:g}²)")
+    q_star = torch.where(x > threshold, p.log_prob(x).exp() / exact, torch.zeros_like(x))
+    left.fill_between(x, q_star, alpha=0.25, color="gray", label="q* ∝ p·f (needs the answer)")
+    left.set_ylim(0, min(float(q_star.max()), 1.5) * 1.05)
+    left.set_xlabel("x")
+    left.legend(fontsize=8)
+
+    hits = values > 0
+    if hits.any():
+        right.hist(log_w[hits].exp().numpy(), bins=40, color="C2")
+        right.set_xscale("log")
+    right.set_xlabel("weight p/q of draws in the tail")
+    right.set_ylabel("count")
+    right.set_title(
+        f"{int(hits.sum())} of {n} draws in the tail; estimate {est.value:.3g} ± {est.stderr:.1g} "
+        f"(exact {exact:.3g}); ESS {est.ess:.0f}",
+        fontsize=9,
+    )
+    return est

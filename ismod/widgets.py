@@ -1,0 +1,33 @@
+"""Interactive explorers for the book (need the ``book`` extra: ipywidgets and matplotlib).
+
+In the static HTML book a widget cannot run; each chapter draws the figure for the default values
+next to it, and the widget is there for readers running the notebook.
+"""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+
+from . import plots
+
+__all__ = ["proposal_explorer"]
+
+
+def proposal_explorer(*, threshold: float = 3.0, n: int = 10_000, seed: int = 0):
+    """Sliders for the proposal's mean and scale in the tail problem of :func:`ismod.plots.tail_proposal`.
+
+    Returns an ``ipywidgets.interactive``; display it (or leave it as the cell's last expression).
+    """
+    import ipywidgets as widgets  # imported here so that `import ismod.widgets` needs no browser stack
+
+    def show(mean: float = threshold, scale: float = 1.0) -> None:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        plots.tail_proposal(mean, scale, threshold=threshold, n=n, seed=seed, axes=axes)
+        fig.tight_layout()
+        plt.show()
+
+    return widgets.interactive(
+        show,
+        mean=widgets.FloatSlider(value=threshold, min=-1.0, max=threshold + 3, step=0.25),
+        scale=widgets.FloatSlider(value=1.0, min=0.25, max=3.0, step=0.05),
+    )

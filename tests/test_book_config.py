@@ -1,0 +1,52 @@
+"""The book's files are consistent: toc entries exist, notebooks are committed clean, each has one
+parameters cell with SCALE, and every Colab install cell names the repository from _config.yml."""
+
+import nbformat
+import pytest
+
+from book_files import BOOK, ROOT, config, toc_files, toc_notebooks
+
+
+def test_every_toc_entry_exists():
+    for name in toc_files():
+        matches = [p for p in BOOK.glob(f"{name}.*") if p.suffix in (".md", ".ipynb")]
+        assert matches, f"_toc.yml names {name!r}, but book/ has no {name}.md or {name}.ipynb"
+
+
+def test_there_are_notebooks():
+    assert toc_notebooks(), "no notebook chapters listed in _toc.yml"
+
+
+def test_colab_settings():
+    repo = config()["repository"]
+    assert repo["path_to_book"] == "book" and repo["branch"] == "main"
+    assert repo["url"].startswith("https://github.com/")
+    assert "colab_url" in config()["launch_buttons"]
+
+
+@pytest.mark.parametrize("path", toc_notebooks(), ids=lambda p: p.name)
+def test_notebook_is_clean_and_parameterised(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code), (
+        f"{path.name} has outputs committed; clear them (the book build executes notebooks)"
+    )
+    params = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1, f"{path.name} needs exactly one cell tagged 'parameters'"
+    assert 'SCALE = "auto"' in params[0].source
+
+
+@pytest.mark.parametrize("path", toc_notebooks(), ids=lambda p: p.name)
+def test_install_cell_uses_the_configured_repository(path):
+    nb = nbformat.read(path, as_version=4)
+    first_code = next(c for c in nb.cells if c.cell_type == "code")
+    assert "google.colab" in first_code.source and "import ismod" in first_code.source
+    assert f'REPOSITORY = "{config()["repository"]["url"]}"' in first_code.source
+    assert "==" not in first_code.source.replace('"google.colab" not in', ""), "no == pins on Colab"
+
+
+def test_no_notebook_outside_the_toc():
+    listed = {p.resolve() for p in toc_notebooks()}
+    stray = [p.name for p in BOOK.glob("*.ipynb") if p.resolve() not in listed]
+    assert not stray, f"notebooks not in _toc.yml (they would not be built or tested): {stray}"
+    assert (ROOT / "_toc.yml").exists()

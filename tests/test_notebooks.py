@@ -1,0 +1,22 @@
+"""Execute every notebook in _toc.yml at smoke scale; any cell error fails the test."""
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+from book_files import BOOK, toc_notebooks
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", toc_notebooks(), ids=lambda p: p.name)
+def test_notebook_runs_at_smoke_scale(path, monkeypatch):
+    monkeypatch.setenv("ISMOD_SCALE", "smoke")
+    monkeypatch.setenv("MPLBACKEND", "Agg")
+    nb = nbformat.read(path, as_version=4)
+    NotebookClient(
+        nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(BOOK)}}
+    ).execute()  # raises CellExecutionError naming the cell on any error
+    printed = "".join(
+        o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
+    )
+    assert "scale: smoke" in printed, "the notebook must resolve and print its scale"
