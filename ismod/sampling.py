@@ -1,0 +1,502 @@
+"""Importance sampling of training indices (Chapter 2).
+
+Minibatch SGD with indices drawn with probabilities :math:`p_i` and each sample's loss weighted by
+:math:`w_i = 1/(N p_i)` keeps the gradient estimate unbiased:
+:math:`\\mathbb{E}[w_I \\nabla L_I] = \\frac1N\\sum_i \\nabla L_i` (Needell et al. 2014; the
+loss-sampling report, eqs. 1–2).
+
+- :func:`probabilities` turns per-sample scores into a distribution (softmax, proportional, rank).
+- :func:`draw` draws ``k`` indices from a probability vector, with their weights.
+- :class:`SumTree` keeps a distribution that changes a few entries per step: draws and updates
+  cost :math:`O(k \\log N)` tensor work, on CPU or CUDA, with no host-device synchronisation.
+- :class:`ImportanceSampler` is a :class:`torch.utils.data.Sampler` built on it, for ordinary
+  ``DataLoader`` loops.
+
+``torch.multinomial`` refuses more than :math:`2^{24}` categories; nothing here uses it: draws are
+inverse-CDF lookups (:func:`draw`) or tree descents (:class:`SumTree`) in float64, for any N.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import Sampler
+
+__all__ = [
+    "METHODS",
+    "probabilities",
+    "draw",
+    "SumTree",
+    "ImportanceSampler",
+    "IndexedDataset",
+]
+
+METHODS: tuple[str, ...] = ("softmax", "proportional", "rank")
+
+# Softmax masses are exp((s - c) / T) for a reference c refreshed at each rebuild; between rebuilds an
+# exponent is capped here so float64 cannot overflow (exp(700) ~ 1e304).
+_MAX_EXPONENT = 700.0
+
+# Children per tree node at most: wider rows mean fewer levels but more work per level.
+_MAX_CHILDREN = 128
+
+
+# Indices are drawn ahead in chunks of this many: large enough to amortise a draw, small enough that
+# updates made during an epoch reach the draws within about one batch.
+_ITER_CHUNK = 128
+
+# --- validation -----------------------------------------------------------------------------------
+
+
+def _check_scores(scores: Any, name: str = "scores") -> torch.Tensor:
+    s = torch.as_tensor(scores)
+    if not s.is_floating_point():
+        s = s.to(torch.get_default_dtype())
+    if s.dim() != 1 or s.numel() == 0:
+        raise ValueError(f"{name} must be a non-empty 1-D tensor, got shape {tuple(s.shape)}")
+    nan = torch.isnan(s)
+    if nan.any():
+        raise ValueError(f"{name} contain NaN at {int(nan.sum())} positions")
+    inf = torch.isinf(s)
+    if inf.any():
+        raise ValueError(f"{name} contain infinite values at {int(inf.sum())} positions")
+    neg = s < 0
+    if neg.any():
+        raise ValueError(
+            f"{name} must be non-negative (losses, gradient norms), got {int(neg.sum())} negative "
+            "values; shift or clamp them first"
+        )
+    return s
+
+
+def _check_options(method: str, temperature: float, smoothing: float) -> None:
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if not (isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature > 0):
+        raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
+    if not (isinstance(smoothing, numbers.Real) and 0.0 <= smoothing <= 1.0):
+        raise ValueError(f"smoothing must lie in [0, 1], got {smoothing!r}")
+
+
+def _check_k(k: Any) -> int:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+        raise ValueError(f"k must be a positive integer number of draws, got {k!r}")
+    return int(k)
+
+
+def _check_probs(probs: Any) -> torch.Tensor:
+    p = torch.as_tensor(probs)
+    if not p.is_floating_point():
+        raise ValueError(f"probs must be a floating-point tensor, got dtype {p.dtype}")
+    if p.dim() != 1 or p.numel() == 0:
+        raise ValueError(f"probs must be a non-empty 1-D tensor, got shape {tuple(p.shape)}")
+    bad = ~torch.isfinite(p)
+    if bad.any():
+        raise ValueError(f"probs contain NaN or infinite values at {int(bad.sum())} positions")
+    if (p < 0).any():
+        raise ValueError(f"probs contain {int((p < 0).sum())} negative values")
+    total = float(p.sum(dtype=torch.float64))
+    if abs(total - 1.0) > 1e-4:
+        raise ValueError(f"probs must sum to 1, got {total:.6g}; normalise them (probabilities())")
+    return p
+
+
+# --- scores to probabilities ------------------------------------------------------------------------
+
+
+def _unnormalized(
+    scores: torch.Tensor, method: str, temperature: float, pressure: float, reference: torch.Tensor | float
+) -> torch.Tensor:
+    """Masses proportional to the method's probabilities (before smoothing), in float64."""
+    s = scores.to(torch.float64)
+    if method == "softmax":
+        return torch.exp(((s - reference) / temperature).clamp(max=_MAX_EXPONENT))
+    if method == "proportional":
+        ratio = s / reference  # scaled by the largest score, so that s^(1/T) neither over- nor underflows
+        return ratio if temperature == 1.0 else torch.exp((ratio.log() / temperature).clamp(max=_MAX_EXPONENT))
+    # rank: r_i = how many scores are strictly larger (ties share a rank); p ∝ pressure^(-r/((N-1)T))
+    n = s.numel()
+    ranks = n - torch.searchsorted(torch.sort(s).values, s, right=True)
+    step = math.log(pressure) / (temperature * max(n - 1, 1))
+    return torch.exp(-step * ranks.to(torch.float64))
+
+
+def probabilities(
+    scores: torch.Tensor,
+    method: str = "softmax",
+    *,
+    temperature: float = 1.0,
+    smoothing: float = 0.0,
+    pressure: float = 100.0,
+) -> torch.Tensor:
+    """Turn non-negative per-sample scores into a sampling distribution over their indices.
+
+    - ``"softmax"``: :math:`p_i \\propto \\exp(s_i/T)` (the loss-sampling report's choice), computed
+      stably for any finite scores.
+    - ``"proportional"``: :math:`p_i \\propto s_i^{1/T}` (at :math:`T = 1`, proportional to the score,
+      the variance-optimal form when :math:`s_i = \\lVert G_i\\rVert`; prioritised replay's
+      :math:`\\alpha = 1/T`). Needs a positive score somewhere.
+    - ``"rank"``: :math:`p_i \\propto \\text{pressure}^{-r_i/((N-1)T)}` with :math:`r_i` the rank of
+      :math:`s_i` (0 for the largest): the top sample is ``pressure`` times likelier than the last
+      (online batch selection, Loshchilov & Hutter 2015).
+
+    Then smoothing towards uniform: :math:`p \\leftarrow (1-\\varepsilon)\\,p + \\varepsilon/N`, which bounds
+    every weight :math:`1/(N p_i)` by :math:`1/\\varepsilon`.
+
+    Returns a 1-D tensor that sums to 1, in the scores' floating dtype (float32 for integer scores).
+    """
+    s = _check_scores(scores)
+    _check_options(method, temperature, smoothing)
+    if method == "rank" and not (isinstance(pressure, numbers.Real) and pressure >= 1):
+        raise ValueError(f"pressure must be a number >= 1 for method='rank', got {pressure!r}")
+    if method == "proportional" and not (s > 0).any():
+        raise ValueError("scores are all zero: method='proportional' needs a positive score")
+    masses = _unnormalized(s, method, float(temperature), float(pressure), s.max().to(torch.float64))
+    p = masses / masses.sum()
+    if smoothing:
+        p = (1.0 - smoothing) * p + smoothing / p.numel()
+    return p.to(s.dtype)
+
+
+# --- drawing from a fixed vector --------------------------------------------------------------------
+
+
+def draw(
+    probs: torch.Tensor,
+    k: int,
+    *,
+    replacement: bool = True,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Draw ``k`` indices from ``probs``; return ``(indices, weights)`` with :math:`w_i = 1/(N p_i)`.
+
+    With replacement (the default) the draws are independent, and the weighted minibatch mean
+    :math:`\\frac1k\\sum_j w_{I_j} f_{I_j}` is an unbiased estimate of :math:`\\frac1N\\sum_i f_i`.
+
+    Without replacement the ``k`` indices are distinct, drawn by successive sampling (each next index
+    with probability proportional to :math:`p_i` among those left; Efraimidis–Spirakis keys), and the
+    weights are still :math:`1/(N p_i)`: this is what the loss-sampling report does. The weighted mean is
+    then *biased* — an index's chance of being in the batch is not :math:`k p_i` — by an amount that
+    Chapter 2 measures; use ``replacement=True`` when unbiasedness matters.
+
+    Works for any N (no :math:`2^{24}` limit) on the device of ``probs``; indices are int64, weights
+    float64.
+    """
+    p = _check_probs(probs)
+    k = _check_k(k)
+    n = p.numel()
+    p64 = p.to(torch.float64)
+    if replacement:
+        cdf = torch.cumsum(p64, 0)
+        u = torch.rand(k, dtype=torch.float64, device=p.device, generator=generator) * cdf[-1]
+        idx = torch.searchsorted(cdf, u, right=True).clamp_(max=n - 1)
+    else:
+        if k > n:
+            raise ValueError(f"k = {k} draws without replacement exceed the N = {n} indices")
+        support = int((p64 > 0).sum())
+        if k > support:
+            raise ValueError(
+                f"k = {k} draws without replacement, but probs has only {support} positive entries"
+            )
+        e = torch.empty(n, dtype=torch.float64, device=p.device).exponential_(generator=generator)
+        idx = torch.topk(e / p64, k, largest=False).indices  # zero probability: key inf, never taken
+    return idx, 1.0 / (n * p64[idx])
+
+
+# --- a distribution that changes a few entries at a time ------------------------------------------
+
+
+class SumTree:
+    """A tree of partial sums over non-negative masses, held as tensors.
+
+    The leaves are grouped ``branching`` at a time, the group sums again, and so on, until at most
+    ``top_size`` sums are left: that top row is shared by every draw (one cumulative sum, one 1-D
+    search), and each level below costs a search within ``k`` rows of ``branching`` children.
+    Drawing ``k`` indices and updating ``k`` masses therefore take a fixed number of batched tensor
+    operations — one or two levels below the top for N up to about :math:`10^9` — and never
+    synchronise with the host (sum-tree sampling as in prioritised replay, Schaul et al. 2015,
+    vectorised over the batch and made shallow).
+
+    Args:
+        masses: the initial non-negative masses, 1-D.
+        branching: children per node; by default chosen from N so the tree is as shallow as possible.
+        top_size: the largest top row.
+    """
+
+    def __init__(
+        self, masses: torch.Tensor, *, branching: int | None = None, top_size: int = 4096
+    ) -> None:
+        if branching is not None and branching < 2:
+            raise ValueError(f"branching must be at least 2, got {branching}")
+        if top_size < 1:
+            raise ValueError(f"top_size must be at least 1, got {top_size}")
+        self._branching_arg, self.top_size = branching, int(top_size)
+        self.rebuild(masses)
+
+    def _shape(self, n: int) -> tuple[int, int]:
+        """(branching, number of levels below the top) for n leaves."""
+        if self._branching_arg is not None:
+            b, depth = self._branching_arg, 0
+            while -(-n // b**depth) > self.top_size:
+                depth += 1
+            return b, depth
+        depth = 0
+        while -(-n // _MAX_CHILDREN**depth) > self.top_size:
+            depth += 1
+        if depth == 0:
+            return 2, 0
+        return max(16, math.ceil((n / self.top_size) ** (1 / depth))), depth
+
+    def rebuild(self, masses: torch.Tensor) -> None:
+        """Recompute every level from ``masses`` (1-D, non-negative), exactly."""
+        m = torch.as_tensor(masses)
+        if m.dim() != 1 or m.numel() == 0:
+            raise ValueError(f"masses must be a non-empty 1-D tensor, got shape {tuple(m.shape)}")
+        self.n = m.numel()
+        self.branching, depth = self._shape(self.n)
+        b = self.branching
+        level = m.to(torch.float64)
+        self.levels = []  # levels[0]: leaves; levels[-1]: the top row
+        for _ in range(depth):
+            padded = -(-level.numel() // b) * b
+            level = torch.nn.functional.pad(level, (0, padded - level.numel()))
+            self.levels.append(level)
+            level = level.view(-1, b).sum(1)
+        self.levels.append(level)
+        self._rows = [level.view(-1, b) for level in self.levels[:-1]]
+
+    @property
+    def device(self) -> torch.device:
+        return self.levels[0].device
+
+    @property
+    def total(self) -> torch.Tensor:
+        """Sum of all masses (a 0-d float64 tensor on the tree's device)."""
+        return self.levels[-1].sum()
+
+    def masses(self, indices: torch.Tensor | None = None) -> torch.Tensor:
+        """The masses at ``indices`` (all N when ``None``)."""
+        leaves = self.levels[0][: self.n]
+        return leaves if indices is None else leaves[indices]
+
+    def update(self, indices: torch.Tensor, masses: torch.Tensor) -> None:
+        """Set ``mass[indices] = masses`` and refresh their ancestors. A repeated index keeps one value."""
+        b = self.branching
+        node = indices.to(device=self.device, dtype=torch.long)
+        self.levels[0].index_put_((node,), masses.to(device=self.device, dtype=torch.float64))
+        for lower, upper in zip(self._rows, self.levels[1:]):
+            node = node.div(b, rounding_mode="floor")
+            upper.index_put_((node,), lower.index_select(0, node).sum(1))
+
+    def sample(self, k: int, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Draw ``k`` indices independently with probability ``mass_i / total`` (int64, on the device)."""
+        return self.sample_with_masses(k, generator=generator)[0]
+
+    def sample_with_masses(
+        self, k: int, *, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`sample`, also returning each drawn index's mass (float64), read during the descent."""
+        b = self.branching
+        # v is where each draw falls inside its current node, as a fraction of that node's mass, so
+        # rounding differences between a parent and the sum of its children cannot pick an empty child.
+        v = torch.rand(k, dtype=torch.float64, device=self.device, generator=generator)
+        top = self.levels[-1]  # one row shared by every draw: one cumsum, a 1-D search
+        cum = top.cumsum(0)
+        target = v * cum[-1]
+        node = torch.searchsorted(cum, target, right=True)
+        mass = top[node]
+        v = (target - cum[node]).add_(mass).div_(mass).clamp_(0.0, 1.0 - 1e-12).view(-1, 1)
+        mass = mass.view(-1, 1)
+        for rows_of_level in reversed(self._rows):
+            rows = rows_of_level.index_select(0, node)  # (k, b): the children of each draw's node
+            cum = rows.cumsum(1)
+            target = v * cum[:, -1:]
+            child = torch.searchsorted(cum, target, right=True)  # < b, since v < 1
+            mass = rows.gather(1, child)
+            v = (target - cum.gather(1, child)).add_(mass).div_(mass).clamp_(0.0, 1.0 - 1e-12)
+            node = node.mul_(b).add_(child.view(-1))
+        return node, mass.view(-1)
+
+
+class ImportanceSampler(Sampler[int]):
+    """A :class:`~torch.utils.data.Sampler` drawing indices with probabilities from per-sample scores.
+
+    Indices are drawn with replacement from :func:`probabilities` of the current scores, kept in a
+    :class:`SumTree`, so that :meth:`update` after each step costs :math:`O(k\\log N)`, not
+    :math:`O(N)`. Use it with a ``DataLoader`` whose dataset also returns the index (see
+    :class:`IndexedDataset`)::
+
+        sampler = ImportanceSampler(len(train), method="softmax")
+        loader = DataLoader(IndexedDataset(train), batch_size=128, sampler=sampler)
+        for x, y, idx in loader:
+            losses = F.cross_entropy(model(x), y, reduction="none")
+            (sampler.weights_for(idx) * losses).mean().backward()
+            sampler.update(idx, losses.detach())
+
+    ``weights_for(idx)`` returns :math:`1/(N p_i)` as it was when each index was last yielded, so a
+    ``DataLoader`` that prefetches (workers) still gets the weights its batch was drawn with, unless the
+    same index was drawn again in between. For loops without a ``DataLoader``, :meth:`sample` returns
+    indices and weights as tensors on ``device`` without any host synchronisation.
+
+    Args:
+        num_items: N, the size of the dataset.
+        num_samples: indices per pass of ``iter(sampler)`` (an "epoch"); default N.
+        method, temperature, smoothing, pressure: as in :func:`probabilities`.
+        initial_score: every item's score before its first update (equal scores: uniform).
+        device: where scores and the tree live.
+        generator: the random generator for draws (on ``device``).
+        rebuild_every: recompute the tree exactly (and check all scores) after this many updated
+            entries; default N, so the O(N) rebuild costs O(1) per updated entry on average.
+        dtype: the dtype of the weights returned (float32 by default, to multiply float32 losses).
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        num_samples: int | None = None,
+        *,
+        method: str = "softmax",
+        temperature: float = 1.0,
+        smoothing: float = 0.0,
+        pressure: float = 100.0,
+        initial_score: float = 1.0,
+        device: torch.device | str = "cpu",
+        generator: torch.Generator | None = None,
+        rebuild_every: int | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if isinstance(num_items, bool) or not isinstance(num_items, numbers.Integral) or num_items < 1:
+            raise ValueError(f"num_items must be a positive integer, got {num_items!r}")
+        if num_samples is not None and (not isinstance(num_samples, numbers.Integral) or num_samples < 1):
+            raise ValueError(f"num_samples must be a positive integer or None, got {num_samples!r}")
+        _check_options(method, temperature, smoothing)
+        if not (math.isfinite(initial_score) and initial_score >= 0):
+            raise ValueError(f"initial_score must be a non-negative finite number, got {initial_score!r}")
+        if method == "proportional" and initial_score == 0:
+            raise ValueError(
+                "initial_score=0 with method='proportional' gives all-zero probabilities; "
+                "start from a small positive score"
+            )
+        self.num_items = int(num_items)
+        self.num_samples = int(num_samples) if num_samples is not None else self.num_items
+        self.method, self.temperature, self.smoothing = method, float(temperature), float(smoothing)
+        self.pressure = float(pressure)
+        self.device = torch.device(device)
+        self.generator = generator
+        self.rebuild_every = int(rebuild_every) if rebuild_every else self.num_items
+        self.dtype = dtype
+        self.scores = torch.full((self.num_items,), float(initial_score), dtype=torch.float64, device=self.device)
+        self._weight_at_draw = torch.ones(self.num_items, dtype=dtype, device=self.device)
+        self._rebuild()
+
+    # the tree holds masses proportional to the probabilities before smoothing
+    def _rebuild(self) -> None:
+        _check_scores(self.scores, "scores (as updated)")
+        self._reference = self.scores.max()
+        if self.method == "proportional" and self._reference == 0:
+            raise ValueError("scores are all zero: method='proportional' needs a positive score")
+        self._tree = SumTree(self._masses(self.scores))  # O(N), once per rebuild_every updates
+        self._updated = 0
+
+    def _masses(self, scores: torch.Tensor) -> torch.Tensor:
+        return _unnormalized(scores, self.method, self.temperature, self.pressure, self._reference)
+
+    def probabilities(self) -> torch.Tensor:
+        """The current probability of every index (float64, length N)."""
+        p = self._tree.masses() / self._tree.total
+        return (1 - self.smoothing) * p + self.smoothing / self.num_items
+
+    def _weights(self, masses: torch.Tensor) -> torch.Tensor:
+        """1/(N p) from tree masses: p = (1 - ε) mass/total + ε/N."""
+        if not self.smoothing:
+            return (self._tree.total / (self.num_items * masses)).to(self.dtype)
+        p = (1 - self.smoothing) * masses / self._tree.total + self.smoothing / self.num_items
+        return (1.0 / (self.num_items * p)).to(self.dtype)
+
+    def sample(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``k`` indices with replacement; return ``(indices, weights)`` on ``device``, no host sync."""
+        k = _check_k(k)
+        idx, masses = self._tree.sample_with_masses(k, generator=self.generator)
+        if self.smoothing:
+            u = torch.rand(k, device=self.device, generator=self.generator)
+            uniform = torch.randint(self.num_items, (k,), device=self.device, generator=self.generator)
+            idx = torch.where(u < self.smoothing, uniform, idx)
+            masses = self._tree.masses(idx)
+        weights = self._weights(masses)
+        self._weight_at_draw.index_put_((idx,), weights)
+        return idx, weights
+
+    def weights_for(self, indices: torch.Tensor) -> torch.Tensor:
+        """Weights :math:`1/(N p_i)` that ``indices`` had when last drawn (on ``device``)."""
+        return self._weight_at_draw[torch.as_tensor(indices, device=self.device)]
+
+    def update(self, indices: torch.Tensor, scores: torch.Tensor) -> None:
+        """Set the scores of ``indices`` (e.g. their latest losses). A repeated index keeps one value.
+
+        CPU scores are checked at once; CUDA scores are checked at the next rebuild, so that a training
+        step never waits for the device.
+        """
+        idx = torch.as_tensor(indices, device=self.device).long().reshape(-1)
+        new = torch.as_tensor(scores, device=self.device).detach().to(torch.float64).reshape(-1)
+        if idx.shape != new.shape:
+            raise ValueError(
+                f"indices and scores must have the same length, got {idx.numel()} and {new.numel()}"
+            )
+        if self.device.type == "cpu":
+            low, high = torch.aminmax(new)  # one cheap pass; the full check names the problem
+            if not (low >= 0 and high < math.inf):
+                _check_scores(new)
+        self.scores.index_put_((idx,), new)
+        self._updated += idx.numel()
+        if self.method == "rank" or self._updated >= self.rebuild_every:
+            self._rebuild()  # ranks change globally; otherwise a periodic exact refresh
+        else:
+            self._tree.update(idx, self._masses(self.scores[idx]))
+
+    def __iter__(self) -> Iterator[int]:
+        remaining = self.num_samples
+        while remaining > 0:
+            k = min(remaining, _ITER_CHUNK)
+            idx, _ = self.sample(k)
+            remaining -= k
+            yield from idx.tolist()
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def state_dict(self) -> dict[str, Any]:
+        """Scores and the last drawn weights (the tree is rebuilt from the scores on load)."""
+        return {"scores": self.scores.clone(), "weight_at_draw": self._weight_at_draw.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        scores = torch.as_tensor(state["scores"], dtype=torch.float64, device=self.device)
+        if scores.shape != (self.num_items,):
+            raise ValueError(
+                f"state has scores for {scores.numel()} items, this sampler has {self.num_items}"
+            )
+        self.scores = scores.clone()
+        self._weight_at_draw = torch.as_tensor(
+            state["weight_at_draw"], dtype=self.dtype, device=self.device
+        ).clone()
+        self._rebuild()
+
+
+class IndexedDataset(torch.utils.data.Dataset):
+    """Wrap a dataset so each item also returns its index: ``(*item, index)``.
+
+    The index is what :meth:`ImportanceSampler.update` and :meth:`ImportanceSampler.weights_for` need.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple:
+        item = self.dataset[index]
+        return (*item, index) if isinstance(item, tuple) else (item, index)
