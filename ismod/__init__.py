@@ -3,8 +3,10 @@
 The package behind the course *Importance Sampling for Deep Learning*. Modules are layered;
 a module imports only from layers below it:
 
-- layer 0, estimators and formulas: :mod:`ismod.mc`, :mod:`ismod.scale`;
-- layer 4, presentation: :mod:`ismod.plots`, :mod:`ismod.widgets` (need the ``book`` extra).
+- layer 0, estimators and formulas: :mod:`ismod.mc`, :mod:`ismod.sampling`, :mod:`ismod.diagnostics`,
+  :mod:`ismod.convex`, :mod:`ismod.scale` (diagnostics and convex build on sampling);
+- layer 4, presentation: :mod:`ismod.bench`, :mod:`ismod.plots`, :mod:`ismod.widgets` (the last two
+  need the ``book`` extra).
 """
 
 __version__ = "0.1.0"

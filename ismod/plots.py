@@ -20,6 +20,7 @@ __all__ = [
     "mc_error_against_n",
     "running_estimates",
     "tail_proposal",
+    "sgd_histories",
 ]
 
 
@@ -137,3 +138,27 @@ def tail_proposal(
         fontsize=9,
     )
     return est
+
+
+def sgd_histories(
+    histories: Sequence,
+    *,
+    title: str = "",
+    axes: Sequence[Axes] | None = None,
+) -> None:
+    """Three panels for :func:`ismod.convex.run_sgd` histories: estimator variance against epochs,
+    suboptimality against epochs, and suboptimality against wall-clock seconds."""
+    if axes is None:
+        axes = plt.subplots(1, 3, figsize=(14, 3.8))[1]
+    for h in histories:
+        axes[0].semilogy(h.epochs, h.variance, label=h.strategy)
+        axes[1].semilogy(h.epochs, h.suboptimality, label=h.strategy)
+        axes[2].semilogy(h.seconds, h.suboptimality, label=h.strategy)
+    axes[0].set_ylabel("tr Cov of the gradient estimate")
+    axes[1].set_ylabel("F(x) − F*")
+    axes[2].set_ylabel("F(x) − F*")
+    for ax, xlabel in zip(axes, ("epochs", "epochs", "wall-clock seconds (sampling + steps)")):
+        ax.set_xlabel(xlabel)
+    axes[0].legend()
+    if title:
+        axes[1].set_title(title)

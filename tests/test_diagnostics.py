@@ -1,0 +1,39 @@
+import math
+
+import pytest
+import torch
+
+from ismod.diagnostics import distribution_summary, weighted_mean_bias
+from ismod.sampling import probabilities
+
+
+def test_summary_of_uniform():
+    s = distribution_summary(torch.full((8,), 1 / 8))
+    assert s["max_weight"] == pytest.approx(1.0)
+    assert s["effective_fraction"] == pytest.approx(1.0)
+    assert s["entropy"] == pytest.approx(math.log(8))
+    assert s["kl_from_uniform"] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_summary_of_skewed():
+    p = torch.tensor([0.5, 0.25, 0.25, 0.0], dtype=torch.float64)
+    s = distribution_summary(p)
+    assert s["max_weight"] == pytest.approx(1 / (4 * 0.25))
+    assert s["effective_fraction"] == pytest.approx(1 / (4 * 0.375))
+    assert s["kl_from_uniform"] == pytest.approx(math.log(4) - 1.5 * math.log(2))
+
+
+def test_bias_with_replacement_is_within_noise():
+    g = torch.Generator().manual_seed(0)
+    values = torch.rand(50, generator=g, dtype=torch.float64)
+    p = probabilities(torch.rand(50, generator=g, dtype=torch.float64) + 0.05, "proportional")
+    bias, se = weighted_mean_bias(values, p, 10, replacement=True, repeats=3000, generator=g)
+    assert bias < 4 * se
+
+
+def test_bias_without_replacement_is_detected():
+    g = torch.Generator().manual_seed(0)
+    p = torch.tensor([0.3, 0.3] + [0.05] * 8, dtype=torch.float64)
+    values = torch.tensor([1.0, 1.0] + [0.0] * 8, dtype=torch.float64)
+    bias, se = weighted_mean_bias(values, p, 5, replacement=False, repeats=3000, generator=g)
+    assert bias > 10 * se
