@@ -51,12 +51,11 @@ def ensure_venv() -> None:
 
 
 def book() -> int:
-    env = dict(os.environ, MPLBACKEND="Agg")
     cmd = [
         str(BIN / "jupyter-book"), "build", "book", "--config", str(ROOT / "_config.yml"), "--toc", str(ROOT / "_toc.yml"),
         "--path-output", ".", "--all", "-W", "-n", "--keep-going",
     ]  # fmt: skip
-    code = subprocess.run(cmd, cwd=ROOT, env=env).returncode
+    code = subprocess.run(cmd, cwd=ROOT).returncode
     if code == 0:
         print(f"book built: {ROOT / '_build' / 'html' / 'index.html'}")
     else:

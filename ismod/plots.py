@@ -21,6 +21,7 @@ __all__ = [
     "running_estimates",
     "tail_proposal",
     "sgd_histories",
+    "estimate_histograms",
 ]
 
 
@@ -140,25 +141,34 @@ def tail_proposal(
     return est
 
 
-def sgd_histories(
-    histories: Sequence,
-    *,
-    title: str = "",
-    axes: Sequence[Axes] | None = None,
-) -> None:
-    """Three panels for :func:`ismod.convex.run_sgd` histories: estimator variance against epochs,
-    suboptimality against epochs, and suboptimality against wall-clock seconds."""
-    if axes is None:
-        axes = plt.subplots(1, 3, figsize=(14, 3.8))[1]
+def sgd_histories(histories: Sequence, *, title: str = "") -> plt.Figure:
+    """A 2×2 figure for :func:`ismod.convex.run_sgd` histories: estimator variance and suboptimality
+    against epochs, suboptimality against wall-clock seconds, and the legend."""
+    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
+    (var_ax, epoch_ax), (time_ax, legend_ax) = axes
     for h in histories:
-        axes[0].semilogy(h.epochs, h.variance, label=h.strategy)
-        axes[1].semilogy(h.epochs, h.suboptimality, label=h.strategy)
-        axes[2].semilogy(h.seconds, h.suboptimality, label=h.strategy)
-    axes[0].set_ylabel("tr Cov of the gradient estimate")
-    axes[1].set_ylabel("F(x) − F*")
-    axes[2].set_ylabel("F(x) − F*")
-    for ax, xlabel in zip(axes, ("epochs", "epochs", "wall-clock seconds (sampling + steps)")):
-        ax.set_xlabel(xlabel)
-    axes[0].legend()
-    if title:
-        axes[1].set_title(title)
+        var_ax.semilogy(h.epochs, h.variance, label=h.strategy)
+        epoch_ax.semilogy(h.epochs, h.suboptimality, label=h.strategy)
+        time_ax.semilogy(h.seconds, h.suboptimality, label=h.strategy)
+    var_ax.set(xlabel="epochs", ylabel="tr Cov of the gradient estimate")
+    epoch_ax.set(xlabel="epochs", ylabel="F(x) − F*")
+    time_ax.set(xlabel="wall-clock seconds (sampling + steps)", ylabel="F(x) − F*")
+    legend_ax.axis("off")
+    legend_ax.legend(*var_ax.get_legend_handles_labels(), loc="center", title=title or None)
+    fig.tight_layout()
+    return fig
+
+
+def estimate_histograms(
+    estimates: Mapping[str, Sequence[float]], *, exact: float, xlabel: str = "estimate", ax: Axes | None = None
+) -> None:
+    """Histograms of repeated estimates (one per method) on common bins, with the exact value marked."""
+    ax = _axes(ax)
+    top = max(max(v) for v in estimates.values())
+    bins = torch.linspace(0, top * 1.05 + 1e-12, 40).numpy()
+    for i, (name, values) in enumerate(estimates.items()):
+        ax.hist(list(values), bins=bins, alpha=0.6 + 0.2 * i, label=name)
+    ax.axvline(exact, color="black", ls="--", lw=0.8, label="exact")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("runs")
+    ax.legend()

@@ -11,7 +11,6 @@ from book_files import BOOK, toc_notebooks
 @pytest.mark.parametrize("path", toc_notebooks(), ids=lambda p: p.name)
 def test_notebook_runs_at_smoke_scale(path, monkeypatch):
     monkeypatch.setenv("ISMOD_SCALE", "smoke")
-    monkeypatch.setenv("MPLBACKEND", "Agg")
     nb = nbformat.read(path, as_version=4)
     NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(BOOK)}}
