@@ -1,0 +1,69 @@
+"""Command line: ``python -m ismod run NAME [--set key=value ...] [--out PATH] [--resume]``, ``python -m ismod list``."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Any
+
+from .experiments import CONFIGS, Config, config_hash, get_config, run
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` → (key, value), the value read as a Python literal when it is one (else a string)."""
+    if "=" not in text:
+        raise ValueError(f"--set takes key=value, got {text!r}")
+    key, raw = text.split("=", 1)
+    known = {f.name for f in dataclasses.fields(Config)}
+    if key not in known:
+        raise ValueError(f"--set: unknown config field {key!r}; fields: {sorted(known)}")
+    try:
+        value = ast.literal_eval(raw)
+    except (ValueError, SyntaxError):
+        value = raw
+    if key == "milestones" and isinstance(value, list):
+        value = tuple(value)
+    return key, value
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ismod", description="ismod experiments")
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("list", help="list the named configs")
+    run_p = sub.add_parser("run", help="run a named config")
+    run_p.add_argument("name")
+    run_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    run_p.add_argument("--out", help="result JSON path (default results/NAME-HASH.json)")
+    run_p.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
+    run_p.add_argument("--data", help="data directory (default $ISMOD_DATA)")
+    run_p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    run_p.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args(argv)
+
+    if args.command == "list":
+        for name, config in CONFIGS.items():
+            print(f"{name:28} model={config.model} strategy={config.strategy} "
+                  f"budget={config.budget_amount:g} {config.budget}")  # fmt: skip
+        return 0
+    try:
+        config = get_config(args.name, **dict(parse_override(s) for s in args.set))
+        config.validate()
+    except (ValueError, TypeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = Path(args.out) if args.out else Path("results") / f"{config.name}-{config_hash(config)[:12]}.json"
+    checkpoint = out.with_suffix(".ckpt.pt")
+    result = run(config, device=args.device, data_root=args.data, checkpoint=checkpoint, resume=args.resume,
+                 progress=not args.no_progress)  # fmt: skip
+    result.save(out)
+    final = result.final
+    print(f"{config.name}: test accuracy {final['test_accuracy']:.4f} after {final['epochs']:.2f} epochs, "
+          f"{final['train_time']:.1f} s training ({final['images_per_second']:.0f} images/s); saved {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

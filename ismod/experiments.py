@@ -1,0 +1,233 @@
+"""Experiments: a config, named configs, ``run(config) -> Result``, and ``run_or_load`` with provenance.
+
+A :class:`Result` is JSON with ``config``, ``provenance``, ``history``, ``timing`` and ``final``.
+:func:`run_or_load` reuses a saved result only when its config hash matches exactly; files are
+written atomically, and a corrupt or mismatched file is never served.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import hashlib
+import json
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__
+from .augment import Augment
+from .data import load_cifar
+from .models import MODELS, build_model
+from .strategies import STRATEGIES, build_strategy
+from .train import TrainSettings, fit
+
+__all__ = ["Config", "Result", "CONFIGS", "get_config", "config_hash", "run", "run_or_load"]
+
+
+@dataclass(frozen=True)
+class Config(TrainSettings):
+    """Everything that determines a run: data, model, strategy, augmentation, and :class:`TrainSettings`."""
+
+    name: str = "custom"
+    dataset: str = "cifar10"
+    model: str = "small_cnn"
+    strategy: str = "uniform"
+    strategy_options: dict[str, Any] = field(default_factory=dict)
+    crop: bool = True
+    crop_padding: int = 4
+    flip: bool = True
+    mixup_alpha: float = 0.0
+    ricap_beta: float = 0.0
+    subset: int | None = None  # training samples kept (class-balanced); None: all
+    test_subset: int | None = None
+    seed: int = 0
+
+    def validate(self, num_items: int | None = None) -> None:
+        """Fail before any training, naming the field."""
+        if self.dataset not in ("cifar10", "cifar100"):
+            raise ValueError(f"dataset must be 'cifar10' or 'cifar100', got {self.dataset!r}")
+        if self.model not in MODELS:
+            raise ValueError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {self.strategy!r}")
+        for name in ("subset", "test_subset"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be a positive number of samples or None, got {value}")
+        if self.subset is not None and self.batch_size > self.subset:
+            raise ValueError(f"batch_size {self.batch_size} exceeds subset {self.subset}")
+        super().validate(num_items if num_items is not None else self.subset or 50_000)
+
+    def replace(self, **changes: Any) -> Config:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["milestones"] = list(d["milestones"])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Config:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown config fields: {unknown}")
+        d = dict(d)
+        if "milestones" in d:
+            d["milestones"] = tuple(d["milestones"])
+        return cls(**d)
+
+
+def config_hash(config: Config) -> str:
+    """SHA-256 of the config's canonical JSON: equal hashes, equal runs (up to hardware)."""
+    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+_SMALL = dict(model="small_cnn", batch_size=512, lr=0.3, label_smoothing=0.2, crop_padding=2,
+              schedule="onecycle", warmup=0.2, evaluations=4)  # fmt: skip
+
+CONFIGS: dict[str, Config] = {
+    # The CPU-scale reference: the small CNN, uniform sampling, 4 epochs of the full training set.
+    "cifar10-small-uniform": Config(name="cifar10-small-uniform", budget_amount=4, **_SMALL),
+    # Seconds for tests and smoke-scale chapters.
+    "smoke-uniform": Config(name="smoke-uniform", subset=512, test_subset=256, budget_amount=2,
+                            **{**_SMALL, "batch_size": 64, "evaluations": 2}),  # fmt: skip
+    # The sources' GPU settings (REFERENCE.md §3, §5, §6).
+    "cifar10-resnet18-uniform": Config(
+        name="cifar10-resnet18-uniform", model="resnet18", batch_size=128, lr=0.1, nesterov=False,
+        weight_decay=1e-4, schedule="linear", warmup=0.0, budget_amount=200, evaluations=40,
+    ),  # fmt: skip
+    "cifar10-wrn-uniform": Config(
+        name="cifar10-wrn-uniform", model="wrn28_2", batch_size=128, lr=0.1, nesterov=False, weight_decay=5e-4,
+        schedule="step", warmup=0.0, milestones=(0.5, 0.8), gamma=0.2, budget="seconds", budget_amount=3600,
+        evaluations=20,
+    ),  # fmt: skip
+}
+
+
+def get_config(name: str, **changes: Any) -> Config:
+    """A named config, with ``changes`` applied."""
+    if name not in CONFIGS:
+        raise ValueError(f"no config named {name!r}; known: {sorted(CONFIGS)}")
+    return CONFIGS[name].replace(**changes) if changes else CONFIGS[name]
+
+
+@dataclass
+class Result:
+    """A finished run: ``config``, ``provenance``, ``history``, ``timing``, ``final`` (all JSON-able)."""
+
+    config: dict[str, Any]
+    provenance: dict[str, Any]
+    history: list[dict[str, Any]]
+    timing: dict[str, Any]
+    final: dict[str, Any]
+
+    @property
+    def config_hash(self) -> str:
+        return config_hash(Config.from_dict(self.config))
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Result:
+        d = json.loads(text)
+        return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+
+    def save(self, path: str | os.PathLike) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json())
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Result:
+        return cls.from_json(Path(path).read_text())
+
+
+def _git_commit() -> str:
+    here = Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=here, capture_output=True,
+                               text=True, timeout=5)  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    if out.returncode != 0:
+        return "unknown"
+    return out.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    import platform
+
+    return f"CPU ({platform.machine()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch threads)"
+
+
+def run(
+    config: Config,
+    *,
+    device: str | torch.device | None = None,
+    data_root: str | os.PathLike | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    scale: str = "",
+    progress: bool = True,
+) -> Result:
+    """Train as ``config`` says and return the :class:`Result` (not saved; see :func:`run_or_load`)."""
+    config.validate()
+    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    # download=True only matters where no local copy exists (Colab): torchvision then fetches CIFAR
+    load = dict(root=data_root, device=device, seed=config.seed, download=True)
+    train = load_cifar(config.dataset, "train", subset=config.subset, **load)
+    test = load_cifar(config.dataset, "test", subset=config.test_subset, **load)
+    config.validate(len(train))
+    torch.manual_seed(config.seed)
+    model = build_model(config.model, train.num_classes).to(device)
+    strategy = build_strategy(config.strategy, config.strategy_options)
+    augment = Augment(num_classes=train.num_classes, crop=config.crop, flip=config.flip, padding=config.crop_padding,
+                      mixup_alpha=config.mixup_alpha, ricap_beta=config.ricap_beta, seed=config.seed)  # fmt: skip
+    tag = config_hash(config)
+    out = fit(model, train, test, strategy, augment, config, seed=config.seed, checkpoint=checkpoint,
+              resume=resume, tag=tag, progress=progress)  # fmt: skip
+    provenance = {
+        "ismod_version": __version__, "git_commit": _git_commit(), "torch_version": torch.__version__,
+        "device": _device_name(device), "data_source": train.source, "train_size": len(train),
+        "test_size": len(test), "seed": config.seed, "scale": scale,
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "config_hash": tag,
+    }  # fmt: skip
+    return Result(config.to_dict(), provenance, out["history"], out["timing"], out["final"])
+
+
+def result_path(config: Config, results_dir: str | os.PathLike) -> Path:
+    return Path(results_dir) / f"{config.name}-{config_hash(config)[:12]}.json"
+
+
+def run_or_load(config: Config, results_dir: str | os.PathLike, **run_kwargs: Any) -> Result:
+    """The saved result for exactly this config if there is one; otherwise run, save and return it.
+
+    A file whose config hash differs, or that cannot be parsed, is not served: the run happens and
+    overwrites it. Interrupted runs resume from ``<results_dir>/checkpoints/``.
+    """
+    path = result_path(config, results_dir)
+    if path.exists():
+        try:
+            saved = Result.load(path)
+            if saved.config_hash == config_hash(config):
+                return saved
+        except (ValueError, KeyError, TypeError, json.JSONDecodeError):
+            pass  # corrupt or from another version: recompute
+    checkpoint = Path(results_dir) / "checkpoints" / f"{path.stem}.pt"
+    run_kwargs.setdefault("checkpoint", checkpoint)
+    run_kwargs.setdefault("resume", True)
+    result = run(config, **run_kwargs)
+    result.save(path)
+    return result

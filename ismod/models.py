@@ -1,0 +1,142 @@
+"""Networks for CIFAR-sized images (32×32): a small fast CNN, ResNet-18 and WideResNet-28-k.
+
+- :func:`small_cnn`: three conv blocks with batch norm and GELU in the style of airbench
+  (Keller Jordan's fast CIFAR-10 training), small enough for a 2-core CPU.
+- :func:`resnet18`: He et al.'s ResNet-18 adapted to CIFAR as is customary (3×3 stem, stride 1, no
+  max-pool), the loss-sampling report's and Arazo et al.'s network.
+- :func:`wide_resnet`: Zagoruyko & Komodakis's WRN-depth-k, Katharopoulos & Fleuret's CIFAR network
+  (WRN-28-2).
+
+All return logits; the last layer is a ``Linear`` named ``classifier``, whose inputs are the
+pre-activation features that Chapter 4's bound differentiates through.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+__all__ = ["MODELS", "build_model", "small_cnn", "resnet18", "wide_resnet"]
+
+
+def _conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout)]
+
+
+class SmallCNN(nn.Module):
+    """Three blocks of (conv, max-pool 2, BN, GELU, conv, BN, GELU), global max-pool, linear.
+
+    No full-resolution stem: on a CPU it would cost a third of the time for little accuracy in short
+    runs.
+    """
+
+    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (32, 64, 128)) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = 3
+        for w in widths:
+            layers += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(w), nn.GELU()]
+            layers += [*_conv_bn(w, w), nn.GELU()]
+            cin = w
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(cin, num_classes, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.amax(self.features(x), dim=(2, 3)))
+
+
+class _BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(*_conv_bn(cin, cout, stride), nn.ReLU(inplace=True), *_conv_bn(cout, cout))
+        self.shortcut = (
+            nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+            if stride != 1 or cin != cout
+            else nn.Identity()
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(self.body(x) + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        layers: list[nn.Module] = [*_conv_bn(3, 64), nn.ReLU(inplace=True)]
+        cin = 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            layers += [_BasicBlock(cin, cout, stride), _BasicBlock(cout, cout, 1)]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+class _WideBlock(nn.Module):
+    """Pre-activation block: BN-ReLU-conv-BN-ReLU-conv, with a 1×1 shortcut when the shape changes."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = torch.relu(self.bn1(x))
+        out = self.conv2(torch.relu(self.bn2(self.conv1(pre))))
+        return out + (self.shortcut(pre) if self.shortcut is not None else x)
+
+
+class WideResNet(nn.Module):
+    def __init__(self, depth: int = 28, width: int = 2, num_classes: int = 10) -> None:
+        super().__init__()
+        if (depth - 4) % 6:
+            raise ValueError(f"depth must be 6n + 4 (e.g. 16, 22, 28), got {depth}")
+        n = (depth - 4) // 6
+        widths = [16, 16 * width, 32 * width, 64 * width]
+        layers: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)]
+        cin = widths[0]
+        for cout, stride in zip(widths[1:], (1, 2, 2)):
+            for i in range(n):
+                layers.append(_WideBlock(cin, cout, stride if i == 0 else 1))
+                cin = cout
+        layers += [nn.BatchNorm2d(cin), nn.ReLU(inplace=True)]
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(cin, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+def small_cnn(num_classes: int = 10) -> nn.Module:
+    """The airbench-style CNN used at ``"cpu"`` scale."""
+    return SmallCNN(num_classes)
+
+
+def resnet18(num_classes: int = 10) -> nn.Module:
+    """CIFAR ResNet-18 (3×3 stem, no max-pool), 11.2 M parameters."""
+    return ResNet18(num_classes)
+
+
+def wide_resnet(num_classes: int = 10, depth: int = 28, width: int = 2) -> nn.Module:
+    """WideResNet-depth-width (WRN-28-2 by default, 1.5 M parameters)."""
+    return WideResNet(depth, width, num_classes)
+
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "small_cnn": small_cnn,
+    "resnet18": resnet18,
+    "wrn28_2": wide_resnet,
+    "wrn28_10": lambda num_classes=10: wide_resnet(num_classes, 28, 10),
+}
+
+
+def build_model(name: str, num_classes: int = 10) -> nn.Module:
+    """The model registered under ``name`` (see ``MODELS``)."""
+    if name not in MODELS:
+        raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
+    return MODELS[name](num_classes=num_classes)

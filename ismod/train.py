@@ -1,0 +1,333 @@
+"""The training loop: budgets, learning-rate schedules, timing, evaluation, checkpoints.
+
+One loop serves every strategy. Per step: the strategy selects indices and weights, the batch is
+gathered from the on-device dataset and augmented, the per-sample losses are weighted and
+back-propagated, the optimiser steps, and the strategy observes the losses. Nothing in the step waits
+for the device: losses accumulate on it and are read at evaluation points.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .augment import Augment
+from .data import ImageData
+from .strategies.base import Strategy
+
+__all__ = ["TrainSettings", "SCHEDULES", "BUDGETS", "lr_factor", "evaluate", "fit"]
+
+SCHEDULES: tuple[str, ...] = ("constant", "step", "linear", "onecycle")
+BUDGETS: tuple[str, ...] = ("epochs", "steps", "seconds")
+PHASES: tuple[str, ...] = ("selection", "data", "forward_backward", "optimizer")
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How to train: batch, budget, optimiser, schedule, evaluation and checkpoint cadence."""
+
+    batch_size: int = 512
+    budget: str = "epochs"  # "epochs", "steps" or "seconds" (of training time)
+    budget_amount: float = 4.0
+    lr: float = 0.2
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    schedule: str = "onecycle"
+    warmup: float = 0.2  # fraction of the budget (onecycle; linear with warm-up)
+    milestones: tuple[float, ...] = ()  # fractions of the budget, for "step"
+    gamma: float = 0.1
+    label_smoothing: float = 0.0
+    evaluations: int = 8  # evaluation points spread over the budget (plus one at the start)
+    amp: bool = True  # bf16 autocast, CUDA only
+    channels_last: bool = True  # faster on CPU too, for these convolutional nets
+    checkpoint_every_steps: int = 250
+    checkpoint_every_seconds: float = 300.0
+
+    def validate(self, num_items: int) -> None:
+        """Fail before any training, naming the field."""
+        checks = [
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (self.batch_size <= num_items, f"batch_size {self.batch_size} exceeds the {num_items} training samples"),
+            (self.budget in BUDGETS, f"budget must be one of {BUDGETS}, got {self.budget!r}"),
+            (self.budget_amount > 0, f"budget_amount must be > 0, got {self.budget_amount}"),
+            (self.lr > 0, f"lr must be > 0, got {self.lr}"),
+            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}"),
+            (0 <= self.warmup < 1, f"warmup must lie in [0, 1), got {self.warmup}"),
+            (all(0 < m < 1 for m in self.milestones), "milestones must be fractions of the budget in (0, 1)"),
+            (self.evaluations >= 1, "evaluations must be >= 1"),
+            (0 <= self.label_smoothing < 1, "label_smoothing must lie in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(message)
+
+
+def lr_factor(settings: TrainSettings, progress: float) -> float:
+    """Multiplier of the base learning rate at ``progress`` ∈ [0, 1] of the budget.
+
+    ``constant``; ``step`` (×``gamma`` at each milestone); ``linear`` (to zero over the budget, the
+    budgeted-training schedule of Arazo et al. 2021, after an optional warm-up); ``onecycle`` (linear
+    warm-up over ``warmup``, then linear decay to zero).
+    """
+    p = min(max(progress, 0.0), 1.0)
+    if settings.schedule == "constant":
+        return 1.0
+    if settings.schedule == "step":
+        return settings.gamma ** sum(p >= m for m in settings.milestones)
+    if settings.warmup > 0 and p < settings.warmup:
+        return p / settings.warmup
+    if settings.schedule == "onecycle" or settings.warmup > 0:
+        return (1.0 - p) / (1.0 - settings.warmup)
+    return 1.0 - p
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: ImageData, augment: Augment, *, batch_size: int = 1000,
+             amp: bool = False, channels_last: bool = False) -> tuple[float, float]:  # fmt: skip
+    """(accuracy, mean cross-entropy) of ``model`` on ``data``, without augmentation."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), device=data.labels.device)
+    loss = torch.zeros((), device=data.labels.device)
+    for start in range(0, len(data), batch_size):
+        x, y = augment(data.images[start : start + batch_size], data.labels[start : start + batch_size], train=False)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(x)
+        correct += (logits.argmax(1) == y).sum()
+        loss += F.cross_entropy(logits.float(), y, reduction="sum")
+    model.train(was_training)
+    return float(correct) / len(data), float(loss) / len(data)
+
+
+class _Clock:
+    """Per-phase time: perf_counter on CPU; CUDA events on GPU, read only at evaluation points."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.totals = {phase: 0.0 for phase in PHASES}
+        self._pending: list[tuple[str, Any, Any]] = []
+
+    def mark(self) -> Any:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def add(self, phase: str, start: Any, end: Any) -> None:
+        if self.cuda:
+            self._pending.append((phase, start, end))
+        else:
+            self.totals[phase] += end - start
+
+    def settle(self) -> dict[str, float]:
+        if self._pending:
+            torch.cuda.synchronize()
+            for phase, start, end in self._pending:
+                self.totals[phase] += start.elapsed_time(end) / 1000.0
+            self._pending.clear()
+        return dict(self.totals)
+
+
+def _save_atomic(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
+
+
+def fit(
+    model: nn.Module,
+    train: ImageData,
+    test: ImageData,
+    strategy: Strategy,
+    augment: Augment,
+    settings: TrainSettings,
+    *,
+    seed: int = 0,
+    checkpoint: str | os.PathLike | None = None,
+    resume: bool = False,
+    tag: str = "",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``model`` on ``train`` within the budget; return ``history``, ``timing`` and ``final``.
+
+    History records (at the start and at ``settings.evaluations`` points): ``step``, ``epoch``
+    (samples seen / N), ``wall_time`` (training seconds, evaluation excluded), ``samples_seen``,
+    ``train_loss`` (mean per-sample loss since the previous record), ``test_accuracy``, ``test_loss``,
+    ``lr`` and the strategy's summary. With ``checkpoint``, the full state is written there atomically
+    every ``checkpoint_every_steps`` steps or ``checkpoint_every_seconds`` seconds; ``resume=True``
+    continues from it (a killed run loses only the steps since), provided ``tag`` (the config hash)
+    matches.
+    """
+    settings.validate(len(train))
+    device = train.images.device
+    n = len(train)
+    use_amp = settings.amp and device.type == "cuda"
+    channels_last = settings.channels_last
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    gen = torch.Generator(device=device).manual_seed(seed)
+
+    def score_fn(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = augment(train.images[indices], train.labels[indices], train=False)
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = model(x)
+        return F.cross_entropy(logits.float(), y, reduction="none"), logits
+
+    strategy.setup(n, settings.batch_size, device, gen, score_fn)
+    params_decay = [p for p in model.parameters() if p.dim() > 1]
+    params_other = [p for p in model.parameters() if p.dim() <= 1]  # no weight decay on BN and biases
+    optimizer = torch.optim.SGD(
+        [{"params": params_decay, "weight_decay": settings.weight_decay}, {"params": params_other, "weight_decay": 0.0}],
+        lr=settings.lr, momentum=settings.momentum, nesterov=settings.nesterov and settings.momentum > 0,
+    )  # fmt: skip
+
+    if settings.budget == "epochs":
+        total_steps: int | None = max(1, round(settings.budget_amount * n / settings.batch_size))
+    elif settings.budget == "steps":
+        total_steps = int(settings.budget_amount)
+    else:
+        total_steps = None
+
+    state: dict[str, Any] = {"step": 0, "train_time": 0.0, "history": [], "next_eval": 0,
+                             "loss_sum": torch.zeros((), device=device), "loss_count": 0}  # fmt: skip
+    clock = _Clock(device)
+    ckpt_path = Path(checkpoint) if checkpoint is not None else None
+    if resume and ckpt_path is not None and ckpt_path.exists():
+        saved = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if saved["tag"] != tag:
+            raise ValueError(f"checkpoint {ckpt_path} belongs to another config (hash {saved['tag']}, not {tag})")
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        strategy.load_state_dict(saved["strategy"])
+        augment.load_state_dict(saved["augment"])
+        gen.set_state(saved["generator"].cpu())
+        torch.set_rng_state(saved["torch_rng"].cpu())
+        state.update(saved["loop"])
+        clock.totals.update(saved["timing"])
+
+    def progress_of(step: int) -> float:
+        if total_steps is not None:
+            return step / total_steps
+        return state["train_time"] / settings.budget_amount
+
+    def due_for_eval(step: int) -> bool:
+        k = state["next_eval"]
+        if k > settings.evaluations:
+            return False
+        return progress_of(step) >= k / settings.evaluations - 1e-12
+
+    def record(step: int) -> None:
+        start = time.perf_counter()
+        accuracy, test_loss = evaluate(model, test, augment, amp=use_amp, channels_last=channels_last)
+        count = state["loss_count"]
+        state["history"].append({
+            "step": step, "epoch": step * settings.batch_size / n, "wall_time": state["train_time"],
+            "samples_seen": step * settings.batch_size,
+            "train_loss": float(state["loss_sum"]) / count if count else None,  # None: nothing trained yet
+            "test_accuracy": accuracy, "test_loss": test_loss,
+            "lr": settings.lr * lr_factor(settings, progress_of(step)), **strategy.summary(),
+        })  # fmt: skip
+        state["loss_sum"] = torch.zeros((), device=device)
+        state["loss_count"] = 0
+        state["next_eval"] += 1
+        clock.totals["evaluation"] = clock.totals.get("evaluation", 0.0) + time.perf_counter() - start
+
+    def save_checkpoint() -> None:
+        if ckpt_path is None:
+            return
+        _save_atomic({
+            "tag": tag, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            "strategy": strategy.state_dict(), "augment": augment.state_dict(), "generator": gen.get_state(),
+            "torch_rng": torch.get_rng_state(), "loop": state, "timing": clock.settle(),
+        }, ckpt_path)  # fmt: skip
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total_steps if total_steps is not None else round(settings.budget_amount),
+                   initial=state["step"] if total_steps is not None else 0, leave=False,
+                   unit="step" if total_steps is not None else "s", desc=tag[:8] or "train")  # fmt: skip
+
+    model.train()
+    last_save_time = time.perf_counter()
+    last_save_step = state["step"]
+    while True:
+        step = state["step"]
+        if due_for_eval(step):
+            record(step)
+            if bar is not None:
+                bar.set_postfix(test_acc=f"{state['history'][-1]['test_accuracy']:.3f}")
+        finished = step >= total_steps if total_steps is not None else state["train_time"] >= settings.budget_amount
+        if finished:
+            while state["next_eval"] <= settings.evaluations:  # a seconds budget can end between points
+                record(step)
+            break
+        wall_start = time.perf_counter()
+        factor = lr_factor(settings, progress_of(step))
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr * factor
+
+        t0 = clock.mark()
+        indices, weights = strategy.select(step)
+        t1 = clock.mark()
+        x, y = augment(train.images[indices], train.labels[indices], generator=gen)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        t2 = clock.mark()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            logits = model(x)
+        losses = F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=settings.label_smoothing)
+        loss = (losses * weights).mean() if weights is not None else losses.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        t3 = clock.mark()
+        optimizer.step()
+        t4 = clock.mark()
+        detached = losses.detach()
+        strategy.observe(indices, detached, logits.detach())
+        t5 = clock.mark()
+        state["loss_sum"] += detached.sum()
+        state["loss_count"] += detached.numel()
+        for phase, a, b in (("selection", t0, t1), ("data", t1, t2), ("forward_backward", t2, t3),
+                            ("optimizer", t3, t4), ("selection", t4, t5)):  # fmt: skip
+            clock.add(phase, a, b)
+        state["step"] = step + 1
+        state["train_time"] += time.perf_counter() - wall_start
+        if bar is not None:
+            bar.update(1 if total_steps is not None else 0)
+            if total_steps is None:
+                bar.n = min(round(state["train_time"]), bar.total)
+                bar.refresh()
+        if ckpt_path is not None and (
+            state["step"] - last_save_step >= settings.checkpoint_every_steps
+            or time.perf_counter() - last_save_time >= settings.checkpoint_every_seconds
+        ):
+            save_checkpoint()
+            last_save_time, last_save_step = time.perf_counter(), state["step"]
+    if bar is not None:
+        bar.close()
+    save_checkpoint()
+    timing = clock.settle()
+    steps = max(state["step"], 1)
+    last = state["history"][-1]
+    final = {
+        "steps": state["step"], "epochs": state["step"] * settings.batch_size / n, "train_time": state["train_time"],
+        "test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"], "train_loss": last["train_loss"],
+        "images_per_second": state["step"] * settings.batch_size / max(state["train_time"], 1e-9),
+    }  # fmt: skip
+    timing_out = {**timing, "per_step": {k: v / steps for k, v in timing.items() if k in PHASES}}
+    return {"history": state["history"], "timing": timing_out, "final": final}

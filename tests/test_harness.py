@@ -1,0 +1,302 @@
+"""The training harness: data loading, models, strategy interface, schedules, results, resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from torchvision.io import write_jpeg
+
+from ismod import experiments
+from ismod.augment import Augment
+from ismod.data import ImageData, load_cifar
+from ismod.experiments import Config, Result, config_hash, run, run_or_load
+from ismod.models import MODELS, build_model
+from ismod.strategies import Strategy, Uniform, build_strategy
+from ismod.train import TrainSettings, fit, lr_factor
+
+ROOT = Path(__file__).resolve().parents[1]
+CLASSES = ["airplane", "automobile", "bird"]
+
+
+def make_tree(root: Path, per_class: int = 12, test_per_class: int = 4) -> Path:
+    """A tiny CIFAR-like image-folder tree: each class's images have a distinct mean colour."""
+    g = torch.Generator().manual_seed(0)
+    for split, count in (("train", per_class), ("test", test_per_class)):
+        for c, name in enumerate(CLASSES):
+            folder = root / "cifar10-jpeg" / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(count):
+                img = torch.randint(0, 60, (3, 32, 32), generator=g, dtype=torch.uint8)
+                img[c] += 150  # the class signal
+                write_jpeg(img, str(folder / f"{i:04d}.jpg"), quality=95)
+    return root
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    return make_tree(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("ISMOD_CACHE", str(tmp_path / "cache"))
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def test_load_image_folder_tree(tree):
+    train = load_cifar("cifar10", "train", root=tree)
+    assert train.images.shape == (36, 3, 32, 32) and train.images.dtype == torch.uint8
+    assert train.classes == CLASSES and torch.equal(torch.bincount(train.labels), torch.tensor([12, 12, 12]))
+    assert train.source == "CIFAR-10 (JPEG q75 copy)"
+    # the class signal survived decoding: channel c is brightest for class c
+    brightest = train.images.float().mean((2, 3)).argmax(1)
+    assert torch.equal(brightest, train.labels)
+
+
+def test_load_from_tar_and_cache(tree, tmp_path):
+    archive_root = tmp_path / "packed"
+    archive_root.mkdir()
+    with tarfile.open(archive_root / "cifar10-jpeg.tar.gz", "w:gz") as tar:
+        tar.add(tree / "cifar10-jpeg", arcname="cifar10-jpeg")
+    a = load_cifar("cifar10", "test", root=archive_root)
+    b = load_cifar("cifar10", "test", root=tree)
+    assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels)
+    cached = list((tmp_path / "cache").glob("cifar10-jpeg-test-*.pt"))
+    assert cached, "decoded arrays were not cached"
+    c = load_cifar("cifar10", "test", root=archive_root)  # from the cache
+    assert torch.equal(a.images, c.images)
+
+
+def test_environment_variable_and_subset(tree, monkeypatch):
+    monkeypatch.setenv("ISMOD_DATA", str(tree))
+    sub = load_cifar("cifar10", "train", subset=9, seed=1)
+    assert len(sub) == 9 and torch.equal(torch.bincount(sub.labels), torch.tensor([3, 3, 3]))
+
+
+def test_missing_data_says_where_it_looked(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"looked in: .*cifar10-jpeg.*ISMOD_DATA.*download=True"):
+        load_cifar("cifar10", "train", root=tmp_path)
+
+
+def test_bad_dataset_arguments():
+    with pytest.raises(ValueError, match="name must be"):
+        load_cifar("mnist")
+    with pytest.raises(ValueError, match="split must be"):
+        load_cifar("cifar10", "val")
+
+
+# --- models --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "resnet18", "wrn28_2"])
+def test_models_give_logits(name):
+    model = build_model(name, num_classes=7).eval()
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 7)
+    assert isinstance(model.classifier, torch.nn.Linear)
+
+
+def test_unknown_model():
+    with pytest.raises(ValueError, match="model must be one of"):
+        build_model("vgg")
+    assert set(MODELS) >= {"small_cnn", "resnet18", "wrn28_2"}
+
+
+# --- strategy interface and schedules ----------------------------------------------------------
+
+
+def test_uniform_covers_each_epoch_once_and_round_trips():
+    s = Uniform()
+    s.setup(10, 3, torch.device("cpu"), torch.Generator().manual_seed(0))
+    epoch0 = torch.cat([s.select(i)[0] for i in range(3)])
+    assert epoch0.unique().numel() == 9 and s.select(0)[1] is None
+    t = Uniform()
+    t.setup(10, 3, torch.device("cpu"), torch.Generator().manual_seed(99))
+    t.load_state_dict(s.state_dict())
+    assert torch.equal(t.select(2)[0], epoch0[6:9])
+    epoch1 = torch.cat([s.select(i)[0] for i in range(3, 6)])
+    assert epoch1.unique().numel() == 9 and not torch.equal(epoch1, epoch0)
+
+
+def test_strategy_is_the_extension_point():
+    class EveryOther(Strategy):
+        name = "every-other"
+
+        def select(self, step):
+            idx = torch.arange(0, self.num_items, 2)[: self.batch_size]
+            return idx, torch.full((len(idx),), 2.0)
+
+        def observe(self, indices, losses, logits):
+            self.seen = (indices.clone(), losses.shape, logits.shape)
+
+    data = ImageData(torch.randint(0, 255, (20, 3, 32, 32), dtype=torch.uint8), torch.arange(20) % 2, ["a", "b"], "synthetic")
+    s = EveryOther()
+    fit(build_model("small_cnn", 2), data, data, s, Augment(num_classes=2),
+        TrainSettings(batch_size=4, budget="steps", budget_amount=3, evaluations=1, lr=0.05), progress=False)
+    assert torch.equal(s.seen[0], torch.tensor([0, 2, 4, 6])) and s.seen[1] == (4,) and s.seen[2] == (4, 2)
+
+
+def test_build_strategy_errors():
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        build_strategy("oracle")
+    with pytest.raises(ValueError, match="strategy_options"):
+        build_strategy("uniform", {"temperature": 2})
+
+
+@pytest.mark.parametrize(
+    "kwargs, points",
+    [
+        ({"schedule": "constant"}, {0: 1, 0.5: 1, 1: 1}),
+        ({"schedule": "step", "milestones": (0.5, 0.8), "gamma": 0.2}, {0.1: 1, 0.5: 0.2, 0.9: 0.04}),
+        ({"schedule": "linear", "warmup": 0.0}, {0: 1, 0.25: 0.75, 1: 0}),
+        ({"schedule": "onecycle", "warmup": 0.2}, {0: 0, 0.1: 0.5, 0.2: 1, 0.6: 0.5, 1: 0}),
+    ],
+)
+def test_lr_schedules(kwargs, points):
+    settings = TrainSettings(**kwargs)
+    for progress, expected in points.items():
+        assert lr_factor(settings, progress) == pytest.approx(expected)
+
+
+# --- configs and results -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "changes, match",
+    [
+        ({"model": "vgg"}, "model must be one of"),
+        ({"strategy": "magic"}, "strategy must be one of"),
+        ({"budget_amount": 0}, "budget_amount must be > 0"),
+        ({"budget": "hours"}, "budget must be one of"),
+        ({"batch_size": 10_000, "subset": 100}, "batch_size 10000 exceeds subset 100"),
+        ({"lr": -1.0}, "lr must be > 0"),
+    ],
+)
+def test_bad_configs_fail_before_training(changes, match, tree):
+    config = experiments.get_config("smoke-uniform", **changes)
+    with pytest.raises(ValueError, match=match):
+        run(config, data_root=tree, progress=False)
+
+
+def test_batch_larger_than_dataset_fails_before_training(tree):
+    with pytest.raises(ValueError, match="batch_size 64 exceeds the 36 training samples"):
+        run(experiments.get_config("smoke-uniform", subset=None), data_root=tree, progress=False)
+
+
+def tiny_config(**changes) -> Config:
+    base = dict(subset=None, test_subset=None, batch_size=8, budget="steps", budget_amount=12, evaluations=3,
+                lr=0.05, checkpoint_every_steps=5)  # fmt: skip
+    return experiments.get_config("smoke-uniform", **{**base, **changes})
+
+
+def test_result_round_trip_and_provenance(tree, tmp_path):
+    result = run(tiny_config(), data_root=tree, progress=False)
+    assert [h["step"] for h in result.history] == [0, 4, 8, 12]
+    assert {"step", "epoch", "wall_time", "samples_seen", "train_loss", "test_accuracy", "test_loss"} <= set(result.history[-1])
+    prov = result.provenance
+    assert prov["data_source"] == "CIFAR-10 (JPEG q75 copy)" and prov["config_hash"] == config_hash(tiny_config())
+    assert {"ismod_version", "git_commit", "torch_version", "device", "seed", "date"} <= set(prov)
+    assert set(result.timing["per_step"]) == {"selection", "data", "forward_backward", "optimizer"}
+    path = tmp_path / "r.json"
+    result.save(path)
+    again = Result.load(path)
+    assert again.config == result.config and again.history == result.history
+    assert again.config_hash == config_hash(tiny_config())
+
+
+def test_run_or_load_reuses_only_exact_matches(tree, tmp_path, monkeypatch):
+    calls = []
+    real_run = experiments.run
+
+    def counting_run(config, **kwargs):
+        calls.append(config)
+        return real_run(config, **kwargs)
+
+    monkeypatch.setattr(experiments, "run", counting_run)
+    a = run_or_load(tiny_config(), tmp_path, data_root=tree, progress=False)
+    b = run_or_load(tiny_config(), tmp_path, data_root=tree, progress=False)
+    assert len(calls) == 1 and a.history == b.history
+    run_or_load(tiny_config(seed=1), tmp_path, data_root=tree, progress=False)
+    assert len(calls) == 2
+    # a corrupt file is recomputed, never served
+    path = experiments.result_path(tiny_config(), tmp_path)
+    path.write_text("{not json")
+    run_or_load(tiny_config(), tmp_path, data_root=tree, progress=False)
+    assert len(calls) == 3 and Result.load(path).config_hash == config_hash(tiny_config())
+    # a file whose config was edited does not match its hash and is recomputed
+    data = json.loads(path.read_text())
+    data["config"]["lr"] = 0.5
+    path.write_text(json.dumps(data))
+    run_or_load(tiny_config(), tmp_path, data_root=tree, progress=False)
+    assert len(calls) == 4
+
+
+# --- checkpoint and resume ---------------------------------------------------------------------
+
+
+def _cli(tree: Path, out: Path, *extra: str) -> list[str]:
+    sets = ["subset=None", "test_subset=None", "batch_size=4", "budget='steps'", "budget_amount=300",
+            "evaluations=3", "lr=0.05", "checkpoint_every_steps=10", "checkpoint_every_seconds=1e9"]  # fmt: skip
+    cmd = [sys.executable, "-m", "ismod", "run", "smoke-uniform", "--out", str(out), "--data", str(tree), "--no-progress"]
+    for s in sets:
+        cmd += ["--set", s]
+    return cmd + list(extra)
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_state(tree, tmp_path):
+    env = dict(os.environ, ISMOD_CACHE=str(tmp_path / "cache"), OMP_NUM_THREADS="1")
+    whole = tmp_path / "whole.json"
+    subprocess.run(_cli(tree, whole), check=True, env=env, cwd=ROOT, timeout=600)
+
+    killed = tmp_path / "killed.json"
+    ckpt = killed.with_suffix(".ckpt.pt")
+    proc = subprocess.Popen(_cli(tree, killed), env=env, cwd=ROOT)
+    deadline = time.time() + 300
+    step = 0
+    while time.time() < deadline and proc.poll() is None:
+        if ckpt.exists():
+            step = torch.load(ckpt, weights_only=False)["loop"]["step"]
+            if step >= 100:
+                break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not killed.exists() and 100 <= step < 300
+    subprocess.run(_cli(tree, killed, "--resume"), check=True, env=env, cwd=ROOT, timeout=600)
+
+    a, b = Result.load(whole), Result.load(killed)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "wall_time"} for r in h]  # noqa: E731
+    assert strip(a.history) == strip(b.history)  # no gaps, no repeats, same values
+    final_a = torch.load(whole.with_suffix(".ckpt.pt"), weights_only=False)["model"]
+    final_b = torch.load(ckpt, weights_only=False)["model"]
+    assert all(torch.equal(final_a[k], final_b[k]) for k in final_a)
+
+
+def test_resume_refuses_another_configs_checkpoint(tree, tmp_path):
+    ckpt = tmp_path / "c.pt"
+    run(tiny_config(), data_root=tree, checkpoint=ckpt, progress=False)
+    with pytest.raises(ValueError, match="belongs to another config"):
+        run(tiny_config(lr=0.01), data_root=tree, checkpoint=ckpt, resume=True, progress=False)
+
+
+# --- real data ----------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("ISMOD_DATA"), reason="ISMOD_DATA is not set (CI points it at the offline CIFAR-10 copy)")
+def test_short_real_data_run(tmp_path):
+    config = experiments.get_config("smoke-uniform", subset=4000, test_subset=2000, batch_size=128, budget_amount=4)
+    result = run(config, progress=False)
+    assert result.provenance["train_size"] == 4000
+    # 10 classes: chance is 10%; four short epochs on real images clearly beat it
+    assert result.final["test_accuracy"] > 0.25
