@@ -93,7 +93,7 @@ class Augment:
 
     Call it on a uint8 batch and its labels; per-sample randomness comes from ``generator`` (on the
     batch's device), per-batch scalars (mixup's λ, RICAP's boundary) from a NumPy generator whose state
-    is part of :meth:`state_dict`, so a resumed run augments exactly as an uninterrupted one.
+    is part of ``state_dict()``, so a resumed run augments exactly as an uninterrupted one.
     """
 
     num_classes: int = 10

@@ -17,7 +17,7 @@ from torch.utils.data import WeightedRandomSampler
 
 from .sampling import ImportanceSampler
 
-__all__ = ["machine", "median_us", "sampler_step_costs", "format_table"]
+__all__ = ["machine", "median_us", "sampler_step_costs", "format_table", "harness_throughput"]
 
 
 def machine() -> str:
@@ -116,3 +116,79 @@ def format_table(rows: list[dict[str, float | int | str]], baseline: str = "ismo
         ratio = float(r["median_us"]) / float(base[r["N"]])
         lines.append(f"| {int(r['N']):,} | {r['method']} | {float(r['median_us']):,.0f} | {ratio:,.2f} |")
     return "\n".join(lines)
+
+
+def harness_throughput(
+    model_name: str = "small_cnn",
+    *,
+    batch_size: int = 512,
+    steps: int = 30,
+    rounds: int = 2,
+    num_items: int = 50_000,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> dict[str, float]:
+    """Training images/s of :func:`ismod.train.fit` against a minimal hand-written loop, same work.
+
+    Both train ``model_name`` with SGD (Nesterov momentum) on ``num_items`` random uint8 images held on
+    ``device``, batch ``batch_size``, crop + flip on the device, channels_last. They alternate
+    ``rounds`` times, ``steps`` steps each (after one warm-up round), so drift on a shared machine hits
+    both. Returns images/s of each, their ratio, and the harness's per-step selection, data and
+    optimiser times.
+    """
+    import torch.nn.functional as F
+
+    from .augment import Augment, normalize, random_crop, random_flip
+    from .data import ImageData
+    from .models import build_model
+    from .strategies import build_strategy
+    from .train import TrainSettings, fit
+
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (num_items, 3, 32, 32), dtype=torch.uint8, generator=g).to(device)
+    labels = torch.randint(10, (num_items,), generator=g).to(device)
+    data = ImageData(images, labels, [str(i) for i in range(10)], "random")
+    tiny_test = ImageData(images[:10], labels[:10], data.classes, "random")
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def minimal(n_steps: int) -> float:
+        model = build_model(model_name).to(device).to(memory_format=torch.channels_last)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        gen = torch.Generator(device=device).manual_seed(seed)
+        sync()
+        start = time.perf_counter()
+        order = torch.randperm(num_items, device=device, generator=gen)
+        for step in range(n_steps):
+            idx = order[(step * batch_size) % (num_items - batch_size + 1):][:batch_size]
+            x = random_flip(random_crop(normalize(images[idx]), 4, generator=gen), generator=gen)
+            loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), labels[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        sync()
+        return n_steps * batch_size / (time.perf_counter() - start)
+
+    timings: dict[str, float] = {}
+
+    def harness(n_steps: int) -> float:
+        settings = TrainSettings(batch_size=batch_size, budget="steps", budget_amount=n_steps, lr=0.05,
+                                 schedule="constant", warmup=0.0, evaluations=1, amp=False)  # fmt: skip
+        out = fit(build_model(model_name).to(device), data, tiny_test, build_strategy("uniform"),
+                  Augment(num_classes=10), settings, seed=seed, progress=False)  # fmt: skip
+        timings.update(out["timing"]["per_step"])
+        return out["final"]["images_per_second"]
+
+    minimal(3), harness(3)  # warm-up
+    results: dict[str, list[float]] = {"minimal": [], "harness": []}
+    for _ in range(rounds):
+        results["minimal"].append(minimal(steps))
+        results["harness"].append(harness(steps))
+    minimal_ips = statistics.median(results["minimal"])
+    harness_ips = statistics.median(results["harness"])
+    return {
+        "minimal_images_per_s": minimal_ips,
+        "harness_images_per_s": harness_ips,
+        "ratio": harness_ips / minimal_ips,
+        **{f"harness_{k}_ms_per_step": v * 1e3 for k, v in timings.items()},
+    }

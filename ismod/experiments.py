@@ -26,12 +26,21 @@ from .models import MODELS, build_model
 from .strategies import STRATEGIES, build_strategy
 from .train import TrainSettings, fit
 
-__all__ = ["Config", "Result", "CONFIGS", "get_config", "config_hash", "run", "run_or_load"]
+__all__ = ["Config", "Result", "CONFIGS", "get_config", "config_hash", "run", "run_or_load", "results_dir"]
+
+RESULTS_ENV = "ISMOD_RESULTS"
+
+
+def results_dir(default: str | os.PathLike = "results") -> Path:
+    """Where saved results live: ``$ISMOD_RESULTS`` if set (tests point it at a scratch folder), else ``default``."""
+    env = os.environ.get(RESULTS_ENV, "").strip()
+    return Path(env) if env else Path(default)
 
 
 @dataclass(frozen=True)
 class Config(TrainSettings):
-    """Everything that determines a run: data, model, strategy, augmentation, and :class:`TrainSettings`."""
+    """Everything that determines a run: data, model, strategy, augmentation, and
+    :class:`~ismod.train.TrainSettings` (which it extends)."""
 
     name: str = "custom"
     dataset: str = "cifar10"
@@ -138,6 +147,14 @@ class Result:
     def from_json(cls, text: str) -> Result:
         d = json.loads(text)
         return cls(**{f.name: d[f.name] for f in dataclasses.fields(cls)})
+
+    def describe(self) -> str:
+        """One line of provenance, to print beside a figure."""
+        p = self.provenance
+        return (f"{self.config['name']}: {p['data_source']}, {p['train_size']} training images; ran on "
+                f"{p['device']} at scale {p['scale'] or '?'} on {p['date']}, ismod {p['ismod_version']} "
+                f"(commit {p['git_commit'][:12]}{'+dirty' if p['git_commit'].endswith('+dirty') else ''}), "
+                f"torch {p['torch_version']}")  # fmt: skip
 
     def save(self, path: str | os.PathLike) -> None:
         path = Path(path)

@@ -22,6 +22,7 @@ __all__ = [
     "tail_proposal",
     "sgd_histories",
     "estimate_histograms",
+    "learning_curves",
 ]
 
 
@@ -172,3 +173,23 @@ def estimate_histograms(
     ax.set_xlabel(xlabel)
     ax.set_ylabel("runs")
     ax.legend()
+
+
+def learning_curves(results: Mapping[str, object], *, axes: Sequence[Axes] | None = None) -> None:
+    """Test accuracy against epochs and against training seconds, and training loss, per result.
+
+    ``results`` maps a label to an :class:`ismod.experiments.Result`.
+    """
+    if axes is None:
+        axes = plt.subplots(1, 3, figsize=(13, 3.6))[1]
+    for label, result in results.items():
+        hist = result.history  # type: ignore[attr-defined]
+        epochs = [h["epoch"] for h in hist]
+        axes[0].plot(epochs, [h["test_accuracy"] for h in hist], "o-", label=label)
+        axes[1].plot([h["wall_time"] for h in hist], [h["test_accuracy"] for h in hist], "o-", label=label)
+        trained = [h for h in hist if h["train_loss"] is not None]
+        axes[2].plot([h["epoch"] for h in trained], [h["train_loss"] for h in trained], "o-", label=label)
+    axes[0].set(xlabel="epochs", ylabel="test accuracy")
+    axes[1].set(xlabel="training seconds (evaluation excluded)", ylabel="test accuracy")
+    axes[2].set(xlabel="epochs", ylabel="training loss (since the previous point)")
+    axes[0].legend()

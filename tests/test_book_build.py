@@ -13,7 +13,7 @@ from book_files import ROOT, toc_files, toc_notebooks
 @pytest.mark.slow
 def test_book_builds_clean_at_smoke_scale(tmp_path):
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
-    env = dict(os.environ, ISMOD_SCALE="smoke")
+    env = dict(os.environ, ISMOD_SCALE="smoke", ISMOD_RESULTS=str(tmp_path / "results"))
     cmd = [
         str(jupyter_book), "build", "book", "--config", str(ROOT / "_config.yml"), "--toc", str(ROOT / "_toc.yml"),
         "--path-output", str(tmp_path), "--all", "-W", "-n", "--keep-going",

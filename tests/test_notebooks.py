@@ -9,8 +9,9 @@ from book_files import BOOK, toc_notebooks
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", toc_notebooks(), ids=lambda p: p.name)
-def test_notebook_runs_at_smoke_scale(path, monkeypatch):
+def test_notebook_runs_at_smoke_scale(path, monkeypatch, tmp_path):
     monkeypatch.setenv("ISMOD_SCALE", "smoke")
+    monkeypatch.setenv("ISMOD_RESULTS", str(tmp_path / "results"))  # never write into the repository
     nb = nbformat.read(path, as_version=4)
     NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(BOOK)}}

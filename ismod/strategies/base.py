@@ -19,7 +19,7 @@ class Strategy(ABC):
     The trainer calls :meth:`setup` once, then per step :meth:`select` → train on the indices,
     weighting per-sample losses by the weights (``None`` means all 1) → :meth:`observe` with the
     unweighted per-sample losses and the logits of what was trained on. State lives in tensors on the
-    device (no host synchronisation per step) and round-trips through :meth:`state_dict`.
+    device (no host synchronisation per step) and round-trips through ``state_dict()``.
     """
 
     name: str = "strategy"
