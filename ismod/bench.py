@@ -17,7 +17,7 @@ from torch.utils.data import WeightedRandomSampler
 
 from .sampling import ImportanceSampler
 
-__all__ = ["machine", "median_us", "sampler_step_costs", "format_table", "harness_throughput"]
+__all__ = ["machine", "median_us", "sampler_step_costs", "format_table", "harness_throughput", "scoring_costs"]
 
 
 def machine() -> str:
@@ -192,3 +192,59 @@ def harness_throughput(
         "ratio": harness_ips / minimal_ips,
         **{f"harness_{k}_ms_per_step": v * 1e3 for k, v in timings.items()},
     }
+
+
+def scoring_costs(
+    model_name: str = "small_cnn",
+    *,
+    batch_size: int = 1024,
+    loop_samples: int = 64,
+    chunk_size: int | None = 128,
+    repeats: int = 3,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> dict[str, float]:
+    """Seconds to score ``batch_size`` samples four ways (Chapter 4's cost question).
+
+    ``loss``: one forward pass without autograd; ``upper_bound``: the same forward plus
+    :func:`ismod.bounds.upper_bound`; ``exact_vmap``: :func:`ismod.bounds.per_sample_grad_norms`;
+    ``exact_loop``: one backward pass per sample, timed on ``loop_samples`` samples and scaled to
+    ``batch_size``. Medians over ``repeats``; ratios to ``loss`` included.
+    """
+    import torch.nn.functional as F
+
+    from .bounds import per_sample_grad_norms, upper_bound
+    from .models import build_model
+
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(seed)
+    model = build_model(model_name).to(device).eval()
+    x = torch.randn(batch_size, 3, 32, 32, generator=g).to(device)
+    y = torch.randint(10, (batch_size,), generator=g).to(device)
+
+    def ce(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(z, t, reduction="none")
+
+    def loss_only() -> None:
+        with torch.no_grad():
+            ce(model(x), y)
+
+    def bound() -> None:
+        with torch.no_grad():
+            upper_bound(model(x), y)
+
+    def exact() -> None:
+        per_sample_grad_norms(model, ce, x, y, chunk_size=chunk_size)
+
+    def loop() -> None:
+        for i in range(loop_samples):
+            model.zero_grad(set_to_none=True)
+            ce(model(x[i : i + 1]), y[i : i + 1]).sum().backward()
+
+    out = {
+        "loss": median_us(loss_only, repeats, warmup=1) / 1e6,
+        "upper_bound": median_us(bound, repeats, warmup=1) / 1e6,
+        "exact_vmap": median_us(exact, max(1, repeats // 2), warmup=1) / 1e6,
+        "exact_loop": median_us(loop, 1, warmup=1) / 1e6 * batch_size / loop_samples,
+    }
+    return {**out, **{f"{k}_over_loss": v / out["loss"] for k, v in out.items() if k != "loss"}}
