@@ -12,12 +12,12 @@ minimised by :math:`p_i \\propto \\lVert G_i\\rVert` (Needell et al. 2014; Zhao 
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 
 import torch
 
+from .diagnostics import variance_from_norms
 from .sampling import ImportanceSampler, draw, probabilities
 
 __all__ = [
@@ -147,13 +147,8 @@ def gradient_variance(grads: torch.Tensor, probs: torch.Tensor, batch_size: int 
         raise ValueError(
             f"grads must be (N, dim) and probs (N,), got {tuple(grads.shape)} and {tuple(probs.shape)}"
         )
-    n = grads.shape[0]
-    sq = (grads**2).sum(1).to(torch.float64)
-    p = probs.to(torch.float64)
-    if ((sq > 0) & (p <= 0)).any():
-        return math.inf
-    term = torch.where(sq > 0, sq / p.clamp_min(1e-300), torch.zeros_like(sq)).sum() / n**2
-    return float(term - (grads.mean(0).to(torch.float64) ** 2).sum()) / batch_size
+    mean_sq = float((grads.mean(0).to(torch.float64) ** 2).sum())
+    return variance_from_norms((grads.to(torch.float64) ** 2).sum(1), mean_sq, probs, batch_size)
 
 
 STRATEGIES: tuple[str, ...] = ("uniform", "lipschitz", "loss", "oracle")

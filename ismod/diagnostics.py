@@ -8,7 +8,7 @@ import torch
 
 from .sampling import _check_probs, draw
 
-__all__ = ["distribution_summary", "weighted_mean_bias"]
+__all__ = ["distribution_summary", "weighted_mean_bias", "variance_from_norms", "spearman", "score_variance_ratios"]
 
 
 def distribution_summary(probs: torch.Tensor) -> dict[str, float]:
@@ -59,3 +59,53 @@ def weighted_mean_bias(
     bias = float((est.mean(0) - target).norm()) / scale
     stderr = float((est.std(0) / math.sqrt(repeats)).norm()) / scale
     return bias, stderr
+
+
+def variance_from_norms(
+    sq_norms: torch.Tensor, mean_sq_norm: float, probs: torch.Tensor, batch_size: int = 1
+) -> float:
+    """Trace of the covariance of the reweighted minibatch mean, drawn with replacement, from norms alone.
+
+    :math:`\frac1b\big(\frac1{N^2}\sum_i \lVert G_i\rVert^2/p_i - \lVert\bar G\rVert^2\big)`, with
+    ``sq_norms`` :math:`\lVert G_i\rVert^2` (N,) and ``mean_sq_norm`` :math:`\lVert\bar G\rVert^2`. It is
+    the expected :math:`\lVert \bar G - \hat g\rVert^2` of Katharopoulos & Fleuret's variance measurement.
+    """
+    sq = torch.as_tensor(sq_norms, dtype=torch.float64)
+    p = torch.as_tensor(probs, dtype=torch.float64)
+    if sq.dim() != 1 or p.shape != sq.shape:
+        raise ValueError(f"sq_norms and probs must be 1-D of one length, got {tuple(sq.shape)} and {tuple(p.shape)}")
+    if ((sq > 0) & (p <= 0)).any():
+        return math.inf
+    n = sq.numel()
+    term = torch.where(sq > 0, sq / p.clamp_min(1e-300), torch.zeros_like(sq)).sum() / n**2
+    return float(term - mean_sq_norm) / batch_size
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Spearman rank correlation of two 1-D samples (ties broken by position)."""
+    a = torch.as_tensor(a, dtype=torch.float64)
+    b = torch.as_tensor(b, dtype=torch.float64)
+    if a.shape != b.shape or a.dim() != 1 or a.numel() < 2:
+        raise ValueError(f"a and b must be 1-D of one length >= 2, got {tuple(a.shape)} and {tuple(b.shape)}")
+    ra = torch.argsort(torch.argsort(a)).double()
+    rb = torch.argsort(torch.argsort(b)).double()
+    return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
+
+
+def score_variance_ratios(probe: dict, batch_size: int = 128, scores: tuple[str, ...] = ("loss", "bound", "grad_norm")) -> dict[str, float]:
+    """For each score in ``probe``, the variance of minibatches drawn with :math:`p \\propto` score
+    (reweighted, with replacement) divided by that of uniform minibatches — below 1 is a reduction.
+
+    ``probe`` holds per-sample ``grad_norm`` and the ``mean_grad_sq`` of the probe set, as recorded by
+    :func:`ismod.experiments.gradient_probe`; Katharopoulos & Fleuret's protocol with the expectation
+    computed exactly instead of averaged over sampled batches.
+    """
+    sq = torch.tensor(probe["grad_norm"], dtype=torch.float64) ** 2
+    n = sq.numel()
+    uniform = variance_from_norms(sq, probe["mean_grad_sq"], torch.full((n,), 1.0 / n, dtype=torch.float64), batch_size)
+    out = {}
+    for name in scores:
+        s = torch.tensor(probe[name], dtype=torch.float64).clamp_min(0)
+        p = s / s.sum() if s.sum() > 0 else torch.full((n,), 1.0 / n, dtype=torch.float64)
+        out[name] = variance_from_norms(sq, probe["mean_grad_sq"], p, batch_size) / uniform
+    return out

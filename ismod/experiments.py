@@ -21,7 +21,7 @@ import torch
 
 from . import __version__
 from .augment import Augment
-from .data import load_cifar
+from .data import ImageData, load_cifar
 from .models import MODELS, build_model
 from .strategies import STRATEGIES, build_strategy
 from .train import TrainSettings, fit
@@ -55,6 +55,8 @@ class Config(TrainSettings):
     subset: int | None = None  # training samples kept (class-balanced); None: all
     test_subset: int | None = None
     seed: int = 0
+    probe_size: int = 0  # training samples whose loss, bound and exact gradient norm are recorded
+    probe_chunk: int = 64  # per-sample gradients held at once while probing
 
     def validate(self, num_items: int | None = None) -> None:
         """Fail before any training, naming the field."""
@@ -117,6 +119,52 @@ CONFIGS: dict[str, Config] = {
         evaluations=20,
     ),  # fmt: skip
 }
+
+
+CONFIGS["cifar10-small-probe"] = Config(
+    name="cifar10-small-probe", subset=10_000, budget_amount=8, probe_size=1024,
+    **{**_SMALL, "batch_size": 256, "lr": 0.2, "evaluations": 5},
+)  # fmt: skip
+CONFIGS["cifar10-resnet18-probe"] = Config(
+    name="cifar10-resnet18-probe", subset=2000, test_subset=500, budget_amount=4, probe_size=128, probe_chunk=16,
+    **{**_SMALL, "model": "resnet18", "batch_size": 64, "lr": 0.05, "evaluations": 3},
+)  # fmt: skip
+
+
+def gradient_probe(train: ImageData, augment: Augment, size: int, *, chunk: int = 64, seed: int = 0):
+    """A ``probe`` for :func:`ismod.train.fit`: on ``size`` fixed training samples (un-augmented), record
+    per-sample ``loss``, upper ``bound``, exact ``grad_norm`` and the squared norm of their mean gradient
+    ``mean_grad_sq`` (the model in eval mode throughout, so all four agree on BatchNorm)."""
+    import torch.nn.functional as F
+
+    from .bounds import per_sample_grad_norms, upper_bound
+
+    g = torch.Generator().manual_seed(seed + 12345)
+    idx = torch.randperm(len(train), generator=g)[:size].to(train.labels.device)
+    x, y = augment(train.images[idx], train.labels[idx], train=False)
+
+    def ce(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(z, t, reduction="none")
+
+    def probe(model: torch.nn.Module) -> dict[str, Any]:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            logits = model(x).float()
+        norms = per_sample_grad_norms(model, ce, x, y, chunk_size=chunk)
+        model.zero_grad(set_to_none=True)
+        ce(model(x).float(), y).mean().backward()
+        mean_sq = sum(float(p.grad.float().pow(2).sum()) for p in model.parameters() if p.grad is not None)
+        model.zero_grad(set_to_none=True)
+        model.train(was_training)
+
+        def rounded(t: torch.Tensor) -> list[float]:
+            return [float(f"{v:.6g}") for v in t.tolist()]
+
+        return {"loss": rounded(ce(logits, y)), "bound": rounded(upper_bound(logits, y)),
+                "grad_norm": rounded(norms), "mean_grad_sq": mean_sq}  # fmt: skip
+
+    return probe
 
 
 def get_config(name: str, **changes: Any) -> Config:
@@ -213,8 +261,9 @@ def run(
     augment = Augment(num_classes=train.num_classes, crop=config.crop, flip=config.flip, padding=config.crop_padding,
                       mixup_alpha=config.mixup_alpha, ricap_beta=config.ricap_beta, seed=config.seed)  # fmt: skip
     tag = config_hash(config)
+    probe = gradient_probe(train, augment, config.probe_size, chunk=config.probe_chunk, seed=config.seed) if config.probe_size else None
     out = fit(model, train, test, strategy, augment, config, seed=config.seed, checkpoint=checkpoint,
-              resume=resume, tag=tag, progress=progress)  # fmt: skip
+              resume=resume, tag=tag, progress=progress, probe=probe)  # fmt: skip
     provenance = {
         "ismod_version": __version__, "git_commit": _git_commit(), "torch_version": torch.__version__,
         "device": _device_name(device), "data_source": train.source, "train_size": len(train),

@@ -23,6 +23,9 @@ __all__ = [
     "sgd_histories",
     "estimate_histograms",
     "learning_curves",
+    "gradient_norm_cdf",
+    "bound_scatter",
+    "variance_reduction",
 ]
 
 
@@ -193,3 +196,55 @@ def learning_curves(results: Mapping[str, object], *, axes: Sequence[Axes] | Non
     axes[1].set(xlabel="training seconds (evaluation excluded)", ylabel="test accuracy")
     axes[2].set(xlabel="epochs", ylabel="training loss (since the previous point)")
     axes[0].legend()
+
+
+def _probe_points(result: object) -> list[dict]:
+    return [h for h in result.history if "probe" in h]  # type: ignore[attr-defined]
+
+
+def gradient_norm_cdf(result: object, *, ax: Axes | None = None) -> None:
+    """Empirical CDF of the exact per-sample gradient norms of the probe set at each evaluation point
+    (Katharopoulos & Fleuret's slide 2, re-made)."""
+    ax = _axes(ax)
+    for h in _probe_points(result):
+        norms = torch.tensor(h["probe"]["grad_norm"]).sort().values.clamp_min(1e-8)
+        ax.plot(norms.numpy(), torch.linspace(0, 1, len(norms)).numpy(), label=f"epoch {h['epoch']:.1f}")
+    ax.set_xscale("log")
+    ax.set(xlabel="per-sample gradient norm ||∇θ L_i||", ylabel="fraction of samples ≤ x")
+    ax.legend(fontsize=8)
+
+
+def bound_scatter(result: object, *, point: int = -1, ax: Axes | None = None) -> float:
+    """Exact gradient norm against the upper bound for the probe set at one evaluation point; returns
+    their Spearman correlation."""
+    from .diagnostics import spearman
+
+    ax = _axes(ax)
+    h = _probe_points(result)[point]
+    bound, exact = torch.tensor(h["probe"]["bound"]), torch.tensor(h["probe"]["grad_norm"])
+    rho = spearman(bound, exact)
+    ax.loglog(bound.clamp_min(1e-8).numpy(), exact.clamp_min(1e-8).numpy(), ".", alpha=0.4, ms=3)
+    ax.set(xlabel="upper bound ||softmax(z) − e_y||", ylabel="exact ||∇θ L_i||",
+           title=f"epoch {h['epoch']:.1f}: Spearman ρ = {rho:.3f}")  # fmt: skip
+    return rho
+
+
+def variance_reduction(results: Sequence, *, batch_size: int = 128, ax: Axes | None = None) -> dict[str, list[float]]:
+    """Variance of importance-sampled minibatches relative to uniform, per score, over training
+    (Katharopoulos & Fleuret's slide 7, re-made): mean over ``results`` (seeds) with their range."""
+    from .diagnostics import score_variance_ratios
+
+    ax = _axes(ax)
+    labels = {"loss": "p ∝ loss", "bound": "p ∝ upper bound", "grad_norm": "p ∝ exact gradient norm"}
+    per_seed = [[(h["epoch"], score_variance_ratios(h["probe"], batch_size)) for h in _probe_points(r)][1:] for r in results]
+    epochs = [e for e, _ in per_seed[0]]
+    means: dict[str, list[float]] = {}
+    for key, label in labels.items():
+        values = torch.tensor([[ratios[key] for _, ratios in seed] for seed in per_seed])
+        means[key] = values.mean(0).tolist()
+        ax.plot(epochs, means[key], "o-", label=label)
+        ax.fill_between(epochs, values.min(0).values.numpy(), values.max(0).values.numpy(), alpha=0.2)
+    ax.axhline(1.0, color="black", lw=0.8, ls="--", label="uniform")
+    ax.set(xlabel="epochs", ylabel=f"variance / uniform (batch {batch_size})")
+    ax.legend(fontsize=8)
+    return {"epochs": epochs, **means}

@@ -8,11 +8,11 @@ for the device: losses accumulate on it and are read at evaluation points.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -160,6 +160,7 @@ def fit(
     resume: bool = False,
     tag: str = "",
     progress: bool = True,
+    probe: Callable[[nn.Module], dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``train`` within the budget; return ``history``, ``timing`` and ``final``.
 
@@ -169,7 +170,8 @@ def fit(
     ``lr`` and the strategy's summary. With ``checkpoint``, the full state is written there atomically
     every ``checkpoint_every_steps`` steps or ``checkpoint_every_seconds`` seconds; ``resume=True``
     continues from it (a killed run loses only the steps since), provided ``tag`` (the config hash)
-    matches.
+    matches. ``probe(model)``, if given, runs at each evaluation point (its time counted as
+    ``probe``, not training) and its return value is stored in the record under ``"probe"``.
     """
     settings.validate(len(train))
     device = train.images.device
@@ -240,10 +242,14 @@ def fit(
             "test_accuracy": accuracy, "test_loss": test_loss,
             "lr": settings.lr * lr_factor(settings, progress_of(step)), **strategy.summary(),
         })  # fmt: skip
+        clock.totals["evaluation"] = clock.totals.get("evaluation", 0.0) + time.perf_counter() - start
+        if probe is not None:
+            start = time.perf_counter()
+            state["history"][-1]["probe"] = probe(model)
+            clock.totals["probe"] = clock.totals.get("probe", 0.0) + time.perf_counter() - start
         state["loss_sum"] = torch.zeros((), device=device)
         state["loss_count"] = 0
         state["next_eval"] += 1
-        clock.totals["evaluation"] = clock.totals.get("evaluation", 0.0) + time.perf_counter() - start
 
     def save_checkpoint() -> None:
         if ckpt_path is None:

@@ -37,3 +37,28 @@ def test_bias_without_replacement_is_detected():
     values = torch.tensor([1.0, 1.0] + [0.0] * 8, dtype=torch.float64)
     bias, se = weighted_mean_bias(values, p, 5, replacement=False, repeats=3000, generator=g)
     assert bias > 10 * se
+
+
+def test_variance_from_norms_matches_sampling():
+    from ismod.diagnostics import variance_from_norms
+    from ismod.sampling import draw
+
+    g = torch.Generator().manual_seed(0)
+    grads = torch.randn(200, 5, generator=g, dtype=torch.float64) * torch.rand(200, 1, generator=g, dtype=torch.float64)
+    p = probabilities(grads.norm(dim=1) + 0.1, "proportional")
+    reps, b = 20_000, 8
+    idx, w = draw(p, reps * b, generator=g)
+    est = (w[:, None] * grads[idx]).view(reps, b, -1).mean(1)
+    empirical = float(((est - grads.mean(0)) ** 2).sum(1).mean())
+    exact = variance_from_norms((grads**2).sum(1), float((grads.mean(0) ** 2).sum()), p, b)
+    assert exact == pytest.approx(empirical, rel=0.1)
+
+
+def test_spearman():
+    from ismod.diagnostics import spearman
+
+    x = torch.arange(10.0)
+    assert spearman(x, x**3) == pytest.approx(1.0)
+    assert spearman(x, -x) == pytest.approx(-1.0)
+    with pytest.raises(ValueError, match="1-D of one length"):
+        spearman(x, x[:3])
