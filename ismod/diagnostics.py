@@ -64,7 +64,7 @@ def weighted_mean_bias(
 def variance_from_norms(
     sq_norms: torch.Tensor, mean_sq_norm: float, probs: torch.Tensor, batch_size: int = 1
 ) -> float:
-    """Trace of the covariance of the reweighted minibatch mean, drawn with replacement, from norms alone.
+    r"""Trace of the covariance of the reweighted minibatch mean, drawn with replacement, from norms alone.
 
     :math:`\frac1b\big(\frac1{N^2}\sum_i \lVert G_i\rVert^2/p_i - \lVert\bar G\rVert^2\big)`, with
     ``sq_norms`` :math:`\lVert G_i\rVert^2` (N,) and ``mean_sq_norm`` :math:`\lVert\bar G\rVert^2`. It is
