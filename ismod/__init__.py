@@ -4,7 +4,8 @@ The package behind the course *Importance Sampling for Deep Learning*. Modules a
 a module imports only from layers below it:
 
 - layer 0, estimators and formulas: :mod:`ismod.mc`, :mod:`ismod.sampling`, :mod:`ismod.diagnostics`,
-  :mod:`ismod.convex`, :mod:`ismod.scale` (diagnostics and convex build on sampling);
+  :mod:`ismod.convex`, :mod:`ismod.bounds`, :mod:`ismod.tau`, :mod:`ismod.scale` (diagnostics and convex
+  build on sampling);
 - layer 1, training parts: :mod:`ismod.data`, :mod:`ismod.augment`, :mod:`ismod.models`;
 - layer 2, strategies: :mod:`ismod.strategies`;
 - layer 3, the loop: :mod:`ismod.train`;

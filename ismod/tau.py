@@ -1,0 +1,55 @@
+r"""The equivalent batch increment τ and the switch threshold of Katharopoulos & Fleuret (2018).
+
+For a presample of :math:`B` points scored :math:`g_i` (normalised to a probability vector) and a
+batch resampled from it with weights :math:`1/(B g_i)`, the variance gain over uniform sampling is
+:math:`\operatorname{tr} V_u - \operatorname{tr} V_g = \frac{S^2}{B}\sum_i (g_i - u)^2` with
+:math:`u = 1/B`, and an importance-sampled batch of :math:`b` is worth a uniform batch of :math:`\tau b`,
+
+.. math:: \tau = \Big(1 - \frac{\sum_i (g_i - u)^2}{\sum_i g_i^2}\Big)^{-1} = B \sum_i g_i^2 .
+
+Importance sampling pays when :math:`\tau > \tau_{th} = 1 + \frac{B t_f}{b (t_f + t_b)}`
+(REFERENCE.md §5; slides 8–9). The authors' library takes a square root of the first expression; the
+``sqrt`` option reproduces it for comparison.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+
+import torch
+
+__all__ = ["equivalent_batch_increment", "switch_threshold"]
+
+
+def equivalent_batch_increment(probs: torch.Tensor, *, sqrt: bool = False) -> float:
+    r""":math:`\tau = (1 - \sum_i (g_i - u)^2 / \sum_i g_i^2)^{-1} = B\sum_i g_i^2` for a distribution
+    :math:`g` over :math:`B` presampled points: 1 for uniform, :math:`B` for a point mass.
+
+    ``sqrt=True`` returns :math:`1/\sqrt{1 - \sum_i (g_i - u)^2/\sum_i g_i^2}`, the authors' library's form.
+    """
+    g = torch.as_tensor(probs, dtype=torch.float64)
+    if g.dim() != 1 or g.numel() == 0:
+        raise ValueError(f"probs must be a non-empty 1-D tensor, got shape {tuple(g.shape)}")
+    if not torch.isfinite(g).all() or (g < 0).any():
+        raise ValueError("probs must be finite and non-negative")
+    total = float(g.sum())
+    if abs(total - 1.0) > 1e-6:
+        raise ValueError(f"probs must sum to 1 (a distribution over the presample), got {total:.6g}")
+    tau = g.numel() * float((g**2).sum())
+    return math.sqrt(tau) if sqrt else tau
+
+
+def switch_threshold(presample: int, batch: int, t_forward: float, t_backward: float) -> float:
+    r""":math:`\tau_{th} = 1 + B t_f / (b (t_f + t_b))`: the τ above which scoring a presample of
+    :math:`B` to train on :math:`b` is cheaper than a uniform batch of :math:`\tau b`.
+    Equals :math:`(B + 3b)/(3b)` when :math:`t_b = 2 t_f`."""
+    for name, value in (("presample", presample), ("batch", batch)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    if presample < batch:
+        raise ValueError(f"presample B = {presample} must be at least the batch b = {batch}")
+    for name, value in (("t_forward", t_forward), ("t_backward", t_backward)):
+        if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
+            raise ValueError(f"{name} must be a positive time, got {value!r}")
+    return 1.0 + presample * t_forward / (batch * (t_forward + t_backward))
