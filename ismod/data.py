@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from ._io import replace_atomically
+
 __all__ = ["ImageData", "load_cifar", "data_root", "DATA_ENV", "CIFAR_MEAN", "CIFAR_STD"]
 
 DATA_ENV = "ISMOD_DATA"
@@ -129,10 +131,8 @@ def _load_image_folder(source: Path, split: str) -> tuple[torch.Tensor, torch.Te
         raise FileNotFoundError(f"no JPEG images for split {split!r} in {source}")
     images, labels, classes = _split_from_files(items)
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp")
-        torch.save({"images": images, "labels": labels, "classes": classes}, tmp)
-        os.replace(tmp, cache)
+        blob = {"images": images, "labels": labels, "classes": classes}
+        replace_atomically(cache, lambda tmp: torch.save(blob, tmp))
     except OSError:
         pass  # caching is an optimisation; a read-only home must not stop training
     return images, labels, classes

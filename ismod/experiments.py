@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from . import __version__
+from ._io import replace_atomically
 from .augment import Augment
 from .data import ImageData, load_cifar
 from .models import MODELS, build_model
@@ -205,11 +206,8 @@ class Result:
                 f"torch {p['torch_version']}")  # fmt: skip
 
     def save(self, path: str | os.PathLike) -> None:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json())
-        os.replace(tmp, path)
+        text = self.to_json()
+        replace_atomically(Path(path), lambda tmp: tmp.write_text(text))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Result:
@@ -254,7 +252,6 @@ def run(
     load = dict(root=data_root, device=device, seed=config.seed, download=True)
     train = load_cifar(config.dataset, "train", subset=config.subset, **load)
     test = load_cifar(config.dataset, "test", subset=config.test_subset, **load)
-    config.validate(len(train))
     torch.manual_seed(config.seed)
     model = build_model(config.model, train.num_classes).to(device)
     strategy = build_strategy(config.strategy, config.strategy_options)

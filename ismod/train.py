@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ._io import replace_atomically
 from .augment import Augment
 from .data import ImageData
 from .strategies.base import Strategy
@@ -140,13 +141,6 @@ class _Clock:
         return dict(self.totals)
 
 
-def _save_atomic(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)  # a reader sees the old file or the new one, never half of one
-
-
 def fit(
     model: nn.Module,
     train: ImageData,
@@ -254,11 +248,12 @@ def fit(
     def save_checkpoint() -> None:
         if ckpt_path is None:
             return
-        _save_atomic({
+        state_blob = {
             "tag": tag, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "strategy": strategy.state_dict(), "augment": augment.state_dict(), "generator": gen.get_state(),
             "torch_rng": torch.get_rng_state(), "loop": state, "timing": clock.settle(),
-        }, ckpt_path)  # fmt: skip
+        }  # fmt: skip
+        replace_atomically(ckpt_path, lambda tmp: torch.save(state_blob, tmp))
 
     bar = None
     if progress:
