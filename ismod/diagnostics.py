@@ -8,7 +8,18 @@ import torch
 
 from .sampling import _check_probs, draw
 
-__all__ = ["distribution_summary", "weighted_mean_bias", "variance_from_norms", "spearman", "score_variance_ratios"]
+__all__ = [
+    "distribution_summary",
+    "distribution_stats",
+    "STAT_NAMES",
+    "coverage",
+    "weighted_mean_bias",
+    "variance_from_norms",
+    "spearman",
+    "score_variance_ratios",
+]
+
+STAT_NAMES: tuple[str, ...] = ("entropy", "kl_from_uniform", "effective_fraction", "max_weight")
 
 
 def distribution_summary(probs: torch.Tensor) -> dict[str, float]:
@@ -19,16 +30,37 @@ def distribution_summary(probs: torch.Tensor) -> dict[str, float]:
     distribution effectively uses; 1 for uniform), ``entropy`` :math:`-\\sum_i p_i\\log p_i` in nats, and
     ``kl_from_uniform`` :math:`\\mathrm{KL}(p\\,\\|\\,u) = \\log N - \\text{entropy}`.
     """
-    p = _check_probs(probs).to(torch.float64)
+    stats = distribution_stats(_check_probs(probs)).tolist()
+    return dict(zip(STAT_NAMES, stats))
+
+
+def distribution_stats(probs: torch.Tensor) -> torch.Tensor:
+    """:func:`distribution_summary` as a float64 tensor on the device of ``probs``, in the order of
+    ``STAT_NAMES``, without validation or host synchronisation (for use inside a training step)."""
+    p = probs.to(torch.float64)
     n = p.numel()
-    positive = p[p > 0]
-    entropy = float(-(positive * positive.log()).sum())
-    return {
-        "max_weight": float(1.0 / (n * positive.min())),
-        "effective_fraction": float(1.0 / (n * (p**2).sum())),
-        "entropy": entropy,
-        "kl_from_uniform": math.log(n) - entropy,
-    }
+    positive = p > 0
+    entropy = -torch.where(positive, p * p.clamp_min(1e-300).log(), torch.zeros_like(p)).sum()
+    smallest = torch.where(positive, p, torch.full_like(p, math.inf)).min()
+    return torch.stack([entropy, math.log(n) - entropy, 1.0 / (n * (p**2).sum()), 1.0 / (n * smallest)])
+
+
+def coverage(visits: torch.Tensor) -> dict[str, float]:
+    r"""How evenly training has visited the data, from per-sample visit counts (N,).
+
+    ``seen``: the fraction of samples visited at least once; ``visit_entropy``: the entropy of the
+    visit frequencies divided by :math:`\log N` (1 when every sample was visited equally often).
+    """
+    v = torch.as_tensor(visits, dtype=torch.float64)
+    if v.dim() != 1 or v.numel() < 2:
+        raise ValueError(f"visits must be a 1-D tensor of at least 2 counts, got shape {tuple(v.shape)}")
+    if (v < 0).any():
+        raise ValueError("visits must be non-negative counts")
+    total = float(v.sum())
+    if total == 0:
+        return {"seen": 0.0, "visit_entropy": 0.0}
+    f = v[v > 0] / total
+    return {"seen": float((v > 0).double().mean()), "visit_entropy": float(-(f * f.log()).sum()) / math.log(v.numel())}
 
 
 def weighted_mean_bias(

@@ -189,20 +189,29 @@ def draw(
     p = _check_probs(probs)
     k = _check_k(k)
     n = p.numel()
-    p64 = p.to(torch.float64)
-    if replacement:
-        cdf = torch.cumsum(p64, 0)
-        u = torch.rand(k, dtype=torch.float64, device=p.device, generator=generator) * cdf[-1]
-        idx = torch.searchsorted(cdf, u, right=True).clamp_(max=n - 1)
-    else:
+    if not replacement:
         if k > n:
             raise ValueError(f"k = {k} draws without replacement exceed the N = {n} indices")
-        support = int((p64 > 0).sum())
+        support = int((p > 0).sum())
         if k > support:
             raise ValueError(
                 f"k = {k} draws without replacement, but probs has only {support} positive entries"
             )
-        e = torch.empty(n, dtype=torch.float64, device=p.device).exponential_(generator=generator)
+    return _draw(p, k, replacement, generator)
+
+
+def _draw(
+    probs: torch.Tensor, k: int, replacement: bool, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`draw` without the checks, so a training step never waits for the device to validate."""
+    n = probs.numel()
+    p64 = probs.to(torch.float64)
+    if replacement:
+        cdf = torch.cumsum(p64, 0)
+        u = torch.rand(k, dtype=torch.float64, device=p64.device, generator=generator) * cdf[-1]
+        idx = torch.searchsorted(cdf, u, right=True).clamp_(max=n - 1)
+    else:
+        e = torch.empty(n, dtype=torch.float64, device=p64.device).exponential_(generator=generator)
         idx = torch.topk(e / p64, k, largest=False).indices  # zero probability: key inf, never taken
     return idx, 1.0 / (n * p64[idx])
 

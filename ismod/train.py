@@ -182,7 +182,7 @@ def fit(
             logits = model(x)
         return F.cross_entropy(logits.float(), y, reduction="none"), logits
 
-    strategy.setup(n, settings.batch_size, device, gen, score_fn)
+    strategy.setup(n, settings.batch_size, device, gen, score_fn, train.labels)
     params_decay = [p for p in model.parameters() if p.dim() > 1]
     params_other = [p for p in model.parameters() if p.dim() <= 1]  # no weight decay on BN and biases
     optimizer = torch.optim.SGD(
@@ -282,6 +282,7 @@ def fit(
         for group in optimizer.param_groups:
             group["lr"] = settings.lr * factor
 
+        strategy.progress = progress_of(step)
         t0 = clock.mark()
         indices, weights = strategy.select(step)
         t1 = clock.mark()

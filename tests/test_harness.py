@@ -300,3 +300,37 @@ def test_short_real_data_run(tmp_path):
     assert result.provenance["train_size"] == 4000
     # 10 classes: chance is 10%; four short epochs on real images clearly beat it
     assert result.final["test_accuracy"] > 0.25
+
+
+class _Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize(
+    "strategy, options",
+    [("loss", {"warmup_epochs": 1, "subset": 0.5, "smoothing": 0.2}), ("per", {}), ("selective_backprop", {"history": 16}),
+     ("prediction_subset", {"kind": "c", "warmup_epochs": 1})],
+)  # fmt: skip
+def test_interrupted_strategy_run_resumes_identically(tree, tmp_path, monkeypatch, strategy, options):
+    """A run interrupted after a checkpoint and resumed gives the history of an uninterrupted run."""
+    config = tiny_config(strategy=strategy, strategy_options=options, budget_amount=14, checkpoint_every_steps=4)
+    whole = run(config, data_root=tree, progress=False)
+    assert "sampling" in whole.history[-1] or strategy == "selective_backprop"
+
+    cls = type(build_strategy(strategy, options))
+    real_select = cls.select
+
+    def failing_select(self, step):
+        if step == 10:
+            raise _Interrupt
+        return real_select(self, step)
+
+    ckpt = tmp_path / "c.pt"
+    monkeypatch.setattr(cls, "select", failing_select)
+    with pytest.raises(_Interrupt):
+        run(config, data_root=tree, checkpoint=ckpt, progress=False)
+    monkeypatch.setattr(cls, "select", real_select)
+    assert torch.load(ckpt, weights_only=False)["loop"]["step"] == 8
+    resumed = run(config, data_root=tree, checkpoint=ckpt, resume=True, progress=False)
+    strip = lambda h: [{k: v for k, v in r.items() if k != "wall_time"} for r in h]  # noqa: E731
+    assert strip(resumed.history) == strip(whole.history)

@@ -9,11 +9,27 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Strategy
+from .budgeted import PredictionSubset, SelectiveBackprop
+from .scored import LossSampling, OnlineBatchSelection, PrioritizedReplay, ScoredStrategy
 from .uniform import Uniform
 
-__all__ = ["Strategy", "Uniform", "STRATEGIES", "build_strategy"]
+__all__ = [
+    "Strategy",
+    "ScoredStrategy",
+    "Uniform",
+    "LossSampling",
+    "OnlineBatchSelection",
+    "PrioritizedReplay",
+    "PredictionSubset",
+    "SelectiveBackprop",
+    "STRATEGIES",
+    "build_strategy",
+]
 
-STRATEGIES: dict[str, type[Strategy]] = {"uniform": Uniform}
+STRATEGIES: dict[str, type[Strategy]] = {
+    cls.name: cls
+    for cls in (Uniform, LossSampling, OnlineBatchSelection, PrioritizedReplay, PredictionSubset, SelectiveBackprop)
+}
 
 
 def build_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy:

@@ -24,11 +24,14 @@ class Strategy(ABC):
 
     name: str = "strategy"
 
+    progress: float = 0.0  # fraction of the budget done, set by the trainer before each select()
+
     def setup(self, num_items: int, batch_size: int, device: torch.device, generator: torch.Generator,
-              score_fn: ScoreFn | None = None) -> None:  # fmt: skip
-        """Called once before training; ``score_fn`` scores arbitrary indices (extra forward passes)."""
+              score_fn: ScoreFn | None = None, labels: torch.Tensor | None = None) -> None:  # fmt: skip
+        """Called once before training; ``score_fn`` scores arbitrary indices (extra forward passes),
+        ``labels`` are the training labels (on the device)."""
         self.num_items, self.batch_size, self.device = num_items, batch_size, device
-        self.generator, self.score_fn = generator, score_fn
+        self.generator, self.score_fn, self.labels = generator, score_fn, labels
 
     @abstractmethod
     def select(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -17,8 +17,8 @@ class Uniform(Strategy):
 
     name = "uniform"
 
-    def setup(self, num_items, batch_size, device, generator, score_fn=None) -> None:
-        super().setup(num_items, batch_size, device, generator, score_fn)
+    def setup(self, num_items, batch_size, device, generator, score_fn=None, labels=None) -> None:
+        super().setup(num_items, batch_size, device, generator, score_fn, labels)
         self.steps_per_epoch = num_items // batch_size
         self.order = torch.empty(0, dtype=torch.long, device=device)
         self.epoch = -1

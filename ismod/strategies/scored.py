@@ -1,0 +1,345 @@
+"""Strategies driven by per-sample scores learnt from the training losses (Chapter 3).
+
+- :class:`LossSampling`: the loss-sampling report's Algorithm 1 (last-loss or running-loss scores,
+  warm-up epochs, a distribution over all N scores, a subset Z per epoch, weights :math:`1/(N p_i)`),
+  with the variants that address its drift to uniform (temperature, proportional scores with
+  smoothing, draws with replacement).
+- :class:`OnlineBatchSelection`: Loshchilov & Hutter (2015), rank-based probabilities with an annealed
+  selection pressure.
+- :class:`PrioritizedReplay`: Schaul et al. (2015), :math:`P \\propto s^\\alpha`, weights
+  :math:`(N P)^{-\\beta}` normalised by their maximum, :math:`\\beta` annealed to 1.
+
+All keep their state in tensors on the training device; a step never waits for the device. Each logs,
+once per epoch, how far its distribution is from uniform (:func:`ismod.diagnostics.distribution_stats`)
+and the quantiles of its scores; :meth:`ScoredStrategy.summary` hands the log to the result history.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..diagnostics import STAT_NAMES, coverage, distribution_stats
+from ..sampling import METHODS, SumTree, _draw, _unnormalized
+from .base import Strategy
+
+__all__ = ["ScoredStrategy", "LossSampling", "OnlineBatchSelection", "PrioritizedReplay", "SCORE_QUANTILES"]
+
+# Levels at which score quantiles are logged each epoch (the report's Appendix B figures).
+SCORE_QUANTILES: tuple[float, ...] = tuple(i / 20 for i in range(21))
+
+
+def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not ok or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+    return float(value)
+
+
+def _fraction(name: str, value: float) -> float:
+    if not (isinstance(value, (int, float)) and 0 <= value < 1):
+        raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
+    return float(value)
+
+
+def score_probabilities(
+    scores: torch.Tensor, method: str, temperature: float, smoothing: float, pressure: float = 100.0
+) -> torch.Tensor:
+    """:func:`ismod.sampling.probabilities` without validation or host synchronisation (float64).
+
+    All-zero scores (nothing observed yet) give the uniform distribution, for every method."""
+    s = scores.to(torch.float64)
+    masses = _unnormalized(s, method, temperature, pressure, s.max().clamp_min(1e-30))
+    total = masses.sum()
+    p = torch.where(total > 0, masses / total.clamp_min(1e-300), torch.full_like(masses, 1.0 / s.numel()))
+    return (1.0 - smoothing) * p + smoothing / s.numel() if smoothing else p
+
+
+class ScoredStrategy(Strategy):
+    """Shared machinery: a score per sample updated from observed losses, visit counts, uniform
+    warm-up epochs, and the per-epoch diagnostics log.
+
+    Args:
+        score: ``"last"`` (:math:`S_i = L_i`, the loss when ``i`` was last trained on) or ``"running"``
+            (:math:`S_i \\leftarrow \\beta S_i + (1-\\beta) L_i`). Scores start at 0.
+        beta: the running-loss weight :math:`\\beta` (the report uses 0.2).
+        warmup_epochs: epochs of uniform shuffled passes over all N samples that only record scores.
+    """
+
+    name = "scored"
+
+    def __init__(self, score: str = "last", beta: float = 0.2, warmup_epochs: int = 0) -> None:
+        if score not in ("last", "running"):
+            raise ValueError(f"score must be 'last' or 'running', got {score!r}")
+        if not (isinstance(beta, (int, float)) and 0 <= beta <= 1):
+            raise ValueError(f"beta (the running-loss weight) must lie in [0, 1], got {beta!r}")
+        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+            raise ValueError(f"warmup_epochs must be a non-negative integer, got {warmup_epochs!r}")
+        self.score, self.beta, self.warmup_epochs = score, float(beta), warmup_epochs
+        self.progress = 0.0
+
+    def setup(self, num_items, batch_size, device, generator, score_fn=None, labels=None) -> None:
+        super().setup(num_items, batch_size, device, generator, score_fn, labels)
+        self.scores = torch.zeros(num_items, device=device)
+        self.visits = torch.zeros(num_items, dtype=torch.long, device=device)
+        self.epochs_started = 0
+        self.queue = torch.empty(0, dtype=torch.long, device=device)
+        self.queue_weights: torch.Tensor | None = None
+        self.position = 0
+        self._in_warmup_queue = True
+        self.log: list[torch.Tensor] = []
+
+    # --- what subclasses define ------------------------------------------------------------------
+
+    def new_epoch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The indices (and weights) of the next epoch after warm-up, in training order."""
+        raise NotImplementedError
+
+    def per_step(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """Strategies that draw every step return the batch here; ``None`` means use the epoch queue."""
+        return None
+
+    # --- the loop --------------------------------------------------------------------------------
+
+    @property
+    def warming_up(self) -> bool:
+        """Whether the current epoch is a uniform warm-up epoch."""
+        return self._in_warmup_queue
+
+    def _uniform_epoch(self) -> tuple[torch.Tensor, None]:
+        steps = self.num_items // self.batch_size
+        perm = torch.randperm(self.num_items, device=self.device, generator=self.generator)
+        return perm[: steps * self.batch_size], None
+
+    def select(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b = self.batch_size
+        if self.position + b > self.queue.numel():
+            self._in_warmup_queue = self.epochs_started < self.warmup_epochs
+            if self._in_warmup_queue:
+                self.queue, self.queue_weights = self._uniform_epoch()
+            else:
+                self.queue, self.queue_weights = self.epoch_queue(step)
+            self.position = 0
+            self.epochs_started += 1
+        if not self._in_warmup_queue:
+            drawn = self.per_step()
+            if drawn is not None:
+                self.position += b
+                return drawn
+        start, self.position = self.position, self.position + b
+        weights = None if self.queue_weights is None else self.queue_weights[start : start + b]
+        return self.queue[start : start + b], weights
+
+    def epoch_queue(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Called at the start of each epoch after warm-up; logs the distribution the epoch uses."""
+        return self.new_epoch()
+
+    def update_scores(self, indices: torch.Tensor, losses: torch.Tensor) -> None:
+        new = losses.to(self.scores.dtype)
+        if self.score == "running":
+            new = self.beta * self.scores[indices] + (1.0 - self.beta) * new
+        self.scores.index_put_((indices,), new)
+
+    def observe(self, indices: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor) -> None:
+        self.update_scores(indices, losses)
+        self.visits.index_add_(0, indices, torch.ones_like(indices))
+
+    # --- diagnostics -----------------------------------------------------------------------------
+
+    def log_distribution(self, step: int, probs: torch.Tensor) -> None:
+        """Append ``[step, *distribution_stats(probs), *score quantiles]`` to the log (no sync)."""
+        levels = torch.tensor(SCORE_QUANTILES, dtype=torch.float64, device=self.device)
+        quantiles = torch.quantile(self.scores.to(torch.float64), levels)
+        head = torch.tensor([float(step)], dtype=torch.float64, device=self.device)
+        self.log.append(torch.cat([head, distribution_stats(probs), quantiles]))
+
+    def summary(self) -> dict[str, Any]:
+        rows = torch.stack(self.log).cpu().tolist() if self.log else []
+        self.log = []
+        k = len(STAT_NAMES)
+        entries = [{"step": int(r[0]), **dict(zip(STAT_NAMES, r[1 : 1 + k])), "score_quantiles": r[1 + k :]} for r in rows]
+        return {**coverage(self.visits), "sampling": entries}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "scores": self.scores, "visits": self.visits, "epochs_started": self.epochs_started,
+            "queue": self.queue, "queue_weights": self.queue_weights, "position": self.position,
+            "in_warmup_queue": self._in_warmup_queue, "log": list(self.log),
+            "progress": self.progress,
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scores = state["scores"].to(self.device)
+        self.visits = state["visits"].to(self.device)
+        self.epochs_started = int(state["epochs_started"])
+        self.queue = state["queue"].to(self.device)
+        weights = state["queue_weights"]
+        self.queue_weights = None if weights is None else weights.to(self.device)
+        self.position = int(state["position"])
+        self._in_warmup_queue = bool(state["in_warmup_queue"])
+        self.log = [t.to(self.device) for t in state["log"]]
+        self.progress = float(state["progress"])
+
+
+class LossSampling(ScoredStrategy):
+    """The loss-sampling report's Algorithm 1 and its variants.
+
+    After ``warmup_epochs`` uniform epochs, each epoch computes :math:`p` from all N scores
+    (``method``: ``"softmax"`` :math:`p_i \\propto e^{S_i/T}` as in the report, ``"proportional"``
+    :math:`p_i \\propto S_i^{1/T}`, or ``"rank"``), mixes in ``smoothing`` of uniform, draws a subset Z of
+    ``round(subset * N)`` indices (``replacement`` a hyper-parameter; the report uses ``False``, which
+    makes the weighted gradient biased — Chapter 2), shuffles it into batches and weights each sample
+    by :math:`w_i = 1/(N p_i)` (``reweight=False`` trains unweighted). The report's settings:
+    last-loss ``subset=8192/50000, warmup_epochs=5``; running-loss ``subset=30000/50000, beta=0.2``.
+    """
+
+    name = "loss"
+
+    def __init__(
+        self,
+        score: str = "last",
+        beta: float = 0.2,
+        warmup_epochs: int = 0,
+        subset: float = 1.0,
+        replacement: bool = False,
+        method: str = "softmax",
+        temperature: float = 1.0,
+        smoothing: float = 0.0,
+        pressure: float = 100.0,
+        reweight: bool = True,
+    ) -> None:
+        super().__init__(score, beta, warmup_epochs)
+        if not (isinstance(subset, (int, float)) and 0 < subset <= 1):
+            raise ValueError(f"subset (|Z| as a fraction of N) must lie in (0, 1], got {subset!r}")
+        if method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+        self.subset, self.replacement, self.method = float(subset), bool(replacement), method
+        self.temperature = _positive("temperature", temperature)
+        self.smoothing = _fraction("smoothing", smoothing)
+        self.pressure = _positive("pressure", pressure)
+        self.reweight = bool(reweight)
+
+    def setup(self, num_items, batch_size, device, generator, score_fn=None, labels=None) -> None:
+        super().setup(num_items, batch_size, device, generator, score_fn, labels)
+        self.subset_size = max(1, round(self.subset * num_items))
+        if self.subset_size < batch_size:
+            raise ValueError(
+                f"subset {self.subset} of N = {num_items} gives |Z| = {self.subset_size} < batch_size {batch_size}; "
+                "raise subset or lower batch_size"
+            )
+
+    def probabilities(self) -> torch.Tensor:
+        """The distribution the next epoch would draw from (float64, length N)."""
+        return score_probabilities(self.scores, self.method, self.temperature, self.smoothing, self.pressure)
+
+    def epoch_queue(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        p = self.probabilities()
+        self.log_distribution(step, p)
+        idx, w = _draw(p, self.subset_size, self.replacement, self.generator)
+        steps = self.subset_size // self.batch_size
+        order = torch.randperm(self.subset_size, device=self.device, generator=self.generator)[: steps * self.batch_size]
+        return idx[order], (w[order].float() if self.reweight else None)
+
+
+class OnlineBatchSelection(ScoredStrategy):
+    """Online batch selection (Loshchilov & Hutter 2015): each step draws ``b`` indices with replacement
+    with :math:`p(r) \\propto s_e^{-r/(N-1)}` over the ranks :math:`r` of the latest losses (rank 0 the
+    largest), so the top sample is :math:`s_e` times likelier than the last. :math:`s_e` is annealed
+    geometrically from ``pressure_start`` to ``pressure_end`` over the budget. Unweighted by default, as
+    in the paper (a deliberate bias towards hard samples); ``reweight=True`` applies :math:`1/(N p_i)`.
+    The paper's periodic re-scoring of the whole dataset is not done: unseen samples keep score 0, and
+    ``warmup_epochs`` (default 1) scores every sample once first.
+    """
+
+    name = "obs"
+
+    def __init__(self, pressure_start: float = 100.0, pressure_end: float = 100.0, warmup_epochs: int = 1,
+                 reweight: bool = False) -> None:  # fmt: skip
+        super().__init__("last", 0.0, warmup_epochs)
+        self.pressure_start = _positive("pressure_start", pressure_start)
+        self.pressure_end = _positive("pressure_end", pressure_end)
+        if min(self.pressure_start, self.pressure_end) < 1:
+            raise ValueError("pressure_start and pressure_end must be >= 1 (1 is uniform)")
+        self.reweight = bool(reweight)
+
+    def pressure(self) -> float:
+        """:math:`s_e` at the current progress through the budget."""
+        p = min(max(self.progress, 0.0), 1.0)
+        return self.pressure_start * (self.pressure_end / self.pressure_start) ** p
+
+    def probabilities(self) -> torch.Tensor:
+        return score_probabilities(self.scores, "rank", 1.0, 0.0, self.pressure())
+
+    def new_epoch(self) -> tuple[torch.Tensor, None]:
+        return self._uniform_epoch()  # only its length matters: it sets when the next log entry is due
+
+    def epoch_queue(self, step: int) -> tuple[torch.Tensor, None]:
+        self.log_distribution(step, self.probabilities())
+        return self.new_epoch()
+
+    def per_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        idx, w = _draw(self.probabilities(), self.batch_size, True, self.generator)
+        return idx, (w.float() if self.reweight else None)
+
+
+class PrioritizedReplay(ScoredStrategy):
+    """Prioritised-replay sampling (Schaul et al. 2015) over a fixed dataset.
+
+    Priority :math:`s_i = L_i + \\epsilon` (latest loss; 1 before a sample is first seen, so every
+    sample starts equally likely), :math:`P(i) = s_i^\\alpha/\\sum_k s_k^\\alpha` kept in a
+    :class:`~ismod.sampling.SumTree`; ``b`` draws with replacement per step, weights
+    :math:`w_i = (N P(i))^{-\\beta}` divided by the largest weight over all N (so every weight is at most
+    1 and the lowest-priority sample's is exactly 1), with :math:`\\beta` annealed linearly from
+    ``beta_start`` to 1 over the budget.
+    """
+
+    name = "per"
+
+    def __init__(self, alpha: float = 0.6, beta_start: float = 0.4, epsilon: float = 1e-3, warmup_epochs: int = 0) -> None:
+        super().__init__("last", 0.0, warmup_epochs)
+        self.alpha = _positive("alpha", alpha, allow_zero=True)
+        if not (isinstance(beta_start, (int, float)) and 0 <= beta_start <= 1):
+            raise ValueError(f"beta_start must lie in [0, 1], got {beta_start!r}")
+        self.beta_start = float(beta_start)
+        self.epsilon = _positive("epsilon", epsilon)
+
+    def setup(self, num_items, batch_size, device, generator, score_fn=None, labels=None) -> None:
+        super().setup(num_items, batch_size, device, generator, score_fn, labels)
+        self.tree = SumTree(torch.ones(num_items, dtype=torch.float64, device=device))
+
+    def importance_beta(self) -> float:
+        p = min(max(self.progress, 0.0), 1.0)
+        return self.beta_start + (1.0 - self.beta_start) * p
+
+    def probabilities(self) -> torch.Tensor:
+        return self.tree.masses() / self.tree.total
+
+    def normalized_weights(self, masses: torch.Tensor) -> torch.Tensor:
+        """:math:`(N P)^{-\\beta} / \\max_k (N P_k)^{-\\beta}` for the given priorities :math:`s^\\alpha`."""
+        beta = self.importance_beta()
+        smallest = self.tree.masses().min()
+        return (smallest / masses).pow(beta)
+
+    def observe(self, indices: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor) -> None:
+        super().observe(indices, losses, logits)
+        self.tree.update(indices, (losses.to(torch.float64) + self.epsilon).pow(self.alpha))
+
+    def new_epoch(self) -> tuple[torch.Tensor, None]:
+        return self._uniform_epoch()
+
+    def epoch_queue(self, step: int) -> tuple[torch.Tensor, None]:
+        self.log_distribution(step, self.probabilities())
+        return self.new_epoch()
+
+    def per_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        idx, masses = self.tree.sample_with_masses(self.batch_size, generator=self.generator)
+        return idx, self.normalized_weights(masses).float()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "tree_masses": self.tree.masses().clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.tree = SumTree(state["tree_masses"].to(self.device))

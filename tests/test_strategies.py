@@ -1,0 +1,329 @@
+"""Chapter 3's strategies: Algorithm 1 and its variants, online batch selection, prioritised replay,
+p-SGD / c-SGD and selective backprop — each driven directly with synthetic losses."""
+
+import math
+
+import pytest
+import torch
+
+from ismod.diagnostics import coverage, distribution_stats, distribution_summary
+from ismod.strategies import (
+    STRATEGIES,
+    LossSampling,
+    OnlineBatchSelection,
+    PredictionSubset,
+    PrioritizedReplay,
+    SelectiveBackprop,
+    build_strategy,
+)
+from ismod.strategies.budgeted import percentile_in, selective_backprop_keep
+from ismod.strategies.scored import score_probabilities
+
+CPU = torch.device("cpu")
+
+
+def fake_losses(indices: torch.Tensor) -> torch.Tensor:
+    """A fixed 'loss' per sample: sample i has loss i / 10 (so higher index = harder)."""
+    return indices.float() / 10
+
+
+def labels_for(n: int) -> torch.Tensor:
+    return torch.arange(n) % 3
+
+
+def fake_score_fn(indices: torch.Tensor):
+    losses = fake_losses(indices)
+    logits = torch.zeros(indices.numel(), 3)
+    return losses, logits
+
+
+def drive(strategy, n: int, b: int, steps: int, seed: int = 0, progress=None):
+    """Run the select/observe loop as ``fit`` does, with fake losses; return what was selected."""
+    strategy.setup(n, b, CPU, torch.Generator().manual_seed(seed), fake_score_fn, labels_for(n))
+    out = []
+    for step in range(steps):
+        strategy.progress = step / steps if progress is None else progress
+        idx, w = strategy.select(step)
+        out.append((idx.clone(), None if w is None else w.clone()))
+        logits = torch.zeros(idx.numel(), 3)
+        strategy.observe(idx, fake_losses(idx), logits)
+    return out
+
+
+# --- the registry -----------------------------------------------------------------------------------
+
+
+def test_registry_builds_every_strategy_and_names_bad_options():
+    for name in STRATEGIES:
+        assert build_strategy(name).name == name
+    with pytest.raises(ValueError, match="strategy_options for 'loss'"):
+        build_strategy("loss", {"nonsense": 1})
+
+
+@pytest.mark.parametrize(
+    "cls, kwargs, match",
+    [
+        (LossSampling, {"score": "best"}, "score must be"),
+        (LossSampling, {"beta": 1.5}, "beta"),
+        (LossSampling, {"subset": 0}, "subset"),
+        (LossSampling, {"temperature": 0}, "temperature"),
+        (LossSampling, {"smoothing": 1.0}, "smoothing"),
+        (LossSampling, {"method": "cubic"}, "method"),
+        (LossSampling, {"warmup_epochs": -1}, "warmup_epochs"),
+        (OnlineBatchSelection, {"pressure_end": 0.5}, "pressure"),
+        (PrioritizedReplay, {"beta_start": 2}, "beta_start"),
+        (PrioritizedReplay, {"epsilon": 0}, "epsilon"),
+        (PredictionSubset, {"kind": "q"}, "kind"),
+        (SelectiveBackprop, {"beta": 0}, "beta"),
+        (SelectiveBackprop, {"history": 0}, "history"),
+    ],
+)
+def test_bad_options_name_the_argument(cls, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cls(**kwargs)
+
+
+def test_subset_smaller_than_batch_is_refused():
+    with pytest.raises(ValueError, match=r"\|Z\| = 2 < batch_size 4"):
+        LossSampling(subset=0.1).setup(20, 4, CPU, torch.Generator())
+
+
+# --- Algorithm 1 --------------------------------------------------------------------------------------
+
+
+def test_warmup_samples_uniformly_and_only_records_scores():
+    n, b = 40, 8
+    s = LossSampling(score="last", warmup_epochs=2, subset=0.5)
+    picks = drive(s, n, b, steps=2 * n // b)
+    for epoch in range(2):  # each warm-up epoch is a permutation of all N, unweighted
+        chunk = picks[epoch * n // b : (epoch + 1) * n // b]
+        assert all(w is None for _, w in chunk)
+        assert torch.equal(torch.sort(torch.cat([i for i, _ in chunk])).values, torch.arange(n))
+    assert s.log == [] and s.warming_up
+    assert torch.allclose(s.scores, fake_losses(torch.arange(n)))  # every score recorded
+    idx, w = s.select(2 * n // b)  # first importance-sampled step: weighted, and the distribution logged
+    assert w is not None and len(s.log) == 1 and not s.warming_up
+
+
+def test_importance_epoch_weights_are_one_over_n_p_and_subset_size_is_respected():
+    n, b = 50, 5
+    s = LossSampling(score="last", warmup_epochs=1, subset=0.4, method="softmax", temperature=0.5)
+    drive(s, n, b, steps=n // b)
+    p = s.probabilities()
+    expected = torch.softmax(fake_losses(torch.arange(n)).double() / 0.5, 0)
+    assert torch.allclose(p, expected)
+    epoch = [s.select(n // b + k) for k in range(4)]  # |Z| = 20: 4 batches of 5
+    idx = torch.cat([i for i, _ in epoch])
+    w = torch.cat([w for _, w in epoch])
+    assert idx.numel() == 20 and idx.unique().numel() == 20  # the report's default: no replacement
+    assert torch.allclose(w.double(), 1.0 / (n * p[idx]), rtol=1e-6)
+
+
+def test_running_loss_score_is_an_exponential_average():
+    s = LossSampling(score="running", beta=0.2)
+    s.setup(4, 2, CPU, torch.Generator())
+    idx = torch.tensor([0, 1])
+    s.observe(idx, torch.tensor([1.0, 2.0]), torch.zeros(2, 3))
+    s.observe(idx, torch.tensor([3.0, 0.0]), torch.zeros(2, 3))
+    # S = 0.2 * (0.8 * L1) + 0.8 * L2
+    assert torch.allclose(s.scores[:2], torch.tensor([0.2 * 0.8 * 1 + 0.8 * 3, 0.2 * 0.8 * 2 + 0]))
+    assert s.scores[2:].eq(0).all() and s.visits.tolist() == [2, 2, 0, 0]
+
+
+def test_with_replacement_draws_follow_p():
+    """Frequencies of indices drawn over many epochs match p within 4 standard errors."""
+    n, b, epochs = 10, 10, 400
+    s = LossSampling(score="last", warmup_epochs=1, subset=1.0, replacement=True, method="proportional")
+    picks = drive(s, n, b, steps=1 + epochs)  # warm-up epoch (1 step), then importance epochs
+    p = s.probabilities()
+    counts = torch.bincount(torch.cat([i for i, _ in picks[1:]]), minlength=n).double()
+    total = counts.sum()
+    se = (total * p * (1 - p)).sqrt()
+    assert ((counts - total * p).abs() < 4 * se + 1e-9).all()
+    assert p[0] == 0  # proportional: sample 0 has loss 0 and is never drawn
+    assert counts[0] == 0
+
+
+def test_all_zero_scores_give_uniform_for_every_method():
+    for method in ("softmax", "proportional", "rank"):
+        p = score_probabilities(torch.zeros(6), method, 1.0, 0.0)
+        assert torch.allclose(p, torch.full((6,), 1 / 6, dtype=torch.float64))
+
+
+def test_softmax_of_shrinking_losses_drifts_to_uniform():
+    """The report's drift: the same ranking with a smaller spread gives a flatter softmax."""
+    base = torch.linspace(0, 1, 1000)
+    kl = [float(distribution_stats(score_probabilities(base * spread, "softmax", 1.0, 0.0))[1]) for spread in (4, 1, 0.1)]
+    assert kl[0] > kl[1] > kl[2] and kl[2] < 1e-3
+    # a temperature proportional to the spread undoes it
+    sharp = distribution_stats(score_probabilities(base * 0.1, "softmax", 0.1 / 4, 0.0))[1]
+    assert math.isclose(float(sharp), kl[0], rel_tol=1e-6)  # float32 scores
+
+
+# --- online batch selection ------------------------------------------------------------------------
+
+
+def test_rank_distribution_top_to_bottom_ratio_is_the_pressure():
+    s = OnlineBatchSelection(pressure_start=100.0, pressure_end=10.0, warmup_epochs=1)
+    drive(s, 30, 5, steps=6)  # one warm-up epoch scores everything
+    for progress, pressure in ((0.0, 100.0), (1.0, 10.0), (0.5, math.sqrt(1000.0))):
+        s.progress = progress
+        p = s.probabilities()
+        assert math.isclose(s.pressure(), pressure, rel_tol=1e-12)
+        assert math.isclose(float(p.max() / p.min()), pressure, rel_tol=1e-9)
+        assert int(p.argmax()) == 29 and int(p.argmin()) == 0  # hardest most likely
+
+
+def test_obs_is_unweighted_by_default_and_prefers_hard_samples():
+    s = OnlineBatchSelection(pressure_start=100.0, pressure_end=100.0)
+    picks = drive(s, 100, 10, steps=10 + 200, progress=0.0)
+    drawn = torch.cat([i for i, _ in picks[10:]])
+    assert all(w is None for _, w in picks)
+    assert (drawn >= 50).float().mean() > 0.8  # upper half holds 100^0.5/(1+100^0.5) ≈ 91% of the mass
+
+
+# --- prioritised replay ----------------------------------------------------------------------------
+
+
+def test_prioritized_probabilities_and_weights():
+    n, b = 20, 4
+    s = PrioritizedReplay(alpha=0.6, beta_start=0.4, epsilon=1e-3)
+    s.setup(n, b, CPU, torch.Generator().manual_seed(0))
+    all_idx = torch.arange(n)
+    s.observe(all_idx, fake_losses(all_idx), torch.zeros(n, 3))
+    priorities = (fake_losses(all_idx).double() + 1e-3) ** 0.6
+    assert torch.allclose(s.probabilities(), priorities / priorities.sum())
+    for progress, beta in ((0.0, 0.4), (0.5, 0.7), (1.0, 1.0)):
+        s.progress = progress
+        w = s.normalized_weights(s.tree.masses())
+        expected = (n * priorities / priorities.sum()) ** (-beta)
+        assert torch.allclose(w, expected / expected.max())
+        assert float(w.max()) == 1.0 and int(w.argmax()) == 0  # the lowest priority has weight exactly 1
+    idx, w = s.select(0)
+    assert (w <= 1).all() and idx.shape == (b,)
+
+
+# --- p-SGD, c-SGD ----------------------------------------------------------------------------------
+
+
+def test_prediction_subset_scores_from_mean_true_class_probability():
+    n = 6
+    labels = labels_for(n)
+    for kind in ("p", "c"):
+        s = PredictionSubset(kind=kind, subset=0.5, warmup_epochs=0)
+        s.setup(n, 3, CPU, torch.Generator(), None, labels)
+        idx = torch.tensor([0, 1])
+        # logits giving p_true = 0.8 then 0.4 for sample 0; 0.5 twice for sample 1 (3 classes)
+        def logits_for(p_true, y):
+            rest = (1 - p_true) / 2
+            z = torch.full((3,), math.log(rest))
+            z[y] = math.log(p_true)
+            return z
+
+        s.observe(idx, torch.zeros(2), torch.stack([logits_for(0.8, labels[0]), logits_for(0.5, labels[1])]))
+        s.observe(idx, torch.zeros(2), torch.stack([logits_for(0.4, labels[0]), logits_for(0.5, labels[1])]))
+        mean = torch.tensor([0.6, 0.5])
+        expected = 1 - mean if kind == "p" else mean * (1 - mean)
+        assert torch.allclose(s.scores[:2], expected, atol=1e-6)
+
+
+def test_prediction_subset_draws_distinct_unweighted_subsets():
+    s = PredictionSubset(kind="p", subset=0.5, warmup_epochs=1)
+    picks = drive(s, 40, 4, steps=10 + 5)
+    epoch = torch.cat([i for i, _ in picks[10:15]])
+    assert epoch.numel() == 20 and epoch.unique().numel() == 20
+    assert all(w is None for _, w in picks)
+
+
+# --- selective backprop ----------------------------------------------------------------------------
+
+
+def test_percentile_in_is_the_empirical_cdf():
+    history = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    assert percentile_in(torch.tensor([0.5, 1.0, 2.5, 4.0, 9.0]), history).tolist() == [0, 0.25, 0.5, 1.0, 1.0]
+    with pytest.raises(ValueError, match="history is empty"):
+        percentile_in(torch.tensor([1.0]), torch.empty(0))
+
+
+def test_selective_backprop_keep_rate_matches_percentile_to_the_beta():
+    g = torch.Generator().manual_seed(0)
+    history = torch.arange(1, 1001).float() / 1000  # percentile(x) = x for x in (0, 1]
+    repeats = 20_000
+    for q in (0.3, 0.6, 0.9):
+        losses = torch.full((repeats,), q)
+        rate = float(selective_backprop_keep(losses, history, beta=3.0, generator=g).float().mean())
+        expected = q**3
+        se = math.sqrt(expected * (1 - expected) / repeats)
+        assert abs(rate - expected) < 4 * se
+
+
+def test_selective_backprop_trains_on_kept_hard_samples():
+    n, b = 200, 10
+    s = SelectiveBackprop(beta=3.0, history=100)
+    picks = drive(s, n, b, steps=40)
+    trained = torch.cat([i for i, _ in picks])
+    assert all(w is None for _, w in picks) and all(i.numel() == b for i, _ in picks)
+    # keep probability rises with the loss (= index here), so trained samples are skewed high
+    assert trained.float().mean() > 0.6 * n
+    assert 3.0 < s.summary()["scored_per_trained"] < 5.5  # about beta + 1 = 4 scored per trained
+
+
+def test_selective_backprop_needs_a_score_fn():
+    with pytest.raises(ValueError, match="score_fn"):
+        SelectiveBackprop().setup(10, 2, CPU, torch.Generator())
+
+
+# --- state round trip --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, options",
+    [
+        ("loss", {"warmup_epochs": 1, "subset": 0.5}),
+        ("loss", {"score": "running", "replacement": True, "method": "proportional", "smoothing": 0.1}),
+        ("obs", {"pressure_end": 10.0}),
+        ("per", {}),
+        ("prediction_subset", {"kind": "c"}),
+        ("selective_backprop", {"history": 50}),
+    ],
+)
+def test_resume_from_state_dict_continues_identically(name, options):
+    n, b = 60, 6
+    a = build_strategy(name, options)
+    drive(a, n, b, steps=17)
+    saved = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in a.state_dict().items()}
+    gen_state = a.generator.get_state()
+    continued = [a.select(17 + k) for k in range(8)]
+
+    c = build_strategy(name, options)
+    c.setup(n, b, CPU, torch.Generator(), fake_score_fn, labels_for(n))
+    c.load_state_dict(saved)
+    c.generator.set_state(gen_state)
+    resumed = [c.select(17 + k) for k in range(8)]
+    for (i1, w1), (i2, w2) in zip(continued, resumed):
+        assert torch.equal(i1, i2)
+        assert (w1 is None and w2 is None) or torch.equal(w1, w2)
+
+
+# --- diagnostics -------------------------------------------------------------------------------------
+
+
+def test_distribution_stats_agree_with_the_summary_and_known_values():
+    p = torch.tensor([0.5, 0.25, 0.25, 0.0])
+    stats = distribution_stats(p)
+    summary = distribution_summary(p)
+    assert stats.tolist() == pytest.approx(list(summary.values()))
+    assert summary["entropy"] == pytest.approx(1.5 * math.log(2))
+    assert summary["effective_fraction"] == pytest.approx(1 / (4 * 0.375))
+    assert summary["max_weight"] == pytest.approx(1.0)  # 1/(4 * 0.25)
+    uniform = distribution_summary(torch.full((8,), 1 / 8))
+    assert uniform["kl_from_uniform"] == pytest.approx(0.0, abs=1e-12) and uniform["effective_fraction"] == pytest.approx(1)
+
+
+def test_coverage():
+    assert coverage(torch.tensor([1, 1, 1, 1])) == {"seen": 1.0, "visit_entropy": pytest.approx(1.0)}
+    c = coverage(torch.tensor([4, 0, 0, 0]))
+    assert c["seen"] == 0.25 and c["visit_entropy"] == 0.0
+    assert coverage(torch.zeros(3)) == {"seen": 0.0, "visit_entropy": 0.0}
+    with pytest.raises(ValueError, match="non-negative"):
+        coverage(torch.tensor([1, -1]))
