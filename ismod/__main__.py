@@ -1,4 +1,5 @@
-"""Command line: ``python -m ismod run NAME [--set key=value ...] [--out PATH] [--resume]``, ``python -m ismod list``."""
+"""Command line: ``python -m ismod run NAME [--set key=value ...] [--out PATH] [--resume]``,
+``python -m ismod suite NAME --scale SCALE --out DIR``, ``python -m ismod list``."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ import argparse
 import ast
 import dataclasses
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
-from .experiments import CONFIGS, Config, config_hash, get_config, run
+from .experiments import CONFIGS, Config, config_hash, get_config, run, run_or_load
+from .suites import SUITES
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -41,7 +44,30 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--data", help="data directory (default $ISMOD_DATA)")
     run_p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     run_p.add_argument("--no-progress", action="store_true")
+    suite_p = sub.add_parser("suite", help="run (or reuse) every config of a chapter's experiment grid")
+    suite_p.add_argument("name", help="one of: " + ", ".join(SUITES))
+    suite_p.add_argument("--scale", required=True, choices=["smoke", "cpu", "gpu"])
+    suite_p.add_argument("--out", required=True, help="results directory (saved results there are reused)")
+    suite_p.add_argument("--only", action="append", default=[], help="run only arms whose label contains this")
+    suite_p.add_argument("--data", help="data directory (default $ISMOD_DATA)")
+    suite_p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     args = parser.parse_args(argv)
+
+    if args.command == "suite":
+        if args.name not in SUITES:
+            print(f"error: no suite named {args.name!r}; known: {sorted(SUITES)}", file=sys.stderr)
+            return 2
+        suite = SUITES[args.name](args.scale)
+        if args.only:
+            suite = {k: v for k, v in suite.items() if any(part in k for part in args.only)}
+        for label, configs in suite.items():
+            for config in configs:
+                start = time.perf_counter()
+                result = run_or_load(config, args.out, scale=args.scale, data_root=args.data, device=args.device,
+                                     progress=False)  # fmt: skip
+                print(f"{label} seed {config.seed}: test accuracy {result.final['test_accuracy']:.4f}, "
+                      f"{result.final['train_time']:.0f} s training ({time.perf_counter() - start:.0f} s now)", flush=True)
+        return 0
 
     if args.command == "list":
         for name, config in CONFIGS.items():

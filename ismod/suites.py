@@ -1,0 +1,101 @@
+"""The experiment grids behind the chapters: which configs a chapter runs at each scale.
+
+A suite maps an arm's label (e.g. ``"last-loss, crop+flip"``) to the configs of its seeds. Chapters
+call :func:`run_suite`, which goes through :func:`ismod.experiments.run_or_load`, so the built book
+reuses saved results whose config matches exactly; the command line runs the same grid ahead of time
+(``python -m ismod suite chapter3 --scale cpu --out book/results/cpu``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from .experiments import CONFIGS, Config, Result, run_or_load
+from .scale import by_scale
+
+__all__ = ["SUITES", "chapter3", "chapter3_variants", "run_suite", "REPORT_SETTINGS"]
+
+Suite = dict[str, list[Config]]
+
+# The loss-sampling report's Appendix A, as fractions of N and epochs (REFERENCE.md §3).
+REPORT_SETTINGS: dict[str, dict[str, Any]] = {
+    "last-loss": {"score": "last", "subset": 8192 / 50_000, "warmup_epochs": 5, "replacement": False},
+    "running-loss": {"score": "running", "beta": 0.2, "subset": 30_000 / 50_000, "warmup_epochs": 0, "replacement": False},
+}
+
+
+def _chapter3_base(scale: str) -> Config:
+    """One training setup per scale. ``gpu``: the report's ResNet-18 setting (45 epochs with the
+    step decay at 15 and 30, as fractions of the budget; no early stopping). ``cpu``: the small CNN on
+    10,000 training images for 6 epochs with the CPU reference's one-cycle schedule. Both use plain
+    cross-entropy (no label smoothing), as the report does."""
+    gpu = CONFIGS["cifar10-resnet18-uniform"].replace(
+        name="ch3", batch_size=128, lr=0.01, momentum=0.9, nesterov=False,
+        weight_decay=5e-4, schedule="step", milestones=(15 / 45, 30 / 45), gamma=0.1, warmup=0.0,
+        budget="epochs", budget_amount=45, evaluations=15,
+    )  # fmt: skip
+    cpu = CONFIGS["cifar10-small-uniform"].replace(name="ch3", subset=10_000, test_subset=5000, batch_size=256,
+                     lr=0.2, label_smoothing=0.0, budget_amount=6, evaluations=6)  # fmt: skip
+    smoke = CONFIGS["smoke-uniform"].replace(name="ch3", label_smoothing=0.0, budget_amount=3, evaluations=3)
+    return by_scale(scale, smoke=smoke, cpu=cpu, gpu=gpu)
+
+
+def _report_options(scale: str, kind: str) -> dict[str, Any]:
+    """The report's settings; the warm-up scales with the budget (5 of about 45 epochs → 1 of 6 on
+    ``cpu``, 1 of 3 on ``smoke``); |Z| keeps its fraction of N."""
+    options = dict(REPORT_SETTINGS[kind])
+    if scale != "gpu" and options["warmup_epochs"]:
+        options["warmup_epochs"] = 1
+    return options
+
+
+def _seeds(scale: str) -> range:
+    return range(by_scale(scale, smoke=1, cpu=3, gpu=3))
+
+
+def _arm(base: Config, label: str, strategy: str, options: dict[str, Any], seeds: range, **changes: Any) -> list[Config]:
+    slug = label.replace(", ", "-").replace(" ", "-").replace("+", "").replace("=", "").replace("/", "")
+    return [base.replace(name=f"{base.name}-{slug}-s{seed}", strategy=strategy, strategy_options=options,
+                         seed=seed, **changes) for seed in seeds]  # fmt: skip
+
+
+def chapter3(scale: str) -> Suite:
+    """Uniform vs the report's last-loss and running-loss sampling, each with and without crop+flip."""
+    base = _chapter3_base(scale)
+    seeds = _seeds(scale)
+    suite: Suite = {}
+    for aug, changes in (("crop+flip", {"crop": True, "flip": True}), ("no augmentation", {"crop": False, "flip": False})):
+        suite[f"uniform, {aug}"] = _arm(base, f"uniform, {aug}", "uniform", {}, seeds, **changes)
+        for kind in ("last-loss", "running-loss"):
+            suite[f"{kind}, {aug}"] = _arm(base, f"{kind}, {aug}", "loss", _report_options(scale, kind), seeds, **changes)
+    return suite
+
+
+def chapter3_variants(scale: str) -> Suite:
+    """The stronger variants on the same budget, with crop+flip: fixes for the drift, online batch
+    selection, prioritised replay, and Arazo et al.'s baselines."""
+    base = _chapter3_base(scale)
+    seeds = _seeds(scale)
+    last = _report_options(scale, "last-loss")
+    arms = {
+        "softmax T=0.1": ("loss", {**last, "temperature": 0.1, "smoothing": 0.1}),
+        "proportional, smoothing 0.2": ("loss", {**last, "method": "proportional", "smoothing": 0.2}),
+        "proportional, with replacement": ("loss", {**last, "method": "proportional", "smoothing": 0.2, "replacement": True}),
+        "online batch selection": ("obs", {"pressure_start": 100.0, "pressure_end": 10.0}),
+        "prioritised replay": ("per", {}),
+        "p-SGD": ("prediction_subset", {"kind": "p", "subset": 0.5}),
+        "c-SGD": ("prediction_subset", {"kind": "c", "subset": 0.5}),
+        "selective backprop": ("selective_backprop", {"beta": 3.0}),
+    }
+    return {label: _arm(base, label, strategy, options, seeds) for label, (strategy, options) in arms.items()}
+
+
+SUITES = {"chapter3": chapter3, "chapter3_variants": chapter3_variants}
+
+
+def run_suite(suite: Suite, results_dir: str | os.PathLike, *, scale: str = "", progress: bool = False,
+              **run_kwargs: Any) -> dict[str, list[Result]]:  # fmt: skip
+    """Every config of ``suite`` through :func:`~ismod.experiments.run_or_load` (saved results reused)."""
+    return {label: [run_or_load(c, results_dir, scale=scale, progress=progress, **run_kwargs) for c in configs]
+            for label, configs in suite.items()}  # fmt: skip
