@@ -29,6 +29,10 @@ __all__ = ["TrainSettings", "SCHEDULES", "BUDGETS", "lr_factor", "evaluate", "fi
 SCHEDULES: tuple[str, ...] = ("constant", "step", "linear", "onecycle")
 BUDGETS: tuple[str, ...] = ("epochs", "steps", "seconds")
 PHASES: tuple[str, ...] = ("selection", "data", "forward_backward", "optimizer")
+# forward_backward split in two, for cost models that need t_f and t_b (Katharopoulos & Fleuret's τ_th)
+SUBPHASES: tuple[str, ...] = ("forward", "backward")
+# the step after which the strategy first hears the measured forward/backward times (one device sync)
+_FIRST_TIMING_STEP = 10
 
 
 @dataclass(frozen=True)
@@ -116,7 +120,7 @@ class _Clock:
 
     def __init__(self, device: torch.device) -> None:
         self.cuda = device.type == "cuda"
-        self.totals = {phase: 0.0 for phase in PHASES}
+        self.totals = {phase: 0.0 for phase in PHASES + SUBPHASES}
         self._pending: list[tuple[str, Any, Any]] = []
 
     def mark(self) -> Any:
@@ -225,6 +229,12 @@ def fit(
             return False
         return progress_of(step) >= k / settings.evaluations - 1e-12
 
+    def tell_step_times() -> None:
+        done = state["step"]
+        if done:
+            totals = clock.settle()
+            strategy.set_step_times(totals["forward"] / done, totals["backward"] / done)
+
     def record(step: int) -> None:
         start = time.perf_counter()
         accuracy, test_loss = evaluate(model, test, augment, amp=use_amp, channels_last=channels_last)
@@ -244,6 +254,7 @@ def fit(
         state["loss_sum"] = torch.zeros((), device=device)
         state["loss_count"] = 0
         state["next_eval"] += 1
+        tell_step_times()
 
     def save_checkpoint() -> None:
         if ckpt_path is None:
@@ -294,6 +305,7 @@ def fit(
             logits = model(x)
         losses = F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=settings.label_smoothing)
         loss = (losses * weights).mean() if weights is not None else losses.mean()
+        t_forward = clock.mark()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         t3 = clock.mark()
@@ -305,9 +317,12 @@ def fit(
         state["loss_sum"] += detached.sum()
         state["loss_count"] += detached.numel()
         for phase, a, b in (("selection", t0, t1), ("data", t1, t2), ("forward_backward", t2, t3),
-                            ("optimizer", t3, t4), ("selection", t4, t5)):  # fmt: skip
+                            ("optimizer", t3, t4), ("selection", t4, t5), ("forward", t2, t_forward),
+                            ("backward", t_forward, t3)):  # fmt: skip
             clock.add(phase, a, b)
         state["step"] = step + 1
+        if state["step"] == _FIRST_TIMING_STEP:
+            tell_step_times()
         state["train_time"] += time.perf_counter() - wall_start
         if bar is not None:
             bar.update(1 if total_steps is not None else 0)
@@ -331,5 +346,5 @@ def fit(
         "test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"], "train_loss": last["train_loss"],
         "images_per_second": state["step"] * settings.batch_size / max(state["train_time"], 1e-9),
     }  # fmt: skip
-    timing_out = {**timing, "per_step": {k: v / steps for k, v in timing.items() if k in PHASES}}
+    timing_out = {**timing, "per_step": {k: v / steps for k, v in timing.items() if k in PHASES + SUBPHASES}}
     return {"history": state["history"], "timing": timing_out, "final": final}

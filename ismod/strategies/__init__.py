@@ -10,6 +10,7 @@ from typing import Any
 
 from .base import Strategy
 from .budgeted import PredictionSubset, SelectiveBackprop
+from .presample import Presample
 from .scored import LossSampling, OnlineBatchSelection, PrioritizedReplay, ScoredStrategy
 from .uniform import Uniform
 
@@ -22,13 +23,15 @@ __all__ = [
     "PrioritizedReplay",
     "PredictionSubset",
     "SelectiveBackprop",
+    "Presample",
     "STRATEGIES",
     "build_strategy",
 ]
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
-    for cls in (Uniform, LossSampling, OnlineBatchSelection, PrioritizedReplay, PredictionSubset, SelectiveBackprop)
+    for cls in (Uniform, LossSampling, OnlineBatchSelection, PrioritizedReplay, PredictionSubset, SelectiveBackprop,
+                Presample)
 }
 
 

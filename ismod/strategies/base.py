@@ -40,6 +40,10 @@ class Strategy(ABC):
     def observe(self, indices: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor) -> None:  # noqa: B027
         """See the per-sample losses (unweighted, detached) and logits of the step just taken."""
 
+    def set_step_times(self, forward: float, backward: float) -> None:  # noqa: B027
+        """Hear the trainer's measured seconds per step of the forward and the backward pass (at step 10
+        and at every evaluation point), for strategies whose decisions weigh cost."""
+
     def state_dict(self) -> dict[str, Any]:
         return {}
 

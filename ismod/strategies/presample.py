@@ -1,0 +1,211 @@
+"""Katharopoulos & Fleuret's (2018) Algorithm 1: presample, resample, and the τ switch rule (Chapter 5).
+
+While the equivalent batch increment τ is at most the threshold τ_th, train on uniform batches of b
+(weights 1) and score that same batch for free, from the logits its forward pass already made, to
+update τ. Once τ > τ_th, draw a presample U of B points uniformly, score it without autograd (the
+upper bound :math:`\\lVert\\mathrm{softmax}(z_i) - e_{y_i}\\rVert` or the loss), set
+:math:`g_i = s_i / \\sum_{j\\in U} s_j`, resample the batch of b from U with replacement with
+probabilities g, weight each by :math:`1/(B g_i)`, and update τ from g. Always
+:math:`\\tau \\leftarrow a_\\tau\\tau + (1-a_\\tau)\\tau_{new}`, :math:`\\tau_{new} = |U|\\sum_i g_i^2`
+(or its square root, as in the authors' library). REFERENCE.md §5; slides 8–9.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from ..bounds import _upper_bound
+from ..sampling import _draw
+from ..tau import switch_threshold
+from .base import Strategy
+
+__all__ = ["Presample", "THRESHOLDS"]
+
+THRESHOLDS: tuple[str, ...] = ("measured", "fixed")
+
+# On CUDA the phase decision reads τ as it was this many steps ago, so the host never waits for the
+# step in flight (the copy of an older value has long finished).
+_TAU_LAG = 2
+
+
+class Presample(Strategy):
+    """Algorithm 1 of Katharopoulos & Fleuret (2018).
+
+    Args:
+        presample: B as a multiple of the batch size b (the library's default, B = 3b).
+        score: ``"bound"`` (the gradient-norm upper bound) or ``"loss"``.
+        threshold: ``"measured"`` — :math:`\\tau_{th} = 1 + B t_f / (b(t_f + t_b))` from the trainer's
+            measured forward and backward times (the fixed rule until they arrive); ``"fixed"`` —
+            assume :math:`t_b = 2t_f`, :math:`\\tau_{th} = (B + 3b)/(3b)`; or a number.
+        tau_momentum: :math:`a_\\tau` (0.9 in the authors' code).
+        sqrt: take the square root of τ_new, as the authors' library does (Chapter 5 compares both).
+        importance: ``False`` never switches (scores and τ are still tracked): uniform with the τ log.
+    """
+
+    name = "presample"
+
+    def __init__(self, presample: float = 3.0, score: str = "bound", threshold: str | float = "measured",
+                 tau_momentum: float = 0.9, sqrt: bool = False, importance: bool = True) -> None:  # fmt: skip
+        if not (isinstance(presample, (int, float)) and math.isfinite(presample) and presample >= 1):
+            raise ValueError(f"presample (B as a multiple of the batch size) must be >= 1, got {presample!r}")
+        if score not in ("bound", "loss"):
+            raise ValueError(f"score must be 'bound' or 'loss', got {score!r}")
+        if isinstance(threshold, str):
+            if threshold not in THRESHOLDS:
+                raise ValueError(f"threshold must be one of {THRESHOLDS} or a number, got {threshold!r}")
+        elif not (isinstance(threshold, (int, float)) and threshold >= 1):
+            raise ValueError(f"a numeric threshold must be >= 1 (τ is at least 1), got {threshold!r}")
+        if not (isinstance(tau_momentum, (int, float)) and 0 <= tau_momentum < 1):
+            raise ValueError(f"tau_momentum must lie in [0, 1), got {tau_momentum!r}")
+        self.ratio, self.score, self.threshold = float(presample), score, threshold
+        self.tau_momentum, self.sqrt, self.importance = float(tau_momentum), bool(sqrt), bool(importance)
+
+    def setup(self, num_items, batch_size, device, generator, score_fn=None, labels=None) -> None:
+        super().setup(num_items, batch_size, device, generator, score_fn, labels)
+        self.presample_size = round(self.ratio * batch_size)
+        if self.presample_size > num_items:
+            raise ValueError(f"presample B = {self.presample_size} exceeds the {num_items} training samples")
+        if score_fn is None or labels is None:
+            raise ValueError("Presample needs score_fn and labels; run it under ismod.train.fit")
+        b, big_b = batch_size, self.presample_size
+        self.fixed_threshold = (big_b + 3 * b) / (3 * b)
+        self.tau_threshold = float(self.threshold) if not isinstance(self.threshold, str) else self.fixed_threshold
+        self.measured_times: tuple[float, float] | None = None
+        self.tau = torch.zeros((), dtype=torch.float64, device=device)
+        self.stream = torch.empty(0, dtype=torch.long, device=device)
+        self.stream_position = 0
+        self.steps = 0
+        self.importance_steps = 0
+        self.switch_step: int | None = None
+        self.visits = torch.zeros(num_items, dtype=torch.long, device=device)
+        self.log: list[torch.Tensor] = []
+        self.log_every = max(1, num_items // batch_size // 25)  # about 25 τ points per epoch
+        self._last_was_uniform = False
+        self._ring = [(torch.zeros((), dtype=torch.float64, pin_memory=device.type == "cuda"), None)
+                      for _ in range(_TAU_LAG + 1)]  # fmt: skip
+
+    # --- pieces ------------------------------------------------------------------------------------
+
+    def _take(self, k: int) -> torch.Tensor:
+        """The next k indices of a uniformly shuffled stream of epochs (a presample is drawn uniformly)."""
+        if self.stream_position + k > self.stream.numel():
+            self.stream = torch.randperm(self.num_items, device=self.device, generator=self.generator)
+            self.stream_position = 0
+        start, self.stream_position = self.stream_position, self.stream_position + k
+        return self.stream[start : start + k]
+
+    def scores_of(self, logits: torch.Tensor, indices: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        return _upper_bound(logits, self.labels[indices]) if self.score == "bound" else losses.float()
+
+    @staticmethod
+    def normalize(scores: torch.Tensor) -> torch.Tensor:
+        s = scores.to(torch.float64).clamp_min(0)
+        total = s.sum()
+        return torch.where(total > 0, s / total.clamp_min(1e-300), torch.full_like(s, 1.0 / s.numel()))
+
+    def _update_tau(self, g: torch.Tensor) -> None:
+        tau_new = g.numel() * (g * g).sum()
+        if self.sqrt:
+            tau_new = tau_new.sqrt()
+        self.tau = self.tau_momentum * self.tau + (1.0 - self.tau_momentum) * tau_new
+        slot = self.steps % len(self._ring)
+        host, _ = self._ring[slot]
+        host.copy_(self.tau, non_blocking=self.device.type == "cuda")
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        self._ring[slot] = (host, event)
+
+    def _tau_for_decision(self) -> float:
+        if self.device.type != "cuda":
+            return float(self.tau)
+        host, event = self._ring[(self.steps - _TAU_LAG) % len(self._ring)]
+        if event is None:
+            return 0.0
+        event.synchronize()
+        return float(host)
+
+    # --- the strategy ------------------------------------------------------------------------------
+
+    def set_step_times(self, forward: float, backward: float) -> None:
+        if forward <= 0 or backward <= 0:
+            return
+        self.measured_times = (forward, backward)
+        if self.threshold == "measured":
+            b = self.batch_size
+            self.tau_threshold = switch_threshold(self.presample_size, b, forward / b, backward / b)
+
+    def select(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        b = self.batch_size
+        use_importance = self.importance and self._tau_for_decision() > self.tau_threshold
+        if not use_importance:
+            self._last_was_uniform = True
+            idx, weights = self._take(b), None
+        else:
+            self._last_was_uniform = False
+            presample = self._take(self.presample_size)
+            losses, logits = self.score_fn(presample)
+            g = self.normalize(self.scores_of(logits, presample, losses))
+            chosen, weights = _draw(g, b, True, self.generator)  # weights 1/(B g_i)
+            self._update_tau(g)
+            idx, weights = presample[chosen], weights.float()
+            self.importance_steps += 1
+            if self.switch_step is None:
+                self.switch_step = step
+        if step % self.log_every == 0:
+            self._pending_log = step
+        return idx, weights
+
+    def observe(self, indices: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor) -> None:
+        if self._last_was_uniform:  # score the uniform batch for free, from its own forward pass
+            self._update_tau(self.normalize(self.scores_of(logits, indices, losses)))
+        self.visits.index_add_(0, indices, torch.ones_like(indices))
+        pending = getattr(self, "_pending_log", None)
+        if pending is not None:
+            phase = 0.0 if self._last_was_uniform else 1.0
+            self.log.append(torch.stack([torch.tensor(float(pending), dtype=torch.float64, device=self.device),
+                                         self.tau, torch.tensor(phase, dtype=torch.float64, device=self.device)]))  # fmt: skip
+            self._pending_log = None
+        self.steps += 1
+
+    def summary(self) -> dict[str, Any]:
+        rows = torch.stack(self.log).cpu().tolist() if self.log else []
+        self.log = []
+        out: dict[str, Any] = {
+            "tau": float(self.tau), "tau_threshold": self.tau_threshold, "fixed_threshold": self.fixed_threshold,
+            "importance_steps": self.importance_steps, "steps": self.steps, "switch_step": self.switch_step,
+            "tau_log": [[int(r[0]), r[1], int(r[2])] for r in rows],
+        }  # fmt: skip
+        if self.measured_times is not None:
+            out["t_forward"], out["t_backward"] = self.measured_times
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "tau": self.tau, "tau_threshold": self.tau_threshold, "measured_times": self.measured_times,
+            "stream": self.stream, "stream_position": self.stream_position, "steps": self.steps,
+            "importance_steps": self.importance_steps, "switch_step": self.switch_step, "visits": self.visits,
+            "log": list(self.log), "ring": [float(h) for h, _ in self._ring],
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.tau = state["tau"].to(self.device)
+        self.tau_threshold = float(state["tau_threshold"])
+        self.measured_times = state["measured_times"]
+        self.stream = state["stream"].to(self.device)
+        self.stream_position = int(state["stream_position"])
+        self.steps, self.importance_steps = int(state["steps"]), int(state["importance_steps"])
+        self.switch_step = state["switch_step"]
+        self.visits = state["visits"].to(self.device)
+        self.log = [t.to(self.device) for t in state["log"]]
+        for (host, _), value in zip(self._ring, state["ring"]):
+            host.fill_(value)
+        # a restored ring counts as settled: mark each slot usable
+        if self.device.type == "cuda":
+            self._ring = [(h, torch.cuda.Event()) for h, _ in self._ring]
+            for _, e in self._ring:
+                e.record()

@@ -1,0 +1,151 @@
+"""Chapter 5's strategy: Katharopoulos & Fleuret's Algorithm 1 (presample, resample, τ switch)."""
+
+import math
+
+import pytest
+import torch
+
+from ismod.strategies import Presample, build_strategy
+from ismod.tau import switch_threshold
+
+CPU = torch.device("cpu")
+N, B_SIZE, C = 60, 4, 3
+
+
+def labels() -> torch.Tensor:
+    return torch.arange(N) % C
+
+
+class Scorer:
+    """score_fn stand-in: logits that make sample i's upper bound grow with i; counts its calls."""
+
+    def __init__(self):
+        self.calls = 0
+        self.sizes = []
+
+    def logits(self, indices: torch.Tensor) -> torch.Tensor:
+        z = torch.zeros(indices.numel(), C)
+        # the true class gets logit 3 - i/4: confident for small i, wrong for large i
+        z[torch.arange(indices.numel()), labels()[indices]] = 3 - indices.float() / 4
+        return z
+
+    def __call__(self, indices):
+        self.calls += 1
+        self.sizes.append(indices.numel())
+        return indices.float() / 10, self.logits(indices)
+
+
+def make(scorer, **options) -> Presample:
+    s = Presample(**options)
+    s.setup(N, B_SIZE, CPU, torch.Generator().manual_seed(0), scorer, labels())
+    return s
+
+
+def step(s: Presample, scorer: Scorer, k: int):
+    idx, w = s.select(k)
+    s.observe(idx, idx.float() / 10, scorer.logits(idx))
+    return idx, w
+
+
+def test_bad_options_and_setups():
+    for kwargs, match in (({"presample": 0.5}, "presample"), ({"score": "norm"}, "score"),
+                          ({"threshold": "guess"}, "threshold"), ({"threshold": 0.5}, ">= 1"),
+                          ({"tau_momentum": 1.0}, "tau_momentum")):  # fmt: skip
+        with pytest.raises(ValueError, match=match):
+            Presample(**kwargs)
+    with pytest.raises(ValueError, match="exceeds the 10 training samples"):
+        Presample(presample=3).setup(10, 4, CPU, torch.Generator(), Scorer(), torch.zeros(10, dtype=torch.long))
+    with pytest.raises(ValueError, match="score_fn and labels"):
+        Presample().setup(N, 4, CPU, torch.Generator())
+
+
+def test_threshold_rules():
+    s = make(Scorer(), presample=3)
+    assert s.tau_threshold == pytest.approx(2.0)  # (B + 3b)/(3b) with B = 3b, before any timing
+    s.set_step_times(forward=0.01, backward=0.03)  # t_b = 3 t_f
+    assert s.tau_threshold == pytest.approx(switch_threshold(12, 4, 0.01 / 4, 0.03 / 4)) == pytest.approx(1 + 3 * 0.25)
+    fixed = make(Scorer(), threshold="fixed")
+    fixed.set_step_times(0.01, 0.03)
+    assert fixed.tau_threshold == pytest.approx(2.0)
+    assert make(Scorer(), threshold=1.5).tau_threshold == 1.5
+
+
+def test_uniform_phase_scores_the_batch_for_free_and_tau_follows_the_recurrence():
+    scorer = Scorer()
+    s = make(scorer, threshold=1e9)  # never switch
+    tau = 0.0
+    for k in range(12):
+        idx, w = step(s, scorer, k)
+        assert w is None
+        from ismod.bounds import upper_bound
+
+        g = upper_bound(scorer.logits(idx), labels()[idx]).double()
+        g = g / g.sum()
+        tau = 0.9 * tau + 0.1 * float(len(g) * (g**2).sum())
+        assert float(s.tau) == pytest.approx(tau, rel=1e-9)  # updated every step
+    assert scorer.calls == 0  # no presample before the switch
+    assert s.summary()["importance_steps"] == 0
+
+
+def test_after_the_switch_weights_are_one_over_b_g():
+    scorer = Scorer()
+    s = make(scorer, threshold=1.0, tau_momentum=0.5)
+    k = 0
+    while s.importance_steps == 0:
+        step(s, scorer, k)
+        k += 1
+        assert k < 50
+    assert s.switch_step == k - 1 and scorer.sizes == [12]
+    # check one importance step by hand: rebuild g from the presample the strategy scored
+    position = s.stream_position
+    presample = (s.stream[position : position + 12] if position + 12 <= N else None)
+    gen_state = s.generator.get_state()
+    idx, w = s.select(k)
+    assert scorer.sizes[-1] == 12 and presample is not None
+    from ismod.bounds import upper_bound
+
+    g = upper_bound(scorer.logits(presample), labels()[presample]).double()
+    g = g / g.sum()
+    lookup = {int(i): float(gi) for i, gi in zip(presample, g)}
+    assert torch.allclose(w.double(), torch.tensor([1 / (12 * lookup[int(i)]) for i in idx], dtype=torch.float64), rtol=1e-6)
+    assert set(idx.tolist()) <= set(presample.tolist())
+    del gen_state
+
+
+def test_sqrt_option_takes_the_square_root_of_tau_new():
+    a, b = Scorer(), Scorer()
+    plain, rooted = make(a, threshold=1e9, tau_momentum=0.0), make(b, threshold=1e9, tau_momentum=0.0, sqrt=True)
+    step(plain, a, 0)
+    step(rooted, b, 0)
+    assert float(rooted.tau) == pytest.approx(math.sqrt(float(plain.tau)))
+
+
+def test_importance_false_never_switches_but_tracks_tau():
+    scorer = Scorer()
+    s = make(scorer, threshold=1.0, importance=False)
+    for k in range(20):
+        step(s, scorer, k)
+    assert scorer.calls == 0 and float(s.tau) > 0.8  # τ starts at 0: 1 - 0.9^20 of the way to >= 1
+
+
+def test_resume_preserves_tau_and_phase():
+    scorer = Scorer()
+    a = make(scorer, threshold=1.05, tau_momentum=0.5)
+    for k in range(15):
+        step(a, scorer, k)
+    assert a.importance_steps > 0
+    saved = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in a.state_dict().items()}
+    gen = a.generator.get_state()
+    after_a = [step(a, scorer, 15 + k) for k in range(6)]
+    b = make(Scorer(), threshold=1.05, tau_momentum=0.5)
+    b.load_state_dict(saved)
+    b.generator.set_state(gen)
+    assert float(b.tau) == pytest.approx(float(saved["tau"])) and b.switch_step == saved["switch_step"]
+    after_b = [step(b, scorer, 15 + k) for k in range(6)]
+    for (i1, w1), (i2, w2) in zip(after_a, after_b):
+        assert torch.equal(i1, i2) and ((w1 is None and w2 is None) or torch.equal(w1, w2))
+    assert float(a.tau) == float(b.tau)
+
+
+def test_registered():
+    assert isinstance(build_strategy("presample", {"score": "loss"}), Presample)
