@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["upper_bound", "logit_grad_norms", "per_sample_grad_norms"]
+__all__ = ["upper_bound", "logit_grad_norms", "per_sample_grad_norms", "per_sample_grads"]
 
 
 def _check_targets(logits: torch.Tensor, targets: torch.Tensor) -> None:
@@ -90,13 +90,30 @@ def per_sample_grad_norms(
 
     BatchNorm: the model runs in eval mode here (restored afterwards), so each sample is normalised with
     the running statistics and its gradient does not depend on the rest of the batch — the only
-    per-sample gradient that is well defined. ``chunk_size`` bounds memory: at most that many per-sample
-    gradients (each the size of the model) exist at once.
+    per-sample gradient that is well defined. ``chunk_size`` bounds the memory of the computation: at
+    most that many per-sample gradients are formed at once.
     """
+    return per_sample_grads(model, loss_fn, inputs, targets, chunk_size=chunk_size, reduce="norm")
+
+
+def per_sample_grads(
+    model: nn.Module,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    chunk_size: int | None = None,
+    reduce: str = "none",
+) -> torch.Tensor:
+    """Per-sample gradients :math:`\\nabla_\\theta L_i` flattened into the rows of an (n, P) float32
+    matrix (``reduce="none"``), or only their norms (``reduce="norm"``, never holding more than
+    ``chunk_size`` gradients). The model runs in eval mode, as in :func:`per_sample_grad_norms`."""
     from torch.func import functional_call, grad, vmap
 
     if inputs.shape[0] != targets.shape[0]:
         raise ValueError(f"inputs has {inputs.shape[0]} samples, targets {targets.shape[0]}")
+    if reduce not in ("none", "norm"):
+        raise ValueError(f"reduce must be 'none' or 'norm', got {reduce!r}")
     params = {k: v.detach() for k, v in model.named_parameters()}
     buffers = {k: v.detach() for k, v in model.named_buffers()}
 
@@ -104,13 +121,16 @@ def per_sample_grad_norms(
         out = functional_call(model, (p, b), (x.unsqueeze(0),))
         return loss_fn(out, y.unsqueeze(0)).sum()
 
+    per_sample = vmap(grad(loss_of_one), in_dims=(None, None, 0, 0))
+    step = chunk_size or inputs.shape[0]
+    parts = []
     was_training = model.training
     model.eval()
     try:
-        grads = vmap(grad(loss_of_one), in_dims=(None, None, 0, 0), chunk_size=chunk_size)(
-            params, buffers, inputs, targets
-        )
+        for start in range(0, inputs.shape[0], step):
+            grads = per_sample(params, buffers, inputs[start : start + step], targets[start : start + step])
+            flat = torch.cat([g.flatten(1).float() for g in grads.values()], dim=1)
+            parts.append(flat.norm(dim=1) if reduce == "norm" else flat)
     finally:
         model.train(was_training)
-    squares = sum(g.flatten(1).float().pow(2).sum(1) for g in grads.values())
-    return squares.sqrt()
+    return torch.cat(parts)

@@ -11,6 +11,7 @@ import dataclasses
 import datetime as _dt
 import hashlib
 import json
+import math
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -58,6 +59,8 @@ class Config(TrainSettings):
     seed: int = 0
     probe_size: int = 0  # training samples whose loss, bound and exact gradient norm are recorded
     probe_chunk: int = 64  # per-sample gradients held at once while probing
+    tau_probe: int = 0  # presamples per evaluation point on which τ is checked against measured variance
+    tau_probe_batch: int = 32  # b of those presamples (B = 3b)
 
     def validate(self, num_items: int | None = None) -> None:
         """Fail before any training, naming the field."""
@@ -95,9 +98,15 @@ class Config(TrainSettings):
         return cls(**d)
 
 
+# Fields added after results were saved: left out of the hash while at their default, so that
+# adding a field does not orphan every saved result.
+_LATER_FIELDS: dict[str, Any] = {"tau_probe": 0, "tau_probe_batch": 32}
+
+
 def config_hash(config: Config) -> str:
     """SHA-256 of the config's canonical JSON: equal hashes, equal runs (up to hardware)."""
-    return hashlib.sha256(json.dumps(config.to_dict(), sort_keys=True).encode()).hexdigest()
+    d = {k: v for k, v in config.to_dict().items() if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
 _SMALL = dict(model="small_cnn", batch_size=512, lr=0.3, label_smoothing=0.2, crop_padding=2,
@@ -164,6 +173,76 @@ def gradient_probe(train: ImageData, augment: Augment, size: int, *, chunk: int 
 
         return {"loss": rounded(ce(logits, y)), "bound": rounded(upper_bound(logits, y)),
                 "grad_norm": rounded(norms), "mean_grad_sq": mean_sq}  # fmt: skip
+
+    return probe
+
+
+def tau_probe(train: ImageData, augment: Augment, presamples: int, batch: int, *, chunk: int = 64, seed: int = 0):
+    """A ``probe`` checking τ against the variance it predicts (Chapter 5).
+
+    At each call, ``presamples`` fixed presamples of B = 3 ``batch`` training samples (un-augmented,
+    the model in eval mode) get exact per-sample gradients; for g from the upper bound, from the loss and
+    from the exact gradient norms it records τ (:func:`ismod.tau.equivalent_batch_increment`, with and
+    without the square root) and the measured ratio :func:`ismod.tau.variance_ratio`, and, for the
+    bound, the same ratio from 2000 sampled minibatches each way (:func:`ismod.tau.sampled_sq_errors`).
+    """
+    import torch.nn.functional as F
+
+    from .bounds import per_sample_grads, upper_bound
+    from .tau import equivalent_batch_increment, sampled_sq_errors, variance_ratio
+
+    size = 3 * batch
+    g = torch.Generator().manual_seed(seed + 54321)
+    sets = [torch.randperm(len(train), generator=g)[:size].to(train.labels.device) for _ in range(presamples)]
+
+    def ce(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(z, t, reduction="none")
+
+    def probe(model: torch.nn.Module) -> list[dict[str, Any]]:
+        was_training = model.training
+        model.eval()
+        out = []
+        for k, idx in enumerate(sets):
+            x, y = augment(train.images[idx], train.labels[idx], train=False)
+            with torch.no_grad():
+                logits = model(x).float()
+            grads = per_sample_grads(model, ce, x, y, chunk_size=chunk).double()
+            gram = grads @ grads.T
+            del grads
+            scores = {"bound": upper_bound(logits, y).double(), "loss": ce(logits, y).double(),
+                      "exact": torch.diagonal(gram).clamp_min(0).sqrt()}  # fmt: skip
+            entry: dict[str, Any] = {"mean_grad_sq": float(gram.sum()) / size**2,
+                                     "mean_sq_norm": float(torch.diagonal(gram).mean())}  # fmt: skip
+            for name, s in scores.items():
+                p = (s + 1e-12) / (s + 1e-12).sum()  # every point drawable, as the ratio needs
+                entry[name] = {"tau": equivalent_batch_increment(p), "tau_sqrt": equivalent_batch_increment(p, sqrt=True),
+                               "measured": variance_ratio(gram, p)}  # fmt: skip
+            gen = torch.Generator().manual_seed(seed + k)
+            p_bound = (scores["bound"] + 1e-12) / (scores["bound"] + 1e-12).sum()
+            err_g, se_g = sampled_sq_errors(gram, p_bound, batch, generator=gen)
+            err_u, se_u = sampled_sq_errors(gram, torch.full_like(p_bound, 1.0 / size), batch, generator=gen)
+            entry["bound"]["sampled"] = err_u / err_g
+            entry["bound"]["sampled_rel_se"] = math.hypot(se_g / err_g, se_u / err_u)
+            out.append(entry)
+        model.train(was_training)
+        return out
+
+    return probe
+
+
+def _probes(train: ImageData, augment: Augment, config: Config):
+    """The config's probes as one callback: the gradient probe's keys, plus ``"tau"`` for the τ probe."""
+    grad_probe = gradient_probe(train, augment, config.probe_size, chunk=config.probe_chunk, seed=config.seed) if config.probe_size else None
+    t_probe = tau_probe(train, augment, config.tau_probe, config.tau_probe_batch, chunk=config.probe_chunk,
+                        seed=config.seed) if config.tau_probe else None  # fmt: skip
+    if grad_probe is None and t_probe is None:
+        return None
+
+    def probe(model: torch.nn.Module) -> dict[str, Any]:
+        out = grad_probe(model) if grad_probe is not None else {}
+        if t_probe is not None:
+            out["tau"] = t_probe(model)
+        return out
 
     return probe
 
@@ -258,7 +337,7 @@ def run(
     augment = Augment(num_classes=train.num_classes, crop=config.crop, flip=config.flip, padding=config.crop_padding,
                       mixup_alpha=config.mixup_alpha, ricap_beta=config.ricap_beta, seed=config.seed)  # fmt: skip
     tag = config_hash(config)
-    probe = gradient_probe(train, augment, config.probe_size, chunk=config.probe_chunk, seed=config.seed) if config.probe_size else None
+    probe = _probes(train, augment, config)
     out = fit(model, train, test, strategy, augment, config, seed=config.seed, checkpoint=checkpoint,
               resume=resume, tag=tag, progress=progress, probe=probe)  # fmt: skip
     provenance = {

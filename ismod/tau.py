@@ -19,7 +19,7 @@ import numbers
 
 import torch
 
-__all__ = ["equivalent_batch_increment", "switch_threshold"]
+__all__ = ["equivalent_batch_increment", "switch_threshold", "variance_ratio", "sampled_sq_errors"]
 
 
 def equivalent_batch_increment(probs: torch.Tensor, *, sqrt: bool = False) -> float:
@@ -53,3 +53,48 @@ def switch_threshold(presample: int, batch: int, t_forward: float, t_backward: f
         if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive time, got {value!r}")
     return 1.0 + presample * t_forward / (batch * (t_forward + t_backward))
+
+
+def _check_gram(gram: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    k = torch.as_tensor(gram, dtype=torch.float64)
+    g = torch.as_tensor(probs, dtype=torch.float64, device=k.device)
+    if k.dim() != 2 or k.shape[0] != k.shape[1] or g.shape != k.shape[:1]:
+        raise ValueError(f"gram must be (B, B) and probs (B,), got {tuple(k.shape)} and {tuple(g.shape)}")
+    if (g <= 0).any() or abs(float(g.sum()) - 1.0) > 1e-6:
+        raise ValueError("probs must be positive and sum to 1 (every presampled point must be drawable)")
+    return k, g
+
+
+def variance_ratio(gram: torch.Tensor, probs: torch.Tensor) -> float:
+    r"""The measured equivalent batch increment :math:`\operatorname{tr}V_u/\operatorname{tr}V_g`.
+
+    For a presample of :math:`B` points with per-sample gradients :math:`G_i` (given by their Gram
+    matrix :math:`K_{ij} = G_i\cdot G_j`) and a batch of :math:`b` drawn from it with replacement,
+    with probabilities :math:`g` and weights :math:`1/(B g_i)`, the estimate of :math:`\bar G_U` has
+    :math:`\operatorname{tr}V_g = \frac1b\big(\frac1{B^2}\sum_i K_{ii}/g_i - \lVert\bar G_U\rVert^2\big)`;
+    uniform draws (:math:`g = u`) give :math:`\operatorname{tr}V_u`. Their ratio (independent of :math:`b`)
+    is how many times larger a uniform batch must be to match the importance-sampled one: the quantity
+    τ estimates.
+    """
+    k, g = _check_gram(gram, probs)
+    n = g.numel()
+    mean_sq = float(k.sum()) / n**2
+    diag = torch.diagonal(k)
+    uniform = float(diag.sum()) / n - mean_sq
+    weighted = float((diag / g).sum()) / n**2 - mean_sq
+    return uniform / weighted
+
+
+def sampled_sq_errors(
+    gram: torch.Tensor, probs: torch.Tensor, batch: int, repeats: int = 2000, *, generator: torch.Generator | None = None
+) -> tuple[float, float]:
+    r"""Mean and standard error of :math:`\lVert \hat g - \bar G_U\rVert^2` over ``repeats`` batches of
+    ``batch`` drawn with replacement from ``probs`` and weighted by :math:`1/(B g_i)` — the Monte Carlo
+    check of the closed form in :func:`variance_ratio`, computed through the Gram matrix."""
+    k, g = _check_gram(gram, probs)
+    n = g.numel()
+    draws = torch.multinomial(g.cpu(), repeats * batch, replacement=True, generator=generator).view(repeats, batch)
+    counts = torch.zeros(repeats, n, dtype=torch.float64).scatter_add_(1, draws, torch.ones(repeats, batch, dtype=torch.float64))
+    coef = counts.to(k.device) / (batch * n * g) - 1.0 / n
+    errors = ((coef @ k) * coef).sum(1)
+    return float(errors.mean()), float(errors.std() / math.sqrt(repeats))

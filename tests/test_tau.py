@@ -54,3 +54,54 @@ def test_threshold_errors(args, match):
 def test_tau_errors(probs, match):
     with pytest.raises(ValueError, match=match):
         equivalent_batch_increment(probs)
+
+
+# --- measured τ: the variance ratio from per-sample gradients ------------------------------------
+
+
+def _presample_gradients(b_size=24, dim=40, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    scales = torch.linspace(0.1, 3.0, b_size, dtype=torch.float64)[:, None]
+    grads = torch.randn(b_size, dim, generator=g, dtype=torch.float64) * scales + 0.05
+    return grads
+
+
+def test_variance_ratio_closed_form_matches_sampled_minibatches():
+    from ismod.tau import sampled_sq_errors, variance_ratio
+
+    grads = _presample_gradients()
+    gram = grads @ grads.T
+    norms = grads.norm(dim=1)
+    g = norms / norms.sum()
+    u = torch.full_like(g, 1 / len(g))
+    gen = torch.Generator().manual_seed(1)
+    err_g, se_g = sampled_sq_errors(gram, g, batch=6, repeats=20000, generator=gen)
+    err_u, se_u = sampled_sq_errors(gram, u, batch=6, repeats=20000, generator=gen)
+    mean = grads.mean(0)
+    expected_g = float(((norms**2 / g).sum() / len(g) ** 2 - mean @ mean) / 6)
+    expected_u = float(((norms**2).mean() - mean @ mean) / 6)
+    assert abs(err_g - expected_g) < 4 * se_g and abs(err_u - expected_u) < 4 * se_u
+    assert variance_ratio(gram, g) == pytest.approx(expected_u / expected_g, rel=1e-12)
+    assert variance_ratio(gram, u) == pytest.approx(1.0)
+
+
+def test_tau_without_sqrt_is_the_variance_ratio_when_scores_are_exact_norms_and_mean_is_negligible():
+    """The derivation: g ∝ ||G_i|| and ||mean G|| → 0 give tr V_u / tr V_g = B Σ g_i² exactly."""
+    from ismod.tau import variance_ratio
+
+    grads = _presample_gradients()
+    grads = grads - grads.mean(0)  # zero mean gradient: the term the derivation drops
+    norms = grads.norm(dim=1)
+    g = norms / norms.sum()
+    measured = variance_ratio(grads @ grads.T, g)
+    assert measured == pytest.approx(equivalent_batch_increment(g), rel=1e-9)
+    assert measured != pytest.approx(equivalent_batch_increment(g, sqrt=True), rel=1e-2)
+
+
+def test_variance_ratio_rejects_bad_input():
+    from ismod.tau import variance_ratio
+
+    with pytest.raises(ValueError, match="gram must be"):
+        variance_ratio(torch.eye(3), torch.full((4,), 0.25))
+    with pytest.raises(ValueError, match="positive and sum to 1"):
+        variance_ratio(torch.eye(2), torch.tensor([1.0, 0.0]))
