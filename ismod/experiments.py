@@ -61,6 +61,7 @@ class Config(TrainSettings):
     probe_chunk: int = 64  # per-sample gradients held at once while probing
     tau_probe: int = 0  # presamples per evaluation point on which τ is checked against measured variance
     tau_probe_batch: int = 32  # b of those presamples (B = 3b)
+    train_eval_size: int = 0  # training samples evaluated (un-augmented) at each evaluation point
 
     def validate(self, num_items: int | None = None) -> None:
         """Fail before any training, naming the field."""
@@ -100,7 +101,7 @@ class Config(TrainSettings):
 
 # Fields added after results were saved: left out of the hash while at their default, so that
 # adding a field does not orphan every saved result.
-_LATER_FIELDS: dict[str, Any] = {"tau_probe": 0, "tau_probe_batch": 32}
+_LATER_FIELDS: dict[str, Any] = {"tau_probe": 0, "tau_probe_batch": 32, "train_eval_size": 0}
 
 
 def config_hash(config: Config) -> str:
@@ -338,8 +339,9 @@ def run(
                       mixup_alpha=config.mixup_alpha, ricap_beta=config.ricap_beta, seed=config.seed)  # fmt: skip
     tag = config_hash(config)
     probe = _probes(train, augment, config)
+    train_eval = train.subset(config.train_eval_size, seed=config.seed + 777) if config.train_eval_size else None
     out = fit(model, train, test, strategy, augment, config, seed=config.seed, checkpoint=checkpoint,
-              resume=resume, tag=tag, progress=progress, probe=probe)  # fmt: skip
+              resume=resume, tag=tag, progress=progress, probe=probe, train_eval=train_eval)  # fmt: skip
     provenance = {
         "ismod_version": __version__, "git_commit": _git_commit(), "torch_version": torch.__version__,
         "device": _device_name(device), "data_source": train.source, "train_size": len(train),

@@ -33,12 +33,13 @@ def _chapter3_base(scale: str) -> Config:
     report = dict(batch_size=128, lr=0.01, momentum=0.9, nesterov=False, weight_decay=5e-4, schedule="step",
                   milestones=(1 / 3, 2 / 3), gamma=0.1, warmup=0.0, label_smoothing=0.0, budget="epochs")  # fmt: skip
     if scale == "gpu":
-        return CONFIGS["cifar10-resnet18-uniform"].replace(name="ch3", budget_amount=45, evaluations=15, **report)
+        return CONFIGS["cifar10-resnet18-uniform"].replace(name="ch3", budget_amount=45, evaluations=15,
+                                                           train_eval_size=10_000, **report)  # fmt: skip
     if scale == "cpu":
         return CONFIGS["cifar10-small-uniform"].replace(name="ch3", subset=10_000, test_subset=5000,
-                                                        budget_amount=6, evaluations=6, **report)  # fmt: skip
+                                                        budget_amount=6, evaluations=6, train_eval_size=2000, **report)  # fmt: skip
     by_scale(scale, smoke=None, cpu=None, gpu=None)  # validates the name
-    return CONFIGS["smoke-uniform"].replace(name="ch3", budget_amount=3, evaluations=3,
+    return CONFIGS["smoke-uniform"].replace(name="ch3", budget_amount=3, evaluations=3, train_eval_size=128,
                                             **{**report, "batch_size": 64, "lr": 0.05})  # fmt: skip
 
 

@@ -159,13 +159,16 @@ def fit(
     tag: str = "",
     progress: bool = True,
     probe: Callable[[nn.Module], dict[str, Any]] | None = None,
+    train_eval: ImageData | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``train`` within the budget; return ``history``, ``timing`` and ``final``.
 
     History records (at the start and at ``settings.evaluations`` points): ``step``, ``epoch``
     (samples seen / N), ``wall_time`` (training seconds, evaluation excluded), ``samples_seen``,
     ``train_loss`` (mean per-sample loss since the previous record), ``test_accuracy``, ``test_loss``,
-    ``lr`` and the strategy's summary. With ``checkpoint``, the full state is written there atomically
+    ``lr`` and the strategy's summary, ``train_accuracy`` (of the trained batches since the previous
+    record, against their labels' argmax), and with ``train_eval`` (a fixed set of training samples)
+    ``train_eval_loss`` and ``train_eval_accuracy`` on it, un-augmented. With ``checkpoint``, the full state is written there atomically
     every ``checkpoint_every_steps`` steps or ``checkpoint_every_seconds`` seconds; ``resume=True``
     continues from it (a killed run loses only the steps since), provided ``tag`` (the config hash)
     matches. ``probe(model)``, if given, runs at each evaluation point (its time counted as
@@ -202,7 +205,8 @@ def fit(
         total_steps = None
 
     state: dict[str, Any] = {"step": 0, "train_time": 0.0, "history": [], "next_eval": 0,
-                             "loss_sum": torch.zeros((), device=device), "loss_count": 0}  # fmt: skip
+                             "loss_sum": torch.zeros((), device=device), "loss_count": 0,
+                             "correct_sum": torch.zeros((), device=device)}  # fmt: skip
     clock = _Clock(device)
     ckpt_path = Path(checkpoint) if checkpoint is not None else None
     if resume and ckpt_path is not None and ckpt_path.exists():
@@ -243,15 +247,20 @@ def fit(
             "step": step, "epoch": step * settings.batch_size / n, "wall_time": state["train_time"],
             "samples_seen": step * settings.batch_size,
             "train_loss": float(state["loss_sum"]) / count if count else None,  # None: nothing trained yet
+            "train_accuracy": float(state["correct_sum"]) / count if count else None,
             "test_accuracy": accuracy, "test_loss": test_loss,
             "lr": settings.lr * lr_factor(settings, progress_of(step)), **strategy.summary(),
         })  # fmt: skip
+        if train_eval is not None:
+            acc, loss = evaluate(model, train_eval, augment, amp=use_amp, channels_last=channels_last)
+            state["history"][-1].update(train_eval_accuracy=acc, train_eval_loss=loss)
         clock.totals["evaluation"] = clock.totals.get("evaluation", 0.0) + time.perf_counter() - start
         if probe is not None:
             start = time.perf_counter()
             state["history"][-1]["probe"] = probe(model)
             clock.totals["probe"] = clock.totals.get("probe", 0.0) + time.perf_counter() - start
         state["loss_sum"] = torch.zeros((), device=device)
+        state["correct_sum"] = torch.zeros((), device=device)
         state["loss_count"] = 0
         state["next_eval"] += 1
         tell_step_times()
@@ -315,6 +324,7 @@ def fit(
         strategy.observe(indices, detached, logits.detach())
         t5 = clock.mark()
         state["loss_sum"] += detached.sum()
+        state["correct_sum"] += (logits.detach().argmax(1) == (y if y.dim() == 1 else y.argmax(1))).sum()
         state["loss_count"] += detached.numel()
         for phase, a, b in (("selection", t0, t1), ("data", t1, t2), ("forward_backward", t2, t3),
                             ("optimizer", t3, t4), ("selection", t4, t5), ("forward", t2, t_forward),

@@ -200,7 +200,11 @@ def tiny_config(**changes) -> Config:
 def test_result_round_trip_and_provenance(tree, tmp_path):
     result = run(tiny_config(), data_root=tree, progress=False)
     assert [h["step"] for h in result.history] == [0, 4, 8, 12]
-    assert {"step", "epoch", "wall_time", "samples_seen", "train_loss", "test_accuracy", "test_loss"} <= set(result.history[-1])
+    assert {"step", "epoch", "wall_time", "samples_seen", "train_loss", "train_accuracy", "test_accuracy", "test_loss"} <= set(result.history[-1])
+    assert 0 <= result.history[-1]["train_accuracy"] <= 1 and result.history[0]["train_accuracy"] is None
+    with_eval = run(tiny_config(train_eval_size=9), data_root=tree, progress=False)
+    assert {"train_eval_loss", "train_eval_accuracy"} <= set(with_eval.history[-1])
+    assert config_hash(tiny_config(train_eval_size=0)) == config_hash(tiny_config())  # default: hash unchanged
     prov = result.provenance
     assert prov["data_source"] == "CIFAR-10 (JPEG q75 copy)" and prov["config_hash"] == config_hash(tiny_config())
     assert {"ismod_version", "git_commit", "torch_version", "device", "seed", "date"} <= set(prov)
