@@ -60,8 +60,13 @@ def main(argv: list[str] | None = None) -> int:
         suite = SUITES[args.name](args.scale)
         if args.only:
             suite = {k: v for k, v in suite.items() if any(part in k for part in args.only)}
-        for label, configs in suite.items():
-            for config in configs:
+        # seed by seed across arms, so that a slow spell on the machine hits every arm alike
+        rounds = max((len(c) for c in suite.values()), default=0)
+        for i in range(rounds):
+            for label, configs in suite.items():
+                if i >= len(configs):
+                    continue
+                config = configs[i]
                 start = time.perf_counter()
                 result = run_or_load(config, args.out, scale=args.scale, data_root=args.data, device=args.device,
                                      progress=False)  # fmt: skip

@@ -14,7 +14,7 @@ from typing import Any
 from .experiments import CONFIGS, Config, Result, run_or_load
 from .scale import by_scale
 
-__all__ = ["SUITES", "chapter3", "chapter3_variants", "chapter3_high_lr", "run_suite", "REPORT_SETTINGS"]
+__all__ = ["SUITES", "chapter3", "chapter3_variants", "chapter3_high_lr", "chapter5", "chapter5_tau", "run_suite", "REPORT_SETTINGS"]
 
 Suite = dict[str, list[Config]]
 
@@ -107,7 +107,45 @@ def chapter3_variants(scale: str) -> Suite:
     return {label: _arm(base, label, strategy, options, seeds) for label, (strategy, options) in arms.items()}
 
 
-SUITES = {"chapter3": chapter3, "chapter3_variants": chapter3_variants, "chapter3_high_lr": chapter3_high_lr}
+def _chapter5_base(scale: str) -> Config:
+    """Katharopoulos & Fleuret's CIFAR setting (REFERENCE.md §5): SGD momentum 0.9, batch 128, lr 0.1
+    → 0.02 at 50% → 0.004 at 80% of a wall-clock budget, crop+flip. ``gpu``: WRN-28-2 on CIFAR-10 for
+    an hour; ``cpu``: the small CNN on 10,000 images for 60 s of training; ``smoke``: 3 s."""
+    kf = dict(batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4, schedule="step",
+              milestones=(0.5, 0.8), gamma=0.2, warmup=0.0, label_smoothing=0.0, budget="seconds")  # fmt: skip
+    if scale == "gpu":
+        return CONFIGS["cifar10-wrn-uniform"].replace(name="ch5", budget_amount=3600, evaluations=20,
+                                                      train_eval_size=10_000, **kf)  # fmt: skip
+    if scale == "cpu":
+        return CONFIGS["cifar10-small-uniform"].replace(name="ch5", subset=10_000, test_subset=5000, budget_amount=60,
+                                                        evaluations=6, train_eval_size=2000, **kf)  # fmt: skip
+    by_scale(scale, smoke=None, cpu=None, gpu=None)
+    return CONFIGS["smoke-uniform"].replace(name="ch5", evaluations=3, train_eval_size=128,
+                                            **{**kf, "batch_size": 32, "budget_amount": 3.0})  # fmt: skip
+
+
+def chapter5(scale: str) -> Suite:
+    """Equal wall-clock time: uniform vs Algorithm 1 with the upper bound vs Algorithm 1 with the loss."""
+    base = _chapter5_base(scale)
+    seeds = _seeds(scale)
+    return {
+        "uniform": _arm(base, "uniform", "uniform", {}, seeds),
+        "upper bound, τ switch": _arm(base, "bound-tau", "presample", {"score": "bound"}, seeds),
+        "loss, τ switch": _arm(base, "loss-tau", "presample", {"score": "loss"}, seeds),
+    }
+
+
+def chapter5_tau(scale: str) -> Suite:
+    """One uniform run (τ tracked, never switching) whose evaluation points check τ against the variance
+    ratio measured with exact per-sample gradients, on presamples of B = 3b."""
+    base = _chapter5_base(scale).replace(budget="epochs", budget_amount=by_scale(scale, smoke=2, cpu=6, gpu=30))
+    probe = dict(tau_probe=by_scale(scale, smoke=2, cpu=4, gpu=8), tau_probe_batch=by_scale(scale, smoke=8, cpu=32, gpu=128),
+                 probe_chunk=by_scale(scale, smoke=16, cpu=48, gpu=32))  # fmt: skip
+    return {"τ probe": _arm(base, "tau-probe", "presample", {"importance": False}, range(1), **probe)}
+
+
+SUITES = {"chapter3": chapter3, "chapter3_variants": chapter3_variants, "chapter3_high_lr": chapter3_high_lr,
+          "chapter5": chapter5, "chapter5_tau": chapter5_tau}
 
 
 def run_suite(suite: Suite, results_dir: str | os.PathLike, *, scale: str = "", progress: bool = False,
