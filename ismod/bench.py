@@ -248,3 +248,50 @@ def scoring_costs(
         "exact_loop": median_us(loop, 1, warmup=1) / 1e6 * batch_size / loop_samples,
     }
     return {**out, **{f"{k}_over_loss": v / out["loss"] for k, v in out.items() if k != "loss"}}
+
+
+def forward_backward_times(
+    model_name: str = "small_cnn",
+    *,
+    batch_size: int = 128,
+    repeats: int = 5,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> dict[str, float]:
+    """Median seconds of a training forward pass (with autograd, loss included), of its backward pass,
+    and of a scoring forward pass (no autograd, as a presample is scored), for ``batch_size`` random
+    images; and the ratios ``backward/forward`` (the :math:`t_b/t_f` of Katharopoulos & Fleuret's cost
+    model, often assumed to be 2) and ``scoring/forward``."""
+    import torch.nn.functional as F
+
+    from .models import build_model
+
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch_size, 3, 32, 32, generator=g).to(device).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(10, (batch_size,), generator=g).to(device)
+    model = build_model(model_name).to(device).to(memory_format=torch.channels_last)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    amp = device.type == "cuda"
+    forward, backward, scoring = [], [], []
+    for i in range(repeats + 1):
+        sync()
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = F.cross_entropy(model(x).float(), y)
+        sync()
+        t1 = time.perf_counter()
+        loss.backward()
+        sync()
+        t2 = time.perf_counter()
+        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            model(x)
+        sync()
+        t3 = time.perf_counter()
+        model.zero_grad(set_to_none=True)
+        if i:  # the first round warms up
+            forward.append(t1 - t0)
+            backward.append(t2 - t1)
+            scoring.append(t3 - t2)
+    f, b, s = (statistics.median(v) for v in (forward, backward, scoring))
+    return {"forward_s": f, "backward_s": b, "scoring_s": s, "backward/forward": b / f, "scoring/forward": s / f}

@@ -42,7 +42,7 @@ def distribution_stats(probs: torch.Tensor) -> torch.Tensor:
     positive = p > 0
     entropy = -torch.where(positive, p * p.clamp_min(1e-300).log(), torch.zeros_like(p)).sum()
     smallest = torch.where(positive, p, torch.full_like(p, math.inf)).min()
-    return torch.stack([entropy, math.log(n) - entropy, 1.0 / (n * (p**2).sum()), 1.0 / (n * smallest)])
+    return torch.stack([entropy, (math.log(n) - entropy).clamp_min(0.0), 1.0 / (n * (p**2).sum()), 1.0 / (n * smallest)])
 
 
 def coverage(visits: torch.Tensor) -> dict[str, float]:

@@ -26,6 +26,11 @@ __all__ = [
     "gradient_norm_cdf",
     "bound_scatter",
     "variance_reduction",
+    "seed_bands",
+    "score_quantiles",
+    "sampling_drift",
+    "time_breakdown",
+    "tau_tradeoff",
 ]
 
 
@@ -248,3 +253,121 @@ def variance_reduction(results: Sequence, *, batch_size: int = 128, ax: Axes | N
     ax.set(xlabel="epochs", ylabel=f"variance / uniform (batch {batch_size})")
     ax.legend(fontsize=8)
     return {"epochs": epochs, **means}
+
+
+def seed_bands(results: Mapping[str, Sequence], key: str, *, x: str = "epoch", ax: Axes | None = None,
+               ylabel: str | None = None) -> dict[str, list[float]]:  # fmt: skip
+    """History ``key`` against ``x`` for each arm: the mean over seeds as a line, their range as a band.
+    ``results`` maps an arm's label to its seeds' results (as :func:`ismod.suites.run_suite` returns).
+    Returns the mean curve per arm."""
+    ax = _axes(ax)
+    means = {}
+    for label, runs in results.items():
+        rows = [[h for h in r.history if h.get(key) is not None] for r in runs]  # type: ignore[attr-defined]
+        n = min(len(rw) for rw in rows)
+        xs = torch.tensor([[h[x] for h in rw[:n]] for rw in rows], dtype=torch.float64).mean(0)
+        ys = torch.tensor([[h[key] for h in rw[:n]] for rw in rows], dtype=torch.float64)
+        mean = ys.mean(0)
+        line = ax.plot(xs.numpy(), mean.numpy(), "o-", ms=3, label=label)[0]
+        if len(runs) > 1:
+            ax.fill_between(xs.numpy(), ys.min(0).values.numpy(), ys.max(0).values.numpy(), alpha=0.15, color=line.get_color())
+        means[label] = mean.tolist()
+    ax.set(xlabel={"epoch": "epochs (samples seen / N)", "wall_time": "training seconds"}.get(x, x), ylabel=ylabel or key)
+    return means
+
+
+def _sampling_log(result: object) -> list[dict]:
+    return [e for h in result.history for e in h.get("sampling", [])]  # type: ignore[attr-defined]
+
+
+def score_quantiles(result: object, *, ax: Axes | None = None, batch_size: int | None = None) -> None:
+    """The distribution of the strategy's scores at each epoch it logged (the report's Appendix B):
+    median, 25–75% and 5–95% bands, and the maximum."""
+    ax = _axes(ax)
+    log = _sampling_log(result)
+    n = result.provenance["train_size"]  # type: ignore[attr-defined]
+    b = batch_size or result.config["batch_size"]  # type: ignore[attr-defined]
+    epochs = [e["step"] * b / n for e in log]
+    q = torch.tensor([e["score_quantiles"] for e in log])  # levels 0, 0.05, ..., 1
+    ax.fill_between(epochs, q[:, 1].numpy(), q[:, 19].numpy(), alpha=0.2, label="5–95%")
+    ax.fill_between(epochs, q[:, 5].numpy(), q[:, 15].numpy(), alpha=0.35, label="25–75%")
+    ax.plot(epochs, q[:, 10].numpy(), "-", label="median")
+    ax.plot(epochs, q[:, 20].numpy(), ":", label="max")
+    ax.set(xlabel="epochs", ylabel="score")
+    ax.legend(fontsize=8)
+
+
+def sampling_drift(results: Mapping[str, Sequence], *, stat: str = "kl_from_uniform", ax: Axes | None = None) -> None:
+    """A per-epoch statistic of each arm's sampling distribution (``kl_from_uniform``, ``entropy``,
+    ``effective_fraction`` or ``max_weight``), every seed drawn thin."""
+    ax = _axes(ax)
+    for i, (label, runs) in enumerate(results.items()):
+        color = f"C{i}"
+        for j, r in enumerate(runs):
+            log = _sampling_log(r)
+            b, n = r.config["batch_size"], r.provenance["train_size"]  # type: ignore[attr-defined]
+            ax.plot([e["step"] * b / n for e in log], [e[stat] for e in log], "-", color=color, lw=1,
+                    alpha=0.8, label=label if j == 0 else None)  # fmt: skip
+    ax.set(xlabel="epochs", ylabel=stat.replace("_", " "))
+    ax.legend(fontsize=8)
+
+
+def time_breakdown(results: Mapping[str, Sequence], *, ax: Axes | None = None) -> dict[str, dict[str, float]]:
+    """Seconds per run spent training (data, forward, backward, optimiser), selecting (scoring and
+    sampling) and evaluating, mean over seeds, as stacked bars (the report's Appendix C)."""
+    ax = _axes(ax)
+    parts: dict[str, dict[str, float]] = {}
+    for label, runs in results.items():
+        t = [r.timing for r in runs]  # type: ignore[attr-defined]
+        mean = lambda f: sum(f(x) for x in t) / len(t)  # noqa: E731
+        parts[label] = {
+            "training": mean(lambda x: x["data"] + x["forward_backward"] + x["optimizer"]),
+            "selection": mean(lambda x: x["selection"]),
+            "evaluation": mean(lambda x: x.get("evaluation", 0.0)),
+        }
+    labels = list(parts)
+    left = [0.0] * len(labels)
+    for k, name in enumerate(("training", "selection", "evaluation")):
+        values = [parts[lab][name] for lab in labels]
+        ax.barh(labels, values, left=left, color=f"C{k}", label=name)
+        left = [a + v for a, v in zip(left, values)]
+    ax.invert_yaxis()
+    ax.set(xlabel="seconds per run")
+    ax.legend(fontsize=8)
+    return parts
+
+
+def tau_tradeoff(presample_ratio: float, backward_ratio: float, spread: float, *, batch: int = 128, seed: int = 0,
+                 axes: Sequence[Axes] | None = None) -> dict[str, float]:  # fmt: skip
+    """Katharopoulos & Fleuret's cost model for a presample of B = ``presample_ratio`` · b scored with
+    log-normal scores of log-spread ``spread`` (σ; 0 is uniform). Left: the presample's normalised
+    scores g. Right: τ against σ, with τ_th = 1 + B t_f/(b(t_f + t_b)) for t_b = ``backward_ratio`` · t_f;
+    the predicted speed-up of an importance-sampled step over uniform is τ/τ_th. Returns the numbers."""
+    from .tau import equivalent_batch_increment, switch_threshold
+
+    if axes is None:
+        axes = plt.subplots(1, 2, figsize=(11, 3.8))[1]
+    big_b = max(batch, round(presample_ratio * batch))
+    z = torch.randn(big_b, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+    def tau_at(sigma: float) -> float:
+        s = torch.exp(sigma * z)
+        return equivalent_batch_increment(s / s.sum())
+
+    threshold = switch_threshold(big_b, batch, 1.0, backward_ratio)
+    s = torch.exp(spread * z)
+    g = (s / s.sum()).sort(descending=True).values
+    axes[0].bar(range(big_b), g.numpy(), width=1.0)
+    axes[0].axhline(1 / big_b, color="black", lw=0.8, ls="--", label="uniform 1/B")
+    axes[0].set(xlabel="presampled point (sorted)", ylabel="g_i", title=f"B = {big_b}, σ = {spread:.2f}")
+    axes[0].legend(fontsize=8)
+    sigmas = torch.linspace(0, 2, 81)
+    taus = [tau_at(float(x)) for x in sigmas]
+    axes[1].plot(sigmas.numpy(), taus, label="τ = B Σ g²")
+    axes[1].axhline(threshold, color="C3", ls="--", label=f"τ_th = {threshold:.2f}")
+    tau = tau_at(spread)
+    axes[1].plot([spread], [tau], "o", color="C1")
+    axes[1].set(xlabel="score spread σ", ylabel="τ", yscale="log",
+                title=f"τ = {tau:.2f}: predicted speed-up τ/τ_th = {tau / threshold:.2f}")  # fmt: skip
+    axes[1].legend(fontsize=8)
+    return {"tau": tau, "tau_threshold": threshold, "speedup": tau / threshold}

@@ -14,7 +14,7 @@ from typing import Any
 from .experiments import CONFIGS, Config, Result, run_or_load
 from .scale import by_scale
 
-__all__ = ["SUITES", "chapter3", "chapter3_variants", "chapter3_high_lr", "chapter5", "chapter5_tau", "run_suite", "REPORT_SETTINGS"]
+__all__ = ["SUITES", "chapter3", "chapter3_variants", "chapter3_high_lr", "chapter5", "chapter5_tau", "run_suite", "summarize", "markdown_table", "REPORT_SETTINGS"]
 
 Suite = dict[str, list[Config]]
 
@@ -153,3 +153,51 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, scale: str = "", 
     """Every config of ``suite`` through :func:`~ismod.experiments.run_or_load` (saved results reused)."""
     return {label: [run_or_load(c, results_dir, scale=scale, progress=progress, **run_kwargs) for c in configs]
             for label, configs in suite.items()}  # fmt: skip
+
+
+def _final(result: Result, key: str) -> float | None:
+    for h in reversed(result.history):
+        if h.get(key) is not None:
+            return float(h[key])
+    return None
+
+
+def summarize(results: dict[str, list[Result]], baseline: str | None = None) -> list[dict[str, Any]]:
+    """One row per arm: mean and standard deviation over seeds of the final test accuracy, training
+    loss (on the fixed training subset when recorded, else the trained batches), training seconds,
+    and the share of training time spent selecting (scoring and sampling); with ``baseline``, the
+    test error relative to the baseline arm's."""
+    import statistics
+
+    def stats(values: list[float]) -> tuple[float, float]:
+        return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+    rows = []
+    for label, runs in results.items():
+        loss_key = "train_eval_loss" if _final(runs[0], "train_eval_loss") is not None else "train_loss"
+        acc = stats([r.final["test_accuracy"] for r in runs])
+        loss = stats([_final(r, loss_key) for r in runs])
+        secs = stats([r.final["train_time"] for r in runs])
+        share = stats([r.timing["selection"] / max(r.final["train_time"], 1e-9) for r in runs])
+        rows.append({"arm": label, "seeds": len(runs), "test_accuracy": acc, "train_loss": loss, "loss_kind": loss_key,
+                     "train_seconds": secs, "selection_share": share})  # fmt: skip
+    if baseline is not None:
+        base_err = 1.0 - next(r for r in rows if r["arm"] == baseline)["test_accuracy"][0]
+        for r in rows:
+            r["relative_test_error"] = (1.0 - r["test_accuracy"][0]) / base_err
+    return rows
+
+
+def markdown_table(rows: list[dict[str, Any]]) -> str:
+    """:func:`summarize`'s rows as a Markdown table (mean ± standard deviation over seeds)."""
+    rel = "relative_test_error" in rows[0]
+    head = "| arm | seeds | test accuracy | training loss | training s | selection share |" + (" test error / baseline |" if rel else "")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        a, lo, s, sh = r["test_accuracy"], r["train_loss"], r["train_seconds"], r["selection_share"]
+        line = (f"| {r['arm']} | {r['seeds']} | {a[0]:.1%} ± {a[1]:.1%} | {lo[0]:.3f} ± {lo[1]:.3f} | "
+                f"{s[0]:.0f} ± {s[1]:.0f} | {sh[0]:.1%} |")  # fmt: skip
+        if rel:
+            line += f" {r['relative_test_error']:.2f} |"
+        lines.append(line)
+    return "\n".join(lines)

@@ -1,0 +1,70 @@
+"""The chapters' experiment grids: valid configs at every scale, distinct result files, the CLI."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ismod import suites
+from ismod.experiments import Result, config_hash, result_path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("scale", ["smoke", "cpu", "gpu"])
+def test_every_suite_is_valid_and_its_runs_are_distinct(scale):
+    paths = set()
+    for name, make in suites.SUITES.items():
+        suite = make(scale)
+        for label, configs in suite.items():
+            assert configs, f"{name}: arm {label!r} has no seeds"
+            seeds = [c.seed for c in configs]
+            assert seeds == sorted(set(seeds)), f"{name}: arm {label!r} repeats a seed"
+            for c in configs:
+                c.validate()
+                path = result_path(c, "r")
+                assert path not in paths, f"{name}: {c.name} collides with another run"
+                paths.add(path)
+
+
+def test_seed_counts_follow_the_issues():
+    assert all(len(c) == 3 for c in suites.chapter3("cpu").values())
+    assert all(len(c) == 3 for c in suites.chapter5("cpu").values())
+    assert len(suites.chapter3("cpu")) == 6  # three samplers, with and without augmentation
+
+
+def test_report_settings_are_the_appendix():
+    last, running = suites.REPORT_SETTINGS["last-loss"], suites.REPORT_SETTINGS["running-loss"]
+    assert last["subset"] * 50_000 == pytest.approx(8192) and last["warmup_epochs"] == 5
+    assert running["subset"] * 50_000 == pytest.approx(30_000) and running["beta"] == 0.2
+    gpu = suites.chapter3("gpu")["last-loss, crop+flip"][0]
+    assert (gpu.model, gpu.batch_size, gpu.lr, gpu.weight_decay, gpu.budget_amount) == ("resnet18", 128, 0.01, 5e-4, 45)
+    assert gpu.strategy_options["warmup_epochs"] == 5  # not shortened at full scale
+
+
+def _row(arm, accs, loss=1.0):
+    from ismod.experiments import Config
+
+    config = Config().to_dict()
+    results = []
+    for a in accs:
+        results.append(Result(config, {}, [{"train_loss": loss}], {"selection": 1.0},
+                              {"test_accuracy": a, "train_time": 10.0}))  # fmt: skip
+    return arm, results
+
+
+def test_summarize_means_spreads_and_relative_error():
+    rows = suites.summarize(dict([_row("uniform", [0.8, 0.6]), _row("other", [0.9, 0.9], loss=0.5)]), baseline="uniform")
+    uniform, other = rows
+    assert uniform["test_accuracy"][0] == pytest.approx(0.7) and uniform["test_accuracy"][1] == pytest.approx(0.1414, abs=1e-4)
+    assert other["relative_test_error"] == pytest.approx(0.1 / 0.3)
+    assert uniform["selection_share"][0] == pytest.approx(0.1)
+    table = suites.markdown_table(rows)
+    assert "| other | 2 | 90.0% ± 0.0% | 0.500 ± 0.000 |" in table and "0.33" in table
+
+
+def test_cli_suite_rejects_unknown_names():
+    out = subprocess.run([sys.executable, "-m", "ismod", "suite", "nonsense", "--scale", "smoke", "--out", "x"],
+                         capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert out.returncode == 2 and "no suite named 'nonsense'" in out.stderr
