@@ -33,6 +33,8 @@ PHASES: tuple[str, ...] = ("selection", "data", "forward_backward", "optimizer")
 SUBPHASES: tuple[str, ...] = ("forward", "backward")
 # the step after which the strategy first hears the measured forward/backward times (one device sync)
 _FIRST_TIMING_STEP = 10
+# samples scored per forward pass when a strategy scores many at once (a presample, candidates)
+_SCORE_CHUNK = 1024
 
 
 @dataclass(frozen=True)
@@ -184,10 +186,18 @@ def fit(
     gen = torch.Generator(device=device).manual_seed(seed)
 
     def score_fn(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = augment(train.images[indices], train.labels[indices], train=False)
-        with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
-            logits = model(x)
-        return F.cross_entropy(logits.float(), y, reduction="none"), logits
+        """Losses and logits of ``indices``, un-augmented, without autograd, in chunks of ``_SCORE_CHUNK``."""
+        losses, logits = [], []
+        for start in range(0, indices.numel(), _SCORE_CHUNK):
+            part = indices[start : start + _SCORE_CHUNK]
+            x, y = augment(train.images[part], train.labels[part], train=False)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                z = model(x).float()
+            losses.append(F.cross_entropy(z, y, reduction="none"))
+            logits.append(z)
+        return torch.cat(losses), torch.cat(logits)
 
     strategy.setup(n, settings.batch_size, device, gen, score_fn, train.labels)
     params_decay = [p for p in model.parameters() if p.dim() > 1]
