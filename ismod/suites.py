@@ -125,6 +125,10 @@ def chapter3_long(scale: str) -> Suite:
         if options["warmup_epochs"]:
             options["warmup_epochs"] = 3 if scale == "cpu" else 1
         out[f"{kind}, 30 epochs"] = _arm(base.replace(name="ch3-long"), kind, "loss", options, range(1), crop=False, flip=False)
+    # the same last-loss sampler with every weight capped at 10 by 10% smoothing, should the above diverge
+    smoothed = {**out["last-loss, 30 epochs"][0].strategy_options, "smoothing": 0.1}
+    out["last-loss + 10% smoothing, 30 epochs"] = _arm(base.replace(name="ch3-long"), "last-loss-smoothed", "loss",
+                                                       smoothed, range(1), crop=False, flip=False)  # fmt: skip
     return out
 
 
