@@ -370,8 +370,11 @@ def run_or_load(config: Config, results_dir: str | os.PathLike, **run_kwargs: An
         except (ValueError, KeyError, TypeError, json.JSONDecodeError):
             pass  # corrupt or from another version: recompute
     checkpoint = Path(results_dir) / "checkpoints" / f"{path.stem}.pt"
+    own_checkpoint = "checkpoint" not in run_kwargs
     run_kwargs.setdefault("checkpoint", checkpoint)
     run_kwargs.setdefault("resume", True)
     result = run(config, **run_kwargs)
     result.save(path)
+    if own_checkpoint:
+        checkpoint.unlink(missing_ok=True)  # the saved result supersedes it
     return result
