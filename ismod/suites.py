@@ -157,6 +157,9 @@ def chapter5(scale: str) -> Suite:
         "uniform": _arm(base, "uniform", "uniform", {}, seeds),
         "upper bound, τ switch": _arm(base, "bound-tau", "presample", {"score": "bound"}, seeds),
         "loss, τ switch": _arm(base, "loss-tau", "presample", {"score": "loss"}, seeds),
+        # the switch forced (τ_th = 1: importance sampling from the first step τ exceeds 1), to test the
+        # cost model's prediction where the rule would have stayed uniform
+        "upper bound, always": _arm(base, "bound-always", "presample", {"score": "bound", "threshold": 1.0}, seeds),
     }
 
 
