@@ -93,7 +93,7 @@ def chapter3_variants(scale: str) -> Suite:
     """The stronger variants on the same budget, with crop+flip: fixes for the drift, online batch
     selection, prioritised replay, and Arazo et al.'s baselines."""
     base = _chapter3_base(scale)
-    seeds = range(by_scale(scale, smoke=1, cpu=2, gpu=3))  # two seeds on CPU, to fit the time
+    seeds = _seeds(scale)
     last = _report_options(scale, "last-loss")
     arms = {
         "softmax T=0.1": ("loss", {**last, "temperature": 0.1, "smoothing": 0.1}),
