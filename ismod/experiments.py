@@ -142,20 +142,20 @@ CONFIGS["cifar10-resnet18-probe"] = Config(
 )  # fmt: skip
 
 
+def _per_sample_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
+
+
 def gradient_probe(train: ImageData, augment: Augment, size: int, *, chunk: int = 64, seed: int = 0):
     """A ``probe`` for :func:`ismod.train.fit`: on ``size`` fixed training samples (un-augmented), record
     per-sample ``loss``, upper ``bound``, exact ``grad_norm`` and the squared norm of their mean gradient
     ``mean_grad_sq`` (the model in eval mode throughout, so all four agree on BatchNorm)."""
-    import torch.nn.functional as F
-
     from .bounds import per_sample_grad_norms, upper_bound
 
+    ce = _per_sample_ce
     g = torch.Generator().manual_seed(seed + 12345)
     idx = torch.randperm(len(train), generator=g)[:size].to(train.labels.device)
     x, y = augment(train.images[idx], train.labels[idx], train=False)
-
-    def ce(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(z, t, reduction="none")
 
     def probe(model: torch.nn.Module) -> dict[str, Any]:
         was_training = model.training
@@ -187,17 +187,13 @@ def tau_probe(train: ImageData, augment: Augment, presamples: int, batch: int, *
     without the square root) and the measured ratio :func:`ismod.tau.variance_ratio`, and, for the
     bound, the same ratio from 2000 sampled minibatches each way (:func:`ismod.tau.sampled_sq_errors`).
     """
-    import torch.nn.functional as F
-
     from .bounds import per_sample_grads, upper_bound
     from .tau import equivalent_batch_increment, sampled_sq_errors, variance_ratio
 
+    ce = _per_sample_ce
     size = 3 * batch
     g = torch.Generator().manual_seed(seed + 54321)
     sets = [torch.randperm(len(train), generator=g)[:size].to(train.labels.device) for _ in range(presamples)]
-
-    def ce(z: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(z, t, reduction="none")
 
     def probe(model: torch.nn.Module) -> list[dict[str, Any]]:
         was_training = model.training
@@ -214,14 +210,13 @@ def tau_probe(train: ImageData, augment: Augment, presamples: int, batch: int, *
                       "exact": torch.diagonal(gram).clamp_min(0).sqrt()}  # fmt: skip
             entry: dict[str, Any] = {"mean_grad_sq": float(gram.sum()) / size**2,
                                      "mean_sq_norm": float(torch.diagonal(gram).mean())}  # fmt: skip
-            for name, s in scores.items():
-                p = (s + 1e-12) / (s + 1e-12).sum()  # every point drawable, as the ratio needs
+            probs = {name: (s + 1e-12) / (s + 1e-12).sum() for name, s in scores.items()}  # every point drawable
+            for name, p in probs.items():
                 entry[name] = {"tau": equivalent_batch_increment(p), "tau_sqrt": equivalent_batch_increment(p, sqrt=True),
                                "measured": variance_ratio(gram, p)}  # fmt: skip
             gen = torch.Generator().manual_seed(seed + k)
-            p_bound = (scores["bound"] + 1e-12) / (scores["bound"] + 1e-12).sum()
-            err_g, se_g = sampled_sq_errors(gram, p_bound, batch, generator=gen)
-            err_u, se_u = sampled_sq_errors(gram, torch.full_like(p_bound, 1.0 / size), batch, generator=gen)
+            err_g, se_g = sampled_sq_errors(gram, probs["bound"], batch, generator=gen)
+            err_u, se_u = sampled_sq_errors(gram, torch.full_like(probs["bound"], 1.0 / size), batch, generator=gen)
             entry["bound"]["sampled"] = err_u / err_g
             entry["bound"]["sampled_rel_se"] = math.hypot(se_g / err_g, se_u / err_u)
             out.append(entry)

@@ -276,15 +276,13 @@ def seed_bands(results: Mapping[str, Sequence], key: str, *, x: str = "epoch", a
     return means
 
 
-def _sampling_log(result: object) -> list[dict]:
-    return [e for h in result.history for e in h.get("sampling", [])]  # type: ignore[attr-defined]
-
-
 def score_quantiles(result: object, *, ax: Axes | None = None, batch_size: int | None = None) -> None:
     """The distribution of the strategy's scores at each epoch it logged (the report's Appendix B):
     median, 25–75% and 5–95% bands, and the maximum."""
     ax = _axes(ax)
-    log = _sampling_log(result)
+    from .suites import sampling_log
+
+    log = sampling_log(result)  # type: ignore[arg-type]
     n = result.provenance["train_size"]  # type: ignore[attr-defined]
     b = batch_size or result.config["batch_size"]  # type: ignore[attr-defined]
     epochs = [e["step"] * b / n for e in log]
@@ -300,11 +298,13 @@ def score_quantiles(result: object, *, ax: Axes | None = None, batch_size: int |
 def sampling_drift(results: Mapping[str, Sequence], *, stat: str = "kl_from_uniform", ax: Axes | None = None) -> None:
     """A per-epoch statistic of each arm's sampling distribution (``kl_from_uniform``, ``entropy``,
     ``effective_fraction`` or ``max_weight``), every seed drawn thin."""
+    from .suites import sampling_log
+
     ax = _axes(ax)
     for i, (label, runs) in enumerate(results.items()):
         color = f"C{i}"
         for j, r in enumerate(runs):
-            log = _sampling_log(r)
+            log = sampling_log(r)
             b, n = r.config["batch_size"], r.provenance["train_size"]  # type: ignore[attr-defined]
             ax.plot([e["step"] * b / n for e in log], [e[stat] for e in log], "-", color=color, lw=1,
                     alpha=0.8, label=label if j == 0 else None)  # fmt: skip

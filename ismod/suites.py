@@ -15,7 +15,8 @@ from typing import Any
 from .experiments import CONFIGS, Config, Result, run_or_load
 from .scale import by_scale
 
-__all__ = ["SUITES", "chapter3", "chapter3_variants", "chapter3_high_lr", "chapter3_long", "chapter5", "chapter5_tau", "run_suite", "summarize", "markdown_table", "REPORT_SETTINGS"]
+__all__ = ["SUITES", "chapter3", "chapter3_variants", "chapter3_high_lr", "chapter3_long", "chapter5", "chapter5_tau", "run_suite", "summarize", "markdown_table",
+           "divergence_epoch", "sampling_log", "tau_log", "REPORT_SETTINGS"]
 
 Suite = dict[str, list[Config]]
 
@@ -33,15 +34,15 @@ def _chapter3_base(scale: str) -> Config:
     CNN on 10,000 training images for 6 epochs. ``smoke``: seconds."""
     report = dict(batch_size=128, lr=0.01, momentum=0.9, nesterov=False, weight_decay=5e-4, schedule="step",
                   milestones=(1 / 3, 2 / 3), gamma=0.1, warmup=0.0, label_smoothing=0.0, budget="epochs")  # fmt: skip
-    if scale == "gpu":
-        return CONFIGS["cifar10-resnet18-uniform"].replace(name="ch3", budget_amount=45, evaluations=15,
-                                                           train_eval_size=10_000, **report)  # fmt: skip
-    if scale == "cpu":
-        return CONFIGS["cifar10-small-uniform"].replace(name="ch3", subset=10_000, test_subset=5000,
-                                                        budget_amount=6, evaluations=6, train_eval_size=2000, **report)  # fmt: skip
-    by_scale(scale, smoke=None, cpu=None, gpu=None)  # validates the name
-    return CONFIGS["smoke-uniform"].replace(name="ch3", budget_amount=3, evaluations=3, train_eval_size=128,
-                                            **{**report, "batch_size": 64, "lr": 0.05})  # fmt: skip
+    return by_scale(
+        scale,
+        gpu=CONFIGS["cifar10-resnet18-uniform"].replace(name="ch3", budget_amount=45, evaluations=15,
+                                                        train_eval_size=10_000, **report),
+        cpu=CONFIGS["cifar10-small-uniform"].replace(name="ch3", subset=10_000, test_subset=5000,
+                                                     budget_amount=6, evaluations=6, train_eval_size=2000, **report),
+        smoke=CONFIGS["smoke-uniform"].replace(name="ch3", budget_amount=3, evaluations=3, train_eval_size=128,
+                                               **{**report, "batch_size": 64, "lr": 0.05}),
+    )  # fmt: skip
 
 
 def chapter3_high_lr(scale: str) -> Suite:
@@ -138,15 +139,15 @@ def _chapter5_base(scale: str) -> Config:
     an hour; ``cpu``: the small CNN on 10,000 images for 60 s of training; ``smoke``: 3 s."""
     kf = dict(batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4, schedule="step",
               milestones=(0.5, 0.8), gamma=0.2, warmup=0.0, label_smoothing=0.0, budget="seconds")  # fmt: skip
-    if scale == "gpu":
-        return CONFIGS["cifar10-wrn-uniform"].replace(name="ch5", budget_amount=3600, evaluations=20,
-                                                      train_eval_size=10_000, **kf)  # fmt: skip
-    if scale == "cpu":
-        return CONFIGS["cifar10-small-uniform"].replace(name="ch5", subset=10_000, test_subset=5000, budget_amount=60,
-                                                        evaluations=6, train_eval_size=2000, **kf)  # fmt: skip
-    by_scale(scale, smoke=None, cpu=None, gpu=None)
-    return CONFIGS["smoke-uniform"].replace(name="ch5", evaluations=3, train_eval_size=128,
-                                            **{**kf, "batch_size": 32, "budget_amount": 3.0})  # fmt: skip
+    return by_scale(
+        scale,
+        gpu=CONFIGS["cifar10-wrn-uniform"].replace(name="ch5", budget_amount=3600, evaluations=20,
+                                                   train_eval_size=10_000, **kf),
+        cpu=CONFIGS["cifar10-small-uniform"].replace(name="ch5", subset=10_000, test_subset=5000, budget_amount=60,
+                                                     evaluations=6, train_eval_size=2000, **kf),
+        smoke=CONFIGS["smoke-uniform"].replace(name="ch5", evaluations=3, train_eval_size=128,
+                                               **{**kf, "batch_size": 32, "budget_amount": 3.0}),
+    )  # fmt: skip
 
 
 def chapter5(scale: str) -> Suite:
@@ -182,6 +183,23 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, scale: str = "", 
     """Every config of ``suite`` through :func:`~ismod.experiments.run_or_load` (saved results reused)."""
     return {label: [run_or_load(c, results_dir, scale=scale, progress=progress, **run_kwargs) for c in configs]
             for label, configs in suite.items()}  # fmt: skip
+
+
+def divergence_epoch(result: Result) -> float | None:
+    """The epoch of the first evaluation point whose training loss is NaN; ``None`` if the run never diverged."""
+    return next((h["epoch"] for h in result.history if h["train_loss"] is not None and math.isnan(h["train_loss"])), None)
+
+
+def sampling_log(result: Result) -> list[dict[str, Any]]:
+    """A scored strategy's per-epoch distribution log, gathered from the history records."""
+    return [entry for h in result.history for entry in h.get("sampling", [])]
+
+
+def tau_log(result: Result) -> tuple[list[float], list[float], list[int]]:
+    """The :class:`~ismod.strategies.presample.Presample` τ log: (epochs, τ, 1 for importance steps)."""
+    rows = [row for h in result.history for row in h.get("tau_log", [])]
+    n, b = result.provenance["train_size"], result.config["batch_size"]
+    return [s * b / n for s, _, _ in rows], [t for _, t, _ in rows], [p for _, _, p in rows]
 
 
 def _final(result: Result, key: str) -> float | None:

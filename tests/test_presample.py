@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from ismod.bounds import upper_bound
 from ismod.strategies import Presample, build_strategy
 from ismod.tau import switch_threshold
 
@@ -77,8 +78,6 @@ def test_uniform_phase_scores_the_batch_for_free_and_tau_follows_the_recurrence(
     for k in range(12):
         idx, w = step(s, scorer, k)
         assert w is None
-        from ismod.bounds import upper_bound
-
         g = upper_bound(scorer.logits(idx), labels()[idx]).double()
         g = g / g.sum()
         tau = 0.9 * tau + 0.1 * float(len(g) * (g**2).sum())
@@ -99,17 +98,13 @@ def test_after_the_switch_weights_are_one_over_b_g():
     # check one importance step by hand: rebuild g from the presample the strategy scored
     position = s.stream_position
     presample = (s.stream[position : position + 12] if position + 12 <= N else None)
-    gen_state = s.generator.get_state()
     idx, w = s.select(k)
     assert scorer.sizes[-1] == 12 and presample is not None
-    from ismod.bounds import upper_bound
-
     g = upper_bound(scorer.logits(presample), labels()[presample]).double()
     g = g / g.sum()
     lookup = {int(i): float(gi) for i, gi in zip(presample, g)}
     assert torch.allclose(w.double(), torch.tensor([1 / (12 * lookup[int(i)]) for i in idx], dtype=torch.float64), rtol=1e-6)
     assert set(idx.tolist()) <= set(presample.tolist())
-    del gen_state
 
 
 def test_sqrt_option_takes_the_square_root_of_tau_new():

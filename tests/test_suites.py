@@ -68,3 +68,19 @@ def test_cli_suite_rejects_unknown_names():
     out = subprocess.run([sys.executable, "-m", "ismod", "suite", "nonsense", "--scale", "smoke", "--out", "x"],
                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
     assert out.returncode == 2 and "no suite named 'nonsense'" in out.stderr
+
+
+def test_result_readers():
+    from ismod.experiments import Config
+
+    config = Config(batch_size=10).to_dict()
+    history = [
+        {"epoch": 0.0, "train_loss": None, "sampling": [{"step": 0}]},
+        {"epoch": 1.0, "train_loss": 2.0, "sampling": [{"step": 5}, {"step": 8}], "tau_log": [[0, 1.5, 0], [5, 2.5, 1]]},
+        {"epoch": 2.0, "train_loss": float("nan"), "tau_log": [[10, 3.0, 1]]},
+    ]
+    r = Result(config, {"train_size": 50}, history, {}, {})
+    assert suites.divergence_epoch(r) == 2.0
+    assert suites.divergence_epoch(Result(config, {}, history[:2], {}, {})) is None
+    assert [e["step"] for e in suites.sampling_log(r)] == [0, 5, 8]
+    assert suites.tau_log(r) == ([0.0, 1.0, 2.0], [1.5, 2.5, 3.0], [0, 1, 1])

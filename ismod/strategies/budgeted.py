@@ -59,9 +59,7 @@ class PredictionSubset(ScoredStrategy):
         p = self.probabilities()
         self.log_distribution(step, p)
         idx, _ = _draw(p, self.subset_size, False, self.generator)
-        steps = self.subset_size // self.batch_size
-        order = torch.randperm(self.subset_size, device=self.device, generator=self.generator)
-        return idx[order[: steps * self.batch_size]], None
+        return self._in_batches(idx, None)
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "prob_sum": self.prob_sum}

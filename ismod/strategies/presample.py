@@ -84,6 +84,7 @@ class Presample(Strategy):
         self.log: list[torch.Tensor] = []
         self.log_every = max(1, num_items // batch_size // 25)  # about 25 τ points per epoch
         self._last_was_uniform = False
+        self._pending_log: int | None = None  # the step whose τ observe() should log
         self._ring = [(torch.zeros((), dtype=torch.float64, pin_memory=device.type == "cuda"), None)
                       for _ in range(_TAU_LAG + 1)]  # fmt: skip
 
@@ -164,7 +165,7 @@ class Presample(Strategy):
         if self._last_was_uniform:  # score the uniform batch for free, from its own forward pass
             self._update_tau(self.normalize(self.scores_of(logits, indices, losses)))
         self.visits.index_add_(0, indices, torch.ones_like(indices))
-        pending = getattr(self, "_pending_log", None)
+        pending = self._pending_log
         if pending is not None:
             phase = 0.0 if self._last_was_uniform else 1.0
             self.log.append(torch.stack([torch.tensor(float(pending), dtype=torch.float64, device=self.device),

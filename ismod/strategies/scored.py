@@ -78,7 +78,6 @@ class ScoredStrategy(Strategy):
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
             raise ValueError(f"warmup_epochs must be a non-negative integer, got {warmup_epochs!r}")
         self.score, self.beta, self.warmup_epochs = score, float(beta), warmup_epochs
-        self.progress = 0.0
 
     def setup(self, num_items, batch_size, device, generator, score_fn=None, labels=None) -> None:
         super().setup(num_items, batch_size, device, generator, score_fn, labels)
@@ -93,9 +92,16 @@ class ScoredStrategy(Strategy):
 
     # --- what subclasses define ------------------------------------------------------------------
 
-    def new_epoch(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """The indices (and weights) of the next epoch after warm-up, in training order."""
+    def probabilities(self) -> torch.Tensor:
+        """The distribution the strategy samples from now (float64, length N)."""
         raise NotImplementedError
+
+    def epoch_queue(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The indices (and weights) of the next epoch after warm-up, in training order; logs the
+        distribution it uses. By default a uniform pass, for strategies that draw in :meth:`per_step`
+        (its length only sets when the next log entry is due)."""
+        self.log_distribution(step, self.probabilities())
+        return self._uniform_epoch()
 
     def per_step(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
         """Strategies that draw every step return the batch here; ``None`` means use the epoch queue."""
@@ -112,6 +118,12 @@ class ScoredStrategy(Strategy):
         steps = self.num_items // self.batch_size
         perm = torch.randperm(self.num_items, device=self.device, generator=self.generator)
         return perm[: steps * self.batch_size], None
+
+    def _in_batches(self, indices: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A drawn subset shuffled into whole batches (a last partial batch is dropped)."""
+        steps = indices.numel() // self.batch_size
+        order = torch.randperm(indices.numel(), device=self.device, generator=self.generator)[: steps * self.batch_size]
+        return indices[order], (None if weights is None else weights[order])
 
     def select(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         b = self.batch_size
@@ -131,10 +143,6 @@ class ScoredStrategy(Strategy):
         start, self.position = self.position, self.position + b
         weights = None if self.queue_weights is None else self.queue_weights[start : start + b]
         return self.queue[start : start + b], weights
-
-    def epoch_queue(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Called at the start of each epoch after warm-up; logs the distribution the epoch uses."""
-        return self.new_epoch()
 
     def update_scores(self, indices: torch.Tensor, losses: torch.Tensor) -> None:
         new = losses.to(self.scores.dtype)
@@ -167,7 +175,6 @@ class ScoredStrategy(Strategy):
             "scores": self.scores, "visits": self.visits, "epochs_started": self.epochs_started,
             "queue": self.queue, "queue_weights": self.queue_weights, "position": self.position,
             "in_warmup_queue": self._in_warmup_queue, "log": list(self.log),
-            "progress": self.progress,
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -180,7 +187,6 @@ class ScoredStrategy(Strategy):
         self.position = int(state["position"])
         self._in_warmup_queue = bool(state["in_warmup_queue"])
         self.log = [t.to(self.device) for t in state["log"]]
-        self.progress = float(state["progress"])
 
 
 class LossSampling(ScoredStrategy):
@@ -238,9 +244,7 @@ class LossSampling(ScoredStrategy):
         p = self.probabilities()
         self.log_distribution(step, p)
         idx, w = _draw(p, self.subset_size, self.replacement, self.generator)
-        steps = self.subset_size // self.batch_size
-        order = torch.randperm(self.subset_size, device=self.device, generator=self.generator)[: steps * self.batch_size]
-        return idx[order], (w[order].float() if self.reweight else None)
+        return self._in_batches(idx, w.float() if self.reweight else None)
 
 
 class OnlineBatchSelection(ScoredStrategy):
@@ -271,13 +275,6 @@ class OnlineBatchSelection(ScoredStrategy):
 
     def probabilities(self) -> torch.Tensor:
         return score_probabilities(self.scores, "rank", 1.0, 0.0, self.pressure())
-
-    def new_epoch(self) -> tuple[torch.Tensor, None]:
-        return self._uniform_epoch()  # only its length matters: it sets when the next log entry is due
-
-    def epoch_queue(self, step: int) -> tuple[torch.Tensor, None]:
-        self.log_distribution(step, self.probabilities())
-        return self.new_epoch()
 
     def per_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         idx, w = _draw(self.probabilities(), self.batch_size, True, self.generator)
@@ -325,13 +322,6 @@ class PrioritizedReplay(ScoredStrategy):
     def observe(self, indices: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor) -> None:
         super().observe(indices, losses, logits)
         self.tree.update(indices, (losses.to(torch.float64) + self.epsilon).pow(self.alpha))
-
-    def new_epoch(self) -> tuple[torch.Tensor, None]:
-        return self._uniform_epoch()
-
-    def epoch_queue(self, step: int) -> tuple[torch.Tensor, None]:
-        self.log_distribution(step, self.probabilities())
-        return self.new_epoch()
 
     def per_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         idx, masses = self.tree.sample_with_masses(self.batch_size, generator=self.generator)
