@@ -30,6 +30,8 @@ __all__ = [
     "score_quantiles",
     "sampling_drift",
     "time_breakdown",
+    "relative_to_baseline",
+    "budget_accuracy",
     "tau_tradeoff",
 ]
 
@@ -335,6 +337,50 @@ def time_breakdown(results: Mapping[str, Sequence], *, ax: Axes | None = None) -
     ax.set(xlabel="seconds per run")
     ax.legend(fontsize=8)
     return parts
+
+
+def relative_to_baseline(results: Mapping[str, Sequence], baseline: str, key: Callable[[dict], float], *,
+                         ax: Axes | None = None, ylabel: str = "") -> dict[str, tuple[list[float], list[float]]]:  # fmt: skip
+    """Katharopoulos & Fleuret's presentation: ``key(history point)`` of each arm divided by the
+    baseline arm's at the same evaluation point (means over seeds), against training seconds. With a
+    seconds budget, evaluation point k falls at the same fraction of every arm's time. Returns the curves."""
+    ax = _axes(ax)
+    base = results[baseline]
+    curves = {}
+    for label, runs in results.items():
+        n = min(len(r.history) for r in [*runs, *base])  # type: ignore[attr-defined]
+
+        def mean(rs: Sequence, i: int, f: Callable[[dict], float]) -> float:
+            return sum(f(r.history[i]) for r in rs) / len(rs)  # type: ignore[attr-defined]
+
+        xs = [mean(runs, i, lambda h: h["wall_time"]) for i in range(1, n)]
+        ys = [mean(runs, i, key) / mean(base, i, key) for i in range(1, n)]
+        ax.plot(xs, ys, "o-", ms=3, label=label)
+        curves[label] = (xs, ys)
+    ax.axhline(1, color="black", lw=0.8, ls="--")
+    ax.set(xlabel="training seconds", ylabel=ylabel or f"/ {baseline}")
+    return curves
+
+
+def budget_accuracy(curves: Mapping[str, Mapping[str, Sequence[tuple[float, float, float]]]], *,
+                    axes: Sequence[Axes] | None = None) -> None:  # fmt: skip
+    """Arazo et al.'s figure: test accuracy against the budget (percent of the full run), one panel per
+    augmentation, a line per strategy with ± one standard deviation over seeds
+    (``curves`` from :func:`ismod.suites.budget_curves`). The full run is drawn as a horizontal line."""
+    if axes is None:
+        _, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 4), sharey=True, squeeze=False)
+        axes = list(axes[0])
+    for ax, (aug, per_strategy) in zip(axes, curves.items()):
+        for k, (strategy, points) in enumerate(per_strategy.items()):
+            shown = [pt for pt in points if pt[0] < 1.0]
+            ax.errorbar([100 * f + 0.6 * (k - 2) for f, _, _ in shown], [100 * m for _, m, _ in shown],
+                        yerr=[100 * sd for _, _, sd in shown], fmt="o-", ms=4, capsize=3, label=strategy)  # fmt: skip
+            full = [pt for pt in points if pt[0] == 1.0]
+            if full:
+                ax.axhline(100 * full[0][1], color="black", lw=0.8, ls="--", label=f"{strategy}, 100%")
+        ax.set(title=aug, xlabel="budget (% of the full run's iterations)")
+    axes[0].set_ylabel("test accuracy (%)")
+    axes[0].legend(fontsize=8)
 
 
 def tau_tradeoff(presample_ratio: float, backward_ratio: float, spread: float, *, batch: int = 128, seed: int = 0,

@@ -15,8 +15,9 @@ from typing import Any
 from .experiments import CONFIGS, Config, Result, run_or_load
 from .scale import by_scale
 
-__all__ = ["SUITES", "chapter3", "chapter3_variants", "chapter3_high_lr", "chapter3_long", "chapter5", "chapter5_tau", "run_suite", "summarize", "markdown_table",
-           "divergence_epoch", "sampling_log", "tau_log", "REPORT_SETTINGS"]
+__all__ = ["SUITES", "chapter3", "chapter3_variants", "chapter3_high_lr", "chapter3_long", "chapter5", "chapter5_tau", "chapter6",
+           "chapter7", "chapter7_label", "CHAPTER7_STRATEGIES", "CHAPTER7_AUGMENTATIONS", "CHAPTER7_BUDGETS", "run_suite", "summarize",
+           "markdown_table", "budget_curves", "divergence_epoch", "sampling_log", "tau_log", "REPORT_SETTINGS"]
 
 Suite = dict[str, list[Config]]
 
@@ -173,9 +174,90 @@ def chapter5_tau(scale: str) -> Suite:
     return {"τ probe": _arm(base, "tau-probe", "presample", {"importance": False}, range(1), **probe)}
 
 
+def chapter6(scale: str) -> Suite:
+    """Equal wall-clock time, every strategy of the course (REFERENCE.md §5's setting, Chapter 5's base):
+    uniform, Algorithm 1 with the loss and with the upper bound (τ switch), online batch selection,
+    prioritised replay and selective backprop. The first three are Chapter 5's runs, config for
+    config, so a book that ran Chapter 5 reuses them."""
+    base = _chapter5_base(scale)
+    seeds = _seeds(scale)
+    reused = {k: v for k, v in chapter5(scale).items() if k != "upper bound, always"}
+    others = {
+        "online batch selection": ("obs", {"pressure_start": 100.0, "pressure_end": 10.0}),
+        "prioritised replay": ("per", {}),
+        "selective backprop": ("selective_backprop", {"beta": 3.0}),
+    }
+    ch6 = base.replace(name="ch6")
+    return {**reused, **{label: _arm(ch6, label, strategy, options, seeds) for label, (strategy, options) in others.items()}}
+
+
+# Chapter 7 (REFERENCE.md §6): strategy label → (strategy, options given the budget fraction f).
+CHAPTER7_STRATEGIES: dict[str, tuple[str, Any]] = {
+    "uniform subset": ("prediction_subset", lambda f: {"kind": "uniform", "subset": f, "warmup_epochs": 0}),
+    "p-SGD": ("prediction_subset", lambda f: {"kind": "p", "subset": f}),
+    "c-SGD": ("prediction_subset", lambda f: {"kind": "c", "subset": f}),
+    "selective backprop": ("selective_backprop", lambda f: {"beta": 3.0}),
+    "upper bound, τ switch": ("presample", lambda f: {"score": "bound"}),
+}
+# Arazo et al.'s strengths: crop (pad 4) + flip always; mixup α = 0.3 or RICAP β = 0.3 on top.
+CHAPTER7_AUGMENTATIONS: dict[str, dict[str, float]] = {"crop+flip": {}, "mixup": {"mixup_alpha": 0.3},
+                                                      "RICAP": {"ricap_beta": 0.3}}  # fmt: skip
+CHAPTER7_BUDGETS: tuple[float, ...] = (0.2, 0.3, 0.5, 1.0)
+
+
+def chapter7_label(strategy: str, augmentation: str, fraction: float, dataset: str = "cifar10") -> str:
+    """The arm label of :func:`chapter7`, e.g. ``"p-SGD, RICAP, 30%"`` (``", CIFAR-100"`` appended for it)."""
+    return f"{strategy}, {augmentation}, {fraction:.0%}" + (", CIFAR-100" if dataset == "cifar100" else "")
+
+
+def _chapter7_base(scale: str) -> Config:
+    """Arazo et al.'s budgeted training (REFERENCE.md §6): SGD lr 0.1, momentum 0.9, batch 128, the
+    learning rate decaying linearly to 0 over the budget, crop+flip. ``budget_amount`` is the full
+    (100%) run. ``gpu``: ResNet-18, 200 epochs, weight decay 1e-4; ``cpu``: the small CNN on 2,000
+    images for 12 epochs (many passes over little data, so augmentation has something to prevent);
+    ``smoke``: seconds."""
+    arazo = dict(batch_size=128, lr=0.1, momentum=0.9, nesterov=False, schedule="linear", warmup=0.0, label_smoothing=0.0,
+                 budget="epochs", crop=True, flip=True, crop_padding=4)  # fmt: skip
+    return by_scale(
+        scale,
+        gpu=CONFIGS["cifar10-resnet18-uniform"].replace(name="ch7", budget_amount=200, evaluations=4, weight_decay=1e-4, **arazo),
+        cpu=CONFIGS["cifar10-small-uniform"].replace(name="ch7", subset=2000, test_subset=2000, budget_amount=12,
+                                                     evaluations=1, weight_decay=5e-4, **arazo),
+        smoke=CONFIGS["smoke-uniform"].replace(name="ch7", budget_amount=3, evaluations=1,
+                                               **{**arazo, "batch_size": 64, "lr": 0.05}),
+    )  # fmt: skip
+
+
+def chapter7(scale: str) -> Suite:
+    """Budgeted training: every strategy × augmentation at 20%, 30% and 50% of the full run's
+    iterations, and the uniform subset at 100% too (where the subset strategies all reduce to it).
+    Subset strategies train on a fraction f of the data per epoch for the full run's number of epochs,
+    as Arazo et al. do; selective backprop and the upper bound train on f × the full run's batches.
+    CIFAR-100 at ``gpu`` scale only (the offline copy has CIFAR-10 alone); mixup for every strategy at
+    ``gpu`` scale, for the uniform subset alone at ``cpu`` and ``smoke``."""
+    full = _chapter7_base(scale)
+    seeds = _seeds(scale)
+    datasets = by_scale(scale, smoke=("cifar10",), cpu=("cifar10",), gpu=("cifar10", "cifar100"))
+    suite: Suite = {}
+    budgets = by_scale(scale, smoke=(0.3, 1.0), cpu=CHAPTER7_BUDGETS, gpu=CHAPTER7_BUDGETS)
+    # at cpu scale mixup is run for the uniform subset only, to stay within the chapter's 20 minutes
+    mixup_for = by_scale(scale, smoke=("uniform subset",), cpu=("uniform subset",), gpu=tuple(CHAPTER7_STRATEGIES))
+    for dataset in datasets:
+        for aug, changes in CHAPTER7_AUGMENTATIONS.items():
+            for f in budgets:
+                for label, (strategy, options) in CHAPTER7_STRATEGIES.items():
+                    if (f == 1.0 and label != "uniform subset") or (aug == "mixup" and label not in mixup_for):
+                        continue
+                    arm = chapter7_label(label, aug, f, dataset)
+                    slug = arm.replace("%", "pct").replace("τ", "tau").replace(", CIFAR-100", ", c100")
+                    suite[arm] = _arm(full, slug, strategy, options(f), seeds, dataset=dataset,
+                                      budget_amount=full.budget_amount * f, **changes)  # fmt: skip
+    return suite
+
+
 SUITES = {"chapter3": chapter3, "chapter3_variants": chapter3_variants, "chapter3_high_lr": chapter3_high_lr,
           "chapter3_long": chapter3_long,
-          "chapter5": chapter5, "chapter5_tau": chapter5_tau}
+          "chapter5": chapter5, "chapter5_tau": chapter5_tau, "chapter6": chapter6, "chapter7": chapter7}
 
 
 def run_suite(suite: Suite, results_dir: str | os.PathLike, *, scale: str = "", progress: bool = False,
@@ -213,7 +295,7 @@ def summarize(results: dict[str, list[Result]], baseline: str | None = None) -> 
     """One row per arm: mean and standard deviation over seeds of the final test accuracy, training
     loss (on the fixed training subset when recorded, else the trained batches), training seconds,
     and the share of training time spent selecting (scoring and sampling); with ``baseline``, the
-    test error relative to the baseline arm's."""
+    test error and training loss relative to the baseline arm's (ratios of the seed means)."""
     def stats(values: list[float]) -> tuple[float, float]:
         """Mean and sample standard deviation; a diverged seed (nan) makes both nan, visibly."""
         mean = sum(values) / len(values)
@@ -231,22 +313,47 @@ def summarize(results: dict[str, list[Result]], baseline: str | None = None) -> 
         rows.append({"arm": label, "seeds": len(runs), "test_accuracy": acc, "train_loss": loss, "loss_kind": loss_key,
                      "train_seconds": secs, "selection_share": share})  # fmt: skip
     if baseline is not None:
-        base_err = 1.0 - next(r for r in rows if r["arm"] == baseline)["test_accuracy"][0]
+        base = next(r for r in rows if r["arm"] == baseline)
         for r in rows:
-            r["relative_test_error"] = (1.0 - r["test_accuracy"][0]) / base_err
+            r["relative_test_error"] = (1.0 - r["test_accuracy"][0]) / (1.0 - base["test_accuracy"][0])
+            r["relative_train_loss"] = r["train_loss"][0] / base["train_loss"][0]
     return rows
+
+
+def budget_curves(results: dict[str, list[Result]], dataset: str = "cifar10") -> dict[str, dict[str, list[tuple[float, float, float]]]]:
+    """Chapter 7's results as Arazo et al. plot them: for each augmentation and strategy, a list of
+    (budget fraction, mean, sample standard deviation) of the final test accuracy over seeds. The
+    uniform subset's 100% point is the full run, shared by every strategy's curve."""
+    out: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
+    for aug in CHAPTER7_AUGMENTATIONS:
+        per_strategy = {}
+        for strategy in CHAPTER7_STRATEGIES:
+            points = []
+            for f in CHAPTER7_BUDGETS:
+                runs = results.get(chapter7_label(strategy, aug, f, dataset))
+                if runs:
+                    acc = [r.final["test_accuracy"] for r in runs]
+                    mean = sum(acc) / len(acc)
+                    sd = math.sqrt(sum((a - mean) ** 2 for a in acc) / (len(acc) - 1)) if len(acc) > 1 else 0.0
+                    points.append((f, mean, sd))
+            if points:
+                per_strategy[strategy] = points
+        if per_strategy:
+            out[aug] = per_strategy
+    return out
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """:func:`summarize`'s rows as a Markdown table (mean ± standard deviation over seeds)."""
     rel = "relative_test_error" in rows[0]
-    head = "| arm | seeds | test accuracy | training loss | training s | selection share |" + (" test error / baseline |" if rel else "")
+    head = ("| arm | seeds | test accuracy | training loss | training s | selection share |"
+            + (" training loss / baseline | test error / baseline |" if rel else ""))
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         a, lo, s, sh = r["test_accuracy"], r["train_loss"], r["train_seconds"], r["selection_share"]
         line = (f"| {r['arm']} | {r['seeds']} | {a[0]:.1%} ± {a[1]:.1%} | {lo[0]:.3f} ± {lo[1]:.3f} | "
                 f"{s[0]:.0f} ± {s[1]:.0f} | {sh[0]:.1%} |")  # fmt: skip
         if rel:
-            line += f" {r['relative_test_error']:.2f} |"
+            line += f" {r['relative_train_loss']:.2f} | {r['relative_test_error']:.2f} |"
         lines.append(line)
     return "\n".join(lines)

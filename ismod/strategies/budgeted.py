@@ -21,7 +21,8 @@ class PredictionSubset(ScoredStrategy):
 
     Each sample keeps the running mean :math:`\\bar p_i` of the probability the model gave its true
     class whenever it was trained on. The score is :math:`1 - \\bar p_i` (``kind="p"``: prefer samples
-    the model gets wrong) or :math:`\\bar p_i (1 - \\bar p_i)` (``kind="c"``: prefer uncertain ones).
+    the model gets wrong) or :math:`\\bar p_i (1 - \\bar p_i)` (``kind="c"``: prefer uncertain ones);
+    ``kind="uniform"`` ignores the scores: Arazo et al.'s uniform-subset baseline, unif-SGD.
     After ``warmup_epochs`` uniform epochs, each epoch draws a subset of ``round(subset * N)`` samples
     without replacement with :math:`p \\propto` score mixed with ``smoothing`` of uniform, unweighted.
     """
@@ -30,8 +31,8 @@ class PredictionSubset(ScoredStrategy):
 
     def __init__(self, kind: str = "p", subset: float = 0.5, smoothing: float = 0.1, warmup_epochs: int = 1) -> None:
         super().__init__("last", 0.0, warmup_epochs)
-        if kind not in ("p", "c"):
-            raise ValueError(f"kind must be 'p' (p-SGD) or 'c' (c-SGD), got {kind!r}")
+        if kind not in ("p", "c", "uniform"):
+            raise ValueError(f"kind must be 'p' (p-SGD), 'c' (c-SGD) or 'uniform' (unif-SGD), got {kind!r}")
         if not (isinstance(subset, (int, float)) and 0 < subset <= 1):
             raise ValueError(f"subset must lie in (0, 1], got {subset!r}")
         self.kind, self.subset = kind, float(subset)
@@ -53,6 +54,8 @@ class PredictionSubset(ScoredStrategy):
         self.scores.index_put_((indices,), 1.0 - mean if self.kind == "p" else mean * (1.0 - mean))
 
     def probabilities(self) -> torch.Tensor:
+        if self.kind == "uniform":
+            return torch.full((self.num_items,), 1.0 / self.num_items, dtype=torch.float64, device=self.device)
         return score_probabilities(self.scores, "proportional", 1.0, self.smoothing)
 
     def epoch_queue(self, step: int) -> tuple[torch.Tensor, None]:
