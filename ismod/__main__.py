@@ -1,5 +1,8 @@
 """Command line: ``python -m ismod run NAME [--set key=value ...] [--out PATH] [--resume]``,
-``python -m ismod suite NAME --scale SCALE --out DIR``, ``python -m ismod list``."""
+``python -m ismod suite NAME --scale SCALE --out DIR``, ``python -m ismod list``.
+
+``run`` and ``suite`` also run under ``torchrun --nproc_per_node=K -m ismod ...``: each process joins
+the group (gloo on CPU, nccl on GPUs), ``batch_size`` is the global batch, and rank 0 writes."""
 
 from __future__ import annotations
 
@@ -11,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from .distributed import init_from_env
 from .experiments import CONFIGS, Config, config_hash, get_config, run, run_or_load
 from .suites import SUITES
 
@@ -52,6 +56,12 @@ def main(argv: list[str] | None = None) -> int:
     suite_p.add_argument("--data", help="data directory (default $ISMOD_DATA)")
     suite_p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     args = parser.parse_args(argv)
+    try:
+        world = init_from_env()
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    rank0 = world is None or world.rank == 0
 
     if args.command == "suite":
         if args.name not in SUITES:
@@ -70,8 +80,9 @@ def main(argv: list[str] | None = None) -> int:
                 start = time.perf_counter()
                 result = run_or_load(config, args.out, scale=args.scale, data_root=args.data, device=args.device,
                                      progress=False)  # fmt: skip
-                print(f"{label} seed {config.seed}: test accuracy {result.final['test_accuracy']:.4f}, "
-                      f"{result.final['train_time']:.0f} s training ({time.perf_counter() - start:.0f} s now)", flush=True)
+                if rank0:
+                    print(f"{label} seed {config.seed}: test accuracy {result.final['test_accuracy']:.4f}, "
+                          f"{result.final['train_time']:.0f} s training ({time.perf_counter() - start:.0f} s now)", flush=True)
         return 0
 
     if args.command == "list":
@@ -88,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out) if args.out else Path("results") / f"{config.name}-{config_hash(config)[:12]}.json"
     checkpoint = out.with_suffix(".ckpt.pt")
     result = run(config, device=args.device, data_root=args.data, checkpoint=checkpoint, resume=args.resume,
-                 progress=not args.no_progress)  # fmt: skip
+                 progress=not args.no_progress and rank0)  # fmt: skip
+    if not rank0:
+        return 0
     result.save(out)
     final = result.final
     print(f"{config.name}: test accuracy {final['test_accuracy']:.4f} after {final['epochs']:.2f} epochs, "

@@ -24,6 +24,7 @@ from . import __version__
 from ._io import replace_atomically
 from .augment import Augment
 from .data import ImageData, load_cifar
+from .distributed import World
 from .models import MODELS, build_model
 from .strategies import STRATEGIES, build_strategy
 from .train import TrainSettings, fit
@@ -320,8 +321,14 @@ def run(
     scale: str = "",
     progress: bool = True,
 ) -> Result:
-    """Train as ``config`` says and return the :class:`Result` (not saved; see :func:`run_or_load`)."""
+    """Train as ``config`` says and return the :class:`Result` (not saved; see :func:`run_or_load`).
+
+    Inside an initialised process group (``torchrun``, :func:`ismod.distributed.launch`) every rank
+    calls this with the same config; ``config.batch_size`` is then the global batch."""
     config.validate()
+    world = World.current()
+    if device is None and world is not None and world.device.type == "cuda":
+        device = world.device  # nccl: this rank's GPU
     device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     # download=True only matters where no local copy exists (Colab): torchvision then fetches CIFAR
     load = dict(root=data_root, device=device, seed=config.seed, download=True)
@@ -340,7 +347,7 @@ def run(
     provenance = {
         "ismod_version": __version__, "git_commit": _git_commit(), "torch_version": torch.__version__,
         "device": _device_name(device), "data_source": train.source, "train_size": len(train),
-        "test_size": len(test), "seed": config.seed, "scale": scale,
+        "test_size": len(test), "seed": config.seed, "scale": scale, "world_size": world.size if world else 1,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "config_hash": tag,
     }  # fmt: skip
     return Result(config.to_dict(), provenance, out["history"], out["timing"], out["final"])
@@ -356,6 +363,7 @@ def run_or_load(config: Config, results_dir: str | os.PathLike, **run_kwargs: An
     A file whose config hash differs, or that cannot be parsed, is not served: the run happens and
     overwrites it. Interrupted runs resume from ``<results_dir>/checkpoints/``.
     """
+    world = World.current()
     path = result_path(config, results_dir)
     if path.exists():
         try:
@@ -369,7 +377,10 @@ def run_or_load(config: Config, results_dir: str | os.PathLike, **run_kwargs: An
     run_kwargs.setdefault("checkpoint", checkpoint)
     run_kwargs.setdefault("resume", True)
     result = run(config, **run_kwargs)
-    result.save(path)
-    if own_checkpoint:
-        checkpoint.unlink(missing_ok=True)  # the saved result supersedes it
+    if world is None or world.rank == 0:  # one writer; every rank returns the same result
+        result.save(path)
+        if own_checkpoint:
+            checkpoint.unlink(missing_ok=True)  # the saved result supersedes it
+    if world is not None:
+        world.barrier()  # no rank looks for the next result file before this one is written
     return result

@@ -346,6 +346,13 @@ class ImportanceSampler(Sampler[int]):
             (sampler.weights_for(idx) * losses).mean().backward()
             sampler.update(idx, losses.detach())
 
+    Under ``torch.distributed`` (``num_replicas`` > 1, by default the process group's size), every
+    replica draws the same global sequence — from a generator seeded with ``seed + epoch``, so call
+    :meth:`set_epoch` at each epoch as with ``DistributedSampler`` — and yields every
+    ``num_replicas``-th index starting at ``rank``; :meth:`update` gathers all replicas' indices and
+    scores, so every replica keeps the same scores and the same distribution (global weights
+    :math:`1/(N p_i)`). Each replica's loop must call :meth:`update` with equally many indices.
+
     ``weights_for(idx)`` returns :math:`1/(N p_i)` as it was when each index was last yielded, so a
     ``DataLoader`` that prefetches (workers) still gets the weights its batch was drawn with, unless the
     same index was drawn again in between. For loops without a ``DataLoader``, :meth:`sample` returns
@@ -361,6 +368,9 @@ class ImportanceSampler(Sampler[int]):
         rebuild_every: recompute the tree exactly (and check all scores) after this many updated
             entries; default N, so the O(N) rebuild costs O(1) per updated entry on average.
         dtype: the dtype of the weights returned (float32 by default, to multiply float32 losses).
+        num_replicas, rank: the distributed layout (default: the initialised process group, else 1, 0);
+            ``num_samples`` then counts one replica's indices per epoch.
+        seed: seeds the per-epoch generator in distributed mode (``generator`` must then be None).
     """
 
     def __init__(
@@ -377,6 +387,9 @@ class ImportanceSampler(Sampler[int]):
         generator: torch.Generator | None = None,
         rebuild_every: int | None = None,
         dtype: torch.dtype = torch.float32,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        seed: int = 0,
     ) -> None:
         if isinstance(num_items, bool) or not isinstance(num_items, numbers.Integral) or num_items < 1:
             raise ValueError(f"num_items must be a positive integer, got {num_items!r}")
@@ -390,8 +403,22 @@ class ImportanceSampler(Sampler[int]):
                 "initial_score=0 with method='proportional' gives all-zero probabilities; "
                 "start from a small positive score"
             )
+        import torch.distributed as dist
+
+        grouped = dist.is_available() and dist.is_initialized()
+        replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if grouped else 1)
+        this_rank = rank if rank is not None else (dist.get_rank() if grouped else 0)
+        if isinstance(replicas, bool) or not isinstance(replicas, numbers.Integral) or replicas < 1:
+            raise ValueError(f"num_replicas must be a positive integer, got {replicas!r}")
+        if not (isinstance(this_rank, numbers.Integral) and 0 <= this_rank < replicas):
+            raise ValueError(f"rank must lie in [0, num_replicas={replicas}), got {this_rank!r}")
+        if replicas > 1 and generator is not None:
+            raise ValueError("in distributed mode (num_replicas > 1) the sampler seeds its own generator from "
+                             "seed + epoch so that every replica draws alike; pass seed=..., not generator=")  # fmt: skip
+        self.num_replicas, self.rank, self.seed, self.epoch = int(replicas), int(this_rank), int(seed), 0
         self.num_items = int(num_items)
-        self.num_samples = int(num_samples) if num_samples is not None else self.num_items
+        default = -(-self.num_items // self.num_replicas)  # like DistributedSampler: ceil(N / replicas)
+        self.num_samples = int(num_samples) if num_samples is not None else default
         self.method, self.temperature, self.smoothing = method, float(temperature), float(smoothing)
         self.pressure = float(pressure)
         self.device = torch.device(device)
@@ -426,13 +453,15 @@ class ImportanceSampler(Sampler[int]):
         p = (1 - self.smoothing) * masses / self._tree.total + self.smoothing / self.num_items
         return (1.0 / (self.num_items * p)).to(self.dtype)
 
-    def sample(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw ``k`` indices with replacement; return ``(indices, weights)`` on ``device``, no host sync."""
+    def sample(self, k: int, *, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``k`` indices with replacement; return ``(indices, weights)`` on ``device``, no host sync.
+        ``generator`` overrides the sampler's own for this draw."""
         k = _check_k(k)
-        idx, masses = self._tree.sample_with_masses(k, generator=self.generator)
+        gen = generator if generator is not None else self.generator
+        idx, masses = self._tree.sample_with_masses(k, generator=gen)
         if self.smoothing:
-            u = torch.rand(k, device=self.device, generator=self.generator)
-            uniform = torch.randint(self.num_items, (k,), device=self.device, generator=self.generator)
+            u = torch.rand(k, device=self.device, generator=gen)
+            uniform = torch.randint(self.num_items, (k,), device=self.device, generator=gen)
             idx = torch.where(u < self.smoothing, uniform, idx)
             masses = self._tree.masses(idx)
         weights = self._weights(masses)
@@ -447,7 +476,8 @@ class ImportanceSampler(Sampler[int]):
         """Set the scores of ``indices`` (e.g. their latest losses). A repeated index keeps one value.
 
         CPU scores are checked at once; CUDA scores are checked at the next rebuild, so that a training
-        step never waits for the device.
+        step never waits for the device. In distributed mode, each replica passes its own indices and
+        scores and receives everyone's (one all-gather).
         """
         idx = torch.as_tensor(indices, device=self.device).long().reshape(-1)
         new = torch.as_tensor(scores, device=self.device).detach().to(torch.float64).reshape(-1)
@@ -455,6 +485,14 @@ class ImportanceSampler(Sampler[int]):
             raise ValueError(
                 f"indices and scores must have the same length, got {idx.numel()} and {new.numel()}"
             )
+        if self.num_replicas > 1:
+            from .distributed import World
+
+            world = World.current()
+            if world is None or world.size != self.num_replicas:
+                raise RuntimeError(f"update in distributed mode needs an initialised process group of "
+                                   f"{self.num_replicas} ranks (torch.distributed.init_process_group)")  # fmt: skip
+            idx, new = world.all_gather_cat(idx), world.all_gather_cat(new)
         if self.device.type == "cpu":
             low, high = torch.aminmax(new)  # one cheap pass; the full check names the problem
             if not (low >= 0 and high < math.inf):
@@ -466,13 +504,28 @@ class ImportanceSampler(Sampler[int]):
         else:
             self._tree.update(idx, self._masses(self.scores[idx]))
 
+    def set_epoch(self, epoch: int) -> None:
+        """Seed the next pass with ``seed + epoch`` (distributed mode), as ``DistributedSampler.set_epoch``."""
+        self.epoch = int(epoch)
+
     def __iter__(self) -> Iterator[int]:
-        remaining = self.num_samples
+        if self.num_replicas == 1:
+            remaining = self.num_samples
+            while remaining > 0:
+                k = min(remaining, _ITER_CHUNK)
+                idx, _ = self.sample(k)
+                remaining -= k
+                yield from idx.tolist()
+            return
+        # every replica draws the same global chunks and keeps every num_replicas-th index
+        gen = torch.Generator(device=self.device).manual_seed(self.seed + self.epoch)
+        remaining = self.num_samples * self.num_replicas
+        chunk = max(_ITER_CHUNK // self.num_replicas, 1) * self.num_replicas
         while remaining > 0:
-            k = min(remaining, _ITER_CHUNK)
-            idx, _ = self.sample(k)
+            k = min(remaining, chunk)
+            idx, _ = self.sample(k, generator=gen)
             remaining -= k
-            yield from idx.tolist()
+            yield from idx[self.rank :: self.num_replicas].tolist()
 
     def __len__(self) -> int:
         return self.num_samples

@@ -17,7 +17,7 @@ from .scale import by_scale
 
 __all__ = ["SUITES", "chapter3", "chapter3_variants", "chapter3_high_lr", "chapter3_long", "chapter5", "chapter5_tau", "chapter6",
            "chapter7", "chapter7_label", "CHAPTER7_STRATEGIES", "CHAPTER7_AUGMENTATIONS", "CHAPTER7_BUDGETS", "run_suite", "summarize",
-           "markdown_table", "budget_curves", "divergence_epoch", "sampling_log", "tau_log", "REPORT_SETTINGS"]
+           "markdown_table", "budget_curves", "accuracy_difference", "divergence_epoch", "sampling_log", "tau_log", "REPORT_SETTINGS"]
 
 Suite = dict[str, list[Config]]
 
@@ -341,6 +341,20 @@ def budget_curves(results: dict[str, list[Result]], dataset: str = "cifar10") ->
         if per_strategy:
             out[aug] = per_strategy
     return out
+
+
+def accuracy_difference(runs: list[Result], baseline: list[Result]) -> tuple[float, float]:
+    """Mean final test accuracy of ``runs`` minus that of ``baseline``, and the standard error of that
+    difference from the two seed spreads, :math:`\\sqrt{s_a^2/n_a + s_b^2/n_b}` (0 with one seed each).
+    A difference beyond two standard errors is one the seeds do not explain."""
+    def mean_var(rs: list[Result]) -> tuple[float, float, int]:
+        acc = [r.final["test_accuracy"] for r in rs]
+        m = sum(acc) / len(acc)
+        v = sum((a - m) ** 2 for a in acc) / (len(acc) - 1) if len(acc) > 1 else 0.0
+        return m, v, len(acc)
+
+    (ma, va, na), (mb, vb, nb) = mean_var(runs), mean_var(baseline)
+    return ma - mb, math.sqrt(va / na + vb / nb)
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

@@ -22,13 +22,14 @@ from torch import nn
 from ._io import replace_atomically
 from .augment import Augment
 from .data import ImageData
+from .distributed import World
 from .strategies.base import Strategy
 
 __all__ = ["TrainSettings", "SCHEDULES", "BUDGETS", "lr_factor", "evaluate", "fit"]
 
 SCHEDULES: tuple[str, ...] = ("constant", "step", "linear", "onecycle")
 BUDGETS: tuple[str, ...] = ("epochs", "steps", "seconds")
-PHASES: tuple[str, ...] = ("selection", "data", "forward_backward", "optimizer")
+PHASES: tuple[str, ...] = ("selection", "data", "forward_backward", "communication", "optimizer")
 # forward_backward split in two, for cost models that need t_f and t_b (Katharopoulos & Fleuret's τ_th)
 SUBPHASES: tuple[str, ...] = ("forward", "backward")
 # the step after which the strategy first hears the measured forward/backward times (one device sync)
@@ -99,14 +100,18 @@ def lr_factor(settings: TrainSettings, progress: float) -> float:
 
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ImageData, augment: Augment, *, batch_size: int = 1000,
-             amp: bool = False, channels_last: bool = False) -> tuple[float, float]:  # fmt: skip
-    """(accuracy, mean cross-entropy) of ``model`` on ``data``, without augmentation."""
+             amp: bool = False, channels_last: bool = False, world: World | None = None) -> tuple[float, float]:  # fmt: skip
+    """(accuracy, mean cross-entropy) of ``model`` on ``data``, without augmentation. With ``world``,
+    each rank evaluates every K-th sample and the sums are added over ranks."""
     was_training = model.training
     model.eval()
     correct = torch.zeros((), device=data.labels.device)
     loss = torch.zeros((), device=data.labels.device)
-    for start in range(0, len(data), batch_size):
-        x, y = augment(data.images[start : start + batch_size], data.labels[start : start + batch_size], train=False)
+    images, labels = data.images, data.labels
+    if world is not None:
+        images, labels = images[world.rank :: world.size], labels[world.rank :: world.size]
+    for start in range(0, labels.numel(), batch_size):
+        x, y = augment(images[start : start + batch_size], labels[start : start + batch_size], train=False)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
@@ -114,6 +119,9 @@ def evaluate(model: nn.Module, data: ImageData, augment: Augment, *, batch_size:
         correct += (logits.argmax(1) == y).sum()
         loss += F.cross_entropy(logits.float(), y, reduction="sum")
     model.train(was_training)
+    if world is not None:
+        total_correct, total_loss = world.reduce_floats([float(correct), float(loss)])
+        return total_correct / len(data), total_loss / len(data)
     return float(correct) / len(data), float(loss) / len(data)
 
 
@@ -175,8 +183,20 @@ def fit(
     continues from it (a killed run loses only the steps since), provided ``tag`` (the config hash)
     matches. ``probe(model)``, if given, runs at each evaluation point (its time counted as
     ``probe``, not training) and its return value is stored in the record under ``"probe"``.
+
+    Under ``torch.distributed`` (see :mod:`ismod.distributed`), ``settings.batch_size`` is the global
+    batch: every rank selects and augments the same global batch, trains on its slice, averages
+    gradients, and all-gathers losses and logits for the strategy; only rank 0 writes the checkpoint.
     """
     settings.validate(len(train))
+    world = World.current()
+    if world is not None:
+        if settings.batch_size % world.size:
+            raise ValueError(f"batch_size {settings.batch_size} (the global batch) is not divisible by the world size "
+                             f"{world.size}; choose a multiple of {world.size}")  # fmt: skip
+        world.check_same(tag, "config hash")
+        per_rank = settings.batch_size // world.size
+        local = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
     device = train.images.device
     n = len(train)
     use_amp = settings.amp and device.type == "cuda"
@@ -186,7 +206,14 @@ def fit(
     gen = torch.Generator(device=device).manual_seed(seed)
 
     def score_fn(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Losses and logits of ``indices``, un-augmented, without autograd, in chunks of ``_SCORE_CHUNK``."""
+        """Losses and logits of ``indices``, un-augmented, without autograd, in chunks of ``_SCORE_CHUNK``
+        (split over ranks and gathered, when distributed)."""
+        if world is None:
+            return score_local(indices)
+        losses, logits = score_local(world.shard(indices))
+        return world.unshard(losses, indices.numel()), world.unshard(logits, indices.numel())
+
+    def score_local(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         losses, logits = [], []
         for start in range(0, indices.numel(), _SCORE_CHUNK):
             part = indices[start : start + _SCORE_CHUNK]
@@ -247,11 +274,14 @@ def fit(
         done = state["step"]
         if done:
             totals = clock.settle()
-            strategy.set_step_times(totals["forward"] / done, totals["backward"] / done)
+            times = [totals["forward"] / done, totals["backward"] / done]
+            if world is not None:  # one τ_th on every rank
+                times = world.reduce_floats(times, "mean")
+            strategy.set_step_times(*times)
 
     def record(step: int) -> None:
         start = time.perf_counter()
-        accuracy, test_loss = evaluate(model, test, augment, amp=use_amp, channels_last=channels_last)
+        accuracy, test_loss = evaluate(model, test, augment, amp=use_amp, channels_last=channels_last, world=world)
         count = state["loss_count"]
         state["history"].append({
             "step": step, "epoch": step * settings.batch_size / n, "wall_time": state["train_time"],
@@ -262,7 +292,7 @@ def fit(
             "lr": settings.lr * lr_factor(settings, progress_of(step)), **strategy.summary(),
         })  # fmt: skip
         if train_eval is not None:
-            acc, loss = evaluate(model, train_eval, augment, amp=use_amp, channels_last=channels_last)
+            acc, loss = evaluate(model, train_eval, augment, amp=use_amp, channels_last=channels_last, world=world)
             state["history"][-1].update(train_eval_accuracy=acc, train_eval_loss=loss)
         clock.totals["evaluation"] = clock.totals.get("evaluation", 0.0) + time.perf_counter() - start
         if probe is not None:
@@ -276,7 +306,7 @@ def fit(
         tell_step_times()
 
     def save_checkpoint() -> None:
-        if ckpt_path is None:
+        if ckpt_path is None or (world is not None and world.rank != 0):
             return
         state_blob = {
             "tag": tag, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
@@ -317,6 +347,10 @@ def fit(
         indices, weights = strategy.select(step)
         t1 = clock.mark()
         x, y = augment(train.images[indices], train.labels[indices], generator=gen)
+        y_global = y
+        if world is not None:  # the whole global batch was augmented, as one process would; train on a slice
+            x, y = x[local], y[local]
+            weights = weights[local] if weights is not None else None
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         t2 = clock.mark()
@@ -328,22 +362,32 @@ def fit(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         t3 = clock.mark()
+        if world is not None:
+            world.average_([p.grad for p in model.parameters() if p.grad is not None])
+        t_reduced = clock.mark()
         optimizer.step()
         t4 = clock.mark()
-        detached = losses.detach()
-        strategy.observe(indices, detached, logits.detach())
+        detached, seen_logits = losses.detach(), logits.detach()
+        if world is not None:  # every rank's strategy observes the whole global batch
+            detached, seen_logits = world.all_gather_cat(detached), world.all_gather_cat(seen_logits)
+        t_gathered = clock.mark()
+        strategy.observe(indices, detached, seen_logits)
         t5 = clock.mark()
         state["loss_sum"] += detached.sum()
-        state["correct_sum"] += (logits.detach().argmax(1) == (y if y.dim() == 1 else y.argmax(1))).sum()
+        state["correct_sum"] += (seen_logits.argmax(1) == (y_global if y_global.dim() == 1 else y_global.argmax(1))).sum()
         state["loss_count"] += detached.numel()
         for phase, a, b in (("selection", t0, t1), ("data", t1, t2), ("forward_backward", t2, t3),
-                            ("optimizer", t3, t4), ("selection", t4, t5), ("forward", t2, t_forward),
-                            ("backward", t_forward, t3)):  # fmt: skip
+                            ("communication", t3, t_reduced), ("optimizer", t_reduced, t4),
+                            ("communication", t4, t_gathered), ("selection", t_gathered, t5),
+                            ("forward", t2, t_forward), ("backward", t_forward, t3)):  # fmt: skip
             clock.add(phase, a, b)
         state["step"] = step + 1
         if state["step"] == _FIRST_TIMING_STEP:
             tell_step_times()
-        state["train_time"] += time.perf_counter() - wall_start
+        elapsed = time.perf_counter() - wall_start
+        if world is not None and total_steps is None:  # a seconds budget ends on the same step everywhere
+            elapsed = world.reduce_floats([elapsed], "max")[0]
+        state["train_time"] += elapsed
         if bar is not None:
             bar.update(1 if total_steps is not None else 0)
             if total_steps is None:

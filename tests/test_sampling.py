@@ -365,3 +365,38 @@ def test_sampler_on_cuda_without_sync():
     assert i.device.type == "cuda" and w.device.type == "cuda"
     p, _ = draw(probabilities(torch.rand(1000, device=dev)), 10)
     assert p.device.type == "cuda"
+
+
+# --- distributed mode --------------------------------------------------------------------------------
+
+
+def test_distributed_replicas_split_one_global_draw():
+    state = {"scores": torch.linspace(0.1, 3.0, 40), "weight_at_draw": torch.ones(40)}
+    replicas = [ImportanceSampler(40, num_samples=300, method="proportional", num_replicas=3, rank=r, seed=11) for r in range(3)]
+    for s in replicas:
+        s.load_state_dict(state)  # the same scores on every replica
+        s.set_epoch(2)
+    yields = [list(s) for s in replicas]
+    ref = ImportanceSampler(40, method="proportional")
+    ref.load_state_dict(state)
+    gen = torch.Generator().manual_seed(11 + 2)
+    drawn = torch.cat([ref.sample(k, generator=gen)[0] for k in (126, 126, 126, 126, 126, 126, 144)])  # 900 in chunks of 126
+    for r in range(3):
+        assert yields[r] == drawn[r::3].tolist()
+    replicas[0].set_epoch(3)
+    assert list(replicas[0]) != yields[0]  # a new epoch, a new draw
+    replicas[0].set_epoch(2)
+    assert list(replicas[0]) == yields[0]  # the same epoch, the same draw
+
+
+def test_distributed_mode_names_bad_arguments():
+    with pytest.raises(ValueError, match="pass seed=..., not generator="):
+        ImportanceSampler(10, num_replicas=2, rank=0, generator=torch.Generator())
+    with pytest.raises(ValueError, match=r"rank must lie in \[0, num_replicas=2\)"):
+        ImportanceSampler(10, num_replicas=2, rank=2)
+    with pytest.raises(ValueError, match="num_replicas must be a positive integer"):
+        ImportanceSampler(10, num_replicas=0)
+    s = ImportanceSampler(10, num_replicas=2, rank=1)
+    assert len(s) == 5  # ceil(N / replicas), as DistributedSampler
+    with pytest.raises(RuntimeError, match="needs an initialised process group of 2 ranks"):
+        s.update(torch.tensor([1]), torch.tensor([2.0]))

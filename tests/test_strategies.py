@@ -235,6 +235,35 @@ def test_prediction_subset_draws_distinct_unweighted_subsets():
     assert all(w is None for _, w in picks)
 
 
+def _subset_counts(kind: str, n: int = 40, epochs: int = 400) -> torch.Tensor:
+    """How often each sample is drawn over ``epochs`` half-size subsets, when the model is confident
+    (p_true ≈ 0.98) on the first half of the samples and unsure (p_true = 1/3) on the rest."""
+    s = PredictionSubset(kind=kind, subset=0.5, warmup_epochs=1)
+    labels = labels_for(n)
+    s.setup(n, 4, CPU, torch.Generator().manual_seed(0), None, labels)
+    counts = torch.zeros(n)
+    steps_per_subset = n // 2 // 4
+    for step in range(n // 4 + epochs * steps_per_subset):
+        idx, _ = s.select(step)
+        if step >= n // 4:  # after the warm-up epoch
+            counts.index_add_(0, idx, torch.ones(idx.numel()))
+        logits = torch.zeros(idx.numel(), 3)
+        confident = idx < n // 2
+        logits[confident, labels[idx][confident]] = 5.0
+        s.observe(idx, torch.zeros(idx.numel()), logits)
+    return counts
+
+
+def test_uniform_subset_ignores_the_scores():
+    # each sample is in a half-size subset with probability 1/2: counts ~ Binomial(400, 1/2), s.e. 10
+    counts = _subset_counts("uniform")
+    assert counts.sum() == 400 * 20
+    assert (counts - 200).abs().max() < 5 * 10
+    # the same scores drive p-SGD towards the unsure half, far beyond that tolerance
+    skewed = _subset_counts("p")
+    assert skewed[20:].mean() - skewed[:20].mean() > 5 * 10
+
+
 # --- selective backprop ----------------------------------------------------------------------------
 
 

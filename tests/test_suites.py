@@ -14,8 +14,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.parametrize("scale", ["smoke", "cpu", "gpu"])
 def test_every_suite_is_valid_and_its_runs_are_distinct(scale):
-    paths = set()
+    # a result file is named by the config's hash, so a path shared by two suites is the same run on
+    # purpose (Chapter 6 reuses Chapter 5's); within a suite every run must have its own file
     for name, make in suites.SUITES.items():
+        paths = set()
         suite = make(scale)
         for label, configs in suite.items():
             assert configs, f"{name}: arm {label!r} has no seeds"
@@ -31,6 +33,8 @@ def test_every_suite_is_valid_and_its_runs_are_distinct(scale):
 def test_seed_counts_follow_the_issues():
     assert all(len(c) == 3 for c in suites.chapter3("cpu").values())
     assert all(len(c) == 3 for c in suites.chapter5("cpu").values())
+    assert all(len(c) == 3 for c in suites.chapter6("cpu").values())
+    assert all(len(c) == 3 for c in suites.chapter7("cpu").values())
     assert len(suites.chapter3("cpu")) == 6  # three samplers, with and without augmentation
 
 
@@ -59,9 +63,10 @@ def test_summarize_means_spreads_and_relative_error():
     uniform, other = rows
     assert uniform["test_accuracy"][0] == pytest.approx(0.7) and uniform["test_accuracy"][1] == pytest.approx(0.1414, abs=1e-4)
     assert other["relative_test_error"] == pytest.approx(0.1 / 0.3)
+    assert other["relative_train_loss"] == pytest.approx(0.5) and uniform["relative_train_loss"] == 1.0
     assert uniform["selection_share"][0] == pytest.approx(0.1)
     table = suites.markdown_table(rows)
-    assert "| other | 2 | 90.0% ± 0.0% | 0.500 ± 0.000 |" in table and "0.33" in table
+    assert "| other | 2 | 90.0% ± 0.0% | 0.500 ± 0.000 |" in table and "| 0.50 | 0.33 |" in table
 
 
 def test_cli_suite_rejects_unknown_names():
@@ -84,3 +89,46 @@ def test_result_readers():
     assert suites.divergence_epoch(Result(config, {}, history[:2], {}, {})) is None
     assert [e["step"] for e in suites.sampling_log(r)] == [0, 5, 8]
     assert suites.tau_log(r) == ([0.0, 1.0, 2.0], [1.5, 2.5, 3.0], [0, 1, 1])
+
+
+def test_chapter6_reuses_chapter5_runs_and_adds_the_other_strategies():
+    for scale in ("smoke", "cpu", "gpu"):
+        ch5, ch6 = suites.chapter5(scale), suites.chapter6(scale)
+        for label in ("uniform", "upper bound, τ switch", "loss, τ switch"):
+            assert [config_hash(c) for c in ch6[label]] == [config_hash(c) for c in ch5[label]]
+        assert {c[0].strategy for c in ch6.values()} == {"uniform", "presample", "obs", "per", "selective_backprop"}
+        # one wall-clock budget and schedule for every arm
+        assert len({(c.budget, c.budget_amount, c.lr, c.milestones, c.subset) for cs in ch6.values() for c in cs}) == 1
+
+
+def test_chapter7_budgets_are_fractions_of_the_full_run_with_linear_decay():
+    suite = suites.chapter7("gpu")
+    full = suite[suites.chapter7_label("uniform subset", "crop+flip", 1.0)][0]
+    assert (full.model, full.budget, full.budget_amount, full.schedule, full.lr, full.weight_decay) == \
+        ("resnet18", "epochs", 200, "linear", 0.1, 1e-4)
+    p30 = suite[suites.chapter7_label("p-SGD", "RICAP", 0.3, "cifar100")][0]
+    assert p30.budget_amount == pytest.approx(60) and p30.strategy_options == {"kind": "p", "subset": 0.3}
+    assert p30.ricap_beta == 0.3 and p30.dataset == "cifar100"
+    assert suite[suites.chapter7_label("selective backprop", "mixup", 0.2)][0].mixup_alpha == 0.3
+    # 100% only for the uniform subset (the subset strategies all reduce to it); mixup for all on gpu only
+    assert not any(label.endswith("100%") for label in suite if not label.startswith("uniform subset"))
+    cpu = suites.chapter7("cpu")
+    assert {label.split(", ")[0] for label in cpu if ", mixup, " in label} == {"uniform subset"}
+    assert {c.dataset for cs in cpu.values() for c in cs} == {"cifar10"}
+
+
+def test_budget_curves_and_accuracy_difference():
+    from ismod.experiments import Config
+
+    def runs(*accs):
+        return [Result(Config().to_dict(), {}, [], {}, {"test_accuracy": a}) for a in accs]
+
+    results = {suites.chapter7_label("uniform subset", "crop+flip", f): runs(f, f + 0.02) for f in (0.2, 1.0)}
+    results[suites.chapter7_label("p-SGD", "crop+flip", 0.2)] = runs(0.5)
+    curves = suites.budget_curves(results)
+    assert list(curves) == ["crop+flip"]
+    (f, mean, sd), (f2, _, _) = curves["crop+flip"]["uniform subset"]
+    assert (f, f2) == (0.2, 1.0) and mean == pytest.approx(0.21) and sd == pytest.approx(0.02 / 2**0.5)
+    assert curves["crop+flip"]["p-SGD"] == [(0.2, 0.5, 0.0)]
+    diff, se = suites.accuracy_difference(runs(0.7, 0.9), runs(0.5, 0.5, 0.5))
+    assert diff == pytest.approx(0.3) and se == pytest.approx((0.02 / 2) ** 0.5)

@@ -1,0 +1,113 @@
+"""What one rank of the distributed tests runs (spawned processes import it by module name).
+
+A small run of ``ismod.train.fit`` on synthetic images with a model without BatchNorm — so that a
+sample's loss does not depend on which other samples share its batch, and one process with the
+global batch can be compared with K processes number for number.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed
+from torch import nn
+
+N, CLASSES, GLOBAL_BATCH = 96, 10, 16
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, CLASSES))
+
+
+def synthetic(n: int, seed: int):
+    from ismod.data import ImageData
+
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.randint(CLASSES, (n,), generator=g)
+    # class-dependent colour shifts, so that there is something to learn and losses spread
+    images = torch.randint(0, 200, (n, 3, 32, 32), generator=g, dtype=torch.int32)
+    images[:, 0] += (labels * 5)[:, None, None]
+    return ImageData(images.clamp(0, 255).to(torch.uint8), labels, [str(c) for c in range(CLASSES)], "synthetic")
+
+
+def train(strategy_name: str, options: dict[str, Any], steps: int, *, batch_size: int = GLOBAL_BATCH,
+          checkpoint: str | None = None, resume: bool = False, tag: str = "test", die_at: int | None = None) -> dict[str, Any]:  # fmt: skip
+    """Run ``steps`` steps; return every selected global batch, the history and the strategy's state."""
+    from ismod.augment import Augment
+    from ismod.distributed import World
+    from ismod.strategies import build_strategy
+    from ismod.train import TrainSettings, fit
+
+    strategy = build_strategy(strategy_name, options)
+    selected: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    select = strategy.select
+    world = World.current()
+
+    def recording_select(step: int):
+        if die_at is not None and step == die_at and world is not None and world.rank == 1:
+            os._exit(3)  # a rank that dies without a word
+        idx, w = select(step)
+        selected.append((idx.clone(), None if w is None else w.clone()))
+        return idx, w
+
+    strategy.select = recording_select  # type: ignore[method-assign]
+    settings = TrainSettings(batch_size=batch_size, budget="steps", budget_amount=steps, lr=0.05, schedule="constant",
+                             warmup=0.0, evaluations=2, label_smoothing=0.0, checkpoint_every_steps=1000)  # fmt: skip
+    out = fit(tiny_model(), synthetic(N, 1), synthetic(40, 2), strategy, Augment(num_classes=CLASSES, seed=0), settings,
+              seed=0, checkpoint=checkpoint, resume=resume, tag=tag, progress=False)  # fmt: skip
+    return {"selected": selected, "history": out["history"], "timing": out["timing"], "state": strategy.state_dict()}
+
+
+def worker(rank: int, size: int, port: int, out_dir: str, kwargs: dict[str, Any]) -> None:
+    """One rank: join the group (gloo, loopback, 20 s timeout), train, and save what it saw as
+    ``rank{rank}.pt`` — or the error it raised as ``rank{rank}.err``."""
+    from ismod.distributed import init_from_env
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(size), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))  # fmt: skip
+    torch.set_num_threads(1)
+    init_from_env("gloo", timeout_s=20)
+    kwargs = dict(kwargs)
+    if "tag_by_rank" in kwargs:
+        kwargs["tag"] = kwargs.pop("tag_by_rank")[rank]
+    try:
+        torch.save(train(**kwargs), Path(out_dir) / f"rank{rank}.pt")
+    except Exception as err:  # the test reads the message
+        (Path(out_dir) / f"rank{rank}.err").write_text(f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def fake_losses(idx: torch.Tensor) -> torch.Tensor:
+    return (idx % 7).double() + 1.0
+
+
+def sampler_loop(rank: int, size: int, port: int, out_dir: str, kwargs: dict[str, Any]) -> None:
+    """An ordinary DDP-style loop: ``ImportanceSampler`` (distributed mode, taken from the process group)
+    in a ``DataLoader`` over an ``IndexedDataset``, ``set_epoch`` each epoch, ``update`` each batch."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ismod.distributed import init_from_env
+    from ismod.sampling import ImportanceSampler, IndexedDataset
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(size), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))  # fmt: skip
+    init_from_env("gloo", timeout_s=20)
+    try:
+        n = kwargs["n"]
+        sampler = ImportanceSampler(n, num_samples=kwargs["per_rank"], method="proportional", seed=kwargs["seed"])
+        loader = DataLoader(IndexedDataset(TensorDataset(torch.zeros(n, 1))), batch_size=kwargs["batch"], sampler=sampler)
+        batches = []
+        for epoch in range(kwargs["epochs"]):
+            sampler.set_epoch(epoch)
+            for _, idx in loader:
+                batches.append(idx.clone())
+                sampler.update(idx, fake_losses(idx))
+        torch.save({"batches": batches, "scores": sampler.scores.clone()}, Path(out_dir) / f"rank{rank}.pt")
+    finally:
+        torch.distributed.destroy_process_group()
