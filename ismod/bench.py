@@ -17,7 +17,8 @@ from torch.utils.data import WeightedRandomSampler
 
 from .sampling import ImportanceSampler
 
-__all__ = ["machine", "median_us", "sampler_step_costs", "format_table", "harness_throughput", "scoring_costs"]
+__all__ = ["machine", "median_us", "sampler_step_costs", "format_table", "harness_throughput", "scoring_costs",
+           "forward_backward_times", "collective_costs"]
 
 
 def machine() -> str:
@@ -295,3 +296,75 @@ def forward_backward_times(
             scoring.append(t3 - t2)
     f, b, s = (statistics.median(v) for v in (forward, backward, scoring))
     return {"forward_s": f, "backward_s": b, "scoring_s": s, "backward/forward": b / f, "scoring/forward": s / f}
+
+
+def _collective_worker(rank: int, size: int, port: int, out: str, options: dict) -> None:
+    """One rank of :func:`collective_costs` (spawned; gloo on loopback)."""
+    import os
+
+    import torch.distributed as dist
+
+    from .distributed import World, init_from_env
+    from .models import build_model
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(size), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))  # fmt: skip
+    torch.set_num_threads(options["threads"])
+    init_from_env("gloo", timeout_s=60)
+    world = World.current()
+    assert world is not None
+    b, classes, repeats = options["batch_size"] // size, options["classes"], options["repeats"]
+    losses, logits = torch.rand(b), torch.randn(b, classes)
+    scores = torch.rand(options["num_scores"] // size)
+    grads = [torch.randn_like(p) for p in build_model(options["model"], classes).parameters()]
+    def fixed_median_us(step: Callable[[], object]) -> float:
+        # every rank must make the same number of calls (a collective waits for all), so no adaptive repeats
+        for _ in range(3):
+            step()
+        times = []
+        for _ in range(repeats):
+            world.barrier()
+            start = time.perf_counter()
+            step()
+            times.append(time.perf_counter() - start)
+        return statistics.median(times) * 1e6
+
+    rows = {
+        "all-gather batch losses + logits": fixed_median_us(lambda: (world.all_gather_cat(losses), world.all_gather_cat(logits))),
+        "all-reduce gradients": fixed_median_us(lambda: world.average_(grads)),
+        f"all-gather {options['num_scores']:,} scores": fixed_median_us(lambda: world.all_gather_cat(scores)),
+    }  # fmt: skip
+    if rank == 0:
+        torch.save(rows, out)
+    dist.destroy_process_group()
+
+
+def collective_costs(*, nprocs: int = 2, num_scores: int = 50_000, batch_size: int = 128, model: str = "small_cnn",
+                     classes: int = 10, repeats: int = 20, threads: int = 1) -> dict[str, float]:  # fmt: skip
+    """Median µs per step of the collectives a distributed ``fit`` step makes — the all-gather of the
+    global batch's losses and logits and the gradient all-reduce — and of an all-gather of ``num_scores``
+    scores (what keeping all N scores in sync each step would cost), on ``nprocs`` local gloo processes;
+    plus one rank's forward and backward of ``model`` on ``batch_size / nprocs`` samples with ``threads``
+    threads, to compare against."""
+    import os
+    import socket
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    options = dict(num_scores=num_scores, batch_size=batch_size, model=model, classes=classes, repeats=repeats, threads=threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "rows.pt")
+        mp.start_processes(_collective_worker, args=(nprocs, port, out, options), nprocs=nprocs, start_method="spawn")
+        rows = torch.load(out)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # what one rank has
+    try:
+        times = forward_backward_times(model, batch_size=batch_size // nprocs, repeats=max(repeats // 4, 3))
+    finally:
+        torch.set_num_threads(before)
+    rows[f"forward + backward of one rank's {batch_size // nprocs} samples"] = (times["forward_s"] + times["backward_s"]) * 1e6
+    return rows
