@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-__all__ = ["World", "init_from_env", "launch", "all_gather_cat", "TIMEOUT_ENV", "DEFAULT_TIMEOUT_S"]
+__all__ = ["World", "CollectiveError", "init_from_env", "launch", "all_gather_cat", "TIMEOUT_ENV", "DEFAULT_TIMEOUT_S"]
 
 TIMEOUT_ENV = "ISMOD_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0
