@@ -343,3 +343,20 @@ def test_interrupted_strategy_run_resumes_identically(tree, tmp_path, monkeypatc
     timings = ("wall_time", "t_forward", "t_backward")  # measured times differ from run to run
     strip = lambda h: [{k: v for k, v in r.items() if k not in timings} for r in h]  # noqa: E731
     assert strip(resumed.history) == strip(whole.history)
+
+
+@pytest.mark.slow
+def test_torchrun_runs_the_cli_on_two_processes(tree, tmp_path):
+    """``torchrun --nproc_per_node=2 -m ismod run ...``: both ranks train, rank 0 alone writes the result."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ismod", "run",
+           "smoke-uniform", "--set", "subset=None", "--set", "test_subset=None", "--set", "batch_size=8", "--set", "budget=steps",
+           "--set", "budget_amount=6", "--set", "evaluations=2", "--data", str(tree), "--out", str(out), "--no-progress"]  # fmt: skip
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("saved") == 1  # one writer
+    result = Result.load(out)
+    assert result.provenance["world_size"] == 2 and result.final["steps"] == 6
