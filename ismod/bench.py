@@ -300,18 +300,13 @@ def forward_backward_times(
 
 def _collective_worker(rank: int, size: int, port: int, out: str, options: dict) -> None:
     """One rank of :func:`collective_costs` (spawned; gloo on loopback)."""
-    import os
-
     import torch.distributed as dist
 
-    from .distributed import World, init_from_env
+    from .distributed import join_local
     from .models import build_model
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(size), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))  # fmt: skip
     torch.set_num_threads(options["threads"])
-    init_from_env("gloo", timeout_s=60)
-    world = World.current()
+    world = join_local(rank, size, port, "gloo", timeout_s=60)
     assert world is not None
     b, classes, repeats = options["batch_size"] // size, options["classes"], options["repeats"]
     losses, logits = torch.rand(b), torch.randn(b, classes)
@@ -347,14 +342,13 @@ def collective_costs(*, nprocs: int = 2, num_scores: int = 50_000, batch_size: i
     plus one rank's forward and backward of ``model`` on ``batch_size / nprocs`` samples with ``threads``
     threads, to compare against."""
     import os
-    import socket
     import tempfile
 
     import torch.multiprocessing as mp
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from .distributed import free_port
+
+    port = free_port()
     options = dict(num_scores=num_scores, batch_size=batch_size, model=model, classes=classes, repeats=repeats, threads=threads)
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "rows.pt")

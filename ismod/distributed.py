@@ -35,7 +35,8 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-__all__ = ["World", "CollectiveError", "init_from_env", "launch", "all_gather_cat", "TIMEOUT_ENV", "DEFAULT_TIMEOUT_S"]
+__all__ = ["World", "CollectiveError", "init_from_env", "join_local", "free_port", "launch", "all_gather_cat", "TIMEOUT_ENV",
+           "DEFAULT_TIMEOUT_S"]
 
 TIMEOUT_ENV = "ISMOD_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0
@@ -171,19 +172,26 @@ def init_from_env(backend: str | None = None, timeout_s: float | None = None) ->
     return World.current()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on the loopback interface, for a local process group."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def join_local(rank: int, size: int, port: int, backend: str | None = None, timeout_s: float | None = None) -> World | None:
+    """Join a process group of ``size`` processes on this machine (loopback, ``port``) as ``rank`` —
+    what a process started by :func:`launch` (or by a test, or a benchmark) does first."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(size), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))  # fmt: skip
+    return init_from_env(backend, timeout_s)
 
 
 def _worker(rank: int, size: int, port: int, config_dict: dict[str, Any], out: str, run_kwargs: dict[str, Any],
             backend: str | None, timeout_s: float | None) -> None:  # fmt: skip
     from .experiments import Config, run
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(size), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))  # fmt: skip
-    init_from_env(backend, timeout_s)
+    join_local(rank, size, port, backend, timeout_s)
     try:
         result = run(Config.from_dict(config_dict), **run_kwargs)
         if rank == 0:
@@ -210,6 +218,6 @@ def launch(config: Any, nprocs: int = 2, *, backend: str | None = None, timeout_
     run_kwargs.setdefault("progress", False)
     with tempfile.TemporaryDirectory() as tmp:
         out = str(Path(tmp) / "result.json")
-        args = (nprocs, _free_port(), config.to_dict(), out, run_kwargs, backend, timeout_s)
+        args = (nprocs, free_port(), config.to_dict(), out, run_kwargs, backend, timeout_s)
         mp.start_processes(_worker, args=args, nprocs=nprocs, start_method="spawn")
         return Result.load(out)

@@ -66,12 +66,10 @@ def train(strategy_name: str, options: dict[str, Any], steps: int, *, batch_size
 def worker(rank: int, size: int, port: int, out_dir: str, kwargs: dict[str, Any]) -> None:
     """One rank: join the group (gloo, loopback, 20 s timeout), train, and save what it saw as
     ``rank{rank}.pt`` — or the error it raised as ``rank{rank}.err``."""
-    from ismod.distributed import init_from_env
+    from ismod.distributed import join_local
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(size), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))  # fmt: skip
     torch.set_num_threads(1)
-    init_from_env("gloo", timeout_s=20)
+    join_local(rank, size, port, "gloo", timeout_s=20)
     kwargs = dict(kwargs)
     if "tag_by_rank" in kwargs:
         kwargs["tag"] = kwargs.pop("tag_by_rank")[rank]
@@ -92,12 +90,10 @@ def sampler_loop(rank: int, size: int, port: int, out_dir: str, kwargs: dict[str
     in a ``DataLoader`` over an ``IndexedDataset``, ``set_epoch`` each epoch, ``update`` each batch."""
     from torch.utils.data import DataLoader, TensorDataset
 
-    from ismod.distributed import init_from_env
+    from ismod.distributed import join_local
     from ismod.sampling import ImportanceSampler, IndexedDataset
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(size), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))  # fmt: skip
-    init_from_env("gloo", timeout_s=20)
+    join_local(rank, size, port, "gloo", timeout_s=20)
     try:
         n = kwargs["n"]
         sampler = ImportanceSampler(n, num_samples=kwargs["per_rank"], method="proportional", seed=kwargs["seed"])

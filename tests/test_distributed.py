@@ -4,14 +4,13 @@ Each check spawns real processes, so these are marked slow; together they take w
 """
 
 import multiprocessing
-import socket
 import time
 
 import pytest
 import torch
 
 import ddp_worker
-from ismod.distributed import World
+from ismod.distributed import World, free_port
 
 pytestmark = pytest.mark.slow
 
@@ -23,16 +22,10 @@ STRATEGIES = {
 }
 
 
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def spawn(tmp_path, size: int = 2, timeout: float = 120, target=ddp_worker.worker, **kwargs):
     """Run ``target`` (default ``ddp_worker.worker``) on ``size`` processes; return {rank: result or error text}."""
     ctx = multiprocessing.get_context("spawn")
-    port = _port()
+    port = free_port()
     procs = [ctx.Process(target=target, args=(r, size, port, str(tmp_path), kwargs)) for r in range(size)]
     for p in procs:
         p.start()

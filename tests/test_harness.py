@@ -208,7 +208,7 @@ def test_result_round_trip_and_provenance(tree, tmp_path):
     prov = result.provenance
     assert prov["data_source"] == "CIFAR-10 (JPEG q75 copy)" and prov["config_hash"] == config_hash(tiny_config())
     assert {"ismod_version", "git_commit", "torch_version", "device", "seed", "date"} <= set(prov)
-    assert set(result.timing["per_step"]) == {"selection", "data", "forward_backward", "optimizer", "forward", "backward"}
+    assert set(result.timing["per_step"]) == {"selection", "data", "forward_backward", "communication", "optimizer", "forward", "backward"}
     per_step = result.timing["per_step"]
     assert per_step["forward"] + per_step["backward"] == pytest.approx(per_step["forward_backward"], rel=1e-6)
     path = tmp_path / "r.json"
