@@ -36,7 +36,8 @@ def synthetic(n: int, seed: int):
 
 
 def train(strategy_name: str, options: dict[str, Any], steps: int, *, batch_size: int = GLOBAL_BATCH,
-          checkpoint: str | None = None, resume: bool = False, tag: str = "test", die_at: int | None = None) -> dict[str, Any]:  # fmt: skip
+          checkpoint: str | None = None, resume: bool = False, tag: str = "test", die_at: int | None = None,
+          seconds: float | None = None) -> dict[str, Any]:  # fmt: skip
     """Run ``steps`` steps; return every selected global batch, the history and the strategy's state."""
     from ismod.augment import Augment
     from ismod.distributed import World
@@ -56,7 +57,8 @@ def train(strategy_name: str, options: dict[str, Any], steps: int, *, batch_size
         return idx, w
 
     strategy.select = recording_select  # type: ignore[method-assign]
-    settings = TrainSettings(batch_size=batch_size, budget="steps", budget_amount=steps, lr=0.05, schedule="constant",
+    budget = dict(budget="seconds", budget_amount=seconds) if seconds else dict(budget="steps", budget_amount=steps)
+    settings = TrainSettings(batch_size=batch_size, **budget, lr=0.05, schedule="constant",
                              warmup=0.0, evaluations=2, label_smoothing=0.0, checkpoint_every_steps=1000)  # fmt: skip
     out = fit(tiny_model(), synthetic(N, 1), synthetic(40, 2), strategy, Augment(num_classes=CLASSES, seed=0), settings,
               seed=0, checkpoint=checkpoint, resume=resume, tag=tag, progress=False)  # fmt: skip

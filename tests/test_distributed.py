@@ -103,6 +103,14 @@ def test_a_dead_rank_fails_the_others_within_the_timeout(tmp_path):
     assert time.monotonic() - start < 90
 
 
+def test_a_seconds_budget_ends_on_the_same_step_on_every_rank(tmp_path):
+    # each rank measures its own time; the harness takes the slowest rank's, so no rank waits alone in a collective
+    ranks = spawn(tmp_path, strategy_name="uniform", options={}, steps=0, seconds=1.5)
+    assert set(ranks) == {0, 1} and all(isinstance(v, dict) for v in ranks.values()), ranks
+    assert len(ranks[0]["selected"]) == len(ranks[1]["selected"]) > 0
+    assert ranks[0]["history"][-1]["wall_time"] == ranks[1]["history"][-1]["wall_time"] >= 1.5
+
+
 def test_bad_setups_fail_before_training(tmp_path):
     ranks = spawn(tmp_path, strategy_name="uniform", options={}, steps=4, batch_size=15)
     assert all("not divisible by the world size 2" in ranks[r] for r in (0, 1)), ranks
