@@ -107,9 +107,9 @@ class World:
         """Fail on every rank, before training, unless all ranks hold the same ``text`` (e.g. the config hash)."""
         digest = hashlib.sha256(text.encode()).hexdigest()
         digits = [int(digest[i : i + 8], 16) for i in range(0, 64, 8)]
-        low = self.reduce_floats([-d for d in digits], "max")
-        high = self.reduce_floats(list(map(float, digits)), "max")
-        if any(-lo != hi for lo, hi in zip(low, high)):
+        # one all-reduce: the max of -d and of d differ by sign only if every rank holds the same d
+        reduced = self.reduce_floats([-d for d in digits] + [float(d) for d in digits], "max")
+        if reduced[: len(digits)] != [-d for d in reduced[len(digits) :]]:
             raise ValueError(
                 f"rank {self.rank}: the ranks disagree on the {what} (this rank has {text[:12]!r}); start every rank "
                 f"with the same config"

@@ -291,25 +291,30 @@ def _final(result: Result, key: str) -> float | None:
     return None
 
 
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value); a diverged seed (nan) makes both nan, visibly."""
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, 0.0
+    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _test_accuracy(runs: list[Result]) -> tuple[float, float]:
+    return _mean_sd([r.final["test_accuracy"] for r in runs])
+
+
 def summarize(results: dict[str, list[Result]], baseline: str | None = None) -> list[dict[str, Any]]:
     """One row per arm: mean and standard deviation over seeds of the final test accuracy, training
     loss (on the fixed training subset when recorded, else the trained batches), training seconds,
     and the share of training time spent selecting (scoring and sampling); with ``baseline``, the
     test error and training loss relative to the baseline arm's (ratios of the seed means)."""
-    def stats(values: list[float]) -> tuple[float, float]:
-        """Mean and sample standard deviation; a diverged seed (nan) makes both nan, visibly."""
-        mean = sum(values) / len(values)
-        if len(values) < 2:
-            return mean, 0.0
-        return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
     rows = []
     for label, runs in results.items():
         loss_key = "train_eval_loss" if _final(runs[0], "train_eval_loss") is not None else "train_loss"
-        acc = stats([r.final["test_accuracy"] for r in runs])
-        loss = stats([_final(r, loss_key) for r in runs])
-        secs = stats([r.final["train_time"] for r in runs])
-        share = stats([r.timing["selection"] / max(r.final["train_time"], 1e-9) for r in runs])
+        acc = _test_accuracy(runs)
+        loss = _mean_sd([_final(r, loss_key) for r in runs])
+        secs = _mean_sd([r.final["train_time"] for r in runs])
+        share = _mean_sd([r.timing["selection"] / max(r.final["train_time"], 1e-9) for r in runs])
         rows.append({"arm": label, "seeds": len(runs), "test_accuracy": acc, "train_loss": loss, "loss_kind": loss_key,
                      "train_seconds": secs, "selection_share": share})  # fmt: skip
     if baseline is not None:
@@ -332,10 +337,7 @@ def budget_curves(results: dict[str, list[Result]], dataset: str = "cifar10") ->
             for f in CHAPTER7_BUDGETS:
                 runs = results.get(chapter7_label(strategy, aug, f, dataset))
                 if runs:
-                    acc = [r.final["test_accuracy"] for r in runs]
-                    mean = sum(acc) / len(acc)
-                    sd = math.sqrt(sum((a - mean) ** 2 for a in acc) / (len(acc) - 1)) if len(acc) > 1 else 0.0
-                    points.append((f, mean, sd))
+                    points.append((f, *_test_accuracy(runs)))
             if points:
                 per_strategy[strategy] = points
         if per_strategy:
@@ -347,14 +349,8 @@ def accuracy_difference(runs: list[Result], baseline: list[Result]) -> tuple[flo
     """Mean final test accuracy of ``runs`` minus that of ``baseline``, and the standard error of that
     difference from the two seed spreads, :math:`\\sqrt{s_a^2/n_a + s_b^2/n_b}` (0 with one seed each).
     A difference beyond two standard errors is one the seeds do not explain."""
-    def mean_var(rs: list[Result]) -> tuple[float, float, int]:
-        acc = [r.final["test_accuracy"] for r in rs]
-        m = sum(acc) / len(acc)
-        v = sum((a - m) ** 2 for a in acc) / (len(acc) - 1) if len(acc) > 1 else 0.0
-        return m, v, len(acc)
-
-    (ma, va, na), (mb, vb, nb) = mean_var(runs), mean_var(baseline)
-    return ma - mb, math.sqrt(va / na + vb / nb)
+    (ma, sa), (mb, sb) = _test_accuracy(runs), _test_accuracy(baseline)
+    return ma - mb, math.sqrt(sa**2 / len(runs) + sb**2 / len(baseline))
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
