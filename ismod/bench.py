@@ -17,7 +17,8 @@ from torch.utils.data import WeightedRandomSampler
 
 from .sampling import ImportanceSampler
 
-__all__ = ["machine", "median_us", "sampler_step_costs", "format_table", "harness_throughput", "scoring_costs",
+__all__ = ["machine", "median_us", "sampler_step_costs", "format_table", "harness_throughput", "dataloader_throughput",
+           "scoring_costs",
            "forward_backward_times", "collective_costs"]
 
 
@@ -51,6 +52,7 @@ def sampler_step_costs(
     repeats: int = 20,
     ismod_only_above: int = 10**7,
     seed: int = 0,
+    device: str | torch.device = "cpu",
 ) -> list[dict[str, float | int | str]]:
     """Per-step cost of "draw ``batch_size`` indices with weights, then update their scores".
 
@@ -58,13 +60,18 @@ def sampler_step_costs(
     ``WeightedRandomSampler`` rebuilt on the updated weights, ``torch.multinomial`` on the full vector
     (refuses N > 2^24), and ``numpy.random.Generator.choice``. All use proportional probabilities so
     that the baselines need no O(N) transform beyond their own. Baselines above ``ismod_only_above`` are
-    skipped. Returns one record per (N, method) with the median µs per step.
+    skipped. Returns one record per (N, method) with the median µs per step. On a CUDA ``device`` the
+    sampler and ``torch.multinomial`` run there (the CPU-only baselines are left out).
     """
     rows: list[dict[str, float | int | str]] = []
+    device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
     for n in sizes:
         scores = torch.rand(n, generator=gen, dtype=torch.float64) + 0.01
         new = torch.rand(batch_size, generator=gen, dtype=torch.float64) + 0.01
+        if device.type == "cuda":
+            rows += _sampler_step_costs_cuda(n, scores.to(device), new.to(device), batch_size, repeats, seed)
+            continue
 
         sampler = ImportanceSampler(n, method="proportional", generator=gen)
         sampler.update(torch.arange(n), scores)
@@ -109,6 +116,30 @@ def sampler_step_costs(
     return rows
 
 
+def _sampler_step_costs_cuda(n: int, scores: torch.Tensor, new: torch.Tensor, batch_size: int, repeats: int,
+                             seed: int) -> list[dict[str, float | int | str]]:  # fmt: skip
+    gen = torch.Generator(device=scores.device).manual_seed(seed)
+    sampler = ImportanceSampler(n, method="proportional", generator=gen, device=scores.device)
+    sampler.update(torch.arange(n, device=scores.device), scores)
+
+    def ismod_step() -> None:
+        idx, _ = sampler.sample(batch_size)
+        sampler.update(idx, new)
+
+    weights = scores.float().clone()
+    idx0 = torch.randint(n, (batch_size,), device=scores.device, generator=gen)
+
+    def multinomial_step() -> None:
+        weights[idx0] = new.float()
+        torch.multinomial(weights, batch_size, replacement=True, generator=gen)
+
+    rows: list[dict[str, float | int | str]] = [
+        {"N": n, "method": "ismod ImportanceSampler", "median_us": median_us(ismod_step, repeats)}]
+    if n <= 2**24:
+        rows.append({"N": n, "method": "torch.multinomial", "median_us": median_us(multinomial_step, repeats)})
+    return rows
+
+
 def format_table(rows: list[dict[str, float | int | str]], baseline: str = "ismod ImportanceSampler") -> str:
     """A markdown table of :func:`sampler_step_costs` records, with each time as a multiple of ismod's."""
     base = {r["N"]: r["median_us"] for r in rows if r["method"] == baseline}
@@ -128,8 +159,10 @@ def harness_throughput(
     num_items: int = 50_000,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    amp: bool = False,
 ) -> dict[str, float]:
-    """Training images/s of :func:`ismod.train.fit` against a minimal hand-written loop, same work.
+    """Training images/s of :func:`ismod.train.fit` against a minimal hand-written loop, same work
+    (with ``amp``, both under the same autocast dtype on CUDA).
 
     Both train ``model_name`` with SGD (Nesterov momentum) on ``num_items`` random uint8 images held on
     ``device``, batch ``batch_size``, crop + flip on the device, channels_last. They alternate
@@ -143,7 +176,7 @@ def harness_throughput(
     from .data import ImageData
     from .models import build_model
     from .strategies import build_strategy
-    from .train import TrainSettings, fit
+    from .train import TrainSettings, amp_dtype, fit
 
     device = torch.device(device)
     g = torch.Generator().manual_seed(seed)
@@ -163,7 +196,9 @@ def harness_throughput(
         for step in range(n_steps):
             idx = order[(step * batch_size) % (num_items - batch_size + 1):][:batch_size]
             x = random_flip(random_crop(normalize(images[idx]), 4, generator=gen), generator=gen)
-            loss = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), labels[idx])
+            with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp and device.type == "cuda"):
+                logits = model(x.contiguous(memory_format=torch.channels_last))
+            loss = F.cross_entropy(logits.float(), labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -174,7 +209,7 @@ def harness_throughput(
 
     def harness(n_steps: int) -> float:
         settings = TrainSettings(batch_size=batch_size, budget="steps", budget_amount=n_steps, lr=0.05,
-                                 schedule="constant", warmup=0.0, evaluations=1, amp=False)  # fmt: skip
+                                 schedule="constant", warmup=0.0, evaluations=1, amp=amp)  # fmt: skip
         out = fit(build_model(model_name).to(device), data, tiny_test, build_strategy("uniform"),
                   Augment(num_classes=10), settings, seed=seed, progress=False)  # fmt: skip
         timings.update(out["timing"]["per_step"])
@@ -193,6 +228,76 @@ def harness_throughput(
         "ratio": harness_ips / minimal_ips,
         **{f"harness_{k}_ms_per_step": v * 1e3 for k, v in timings.items()},
     }
+
+
+def dataloader_throughput(
+    model_name: str = "resnet18",
+    *,
+    batch_size: int = 512,
+    steps: int = 40,
+    workers: int = 8,
+    num_items: int = 20_000,
+    device: str | torch.device = "cuda",
+    seed: int = 0,
+) -> float:
+    """Training images/s of the ordinary PyTorch pipeline, for comparison with :func:`harness_throughput`:
+    uint8 images on the host, per-sample random crop (pad 4) and flip in ``workers`` DataLoader
+    processes, pinned batches copied to ``device``, bf16 autocast on CUDA, SGD. Timed after 5 warm-up
+    steps, synchronised at both ends."""
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader, Dataset
+
+    from .models import build_model
+    from .train import amp_dtype
+
+    device = torch.device(device)
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (num_items, 3, 32, 32), dtype=torch.uint8, generator=g)
+    labels = torch.randint(10, (num_items,), generator=g)
+    loader = DataLoader(_CropFlipDataset(images, labels), batch_size=batch_size, shuffle=True, drop_last=True,
+                        num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)  # fmt: skip
+    model = build_model(model_name).to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    mean = torch.tensor([125.31, 122.95, 113.87], device=device).view(1, 3, 1, 1)
+    std = torch.tensor([62.99, 62.09, 66.70], device=device).view(1, 3, 1, 1)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    done, start = 0, 0.0
+    while done < steps + 5:
+        for x, y in loader:
+            if done == 5:
+                sync()
+                start = time.perf_counter()
+            x = ((x.to(device, non_blocking=True).float() - mean) / std).contiguous(memory_format=torch.channels_last)
+            y = y.to(device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype(device), enabled=device.type == "cuda"):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            done += 1
+            if done >= steps + 5:
+                break
+    sync()
+    return steps * batch_size / (time.perf_counter() - start)
+
+
+class _CropFlipDataset(torch.utils.data.Dataset):
+    """uint8 images with the per-sample random crop (reflect pad 4) and flip of a torchvision pipeline."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.nn.functional.pad(self.images[i][None].float(), (4, 4, 4, 4), mode="reflect")[0]
+        oy, ox = (int(v) for v in torch.randint(0, 9, (2,)))
+        x = x[:, oy : oy + 32, ox : ox + 32]
+        if torch.rand(()) < 0.5:
+            x = x.flip(2)
+        return x.to(torch.uint8), self.labels[i]
 
 
 def scoring_costs(

@@ -24,7 +24,7 @@ import torch
 
 from ._io import replace_atomically
 
-__all__ = ["ImageData", "load_cifar", "data_root", "DATA_ENV", "CIFAR_MEAN", "CIFAR_STD"]
+__all__ = ["ImageData", "load_cifar", "data_root", "data_source", "DATA_ENV", "CIFAR_MEAN", "CIFAR_STD"]
 
 DATA_ENV = "ISMOD_DATA"
 CACHE_ENV = "ISMOD_CACHE"
@@ -164,15 +164,10 @@ def load_cifar(
     base = data_root(root)
     looked: list[str] = []
     data: ImageData | None = None
-    if base is not None:
-        jpeg = _JPEG_NAME[name]
-        for candidate in (base / jpeg, base / f"{jpeg}.tar.gz", base / f"{jpeg}.tgz"):
-            looked.append(str(candidate))
-            if candidate.exists():
-                images, labels, classes = _load_image_folder(candidate, split)
-                label = "CIFAR-10" if name == "cifar10" else "CIFAR-100"
-                data = ImageData(images, labels, classes, f"{label} (JPEG q75 copy)")
-                break
+    copy = _jpeg_copy(name, base, looked)
+    if copy is not None:
+        images, labels, classes = _load_image_folder(copy, split)
+        data = ImageData(images, labels, classes, _source_label(name, jpeg=True))
     if data is None:
         data = _load_torchvision(name, split, base, download, looked)
     if subset is not None:
@@ -195,5 +190,31 @@ def _load_torchvision(name: str, split: str, base: Path | None, download: bool, 
             f"files, or pass download=True to let torchvision fetch it (needs internet)."
         ) from err
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
+    return ImageData(images, torch.tensor(ds.targets, dtype=torch.long), list(ds.classes), _source_label(name, jpeg=False))
+
+
+def _source_label(name: str, *, jpeg: bool) -> str:
     label = "CIFAR-10" if name == "cifar10" else "CIFAR-100"
-    return ImageData(images, torch.tensor(ds.targets, dtype=torch.long), list(ds.classes), f"{label} (torchvision)")
+    return f"{label} (JPEG q75 copy)" if jpeg else f"{label} (torchvision)"
+
+
+def _jpeg_copy(name: str, base: Path | None, looked: list[str] | None = None) -> Path | None:
+    """The image-folder copy of ``name`` under ``base`` (a tree or a tarball), if there is one."""
+    if base is None:
+        return None
+    jpeg = _JPEG_NAME[name]
+    for candidate in (base / jpeg, base / f"{jpeg}.tar.gz", base / f"{jpeg}.tgz"):
+        if looked is not None:
+            looked.append(str(candidate))
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def data_source(name: str = "cifar10", root: str | os.PathLike | None = None) -> str:
+    """The identity of the data :func:`load_cifar` would load, without loading it: e.g.
+    ``"CIFAR-10 (JPEG q75 copy)"`` or ``"CIFAR-10 (torchvision)"``. Saved results are reused only for
+    the same source (a result on the JPEG copy is never served to a reader on torchvision's CIFAR-10)."""
+    if name not in _JPEG_NAME:
+        raise ValueError(f"name must be 'cifar10' or 'cifar100', got {name!r}")
+    return _source_label(name, jpeg=_jpeg_copy(name, data_root(root)) is not None)

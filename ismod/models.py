@@ -1,5 +1,9 @@
-"""Networks for CIFAR-sized images (32×32): a small fast CNN, ResNet-18 and WideResNet-28-k.
+"""Networks for CIFAR-sized images (32×32): the fast GPU network, a small CPU CNN, ResNet-18 and WideResNet-28-k.
 
+- :func:`fast_cnn`: the gpu scale's network, in the manner of airbench94 (Jordan 2024, "94% on
+  CIFAR-10 in 3.29 seconds on a single GPU"): a frozen 2×2 patch-whitening first layer initialised
+  from the data, three conv groups with identity-initialised convolutions and batch norm without a
+  learnable scale, a bias-free linear head scaled by 1/9. Written for this course, not copied.
 - :func:`small_cnn`: three conv blocks with batch norm and GELU in the style of airbench
   (Keller Jordan's fast CIFAR-10 training), small enough for a 2-core CPU.
 - :func:`resnet18`: He et al.'s ResNet-18 adapted to CIFAR as is customary (3×3 stem, stride 1, no
@@ -18,7 +22,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "build_model", "small_cnn", "resnet18", "wide_resnet"]
+__all__ = ["MODELS", "build_model", "initialize_from_data", "FastCNN", "fast_cnn", "small_cnn", "resnet18", "wide_resnet"]
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
@@ -45,6 +49,74 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.amax(self.features(x), dim=(2, 3)))
+
+
+class _IdentityConv(nn.Conv2d):
+    """3×3 'same' convolution whose first ``in_channels`` filters start as the identity (Dirac)."""
+
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(cin, cout, 3, padding=1, bias=False)
+
+    def reset_parameters(self) -> None:
+        super().reset_parameters()
+        nn.init.dirac_(self.weight.data[: min(self.in_channels, self.out_channels)])
+
+
+def _norm(channels: int) -> nn.BatchNorm2d:
+    """Batch norm with a fixed unit scale (only the shift learns) and fast-moving running statistics
+    (PyTorch momentum 0.4), as short runs need."""
+    bn = nn.BatchNorm2d(channels, eps=1e-12, momentum=0.4)
+    bn.weight.requires_grad_(False)
+    return bn
+
+
+class _FastGroup(nn.Sequential):
+    def __init__(self, cin: int, cout: int) -> None:
+        super().__init__(_IdentityConv(cin, cout), nn.MaxPool2d(2), _norm(cout), nn.GELU(),
+                         _IdentityConv(cout, cout), _norm(cout), nn.GELU())  # fmt: skip
+
+
+class FastCNN(nn.Module):
+    """The gpu scale's network (about 2 M parameters; airbench94's layout).
+
+    ``whiten`` is a 2×2 convolution (no padding, 2·12 filters) whose weights are fixed to the
+    whitening transform of the training set's 2×2 patches and their negatives
+    (:meth:`initialize_from_data`; only its bias learns), then GELU, three groups of (conv, max-pool 2,
+    BN, GELU, conv, BN, GELU) of widths 64/256/256, a 3×3 max-pool, and ``classifier``, a bias-free
+    linear layer whose output is multiplied by ``logit_scale`` = 1/9.
+    """
+
+    def __init__(self, num_classes: int = 10, widths: tuple[int, int, int] = (64, 256, 256),
+                 logit_scale: float = 1 / 9) -> None:  # fmt: skip
+        super().__init__()
+        self.whiten = nn.Conv2d(3, 24, 2, padding=0, bias=True)
+        self.whiten.weight.requires_grad_(False)
+        nn.init.zeros_(self.whiten.bias)
+        groups: list[nn.Module] = [nn.GELU()]
+        cin = 24
+        for w in widths:
+            groups.append(_FastGroup(cin, w))
+            cin = w
+        groups.append(nn.MaxPool2d(3))
+        self.features = nn.Sequential(*groups)
+        self.classifier = nn.Linear(cin, num_classes, bias=False)
+        self.logit_scale = logit_scale
+
+    @torch.no_grad()
+    def initialize_from_data(self, images: torch.Tensor, eps: float = 5e-4) -> None:
+        """Set ``whiten`` from normalised training images (B, 3, 32, 32): the eigenvectors V of the
+        2×2-patch covariance Σ = V Λ Vᵀ, scaled to V Λ^(-1/2), and their negatives."""
+        patches = images.float().unfold(2, 2, 1).unfold(3, 2, 1)  # (B, 3, 31, 31, 2, 2)
+        flat = patches.permute(0, 2, 3, 1, 4, 5).reshape(-1, 12)
+        cov = flat.T @ flat / flat.shape[0]
+        eigenvalues, eigenvectors = torch.linalg.eigh(cov.double())
+        filters = (eigenvectors.T / torch.sqrt(eigenvalues[:, None] + eps)).flip(0).float()
+        weight = torch.cat([filters, -filters]).view(24, 3, 2, 2)
+        self.whiten.weight.copy_(weight.to(self.whiten.weight))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(self.whiten(x)).flatten(1)
+        return self.classifier(h) * self.logit_scale
 
 
 class _BasicBlock(nn.Module):
@@ -112,6 +184,18 @@ class WideResNet(nn.Module):
         return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
 
 
+def fast_cnn(num_classes: int = 10) -> nn.Module:
+    """The airbench94-style network of the ``"gpu"`` scale (call :func:`initialize_from_data` before training)."""
+    return FastCNN(num_classes)
+
+
+def initialize_from_data(model: nn.Module, images: torch.Tensor) -> None:
+    """Data-dependent initialisation, for models that have one (``FastCNN``'s whitening layer); a
+    no-op otherwise. ``images``: a few thousand normalised training images."""
+    if isinstance(model, FastCNN):
+        model.initialize_from_data(images)
+
+
 def small_cnn(num_classes: int = 10) -> nn.Module:
     """The airbench-style CNN used at ``"cpu"`` scale."""
     return SmallCNN(num_classes)
@@ -128,6 +212,7 @@ def wide_resnet(num_classes: int = 10, depth: int = 28, width: int = 2) -> nn.Mo
 
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
+    "fast_cnn": fast_cnn,
     "small_cnn": small_cnn,
     "resnet18": resnet18,
     "wrn28_2": wide_resnet,

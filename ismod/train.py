@@ -25,7 +25,7 @@ from .data import ImageData
 from .distributed import World
 from .strategies.base import Strategy
 
-__all__ = ["TrainSettings", "SCHEDULES", "BUDGETS", "lr_factor", "evaluate", "fit"]
+__all__ = ["TrainSettings", "SCHEDULES", "BUDGETS", "lr_factor", "amp_dtype", "evaluate", "fit"]
 
 SCHEDULES: tuple[str, ...] = ("constant", "step", "linear", "onecycle")
 BUDGETS: tuple[str, ...] = ("epochs", "steps", "seconds")
@@ -55,8 +55,13 @@ class TrainSettings:
     gamma: float = 0.1
     label_smoothing: float = 0.0
     evaluations: int = 8  # evaluation points spread over the budget (plus one at the start)
-    amp: bool = True  # bf16 autocast, CUDA only
+    amp: bool = True  # CUDA only: bf16 autocast where supported, else fp16 with a gradient scaler (T4)
     channels_last: bool = True  # faster on CPU too, for these convolutional nets
+    final_lr: float = 0.0  # onecycle: the learning rate at the end, as a fraction of lr
+    initial_lr: float = 0.0  # onecycle: the learning rate at the start, as a fraction of lr
+    bias_lr_scale: float = 1.0  # != 1: batch-norm parameters get lr × this and decay wd / this (airbench)
+    lookahead: bool = False  # airbench's lookahead: every 5 steps pull the weights toward a slow average
+    tta: int = 0  # test-time augmentation in evaluation: 0 none, 1 mirror, 2 mirror + 1-pixel shifts
     checkpoint_every_steps: int = 250
     checkpoint_every_seconds: float = 300.0
 
@@ -73,6 +78,12 @@ class TrainSettings:
             (all(0 < m < 1 for m in self.milestones), "milestones must be fractions of the budget in (0, 1)"),
             (self.evaluations >= 1, "evaluations must be >= 1"),
             (0 <= self.label_smoothing < 1, "label_smoothing must lie in [0, 1)"),
+            (0 <= self.final_lr <= 1, f"final_lr (a fraction of lr) must lie in [0, 1], got {self.final_lr}"),
+            (0 <= self.initial_lr <= 1, f"initial_lr (a fraction of lr) must lie in [0, 1], got {self.initial_lr}"),
+            (self.bias_lr_scale > 0, f"bias_lr_scale must be > 0, got {self.bias_lr_scale}"),
+            (self.tta in (0, 1, 2), f"tta must be 0 (none), 1 (mirror) or 2 (mirror + shifts), got {self.tta}"),
+            (not self.lookahead or self.budget != "seconds",
+             "lookahead needs a budget in epochs or steps (its averaging schedule follows the step count)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -84,25 +95,58 @@ def lr_factor(settings: TrainSettings, progress: float) -> float:
 
     ``constant``; ``step`` (×``gamma`` at each milestone); ``linear`` (to zero over the budget, the
     budgeted-training schedule of Arazo et al. 2021, after an optional warm-up); ``onecycle`` (linear
-    warm-up over ``warmup``, then linear decay to zero).
+    warm-up over ``warmup`` from ``initial_lr``, then linear decay to ``final_lr``; both 0 by default —
+    airbench94's triangle is 0.2 → 1 at 23% → 0.07).
     """
     p = min(max(progress, 0.0), 1.0)
     if settings.schedule == "constant":
         return 1.0
     if settings.schedule == "step":
         return settings.gamma ** sum(p >= m for m in settings.milestones)
+    if settings.schedule == "onecycle":  # start → 1 over the warm-up, then 1 → end (0 → 1 → 0 by default)
+        start, end = settings.initial_lr, settings.final_lr
+        if settings.warmup > 0 and p < settings.warmup:
+            return start + (1.0 - start) * p / settings.warmup
+        return end + (1.0 - end) * (1.0 - p) / (1.0 - settings.warmup)
     if settings.warmup > 0 and p < settings.warmup:
         return p / settings.warmup
-    if settings.schedule == "onecycle" or settings.warmup > 0:
+    if settings.warmup > 0:
         return (1.0 - p) / (1.0 - settings.warmup)
     return 1.0 - p
 
 
+def amp_dtype(device: torch.device) -> torch.dtype:
+    """The autocast dtype on ``device``: bf16 on CUDA GPUs of compute capability 8 (Ampere) or later,
+    fp16 before them (Colab's T4, 7.5, has no bf16 units); bf16 on CPU."""
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] < 8:
+        return torch.float16
+    return torch.bfloat16
+
+
+def _tta_logits(model: nn.Module, x: torch.Tensor, level: int) -> torch.Tensor:
+    """Logits averaged over test-time augmentations: level 1 adds the mirror image, level 2 also the
+    mirrored pair shifted by one pixel up-left and down-right (weights 1/2, 1/4, 1/4, as airbench94)."""
+
+    def mirror(inputs: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (model(inputs).float() + model(inputs.flip(3)).float())
+
+    if level == 0:
+        return model(x).float()
+    if level == 1:
+        return mirror(x)
+    padded = F.pad(x, (1, 1, 1, 1), mode="reflect")
+    h, w = x.shape[2:]
+    shifted = 0.5 * (mirror(padded[:, :, :h, :w]) + mirror(padded[:, :, 2:, 2:]))
+    return 0.5 * mirror(x) + 0.5 * shifted
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, data: ImageData, augment: Augment, *, batch_size: int = 1000,
-             amp: bool = False, channels_last: bool = False, world: World | None = None) -> tuple[float, float]:  # fmt: skip
-    """(accuracy, mean cross-entropy) of ``model`` on ``data``, without augmentation. With ``world``,
-    each rank evaluates every K-th sample and the sums are added over ranks."""
+             amp: bool = False, channels_last: bool = False, world: World | None = None,
+             tta: int = 0) -> tuple[float, float]:  # fmt: skip
+    """(accuracy, mean cross-entropy) of ``model`` on ``data``, without augmentation (or with
+    test-time augmentation ``tta``, see :func:`_tta_logits`). With ``world``, each rank evaluates every
+    K-th sample and the sums are added over ranks."""
     was_training = model.training
     model.eval()
     correct = torch.zeros((), device=data.labels.device)
@@ -110,19 +154,67 @@ def evaluate(model: nn.Module, data: ImageData, augment: Augment, *, batch_size:
     images, labels = data.images, data.labels
     if world is not None:
         images, labels = images[world.rank :: world.size], labels[world.rank :: world.size]
+    device = data.labels.device
     for start in range(0, labels.numel(), batch_size):
         x, y = augment(images[start : start + batch_size], labels[start : start + batch_size], train=False)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(x)
+        with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
+            logits = _tta_logits(model, x, tta)
         correct += (logits.argmax(1) == y).sum()
-        loss += F.cross_entropy(logits.float(), y, reduction="sum")
+        loss += F.cross_entropy(logits, y, reduction="sum")
     model.train(was_training)
     if world is not None:
         total_correct, total_loss = world.reduce_floats([float(correct), float(loss)])
         return total_correct / len(data), total_loss / len(data)
     return float(correct) / len(data), float(loss) / len(data)
+
+
+class _Lookahead:
+    """airbench's lookahead: every ``every`` steps the slow copy moves toward the weights,
+    slow ← slow + (1 − d)(w − slow), and the weights are reset to it; d = 0.95⁵ (t/T)³ grows from 0
+    (no averaging) to 0.77 at the end, where the weights take the slow copy a last time."""
+
+    every = 5
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.slow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+    @torch.no_grad()
+    def step(self, step: int, total_steps: int) -> None:
+        if step % self.every == 0:
+            self._pull(0.95**5 * (step / total_steps) ** 3)
+
+    @torch.no_grad()
+    def finish(self) -> None:
+        self._pull(1.0)
+
+    def _pull(self, decay: float) -> None:
+        current = self.model.state_dict()
+        for key, slow in self.slow.items():
+            slow.lerp_(current[key], 1.0 - decay)
+            current[key].copy_(slow)
+
+
+def _param_groups(model: nn.Module, settings: TrainSettings) -> list[dict[str, Any]]:
+    """SGD's parameter groups; frozen parameters are left out; ``lr_scale`` multiplies the scheduled lr.
+
+    With ``bias_lr_scale`` = 1 (default): weights (dim > 1) decay by ``weight_decay``, 1-d parameters
+    (batch-norm shifts and scales, biases) do not decay. Otherwise airbench's grouping: batch-norm
+    parameters take lr × scale and decay wd / scale (so their per-step decay lr·wd equals the weights'),
+    and every other parameter, biases included, takes lr and wd.
+    """
+    norm_ids = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for p in m.parameters()}
+    params = [p for p in model.parameters() if p.requires_grad]
+    scale = settings.bias_lr_scale
+    if scale == 1.0:
+        weights, others = [p for p in params if p.dim() > 1], [p for p in params if p.dim() <= 1]
+        return [{"params": weights, "weight_decay": settings.weight_decay, "lr_scale": 1.0},
+                {"params": others, "weight_decay": 0.0, "lr_scale": 1.0}]  # fmt: skip
+    norms, rest = [p for p in params if id(p) in norm_ids], [p for p in params if id(p) not in norm_ids]
+    return [{"params": rest, "weight_decay": settings.weight_decay, "lr_scale": 1.0},
+            {"params": norms, "weight_decay": settings.weight_decay / scale, "lr_scale": scale}]  # fmt: skip
 
 
 class _Clock:
@@ -200,6 +292,9 @@ def fit(
     device = train.images.device
     n = len(train)
     use_amp = settings.amp and device.type == "cuda"
+    dtype = amp_dtype(device)
+    # fp16 (GPUs before Ampere) needs loss scaling; bf16 has float32's range and does not
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dtype == torch.float16)
     channels_last = settings.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -214,25 +309,26 @@ def fit(
         return world.unshard(losses, indices.numel()), world.unshard(logits, indices.numel())
 
     def score_local(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # inference mode (BatchNorm's running statistics, as Katharopoulos & Fleuret's library scores):
+        # a sample's score does not depend on the chunk it is scored with, and no buffer moves
+        was_training = model.training
+        model.eval()
         losses, logits = [], []
         for start in range(0, indices.numel(), _SCORE_CHUNK):
             part = indices[start : start + _SCORE_CHUNK]
             x, y = augment(train.images[part], train.labels[part], train=False)
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=use_amp):
                 z = model(x).float()
             losses.append(F.cross_entropy(z, y, reduction="none"))
             logits.append(z)
+        model.train(was_training)
         return torch.cat(losses), torch.cat(logits)
 
     strategy.setup(n, settings.batch_size, device, gen, score_fn, train.labels)
-    params_decay = [p for p in model.parameters() if p.dim() > 1]
-    params_other = [p for p in model.parameters() if p.dim() <= 1]  # no weight decay on BN and biases
-    optimizer = torch.optim.SGD(
-        [{"params": params_decay, "weight_decay": settings.weight_decay}, {"params": params_other, "weight_decay": 0.0}],
-        lr=settings.lr, momentum=settings.momentum, nesterov=settings.nesterov and settings.momentum > 0,
-    )  # fmt: skip
+    optimizer = torch.optim.SGD(_param_groups(model, settings), lr=settings.lr, momentum=settings.momentum,
+                                nesterov=settings.nesterov and settings.momentum > 0)  # fmt: skip
 
     if settings.budget == "epochs":
         total_steps: int | None = max(1, round(settings.budget_amount * n / settings.batch_size))
@@ -241,6 +337,7 @@ def fit(
     else:
         total_steps = None
 
+    lookahead = _Lookahead(model) if settings.lookahead else None
     state: dict[str, Any] = {"step": 0, "train_time": 0.0, "history": [], "next_eval": 0,
                              "loss_sum": torch.zeros((), device=device), "loss_count": 0,
                              "correct_sum": torch.zeros((), device=device)}  # fmt: skip
@@ -255,6 +352,9 @@ def fit(
         strategy.load_state_dict(saved["strategy"])
         augment.load_state_dict(saved["augment"])
         gen.set_state(saved["generator"].cpu())
+        scaler.load_state_dict(saved["scaler"])
+        if lookahead is not None:
+            lookahead.slow = saved["lookahead"]
         torch.set_rng_state(saved["torch_rng"].cpu())
         state.update(saved["loop"])
         clock.totals.update(saved["timing"])
@@ -280,8 +380,13 @@ def fit(
             strategy.set_step_times(*times)
 
     def record(step: int) -> None:
+        if device.type == "cuda":  # the steps still queued on the device belong to training time
+            start = time.perf_counter()
+            torch.cuda.synchronize(device)
+            state["train_time"] += time.perf_counter() - start
         start = time.perf_counter()
-        accuracy, test_loss = evaluate(model, test, augment, amp=use_amp, channels_last=channels_last, world=world)
+        accuracy, test_loss = evaluate(model, test, augment, amp=use_amp, channels_last=channels_last, world=world,
+                                       tta=settings.tta)  # fmt: skip
         count = state["loss_count"]
         state["history"].append({
             "step": step, "epoch": step * settings.batch_size / n, "wall_time": state["train_time"],
@@ -312,6 +417,7 @@ def fit(
             "tag": tag, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
             "strategy": strategy.state_dict(), "augment": augment.state_dict(), "generator": gen.get_state(),
             "torch_rng": torch.get_rng_state(), "loop": state, "timing": clock.settle(),
+            "scaler": scaler.state_dict(), "lookahead": lookahead.slow if lookahead is not None else None,
         }  # fmt: skip
         replace_atomically(ckpt_path, lambda tmp: torch.save(state_blob, tmp))
 
@@ -328,11 +434,13 @@ def fit(
     last_save_step = state["step"]
     while True:
         step = state["step"]
+        finished = step >= total_steps if total_steps is not None else state["train_time"] >= settings.budget_amount
+        if finished and lookahead is not None:
+            lookahead.finish()  # the weights take the slow copy before the last evaluation
         if due_for_eval(step):
             record(step)
             if bar is not None:
                 bar.set_postfix(test_acc=f"{state['history'][-1]['test_accuracy']:.3f}")
-        finished = step >= total_steps if total_steps is not None else state["train_time"] >= settings.budget_amount
         if finished:
             while state["next_eval"] <= settings.evaluations:  # a seconds budget can end between points
                 record(step)
@@ -340,7 +448,7 @@ def fit(
         wall_start = time.perf_counter()
         factor = lr_factor(settings, progress_of(step))
         for group in optimizer.param_groups:
-            group["lr"] = settings.lr * factor
+            group["lr"] = settings.lr * factor * group["lr_scale"]
 
         strategy.progress = progress_of(step)
         t0 = clock.mark()
@@ -354,18 +462,21 @@ def fit(
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         t2 = clock.mark()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+        with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
             logits = model(x)
         losses = F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=settings.label_smoothing)
         loss = (losses * weights).mean() if weights is not None else losses.mean()
         t_forward = clock.mark()
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         t3 = clock.mark()
         if world is not None:
             world.average_([p.grad for p in model.parameters() if p.grad is not None])
         t_reduced = clock.mark()
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
+        if lookahead is not None:
+            lookahead.step(step + 1, total_steps)
         t4 = clock.mark()
         detached, seen_logits = losses.detach(), logits.detach()
         if world is not None:  # every rank's strategy observes the whole global batch

@@ -351,6 +351,7 @@ def test_sampler_errors():
         s.update(torch.tensor([0]), torch.tensor([-1.0]))
 
 
+@pytest.mark.cuda
 @CUDA
 def test_sampler_on_cuda_without_sync():
     dev = torch.device("cuda")

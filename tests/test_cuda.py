@@ -1,0 +1,107 @@
+"""The GPU paths: run only where CUDA is available (`pytest -m cuda` on a lent GPU machine)."""
+
+import pytest
+import torch
+
+from ismod import train as train_mod
+from ismod.augment import Augment
+from ismod.data import ImageData
+from ismod.models import build_model, initialize_from_data
+from ismod.strategies import build_strategy
+from ismod.train import TrainSettings, amp_dtype, fit
+
+pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+
+
+def _data(n: int, seed: int = 0) -> ImageData:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    images[:, 0] = (labels * 25).to(torch.uint8)[:, None, None]  # learnable: class in the red channel
+    return ImageData(images, labels, [str(i) for i in range(10)], "synthetic").to("cuda")
+
+
+def _fast_model(data: ImageData) -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = build_model("fast_cnn").cuda()
+    initialize_from_data(model, Augment()(data.images[:256], data.labels[:256], train=False)[0])
+    return model
+
+
+def test_bf16_on_ampere_and_later():
+    major = torch.cuda.get_device_capability()[0]
+    assert amp_dtype(torch.device("cuda")) == (torch.bfloat16 if major >= 8 else torch.float16)
+
+
+@pytest.mark.parametrize("strategy,options", [
+    ("uniform", {}),
+    ("presample", {"score": "bound", "threshold": 1.0}),
+    ("selective_backprop", {}),
+    ("loss", {"warmup_epochs": 0}),
+])  # fmt: skip
+def test_fit_on_cuda_learns_with_fast_recipe(strategy, options):
+    data, test = _data(4096), _data(1000, seed=1)
+    settings = TrainSettings(batch_size=256, budget="epochs", budget_amount=3, lr=0.5, momentum=0.85,
+                             bias_lr_scale=64.0, lookahead=True, tta=2, evaluations=1, warmup=0.2)  # fmt: skip
+    out = fit(_fast_model(data), data, test, build_strategy(strategy, options), Augment(), settings, progress=False)
+    assert out["final"]["test_accuracy"] > 0.5, out["final"]
+    assert out["timing"]["forward"] > 0
+
+
+def test_fp16_with_gradient_scaler(monkeypatch):
+    """The T4 path (no bf16): fp16 autocast with a GradScaler trains and stays finite."""
+    monkeypatch.setattr(train_mod, "amp_dtype", lambda device: torch.float16)
+    data, test = _data(2048), _data(500, seed=1)
+    settings = TrainSettings(batch_size=256, budget="epochs", budget_amount=3, lr=0.5, evaluations=1)
+    out = fit(_fast_model(data), data, test, build_strategy("uniform"), Augment(), settings, progress=False)
+    assert out["final"]["test_accuracy"] > 0.5
+    assert torch.isfinite(torch.tensor(out["final"]["train_loss"]))
+
+
+def test_scoring_leaves_batch_norm_alone_on_cuda():
+    data = _data(1024)
+    model = _fast_model(data)
+    captured = {}
+
+    class Spy(build_strategy("uniform").__class__):
+        def setup(self, *args, **kwargs):
+            super().setup(*args, **kwargs)
+            captured["score_fn"] = self.score_fn
+
+    settings = TrainSettings(batch_size=128, budget="steps", budget_amount=2, evaluations=1)
+    fit(model, data, data, Spy(), Augment(), settings, progress=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    idx = torch.arange(512, device="cuda")
+    losses_all, _ = captured["score_fn"](idx)
+    losses_part, _ = captured["score_fn"](idx[:7])
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k
+    torch.testing.assert_close(losses_part, losses_all[:7], rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("strategy,options", [
+    ("uniform", {}),
+    ("loss", {"warmup_epochs": 0}),
+    ("prediction_subset", {"kind": "p", "subset": 0.5, "warmup_epochs": 0}),
+    ("presample", {"score": "bound"}),
+])  # fmt: skip
+def test_select_and_observe_make_no_host_sync(strategy, options):
+    n, b = 4096, 128
+    s = build_strategy(strategy, options)
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    labels = (torch.arange(n) % 10).cuda()
+    s.setup(n, b, torch.device("cuda"), gen, None, labels)
+    logits = torch.randn(b, 10, device="cuda")
+    for step in range(3):  # the first calls may allocate and log; steady state is what counts
+        idx, _ = s.select(step)
+        s.observe(idx, torch.rand(b, device="cuda"), logits)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for step in range(3, 3 + n // b):
+            if step % max(1, n // b // 25) == 0:
+                continue  # logging steps are allowed to read back
+            idx, _ = s.select(step)
+            s.observe(idx, torch.rand(b, device="cuda"), logits)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
