@@ -44,6 +44,7 @@ GRID_ORDER = ("chapter5", "chapter6", "chapter7", "chapter5_tau", "chapter4", "c
 
 class Session:
     def __init__(self, out: Path, seconds: float) -> None:
+        out = out.resolve()  # the airbench stage changes directory
         self.out, self.deadline = out, START + seconds
         out.mkdir(parents=True, exist_ok=True)
         self.results = out / "results" / "gpu"
@@ -221,12 +222,13 @@ def chapter4(scale: str) -> dict[str, list[Config]]:
 
 
 def stage_grids(s: Session, names: list[str]) -> None:
+    """Seed k of every arm of every named grid before seed k + 1 of any (round robin across chapters)."""
+    grids = {name: chapter4("gpu") if name == "chapter4" else suites.SUITES[name]("gpu") for name in names}
     done: dict[str, int] = {}
-    for name in names:
-        suite = chapter4("gpu") if name == "chapter4" else suites.SUITES[name]("gpu")
-        seeds = max(len(v) for v in suite.values())
-        for k in range(seeds):
-            for label, configs in suite.items():
+    seeds = max(len(v) for suite in grids.values() for v in suite.values())
+    for k in range(seeds):
+        for name, suite in grids.items():
+            for configs in suite.values():
                 if k < len(configs) and s.run(configs[k]) is not None:
                     done[name] = done.get(name, 0) + 1
             s.save("grids", done)

@@ -293,8 +293,10 @@ def fit(
     n = len(train)
     use_amp = settings.amp and device.type == "cuda"
     dtype = amp_dtype(device)
-    # fp16 (GPUs before Ampere) needs loss scaling; bf16 has float32's range and does not
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and dtype == torch.float16)
+    # fp16 (GPUs before Ampere) needs loss scaling; bf16 has float32's range and does not. The scale
+    # starts at 2^10 (airbench's summed loss over 1024 samples, in effect): from the default 2^16 the
+    # fast network's batch-norm backward overflows and the first ten steps would be skipped.
+    scaler = torch.amp.GradScaler("cuda", init_scale=1024.0, enabled=use_amp and dtype == torch.float16)
     channels_last = settings.channels_last
     if channels_last:
         model = model.to(memory_format=torch.channels_last)

@@ -52,7 +52,8 @@ def test_fp16_with_gradient_scaler(monkeypatch):
     """The T4 path (no bf16): fp16 autocast with a GradScaler trains and stays finite."""
     monkeypatch.setattr(train_mod, "amp_dtype", lambda device: torch.float16)
     data, test = _data(2048), _data(500, seed=1)
-    settings = TrainSettings(batch_size=256, budget="epochs", budget_amount=3, lr=0.5, evaluations=1)
+    settings = TrainSettings(batch_size=256, budget="epochs", budget_amount=6, lr=0.5, momentum=0.85,
+                             bias_lr_scale=64.0, evaluations=1, warmup=0.2)  # fmt: skip
     out = fit(_fast_model(data), data, test, build_strategy("uniform"), Augment(), settings, progress=False)
     assert out["final"]["test_accuracy"] > 0.5
     assert torch.isfinite(torch.tensor(out["final"]["train_loss"]))
@@ -90,7 +91,11 @@ def test_select_and_observe_make_no_host_sync(strategy, options):
     s = build_strategy(strategy, options)
     gen = torch.Generator(device="cuda").manual_seed(0)
     labels = (torch.arange(n) % 10).cuda()
-    s.setup(n, b, torch.device("cuda"), gen, None, labels)
+
+    def score_fn(idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.rand(idx.numel(), device="cuda"), torch.randn(idx.numel(), 10, device="cuda")
+
+    s.setup(n, b, torch.device("cuda"), gen, score_fn, labels)
     logits = torch.randn(b, 10, device="cuda")
     for step in range(3):  # the first calls may allocate and log; steady state is what counts
         idx, _ = s.select(step)
