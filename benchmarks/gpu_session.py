@@ -146,25 +146,9 @@ def stage_airbench(s: Session, rounds: int) -> None:
     s.save("airbench", {"rounds": rows, "note": "round 0 of ours includes its warm-up; compare rounds 1+"})
 
 
-def pilot_configs() -> dict[str, Config]:
-    """Short runs showing each grid's phenomenon is present (seed 0)."""
-    return {
-        "tau crosses threshold (ch5)": fast_base("pilot-ch5-tau", budget="seconds", budget_amount=8.0, evaluations=6,
-                                                 strategy="presample", strategy_options={"importance": False},
-                                                 train_eval_size=10_000),
-        "full run, crop+flip (ch7)": fast_base("pilot-ch7-cropflip", budget_amount=20, evaluations=4, train_eval_size=10_000),
-        "full run, no augmentation (ch3/ch7)": fast_base("pilot-ch7-noaug", budget_amount=20, evaluations=4, crop=False,
-                                                         flip=False, train_eval_size=10_000),
-        "full run, RICAP (ch7)": fast_base("pilot-ch7-ricap", budget_amount=20, evaluations=4, ricap_beta=0.3,
-                                           train_eval_size=10_000),
-        "gradient probe (ch4)": fast_base("pilot-ch4-probe", budget_amount=10, evaluations=5, probe_size=1024,
-                                          probe_chunk=128),
-    }  # fmt: skip
-
-
 def stage_pilots(s: Session) -> None:
     out = {}
-    for label, config in pilot_configs().items():
+    for label, config in suites.gpu_pilots().items():
         r = s.run(config)
         if r is None:
             continue

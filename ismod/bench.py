@@ -467,3 +467,50 @@ def collective_costs(*, nprocs: int = 2, num_scores: int = 50_000, batch_size: i
         torch.set_num_threads(before)
     rows[f"forward + backward of one rank's {batch_size // nprocs} samples"] = (times["forward_s"] + times["backward_s"]) * 1e6
     return rows
+
+
+def session_tables(paths: list[str]) -> str:
+    """Markdown tables of the benchmarks recorded by ``benchmarks/gpu_session.py`` (its ``session.json``
+    files, in the order given): machine and commit, the fast recipe against airbench94 (rounds after
+    the first, which includes warm-up), harness against a minimal loop and a DataLoader pipeline,
+    sampler draw+update per step, and scoring costs."""
+    import json
+
+    out: list[str] = []
+    for path in paths:
+        with open(path) as f:
+            record = json.load(f)
+        stages = record["stages"]
+        out.append(f"**{record['machine']}**, commit `{record['commit'][:12]}`, command `{record['command']}`")
+        if "airbench" in stages and "rounds" in stages["airbench"]:
+            rounds = stages["airbench"]["rounds"]
+            ours, ref = rounds["ismod fast recipe"][1:], rounds["airbench94"][1:]
+            if ours and ref:
+                t_ours = statistics.median(t for _, t in ours)
+                t_ref = statistics.median(t for _, t in ref)
+                out += ["", "| run (CIFAR-10, JPEG q75 copy) | rounds | test accuracy (each) | median seconds | × airbench94 |",
+                        "|---|---:|---|---:|---:|",
+                        f"| airbench94 (TTA) | {len(ref)} | {', '.join(f'{a:.2%}' for a, _ in ref)} | {t_ref:.2f} | 1.00 |",
+                        f"| ismod fast recipe, uniform (TTA) | {len(ours)} | {', '.join(f'{a:.2%}' for a, _ in ours)} | "
+                        f"{t_ours:.2f} | {t_ours / t_ref:.2f} |"]  # fmt: skip
+        bench = stages.get("bench", {})
+        rows = [(k.split(", ")[1], v) for k, v in bench.items() if k.startswith("harness vs minimal")]
+        if rows:
+            out += ["", "| model | minimal loop (images/s) | harness (images/s) | harness / minimal |", "|---|---:|---:|---:|"]
+            out += [f"| {m} | {v['minimal_images_per_s']:,.0f} | {v['harness_images_per_s']:,.0f} | {v['ratio']:.3f} |"
+                    for m, v in rows]  # fmt: skip
+            if "DataLoader pipeline, resnet18" in bench:
+                ips = bench["DataLoader pipeline, resnet18"]["images_per_s"]
+                out.append(f"| resnet18, DataLoader with worker processes (per-sample crop+flip) | – | {ips:,.0f} | – |")
+        if "sampler step, cuda" in bench:
+            out += ["", "Sampler draw of 128 with weights, then update of their 128 scores, on the GPU:", "",
+                    format_table(bench["sampler step, cuda"])]  # fmt: skip
+        costs = [(k.split(", ")[1], v) for k, v in bench.items() if k.startswith("scoring cost")]
+        if costs:
+            out += ["", "| model (1024 samples) | loss (ms) | upper bound (ms) | exact norms, vmap (ms) | exact norms, loop (ms, 64 samples) |",
+                    "|---|---:|---:|---:|---:|"]  # fmt: skip
+            out += [f"| {m} | {1e3 * v['loss']:.2f} | {1e3 * v['upper_bound']:.2f} ({v['upper_bound_over_loss']:.2f}×) | "
+                    f"{1e3 * v['exact_vmap']:.0f} ({v['exact_vmap_over_loss']:.0f}×) | {1e3 * v['exact_loop']:.0f} |"
+                    for m, v in costs]  # fmt: skip
+        out.append("")
+    return "\n".join(out)

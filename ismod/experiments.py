@@ -127,7 +127,7 @@ CONFIGS: dict[str, Config] = {
     # Seconds for tests and smoke-scale chapters.
     "smoke-uniform": Config(name="smoke-uniform", subset=512, test_subset=256, budget_amount=2,
                             **{**_SMALL, "batch_size": 64, "evaluations": 2}),  # fmt: skip
-    # The sources' GPU settings (REFERENCE.md §3, §5, §6).
+    # The sources' GPU settings (the loss-sampling report, Katharopoulos & Fleuret 2018, Arazo et al. 2021).
     "cifar10-resnet18-uniform": Config(
         name="cifar10-resnet18-uniform", model="resnet18", batch_size=128, lr=0.1, nesterov=False,
         weight_decay=1e-4, schedule="linear", warmup=0.0, budget_amount=200, evaluations=40,

@@ -370,11 +370,15 @@ def budget_accuracy(curves: Mapping[str, Mapping[str, Sequence[tuple[float, floa
     if axes is None:
         _, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 4), sharey=True, squeeze=False)
         axes = list(axes[0])
+    # one colour and offset per strategy across all panels
+    order = list(dict.fromkeys(strategy for per_strategy in curves.values() for strategy in per_strategy))
     for ax, (aug, per_strategy) in zip(axes, curves.items()):
-        for k, (strategy, points) in enumerate(per_strategy.items()):
+        for strategy, points in per_strategy.items():
+            k = order.index(strategy)
             shown = [pt for pt in points if pt[0] < 1.0]
             ax.errorbar([100 * f + 0.6 * (k - 2) for f, _, _ in shown], [100 * m for _, m, _ in shown],
-                        yerr=[100 * sd for _, _, sd in shown], fmt="o-", ms=4, capsize=3, label=strategy)  # fmt: skip
+                        yerr=[100 * sd for _, _, sd in shown], fmt="o-", ms=4, capsize=3, label=strategy,
+                        color=f"C{k}")  # fmt: skip
             full = [pt for pt in points if pt[0] == 1.0]
             if full:
                 ax.axhline(100 * full[0][1], color="black", lw=0.8, ls="--", label=f"{strategy}, 100%")

@@ -12,16 +12,18 @@ import math
 import os
 from typing import Any
 
-from .experiments import CONFIGS, Config, Result, run_or_load
+from .experiments import CONFIGS, Config, Result, load_saved, run_or_load
 from .scale import by_scale
+from .stats import holm, paired_difference
 
 __all__ = ["SUITES", "chapter3", "chapter3_variants", "chapter3_high_lr", "chapter3_long", "chapter5", "chapter5_tau", "chapter6",
            "chapter7", "chapter7_label", "CHAPTER7_STRATEGIES", "CHAPTER7_AUGMENTATIONS", "CHAPTER7_BUDGETS", "run_suite", "summarize",
-           "markdown_table", "budget_curves", "accuracy_difference", "divergence_epoch", "sampling_log", "tau_log", "REPORT_SETTINGS"]
+           "markdown_table", "budget_curves", "accuracy_difference", "compare", "verdict_table", "fast_base", "ALPHA",
+           "load_suite", "provenance_summary", "chapter7_pairs", "gpu_pilots", "divergence_epoch", "sampling_log", "tau_log", "REPORT_SETTINGS"]
 
 Suite = dict[str, list[Config]]
 
-# The loss-sampling report's Appendix A, as fractions of N and epochs (REFERENCE.md §3).
+# The loss-sampling report's Appendix A, as fractions of N and epochs (Loss-based sampling report, Appendix A).
 REPORT_SETTINGS: dict[str, dict[str, Any]] = {
     "last-loss": {"score": "last", "subset": 8192 / 50_000, "warmup_epochs": 5, "replacement": False},
     "running-loss": {"score": "running", "beta": 0.2, "subset": 30_000 / 50_000, "warmup_epochs": 0, "replacement": False},
@@ -35,6 +37,25 @@ def fast_base(name: str, **changes: Any) -> Config:
     test-time augmentation — and the learning rate decaying to 0 (Arazo et al.'s budgeted schedule)."""
     return CONFIGS["cifar10-fast-uniform"].replace(name=name, label_smoothing=0.0, lookahead=False, tta=0, final_lr=0.0,
                                                    **changes)  # fmt: skip
+
+
+def gpu_pilots() -> dict[str, Config]:
+    """Short ``"gpu"`` runs (seed 0) that show each grid's phenomenon is present before the grid runs:
+    τ crossing τ_th under uniform training (Chapter 5), a full 20-epoch run fitting its training set with
+    and without augmentation (Chapters 3 and 7), and per-sample gradient norms becoming negligible
+    (Chapter 4)."""
+    return {
+        "tau crosses threshold (ch5)": fast_base("pilot-ch5-tau", budget="seconds", budget_amount=8.0, evaluations=6,
+                                                 strategy="presample", strategy_options={"importance": False},
+                                                 train_eval_size=10_000),
+        "full run, crop+flip (ch7)": fast_base("pilot-ch7-cropflip", budget_amount=20, evaluations=4, train_eval_size=10_000),
+        "full run, no augmentation (ch3/ch7)": fast_base("pilot-ch7-noaug", budget_amount=20, evaluations=4, crop=False,
+                                                         flip=False, train_eval_size=10_000),
+        "full run, RICAP (ch7)": fast_base("pilot-ch7-ricap", budget_amount=20, evaluations=4, ricap_beta=0.3,
+                                           train_eval_size=10_000),
+        "gradient probe (ch4)": fast_base("pilot-ch4-probe", budget_amount=10, evaluations=5, probe_size=1024,
+                                          probe_chunk=128),
+    }  # fmt: skip
 
 
 def _chapter3_base(scale: str) -> Config:
@@ -144,7 +165,7 @@ def chapter3_long(scale: str) -> Suite:
 
 
 def _chapter5_base(scale: str) -> Config:
-    """Katharopoulos & Fleuret's CIFAR setting (REFERENCE.md §5): SGD momentum 0.9, batch 128, lr 0.1
+    """Katharopoulos & Fleuret's CIFAR setting: SGD momentum 0.9, batch 128, lr 0.1
     → 0.02 at 50% → 0.004 at 80% of a wall-clock budget, crop+flip. ``gpu``: WRN-28-2 on CIFAR-10 for
     an hour in the paper; here ``gpu``: the fast recipe (:func:`fast_base`) for 6 s of training on an
     H100-class GPU (about 17 epochs on an H200), with b = 1024 (B = 3b); ``cpu``: the small CNN on 10,000 images for 60 s of
@@ -185,7 +206,7 @@ def chapter5_tau(scale: str) -> Suite:
 
 
 def chapter6(scale: str) -> Suite:
-    """Equal wall-clock time, every strategy of the course (REFERENCE.md §5's setting, Chapter 5's base):
+    """Equal wall-clock time, every strategy of the course (Katharopoulos & Fleuret's setting, Chapter 5's base):
     uniform, Algorithm 1 with the loss and with the upper bound (τ switch), online batch selection,
     prioritised replay and selective backprop. The first three are Chapter 5's runs, config for
     config, so a book that ran Chapter 5 reuses them."""
@@ -201,7 +222,7 @@ def chapter6(scale: str) -> Suite:
     return {**reused, **{label: _arm(ch6, label, strategy, options, seeds) for label, (strategy, options) in others.items()}}
 
 
-# Chapter 7 (REFERENCE.md §6): strategy label → (strategy, options given the budget fraction f).
+# Chapter 7 (Arazo et al. 2021): strategy label → (strategy, options given the budget fraction f).
 CHAPTER7_STRATEGIES: dict[str, tuple[str, Any]] = {
     "uniform subset": ("prediction_subset", lambda f: {"kind": "uniform", "subset": f, "warmup_epochs": 0}),
     "p-SGD": ("prediction_subset", lambda f: {"kind": "p", "subset": f}),
@@ -221,7 +242,7 @@ def chapter7_label(strategy: str, augmentation: str, fraction: float, dataset: s
 
 
 def _chapter7_base(scale: str) -> Config:
-    """Arazo et al.'s budgeted training (REFERENCE.md §6): SGD lr 0.1, momentum 0.9, batch 128, the
+    """Arazo et al.'s budgeted training: SGD lr 0.1, momentum 0.9, batch 128, the
     learning rate decaying linearly to 0 over the budget, crop+flip. ``budget_amount`` is the full
     (100%) run. ``gpu``: the fast recipe (:func:`fast_base`; the paper: ResNet-18, 200 epochs) for 20
     epochs, with a 2-pixel crop as airbench94; ``cpu``: the small CNN on 2,000 images for 12 epochs;
@@ -281,6 +302,52 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, scale: str = "", 
     """Every config of ``suite`` through :func:`~ismod.experiments.run_or_load` (saved results reused)."""
     return {label: [run_or_load(c, results_dir, scale=scale, progress=progress, **run_kwargs) for c in configs]
             for label, configs in suite.items()}  # fmt: skip
+
+
+def load_suite(suite: Suite, results_dir: str | os.PathLike) -> dict[str, list[Result]]:
+    """The saved results of ``suite`` without training anything (arms with none are left out): how a
+    CPU build of the book shows runs made on a GPU. Results are matched by config and behaviour
+    version; their data source is in their provenance, printed beside the figures."""
+    found = {label: [r for r in (load_saved(c, results_dir) for c in configs) if r is not None]
+             for label, configs in suite.items()}  # fmt: skip
+    return {label: runs for label, runs in found.items() if runs}
+
+
+def provenance_summary(results: dict[str, list[Result]]) -> str:
+    """One paragraph of where a set of results comes from: devices, data, dates, commits, commands."""
+    runs = [r for rs in results.values() for r in rs]
+    if not runs:
+        return "no saved results"
+
+    def values(key: str) -> str:
+        return ", ".join(sorted({str(r.provenance.get(key, "?")) for r in runs}))
+
+    commits = sorted({str(r.provenance.get("git_commit", "?"))[:12] for r in runs})
+    commands = sorted({r.provenance.get("command") or "(not recorded)" for r in runs})
+    return (f"{len(runs)} runs on {values('device')}; data {values('data_source')}; "
+            f"dates {', '.join(sorted({str(r.provenance.get('date', '?'))[:10] for r in runs}))}; commit {', '.join(commits)}; "
+            f"torch {values('torch_version')}; command: {' / '.join(f'`{c}`' for c in commands)}")  # fmt: skip
+
+
+def chapter7_pairs(results: dict[str, list[Result]]) -> dict[str, list[tuple[str, str]]]:
+    """Chapter 7's families of comparisons among the arms present in ``results``, each an
+    ``(arm, baseline)`` at the same budget: ``"importance"`` — each strategy against the uniform subset
+    with the same augmentation; ``"augmentation"`` — the uniform subset with mixup or RICAP against it
+    with crop+flip (the 100% runs included)."""
+    pairs: dict[str, list[tuple[str, str]]] = {"importance": [], "augmentation": []}
+    for f in CHAPTER7_BUDGETS:
+        for aug in CHAPTER7_AUGMENTATIONS:
+            base = chapter7_label("uniform subset", aug, f)
+            if base not in results:
+                continue
+            for strategy in CHAPTER7_STRATEGIES:
+                arm = chapter7_label(strategy, aug, f)
+                if strategy != "uniform subset" and arm in results:
+                    pairs["importance"].append((arm, base))
+            plain = chapter7_label("uniform subset", "crop+flip", f)
+            if aug != "crop+flip" and plain in results:
+                pairs["augmentation"].append((base, plain))
+    return pairs
 
 
 def divergence_epoch(result: Result) -> float | None:
@@ -382,4 +449,51 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         if rel:
             line += f" {r['relative_train_loss']:.2f} | {r['relative_test_error']:.2f} |"
         lines.append(line)
+    return "\n".join(lines)
+
+
+# The book's one threshold: a difference is "detected" when its Holm-adjusted p-value is below this.
+ALPHA = 0.05
+
+
+def compare(results: dict[str, list[Result]], pairs: list[tuple[str, str]], *, metric: str = "test_accuracy",
+            alpha: float = ALPHA) -> list[dict[str, Any]]:  # fmt: skip
+    """The book's verdicts: for each ``(arm, baseline)`` of ``pairs``, the final ``metric`` paired by
+    seed (:func:`ismod.stats.paired_difference` on the seeds both arms ran), with Holm's correction
+    over all the pairs given (one chapter's family of comparisons). A row's ``verdict`` is
+    ``"higher"`` or ``"lower"`` when the adjusted p-value is below ``alpha``, ``"no detected difference"``
+    otherwise, and ``"not tested"`` with fewer than two shared seeds (a diverged seed's NaN is kept, so
+    the comparison shows NaN rather than hiding it)."""
+    rows: list[dict[str, Any]] = []
+    for arm, baseline in pairs:
+        if arm not in results or baseline not in results:
+            raise KeyError(f"no results for {arm if arm not in results else baseline!r}")
+        a = {r.config["seed"]: r.final[metric] for r in results[arm]}
+        b = {r.config["seed"]: r.final[metric] for r in results[baseline]}
+        seeds = sorted(set(a) & set(b))
+        row: dict[str, Any] = {"arm": arm, "baseline": baseline, "seeds": len(seeds)}
+        if len(seeds) >= 2:
+            d = paired_difference([a[k] for k in seeds], [b[k] for k in seeds])
+            row.update(mean=d.mean, low=d.low, high=d.high, p_value=d.p_value)
+        rows.append(row)
+    tested = [r for r in rows if "p_value" in r and not math.isnan(r["p_value"])]
+    for r, adjusted in zip(tested, holm([r["p_value"] for r in tested])):
+        r["p_holm"] = adjusted
+        r["verdict"] = ("higher" if r["mean"] > 0 else "lower") if adjusted < alpha else "no detected difference"
+    for r in rows:
+        r.setdefault("verdict", "not tested")
+    return rows
+
+
+def verdict_table(rows: list[dict[str, Any]], *, scale: float = 100.0, unit: str = "points") -> str:
+    """:func:`compare`'s rows as a Markdown table (differences × ``scale``, e.g. accuracy in points)."""
+    lines = [f"| arm | against | seeds | difference ({unit}) | 95% interval | p (Holm) | verdict |",
+             "|---|---|---:|---:|---|---:|---|"]  # fmt: skip
+    for r in rows:
+        if "mean" in r:
+            lines.append(f"| {r['arm']} | {r['baseline']} | {r['seeds']} | {scale * r['mean']:+.2f} | "
+                         f"[{scale * r['low']:+.2f}, {scale * r['high']:+.2f}] | {r.get('p_holm', float('nan')):.3f} | "
+                         f"{r['verdict']} |")  # fmt: skip
+        else:
+            lines.append(f"| {r['arm']} | {r['baseline']} | {r['seeds']} | – | – | – | {r['verdict']} |")
     return "\n".join(lines)

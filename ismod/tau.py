@@ -8,7 +8,7 @@ batch resampled from it with weights :math:`1/(B g_i)`, the variance gain over u
 .. math:: \tau = \Big(1 - \frac{\sum_i (g_i - u)^2}{\sum_i g_i^2}\Big)^{-1} = B \sum_i g_i^2 .
 
 Importance sampling pays when :math:`\tau > \tau_{th} = 1 + \frac{B t_f}{b (t_f + t_b)}`
-(REFERENCE.md §5; slides 8–9). The authors' library takes a square root of the first expression; the
+(Katharopoulos & Fleuret 2018, §3.3; slides 8–9). The authors' library takes a square root of the first expression; the
 ``sqrt`` option reproduces it for comparison.
 """
 

@@ -43,8 +43,8 @@ def test_report_settings_are_the_appendix():
     assert last["subset"] * 50_000 == pytest.approx(8192) and last["warmup_epochs"] == 5
     assert running["subset"] * 50_000 == pytest.approx(30_000) and running["beta"] == 0.2
     gpu = suites.chapter3("gpu")["last-loss, crop+flip"][0]
-    assert (gpu.model, gpu.batch_size, gpu.lr, gpu.weight_decay, gpu.budget_amount) == ("resnet18", 128, 0.01, 5e-4, 45)
-    assert gpu.strategy_options["warmup_epochs"] == 5  # not shortened at full scale
+    assert (gpu.model, gpu.batch_size, gpu.budget_amount) == ("fast_cnn", 1024, 20)
+    assert gpu.strategy_options["warmup_epochs"] == 2  # the report's 5 of 45 epochs, scaled to 20
 
 
 def _row(arm, accs, loss=1.0):
@@ -104,13 +104,16 @@ def test_chapter6_reuses_chapter5_runs_and_adds_the_other_strategies():
 def test_chapter7_budgets_are_fractions_of_the_full_run_with_linear_decay():
     suite = suites.chapter7("gpu")
     full = suite[suites.chapter7_label("uniform subset", "crop+flip", 1.0)][0]
-    assert (full.model, full.budget, full.budget_amount, full.schedule, full.lr, full.weight_decay) == \
-        ("resnet18", "epochs", 200, "linear", 0.1, 1e-4)
-    p30 = suite[suites.chapter7_label("p-SGD", "RICAP", 0.3, "cifar100")][0]
-    assert p30.budget_amount == pytest.approx(60) and p30.strategy_options == {"kind": "p", "subset": 0.3}
-    assert p30.ricap_beta == 0.3 and p30.dataset == "cifar100"
-    assert suite[suites.chapter7_label("selective backprop", "mixup", 0.2)][0].mixup_alpha == 0.3
-    # 100% only for the uniform subset (the subset strategies all reduce to it); mixup for all on gpu only
+    assert (full.model, full.budget, full.budget_amount, full.schedule, full.final_lr) == ("fast_cnn", "epochs", 20, "onecycle", 0.0)
+    assert (full.label_smoothing, full.lookahead, full.tta) == (0.0, False, 0)  # the confounding tricks are off
+    p30 = suite[suites.chapter7_label("p-SGD", "crop+flip", 0.3)][0]
+    assert p30.budget_amount == pytest.approx(6) and p30.strategy_options == {"kind": "p", "subset": 0.3}
+    sb = suite[suites.chapter7_label("selective backprop", "RICAP", 0.2)][0]
+    assert sb.ricap_beta == 0.3 and sb.budget_amount == pytest.approx(4)
+    # mixing only with strategies whose scores stay attributed to the right samples
+    mixed = {label.split(", ")[0] for label in suite if ", mixup, " in label or ", RICAP, " in label}
+    assert mixed == {"uniform subset", "selective backprop"}
+    # 100% only for the uniform subset (the subset strategies all reduce to it)
     assert not any(label.endswith("100%") for label in suite if not label.startswith("uniform subset"))
     cpu = suites.chapter7("cpu")
     assert {label.split(", ")[0] for label in cpu if ", mixup, " in label} == {"uniform subset"}
@@ -132,3 +135,23 @@ def test_budget_curves_and_accuracy_difference():
     assert curves["crop+flip"]["p-SGD"] == [(0.2, 0.5, 0.0)]
     diff, se = suites.accuracy_difference(runs(0.7, 0.9), runs(0.5, 0.5, 0.5))
     assert diff == pytest.approx(0.3) and se == pytest.approx((0.02 / 2) ** 0.5)
+
+
+def test_compare_pairs_by_seed_and_corrects_for_many_comparisons():
+    from ismod.experiments import Config
+
+    def arm(accs, seeds=None):
+        return [Result(Config(seed=k).to_dict(), {}, [], {}, {"test_accuracy": a})
+                for k, a in zip(seeds or range(len(accs)), accs)]  # fmt: skip
+
+    results = {"base": arm([0.80, 0.90, 0.85, 0.95, 0.70]), "better": arm([0.81, 0.91, 0.86, 0.96, 0.71]),
+               "noise": arm([0.81, 0.89, 0.86, 0.94, 0.70]), "one": arm([0.99], seeds=[3])}  # fmt: skip
+    rows = suites.compare(results, [("better", "base"), ("noise", "base"), ("one", "base")])
+    better, noise, one = rows
+    # a constant +0.01 on every seed is detected although the seeds spread by 0.25 (pairing)
+    assert better["verdict"] == "higher" and better["mean"] == pytest.approx(0.01)
+    assert noise["verdict"] == "no detected difference" and noise["p_holm"] >= noise["p_value"]
+    assert one["verdict"] == "not tested" and one["seeds"] == 1
+    assert "| better | base | 5 | +1.00 |" in suites.verdict_table(rows)
+    with pytest.raises(KeyError, match="missing"):
+        suites.compare(results, [("missing", "base")])

@@ -1,7 +1,7 @@
 """The budgeted-training baselines of Arazo et al. (2021): p-SGD, c-SGD and selective backprop.
 
 Following Arazo et al., these draw without replacement and apply no weight correction: they change
-which samples are trained on, not how their gradients are weighted (REFERENCE.md §6).
+which samples are trained on, not how their gradients are weighted (Arazo et al. 2021).
 """
 
 from __future__ import annotations

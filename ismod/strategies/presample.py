@@ -7,7 +7,7 @@ upper bound :math:`\\lVert\\mathrm{softmax}(z_i) - e_{y_i}\\rVert` or the loss),
 :math:`g_i = s_i / \\sum_{j\\in U} s_j`, resample the batch of b from U with replacement with
 probabilities g, weight each by :math:`1/(B g_i)`, and update τ from g. Always
 :math:`\\tau \\leftarrow a_\\tau\\tau + (1-a_\\tau)\\tau_{new}`, :math:`\\tau_{new} = |U|\\sum_i g_i^2`
-(or its square root, as in the authors' library). REFERENCE.md §5; slides 8–9.
+(or its square root, as in the authors' library). Katharopoulos & Fleuret (2018), Algorithm 1; slides 8–9.
 """
 
 from __future__ import annotations
