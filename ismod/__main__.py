@@ -16,7 +16,9 @@ from typing import Any
 
 from .distributed import init_from_env
 from .experiments import CONFIGS, Config, config_hash, get_config, run, run_or_load
-from .suites import SUITES
+from .data import data_source
+from .experiments import load_saved
+from .suites import SUITES, estimate_seconds
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -55,6 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     suite_p.add_argument("--only", action="append", default=[], help="run only arms whose label contains this")
     suite_p.add_argument("--data", help="data directory (default $ISMOD_DATA)")
     suite_p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
+    suite_p.add_argument("--max-minutes", type=float, default=None,
+                         help="refuse to start if the runs still missing are predicted to train longer than this")
     args = parser.parse_args(argv)
     try:
         world = init_from_env()
@@ -70,6 +74,16 @@ def main(argv: list[str] | None = None) -> int:
         suite = SUITES[args.name](args.scale)
         if args.only:
             suite = {k: v for k, v in suite.items() if any(part in k for part in args.only)}
+        missing = [c for cs in suite.values() for c in cs
+                   if load_saved(c, args.out, data=data_source(c.dataset, args.data)) is None]  # fmt: skip
+        if missing:
+            minutes = estimate_seconds(missing, args.device) / 60
+            if rank0:
+                print(f"{len(missing)} runs to train, about {minutes:.1f} min predicted from measured step times", flush=True)
+            if args.max_minutes is not None and minutes > args.max_minutes:
+                print(f"error: predicted {minutes:.0f} min exceeds --max-minutes {args.max_minutes:g}; nothing was run "
+                      "(use --only to run part of the grid)", file=sys.stderr)  # fmt: skip
+                return 2
         # seed by seed across arms, so that a slow spell on the machine hits every arm alike
         rounds = max((len(c) for c in suite.values()), default=0)
         for i in range(rounds):

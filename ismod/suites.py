@@ -12,6 +12,7 @@ import math
 import os
 from typing import Any
 
+from .data import data_source
 from .experiments import CONFIGS, Config, Result, load_saved, run_or_load
 from .scale import by_scale
 from .stats import holm, paired_difference
@@ -19,7 +20,8 @@ from .stats import holm, paired_difference
 __all__ = ["SUITES", "chapter3", "chapter3_variants", "chapter3_high_lr", "chapter3_long", "chapter5", "chapter5_tau", "chapter6",
            "chapter7", "chapter7_label", "CHAPTER7_STRATEGIES", "CHAPTER7_AUGMENTATIONS", "CHAPTER7_BUDGETS", "run_suite", "summarize",
            "markdown_table", "budget_curves", "accuracy_difference", "compare", "verdict_table", "fast_base", "ALPHA",
-           "load_suite", "provenance_summary", "chapter7_pairs", "gpu_pilots", "divergence_epoch", "sampling_log", "tau_log", "REPORT_SETTINGS"]
+           "load_suite", "provenance_summary", "chapter7_pairs", "gpu_pilots", "estimate_seconds",
+           "default_max_minutes", "GridOverBudget", "MAX_MINUTES_ENV", "divergence_epoch", "sampling_log", "tau_log", "REPORT_SETTINGS"]
 
 Suite = dict[str, list[Config]]
 
@@ -61,7 +63,7 @@ def gpu_pilots() -> dict[str, Config]:
 def _chapter3_base(scale: str) -> Config:
     """One training setup per scale, with the report's optimiser (SGD, lr 0.01, momentum 0.9, weight
     decay 5e-4, batch 128, lr ×0.1 at epochs 15 and 30 — here at 1/3 and 2/3 of the budget — and plain
-    cross-entropy). ``gpu``: the fast recipe (:func:`fast_base`, its own optimiser) on all of CIFAR-10
+    cross-entropy). ``paper``: the report's ResNet-18 for 45 epochs. ``gpu``: the fast recipe (:func:`fast_base`, its own optimiser) on all of CIFAR-10
     for 20 epochs, long enough to fit the training set (the report trained ResNet-18 for 45).
     ``cpu``: the small CNN on 10,000 training images for 6 epochs. ``smoke``: seconds."""
     report = dict(batch_size=128, lr=0.01, momentum=0.9, nesterov=False, weight_decay=5e-4, schedule="step",
@@ -69,6 +71,8 @@ def _chapter3_base(scale: str) -> Config:
     return by_scale(
         scale,
         gpu=fast_base("ch3", budget_amount=20, evaluations=5, train_eval_size=10_000),
+        paper=CONFIGS["cifar10-resnet18-uniform"].replace(name="ch3", budget_amount=45, evaluations=15,
+                                                          train_eval_size=10_000, **report),
         cpu=CONFIGS["cifar10-small-uniform"].replace(name="ch3", subset=10_000, test_subset=5000,
                                                      budget_amount=6, evaluations=6, train_eval_size=2000, **report),
         smoke=CONFIGS["smoke-uniform"].replace(name="ch3", budget_amount=3, evaluations=3, train_eval_size=128,
@@ -95,12 +99,12 @@ def _report_options(scale: str, kind: str) -> dict[str, Any]:
     ``gpu``, 1 of 6 on ``cpu``, 1 of 3 on ``smoke``); |Z| keeps its fraction of N."""
     options = dict(REPORT_SETTINGS[kind])
     if options["warmup_epochs"]:
-        options["warmup_epochs"] = 2 if scale == "gpu" else 1  # gpu: 2 of 20 epochs
+        options["warmup_epochs"] = {"paper": 5, "gpu": 2}.get(scale, 1)  # gpu: 2 of 20 epochs
     return options
 
 
 def _seeds(scale: str) -> range:
-    return range(by_scale(scale, smoke=1, cpu=3, gpu=5))
+    return range(by_scale(scale, smoke=1, cpu=3, gpu=5, paper=3))
 
 
 def _arm(base: Config, label: str, strategy: str, options: dict[str, Any], seeds: range, **changes: Any) -> list[Config]:
@@ -144,7 +148,7 @@ def chapter3_long(scale: str) -> Suite:
     """Algorithm 1 trained long enough to fit its data — where the report saw its scores drift to
     uniform. ``cpu``: 2,000 images, 30 epochs, no augmentation (warm-up 3 epochs: the report's 5 of
     45, scaled). At ``gpu`` scale the main grid already trains for 45 epochs, so this is empty."""
-    if scale == "gpu":
+    if scale in ("gpu", "paper"):
         return {}
     base = _chapter3_base(scale)
     if scale == "cpu":
@@ -167,7 +171,7 @@ def chapter3_long(scale: str) -> Suite:
 def _chapter5_base(scale: str) -> Config:
     """Katharopoulos & Fleuret's CIFAR setting: SGD momentum 0.9, batch 128, lr 0.1
     → 0.02 at 50% → 0.004 at 80% of a wall-clock budget, crop+flip. ``gpu``: WRN-28-2 on CIFAR-10 for
-    an hour in the paper; here ``gpu``: the fast recipe (:func:`fast_base`) for 6 s of training on an
+    an hour in the paper (``paper``); ``gpu``: the fast recipe (:func:`fast_base`) for 6 s of training on an
     H100-class GPU (about 17 epochs on an H200), with b = 1024 (B = 3b); ``cpu``: the small CNN on 10,000 images for 60 s of
     training; ``smoke``: 3 s."""
     kf = dict(batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4, schedule="step",
@@ -175,6 +179,8 @@ def _chapter5_base(scale: str) -> Config:
     return by_scale(
         scale,
         gpu=fast_base("ch5", budget="seconds", budget_amount=6.0, evaluations=6, train_eval_size=10_000),
+        paper=CONFIGS["cifar10-wrn-uniform"].replace(name="ch5", budget_amount=3600, evaluations=20,
+                                                     train_eval_size=10_000, **kf),
         cpu=CONFIGS["cifar10-small-uniform"].replace(name="ch5", subset=10_000, test_subset=5000, budget_amount=60,
                                                      evaluations=6, train_eval_size=2000, **kf),
         smoke=CONFIGS["smoke-uniform"].replace(name="ch5", evaluations=3, train_eval_size=128,
@@ -199,9 +205,9 @@ def chapter5(scale: str) -> Suite:
 def chapter5_tau(scale: str) -> Suite:
     """One uniform run (τ tracked, never switching) whose evaluation points check τ against the variance
     ratio measured with exact per-sample gradients, on presamples of B = 3b."""
-    base = _chapter5_base(scale).replace(budget="epochs", budget_amount=by_scale(scale, smoke=2, cpu=6, gpu=16))
+    base = _chapter5_base(scale).replace(budget="epochs", budget_amount=by_scale(scale, smoke=2, cpu=6, gpu=16, paper=30))
     probe = dict(tau_probe=by_scale(scale, smoke=2, cpu=4, gpu=8), tau_probe_batch=by_scale(scale, smoke=8, cpu=32, gpu=128),
-                 probe_chunk=by_scale(scale, smoke=16, cpu=48, gpu=64))  # fmt: skip
+                 probe_chunk=by_scale(scale, smoke=16, cpu=48, gpu=64, paper=32))  # fmt: skip
     return {"τ probe": _arm(base, "tau-probe", "presample", {"importance": False}, range(1), **probe)}
 
 
@@ -244,7 +250,7 @@ def chapter7_label(strategy: str, augmentation: str, fraction: float, dataset: s
 def _chapter7_base(scale: str) -> Config:
     """Arazo et al.'s budgeted training: SGD lr 0.1, momentum 0.9, batch 128, the
     learning rate decaying linearly to 0 over the budget, crop+flip. ``budget_amount`` is the full
-    (100%) run. ``gpu``: the fast recipe (:func:`fast_base`; the paper: ResNet-18, 200 epochs) for 20
+    (100%) run. ``paper``: ResNet-18, 200 epochs, weight decay 1e-4. ``gpu``: the fast recipe (:func:`fast_base`) for 20
     epochs, with a 2-pixel crop as airbench94; ``cpu``: the small CNN on 2,000 images for 12 epochs;
     ``smoke``: seconds."""
     arazo = dict(batch_size=128, lr=0.1, momentum=0.9, nesterov=False, schedule="linear", warmup=0.0, label_smoothing=0.0,
@@ -252,6 +258,8 @@ def _chapter7_base(scale: str) -> Config:
     return by_scale(
         scale,
         gpu=fast_base("ch7", budget_amount=20, evaluations=4),
+        paper=CONFIGS["cifar10-resnet18-uniform"].replace(name="ch7", budget_amount=200, evaluations=4,
+                                                          weight_decay=1e-4, **arazo),
         cpu=CONFIGS["cifar10-small-uniform"].replace(name="ch7", subset=2000, test_subset=2000, budget_amount=12,
                                                      evaluations=1, weight_decay=5e-4, **arazo),
         smoke=CONFIGS["smoke-uniform"].replace(name="ch7", budget_amount=3, evaluations=1,
@@ -264,7 +272,7 @@ def chapter7(scale: str) -> Suite:
     iterations, and the uniform subset at 100% too (where the subset strategies all reduce to it).
     Subset strategies train on a fraction f of the data per epoch for the full run's number of epochs,
     as Arazo et al. do; selective backprop and the upper bound train on f × the full run's batches.
-    CIFAR-10 only (the offline copy has no CIFAR-100). At ``gpu`` scale, mixup and RICAP are combined
+    CIFAR-10 only, except at ``paper`` scale (CIFAR-100 too; the offline copy has no CIFAR-100). At ``gpu`` scale, mixup and RICAP are combined
     only with the strategies whose scores stay attributed to the right samples under mixing — the
     uniform subset (no scores) and selective backprop (it scores clean, un-mixed candidates); p-SGD,
     c-SGD and the τ switch read their scores off the mixed outputs of training, so they run with
@@ -272,11 +280,12 @@ def chapter7(scale: str) -> Suite:
     time budget. At ``cpu`` and ``smoke`` scale mixup is run for the uniform subset only."""
     full = _chapter7_base(scale)
     seeds = _seeds(scale)
-    datasets = ("cifar10",)
+    datasets = ("cifar10", "cifar100") if scale == "paper" else ("cifar10",)
     suite: Suite = {}
     budgets = by_scale(scale, smoke=(0.3, 1.0), cpu=CHAPTER7_BUDGETS, gpu=CHAPTER7_BUDGETS)
     mixed = by_scale(scale, smoke={"mixup": ("uniform subset",)}, cpu={"mixup": ("uniform subset",)},
-                     gpu={"mixup": ("uniform subset",), "RICAP": ("uniform subset", "selective backprop")})  # fmt: skip
+                     gpu={"mixup": ("uniform subset",), "RICAP": ("uniform subset", "selective backprop")},
+                     paper={aug: ("uniform subset", "selective backprop") for aug in ("mixup", "RICAP")})  # fmt: skip
     strategies = [k for k in CHAPTER7_STRATEGIES if scale != "gpu" or k != "c-SGD"]
     for dataset in datasets:
         for aug, changes in CHAPTER7_AUGMENTATIONS.items():
@@ -297,11 +306,121 @@ SUITES = {"chapter3": chapter3, "chapter3_variants": chapter3_variants, "chapter
           "chapter5": chapter5, "chapter5_tau": chapter5_tau, "chapter6": chapter6, "chapter7": chapter7}
 
 
+MAX_MINUTES_ENV = "ISMOD_MAX_MINUTES"
+# fwd + bwd from bench.forward_backward_times is most of a step; augmentation and the optimiser add about
+# 15% (measured on an H200 for fast_cnn at b = 1024: 5.9 ms of 6.8 ms per step)
+_STEP_OVERHEAD = 1.15
+
+
+class GridOverBudget(RuntimeError):
+    """A grid's predicted training time exceeds the time allowed for it (see :func:`run_suite`)."""
+
+
+def default_max_minutes(scale: str) -> float | None:
+    """The training time a chapter's grid may take without an explicit opt-in: ``$ISMOD_MAX_MINUTES``
+    when set (``inf`` for no limit), else 15 minutes at ``"gpu"`` scale (a Colab T4 session) and no
+    limit at ``"smoke"`` and ``"cpu"`` (the book's own build)."""
+    env = os.environ.get(MAX_MINUTES_ENV, "").strip()
+    if env:
+        try:
+            value = float(env)
+        except ValueError:
+            raise ValueError(f"{MAX_MINUTES_ENV} must be a number of minutes or 'inf', got {env!r}") from None
+        return None if math.isinf(value) else value
+    return 15.0 if scale == "gpu" else None
+
+
+def _step_cost_factor(config: Config, t_forward: float, t_backward: float) -> float:
+    """Training steps' cost relative to a uniform step, from the scoring passes a strategy adds:
+    selective backprop scores about β + 1 candidates per trained sample; the τ switch at most B/b
+    per sample (every step an importance step)."""
+    share = t_forward / (t_forward + t_backward)
+    if config.strategy == "selective_backprop":
+        return 1.0 + (config.strategy_options.get("beta", 3.0) + 1.0) * share
+    if config.strategy == "presample":
+        return 1.0 + config.strategy_options.get("presample", 3.0) * share
+    return 1.0
+
+
+def estimate_seconds(configs: list[Config], device: str | Any = None, *, step_times: dict | None = None) -> float:
+    """Predicted training seconds of ``configs`` on ``device`` (default: CUDA if available): steps ×
+    measured forward + backward seconds of each model at its batch size (one short measurement per
+    (model, batch), :func:`ismod.bench.forward_backward_times`) × 1.15 for augmentation and the
+    optimiser × the strategy's scoring factor, plus the evaluation passes; seconds budgets count as
+    themselves. Probes are not counted. ``step_times`` caches measurements between calls."""
+    import torch
+
+    from .bench import forward_backward_times
+
+    device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
+    cache = step_times if step_times is not None else {}
+    total = 0.0
+    for c in configs:
+        key = (c.model, c.batch_size, str(device))
+        if key not in cache:
+            cache[key] = forward_backward_times(c.model, batch_size=c.batch_size, repeats=2, device=device)
+        t = cache[key]
+        step = (t["forward_s"] + t["backward_s"]) * _STEP_OVERHEAD
+        n = c.subset or 50_000
+        evals = (c.evaluations + 1) * ((c.test_subset or 10_000) + c.train_eval_size) / c.batch_size * t["scoring_s"]
+        if c.budget == "seconds":
+            total += c.budget_amount + evals
+            continue
+        steps = c.budget_amount * n / c.batch_size if c.budget == "epochs" else c.budget_amount
+        total += steps * step * _step_cost_factor(c, t["forward_s"], t["backward_s"]) + evals
+    return total
+
+
 def run_suite(suite: Suite, results_dir: str | os.PathLike, *, scale: str = "", progress: bool = False,
+              max_minutes: float | None | str = "default", if_over_budget: str = "saved",
               **run_kwargs: Any) -> dict[str, list[Result]]:  # fmt: skip
-    """Every config of ``suite`` through :func:`~ismod.experiments.run_or_load` (saved results reused)."""
-    return {label: [run_or_load(c, results_dir, scale=scale, progress=progress, **run_kwargs) for c in configs]
-            for label, configs in suite.items()}  # fmt: skip
+    """Every config of ``suite`` through :func:`~ismod.experiments.run_or_load` (saved results reused).
+
+    Before training, the runs that have no saved result are costed (:func:`estimate_seconds`) and the
+    prediction printed. If it exceeds ``max_minutes`` (default :func:`default_max_minutes` of
+    ``scale``; ``None`` for no limit), nothing is trained: with ``if_over_budget="saved"`` the saved
+    results that exist are returned (any data source, each with its provenance) — :class:`GridOverBudget`
+    is raised when there are none, and always with ``"raise"``. A bar counts the grid's runs when ``progress`` is set."""
+    if if_over_budget not in ("saved", "raise"):
+        raise ValueError(f"if_over_budget must be 'saved' or 'raise', got {if_over_budget!r}")
+    limit = default_max_minutes(scale) if max_minutes == "default" else max_minutes
+    missing = [c for configs in suite.values() for c in configs
+               if load_saved(c, results_dir, data=data_source(c.dataset, run_kwargs.get("data_root"))) is None]  # fmt: skip
+    if missing and limit is not None:
+        seconds = estimate_seconds(missing, run_kwargs.get("device"))
+        device = run_kwargs.get("device") or _default_device()
+        print(f"{len(missing)} of {sum(len(v) for v in suite.values())} runs to train on {device}: about "
+              f"{seconds / 60:.1f} min predicted (limit {limit:g} min)", flush=True)  # fmt: skip
+        if seconds > 60 * limit:
+            message = (f"this grid would train {len(missing)} runs for about {seconds / 60:.0f} min on {device}, over the "
+                       f"max_minutes={limit:g} limit; pass max_minutes=None (or set {MAX_MINUTES_ENV}=inf) to train "
+                       f"it anyway, or run it ahead of time with `python -m ismod suite ... --scale {scale or '...'}`")  # fmt: skip
+            saved = load_suite(suite, results_dir) if if_over_budget == "saved" else {}
+            if not saved:
+                raise GridOverBudget(message + ("" if if_over_budget == "raise" else "; no saved results to show either"))
+            print(message + "; showing the saved results instead", flush=True)
+            return saved
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=sum(len(v) for v in suite.values()), desc="grid", unit="run")
+    out: dict[str, list[Result]] = {}
+    for label, configs in suite.items():
+        out[label] = []
+        for c in configs:
+            out[label].append(run_or_load(c, results_dir, scale=scale, progress=False, **run_kwargs))
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    return out
+
+
+def _default_device() -> str:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "this CPU"
 
 
 def load_suite(suite: Suite, results_dir: str | os.PathLike) -> dict[str, list[Result]]:

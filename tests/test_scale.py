@@ -41,3 +41,12 @@ def test_by_scale():
     assert by_scale("gpu", smoke=1, cpu=2, gpu=3) == 3
     with pytest.raises(ValueError, match="resolve_scale"):
         by_scale("auto", smoke=1, cpu=2, gpu=3)
+
+
+def test_paper_scale_is_opt_in(monkeypatch):
+    monkeypatch.delenv("ISMOD_SCALE", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_scale("auto") == "gpu"  # never "paper"
+    assert resolve_scale("paper") == "paper"
+    assert by_scale("paper", smoke=1, cpu=2, gpu=3) == 3  # the gpu value unless one is given
+    assert by_scale("paper", smoke=1, cpu=2, gpu=3, paper=4) == 4

@@ -155,3 +155,42 @@ def test_compare_pairs_by_seed_and_corrects_for_many_comparisons():
     assert "| better | base | 5 | +1.00 |" in suites.verdict_table(rows)
     with pytest.raises(KeyError, match="missing"):
         suites.compare(results, [("missing", "base")])
+
+
+def test_cost_model_counts_steps_scoring_and_evaluation():
+    from ismod.experiments import Config
+
+    times = {("small_cnn", 100, "cpu"): {"forward_s": 0.1, "backward_s": 0.2, "scoring_s": 0.05}}
+    uniform = Config(batch_size=100, subset=1000, test_subset=500, budget="epochs", budget_amount=2, evaluations=1)
+    # 20 steps × 0.3 s × 1.15, plus 2 evaluation points × 5 batches × 0.05 s
+    assert suites.estimate_seconds([uniform], "cpu", step_times=times) == pytest.approx(20 * 0.3 * 1.15 + 0.5)
+    sb = uniform.replace(strategy="selective_backprop", strategy_options={"beta": 3.0})
+    # selective backprop adds (β + 1) scoring passes of t_f / (t_f + t_b) each
+    assert suites.estimate_seconds([sb], "cpu", step_times=times) == pytest.approx(20 * 0.3 * 1.15 * (1 + 4 / 3) + 0.5)
+    timed = uniform.replace(budget="seconds", budget_amount=7.0)
+    assert suites.estimate_seconds([timed], "cpu", step_times=times) == pytest.approx(7.5)
+
+
+def test_a_grid_over_its_time_limit_does_not_start(tmp_path, monkeypatch):
+    from ismod import experiments
+
+    monkeypatch.setattr(suites, "estimate_seconds", lambda configs, device=None, **kw: 3600.0 * len(configs))
+    monkeypatch.setattr(experiments, "run", lambda *a, **k: pytest.fail("an over-budget grid must not train"))
+    suite = suites.chapter5("smoke")
+    with pytest.raises(suites.GridOverBudget, match="max_minutes=15"):
+        suites.run_suite(suite, tmp_path, scale="gpu", if_over_budget="raise")
+    with pytest.raises(suites.GridOverBudget, match="no saved results"):
+        suites.run_suite(suite, tmp_path, scale="gpu")
+    # with saved results, an over-budget grid shows them instead of training the rest
+    first = suite["uniform"][0]
+    experiments.Result(first.to_dict(), {"behaviour_version": experiments.BEHAVIOUR_VERSION}, [], {}, {}).save(
+        experiments.result_path(first, tmp_path))
+    shown = suites.run_suite(suite, tmp_path, scale="gpu")
+    assert list(shown) == ["uniform"] and len(shown["uniform"]) == 1
+    monkeypatch.setenv(suites.MAX_MINUTES_ENV, "inf")
+    assert suites.default_max_minutes("gpu") is None
+    monkeypatch.setenv(suites.MAX_MINUTES_ENV, "abc")
+    with pytest.raises(ValueError, match="ISMOD_MAX_MINUTES"):
+        suites.default_max_minutes("gpu")
+    monkeypatch.delenv(suites.MAX_MINUTES_ENV)
+    assert suites.default_max_minutes("gpu") == 15.0 and suites.default_max_minutes("cpu") is None
