@@ -199,15 +199,9 @@ def stage_bench(s: Session) -> None:
         s.save("bench", out)
 
 
-def chapter4(scale: str) -> dict[str, list[Config]]:
-    """Chapter 4's gradient probes at gpu scale: the fast network (5 seeds) without label smoothing."""
-    base = fast_base("ch4-fast-probe", budget_amount=15, evaluations=5, probe_size=1024, probe_chunk=128)
-    return {"fast network, probe": [base.replace(name=f"ch4-fast-probe-s{k}", seed=k) for k in range(5)]}
-
-
 def stage_grids(s: Session, names: list[str]) -> None:
     """Seed k of every arm of every named grid before seed k + 1 of any (round robin across chapters)."""
-    grids = {name: chapter4("gpu") if name == "chapter4" else suites.SUITES[name]("gpu") for name in names}
+    grids = {name: suites.SUITES[name]("gpu") for name in names}
     done: dict[str, int] = {}
     seeds = max(len(v) for suite in grids.values() for v in suite.values())
     for k in range(seeds):

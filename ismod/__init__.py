@@ -1,16 +1,19 @@
 """ismod: importance sampling for deep learning, in PyTorch.
 
-The package behind the course *Importance Sampling for Deep Learning*. Modules are layered;
-a module imports only from layers below it:
+The package behind the course *Importance Sampling for Deep Learning*. Modules are layered; a module
+imports only from layers below it (function-level imports included), and there is no import cycle —
+``tests/test_layers.py`` checks both:
 
 - layer 0, estimators and formulas: :mod:`ismod.mc`, :mod:`ismod.sampling`, :mod:`ismod.diagnostics`,
-  :mod:`ismod.convex`, :mod:`ismod.bounds`, :mod:`ismod.tau`, :mod:`ismod.scale` (diagnostics and convex
-  build on sampling);
+  :mod:`ismod.convex`, :mod:`ismod.bounds`, :mod:`ismod.tau`, :mod:`ismod.stats`, :mod:`ismod.scale`,
+  and the process-group primitives :mod:`ismod.process_group` (torch and the standard library only);
 - layer 1, training parts: :mod:`ismod.data`, :mod:`ismod.augment`, :mod:`ismod.models`;
-- layer 2, strategies: :mod:`ismod.strategies`;
-- layer 3, the loop: :mod:`ismod.train`;
-- layer 4, experiments and presentation: :mod:`ismod.experiments`, :mod:`ismod.bench`, :mod:`ismod.plots`, :mod:`ismod.widgets` (the last two
-  need the ``book`` extra).
+- layer 2, strategies: :mod:`ismod.strategies` (one class per strategy, one registry line);
+- layer 3, the loop: :mod:`ismod.train` (budget and schedule, scoring, the step, recording and
+  checkpoints, each a method of its loop; optimiser and per-sample loss injectable);
+- layer 4, experiments and presentation: :mod:`ismod.experiments`, :mod:`ismod.suites`,
+  :mod:`ismod.bench`, :mod:`ismod.distributed` (launchers), :mod:`ismod.plots`, :mod:`ismod.widgets`
+  (the last two need the ``book`` extra).
 """
 
 __version__ = "0.1.0"

@@ -50,6 +50,8 @@ def main(argv: list[str] | None = None) -> int:
     run_p.add_argument("--data", help="data directory (default $ISMOD_DATA)")
     run_p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     run_p.add_argument("--no-progress", action="store_true")
+    run_p.add_argument("--keep-checkpoint", action="store_true",
+                       help="keep the final checkpoint beside --out (by default it is removed once the result is saved)")
     suite_p = sub.add_parser("suite", help="run (or reuse) every config of a chapter's experiment grid")
     suite_p.add_argument("name", help="one of: " + ", ".join(SUITES))
     suite_p.add_argument("--scale", required=True, choices=["smoke", "cpu", "gpu"])
@@ -117,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     if not rank0:
         return 0
     result.save(out)
+    if not args.keep_checkpoint:
+        checkpoint.unlink(missing_ok=True)  # the saved result supersedes it
     final = result.final
     print(f"{config.name}: test accuracy {final['test_accuracy']:.4f} after {final['epochs']:.2f} epochs, "
           f"{final['train_time']:.1f} s training ({final['images_per_second']:.0f} images/s); saved {out}")

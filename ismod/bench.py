@@ -407,7 +407,7 @@ def _collective_worker(rank: int, size: int, port: int, out: str, options: dict)
     """One rank of :func:`collective_costs` (spawned; gloo on loopback)."""
     import torch.distributed as dist
 
-    from .distributed import join_local
+    from .process_group import join_local
     from .models import build_model
 
     torch.set_num_threads(options["threads"])
@@ -451,7 +451,7 @@ def collective_costs(*, nprocs: int = 2, num_scores: int = 50_000, batch_size: i
 
     import torch.multiprocessing as mp
 
-    from .distributed import free_port
+    from .process_group import free_port
 
     port = free_port()
     options = dict(num_scores=num_scores, batch_size=batch_size, model=model, classes=classes, repeats=repeats, threads=threads)

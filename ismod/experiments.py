@@ -25,10 +25,10 @@ from ._io import replace_atomically
 from .augment import Augment
 from .augment import normalize
 from .data import ImageData, data_source, load_cifar
-from .distributed import World
+from .process_group import World
 from .models import MODELS, build_model, initialize_from_data
 from .strategies import STRATEGIES, build_strategy
-from .train import TrainSettings, fit
+from .train import TrainSettings, check_field_types, fit
 
 __all__ = ["Config", "Result", "CONFIGS", "BEHAVIOUR_VERSION", "get_config", "config_hash", "run", "run_or_load",
            "load_saved", "results_dir"]
@@ -36,7 +36,8 @@ __all__ = ["Config", "Result", "CONFIGS", "BEHAVIOUR_VERSION", "get_config", "co
 RESULTS_ENV = "ISMOD_RESULTS"
 # Bumped whenever the same config would train differently (a saved result of another version is
 # never served). 1: up to commit bdefcbd. 2: scoring passes in inference mode (BatchNorm's running
-# statistics), fp16 with loss scaling on GPUs without bf16, GPU time up to each evaluation counted.
+# statistics) and with the training loss (label smoothing included), fp16 with loss scaling on GPUs
+# without bf16, GPU time up to each evaluation counted.
 BEHAVIOUR_VERSION = 2
 
 
@@ -71,7 +72,8 @@ class Config(TrainSettings):
     train_eval_size: int = 0  # training samples evaluated (un-augmented) at each evaluation point
 
     def validate(self, num_items: int | None = None) -> None:
-        """Fail before any training, naming the field."""
+        """Fail before any training, naming the field (its type, then its range)."""
+        check_field_types(self)
         if self.dataset not in ("cifar10", "cifar100"):
             raise ValueError(f"dataset must be 'cifar10' or 'cifar100', got {self.dataset!r}")
         if self.model not in MODELS:
@@ -109,7 +111,8 @@ class Config(TrainSettings):
 # Fields added after results were saved: left out of the hash while at their default, so that
 # adding a field does not orphan every saved result.
 _LATER_FIELDS: dict[str, Any] = {"tau_probe": 0, "tau_probe_batch": 32, "train_eval_size": 0, "final_lr": 0.0,
-                                  "initial_lr": 0.0, "bias_lr_scale": 1.0, "lookahead": False, "tta": 0}
+                                  "initial_lr": 0.0, "bias_lr_scale": 1.0, "lookahead": False, "tta": 0,
+                                  "compile": False}
 
 
 def config_hash(config: Config) -> str:

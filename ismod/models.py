@@ -115,6 +115,7 @@ class FastCNN(nn.Module):
         self.whiten.weight.copy_(weight.to(self.whiten.weight))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of normalised images (B, 3, 32, 32)."""
         h = self.features(self.whiten(x)).flatten(1)
         return self.classifier(h) * self.logit_scale
 
@@ -213,6 +214,7 @@ def wide_resnet(num_classes: int = 10, depth: int = 28, width: int = 2) -> nn.Mo
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "fast_cnn": fast_cnn,
+    "fast_cnn_narrow": lambda num_classes=10: FastCNN(num_classes, widths=(32, 64, 128)),
     "small_cnn": small_cnn,
     "resnet18": resnet18,
     "wrn28_2": wide_resnet,

@@ -486,7 +486,7 @@ class ImportanceSampler(Sampler[int]):
                 f"indices and scores must have the same length, got {idx.numel()} and {new.numel()}"
             )
         if self.num_replicas > 1:
-            from .distributed import World
+            from .process_group import World
 
             world = World.current()
             if world is None or world.size != self.num_replicas:

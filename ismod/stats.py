@@ -15,9 +15,10 @@ __all__ = ["t_cdf", "t_quantile", "PairedDifference", "paired_difference", "holm
 
 
 def t_cdf(t: float, df: int) -> float:
-    """P(T ≤ t) for Student's t with ``df`` (a positive integer) degrees of freedom.
+    r"""P(T ≤ t) for Student's t with ``df`` (a positive integer) degrees of freedom.
 
-    Abramowitz & Stegun 26.7.3–4: with θ = atan(t/√ν), P(|T| ≤ |t|) is a finite series in cos θ.
+    Abramowitz & Stegun 26.7.3–4: with θ = atan(t/√ν), :math:`P(|T| \le |t|)` is a finite series in
+    cos θ.
     """
     if not (isinstance(df, int) and df >= 1):
         raise ValueError(f"df must be a positive integer, got {df!r}")
@@ -80,8 +81,9 @@ class PairedDifference:
 
 
 def paired_difference(a: list[float], b: list[float], *, confidence: float = 0.95) -> PairedDifference:
-    """Paired comparison of two arms measured on the same seeds (``a[i]`` and ``b[i]`` share seed i):
-    d_i = a_i − b_i, mean d̄ ± t_{n−1} s_d/√n, and p = 2 P(T_{n−1} > |d̄|/(s_d/√n)).
+    r"""Paired comparison of two arms measured on the same seeds (``a[i]`` and ``b[i]`` share seed i):
+    :math:`d_i = a_i - b_i`, mean :math:`\bar d \pm t_{n-1} s_d/\sqrt{n}`, and
+    :math:`p = 2 P(T_{n-1} > |\bar d| / (s_d/\sqrt{n}))`.
 
     Needs at least two pairs; a zero spread gives p = 0 (or 1 when the mean is 0 as well)."""
     if len(a) != len(b):

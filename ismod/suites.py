@@ -17,7 +17,7 @@ from .experiments import CONFIGS, Config, Result, load_saved, run_or_load
 from .scale import by_scale
 from .stats import holm, paired_difference
 
-__all__ = ["SUITES", "chapter3", "chapter3_variants", "chapter3_high_lr", "chapter3_long", "chapter5", "chapter5_tau", "chapter6",
+__all__ = ["SUITES", "chapter3", "chapter3_variants", "chapter3_high_lr", "chapter3_long", "chapter4", "chapter5", "chapter5_tau", "chapter6",
            "chapter7", "chapter7_label", "CHAPTER7_STRATEGIES", "CHAPTER7_AUGMENTATIONS", "CHAPTER7_BUDGETS", "run_suite", "summarize",
            "markdown_table", "budget_curves", "accuracy_difference", "compare", "verdict_table", "fast_base", "ALPHA",
            "load_suite", "provenance_summary", "chapter7_pairs", "gpu_pilots", "estimate_seconds",
@@ -129,7 +129,7 @@ def chapter3_variants(scale: str) -> Suite:
     """The stronger variants on the same budget, with crop+flip: fixes for the drift, online batch
     selection, prioritised replay, and Arazo et al.'s baselines."""
     base = _chapter3_base(scale)
-    seeds = _seeds(scale)
+    seeds = range(3) if scale == "gpu" else _seeds(scale)  # gpu: 3 seeds keep all gpu grids within 20 minutes
     last = _report_options(scale, "last-loss")
     arms = {
         "softmax T=0.1": ("loss", {**last, "temperature": 0.1, "smoothing": 0.1}),
@@ -166,6 +166,23 @@ def chapter3_long(scale: str) -> Suite:
     out["last-loss + 10% smoothing, 30 epochs"] = _arm(base.replace(name="ch3-long"), "last-loss-smoothed", "loss",
                                                        smoothed, range(1), crop=False, flip=False)  # fmt: skip
     return out
+
+
+def chapter4(scale: str) -> Suite:
+    """Chapter 4's gradient probes: per-sample losses, upper bounds and exact gradient norms of 1,024
+    fixed training samples recorded at each evaluation point. ``gpu``: the fast network without label
+    smoothing (its pilot is seed 0), three seeds; ``cpu``: the small CNN on 10,000 images; ``smoke``:
+    seconds."""
+    base = by_scale(
+        scale,
+        smoke=CONFIGS["cifar10-small-probe"].replace(subset=512, test_subset=256, batch_size=64, budget_amount=2,
+                                                     evaluations=2, probe_size=32),
+        cpu=CONFIGS["cifar10-small-probe"],
+        gpu=gpu_pilots()["gradient probe (ch4)"],
+        paper=CONFIGS["cifar10-small-probe"].replace(subset=None, budget_amount=20, evaluations=8),
+    )  # fmt: skip
+    seeds = by_scale(scale, smoke=1, cpu=3, gpu=3)
+    return {"probe": [base.replace(seed=k) for k in range(seeds)]}
 
 
 def _chapter5_base(scale: str) -> Config:
@@ -302,7 +319,7 @@ def chapter7(scale: str) -> Suite:
 
 
 SUITES = {"chapter3": chapter3, "chapter3_variants": chapter3_variants, "chapter3_high_lr": chapter3_high_lr,
-          "chapter3_long": chapter3_long,
+          "chapter3_long": chapter3_long, "chapter4": chapter4,
           "chapter5": chapter5, "chapter5_tau": chapter5_tau, "chapter6": chapter6, "chapter7": chapter7}
 
 
@@ -371,7 +388,7 @@ def estimate_seconds(configs: list[Config], device: str | Any = None, *, step_ti
     return total
 
 
-def run_suite(suite: Suite, results_dir: str | os.PathLike, *, scale: str = "", progress: bool = False,
+def run_suite(suite: Suite, results_dir: str | os.PathLike, *, scale: str = "", progress: bool | None = None,
               max_minutes: float | None | str = "default", if_over_budget: str = "saved",
               **run_kwargs: Any) -> dict[str, list[Result]]:  # fmt: skip
     """Every config of ``suite`` through :func:`~ismod.experiments.run_or_load` (saved results reused).
@@ -380,12 +397,16 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, scale: str = "", 
     prediction printed. If it exceeds ``max_minutes`` (default :func:`default_max_minutes` of
     ``scale``; ``None`` for no limit), nothing is trained: with ``if_over_budget="saved"`` the saved
     results that exist are returned (any data source, each with its provenance) — :class:`GridOverBudget`
-    is raised when there are none, and always with ``"raise"``. A bar counts the grid's runs when ``progress`` is set."""
+    is raised when there are none, and always with ``"raise"``. A bar counts the grid's runs when ``progress`` is set (by default at
+    ``"gpu"`` and ``"paper"`` scale, where a grid takes minutes or more)."""
     if if_over_budget not in ("saved", "raise"):
         raise ValueError(f"if_over_budget must be 'saved' or 'raise', got {if_over_budget!r}")
     limit = default_max_minutes(scale) if max_minutes == "default" else max_minutes
     missing = [c for configs in suite.values() for c in configs
                if load_saved(c, results_dir, data=data_source(c.dataset, run_kwargs.get("data_root"))) is None]  # fmt: skip
+    if missing and scale in ("gpu", "paper") and not _cuda():
+        print(f"scale {scale!r} asked for on a machine without CUDA: its runs would train on the CPU, slowly",
+              flush=True)  # fmt: skip
     if missing and limit is not None:
         seconds = estimate_seconds(missing, run_kwargs.get("device"))
         device = run_kwargs.get("device") or _default_device()
@@ -401,7 +422,7 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, scale: str = "", 
             print(message + "; showing the saved results instead", flush=True)
             return saved
     bar = None
-    if progress:
+    if progress if progress is not None else scale in ("gpu", "paper"):
         from tqdm.auto import tqdm
 
         bar = tqdm(total=sum(len(v) for v in suite.values()), desc="grid", unit="run")
@@ -415,6 +436,12 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, scale: str = "", 
     if bar is not None:
         bar.close()
     return out
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _default_device() -> str:

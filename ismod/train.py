@@ -8,6 +8,7 @@ for the device: losses accumulate on it and are read at evaluation points.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass
@@ -22,10 +23,11 @@ from torch import nn
 from ._io import replace_atomically
 from .augment import Augment
 from .data import ImageData
-from .distributed import World
+from .process_group import World
 from .strategies.base import Strategy
 
-__all__ = ["TrainSettings", "SCHEDULES", "BUDGETS", "lr_factor", "amp_dtype", "evaluate", "fit"]
+__all__ = ["TrainSettings", "SCHEDULES", "BUDGETS", "lr_factor", "amp_dtype", "evaluate", "fit", "sgd",
+           "cross_entropy_loss", "check_field_types"]
 
 SCHEDULES: tuple[str, ...] = ("constant", "step", "linear", "onecycle")
 BUDGETS: tuple[str, ...] = ("epochs", "steps", "seconds")
@@ -62,11 +64,14 @@ class TrainSettings:
     bias_lr_scale: float = 1.0  # != 1: batch-norm parameters get lr × this and decay wd / this (airbench)
     lookahead: bool = False  # airbench's lookahead: every 5 steps pull the weights toward a slow average
     tta: int = 0  # test-time augmentation in evaluation: 0 none, 1 mirror, 2 mirror + 1-pixel shifts
+    compile: bool = False  # torch.compile the model for training steps (its first steps then compile)
     checkpoint_every_steps: int = 250
     checkpoint_every_seconds: float = 300.0
 
     def validate(self, num_items: int) -> None:
-        """Fail before any training, naming the field."""
+        """Fail before any training, naming the field: its type first (a value from the command line
+        arrives as text), then its range."""
+        check_field_types(self)
         checks = [
             (self.batch_size >= 1, "batch_size must be >= 1"),
             (self.batch_size <= num_items, f"batch_size {self.batch_size} exceeds the {num_items} training samples"),
@@ -78,6 +83,11 @@ class TrainSettings:
             (all(0 < m < 1 for m in self.milestones), "milestones must be fractions of the budget in (0, 1)"),
             (self.evaluations >= 1, "evaluations must be >= 1"),
             (0 <= self.label_smoothing < 1, "label_smoothing must lie in [0, 1)"),
+            (0 <= self.momentum < 1, f"momentum must lie in [0, 1), got {self.momentum}"),
+            (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
+            (self.gamma > 0, f"gamma must be > 0, got {self.gamma}"),
+            (self.checkpoint_every_steps >= 1, "checkpoint_every_steps must be >= 1"),
+            (self.checkpoint_every_seconds > 0, "checkpoint_every_seconds must be > 0"),
             (0 <= self.final_lr <= 1, f"final_lr (a fraction of lr) must lie in [0, 1], got {self.final_lr}"),
             (0 <= self.initial_lr <= 1, f"initial_lr (a fraction of lr) must lie in [0, 1], got {self.initial_lr}"),
             (self.bias_lr_scale > 0, f"bias_lr_scale must be > 0, got {self.bias_lr_scale}"),
@@ -88,6 +98,39 @@ class TrainSettings:
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
+
+
+_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "True or False", "str": "a string",
+               "tuple[float, ...]": "a tuple of numbers", "dict[str, Any]": "a dict", "int | None": "an integer or None"}
+
+
+def _type_ok(value: Any, annotation: str) -> bool:
+    if annotation == "bool":
+        return isinstance(value, bool)
+    if annotation == "int":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if annotation == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation == "str":
+        return isinstance(value, str)
+    if annotation == "int | None":
+        return value is None or _type_ok(value, "int")
+    if annotation == "tuple[float, ...]":
+        return isinstance(value, (tuple, list)) and all(_type_ok(v, "float") for v in value)
+    if annotation == "dict[str, Any]":
+        return isinstance(value, dict)
+    return True  # an annotation this check does not know is left to the range checks
+
+
+def check_field_types(settings: Any) -> None:
+    """Raise ``TypeError`` naming the first field of the dataclass ``settings`` whose value has the
+    wrong type for its annotation, e.g. ``lr must be a number, got 'abc' (str)``."""
+    for f in dataclasses.fields(settings):
+        value = getattr(settings, f.name)
+        annotation = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if not _type_ok(value, annotation):
+            raise TypeError(f"{f.name} must be {_TYPE_NAMES.get(annotation, annotation)}, got {value!r} "
+                            f"({type(value).__name__})")  # fmt: skip
 
 
 def lr_factor(settings: TrainSettings, progress: float) -> float:
@@ -145,8 +188,8 @@ def evaluate(model: nn.Module, data: ImageData, augment: Augment, *, batch_size:
              amp: bool = False, channels_last: bool = False, world: World | None = None,
              tta: int = 0) -> tuple[float, float]:  # fmt: skip
     """(accuracy, mean cross-entropy) of ``model`` on ``data``, without augmentation (or with
-    test-time augmentation ``tta``, see :func:`_tta_logits`). With ``world``, each rank evaluates every
-    K-th sample and the sums are added over ranks."""
+    test-time augmentation ``tta``: 1 adds the mirror image, 2 also one-pixel shifts). With ``world``,
+    each rank evaluates every K-th sample and the sums are added over ranks."""
     was_training = model.training
     model.eval()
     correct = torch.zeros((), device=data.labels.device)
@@ -247,6 +290,30 @@ class _Clock:
         return dict(self.totals)
 
 
+# (logits as float32, targets: class indices or probability vectors) -> per-sample losses, shape (B,)
+PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+OptimizerFactory = Callable[[list[dict[str, Any]]], torch.optim.Optimizer]
+
+
+def cross_entropy_loss(label_smoothing: float = 0.0) -> PerSampleLoss:
+    """The default per-sample loss: cross-entropy (hard or soft targets) with ``label_smoothing``."""
+
+    def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing)
+
+    return loss
+
+
+def sgd(settings: TrainSettings) -> OptimizerFactory:
+    """The default optimiser: SGD with ``settings``' momentum and Nesterov flag over the given groups."""
+
+    def make(groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
+        return torch.optim.SGD(groups, lr=settings.lr, momentum=settings.momentum,
+                               nesterov=settings.nesterov and settings.momentum > 0)  # fmt: skip
+
+    return make
+
+
 def fit(
     model: nn.Module,
     train: ImageData,
@@ -262,6 +329,8 @@ def fit(
     progress: bool = True,
     probe: Callable[[nn.Module], dict[str, Any]] | None = None,
     train_eval: ImageData | None = None,
+    optimizer: OptimizerFactory | None = None,
+    loss: PerSampleLoss | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` on ``train`` within the budget; return ``history``, ``timing`` and ``final``.
 
@@ -270,224 +339,193 @@ def fit(
     ``train_loss`` (mean per-sample loss since the previous record), ``test_accuracy``, ``test_loss``,
     ``lr`` and the strategy's summary, ``train_accuracy`` (of the trained batches since the previous
     record, against their labels' argmax), and with ``train_eval`` (a fixed set of training samples)
-    ``train_eval_loss`` and ``train_eval_accuracy`` on it, un-augmented. With ``checkpoint``, the full state is written there atomically
-    every ``checkpoint_every_steps`` steps or ``checkpoint_every_seconds`` seconds; ``resume=True``
-    continues from it (a killed run loses only the steps since), provided ``tag`` (the config hash)
-    matches. ``probe(model)``, if given, runs at each evaluation point (its time counted as
-    ``probe``, not training) and its return value is stored in the record under ``"probe"``.
+    ``train_eval_loss`` and ``train_eval_accuracy`` on it, un-augmented. With ``checkpoint``, the full
+    state is written there atomically every ``checkpoint_every_steps`` steps or
+    ``checkpoint_every_seconds`` seconds; ``resume=True`` continues from it (a killed run loses only the
+    steps since), provided ``tag`` (the config hash) matches. ``probe(model)``, if given, runs at each
+    evaluation point (its time counted as ``probe``, not training) and its return value is stored in
+    the record under ``"probe"``.
+
+    ``optimizer`` builds the optimiser from parameter groups (default :func:`sgd`); the schedule sets
+    each group's learning rate. ``loss`` maps (logits, targets) to per-sample losses (default
+    :func:`cross_entropy_loss` with ``settings.label_smoothing``); scoring passes use the same loss, so a
+    sample's training and scoring losses agree.
 
     Under ``torch.distributed`` (see :mod:`ismod.distributed`), ``settings.batch_size`` is the global
     batch: every rank selects and augments the same global batch, trains on its slice, averages
     gradients, and all-gathers losses and logits for the strategy; only rank 0 writes the checkpoint.
     """
-    settings.validate(len(train))
-    world = World.current()
-    if world is not None:
-        if settings.batch_size % world.size:
-            raise ValueError(f"batch_size {settings.batch_size} (the global batch) is not divisible by the world size "
-                             f"{world.size}; choose a multiple of {world.size}")  # fmt: skip
-        world.check_same(tag, "config hash")
-        per_rank = settings.batch_size // world.size
-        local = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
-    device = train.images.device
-    n = len(train)
-    use_amp = settings.amp and device.type == "cuda"
-    dtype = amp_dtype(device)
-    # fp16 (GPUs before Ampere) needs loss scaling; bf16 has float32's range and does not. The scale
-    # starts at 2^10 (airbench's summed loss over 1024 samples, in effect): from the default 2^16 the
-    # fast network's batch-norm backward overflows and the first ten steps would be skipped.
-    scaler = torch.amp.GradScaler("cuda", init_scale=1024.0, enabled=use_amp and dtype == torch.float16)
-    channels_last = settings.channels_last
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    gen = torch.Generator(device=device).manual_seed(seed)
+    loop = _Loop(model, train, test, strategy, augment, settings, seed=seed, checkpoint=checkpoint, tag=tag,
+                 probe=probe, train_eval=train_eval, optimizer=optimizer, loss=loss)  # fmt: skip
+    if resume:
+        loop.restore()
+    return loop.run(progress)
 
-    def score_fn(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+
+class _Loop:
+    """One training run in named parts: budget and schedule, scoring, the step, recording, checkpoints."""
+
+    def __init__(self, model: nn.Module, train: ImageData, test: ImageData, strategy: Strategy, augment: Augment,
+                 settings: TrainSettings, *, seed: int, checkpoint: str | os.PathLike | None, tag: str,
+                 probe: Callable[[nn.Module], dict[str, Any]] | None, train_eval: ImageData | None,
+                 optimizer: OptimizerFactory | None, loss: PerSampleLoss | None) -> None:  # fmt: skip
+        settings.validate(len(train))
+        self.world = World.current()
+        self.local: slice | None = None
+        if self.world is not None:
+            world = self.world
+            if settings.batch_size % world.size:
+                raise ValueError(f"batch_size {settings.batch_size} (the global batch) is not divisible by the world "
+                                 f"size {world.size}; choose a multiple of {world.size}")  # fmt: skip
+            world.check_same(tag, "config hash")
+            per_rank = settings.batch_size // world.size
+            self.local = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
+        self.train, self.test, self.strategy, self.augment, self.settings = train, test, strategy, augment, settings
+        self.tag, self.probe, self.train_eval = tag, probe, train_eval
+        self.device = device = train.images.device
+        self.n = len(train)
+        self.use_amp = settings.amp and device.type == "cuda"
+        self.dtype = amp_dtype(device)
+        # fp16 (GPUs before Ampere) needs loss scaling; bf16 has float32's range and does not. The scale
+        # starts at 2^10 (airbench's summed loss over 1024 samples, in effect): from the default 2^16 the
+        # fast network's batch-norm backward overflows and the first ten steps would be skipped.
+        self.scaler = torch.amp.GradScaler("cuda", init_scale=1024.0, enabled=self.use_amp and self.dtype == torch.float16)
+        if settings.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        # the compiled module shares the model's parameters and buffers; evaluation and scoring use the
+        # plain model, so their other batch shapes trigger no recompilation
+        self.train_model = torch.compile(model) if settings.compile else model
+        self.loss = loss if loss is not None else cross_entropy_loss(settings.label_smoothing)
+        self.gen = torch.Generator(device=device).manual_seed(seed)
+        strategy.setup(self.n, settings.batch_size, device, self.gen, self.score, train.labels)
+        self.optimizer = (optimizer or sgd(settings))(_param_groups(model, settings))
+        self.lookahead = _Lookahead(model) if settings.lookahead else None
+        self.total_steps = self._total_steps()
+        self.state: dict[str, Any] = {"step": 0, "train_time": 0.0, "history": [], "next_eval": 0,
+                                      "loss_sum": torch.zeros((), device=device), "loss_count": 0,
+                                      "correct_sum": torch.zeros((), device=device)}  # fmt: skip
+        self.clock = _Clock(device)
+        self.ckpt_path = Path(checkpoint) if checkpoint is not None else None
+        if self.ckpt_path is not None:
+            strategy.state_dict()  # a strategy that cannot be checkpointed fails now, not at the first save
+
+    # --- budget and schedule ----------------------------------------------------------------------
+
+    def _total_steps(self) -> int | None:
+        s = self.settings
+        if s.budget == "epochs":
+            return max(1, round(s.budget_amount * self.n / s.batch_size))
+        if s.budget == "steps":
+            return int(s.budget_amount)
+        return None  # seconds: the clock decides
+
+    def progress_of(self, step: int) -> float:
+        if self.total_steps is not None:
+            return step / self.total_steps
+        return self.state["train_time"] / self.settings.budget_amount
+
+    def finished(self, step: int) -> bool:
+        if self.total_steps is not None:
+            return step >= self.total_steps
+        return self.state["train_time"] >= self.settings.budget_amount
+
+    def due_for_eval(self, step: int) -> bool:
+        k = self.state["next_eval"]
+        if k > self.settings.evaluations:
+            return False
+        return self.progress_of(step) >= k / self.settings.evaluations - 1e-12
+
+    def set_learning_rate(self, step: int) -> None:
+        factor = lr_factor(self.settings, self.progress_of(step))
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.settings.lr * factor * group["lr_scale"]
+
+    # --- scoring ------------------------------------------------------------------------------------
+
+    def score(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Losses and logits of ``indices``, un-augmented, without autograd, in chunks of ``_SCORE_CHUNK``
-        (split over ranks and gathered, when distributed)."""
-        if world is None:
-            return score_local(indices)
-        losses, logits = score_local(world.shard(indices))
-        return world.unshard(losses, indices.numel()), world.unshard(logits, indices.numel())
+        (split over ranks and gathered, when distributed): the strategies' ``score_fn``."""
+        if self.world is None:
+            return self._score_local(indices)
+        losses, logits = self._score_local(self.world.shard(indices))
+        return self.world.unshard(losses, indices.numel()), self.world.unshard(logits, indices.numel())
 
-    def score_local(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _score_local(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # inference mode (BatchNorm's running statistics, as Katharopoulos & Fleuret's library scores):
         # a sample's score does not depend on the chunk it is scored with, and no buffer moves
+        model = self.model
         was_training = model.training
         model.eval()
         losses, logits = [], []
         for start in range(0, indices.numel(), _SCORE_CHUNK):
             part = indices[start : start + _SCORE_CHUNK]
-            x, y = augment(train.images[part], train.labels[part], train=False)
-            if channels_last:
+            x, y = self.augment(self.train.images[part], self.train.labels[part], train=False)
+            if self.settings.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=use_amp):
+            with torch.no_grad(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.use_amp):
                 z = model(x).float()
-            losses.append(F.cross_entropy(z, y, reduction="none"))
+            losses.append(self._per_sample_loss(z, y))
             logits.append(z)
         model.train(was_training)
         return torch.cat(losses), torch.cat(logits)
 
-    strategy.setup(n, settings.batch_size, device, gen, score_fn, train.labels)
-    optimizer = torch.optim.SGD(_param_groups(model, settings), lr=settings.lr, momentum=settings.momentum,
-                                nesterov=settings.nesterov and settings.momentum > 0)  # fmt: skip
+    def _per_sample_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        losses = self.loss(logits, targets)
+        if losses.shape != (logits.shape[0],):
+            raise ValueError(f"loss must return one loss per sample, shape ({logits.shape[0]},), got shape "
+                             f"{tuple(losses.shape)}; use reduction='none'")  # fmt: skip
+        return losses
 
-    if settings.budget == "epochs":
-        total_steps: int | None = max(1, round(settings.budget_amount * n / settings.batch_size))
-    elif settings.budget == "steps":
-        total_steps = int(settings.budget_amount)
-    else:
-        total_steps = None
+    # --- one step -------------------------------------------------------------------------------------
 
-    lookahead = _Lookahead(model) if settings.lookahead else None
-    state: dict[str, Any] = {"step": 0, "train_time": 0.0, "history": [], "next_eval": 0,
-                             "loss_sum": torch.zeros((), device=device), "loss_count": 0,
-                             "correct_sum": torch.zeros((), device=device)}  # fmt: skip
-    clock = _Clock(device)
-    ckpt_path = Path(checkpoint) if checkpoint is not None else None
-    if resume and ckpt_path is not None and ckpt_path.exists():
-        saved = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if saved["tag"] != tag:
-            raise ValueError(f"checkpoint {ckpt_path} belongs to another config (hash {saved['tag']}, not {tag})")
-        model.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        strategy.load_state_dict(saved["strategy"])
-        augment.load_state_dict(saved["augment"])
-        gen.set_state(saved["generator"].cpu())
-        scaler.load_state_dict(saved["scaler"])
-        if lookahead is not None:
-            lookahead.slow = saved["lookahead"]
-        torch.set_rng_state(saved["torch_rng"].cpu())
-        state.update(saved["loop"])
-        clock.totals.update(saved["timing"])
-
-    def progress_of(step: int) -> float:
-        if total_steps is not None:
-            return step / total_steps
-        return state["train_time"] / settings.budget_amount
-
-    def due_for_eval(step: int) -> bool:
-        k = state["next_eval"]
-        if k > settings.evaluations:
-            return False
-        return progress_of(step) >= k / settings.evaluations - 1e-12
-
-    def tell_step_times() -> None:
-        done = state["step"]
-        if done:
-            totals = clock.settle()
-            times = [totals["forward"] / done, totals["backward"] / done]
-            if world is not None:  # one τ_th on every rank
-                times = world.reduce_floats(times, "mean")
-            strategy.set_step_times(*times)
-
-    def record(step: int) -> None:
-        if device.type == "cuda":  # the steps still queued on the device belong to training time
-            start = time.perf_counter()
-            torch.cuda.synchronize(device)
-            state["train_time"] += time.perf_counter() - start
-        start = time.perf_counter()
-        accuracy, test_loss = evaluate(model, test, augment, amp=use_amp, channels_last=channels_last, world=world,
-                                       tta=settings.tta)  # fmt: skip
-        count = state["loss_count"]
-        state["history"].append({
-            "step": step, "epoch": step * settings.batch_size / n, "wall_time": state["train_time"],
-            "samples_seen": step * settings.batch_size,
-            "train_loss": float(state["loss_sum"]) / count if count else None,  # None: nothing trained yet
-            "train_accuracy": float(state["correct_sum"]) / count if count else None,
-            "test_accuracy": accuracy, "test_loss": test_loss,
-            "lr": settings.lr * lr_factor(settings, progress_of(step)), **strategy.summary(),
-        })  # fmt: skip
-        if train_eval is not None:
-            acc, loss = evaluate(model, train_eval, augment, amp=use_amp, channels_last=channels_last, world=world)
-            state["history"][-1].update(train_eval_accuracy=acc, train_eval_loss=loss)
-        clock.totals["evaluation"] = clock.totals.get("evaluation", 0.0) + time.perf_counter() - start
-        if probe is not None:
-            start = time.perf_counter()
-            state["history"][-1]["probe"] = probe(model)
-            clock.totals["probe"] = clock.totals.get("probe", 0.0) + time.perf_counter() - start
-        state["loss_sum"] = torch.zeros((), device=device)
-        state["correct_sum"] = torch.zeros((), device=device)
-        state["loss_count"] = 0
-        state["next_eval"] += 1
-        tell_step_times()
-
-    def save_checkpoint() -> None:
-        if ckpt_path is None or (world is not None and world.rank != 0):
-            return
-        state_blob = {
-            "tag": tag, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-            "strategy": strategy.state_dict(), "augment": augment.state_dict(), "generator": gen.get_state(),
-            "torch_rng": torch.get_rng_state(), "loop": state, "timing": clock.settle(),
-            "scaler": scaler.state_dict(), "lookahead": lookahead.slow if lookahead is not None else None,
-        }  # fmt: skip
-        replace_atomically(ckpt_path, lambda tmp: torch.save(state_blob, tmp))
-
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=total_steps if total_steps is not None else round(settings.budget_amount),
-                   initial=state["step"] if total_steps is not None else 0, leave=False,
-                   unit="step" if total_steps is not None else "s", desc=tag[:8] or "train")  # fmt: skip
-
-    model.train()
-    last_save_time = time.perf_counter()
-    last_save_step = state["step"]
-    while True:
+    def step(self) -> None:
+        """Select, augment, forward, weight, backward, (all-reduce), update, observe; time each phase."""
+        state, clock, world, strategy = self.state, self.clock, self.world, self.strategy
         step = state["step"]
-        finished = step >= total_steps if total_steps is not None else state["train_time"] >= settings.budget_amount
-        if finished and lookahead is not None:
-            lookahead.finish()  # the weights take the slow copy before the last evaluation
-        if due_for_eval(step):
-            record(step)
-            if bar is not None:
-                bar.set_postfix(test_acc=f"{state['history'][-1]['test_accuracy']:.3f}")
-        if finished:
-            while state["next_eval"] <= settings.evaluations:  # a seconds budget can end between points
-                record(step)
-            break
         wall_start = time.perf_counter()
-        factor = lr_factor(settings, progress_of(step))
-        for group in optimizer.param_groups:
-            group["lr"] = settings.lr * factor * group["lr_scale"]
-
-        strategy.progress = progress_of(step)
+        self.set_learning_rate(step)
+        strategy.progress = self.progress_of(step)
         t0 = clock.mark()
         indices, weights = strategy.select(step)
         t1 = clock.mark()
-        x, y = augment(train.images[indices], train.labels[indices], generator=gen)
+        x, y = self.augment(self.train.images[indices], self.train.labels[indices], generator=self.gen)
         y_global = y
-        if world is not None:  # the whole global batch was augmented, as one process would; train on a slice
-            x, y = x[local], y[local]
-            weights = weights[local] if weights is not None else None
-        if channels_last:
+        if self.local is not None:  # the whole global batch was augmented, as one process would; train on a slice
+            x, y = x[self.local], y[self.local]
+            weights = weights[self.local] if weights is not None else None
+        if self.settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         t2 = clock.mark()
-        with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
-            logits = model(x)
-        losses = F.cross_entropy(logits.float(), y, reduction="none", label_smoothing=settings.label_smoothing)
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.use_amp):
+            logits = self.train_model(x)
+        losses = self._per_sample_loss(logits.float(), y)
         loss = (losses * weights).mean() if weights is not None else losses.mean()
         t_forward = clock.mark()
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
         t3 = clock.mark()
         if world is not None:
-            world.average_([p.grad for p in model.parameters() if p.grad is not None])
+            world.average_([p.grad for p in self.model.parameters() if p.grad is not None])
         t_reduced = clock.mark()
-        scaler.step(optimizer)
-        scaler.update()
-        if lookahead is not None:
-            lookahead.step(step + 1, total_steps)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.lookahead is not None:
+            self.lookahead.step(step + 1, self.total_steps)
         t4 = clock.mark()
         detached, seen_logits = losses.detach(), logits.detach()
         if world is not None:  # every rank's strategy observes the whole global batch
             detached, seen_logits = world.all_gather_cat(detached), world.all_gather_cat(seen_logits)
         t_gathered = clock.mark()
-        strategy.observe(indices, detached, seen_logits)
+        if self.augment.soft_targets and strategy.uses_observations:
+            # a mixed output holds several samples: the strategy observes each sample's own clean score
+            strategy.observe(indices, *self.score(indices))
+        else:
+            strategy.observe(indices, detached, seen_logits)
         t5 = clock.mark()
         state["loss_sum"] += detached.sum()
-        state["correct_sum"] += (seen_logits.argmax(1) == (y_global if y_global.dim() == 1 else y_global.argmax(1))).sum()
+        labels = y_global if y_global.dim() == 1 else y_global.argmax(1)
+        state["correct_sum"] += (seen_logits.argmax(1) == labels).sum()
         state["loss_count"] += detached.numel()
         for phase, a, b in (("selection", t0, t1), ("data", t1, t2), ("forward_backward", t2, t3),
                             ("communication", t3, t_reduced), ("optimizer", t_reduced, t4),
@@ -496,32 +534,148 @@ def fit(
             clock.add(phase, a, b)
         state["step"] = step + 1
         if state["step"] == _FIRST_TIMING_STEP:
-            tell_step_times()
+            self.tell_step_times()
         elapsed = time.perf_counter() - wall_start
-        if world is not None and total_steps is None:  # a seconds budget ends on the same step everywhere
+        if world is not None and self.total_steps is None:  # a seconds budget ends on the same step everywhere
             elapsed = world.reduce_floats([elapsed], "max")[0]
         state["train_time"] += elapsed
+
+    def tell_step_times(self) -> None:
+        done = self.state["step"]
+        if done:
+            totals = self.clock.settle()
+            times = [totals["forward"] / done, totals["backward"] / done]
+            if self.world is not None:  # one τ_th on every rank
+                times = self.world.reduce_floats(times, "mean")
+            self.strategy.set_step_times(*times)
+
+    # --- recording --------------------------------------------------------------------------------------
+
+    def record(self, step: int) -> None:
+        """Evaluate and append a history record (evaluation and probe time are not training time)."""
+        state, settings = self.state, self.settings
+        if self.device.type == "cuda":  # the steps still queued on the device belong to training time
+            start = time.perf_counter()
+            torch.cuda.synchronize(self.device)
+            state["train_time"] += time.perf_counter() - start
+        start = time.perf_counter()
+        kwargs = dict(amp=self.use_amp, channels_last=settings.channels_last, world=self.world)
+        accuracy, test_loss = evaluate(self.model, self.test, self.augment, tta=settings.tta, **kwargs)
+        count = state["loss_count"]
+        state["history"].append({
+            "step": step, "epoch": step * settings.batch_size / self.n, "wall_time": state["train_time"],
+            "samples_seen": step * settings.batch_size,
+            "train_loss": float(state["loss_sum"]) / count if count else None,  # None: nothing trained yet
+            "train_accuracy": float(state["correct_sum"]) / count if count else None,
+            "test_accuracy": accuracy, "test_loss": test_loss,
+            "lr": settings.lr * lr_factor(settings, self.progress_of(step)), **self.strategy.summary(),
+        })  # fmt: skip
+        if self.train_eval is not None:
+            acc, loss = evaluate(self.model, self.train_eval, self.augment, **kwargs)
+            state["history"][-1].update(train_eval_accuracy=acc, train_eval_loss=loss)
+        totals = self.clock.totals
+        totals["evaluation"] = totals.get("evaluation", 0.0) + time.perf_counter() - start
+        if self.probe is not None:
+            start = time.perf_counter()
+            state["history"][-1]["probe"] = self.probe(self.model)
+            totals["probe"] = totals.get("probe", 0.0) + time.perf_counter() - start
+        state["loss_sum"] = torch.zeros((), device=self.device)
+        state["correct_sum"] = torch.zeros((), device=self.device)
+        state["loss_count"] = 0
+        state["next_eval"] += 1
+        self.tell_step_times()
+
+    # --- checkpoints --------------------------------------------------------------------------------------
+
+    def save_checkpoint(self) -> None:
+        if self.ckpt_path is None or (self.world is not None and self.world.rank != 0):
+            return
+        blob = {
+            "tag": self.tag, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "strategy": self.strategy.state_dict(), "augment": self.augment.state_dict(),
+            "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "loop": self.state,
+            "timing": self.clock.settle(), "scaler": self.scaler.state_dict(),
+            "lookahead": self.lookahead.slow if self.lookahead is not None else None,
+        }  # fmt: skip
+        replace_atomically(self.ckpt_path, lambda tmp: torch.save(blob, tmp))
+
+    def restore(self) -> None:
+        """Continue from the checkpoint, if there is one (it must carry this run's tag)."""
+        if self.ckpt_path is None or not self.ckpt_path.exists():
+            return
+        saved = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+        if saved["tag"] != self.tag:
+            raise ValueError(f"checkpoint {self.ckpt_path} belongs to another config (hash {saved['tag']}, not {self.tag})")
+        self.model.load_state_dict(saved["model"])
+        self.optimizer.load_state_dict(saved["optimizer"])
+        self.strategy.load_state_dict(saved["strategy"])
+        self.augment.load_state_dict(saved["augment"])
+        self.gen.set_state(saved["generator"].cpu())
+        torch.set_rng_state(saved["torch_rng"].cpu())
+        self.scaler.load_state_dict(saved["scaler"])
+        if self.lookahead is not None:
+            self.lookahead.slow = saved["lookahead"]
+        self.state.update(saved["loop"])
+        self.clock.totals.update(saved["timing"])
+
+    # --- the loop -------------------------------------------------------------------------------------------
+
+    def run(self, progress: bool) -> dict[str, Any]:
+        bar = self._progress_bar() if progress else None
+        self.model.train()
+        last_save_time, last_save_step = time.perf_counter(), self.state["step"]
+        while True:
+            step = self.state["step"]
+            finished = self.finished(step)
+            if finished and self.lookahead is not None:
+                self.lookahead.finish()  # the weights take the slow copy before the last evaluation
+            if self.due_for_eval(step):
+                self.record(step)
+                if bar is not None:
+                    bar.set_postfix(test_acc=f"{self.state['history'][-1]['test_accuracy']:.3f}")
+            if finished:
+                while self.state["next_eval"] <= self.settings.evaluations:  # a seconds budget can end between points
+                    self.record(step)
+                break
+            self.step()
+            if bar is not None:
+                self._advance(bar)
+            if self.ckpt_path is not None and (
+                self.state["step"] - last_save_step >= self.settings.checkpoint_every_steps
+                or time.perf_counter() - last_save_time >= self.settings.checkpoint_every_seconds
+            ):
+                self.save_checkpoint()
+                last_save_time, last_save_step = time.perf_counter(), self.state["step"]
         if bar is not None:
-            bar.update(1 if total_steps is not None else 0)
-            if total_steps is None:
-                bar.n = min(round(state["train_time"]), bar.total)
-                bar.refresh()
-        if ckpt_path is not None and (
-            state["step"] - last_save_step >= settings.checkpoint_every_steps
-            or time.perf_counter() - last_save_time >= settings.checkpoint_every_seconds
-        ):
-            save_checkpoint()
-            last_save_time, last_save_step = time.perf_counter(), state["step"]
-    if bar is not None:
-        bar.close()
-    save_checkpoint()
-    timing = clock.settle()
-    steps = max(state["step"], 1)
-    last = state["history"][-1]
-    final = {
-        "steps": state["step"], "epochs": state["step"] * settings.batch_size / n, "train_time": state["train_time"],
-        "test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"], "train_loss": last["train_loss"],
-        "images_per_second": state["step"] * settings.batch_size / max(state["train_time"], 1e-9),
-    }  # fmt: skip
-    timing_out = {**timing, "per_step": {k: v / steps for k, v in timing.items() if k in PHASES + SUBPHASES}}
-    return {"history": state["history"], "timing": timing_out, "final": final}
+            bar.close()
+        self.save_checkpoint()
+        return self._output()
+
+    def _progress_bar(self) -> Any:
+        from tqdm.auto import tqdm
+
+        steps = self.total_steps
+        return tqdm(total=steps if steps is not None else round(self.settings.budget_amount),
+                    initial=self.state["step"] if steps is not None else 0, leave=False,
+                    unit="step" if steps is not None else "s", desc=self.tag[:8] or "train")  # fmt: skip
+
+    def _advance(self, bar: Any) -> None:
+        if self.total_steps is not None:
+            bar.update(1)
+        else:
+            bar.n = min(round(self.state["train_time"]), bar.total)
+            bar.refresh()
+
+    def _output(self) -> dict[str, Any]:
+        state = self.state
+        timing = self.clock.settle()
+        steps = max(state["step"], 1)
+        last = state["history"][-1]
+        final = {
+            "steps": state["step"], "epochs": state["step"] * self.settings.batch_size / self.n,
+            "train_time": state["train_time"], "test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"],
+            "train_loss": last["train_loss"],
+            "images_per_second": state["step"] * self.settings.batch_size / max(state["train_time"], 1e-9),
+        }  # fmt: skip
+        timing_out = {**timing, "per_step": {k: v / steps for k, v in timing.items() if k in PHASES + SUBPHASES}}
+        return {"history": state["history"], "timing": timing_out, "final": final}

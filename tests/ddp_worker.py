@@ -109,3 +109,43 @@ def sampler_loop(rank: int, size: int, port: int, out_dir: str, kwargs: dict[str
         torch.save({"batches": batches, "scores": sampler.scores.clone()}, Path(out_dir) / f"rank{rank}.pt")
     finally:
         torch.distributed.destroy_process_group()
+
+
+def bn_scores(strategy_name: str | None = None) -> dict[str, Any]:
+    """With a BatchNorm model (the shipped small CNN) and fixed weights: the trainer's scoring pass over
+    48 samples, and one selection of the strategy built on it — what a rank computes, or one process."""
+    from ismod.augment import Augment
+    from ismod.models import build_model
+    from ismod.strategies import build_strategy
+    from ismod.train import TrainSettings, _Loop
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn", CLASSES)
+    with torch.no_grad():  # running statistics that differ from a fresh model's, as after training
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    strategy = build_strategy(strategy_name or "uniform", {"threshold": 1.0} if strategy_name == "presample" else {})
+    settings = TrainSettings(batch_size=GLOBAL_BATCH, budget="steps", budget_amount=1, evaluations=1)
+    loop = _Loop(model, synthetic(N, 1), synthetic(40, 2), strategy, Augment(num_classes=CLASSES), settings, seed=0,
+                 checkpoint=None, tag="bn", probe=None, train_eval=None, optimizer=None, loss=None)  # fmt: skip
+    losses, logits = loop.score(torch.arange(48))
+    out: dict[str, Any] = {"losses": losses, "logits": logits}
+    if strategy_name is not None:
+        strategy.tau = torch.tensor(5.0, dtype=torch.float64)  # above τ_th = 1: the next step samples by score
+        out["selected"] = strategy.select(0)
+    return out
+
+
+def bn_worker(rank: int, size: int, port: int, out_dir: str, kwargs: dict[str, Any]) -> None:
+    from ismod.distributed import join_local
+
+    torch.set_num_threads(1)
+    join_local(rank, size, port, "gloo", timeout_s=20)
+    try:
+        torch.save(bn_scores(**kwargs), Path(out_dir) / f"rank{rank}.pt")
+    except Exception as err:
+        (Path(out_dir) / f"rank{rank}.err").write_text(f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
+    finally:
+        torch.distributed.destroy_process_group()

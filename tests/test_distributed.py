@@ -14,12 +14,17 @@ from ismod.distributed import World, free_port
 
 pytestmark = pytest.mark.slow
 
+from ismod.strategies import STRATEGIES as REGISTRY
+
 STRATEGIES = {
     "uniform": ("uniform", {}),
     "loss": ("loss", {"score": "last", "subset": 0.5, "warmup_epochs": 1}),
     # the switch forced (τ_th = 1), so that presamples are scored, split over ranks and resampled
     "upper bound, τ": ("presample", {"score": "bound", "threshold": 1.0, "tau_momentum": 0.0}),
 }
+# every other registered strategy with its defaults (small-data options where a default needs more data)
+SMALL = {"selective_backprop": {"history": 32}, "prediction_subset": {"kind": "p", "subset": 0.5}}
+STRATEGIES.update({name: (name, SMALL.get(name, {})) for name in REGISTRY if name not in ("uniform", "loss", "presample")})
 
 
 def spawn(tmp_path, size: int = 2, timeout: float = 120, target=ddp_worker.worker, **kwargs):
@@ -140,3 +145,19 @@ def test_importance_sampler_in_a_ddp_loader_loop_matches_one_process(tmp_path):
 
 def test_not_distributed_means_no_world():
     assert World.current() is None
+
+
+@pytest.mark.parametrize("strategy_name", [None, "presample"])
+def test_scores_and_selections_of_a_batch_norm_model_do_not_depend_on_the_sharding(strategy_name, tmp_path):
+    """Scoring runs in inference mode, so with the same weights a sample's score is the same whichever
+    rank (and chunk) scores it, and 2 processes select exactly as 1 — for a model with BatchNorm."""
+    single = ddp_worker.bn_scores(strategy_name)
+    ranks = spawn(tmp_path, target=ddp_worker.bn_worker, strategy_name=strategy_name)
+    assert set(ranks) == {0, 1} and all(isinstance(v, dict) for v in ranks.values()), ranks
+    for r in (0, 1):
+        torch.testing.assert_close(ranks[r]["losses"], single["losses"], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(ranks[r]["logits"], single["logits"], rtol=1e-5, atol=1e-6)
+    if strategy_name is not None:
+        (idx, w), (idx1, w1) = single["selected"], ranks[0]["selected"]
+        assert torch.equal(idx, idx1) and torch.equal(ranks[1]["selected"][0], idx1)
+        torch.testing.assert_close(w1, w)

@@ -161,3 +161,27 @@ def test_saved_results_are_served_only_for_the_same_data_and_behaviour(tmp_path)
     del old["behaviour_version"]  # results from before versions were recorded count as version 1
     Result(config.to_dict(), old, [], {}, {}).save(result_path(config, tmp_path))
     assert load_saved(config, tmp_path) is None
+
+
+def test_amp_dtype_is_fp16_before_ampere(monkeypatch):
+    from ismod import train
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))  # a T4
+    assert train.amp_dtype(torch.device("cuda")) == torch.float16
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))  # an A100
+    assert train.amp_dtype(torch.device("cuda")) == torch.bfloat16
+    assert train.amp_dtype(torch.device("cpu")) == torch.bfloat16
+
+
+def test_saved_results_are_found_from_a_colab_like_working_directory(tmp_path, monkeypatch):
+    # Colab's setup cell clones the repository and works from its book/ folder; results_dir("results")
+    # is relative to that working directory, as in the book's own build
+    book = tmp_path / "clone" / "book"
+    config = suites.chapter5("gpu")["uniform"][0]
+    saved = Result(config.to_dict(), {"behaviour_version": BEHAVIOUR_VERSION, "data_source": "CIFAR-10 (JPEG q75 copy)"},
+                   [], {}, {})  # fmt: skip
+    saved.save(result_path(config, book / "results" / "gpu"))
+    monkeypatch.chdir(book)
+    monkeypatch.delenv(experiments.RESULTS_ENV, raising=False)
+    found = suites.load_suite(suites.chapter5("gpu"), experiments.results_dir("results") / "gpu")
+    assert list(found) == ["uniform"] and found["uniform"][0].config == config.to_dict()

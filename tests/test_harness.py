@@ -251,7 +251,8 @@ def test_run_or_load_reuses_only_exact_matches(tree, tmp_path, monkeypatch):
 def _cli(tree: Path, out: Path, *extra: str) -> list[str]:
     sets = ["subset=None", "test_subset=None", "batch_size=4", "budget='steps'", "budget_amount=300",
             "evaluations=3", "lr=0.05", "checkpoint_every_steps=10", "checkpoint_every_seconds=1e9"]  # fmt: skip
-    cmd = [sys.executable, "-m", "ismod", "run", "smoke-uniform", "--out", str(out), "--data", str(tree), "--no-progress"]
+    cmd = [sys.executable, "-m", "ismod", "run", "smoke-uniform", "--out", str(out), "--data", str(tree), "--no-progress",
+           "--keep-checkpoint"]
     for s in sets:
         cmd += ["--set", s]
     return cmd + list(extra)
@@ -360,3 +361,26 @@ def test_torchrun_runs_the_cli_on_two_processes(tree, tmp_path):
     assert done.stdout.count("saved") == 1  # one writer
     result = Result.load(out)
     assert result.provenance["world_size"] == 2 and result.final["steps"] == 6
+
+
+@pytest.mark.parametrize("override, message", [
+    ("lr=abc", "lr must be a number, got 'abc' (str)"),
+    ("batch_size=1.5", "batch_size must be an integer, got 1.5"),
+    ("crop=1", "crop must be True or False, got 1"),
+    ("subset='x'", "subset must be an integer or None"),
+    ("momentum=1.5", "momentum must lie in [0, 1)"),
+])  # fmt: skip
+def test_cli_names_the_bad_field_and_what_it_accepts(override, message):
+    out = subprocess.run([sys.executable, "-m", "ismod", "run", "smoke-uniform", "--set", override],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
+    assert out.returncode == 2 and message in out.stderr, out.stderr
+
+
+def test_cli_run_removes_its_checkpoint_once_the_result_is_saved(tree, tmp_path):
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, "-m", "ismod", "run", "smoke-uniform", "--out", str(out), "--data", str(tree), "--no-progress",
+           "--set", "subset=None", "--set", "test_subset=None", "--set", "batch_size=8", "--set", "budget='steps'",
+           "--set", "budget_amount=3", "--set", "evaluations=1"]  # fmt: skip
+    env = dict(os.environ, ISMOD_CACHE=str(tmp_path / "cache"))
+    subprocess.run(cmd, check=True, cwd=ROOT, env=env, timeout=300)
+    assert out.exists() and not out.with_suffix(".ckpt.pt").exists()

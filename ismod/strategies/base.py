@@ -25,6 +25,11 @@ class Strategy(ABC):
     name: str = "strategy"
 
     progress: float = 0.0  # fraction of the budget done, set by the trainer before each select()
+    # Whether observe() uses the losses and logits it is given. When the trainer mixes images (mixup,
+    # RICAP) an output holds several samples, so for such strategies it scores the batch's samples
+    # once more, un-mixed and without autograd, and passes those: each recorded score then comes
+    # from the sample itself (the "clean pass" attribution), at the cost of one forward pass per step.
+    uses_observations: bool = True
 
     def setup(self, num_items: int, batch_size: int, device: torch.device, generator: torch.Generator,
               score_fn: ScoreFn | None = None, labels: torch.Tensor | None = None) -> None:  # fmt: skip
@@ -38,17 +43,33 @@ class Strategy(ABC):
         """Indices (int64, on the device) to train on at ``step``, and their loss weights or ``None``."""
 
     def observe(self, indices: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor) -> None:  # noqa: B027
-        """See the per-sample losses (unweighted, detached) and logits of the step just taken."""
+        """See the per-sample losses (unweighted, detached) and logits of the samples ``indices`` just
+        trained on: those of the training pass, or, when the batch was mixed, of a clean scoring pass of
+        the same samples (see ``uses_observations``)."""
 
     def set_step_times(self, forward: float, backward: float) -> None:  # noqa: B027
         """Hear the trainer's measured seconds per step of the forward and the backward pass (at step 10
         and at every evaluation point), for strategies whose decisions weigh cost."""
 
-    def state_dict(self) -> dict[str, Any]:
-        return {}
+    # A strategy without state between steps says so; any other must implement state_dict() and
+    # load_state_dict(), or checkpointing it fails loudly instead of resuming into a different run.
+    stateless: bool = False
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027
-        pass
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue exactly as an uninterrupted one (tensors may stay
+        on the device). Required unless ``stateless`` is True."""
+        if self.stateless:
+            return {}
+        raise NotImplementedError(
+            f"{type(self).__name__} does not implement state_dict(): a resumed run could not continue as an "
+            "uninterrupted one. Implement state_dict() and load_state_dict(), or set stateless = True if it "
+            "keeps nothing between steps"
+        )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned."""
+        if not self.stateless:
+            raise NotImplementedError(f"{type(self).__name__} does not implement load_state_dict()")
 
     def summary(self) -> dict[str, Any]:
         """Scalars to record in the result's history at evaluation points (may synchronise)."""

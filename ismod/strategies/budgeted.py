@@ -36,6 +36,7 @@ class PredictionSubset(ScoredStrategy):
         if not (isinstance(subset, (int, float)) and 0 < subset <= 1):
             raise ValueError(f"subset must lie in (0, 1], got {subset!r}")
         self.kind, self.subset = kind, float(subset)
+        self.uses_observations = kind != "uniform"  # unif-SGD's subsets ignore the scores
         self.smoothing = _fraction("smoothing", smoothing)
 
     def setup(self, num_items, batch_size, device, generator, score_fn=None, labels=None) -> None:

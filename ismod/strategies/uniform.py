@@ -16,6 +16,7 @@ class Uniform(Strategy):
     """
 
     name = "uniform"
+    uses_observations = False  # its batches do not depend on what it observes
 
     def setup(self, num_items, batch_size, device, generator, score_fn=None, labels=None) -> None:
         super().setup(num_items, batch_size, device, generator, score_fn, labels)
