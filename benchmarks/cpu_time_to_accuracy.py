@@ -28,7 +28,7 @@ args = parser.parse_args()
 candidates = {
     "small CNN, cpu recipe (cifar10-small-uniform)": get_config("cifar10-small-uniform"),
     f"narrow fast CNN, fast recipe, batch 512, {args.epochs:g} epochs": get_config(
-        "cifar10-fast-uniform", model="fast_cnn_narrow", batch_size=512, budget_amount=args.epochs, evaluations=1),
+        "cifar10-fast-cpu", budget_amount=args.epochs, evaluations=1),
 }
 rows = []
 for k in range(args.rounds):

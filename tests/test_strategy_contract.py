@@ -88,3 +88,38 @@ def test_forgotten_state_fails_loudly():
     with pytest.raises(NotImplementedError, match="state_dict"):
         Forgetful().state_dict()
     assert Stateless().state_dict() == {}
+
+
+def test_a_new_strategy_is_one_class_and_one_registry_line(monkeypatch, tmp_path):
+    """What adding a strategy takes: the class, and its entry in STRATEGIES (monkeypatched here). A
+    config can then name it, and the contract checks above apply to it unchanged."""
+    from ismod import strategies
+    from ismod.experiments import Config, run
+
+    class EveryThird(Strategy):
+        name = "every_third"
+
+        def setup(self, *args, **kwargs):
+            super().setup(*args, **kwargs)
+            self.offset = 0
+
+        def select(self, step):
+            idx = (torch.arange(self.batch_size, device=self.device) * 3 + self.offset) % self.num_items
+            self.offset = (self.offset + 1) % 3
+            return idx, None
+
+        def state_dict(self):
+            return {"offset": self.offset}
+
+        def load_state_dict(self, state):
+            self.offset = state["offset"]
+
+    monkeypatch.setitem(strategies.STRATEGIES, EveryThird.name, EveryThird)
+    test_select_and_observe_shapes("every_third")
+    test_state_round_trip_mid_run_continues_identically("every_third")
+    config = Config(strategy="every_third", subset=None, batch_size=8, budget="steps", budget_amount=3, evaluations=1)
+    config.validate(36)
+    from test_harness import make_tree
+
+    result = run(config, data_root=make_tree(tmp_path), progress=False)
+    assert result.final["steps"] == 3

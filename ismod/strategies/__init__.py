@@ -1,7 +1,8 @@
 """Selection strategies: how each training step picks its indices and weights (one file per family).
 
-A strategy is one class implementing :class:`~ismod.strategies.base.Strategy`. Register new ones in
-``STRATEGIES`` so configs can name them.
+A strategy is one class implementing :class:`~ismod.strategies.base.Strategy` (``select``, ``observe``,
+``state_dict`` and ``load_state_dict``), registered by adding it to ``STRATEGIES`` below: configs name it
+by its ``name``, and the contract tests, the distributed tests and the API page pick it up from there.
 """
 
 from __future__ import annotations
@@ -14,25 +15,14 @@ from .presample import Presample
 from .scored import LossSampling, OnlineBatchSelection, PrioritizedReplay, ScoredStrategy
 from .uniform import Uniform
 
-__all__ = [
-    "Strategy",
-    "ScoredStrategy",
-    "Uniform",
-    "LossSampling",
-    "OnlineBatchSelection",
-    "PrioritizedReplay",
-    "PredictionSubset",
-    "SelectiveBackprop",
-    "Presample",
-    "STRATEGIES",
-    "build_strategy",
-]
-
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
     for cls in (Uniform, LossSampling, OnlineBatchSelection, PrioritizedReplay, PredictionSubset, SelectiveBackprop,
                 Presample)
 }
+
+# the registry is the list: configs, the contract tests and the API page all read it from here
+__all__ = ["Strategy", "ScoredStrategy", *(cls.__name__ for cls in STRATEGIES.values()), "STRATEGIES", "build_strategy"]
 
 
 def build_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy:
