@@ -98,7 +98,7 @@ class ScoredStrategy(Strategy):
 
     def epoch_queue(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The indices (and weights) of the next epoch after warm-up, in training order; logs the
-        distribution it uses. By default a uniform pass, for strategies that draw in :meth:`per_step`
+        distribution it uses. By default a uniform pass, for strategies that draw in ``per_step``
         (its length only sets when the next log entry is due)."""
         self.log_distribution(step, self.probabilities())
         return self._uniform_epoch()
