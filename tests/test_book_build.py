@@ -30,3 +30,7 @@ def test_book_builds_clean_at_smoke_scale(tmp_path):
         page = (html / f"{notebook.stem}.html").read_text()
         assert "colab.research.google.com/github/" in page, f"{notebook.stem}: no Colab launch button"
         assert 'src="_images/' in page, f"{notebook.stem}: the executed chapter shows no figures"
+    # formulas render without internet: MathJax is served from the book itself, not a CDN
+    intro = (html / "intro.html").read_text()
+    assert 'src="_static/mathjax/tex-chtml.js"' in intro and "cdn.jsdelivr" not in intro
+    assert (html / "_static" / "mathjax" / "tex-chtml.js").exists()
