@@ -187,10 +187,10 @@ def chapter4(scale: str) -> Suite:
 
 def _chapter5_base(scale: str) -> Config:
     """Katharopoulos & Fleuret's CIFAR setting: SGD momentum 0.9, batch 128, lr 0.1
-    → 0.02 at 50% → 0.004 at 80% of a wall-clock budget, crop+flip. ``gpu``: WRN-28-2 on CIFAR-10 for
-    an hour in the paper (``paper``); ``gpu``: the fast recipe (:func:`fast_base`) for 6 s of training on an
-    H100-class GPU (about 17 epochs on an H200), with b = 1024 (B = 3b); ``cpu``: the small CNN on 10,000 images for 60 s of
-    training; ``smoke``: 3 s."""
+    → 0.02 at 50% → 0.004 at 80% of a wall-clock budget, crop+flip. ``paper``: their WRN-28-2 on
+    CIFAR-10 for an hour. ``gpu``: the fast recipe (:func:`fast_base`) for 6 s of training on an
+    H100-class GPU (about 20 epochs of uniform training on an H200, measured), b = 1024 (B = 3b).
+    ``cpu``: the small CNN on 10,000 images for 60 s of training; ``smoke``: 3 s."""
     kf = dict(batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4, schedule="step",
               milestones=(0.5, 0.8), gamma=0.2, warmup=0.0, label_smoothing=0.0, budget="seconds")  # fmt: skip
     return by_scale(
