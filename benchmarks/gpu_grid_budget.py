@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ismod import suites  # noqa: E402
-from ismod.experiments import load_saved  # noqa: E402
+from ismod.experiments import config_hash, load_saved  # noqa: E402
 
 
 def seconds_of(result) -> float:
@@ -32,12 +32,12 @@ def main() -> None:
     grids = {name: make("gpu") for name, make in suites.SUITES.items()}
     uniform = [r for cs in grids["chapter7"].values() for c in cs if c.strategy == "prediction_subset"
                and c.strategy_options.get("kind") == "uniform" and (r := load_saved(c, args.results))]
-    per_epoch = statistics.median(seconds_of(r) / r.final["epochs"] for r in uniform)
+    per_sample = statistics.median(seconds_of(r) / (r.final["epochs"] * r.provenance["train_size"]) for r in uniform)
     timed = [r for cs in grids["chapter5"].values() for c in cs if (r := load_saved(c, args.results))]
     overhead = statistics.median(seconds_of(r) - r.config["budget_amount"] for r in timed)
     probed = [r.timing["probe"] / r.config["probe_size"] for cs in grids["chapter4"].values() for c in cs
               if (r := load_saved(c, args.results))]  # probe seconds per probed sample, all points
-    print(f"priced from {len(uniform)} saved uniform runs: {per_epoch:.3f} s per epoch; seconds budgets "
+    print(f"priced from {len(uniform)} saved uniform runs: {per_sample * 50_000:.3f} s per epoch; seconds budgets "
           f"+{overhead:.2f} s each; device {uniform[0].provenance['device']}")
     total = 0.0
     print("| grid | runs | saved | seconds (saved measured + missing predicted) |")
@@ -47,7 +47,7 @@ def main() -> None:
         seconds, saved, runs = 0.0, 0, 0
         for configs in suite.values():
             for c in configs:
-                key = f"{c.name}-{c.seed}-{hash(str(c.to_dict()))}"
+                key = config_hash(c)
                 if key in counted:  # chapter 6 reuses chapter 5's runs
                     continue
                 counted.add(key)
@@ -56,12 +56,10 @@ def main() -> None:
                 if r is not None:
                     saved += 1
                     seconds += seconds_of(r)
-                elif c.budget == "seconds":
-                    seconds += c.budget_amount + overhead
                 else:
-                    epochs = c.budget_amount * (c.subset or 50_000) / 50_000
-                    factor = suites._step_cost_factor(c, 1.0, 1.45)  # t_b / t_f measured on the H200 at b = 1024
-                    seconds += epochs * per_epoch * factor
+                    # t_b / t_f = 1.45, measured on the H200 for the fast network at b = 1024
+                    seconds += suites.seconds_from_rate(c, per_sample, backward_ratio=1.45,
+                                                        overhead_s=overhead if c.budget == "seconds" else 0.0)
                     if c.probe_size and probed:
                         seconds += statistics.median(probed) * c.probe_size
         total += seconds

@@ -51,7 +51,7 @@ class Session:
         self.results.mkdir(parents=True, exist_ok=True)
         self.record: dict[str, Any] = {"machine": bench.machine(), "commit": os.environ.get("ISMOD_GIT_COMMIT", ""),
                                        "command": os.environ.get("ISMOD_COMMAND", ""), "stages": {}}  # fmt: skip
-        self.seconds_per_epoch: list[float] = []
+        self.seconds_per_sample: list[float] = []  # wall seconds per trained sample of plain runs
 
     def left(self) -> float:
         return self.deadline - time.perf_counter()
@@ -67,16 +67,15 @@ class Session:
         (self.out / "session.json").write_text(json.dumps(self.record, indent=1, default=str))
 
     def estimate(self, config: Config) -> float:
-        """Seconds a run should take: its budget, or its epochs at the measured rate (+ start-up)."""
-        if config.budget == "seconds":
-            return config.budget_amount * 1.3 + 3
-        rate = max(self.seconds_per_epoch[-5:]) if self.seconds_per_epoch else 1.0
-        n = config.subset or 50_000
-        return config.budget_amount * n / 50_000 * rate * (3 if config.strategy != "uniform" else 1.3) + 3
+        """Seconds a run should take, by the package's cost model at the rate of the runs before it,
+        with a 30% margin and 3 s of start-up and evaluation."""
+        rate = max(self.seconds_per_sample[-5:]) if self.seconds_per_sample else 2e-5
+        return 1.3 * suites.seconds_from_rate(config, rate, backward_ratio=1.45) + 3
 
     def run(self, config: Config) -> Any:
-        if load_saved(config, self.results) is not None:
-            return load_saved(config, self.results)
+        saved = load_saved(config, self.results)
+        if saved is not None:
+            return saved
         need = self.estimate(config)
         if need > self.left():
             self.log(f"skip {config.name}: needs ~{need:.0f} s, {self.left():.0f} s left")
@@ -85,7 +84,7 @@ class Session:
         result = run_or_load(config, self.results, scale="gpu", progress=False)
         took = time.perf_counter() - start
         if config.budget == "epochs" and config.strategy in ("uniform", "prediction_subset"):
-            self.seconds_per_epoch.append(took / (config.budget_amount * (config.subset or 50_000) / 50_000))
+            self.seconds_per_sample.append(took / (result.final["epochs"] * result.provenance["train_size"]))
         self.log(f"{config.name}: {took:.1f} s wall, train {result.final['train_time']:.1f} s, "
                  f"test {result.final['test_accuracy']:.4f}, steps {result.final['steps']}")  # fmt: skip
         return result
@@ -111,6 +110,7 @@ def _airbench_run(train94: Any) -> tuple[float, float]:
 
 def stage_airbench(s: Session, rounds: int) -> None:
     from ismod.data import load_cifar
+    from ismod.experiments import run
 
     try:
         import airbench
@@ -135,8 +135,6 @@ def stage_airbench(s: Session, rounds: int) -> None:
                 break
             acc, secs = _airbench_run(airbench.train94)
             rows["airbench94"].append((acc, secs))
-            from ismod.experiments import run
-
             r = run(ours_config.replace(seed=k), progress=False, scale="gpu")
             rows["ismod fast recipe"].append((r.final["test_accuracy"], r.final["train_time"]))
             s.log(f"round {k}: airbench94 {acc:.4f} in {secs:.2f} s; ours {r.final['test_accuracy']:.4f} in "
@@ -194,8 +192,10 @@ def stage_bench(s: Session) -> None:
         s.log(name, out[f"scoring cost, {name}"])
         s.save("bench", out)
     if s.left() > 20:
-        out["forward/backward times"] = {name: bench.forward_backward_times(name, batch_size=b, repeats=20, device="cuda")
-                                         for name, b in (("fast_cnn", 1024), ("fast_cnn", 128), ("resnet18", 128))}
+        # keyed by model and batch: the same model at two batch sizes must not overwrite itself
+        out["forward/backward times"] = {f"{name}, b = {b}": bench.forward_backward_times(name, batch_size=b, repeats=20,
+                                                                                          device="cuda")
+                                         for name, b in (("fast_cnn", 1024), ("fast_cnn", 128), ("resnet18", 128))}  # fmt: skip
         s.save("bench", out)
 
 

@@ -16,9 +16,7 @@ from typing import Any
 
 from .distributed import init_from_env
 from .experiments import CONFIGS, Config, config_hash, get_config, run, run_or_load
-from .data import data_source
-from .experiments import load_saved
-from .suites import SUITES, estimate_seconds
+from .suites import SUITES, estimate_seconds, missing_runs
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -76,8 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         suite = SUITES[args.name](args.scale)
         if args.only:
             suite = {k: v for k, v in suite.items() if any(part in k for part in args.only)}
-        missing = [c for cs in suite.values() for c in cs
-                   if load_saved(c, args.out, data=data_source(c.dataset, args.data)) is None]  # fmt: skip
+        missing = missing_runs(suite, args.out, args.data)
         if missing:
             minutes = estimate_seconds(missing, args.device) / 60
             if rank0:

@@ -61,20 +61,19 @@ def sampler_step_costs(
     (refuses N > 2^24), and ``numpy.random.Generator.choice``. All use proportional probabilities so
     that the baselines need no O(N) transform beyond their own. Baselines above ``ismod_only_above`` are
     skipped. Returns one record per (N, method) with the median µs per step. On a CUDA ``device`` the
-    sampler and ``torch.multinomial`` run there (the CPU-only baselines are left out).
+    sampler and ``torch.multinomial`` run there and the host-only baselines are left out.
     """
     rows: list[dict[str, float | int | str]] = []
     device = torch.device(device)
     gen = torch.Generator().manual_seed(seed)
+    # the sampler and torch.multinomial draw on the device; on the CPU that is the same generator
+    draw_gen = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
     for n in sizes:
-        scores = torch.rand(n, generator=gen, dtype=torch.float64) + 0.01
-        new = torch.rand(batch_size, generator=gen, dtype=torch.float64) + 0.01
-        if device.type == "cuda":
-            rows += _sampler_step_costs_cuda(n, scores.to(device), new.to(device), batch_size, repeats, seed)
-            continue
+        scores = (torch.rand(n, generator=gen, dtype=torch.float64) + 0.01).to(device)
+        new = (torch.rand(batch_size, generator=gen, dtype=torch.float64) + 0.01).to(device)
 
-        sampler = ImportanceSampler(n, method="proportional", generator=gen)
-        sampler.update(torch.arange(n), scores)
+        sampler = ImportanceSampler(n, method="proportional", generator=draw_gen, device=device)
+        sampler.update(torch.arange(n, device=device), scores)
 
         def ismod_step() -> None:
             idx, _ = sampler.sample(batch_size)
@@ -83,27 +82,29 @@ def sampler_step_costs(
         candidates: dict[str, Callable[[], object]] = {"ismod ImportanceSampler": ismod_step}
         if n <= ismod_only_above:
             weights = scores.clone()
-            idx0 = torch.randint(n, (batch_size,), generator=gen)
-
-            def wrs_step() -> None:
-                weights[idx0] = new
-                list(WeightedRandomSampler(weights, batch_size, replacement=True, generator=gen))
+            idx0 = torch.randint(n, (batch_size,), generator=draw_gen, device=device)
 
             def multinomial_step() -> None:
                 weights[idx0] = new
-                torch.multinomial(weights, batch_size, replacement=True, generator=gen)
+                torch.multinomial(weights, batch_size, replacement=True, generator=draw_gen)
 
-            rng = np.random.default_rng(seed)
-            w_np = scores.numpy().copy()
+            if device.type == "cpu":  # the host-only baselines
+                def wrs_step() -> None:
+                    weights[idx0] = new
+                    list(WeightedRandomSampler(weights, batch_size, replacement=True, generator=gen))
 
-            def numpy_step() -> None:
-                w_np[idx0.numpy()] = new.numpy()
-                rng.choice(n, batch_size, p=w_np / w_np.sum())
-
-            candidates["WeightedRandomSampler rebuild"] = wrs_step
+                candidates["WeightedRandomSampler rebuild"] = wrs_step
             if n <= 2**24:
                 candidates["torch.multinomial"] = multinomial_step
-            candidates["numpy Generator.choice"] = numpy_step
+            if device.type == "cpu":
+                rng = np.random.default_rng(seed)
+                w_np = scores.numpy().copy()
+
+                def numpy_step() -> None:
+                    w_np[idx0.numpy()] = new.numpy()
+                    rng.choice(n, batch_size, p=w_np / w_np.sum())
+
+                candidates["numpy Generator.choice"] = numpy_step
 
         reps = repeats if n < 10**7 else max(5, repeats // 4)
         for name, step in candidates.items():
@@ -113,30 +114,6 @@ def sampler_step_costs(
         rows.append(
             {"N": n, "method": "ismod rebuild, amortised per step", "median_us": rebuild_us * batch_size / n}
         )
-    return rows
-
-
-def _sampler_step_costs_cuda(n: int, scores: torch.Tensor, new: torch.Tensor, batch_size: int, repeats: int,
-                             seed: int) -> list[dict[str, float | int | str]]:  # fmt: skip
-    gen = torch.Generator(device=scores.device).manual_seed(seed)
-    sampler = ImportanceSampler(n, method="proportional", generator=gen, device=scores.device)
-    sampler.update(torch.arange(n, device=scores.device), scores)
-
-    def ismod_step() -> None:
-        idx, _ = sampler.sample(batch_size)
-        sampler.update(idx, new)
-
-    weights = scores.float().clone()
-    idx0 = torch.randint(n, (batch_size,), device=scores.device, generator=gen)
-
-    def multinomial_step() -> None:
-        weights[idx0] = new.float()
-        torch.multinomial(weights, batch_size, replacement=True, generator=gen)
-
-    rows: list[dict[str, float | int | str]] = [
-        {"N": n, "method": "ismod ImportanceSampler", "median_us": median_us(ismod_step, repeats)}]
-    if n <= 2**24:
-        rows.append({"N": n, "method": "torch.multinomial", "median_us": median_us(multinomial_step, repeats)})
     return rows
 
 
@@ -245,8 +222,9 @@ def dataloader_throughput(
     processes, pinned batches copied to ``device``, bf16 autocast on CUDA, SGD. Timed after 5 warm-up
     steps, synchronised at both ends."""
     import torch.nn.functional as F
-    from torch.utils.data import DataLoader, Dataset
+    from torch.utils.data import DataLoader
 
+    from .augment import normalize
     from .models import build_model
     from .train import amp_dtype
 
@@ -258,8 +236,6 @@ def dataloader_throughput(
                         num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)  # fmt: skip
     model = build_model(model_name).to(device).to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
-    mean = torch.tensor([125.31, 122.95, 113.87], device=device).view(1, 3, 1, 1)
-    std = torch.tensor([62.99, 62.09, 66.70], device=device).view(1, 3, 1, 1)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     done, start = 0, 0.0
     while done < steps + 5:
@@ -267,7 +243,7 @@ def dataloader_throughput(
             if done == 5:
                 sync()
                 start = time.perf_counter()
-            x = ((x.to(device, non_blocking=True).float() - mean) / std).contiguous(memory_format=torch.channels_last)
+            x = normalize(x.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
             y = y.to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=amp_dtype(device), enabled=device.type == "cuda"):
                 logits = model(x)

@@ -191,10 +191,12 @@ def fast_cnn(num_classes: int = 10) -> nn.Module:
 
 
 def initialize_from_data(model: nn.Module, images: torch.Tensor) -> None:
-    """Data-dependent initialisation, for models that have one (``FastCNN``'s whitening layer); a
-    no-op otherwise. ``images``: a few thousand normalised training images."""
-    if isinstance(model, FastCNN):
-        model.initialize_from_data(images)
+    """Data-dependent initialisation, for models that define ``initialize_from_data(images)`` (such as
+    ``FastCNN``'s whitening layer); a no-op otherwise. ``images``: a few thousand normalised training
+    images."""
+    init = getattr(model, "initialize_from_data", None)
+    if callable(init):
+        init(images)
 
 
 def small_cnn(num_classes: int = 10) -> nn.Module:

@@ -19,8 +19,9 @@ from .stats import holm, paired_difference
 
 __all__ = ["SUITES", "chapter3", "chapter3_variants", "chapter3_high_lr", "chapter3_long", "chapter4", "chapter5", "chapter5_tau", "chapter6",
            "chapter7", "chapter7_label", "CHAPTER7_STRATEGIES", "CHAPTER7_AUGMENTATIONS", "CHAPTER7_BUDGETS", "run_suite", "summarize",
-           "markdown_table", "budget_curves", "accuracy_difference", "compare", "verdict_table", "fast_base", "ALPHA",
-           "load_suite", "provenance_summary", "chapter7_pairs", "gpu_pilots", "estimate_seconds",
+           "markdown_table", "budget_curves", "accuracy_difference", "compare", "verdict_table", "fast_base", "ALPHA", "budget_time_ratios", "importance_share",
+           "load_suite", "provenance_summary", "chapter7_pairs", "gpu_pilots", "estimate_seconds", "seconds_from_rate",
+           "missing_runs",
            "default_max_minutes", "GridOverBudget", "MAX_MINUTES_ENV", "divergence_epoch", "sampling_log", "tau_log", "REPORT_SETTINGS"]
 
 Suite = dict[str, list[Config]]
@@ -289,12 +290,11 @@ def chapter7(scale: str) -> Suite:
     iterations, and the uniform subset at 100% too (where the subset strategies all reduce to it).
     Subset strategies train on a fraction f of the data per epoch for the full run's number of epochs,
     as Arazo et al. do; selective backprop and the upper bound train on f × the full run's batches.
-    CIFAR-10 only, except at ``paper`` scale (CIFAR-100 too; the offline copy has no CIFAR-100). At ``gpu`` scale, mixup and RICAP are combined
-    only with the strategies whose scores stay attributed to the right samples under mixing — the
-    uniform subset (no scores) and selective backprop (it scores clean, un-mixed candidates); p-SGD,
-    c-SGD and the τ switch read their scores off the mixed outputs of training, so they run with
-    crop+flip alone; c-SGD and selective backprop with mixup are left out of the ``gpu`` grid to fit its
-    time budget. At ``cpu`` and ``smoke`` scale mixup is run for the uniform subset only."""
+    CIFAR-10 only, except at ``paper`` scale (CIFAR-100 too; the offline copy has no CIFAR-100). At
+    ``gpu`` scale, mixup and RICAP are combined with the uniform subset and selective backprop only;
+    p-SGD, c-SGD and the τ switch, and selective backprop with mixup, are left out of those
+    combinations to keep the grid within its time budget (with mixing they would score each sample
+    cleanly, see ``Strategy.uses_observations``). At ``cpu`` and ``smoke`` scale mixup is run for the uniform subset only."""
     full = _chapter7_base(scale)
     seeds = _seeds(scale)
     datasets = ("cifar10", "cifar100") if scale == "paper" else ("cifar10",)
@@ -359,12 +359,26 @@ def _step_cost_factor(config: Config, t_forward: float, t_backward: float) -> fl
     return 1.0
 
 
+def seconds_from_rate(config: Config, seconds_per_sample: float, *, backward_ratio: float,
+                      overhead_s: float = 0.0) -> float:  # fmt: skip
+    """Predicted seconds of one run from a measured training rate: the samples its budget trains on ×
+    ``seconds_per_sample`` (of a uniform step) × the strategy's scoring factor, for a network whose
+    backward pass takes ``backward_ratio`` times its forward pass, plus ``overhead_s`` (evaluation,
+    start-up); a seconds budget counts as itself plus the overhead. The one cost model behind
+    :func:`estimate_seconds` and the GPU session's scripts."""
+    if config.budget == "seconds":
+        return config.budget_amount + overhead_s
+    per_epoch = config.subset or 50_000
+    samples = config.budget_amount * (per_epoch if config.budget == "epochs" else config.batch_size)
+    return samples * seconds_per_sample * _step_cost_factor(config, 1.0, backward_ratio) + overhead_s
+
+
 def estimate_seconds(configs: list[Config], device: str | Any = None, *, step_times: dict | None = None) -> float:
-    """Predicted training seconds of ``configs`` on ``device`` (default: CUDA if available): steps ×
-    measured forward + backward seconds of each model at its batch size (one short measurement per
-    (model, batch), :func:`ismod.bench.forward_backward_times`) × 1.15 for augmentation and the
-    optimiser × the strategy's scoring factor, plus the evaluation passes; seconds budgets count as
-    themselves. Probes are not counted. ``step_times`` caches measurements between calls."""
+    """Predicted training seconds of ``configs`` on ``device`` (default: CUDA if available), by
+    :func:`seconds_from_rate` with the rate measured here: forward + backward seconds of each model at
+    its batch size (one short measurement per (model, batch), :func:`ismod.bench.forward_backward_times`)
+    × 1.15 for augmentation and the optimiser, plus the evaluation passes. Probes are not counted.
+    ``step_times`` caches measurements between calls."""
     import torch
 
     from .bench import forward_backward_times
@@ -377,15 +391,24 @@ def estimate_seconds(configs: list[Config], device: str | Any = None, *, step_ti
         if key not in cache:
             cache[key] = forward_backward_times(c.model, batch_size=c.batch_size, repeats=2, device=device)
         t = cache[key]
-        step = (t["forward_s"] + t["backward_s"]) * _STEP_OVERHEAD
-        n = c.subset or 50_000
+        per_sample = (t["forward_s"] + t["backward_s"]) * _STEP_OVERHEAD / c.batch_size
         evals = (c.evaluations + 1) * ((c.test_subset or 10_000) + c.train_eval_size) / c.batch_size * t["scoring_s"]
-        if c.budget == "seconds":
-            total += c.budget_amount + evals
-            continue
-        steps = c.budget_amount * n / c.batch_size if c.budget == "epochs" else c.budget_amount
-        total += steps * step * _step_cost_factor(c, t["forward_s"], t["backward_s"]) + evals
+        total += seconds_from_rate(c, per_sample, backward_ratio=t["backward_s"] / t["forward_s"], overhead_s=evals)
     return total
+
+
+def missing_runs(suite: Suite, results_dir: str | os.PathLike, data_root: str | os.PathLike | None = None) -> list[Config]:
+    """The configs of ``suite`` with no saved result for this code and this data (see
+    :func:`ismod.experiments.load_saved`): what running the suite would train."""
+    sources: dict[str, str] = {}
+    missing = []
+    for configs in suite.values():
+        for c in configs:
+            if c.dataset not in sources:
+                sources[c.dataset] = data_source(c.dataset, data_root)
+            if load_saved(c, results_dir, data=sources[c.dataset]) is None:
+                missing.append(c)
+    return missing
 
 
 def run_suite(suite: Suite, results_dir: str | os.PathLike, *, scale: str = "", progress: bool | None = None,
@@ -402,8 +425,7 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, scale: str = "", 
     if if_over_budget not in ("saved", "raise"):
         raise ValueError(f"if_over_budget must be 'saved' or 'raise', got {if_over_budget!r}")
     limit = default_max_minutes(scale) if max_minutes == "default" else max_minutes
-    missing = [c for configs in suite.values() for c in configs
-               if load_saved(c, results_dir, data=data_source(c.dataset, run_kwargs.get("data_root"))) is None]  # fmt: skip
+    missing = missing_runs(suite, results_dir, run_kwargs.get("data_root"))
     if missing and scale in ("gpu", "paper") and not _cuda():
         print(f"scale {scale!r} asked for on a machine without CUDA: its runs would train on the CPU, slowly",
               flush=True)  # fmt: skip
@@ -572,6 +594,30 @@ def budget_curves(results: dict[str, list[Result]], dataset: str = "cifar10") ->
         if per_strategy:
             out[aug] = per_strategy
     return out
+
+
+def budget_time_ratios(results: dict[str, list[Result]], augmentation: str = "crop+flip") -> dict[str, dict[float, float]]:
+    """Chapter 7's wall-clock price outside the iteration budget: for each strategy and budget below
+    100%, its mean training seconds over seeds divided by the uniform subset's at the same budget and
+    augmentation (arms without runs are left out)."""
+
+    def mean_seconds(runs: list[Result]) -> float:
+        return sum(r.final["train_time"] for r in runs) / len(runs)
+
+    out: dict[str, dict[float, float]] = {}
+    for strategy in CHAPTER7_STRATEGIES:
+        for f in CHAPTER7_BUDGETS[:-1]:
+            runs = results.get(chapter7_label(strategy, augmentation, f))
+            base = results.get(chapter7_label("uniform subset", augmentation, f))
+            if runs and base:
+                out.setdefault(strategy, {})[f] = mean_seconds(runs) / mean_seconds(base)
+    return out
+
+
+def importance_share(runs: list[Result]) -> float:
+    """The τ switch's share of importance steps (presample, score, resample), mean over seeds."""
+    last = [r.history[-1] for r in runs]
+    return sum(h.get("importance_steps", 0) / max(h.get("steps") or 1, 1) for h in last) / len(last)
 
 
 def accuracy_difference(runs: list[Result], baseline: list[Result]) -> tuple[float, float]:

@@ -216,13 +216,22 @@ def evaluate(model: nn.Module, data: ImageData, augment: Augment, *, batch_size:
 class _Lookahead:
     """airbench's lookahead: every ``every`` steps the slow copy moves toward the weights,
     slow ← slow + (1 − d)(w − slow), and the weights are reset to it; d = 0.95⁵ (t/T)³ grows from 0
-    (no averaging) to 0.77 at the end, where the weights take the slow copy a last time."""
+    (no averaging) to 0.77 at the end, where the weights take the slow copy a last time. The floating
+    state of the model (parameters and batch-norm statistics) is updated in two fused calls."""
 
     every = 5
 
     def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.slow = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+        # the model's floating tensors, once: state_dict() shares their storage, and training,
+        # load_state_dict and this class all write them in place
+        current = {k: v for k, v in model.state_dict().items() if v.is_floating_point()}
+        self.slow = {k: v.detach().clone() for k, v in current.items()}
+        self._current, self._slow = list(current.values()), list(self.slow.values())
+
+    def load(self, slow: dict[str, torch.Tensor]) -> None:
+        """Restore the slow copy saved in a checkpoint."""
+        for key, tensor in self.slow.items():
+            tensor.copy_(slow[key])
 
     @torch.no_grad()
     def step(self, step: int, total_steps: int) -> None:
@@ -234,10 +243,8 @@ class _Lookahead:
         self._pull(1.0)
 
     def _pull(self, decay: float) -> None:
-        current = self.model.state_dict()
-        for key, slow in self.slow.items():
-            slow.lerp_(current[key], 1.0 - decay)
-            current[key].copy_(slow)
+        torch._foreach_lerp_(self._slow, self._current, 1.0 - decay)
+        torch._foreach_copy_(self._current, self._slow)
 
 
 def _param_groups(model: nn.Module, settings: TrainSettings) -> list[dict[str, Any]]:
@@ -248,13 +255,13 @@ def _param_groups(model: nn.Module, settings: TrainSettings) -> list[dict[str, A
     parameters take lr × scale and decay wd / scale (so their per-step decay lr·wd equals the weights'),
     and every other parameter, biases included, takes lr and wd.
     """
-    norm_ids = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for p in m.parameters()}
     params = [p for p in model.parameters() if p.requires_grad]
     scale = settings.bias_lr_scale
     if scale == 1.0:
         weights, others = [p for p in params if p.dim() > 1], [p for p in params if p.dim() <= 1]
         return [{"params": weights, "weight_decay": settings.weight_decay, "lr_scale": 1.0},
                 {"params": others, "weight_decay": 0.0, "lr_scale": 1.0}]  # fmt: skip
+    norm_ids = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for p in m.parameters()}
     norms, rest = [p for p in params if id(p) in norm_ids], [p for p in params if id(p) not in norm_ids]
     return [{"params": rest, "weight_decay": settings.weight_decay, "lr_scale": 1.0},
             {"params": norms, "weight_decay": settings.weight_decay / scale, "lr_scale": scale}]  # fmt: skip
@@ -436,8 +443,8 @@ class _Loop:
             return False
         return self.progress_of(step) >= k / self.settings.evaluations - 1e-12
 
-    def set_learning_rate(self, step: int) -> None:
-        factor = lr_factor(self.settings, self.progress_of(step))
+    def set_learning_rate(self, progress: float) -> None:
+        factor = lr_factor(self.settings, progress)
         for group in self.optimizer.param_groups:
             group["lr"] = self.settings.lr * factor * group["lr_scale"]
 
@@ -484,8 +491,9 @@ class _Loop:
         state, clock, world, strategy = self.state, self.clock, self.world, self.strategy
         step = state["step"]
         wall_start = time.perf_counter()
-        self.set_learning_rate(step)
-        strategy.progress = self.progress_of(step)
+        progress = self.progress_of(step)
+        self.set_learning_rate(progress)
+        strategy.progress = progress
         t0 = clock.mark()
         indices, weights = strategy.select(step)
         t1 = clock.mark()
@@ -614,7 +622,7 @@ class _Loop:
         torch.set_rng_state(saved["torch_rng"].cpu())
         self.scaler.load_state_dict(saved["scaler"])
         if self.lookahead is not None:
-            self.lookahead.slow = saved["lookahead"]
+            self.lookahead.load(saved["lookahead"])
         self.state.update(saved["loop"])
         self.clock.totals.update(saved["timing"])
 

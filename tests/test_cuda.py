@@ -8,7 +8,7 @@ from ismod.augment import Augment
 from ismod.data import ImageData
 from ismod.models import build_model, initialize_from_data
 from ismod.strategies import STRATEGIES, build_strategy
-from ismod.train import TrainSettings, amp_dtype, fit
+from ismod.train import TrainSettings, fit
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
@@ -29,11 +29,6 @@ def _fast_model(data: ImageData) -> torch.nn.Module:
     model = build_model("fast_cnn").cuda()
     initialize_from_data(model, Augment()(data.images[:256], data.labels[:256], train=False)[0])
     return model
-
-
-def test_bf16_on_ampere_and_later():
-    major = torch.cuda.get_device_capability()[0]
-    assert amp_dtype(torch.device("cuda")) == (torch.bfloat16 if major >= 8 else torch.float16)
 
 
 @pytest.mark.parametrize("strategy,options", [

@@ -194,3 +194,18 @@ def test_a_grid_over_its_time_limit_does_not_start(tmp_path, monkeypatch):
         suites.default_max_minutes("gpu")
     monkeypatch.delenv(suites.MAX_MINUTES_ENV)
     assert suites.default_max_minutes("gpu") == 15.0 and suites.default_max_minutes("cpu") is None
+
+
+def test_budget_time_ratios_and_importance_share():
+    from ismod.experiments import Config
+
+    def runs(*seconds, importance=None):
+        history = [{"importance_steps": importance, "steps": 10}] if importance is not None else [{}]
+        return [Result(Config().to_dict(), {}, history, {}, {"train_time": t}) for t in seconds]
+
+    results = {suites.chapter7_label("uniform subset", "crop+flip", 0.2): runs(10.0, 30.0),
+               suites.chapter7_label("selective backprop", "crop+flip", 0.2): runs(50.0),
+               suites.chapter7_label("selective backprop", "crop+flip", 0.3): runs(99.0)}  # no baseline at 30%
+    ratios = suites.budget_time_ratios(results)
+    assert ratios == {"uniform subset": {0.2: 1.0}, "selective backprop": {0.2: pytest.approx(2.5)}}
+    assert suites.importance_share(runs(1.0, 1.0, importance=0) + runs(1.0, importance=6)) == pytest.approx(0.2)
