@@ -112,7 +112,7 @@ class Config(TrainSettings):
 # adding a field does not orphan every saved result.
 _LATER_FIELDS: dict[str, Any] = {"tau_probe": 0, "tau_probe_batch": 32, "train_eval_size": 0, "final_lr": 0.0,
                                   "initial_lr": 0.0, "bias_lr_scale": 1.0, "lookahead": False, "tta": 0,
-                                  "compile": False}
+                                  "compile": False, "bn_recalibration": 0}
 
 
 def config_hash(config: Config) -> str:
@@ -164,9 +164,11 @@ CONFIGS["cifar10-small-probe"] = Config(
     name="cifar10-small-probe", subset=10_000, budget_amount=8, probe_size=1024,
     **{**_SMALL, "batch_size": 256, "lr": 0.2, "evaluations": 5},
 )  # fmt: skip
+# ResNet-18 at about 50 images/s on two CPU cores: 1,500 images, 4 epochs, probed at epochs 2 and 4;
+# no label smoothing (it keeps every per-sample gradient away from 0, Chapter 4)
 CONFIGS["cifar10-resnet18-probe"] = Config(
-    name="cifar10-resnet18-probe", subset=2000, test_subset=500, budget_amount=4, probe_size=128, probe_chunk=16,
-    **{**_SMALL, "model": "resnet18", "batch_size": 64, "lr": 0.05, "evaluations": 3},
+    name="cifar10-resnet18-probe", subset=1500, test_subset=1000, budget_amount=4, probe_size=96, probe_chunk=16,
+    **{**_SMALL, "model": "resnet18", "batch_size": 64, "lr": 0.05, "evaluations": 2, "label_smoothing": 0.0},
 )  # fmt: skip
 
 

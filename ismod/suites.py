@@ -17,9 +17,9 @@ from .experiments import CONFIGS, Config, Result, load_saved, run_or_load
 from .scale import by_scale
 from .stats import holm, paired_difference
 
-__all__ = ["SUITES", "chapter3", "chapter3_variants", "chapter3_high_lr", "chapter3_long", "chapter4", "chapter5", "chapter5_tau", "chapter6",
+__all__ = ["SUITES", "chapter3", "chapter3_variants", "chapter3_high_lr", "chapter3_long", "chapter4", "chapter4_resnet", "chapter5", "chapter5_tau", "chapter6",
            "chapter7", "chapter7_label", "CHAPTER7_STRATEGIES", "CHAPTER7_AUGMENTATIONS", "CHAPTER7_BUDGETS", "run_suite", "summarize",
-           "markdown_table", "budget_curves", "accuracy_difference", "compare", "verdict_table", "fast_base", "ALPHA", "budget_time_ratios", "importance_share",
+           "markdown_table", "budget_curves", "accuracy_difference", "compare", "verdict_table", "fast_base", "cpu_base", "pilots", "ALPHA", "budget_time_ratios", "importance_share",
            "load_suite", "provenance_summary", "chapter7_pairs", "gpu_pilots", "estimate_seconds", "seconds_from_rate",
            "missing_runs",
            "default_max_minutes", "GridOverBudget", "MAX_MINUTES_ENV", "divergence_epoch", "sampling_log", "tau_log", "REPORT_SETTINGS"]
@@ -42,23 +42,58 @@ def fast_base(name: str, **changes: Any) -> Config:
                                                    **changes)  # fmt: skip
 
 
-def gpu_pilots() -> dict[str, Config]:
-    """Short ``"gpu"`` runs (seed 0) that show each grid's phenomenon is present before the grid runs:
-    τ crossing τ_th under uniform training (Chapter 5), a full 20-epoch run fitting its training set with
-    and without augmentation (Chapters 3 and 7), and per-sample gradient norms becoming negligible
-    (Chapter 4)."""
+def cpu_base(name: str, **changes: Any) -> Config:
+    """The ``"cpu"`` scale's base config: the fast recipe's narrow network on two CPU cores
+    (``cifar10-fast-cpu``) at batch 256 and half its learning rate, on a class-balanced subset of 5,000
+    CIFAR-10 training images (5,000 test images), with the same tricks off as :func:`fast_base`. Its
+    pilots (:func:`pilots`) fit the subset within 16 epochs, so augmentation and hard-sample selection
+    have something to act on."""
+    settings = dict(subset=5000, test_subset=5000, batch_size=256, lr=0.75, label_smoothing=0.0, lookahead=False,
+                    tta=0, final_lr=0.0)  # fmt: skip
+    return CONFIGS["cifar10-fast-cpu"].replace(name=name, **{**settings, **changes})
+
+
+def pilots(scale: str) -> dict[str, Config]:
+    """Short runs (seed 0) that show each grid's phenomenon is present before the grid runs: τ crossing
+    τ_th under uniform training (Chapter 5), a full run fitting its training set with and without
+    augmentation (Chapters 3 and 7), and per-sample gradient norms becoming negligible (Chapter 4).
+    ``"gpu"``: the fast recipe on all of CIFAR-10 (:func:`fast_base`); ``"cpu"``: its narrow network on
+    5,000 images (:func:`cpu_base`); ``"smoke"``: seconds, for the tests."""
+    if scale == "gpu":
+        return {
+            "tau crosses threshold (ch5)": fast_base("pilot-ch5-tau", budget="seconds", budget_amount=8.0, evaluations=6,
+                                                     strategy="presample", strategy_options={"importance": False},
+                                                     train_eval_size=10_000),
+            "full run, crop+flip (ch7)": fast_base("pilot-ch7-cropflip", budget_amount=20, evaluations=4,
+                                                   train_eval_size=10_000),
+            "full run, no augmentation (ch3/ch7)": fast_base("pilot-ch7-noaug", budget_amount=20, evaluations=4, crop=False,
+                                                             flip=False, train_eval_size=10_000),
+            "full run, RICAP (ch7)": fast_base("pilot-ch7-ricap", budget_amount=20, evaluations=4, ricap_beta=0.3,
+                                               train_eval_size=10_000),
+            "gradient probe (ch4)": fast_base("pilot-ch4-probe", budget_amount=10, evaluations=5, probe_size=1024,
+                                              probe_chunk=128),
+        }  # fmt: skip
+    if scale == "paper":
+        return {}
+    if scale not in ("cpu", "smoke"):
+        raise ValueError(f"scale must be 'smoke', 'cpu', 'gpu' or 'paper', got {scale!r}")
+    cpu = scale == "cpu"
+    base = cpu_base("pilot") if cpu else CONFIGS["smoke-uniform"].replace(name="pilot", label_smoothing=0.0)
+    full = dict(budget_amount=16 if cpu else 2, evaluations=4, train_eval_size=2000 if cpu else 128)
     return {
-        "tau crosses threshold (ch5)": fast_base("pilot-ch5-tau", budget="seconds", budget_amount=8.0, evaluations=6,
-                                                 strategy="presample", strategy_options={"importance": False},
-                                                 train_eval_size=10_000),
-        "full run, crop+flip (ch7)": fast_base("pilot-ch7-cropflip", budget_amount=20, evaluations=4, train_eval_size=10_000),
-        "full run, no augmentation (ch3/ch7)": fast_base("pilot-ch7-noaug", budget_amount=20, evaluations=4, crop=False,
-                                                         flip=False, train_eval_size=10_000),
-        "full run, RICAP (ch7)": fast_base("pilot-ch7-ricap", budget_amount=20, evaluations=4, ricap_beta=0.3,
-                                           train_eval_size=10_000),
-        "gradient probe (ch4)": fast_base("pilot-ch4-probe", budget_amount=10, evaluations=5, probe_size=1024,
-                                          probe_chunk=128),
+        "tau crosses threshold (ch5)": _chapter5_base(scale).replace(name="pilot-ch5-tau", strategy="presample",
+                                                                     strategy_options={"importance": False}),
+        "full run, crop+flip (ch7)": base.replace(name="pilot-ch7-cropflip", **full),
+        "full run, no augmentation (ch3/ch7)": base.replace(name="pilot-ch7-noaug", crop=False, flip=False, **full),
+        "full run, RICAP (ch7)": base.replace(name="pilot-ch7-ricap", ricap_beta=0.3, **full),
+        "gradient probe (ch4)": base.replace(name="pilot-ch4-probe", budget_amount=full["budget_amount"], evaluations=5,
+                                             probe_size=1024 if cpu else 32, probe_chunk=128 if cpu else 16),
     }  # fmt: skip
+
+
+def gpu_pilots() -> dict[str, Config]:
+    """:func:`pilots` at ``"gpu"`` scale (the saved H200 pilots)."""
+    return pilots("gpu")
 
 
 def _chapter3_base(scale: str) -> Config:
@@ -66,7 +101,7 @@ def _chapter3_base(scale: str) -> Config:
     decay 5e-4, batch 128, lr ×0.1 at epochs 15 and 30 — here at 1/3 and 2/3 of the budget — and plain
     cross-entropy). ``paper``: the report's ResNet-18 for 45 epochs. ``gpu``: the fast recipe (:func:`fast_base`, its own optimiser) on all of CIFAR-10
     for 20 epochs, long enough to fit the training set (the report trained ResNet-18 for 45).
-    ``cpu``: the small CNN on 10,000 training images for 6 epochs. ``smoke``: seconds."""
+    ``cpu``: :func:`cpu_base` for 16 epochs, long enough to fit its 5,000 images. ``smoke``: seconds."""
     report = dict(batch_size=128, lr=0.01, momentum=0.9, nesterov=False, weight_decay=5e-4, schedule="step",
                   milestones=(1 / 3, 2 / 3), gamma=0.1, warmup=0.0, label_smoothing=0.0, budget="epochs")  # fmt: skip
     return by_scale(
@@ -74,33 +109,30 @@ def _chapter3_base(scale: str) -> Config:
         gpu=fast_base("ch3", budget_amount=20, evaluations=5, train_eval_size=10_000),
         paper=CONFIGS["cifar10-resnet18-uniform"].replace(name="ch3", budget_amount=45, evaluations=15,
                                                           train_eval_size=10_000, **report),
-        cpu=CONFIGS["cifar10-small-uniform"].replace(name="ch3", subset=10_000, test_subset=5000,
-                                                     budget_amount=6, evaluations=6, train_eval_size=2000, **report),
+        cpu=cpu_base("ch3", budget_amount=16, evaluations=4, train_eval_size=2000),
         smoke=CONFIGS["smoke-uniform"].replace(name="ch3", budget_amount=3, evaluations=3, train_eval_size=128,
                                                **{**report, "batch_size": 64, "lr": 0.05}),
     )  # fmt: skip
 
 
 def chapter3_high_lr(scale: str) -> Suite:
-    """The report's last-loss sampling at the CPU reference's learning rate (0.2, one-cycle): the
-    setting in which Chapter 3 shows the weights 1/(N p_i) blowing the step up (two seeds)."""
-    fast = {
-        "cpu": CONFIGS["cifar10-small-uniform"].replace(name="ch3", subset=10_000, test_subset=5000, batch_size=256,
-                                                        lr=0.2, label_smoothing=0.0, budget_amount=6, evaluations=6),
-        "smoke": CONFIGS["smoke-uniform"].replace(name="ch3-fast", label_smoothing=0.0, lr=0.4, budget_amount=3, evaluations=3),
-    }  # fmt: skip
-    if scale not in fast:
+    """Last-loss sampling at a learning rate 20× the report's (0.2, one-cycle), two seeds: the small-CNN
+    setting in which an earlier build saw the weights 1/(N p_i) blow the step up. Kept at ``smoke``
+    scale only, to exercise the divergence diagnostics; at ``cpu`` and ``gpu`` scale the main grid
+    already trains at the fast recipe's high learning rate."""
+    if scale != "smoke":
         return {}
-    return {"last-loss, crop+flip, lr 0.2": _arm(fast[scale], "last-loss, crop+flip", "loss",
-                                                 _report_options(scale, "last-loss"), range(2))}  # fmt: skip
+    base = CONFIGS["smoke-uniform"].replace(name="ch3-fast", label_smoothing=0.0, lr=0.4, budget_amount=3, evaluations=3)
+    return {"last-loss, crop+flip, lr 0.2": _arm(base, "last-loss, crop+flip", "loss", _report_options(scale, "last-loss"),
+                                                 range(2))}  # fmt: skip
 
 
 def _report_options(scale: str, kind: str) -> dict[str, Any]:
     """The report's settings; the warm-up scales with the budget (5 of about 45 epochs → 2 of 20 on
-    ``gpu``, 1 of 6 on ``cpu``, 1 of 3 on ``smoke``); |Z| keeps its fraction of N."""
+    ``gpu``, 2 of 16 on ``cpu``, 1 of 3 on ``smoke``); |Z| keeps its fraction of N."""
     options = dict(REPORT_SETTINGS[kind])
     if options["warmup_epochs"]:
-        options["warmup_epochs"] = {"paper": 5, "gpu": 2}.get(scale, 1)  # gpu: 2 of 20 epochs
+        options["warmup_epochs"] = {"paper": 5, "gpu": 2, "cpu": 2}.get(scale, 1)
     return options
 
 
@@ -147,43 +179,54 @@ def chapter3_variants(scale: str) -> Suite:
 
 def chapter3_long(scale: str) -> Suite:
     """Algorithm 1 trained long enough to fit its data — where the report saw its scores drift to
-    uniform. ``cpu``: 2,000 images, 30 epochs, no augmentation (warm-up 3 epochs: the report's 5 of
-    45, scaled). At ``gpu`` scale the main grid already trains for 45 epochs, so this is empty."""
-    if scale in ("gpu", "paper"):
+    uniform. Only at ``smoke`` scale (to exercise the code): at ``cpu`` and ``gpu`` scale the main grid
+    already fits its training set (see :func:`pilots`)."""
+    if scale != "smoke":
         return {}
-    base = _chapter3_base(scale)
-    if scale == "cpu":
-        base = base.replace(subset=2000, test_subset=2000, budget_amount=30, evaluations=6, train_eval_size=2000)
-    else:
-        base = base.replace(budget_amount=6)
+    base = _chapter3_base(scale).replace(name="ch3-long", budget_amount=6)
     out = {}
     for kind in ("last-loss", "running-loss"):
         options = dict(REPORT_SETTINGS[kind])
         if options["warmup_epochs"]:
-            options["warmup_epochs"] = 3 if scale == "cpu" else 1
-        out[f"{kind}, 30 epochs"] = _arm(base.replace(name="ch3-long"), kind, "loss", options, range(1), crop=False, flip=False)
+            options["warmup_epochs"] = 1
+        out[f"{kind}, 30 epochs"] = _arm(base, kind, "loss", options, range(1), crop=False, flip=False)
     # the same last-loss sampler with every weight capped at 10 by 10% smoothing, should the above diverge
     smoothed = {**out["last-loss, 30 epochs"][0].strategy_options, "smoothing": 0.1}
-    out["last-loss + 10% smoothing, 30 epochs"] = _arm(base.replace(name="ch3-long"), "last-loss-smoothed", "loss",
-                                                       smoothed, range(1), crop=False, flip=False)  # fmt: skip
+    out["last-loss + 10% smoothing, 30 epochs"] = _arm(base, "last-loss-smoothed", "loss", smoothed, range(1), crop=False,
+                                                       flip=False)  # fmt: skip
     return out
 
 
 def chapter4(scale: str) -> Suite:
     """Chapter 4's gradient probes: per-sample losses, upper bounds and exact gradient norms of 1,024
     fixed training samples recorded at each evaluation point. ``gpu``: the fast network without label
-    smoothing (its pilot is seed 0), three seeds; ``cpu``: the small CNN on 10,000 images; ``smoke``:
-    seconds."""
+    smoothing (its pilot is seed 0), three seeds; ``cpu``: the same on :func:`cpu_base`'s 5,000 images
+    for 16 epochs (its pilot is seed 0), three seeds; ``smoke``: seconds."""
     base = by_scale(
         scale,
         smoke=CONFIGS["cifar10-small-probe"].replace(subset=512, test_subset=256, batch_size=64, budget_amount=2,
                                                      evaluations=2, probe_size=32),
-        cpu=CONFIGS["cifar10-small-probe"],
-        gpu=gpu_pilots()["gradient probe (ch4)"],
+        cpu=pilots("cpu")["gradient probe (ch4)"],
+        gpu=pilots("gpu")["gradient probe (ch4)"],
         paper=CONFIGS["cifar10-small-probe"].replace(subset=None, budget_amount=20, evaluations=8),
     )  # fmt: skip
     seeds = by_scale(scale, smoke=1, cpu=3, gpu=3)
     return {"probe": [base.replace(seed=k) for k in range(seeds)]}
+
+
+def chapter4_resnet(scale: str) -> Suite:
+    """The gradient probe on ResNet-18, three seeds: a deeper network between the logits and the
+    parameters. ``cpu``: 1,500 images for 4 epochs (ResNet-18 trains at about 50 images/s on two
+    cores), probed at epochs 2 and 4; ``gpu``: all of CIFAR-10 for 15 epochs; ``smoke``: the small CNN."""
+    base = by_scale(
+        scale,
+        smoke=CONFIGS["cifar10-resnet18-probe"].replace(model="small_cnn", subset=256, test_subset=128, batch_size=64,
+                                                        budget_amount=1, evaluations=1, probe_size=16),
+        cpu=CONFIGS["cifar10-resnet18-probe"],
+        gpu=CONFIGS["cifar10-resnet18-probe"].replace(subset=None, test_subset=None, budget_amount=15, evaluations=5,
+                                                      probe_size=512),
+    )  # fmt: skip
+    return {"probe": [base.replace(seed=k) for k in range(by_scale(scale, smoke=1, cpu=3, gpu=3))]}
 
 
 def _chapter5_base(scale: str) -> Config:
@@ -191,7 +234,9 @@ def _chapter5_base(scale: str) -> Config:
     → 0.02 at 50% → 0.004 at 80% of a wall-clock budget, crop+flip. ``paper``: their WRN-28-2 on
     CIFAR-10 for an hour. ``gpu``: the fast recipe (:func:`fast_base`) for 6 s of training on an
     H100-class GPU (about 20 epochs of uniform training on an H200, measured), b = 1024 (B = 3b).
-    ``cpu``: the small CNN on 10,000 images for 60 s of training; ``smoke``: 3 s."""
+    ``cpu``: :func:`cpu_base` on 2,500 images for 45 s of training (about 36 epochs: its pilot's τ
+    crosses τ_th a little past half-way), with a final evaluation under batch-norm statistics
+    re-estimated on uniform batches (``bn_recalibration``); ``smoke``: 3 s."""
     kf = dict(batch_size=128, lr=0.1, momentum=0.9, nesterov=False, weight_decay=5e-4, schedule="step",
               milestones=(0.5, 0.8), gamma=0.2, warmup=0.0, label_smoothing=0.0, budget="seconds")  # fmt: skip
     return by_scale(
@@ -199,8 +244,8 @@ def _chapter5_base(scale: str) -> Config:
         gpu=fast_base("ch5", budget="seconds", budget_amount=6.0, evaluations=6, train_eval_size=10_000),
         paper=CONFIGS["cifar10-wrn-uniform"].replace(name="ch5", budget_amount=3600, evaluations=20,
                                                      train_eval_size=10_000, **kf),
-        cpu=CONFIGS["cifar10-small-uniform"].replace(name="ch5", subset=10_000, test_subset=5000, budget_amount=60,
-                                                     evaluations=6, train_eval_size=2000, **kf),
+        cpu=cpu_base("ch5", subset=2500, budget="seconds", budget_amount=45.0, evaluations=6, train_eval_size=2000,
+                     bn_recalibration=20),
         smoke=CONFIGS["smoke-uniform"].replace(name="ch5", evaluations=3, train_eval_size=128,
                                                **{**kf, "batch_size": 32, "budget_amount": 3.0}),
     )  # fmt: skip
@@ -223,7 +268,7 @@ def chapter5(scale: str) -> Suite:
 def chapter5_tau(scale: str) -> Suite:
     """One uniform run (τ tracked, never switching) whose evaluation points check τ against the variance
     ratio measured with exact per-sample gradients, on presamples of B = 3b."""
-    base = _chapter5_base(scale).replace(budget="epochs", budget_amount=by_scale(scale, smoke=2, cpu=6, gpu=16, paper=30))
+    base = _chapter5_base(scale).replace(budget="epochs", budget_amount=by_scale(scale, smoke=2, cpu=36, gpu=16, paper=30))
     probe = dict(tau_probe=by_scale(scale, smoke=2, cpu=4, gpu=8), tau_probe_batch=by_scale(scale, smoke=8, cpu=32, gpu=128),
                  probe_chunk=by_scale(scale, smoke=16, cpu=48, gpu=64, paper=32))  # fmt: skip
     return {"τ probe": _arm(base, "tau-probe", "presample", {"importance": False}, range(1), **probe)}
@@ -269,8 +314,8 @@ def _chapter7_base(scale: str) -> Config:
     """Arazo et al.'s budgeted training: SGD lr 0.1, momentum 0.9, batch 128, the
     learning rate decaying linearly to 0 over the budget, crop+flip. ``budget_amount`` is the full
     (100%) run. ``paper``: ResNet-18, 200 epochs, weight decay 1e-4. ``gpu``: the fast recipe (:func:`fast_base`) for 20
-    epochs, with a 2-pixel crop as airbench94; ``cpu``: the small CNN on 2,000 images for 12 epochs;
-    ``smoke``: seconds."""
+    epochs, with a 2-pixel crop as airbench94; ``cpu``: :func:`cpu_base` for 16 epochs (its 5,000 images
+    fitted, see :func:`pilots`); ``smoke``: seconds."""
     arazo = dict(batch_size=128, lr=0.1, momentum=0.9, nesterov=False, schedule="linear", warmup=0.0, label_smoothing=0.0,
                  budget="epochs", crop=True, flip=True, crop_padding=4)  # fmt: skip
     return by_scale(
@@ -278,8 +323,7 @@ def _chapter7_base(scale: str) -> Config:
         gpu=fast_base("ch7", budget_amount=20, evaluations=4),
         paper=CONFIGS["cifar10-resnet18-uniform"].replace(name="ch7", budget_amount=200, evaluations=4,
                                                           weight_decay=1e-4, **arazo),
-        cpu=CONFIGS["cifar10-small-uniform"].replace(name="ch7", subset=2000, test_subset=2000, budget_amount=12,
-                                                     evaluations=1, weight_decay=5e-4, **arazo),
+        cpu=cpu_base("ch7", budget_amount=16, evaluations=1),
         smoke=CONFIGS["smoke-uniform"].replace(name="ch7", budget_amount=3, evaluations=1,
                                                **{**arazo, "batch_size": 64, "lr": 0.05}),
     )  # fmt: skip
@@ -291,19 +335,19 @@ def chapter7(scale: str) -> Suite:
     Subset strategies train on a fraction f of the data per epoch for the full run's number of epochs,
     as Arazo et al. do; selective backprop and the upper bound train on f × the full run's batches.
     CIFAR-10 only, except at ``paper`` scale (CIFAR-100 too; the offline copy has no CIFAR-100). At
-    ``gpu`` scale, mixup and RICAP are combined with the uniform subset and selective backprop only;
-    p-SGD, c-SGD and the τ switch, and selective backprop with mixup, are left out of those
-    combinations to keep the grid within its time budget (with mixing they would score each sample
-    cleanly, see ``Strategy.uses_observations``). At ``cpu`` and ``smoke`` scale mixup is run for the uniform subset only."""
+    ``gpu`` and ``cpu`` scale, mixup is combined with the uniform subset and RICAP with the uniform
+    subset and selective backprop only, and c-SGD is left out: p-SGD, c-SGD and the τ switch with
+    mixing (they would score each sample cleanly, see ``Strategy.uses_observations``) would not fit
+    the grid's time budget. At ``smoke`` scale mixup is run for the uniform subset only."""
     full = _chapter7_base(scale)
     seeds = _seeds(scale)
     datasets = ("cifar10", "cifar100") if scale == "paper" else ("cifar10",)
     suite: Suite = {}
     budgets = by_scale(scale, smoke=(0.3, 1.0), cpu=CHAPTER7_BUDGETS, gpu=CHAPTER7_BUDGETS)
-    mixed = by_scale(scale, smoke={"mixup": ("uniform subset",)}, cpu={"mixup": ("uniform subset",)},
-                     gpu={"mixup": ("uniform subset",), "RICAP": ("uniform subset", "selective backprop")},
+    budgeted = {"mixup": ("uniform subset",), "RICAP": ("uniform subset", "selective backprop")}
+    mixed = by_scale(scale, smoke={"mixup": ("uniform subset",)}, cpu=budgeted, gpu=budgeted,
                      paper={aug: ("uniform subset", "selective backprop") for aug in ("mixup", "RICAP")})  # fmt: skip
-    strategies = [k for k in CHAPTER7_STRATEGIES if scale != "gpu" or k != "c-SGD"]
+    strategies = [k for k in CHAPTER7_STRATEGIES if scale not in ("gpu", "cpu") or k != "c-SGD"]
     for dataset in datasets:
         for aug, changes in CHAPTER7_AUGMENTATIONS.items():
             for f in budgets:
@@ -318,9 +362,12 @@ def chapter7(scale: str) -> Suite:
     return suite
 
 
-SUITES = {"chapter3": chapter3, "chapter3_variants": chapter3_variants, "chapter3_high_lr": chapter3_high_lr,
-          "chapter3_long": chapter3_long, "chapter4": chapter4,
-          "chapter5": chapter5, "chapter5_tau": chapter5_tau, "chapter6": chapter6, "chapter7": chapter7}
+SUITES = {"pilots": lambda scale: {label: [config] for label, config in pilots(scale).items()},
+          "chapter3": chapter3, "chapter3_variants": chapter3_variants, "chapter3_high_lr": chapter3_high_lr,
+          "chapter3_long": chapter3_long, "chapter4": chapter4, "chapter4_resnet": chapter4_resnet,
+          "chapter5": chapter5, "chapter5_tau": chapter5_tau, "chapter6": chapter6,
+          # Chapters 5 and 6's races as one grid, so that all seven arms run interleaved seed by seed
+          "equal_time": lambda scale: {**chapter5(scale), **chapter6(scale)}, "chapter7": chapter7}
 
 
 MAX_MINUTES_ENV = "ISMOD_MAX_MINUTES"

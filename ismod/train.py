@@ -8,12 +8,13 @@ for the device: losses accumulate on it and are read at evaluation points.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -26,8 +27,8 @@ from .data import ImageData
 from .process_group import World
 from .strategies.base import Strategy
 
-__all__ = ["TrainSettings", "SCHEDULES", "BUDGETS", "lr_factor", "amp_dtype", "evaluate", "fit", "sgd",
-           "cross_entropy_loss", "check_field_types"]
+__all__ = ["TrainSettings", "SCHEDULES", "BUDGETS", "lr_factor", "amp_dtype", "evaluate", "recalibrated_batch_norm",
+           "fit", "sgd", "cross_entropy_loss", "check_field_types"]
 
 SCHEDULES: tuple[str, ...] = ("constant", "step", "linear", "onecycle")
 BUDGETS: tuple[str, ...] = ("epochs", "steps", "seconds")
@@ -65,6 +66,9 @@ class TrainSettings:
     lookahead: bool = False  # airbench's lookahead: every 5 steps pull the weights toward a slow average
     tta: int = 0  # test-time augmentation in evaluation: 0 none, 1 mirror, 2 mirror + 1-pixel shifts
     compile: bool = False  # torch.compile the model for training steps (its first steps then compile)
+    # > 0: after the last evaluation, evaluate once more with batch-norm statistics re-estimated on this
+    # many uniform batches of training images (a diagnostic for statistics skewed by non-uniform batches)
+    bn_recalibration: int = 0
     checkpoint_every_steps: int = 250
     checkpoint_every_seconds: float = 300.0
 
@@ -92,6 +96,7 @@ class TrainSettings:
             (0 <= self.initial_lr <= 1, f"initial_lr (a fraction of lr) must lie in [0, 1], got {self.initial_lr}"),
             (self.bias_lr_scale > 0, f"bias_lr_scale must be > 0, got {self.bias_lr_scale}"),
             (self.tta in (0, 1, 2), f"tta must be 0 (none), 1 (mirror) or 2 (mirror + shifts), got {self.tta}"),
+            (self.bn_recalibration >= 0, f"bn_recalibration must be >= 0 batches, got {self.bn_recalibration}"),
             (not self.lookahead or self.budget != "seconds",
              "lookahead needs a budget in epochs or steps (its averaging schedule follows the step count)"),
         ]
@@ -211,6 +216,43 @@ def evaluate(model: nn.Module, data: ImageData, augment: Augment, *, batch_size:
         total_correct, total_loss = world.reduce_floats([float(correct), float(loss)])
         return total_correct / len(data), total_loss / len(data)
     return float(correct) / len(data), float(loss) / len(data)
+
+
+@contextlib.contextmanager
+def recalibrated_batch_norm(model: nn.Module, data: ImageData, augment: Augment, *, batches: int, batch_size: int,
+                            seed: int = 0, amp: bool = False, channels_last: bool = False) -> Iterator[None]:
+    """Inside the ``with`` block, every batch-norm layer of ``model`` uses statistics re-estimated as the
+    plain average over ``batches`` uniformly drawn batches of ``data`` (un-augmented); on exit the
+    running statistics and momenta are restored exactly. An importance sampler trains on non-uniform
+    batches, so its running statistics describe those batches; comparing evaluations inside and
+    outside the block separates that effect from what the weights learnt."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items() if k.startswith("running") or k == "num_batches_tracked"})
+             for m in norms]  # fmt: skip
+    was_training = model.training
+    try:
+        for m in norms:
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches below
+        generator = torch.Generator().manual_seed(seed)
+        device = data.labels.device
+        model.train()
+        with torch.no_grad():
+            for _ in range(batches):
+                index = torch.randint(len(data), (min(batch_size, len(data)),), generator=generator).to(device)
+                x, _ = augment(data.images[index], data.labels[index], train=False)
+                if channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
+                    model(x)
+        model.train(was_training)
+        yield
+    finally:
+        for m, (momentum, buffers) in zip(norms, saved):
+            m.momentum = momentum
+            for k, v in buffers.items():
+                getattr(m, k).copy_(v)
+        model.train(was_training)
 
 
 class _Lookahead:
@@ -404,6 +446,7 @@ class _Loop:
         # plain model, so their other batch shapes trigger no recompilation
         self.train_model = torch.compile(model) if settings.compile else model
         self.loss = loss if loss is not None else cross_entropy_loss(settings.label_smoothing)
+        self.seed = seed
         self.gen = torch.Generator(device=device).manual_seed(seed)
         strategy.setup(self.n, settings.batch_size, device, self.gen, self.score, train.labels)
         self.optimizer = (optimizer or sgd(settings))(_param_groups(model, settings))
@@ -685,5 +728,22 @@ class _Loop:
             "train_loss": last["train_loss"],
             "images_per_second": state["step"] * self.settings.batch_size / max(state["train_time"], 1e-9),
         }  # fmt: skip
+        final.update(self.recalibrated_evaluation())
         timing_out = {**timing, "per_step": {k: v / steps for k, v in timing.items() if k in PHASES + SUBPHASES}}
         return {"history": state["history"], "timing": timing_out, "final": final}
+
+    def recalibrated_evaluation(self) -> dict[str, float]:
+        """With ``settings.bn_recalibration`` batches: test (and training-subset) accuracy and loss of the
+        final model with batch-norm statistics re-estimated on uniform batches (single process only)."""
+        settings = self.settings
+        if not settings.bn_recalibration or self.world is not None:
+            return {}
+        kwargs = dict(amp=self.use_amp, channels_last=settings.channels_last)
+        with recalibrated_batch_norm(self.model, self.train, self.augment, batches=settings.bn_recalibration,
+                                     batch_size=settings.batch_size, seed=self.seed + 4321, **kwargs):  # fmt: skip
+            out = dict(zip(("test_accuracy_recalibrated", "test_loss_recalibrated"),
+                           evaluate(self.model, self.test, self.augment, tta=settings.tta, **kwargs)))
+            if self.train_eval is not None:
+                out.update(zip(("train_eval_accuracy_recalibrated", "train_eval_loss_recalibrated"),
+                               evaluate(self.model, self.train_eval, self.augment, **kwargs)))
+        return out
