@@ -23,10 +23,17 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=50)
     args = parser.parse_args()
 
-    rows = collective_costs(nprocs=args.nprocs, num_scores=args.num_scores, batch_size=args.batch_size, model=args.model,
-                            repeats=args.repeats)
+    rows = collective_costs(
+        nprocs=args.nprocs,
+        num_scores=args.num_scores,
+        batch_size=args.batch_size,
+        model=args.model,
+        repeats=args.repeats,
+    )
     step = next(v for k, v in rows.items() if k.startswith("forward + backward"))
-    print(f"{machine()}; {args.nprocs} gloo processes on loopback, global batch {args.batch_size}, model {args.model}")
+    print(
+        f"{machine()}; {args.nprocs} gloo processes on loopback, global batch {args.batch_size}, model {args.model}"
+    )
     print(f"| {'what':58} | median µs | / one rank's step |")
     print(f"|{'-' * 60}|-----------|-------------------|")
     for name, us in rows.items():

@@ -28,18 +28,31 @@ args = parser.parse_args()
 candidates = {
     "small CNN, cpu recipe (cifar10-small-uniform)": get_config("cifar10-small-uniform"),
     f"narrow fast CNN, fast recipe, batch 512, {args.epochs:g} epochs": get_config(
-        "cifar10-fast-cpu", budget_amount=args.epochs, evaluations=1),
+        "cifar10-fast-cpu", budget_amount=args.epochs, evaluations=1
+    ),
 }
 rows = []
 for k in range(args.rounds):
     for label, config in candidates.items():
         r = run(config.replace(seed=k), progress=False, scale="cpu")
-        rows.append({"run": label, "seed": k, "train_seconds": r.final["train_time"],
-                     "test_accuracy": r.final["test_accuracy"], "epochs": r.final["epochs"]})
-        print(f"{label}, seed {k}: {r.final['test_accuracy']:.2%} in {r.final['train_time']:.0f} s", flush=True)
+        rows.append(
+            {
+                "run": label,
+                "seed": k,
+                "train_seconds": r.final["train_time"],
+                "test_accuracy": r.final["test_accuracy"],
+                "epochs": r.final["epochs"],
+            }
+        )
+        print(
+            f"{label}, seed {k}: {r.final['test_accuracy']:.2%} in {r.final['train_time']:.0f} s",
+            flush=True,
+        )
 print(f"machine: {machine()}; data: {r.provenance['data_source']}")
 print("| run | seed | epochs | training s | test accuracy |\n|---|---:|---:|---:|---:|")
 for row in rows:
-    print(f"| {row['run']} | {row['seed']} | {row['epochs']:.1f} | {row['train_seconds']:.0f} | {row['test_accuracy']:.2%} |")
+    print(
+        f"| {row['run']} | {row['seed']} | {row['epochs']:.1f} | {row['train_seconds']:.0f} | {row['test_accuracy']:.2%} |"
+    )
 if args.json:
     Path(args.json).write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1))

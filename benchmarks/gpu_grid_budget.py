@@ -22,7 +22,11 @@ from ismod.experiments import config_hash, load_saved  # noqa: E402
 
 
 def seconds_of(result) -> float:
-    return result.final["train_time"] + result.timing.get("evaluation", 0.0) + result.timing.get("probe", 0.0)
+    return (
+        result.final["train_time"]
+        + result.timing.get("evaluation", 0.0)
+        + result.timing.get("probe", 0.0)
+    )
 
 
 def main() -> None:
@@ -30,15 +34,31 @@ def main() -> None:
     parser.add_argument("--results", default="book/results/gpu")
     args = parser.parse_args()
     grids = {name: make("gpu") for name, make in suites.SUITES.items()}
-    uniform = [r for cs in grids["chapter7"].values() for c in cs if c.strategy == "prediction_subset"
-               and c.strategy_options.get("kind") == "uniform" and (r := load_saved(c, args.results))]
-    per_sample = statistics.median(seconds_of(r) / (r.final["epochs"] * r.provenance["train_size"]) for r in uniform)
-    timed = [r for cs in grids["chapter5"].values() for c in cs if (r := load_saved(c, args.results))]
+    uniform = [
+        r
+        for cs in grids["chapter7"].values()
+        for c in cs
+        if c.strategy == "prediction_subset"
+        and c.strategy_options.get("kind") == "uniform"
+        and (r := load_saved(c, args.results))
+    ]
+    per_sample = statistics.median(
+        seconds_of(r) / (r.final["epochs"] * r.provenance["train_size"]) for r in uniform
+    )
+    timed = [
+        r for cs in grids["chapter5"].values() for c in cs if (r := load_saved(c, args.results))
+    ]
     overhead = statistics.median(seconds_of(r) - r.config["budget_amount"] for r in timed)
-    probed = [r.timing["probe"] / r.config["probe_size"] for cs in grids["chapter4"].values() for c in cs
-              if (r := load_saved(c, args.results))]  # probe seconds per probed sample, all points
-    print(f"priced from {len(uniform)} saved uniform runs: {per_sample * 50_000:.3f} s per epoch; seconds budgets "
-          f"+{overhead:.2f} s each; device {uniform[0].provenance['device']}")
+    probed = [
+        r.timing["probe"] / r.config["probe_size"]
+        for cs in grids["chapter4"].values()
+        for c in cs
+        if (r := load_saved(c, args.results))
+    ]  # probe seconds per probed sample, all points
+    print(
+        f"priced from {len(uniform)} saved uniform runs: {per_sample * 50_000:.3f} s per epoch; seconds budgets "
+        f"+{overhead:.2f} s each; device {uniform[0].provenance['device']}"
+    )
     total = 0.0
     print("| grid | runs | saved | seconds (saved measured + missing predicted) |")
     print("|---|---:|---:|---:|")
@@ -58,8 +78,12 @@ def main() -> None:
                     seconds += seconds_of(r)
                 else:
                     # t_b / t_f = 1.45, measured on the H200 for the fast network at b = 1024
-                    seconds += suites.seconds_from_rate(c, per_sample, backward_ratio=1.45,
-                                                        overhead_s=overhead if c.budget == "seconds" else 0.0)
+                    seconds += suites.seconds_from_rate(
+                        c,
+                        per_sample,
+                        backward_ratio=1.45,
+                        overhead_s=overhead if c.budget == "seconds" else 0.0,
+                    )
                     if c.probe_size and probed:
                         seconds += statistics.median(probed) * c.probe_size
         total += seconds

@@ -39,7 +39,15 @@ from ismod.suites import fast_base  # noqa: E402
 
 START = time.perf_counter()
 STAGES = ("tests", "airbench", "pilots", "bench", "grids")
-GRID_ORDER = ("chapter5", "chapter6", "chapter7", "chapter5_tau", "chapter4", "chapter3", "chapter3_variants")
+GRID_ORDER = (
+    "chapter5",
+    "chapter6",
+    "chapter7",
+    "chapter5_tau",
+    "chapter4",
+    "chapter3",
+    "chapter3_variants",
+)
 
 
 class Session:
@@ -84,7 +92,9 @@ class Session:
         result = run_or_load(config, self.results, scale="gpu", progress=False)
         took = time.perf_counter() - start
         if config.budget == "epochs" and config.strategy in ("uniform", "prediction_subset"):
-            self.seconds_per_sample.append(took / (result.final["epochs"] * result.provenance["train_size"]))
+            self.seconds_per_sample.append(
+                took / (result.final["epochs"] * result.provenance["train_size"])
+            )
         self.log(f"{config.name}: {took:.1f} s wall, train {result.final['train_time']:.1f} s, "
                  f"test {result.final['test_accuracy']:.4f}, steps {result.final['steps']}")  # fmt: skip
         return result
@@ -141,7 +151,10 @@ def stage_airbench(s: Session, rounds: int) -> None:
                   f"{r.final['train_time']:.2f} s")  # fmt: skip
     finally:
         os.chdir(here)
-    s.save("airbench", {"rounds": rows, "note": "round 0 of ours includes its warm-up; compare rounds 1+"})
+    s.save(
+        "airbench",
+        {"rounds": rows, "note": "round 0 of ours includes its warm-up; compare rounds 1+"},
+    )
 
 
 def stage_pilots(s: Session) -> None:
@@ -155,8 +168,13 @@ def stage_pilots(s: Session) -> None:
                "train_eval_accuracy": h.get("train_eval_accuracy"), "train_loss": h.get("train_loss")}  # fmt: skip
         if "tau" in h:
             taus = [t for hh in r.history for _, t, _ in hh.get("tau_log", [])]
-            row.update(tau_max=max(taus, default=None), tau_end=h["tau"], tau_threshold=h["tau_threshold"],
-                       t_forward=h.get("t_forward"), t_backward=h.get("t_backward"))
+            row.update(
+                tau_max=max(taus, default=None),
+                tau_end=h["tau"],
+                tau_threshold=h["tau_threshold"],
+                t_forward=h.get("t_forward"),
+                t_backward=h.get("t_backward"),
+            )
         if "probe" in h:
             norms = torch.tensor(h["probe"]["grad_norm"])
             row["negligible_share"] = float((norms < 0.01 * norms.max()).float().mean())
@@ -180,7 +198,9 @@ def stage_bench(s: Session) -> None:
         s.log("dataloader", out["DataLoader pipeline, resnet18"])
         s.save("bench", out)
     if s.left() > 40:
-        rows = bench.sampler_step_costs([50_000, 1_000_000, 10_000_000], batch_size=128, repeats=50, device="cuda")
+        rows = bench.sampler_step_costs(
+            [50_000, 1_000_000, 10_000_000], batch_size=128, repeats=50, device="cuda"
+        )
         out["sampler step, cuda"] = rows
         s.log("sampler\n" + bench.format_table(rows))
         s.save("bench", out)
@@ -223,7 +243,11 @@ def main() -> None:
     parser.add_argument("--airbench-rounds", type=int, default=2)
     args = parser.parse_args()
     s = Session(Path(args.out), args.seconds)
-    s.log(s.record["machine"], "| capability", torch.cuda.get_device_capability() if torch.cuda.is_available() else None)
+    s.log(
+        s.record["machine"],
+        "| capability",
+        torch.cuda.get_device_capability() if torch.cuda.is_available() else None,
+    )
     for stage in args.stages:
         if s.left() < 15:
             s.log("out of time before", stage)

@@ -19,6 +19,8 @@ parser.add_argument("--rounds", type=int, default=3)
 parser.add_argument("--device", default="cpu")
 args = parser.parse_args()
 
-res = harness_throughput(args.model, batch_size=args.batch_size, steps=args.steps, rounds=args.rounds, device=args.device)
+res = harness_throughput(
+    args.model, batch_size=args.batch_size, steps=args.steps, rounds=args.rounds, device=args.device
+)
 print(f"machine: {machine()}")
 print(json.dumps({k: round(v, 4) for k, v in res.items()}, indent=1))

@@ -13,7 +13,9 @@ import time
 from ismod.bench import format_table, machine, sampler_step_costs
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-parser.add_argument("--sizes", type=int, nargs="+", default=[50_000, 1_000_000, 10_000_000, 30_000_000])
+parser.add_argument(
+    "--sizes", type=int, nargs="+", default=[50_000, 1_000_000, 10_000_000, 30_000_000]
+)
 parser.add_argument("--batch-size", type=int, default=128)
 parser.add_argument("--repeats", type=int, default=20)
 parser.add_argument("--json", help="also write the records here")

@@ -21,6 +21,12 @@ args = parser.parse_args()
 
 print(f"machine: {machine()}")
 for name in args.models:
-    res = scoring_costs(name, batch_size=args.batch_size, loop_samples=args.loop_samples,
-                        chunk_size=args.chunk_size, repeats=args.repeats, device=args.device)
+    res = scoring_costs(
+        name,
+        batch_size=args.batch_size,
+        loop_samples=args.loop_samples,
+        chunk_size=args.chunk_size,
+        repeats=args.repeats,
+        device=args.device,
+    )
     print(name, f"B={args.batch_size}", json.dumps({k: round(v, 4) for k, v in res.items()}))

@@ -42,23 +42,40 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("list", help="list the named configs")
     run_p = sub.add_parser("run", help="run a named config")
     run_p.add_argument("name")
-    run_p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field")
+    run_p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
+    )
     run_p.add_argument("--out", help="result JSON path (default results/NAME-HASH.json)")
-    run_p.add_argument("--resume", action="store_true", help="continue from the checkpoint beside --out")
+    run_p.add_argument(
+        "--resume", action="store_true", help="continue from the checkpoint beside --out"
+    )
     run_p.add_argument("--data", help="data directory (default $ISMOD_DATA)")
     run_p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
     run_p.add_argument("--no-progress", action="store_true")
-    run_p.add_argument("--keep-checkpoint", action="store_true",
-                       help="keep the final checkpoint beside --out (by default it is removed once the result is saved)")
-    suite_p = sub.add_parser("suite", help="run (or reuse) every config of a chapter's experiment grid")
+    run_p.add_argument(
+        "--keep-checkpoint",
+        action="store_true",
+        help="keep the final checkpoint beside --out (by default it is removed once the result is saved)",
+    )
+    suite_p = sub.add_parser(
+        "suite", help="run (or reuse) every config of a chapter's experiment grid"
+    )
     suite_p.add_argument("name", help="one of: " + ", ".join(SUITES))
     suite_p.add_argument("--scale", required=True, choices=["smoke", "cpu", "gpu"])
-    suite_p.add_argument("--out", required=True, help="results directory (saved results there are reused)")
-    suite_p.add_argument("--only", action="append", default=[], help="run only arms whose label contains this")
+    suite_p.add_argument(
+        "--out", required=True, help="results directory (saved results there are reused)"
+    )
+    suite_p.add_argument(
+        "--only", action="append", default=[], help="run only arms whose label contains this"
+    )
     suite_p.add_argument("--data", help="data directory (default $ISMOD_DATA)")
     suite_p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available)")
-    suite_p.add_argument("--max-minutes", type=float, default=None,
-                         help="refuse to start if the runs still missing are predicted to train longer than this")
+    suite_p.add_argument(
+        "--max-minutes",
+        type=float,
+        default=None,
+        help="refuse to start if the runs still missing are predicted to train longer than this",
+    )
     args = parser.parse_args(argv)
     try:
         world = init_from_env()
@@ -78,7 +95,10 @@ def main(argv: list[str] | None = None) -> int:
         if missing:
             minutes = estimate_seconds(missing, args.device) / 60
             if rank0:
-                print(f"{len(missing)} runs to train, about {minutes:.1f} min predicted from measured step times", flush=True)
+                print(
+                    f"{len(missing)} runs to train, about {minutes:.1f} min predicted from measured step times",
+                    flush=True,
+                )
             if args.max_minutes is not None and minutes > args.max_minutes:
                 print(f"error: predicted {minutes:.0f} min exceeds --max-minutes {args.max_minutes:g}; nothing was run "
                       "(use --only to run part of the grid)", file=sys.stderr)  # fmt: skip
@@ -94,8 +114,11 @@ def main(argv: list[str] | None = None) -> int:
                 result = run_or_load(config, args.out, scale=args.scale, data_root=args.data, device=args.device,
                                      progress=False)  # fmt: skip
                 if rank0:
-                    print(f"{label} seed {config.seed}: test accuracy {result.final['test_accuracy']:.4f}, "
-                          f"{result.final['train_time']:.0f} s training ({time.perf_counter() - start:.0f} s now)", flush=True)
+                    print(
+                        f"{label} seed {config.seed}: test accuracy {result.final['test_accuracy']:.4f}, "
+                        f"{result.final['train_time']:.0f} s training ({time.perf_counter() - start:.0f} s now)",
+                        flush=True,
+                    )
         return 0
 
     if args.command == "list":
@@ -109,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    out = Path(args.out) if args.out else Path("results") / f"{config.name}-{config_hash(config)[:12]}.json"
+    out = (
+        Path(args.out)
+        if args.out
+        else Path("results") / f"{config.name}-{config_hash(config)[:12]}.json"
+    )
     checkpoint = out.with_suffix(".ckpt.pt")
     result = run(config, device=args.device, data_root=args.data, checkpoint=checkpoint, resume=args.resume,
                  progress=not args.no_progress and rank0)  # fmt: skip
@@ -119,8 +146,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.keep_checkpoint:
         checkpoint.unlink(missing_ok=True)  # the saved result supersedes it
     final = result.final
-    print(f"{config.name}: test accuracy {final['test_accuracy']:.4f} after {final['epochs']:.2f} epochs, "
-          f"{final['train_time']:.1f} s training ({final['images_per_second']:.0f} images/s); saved {out}")
+    print(
+        f"{config.name}: test accuracy {final['test_accuracy']:.4f} after {final['epochs']:.2f} epochs, "
+        f"{final['train_time']:.1f} s training ({final['images_per_second']:.0f} images/s); saved {out}"
+    )
     return 0
 
 

@@ -23,14 +23,18 @@ from .data import CIFAR_MEAN, CIFAR_STD
 __all__ = ["normalize", "random_crop", "random_flip", "mixup", "ricap", "Augment"]
 
 
-def normalize(images: torch.Tensor, mean=CIFAR_MEAN, std=CIFAR_STD, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def normalize(
+    images: torch.Tensor, mean=CIFAR_MEAN, std=CIFAR_STD, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """uint8 (B, 3, H, W) on the 0–255 scale → float, per-channel standardised."""
     m = torch.tensor(mean, device=images.device, dtype=dtype).view(1, -1, 1, 1)
     s = torch.tensor(std, device=images.device, dtype=dtype).view(1, -1, 1, 1)
     return (images.to(dtype) - m) / s
 
 
-def random_crop(x: torch.Tensor, padding: int = 4, *, generator: torch.Generator | None = None) -> torch.Tensor:
+def random_crop(
+    x: torch.Tensor, padding: int = 4, *, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Pad by ``padding`` (reflect) and cut a random H×W window per sample, by one gather."""
     b, _, h, w = x.shape
     padded = F.pad(x, (padding,) * 4, mode="reflect")
@@ -39,7 +43,9 @@ def random_crop(x: torch.Tensor, padding: int = 4, *, generator: torch.Generator
     rows = (oy + torch.arange(h, device=x.device))[:, :, None]
     cols = (ox + torch.arange(w, device=x.device))[:, None, :]
     batch = torch.arange(b, device=x.device)[:, None, None]
-    return padded[batch, :, rows, cols].permute(0, 3, 1, 2)  # (B, H, W, C) → (B, C, H, W), channels_last
+    return padded[batch, :, rows, cols].permute(
+        0, 3, 1, 2
+    )  # (B, H, W, C) → (B, C, H, W), channels_last
 
 
 def random_flip(x: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -117,7 +123,12 @@ class Augment:
         return self.mixup_alpha > 0 or self.ricap_beta > 0
 
     def __call__(
-        self, images: torch.Tensor, labels: torch.Tensor, *, generator: torch.Generator | None = None, train: bool = True
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        generator: torch.Generator | None = None,
+        train: bool = True,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         x = normalize(images)
         if not train:
@@ -130,12 +141,20 @@ class Augment:
             return x, labels
         targets = _one_hot(labels, self.num_classes, x.dtype)
         if self.mixup_alpha > 0:
-            return mixup(x, targets, float(self.rng.beta(self.mixup_alpha, self.mixup_alpha)), generator=generator)
+            return mixup(
+                x,
+                targets,
+                float(self.rng.beta(self.mixup_alpha, self.mixup_alpha)),
+                generator=generator,
+            )
         h, w = x.shape[2:]
         bw = int(round(w * self.rng.beta(self.ricap_beta, self.ricap_beta)))
         bh = int(round(h * self.rng.beta(self.ricap_beta, self.ricap_beta)))
         sizes = [(bw, bh), (w - bw, bh), (bw, h - bh), (w - bw, h - bh)]
-        offsets = [(int(self.rng.integers(0, w - rw + 1)), int(self.rng.integers(0, h - rh + 1))) for rw, rh in sizes]
+        offsets = [
+            (int(self.rng.integers(0, w - rw + 1)), int(self.rng.integers(0, h - rh + 1)))
+            for rw, rh in sizes
+        ]
         return ricap(x, targets, (bw, bh), offsets, generator=generator)
 
     def state_dict(self) -> dict[str, Any]:

@@ -17,9 +17,17 @@ from torch.utils.data import WeightedRandomSampler
 
 from .sampling import ImportanceSampler
 
-__all__ = ["machine", "median_us", "sampler_step_costs", "format_table", "harness_throughput", "dataloader_throughput",
-           "scoring_costs",
-           "forward_backward_times", "collective_costs"]
+__all__ = [
+    "machine",
+    "median_us",
+    "sampler_step_costs",
+    "format_table",
+    "harness_throughput",
+    "dataloader_throughput",
+    "scoring_costs",
+    "forward_backward_times",
+    "collective_costs",
+]
 
 
 def machine() -> str:
@@ -89,9 +97,12 @@ def sampler_step_costs(
                 torch.multinomial(weights, batch_size, replacement=True, generator=draw_gen)
 
             if device.type == "cpu":  # the host-only baselines
+
                 def wrs_step() -> None:
                     weights[idx0] = new
-                    list(WeightedRandomSampler(weights, batch_size, replacement=True, generator=gen))
+                    list(
+                        WeightedRandomSampler(weights, batch_size, replacement=True, generator=gen)
+                    )
 
                 candidates["WeightedRandomSampler rebuild"] = wrs_step
             if n <= 2**24:
@@ -112,18 +123,26 @@ def sampler_step_costs(
         # The sampler also rebuilds its tree exactly once per N updated entries: O(N), amortised.
         rebuild_us = median_us(sampler._rebuild, 3, warmup=1)
         rows.append(
-            {"N": n, "method": "ismod rebuild, amortised per step", "median_us": rebuild_us * batch_size / n}
+            {
+                "N": n,
+                "method": "ismod rebuild, amortised per step",
+                "median_us": rebuild_us * batch_size / n,
+            }
         )
     return rows
 
 
-def format_table(rows: list[dict[str, float | int | str]], baseline: str = "ismod ImportanceSampler") -> str:
+def format_table(
+    rows: list[dict[str, float | int | str]], baseline: str = "ismod ImportanceSampler"
+) -> str:
     """A markdown table of :func:`sampler_step_costs` records, with each time as a multiple of ismod's."""
     base = {r["N"]: r["median_us"] for r in rows if r["method"] == baseline}
     lines = ["| N | method | median µs / step | × ismod |", "|---:|---|---:|---:|"]
     for r in rows:
         ratio = float(r["median_us"]) / float(base[r["N"]])
-        lines.append(f"| {int(r['N']):,} | {r['method']} | {float(r['median_us']):,.0f} | {ratio:,.2f} |")
+        lines.append(
+            f"| {int(r['N']):,} | {r['method']} | {float(r['median_us']):,.0f} | {ratio:,.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -157,7 +176,9 @@ def harness_throughput(
 
     device = torch.device(device)
     g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (num_items, 3, 32, 32), dtype=torch.uint8, generator=g).to(device)
+    images = torch.randint(0, 256, (num_items, 3, 32, 32), dtype=torch.uint8, generator=g).to(
+        device
+    )
     labels = torch.randint(10, (num_items,), generator=g).to(device)
     data = ImageData(images, labels, [str(i) for i in range(10)], "random")
     tiny_test = ImageData(images[:10], labels[:10], data.classes, "random")
@@ -165,15 +186,19 @@ def harness_throughput(
 
     def minimal(n_steps: int) -> float:
         model = build_model(model_name).to(device).to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+        opt = torch.optim.SGD(
+            model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4
+        )
         gen = torch.Generator(device=device).manual_seed(seed)
         sync()
         start = time.perf_counter()
         order = torch.randperm(num_items, device=device, generator=gen)
         for step in range(n_steps):
-            idx = order[(step * batch_size) % (num_items - batch_size + 1):][:batch_size]
+            idx = order[(step * batch_size) % (num_items - batch_size + 1) :][:batch_size]
             x = random_flip(random_crop(normalize(images[idx]), 4, generator=gen), generator=gen)
-            with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp and device.type == "cuda"):
+            with torch.autocast(
+                device.type, dtype=amp_dtype(device), enabled=amp and device.type == "cuda"
+            ):
                 logits = model(x.contiguous(memory_format=torch.channels_last))
             loss = F.cross_entropy(logits.float(), labels[idx])
             opt.zero_grad(set_to_none=True)
@@ -235,7 +260,9 @@ def dataloader_throughput(
     loader = DataLoader(_CropFlipDataset(images, labels), batch_size=batch_size, shuffle=True, drop_last=True,
                         num_workers=workers, pin_memory=device.type == "cuda", persistent_workers=workers > 0)  # fmt: skip
     model = build_model(model_name).to(device).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     done, start = 0, 0.0
     while done < steps + 5:
@@ -243,9 +270,13 @@ def dataloader_throughput(
             if done == 5:
                 sync()
                 start = time.perf_counter()
-            x = normalize(x.to(device, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+            x = normalize(x.to(device, non_blocking=True)).contiguous(
+                memory_format=torch.channels_last
+            )
             y = y.to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype(device), enabled=device.type == "cuda"):
+            with torch.autocast(
+                device.type, dtype=amp_dtype(device), enabled=device.type == "cuda"
+            ):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y)
             opt.zero_grad(set_to_none=True)
@@ -350,7 +381,11 @@ def forward_backward_times(
 
     device = torch.device(device)
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(batch_size, 3, 32, 32, generator=g).to(device).contiguous(memory_format=torch.channels_last)
+    x = (
+        torch.randn(batch_size, 3, 32, 32, generator=g)
+        .to(device)
+        .contiguous(memory_format=torch.channels_last)
+    )
     y = torch.randint(10, (batch_size,), generator=g).to(device)
     model = build_model(model_name).to(device).to(memory_format=torch.channels_last)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
@@ -376,7 +411,13 @@ def forward_backward_times(
             backward.append(t2 - t1)
             scoring.append(t3 - t2)
     f, b, s = (statistics.median(v) for v in (forward, backward, scoring))
-    return {"forward_s": f, "backward_s": b, "scoring_s": s, "backward/forward": b / f, "scoring/forward": s / f}
+    return {
+        "forward_s": f,
+        "backward_s": b,
+        "scoring_s": s,
+        "backward/forward": b / f,
+        "scoring/forward": s / f,
+    }
 
 
 def _collective_worker(rank: int, size: int, port: int, out: str, options: dict) -> None:
@@ -393,6 +434,7 @@ def _collective_worker(rank: int, size: int, port: int, out: str, options: dict)
     losses, logits = torch.rand(b), torch.randn(b, classes)
     scores = torch.rand(options["num_scores"] // size)
     grads = [torch.randn_like(p) for p in build_model(options["model"], classes).parameters()]
+
     def fixed_median_us(step: Callable[[], object]) -> float:
         # every rank must make the same number of calls (a collective waits for all), so no adaptive repeats
         for _ in range(3):
@@ -430,18 +472,34 @@ def collective_costs(*, nprocs: int = 2, num_scores: int = 50_000, batch_size: i
     from .process_group import free_port
 
     port = free_port()
-    options = dict(num_scores=num_scores, batch_size=batch_size, model=model, classes=classes, repeats=repeats, threads=threads)
+    options = dict(
+        num_scores=num_scores,
+        batch_size=batch_size,
+        model=model,
+        classes=classes,
+        repeats=repeats,
+        threads=threads,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "rows.pt")
-        mp.start_processes(_collective_worker, args=(nprocs, port, out, options), nprocs=nprocs, start_method="spawn")
+        mp.start_processes(
+            _collective_worker,
+            args=(nprocs, port, out, options),
+            nprocs=nprocs,
+            start_method="spawn",
+        )
         rows = torch.load(out)
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # what one rank has
     try:
-        times = forward_backward_times(model, batch_size=batch_size // nprocs, repeats=max(repeats // 4, 3))
+        times = forward_backward_times(
+            model, batch_size=batch_size // nprocs, repeats=max(repeats // 4, 3)
+        )
     finally:
         torch.set_num_threads(before)
-    rows[f"forward + backward of one rank's {batch_size // nprocs} samples"] = (times["forward_s"] + times["backward_s"]) * 1e6
+    rows[f"forward + backward of one rank's {batch_size // nprocs} samples"] = (
+        times["forward_s"] + times["backward_s"]
+    ) * 1e6
     return rows
 
 
@@ -457,7 +515,9 @@ def session_tables(paths: list[str]) -> str:
         with open(path) as f:
             record = json.load(f)
         stages = record["stages"]
-        out.append(f"**{record['machine']}**, commit `{record['commit'][:12]}`, command `{record['command']}`")
+        out.append(
+            f"**{record['machine']}**, commit `{record['commit'][:12]}`, command `{record['command']}`"
+        )
         if "airbench" in stages and "rounds" in stages["airbench"]:
             rounds = stages["airbench"]["rounds"]
             ours, ref = rounds["ismod fast recipe"][1:], rounds["airbench94"][1:]
@@ -470,14 +530,22 @@ def session_tables(paths: list[str]) -> str:
                         f"| ismod fast recipe, uniform (TTA) | {len(ours)} | {', '.join(f'{a:.2%}' for a, _ in ours)} | "
                         f"{t_ours:.2f} | {t_ours / t_ref:.2f} |"]  # fmt: skip
         bench = stages.get("bench", {})
-        rows = [(k.split(", ")[1], v) for k, v in bench.items() if k.startswith("harness vs minimal")]
+        rows = [
+            (k.split(", ")[1], v) for k, v in bench.items() if k.startswith("harness vs minimal")
+        ]
         if rows:
-            out += ["", "| model | minimal loop (images/s) | harness (images/s) | harness / minimal |", "|---|---:|---:|---:|"]
+            out += [
+                "",
+                "| model | minimal loop (images/s) | harness (images/s) | harness / minimal |",
+                "|---|---:|---:|---:|",
+            ]
             out += [f"| {m} | {v['minimal_images_per_s']:,.0f} | {v['harness_images_per_s']:,.0f} | {v['ratio']:.3f} |"
                     for m, v in rows]  # fmt: skip
             if "DataLoader pipeline, resnet18" in bench:
                 ips = bench["DataLoader pipeline, resnet18"]["images_per_s"]
-                out.append(f"| resnet18, DataLoader with worker processes (per-sample crop+flip) | – | {ips:,.0f} | – |")
+                out.append(
+                    f"| resnet18, DataLoader with worker processes (per-sample crop+flip) | – | {ips:,.0f} | – |"
+                )
         if "sampler step, cuda" in bench:
             out += ["", "Sampler draw of 128 with weights, then update of their 128 scores, on the GPU:", "",
                     format_table(bench["sampler step, cuda"])]  # fmt: skip

@@ -25,7 +25,9 @@ def _check_targets(logits: torch.Tensor, targets: torch.Tensor) -> None:
         if targets.shape[0] != n:
             raise ValueError(f"targets has {targets.shape[0]} entries for {n} rows of logits")
         if targets.is_floating_point():
-            raise ValueError("class-index targets must be integers; pass probability targets as (batch, classes)")
+            raise ValueError(
+                "class-index targets must be integers; pass probability targets as (batch, classes)"
+            )
         bad = (targets < 0) | (targets >= c)
         if bad.any():
             raise ValueError(f"targets out of range [0, {c}) at {int(bad.sum())} positions")
@@ -62,7 +64,9 @@ def _upper_bound(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 
 def logit_grad_norms(
-    logits: torch.Tensor, targets: torch.Tensor, loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
 ) -> torch.Tensor:
     """:math:`\\lVert \\partial L_i/\\partial z_i\\rVert_2` for any per-sample loss, by autograd on the logits.
 
@@ -73,7 +77,9 @@ def logit_grad_norms(
     with torch.enable_grad():
         losses = loss_fn(z, targets)
         if losses.shape != z.shape[:1]:
-            raise ValueError(f"loss_fn must return per-sample losses of shape ({z.shape[0]},), got {tuple(losses.shape)}")
+            raise ValueError(
+                f"loss_fn must return per-sample losses of shape ({z.shape[0]},), got {tuple(losses.shape)}"
+            )
         (grad,) = torch.autograd.grad(losses.sum(), z)
     return grad.norm(dim=1)
 
@@ -128,7 +134,9 @@ def per_sample_grads(
     model.eval()
     try:
         for start in range(0, inputs.shape[0], step):
-            grads = per_sample(params, buffers, inputs[start : start + step], targets[start : start + step])
+            grads = per_sample(
+                params, buffers, inputs[start : start + step], targets[start : start + step]
+            )
             flat = torch.cat([g.flatten(1).float() for g in grads.values()], dim=1)
             parts.append(flat.norm(dim=1) if reduce == "norm" else flat)
     finally:

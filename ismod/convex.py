@@ -119,7 +119,9 @@ def least_squares_problem(
     a = directions * norms
     x_true = torch.randn(dim, generator=g, dtype=torch.float64)
     y = a @ x_true + noise * torch.randn(n, generator=g, dtype=torch.float64)
-    return Problem(a, y, "least_squares", name=f"least squares, N={n}, row norms spread ×{norm_spread:g}")
+    return Problem(
+        a, y, "least_squares", name=f"least squares, N={n}, row norms spread ×{norm_spread:g}"
+    )
 
 
 def digits_logistic_problem(*, l2: float = 1e-3) -> Problem:
@@ -130,7 +132,9 @@ def digits_logistic_problem(*, l2: float = 1e-3) -> Problem:
     try:
         from sklearn.datasets import load_digits
     except ImportError as err:  # pragma: no cover - depends on the environment
-        raise ImportError("digits_logistic_problem needs scikit-learn: pip install scikit-learn") from err
+        raise ImportError(
+            "digits_logistic_problem needs scikit-learn: pip install scikit-learn"
+        ) from err
     data = load_digits()
     x = torch.tensor(data.data, dtype=torch.float64) / 16.0
     x = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], 1)
@@ -189,7 +193,9 @@ def run_sgd(
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     if lr <= 0 or batch_size < 1 or epochs <= 0:
-        raise ValueError(f"lr, batch_size and epochs must be positive; got {lr}, {batch_size}, {epochs}")
+        raise ValueError(
+            f"lr, batch_size and epochs must be positive; got {lr}, {batch_size}, {epochs}"
+        )
     n = problem.n
     steps = max(1, round(epochs * n / batch_size))
     eval_at = set(torch.linspace(0, steps, evaluations).round().long().tolist())

@@ -24,7 +24,15 @@ import torch
 
 from ._io import replace_atomically
 
-__all__ = ["ImageData", "load_cifar", "data_root", "data_source", "DATA_ENV", "CIFAR_MEAN", "CIFAR_STD"]
+__all__ = [
+    "ImageData",
+    "load_cifar",
+    "data_root",
+    "data_source",
+    "DATA_ENV",
+    "CIFAR_MEAN",
+    "CIFAR_STD",
+]
 
 DATA_ENV = "ISMOD_DATA"
 CACHE_ENV = "ISMOD_CACHE"
@@ -89,7 +97,9 @@ def _decode(blobs: list[bytes]) -> torch.Tensor:
     return torch.stack(decode_jpeg(tensors, mode=ImageReadMode.RGB))
 
 
-def _split_from_files(items: list[tuple[str, str, bytes]]) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+def _split_from_files(
+    items: list[tuple[str, str, bytes]],
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """items: (class name, file name, jpeg bytes) → images, labels, sorted class names."""
     classes = sorted({c for c, _, _ in items})
     items = sorted(items, key=lambda t: (t[0], t[1]))
@@ -111,14 +121,21 @@ def _read_tar(path: Path, split: str) -> list[tuple[str, str, bytes]]:
     with tarfile.open(path) as tar:
         for member in tar:
             parts = Path(member.name).parts
-            if member.isfile() and len(parts) >= 4 and parts[-3] == split and parts[-1].lower().endswith((".jpg", ".jpeg")):
+            if (
+                member.isfile()
+                and len(parts) >= 4
+                and parts[-3] == split
+                and parts[-1].lower().endswith((".jpg", ".jpeg"))
+            ):
                 items.append((parts[-2], parts[-1], tar.extractfile(member).read()))
     return items
 
 
 def _load_image_folder(source: Path, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     stat = source.stat()
-    key = hashlib.sha256(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{split}".encode()).hexdigest()[:16]
+    key = hashlib.sha256(
+        f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{split}".encode()
+    ).hexdigest()[:16]
     cache = _cache_dir() / f"{source.name.split('.')[0]}-{split}-{key}.pt"
     if cache.exists():
         try:
@@ -175,7 +192,9 @@ def load_cifar(
     return data.to(device)
 
 
-def _load_torchvision(name: str, split: str, base: Path | None, download: bool, looked: list[str]) -> ImageData:
+def _load_torchvision(
+    name: str, split: str, base: Path | None, download: bool, looked: list[str]
+) -> ImageData:
     import torchvision
 
     cls = torchvision.datasets.CIFAR10 if name == "cifar10" else torchvision.datasets.CIFAR100
@@ -190,7 +209,12 @@ def _load_torchvision(name: str, split: str, base: Path | None, download: bool, 
             f"files, or pass download=True to let torchvision fetch it (needs internet)."
         ) from err
     images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()
-    return ImageData(images, torch.tensor(ds.targets, dtype=torch.long), list(ds.classes), _source_label(name, jpeg=False))
+    return ImageData(
+        images,
+        torch.tensor(ds.targets, dtype=torch.long),
+        list(ds.classes),
+        _source_label(name, jpeg=False),
+    )
 
 
 def _source_label(name: str, *, jpeg: bool) -> str:

@@ -17,6 +17,7 @@ __all__ = [
     "variance_from_norms",
     "spearman",
     "score_variance_ratios",
+    "negligible_fraction",
 ]
 
 STAT_NAMES: tuple[str, ...] = ("entropy", "kl_from_uniform", "effective_fraction", "max_weight")
@@ -42,7 +43,14 @@ def distribution_stats(probs: torch.Tensor) -> torch.Tensor:
     positive = p > 0
     entropy = -torch.where(positive, p * p.clamp_min(1e-300).log(), torch.zeros_like(p)).sum()
     smallest = torch.where(positive, p, torch.full_like(p, math.inf)).min()
-    return torch.stack([entropy, (math.log(n) - entropy).clamp_min(0.0), 1.0 / (n * (p**2).sum()), 1.0 / (n * smallest)])
+    return torch.stack(
+        [
+            entropy,
+            (math.log(n) - entropy).clamp_min(0.0),
+            1.0 / (n * (p**2).sum()),
+            1.0 / (n * smallest),
+        ]
+    )
 
 
 def coverage(visits: torch.Tensor) -> dict[str, float]:
@@ -53,14 +61,19 @@ def coverage(visits: torch.Tensor) -> dict[str, float]:
     """
     v = torch.as_tensor(visits, dtype=torch.float64)
     if v.dim() != 1 or v.numel() < 2:
-        raise ValueError(f"visits must be a 1-D tensor of at least 2 counts, got shape {tuple(v.shape)}")
+        raise ValueError(
+            f"visits must be a 1-D tensor of at least 2 counts, got shape {tuple(v.shape)}"
+        )
     if (v < 0).any():
         raise ValueError("visits must be non-negative counts")
     total = float(v.sum())
     if total == 0:
         return {"seen": 0.0, "visit_entropy": 0.0}
     f = v[v > 0] / total
-    return {"seen": float((v > 0).double().mean()), "visit_entropy": float(-(f * f.log()).sum()) / math.log(v.numel())}
+    return {
+        "seen": float((v > 0).double().mean()),
+        "visit_entropy": float(-(f * f.log()).sum()) / math.log(v.numel()),
+    }
 
 
 def weighted_mean_bias(
@@ -105,7 +118,9 @@ def variance_from_norms(
     sq = torch.as_tensor(sq_norms, dtype=torch.float64)
     p = torch.as_tensor(probs, dtype=torch.float64)
     if sq.dim() != 1 or p.shape != sq.shape:
-        raise ValueError(f"sq_norms and probs must be 1-D of one length, got {tuple(sq.shape)} and {tuple(p.shape)}")
+        raise ValueError(
+            f"sq_norms and probs must be 1-D of one length, got {tuple(sq.shape)} and {tuple(p.shape)}"
+        )
     if ((sq > 0) & (p <= 0)).any():
         return math.inf
     n = sq.numel()
@@ -118,13 +133,17 @@ def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
     a = torch.as_tensor(a, dtype=torch.float64)
     b = torch.as_tensor(b, dtype=torch.float64)
     if a.shape != b.shape or a.dim() != 1 or a.numel() < 2:
-        raise ValueError(f"a and b must be 1-D of one length >= 2, got {tuple(a.shape)} and {tuple(b.shape)}")
+        raise ValueError(
+            f"a and b must be 1-D of one length >= 2, got {tuple(a.shape)} and {tuple(b.shape)}"
+        )
     ra = torch.argsort(torch.argsort(a)).double()
     rb = torch.argsort(torch.argsort(b)).double()
     return float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
 
 
-def score_variance_ratios(probe: dict, batch_size: int = 128, scores: tuple[str, ...] = ("loss", "bound", "grad_norm")) -> dict[str, float]:
+def score_variance_ratios(
+    probe: dict, batch_size: int = 128, scores: tuple[str, ...] = ("loss", "bound", "grad_norm")
+) -> dict[str, float]:
     """For each score in ``probe``, the variance of minibatches drawn with :math:`p \\propto` score
     (reweighted, with replacement) divided by that of uniform minibatches — below 1 is a reduction.
 
@@ -134,10 +153,24 @@ def score_variance_ratios(probe: dict, batch_size: int = 128, scores: tuple[str,
     """
     sq = torch.tensor(probe["grad_norm"], dtype=torch.float64) ** 2
     n = sq.numel()
-    uniform = variance_from_norms(sq, probe["mean_grad_sq"], torch.full((n,), 1.0 / n, dtype=torch.float64), batch_size)
+    uniform = variance_from_norms(
+        sq, probe["mean_grad_sq"], torch.full((n,), 1.0 / n, dtype=torch.float64), batch_size
+    )
     out = {}
     for name in scores:
         s = torch.tensor(probe[name], dtype=torch.float64).clamp_min(0)
         p = s / s.sum() if s.sum() > 0 else torch.full((n,), 1.0 / n, dtype=torch.float64)
         out[name] = variance_from_norms(sq, probe["mean_grad_sq"], p, batch_size) / uniform
     return out
+
+
+def negligible_fraction(norms: torch.Tensor, relative: float = 0.01) -> float:
+    """Fraction of samples whose gradient norm is below ``relative`` × the largest one, the measure of
+    Katharopoulos & Fleuret's slide 2 ("most samples have negligible gradient" late in training)."""
+    if not 0 < relative < 1:
+        raise ValueError(f"relative must lie in (0, 1), got {relative}")
+    if norms.dim() != 1 or norms.numel() == 0:
+        raise ValueError(
+            f"norms must be a non-empty 1-D tensor of per-sample gradient norms, got shape {tuple(norms.shape)}"
+        )
+    return float((norms < relative * norms.max()).double().mean())

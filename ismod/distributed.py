@@ -28,11 +28,28 @@ from typing import Any
 
 import torch.distributed as dist
 
-from .process_group import (DEFAULT_TIMEOUT_S, TIMEOUT_ENV, CollectiveError, World, all_gather_cat, free_port,
-                            init_from_env, join_local)
+from .process_group import (
+    DEFAULT_TIMEOUT_S,
+    TIMEOUT_ENV,
+    CollectiveError,
+    World,
+    all_gather_cat,
+    free_port,
+    init_from_env,
+    join_local,
+)
 
-__all__ = ["World", "CollectiveError", "init_from_env", "join_local", "free_port", "launch", "all_gather_cat", "TIMEOUT_ENV",
-           "DEFAULT_TIMEOUT_S"]
+__all__ = [
+    "World",
+    "CollectiveError",
+    "init_from_env",
+    "join_local",
+    "free_port",
+    "launch",
+    "all_gather_cat",
+    "TIMEOUT_ENV",
+    "DEFAULT_TIMEOUT_S",
+]
 
 
 def _worker(rank: int, size: int, port: int, config_dict: dict[str, Any], out: str, run_kwargs: dict[str, Any],

@@ -30,8 +30,18 @@ from .models import MODELS, build_model, initialize_from_data
 from .strategies import STRATEGIES, build_strategy
 from .train import TrainSettings, check_field_types, fit
 
-__all__ = ["Config", "Result", "CONFIGS", "BEHAVIOUR_VERSION", "get_config", "config_hash", "run", "run_or_load",
-           "load_saved", "results_dir"]
+__all__ = [
+    "Config",
+    "Result",
+    "CONFIGS",
+    "BEHAVIOUR_VERSION",
+    "get_config",
+    "config_hash",
+    "run",
+    "run_or_load",
+    "load_saved",
+    "results_dir",
+]
 
 RESULTS_ENV = "ISMOD_RESULTS"
 # Bumped whenever the same config would train differently (a saved result of another version is
@@ -67,8 +77,13 @@ class Config(TrainSettings):
     seed: int = 0
     probe_size: int = 0  # training samples whose loss, bound and exact gradient norm are recorded
     probe_chunk: int = 64  # per-sample gradients held at once while probing
-    tau_probe: int = 0  # presamples per evaluation point on which τ is checked against measured variance
+    tau_probe: int = (
+        0  # presamples per evaluation point on which τ is checked against measured variance
+    )
     tau_probe_batch: int = 32  # b of those presamples (B = 3b)
+    # smaller presample sizes B' also checked at each point, as the first B' samples of each presample
+    # (the same exact gradients: a sub-block of their Gram matrix), b' = B'/3
+    tau_probe_sizes: tuple[int, ...] = ()
     train_eval_size: int = 0  # training samples evaluated (un-augmented) at each evaluation point
 
     def validate(self, num_items: int | None = None) -> None:
@@ -83,7 +98,9 @@ class Config(TrainSettings):
         for name in ("subset", "test_subset"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name} must be a positive number of samples or None, got {value}")
+                raise ValueError(
+                    f"{name} must be a positive number of samples or None, got {value}"
+                )
         if self.subset is not None and self.batch_size > self.subset:
             raise ValueError(f"batch_size {self.batch_size} exceeds subset {self.subset}")
         super().validate(num_items if num_items is not None else self.subset or 50_000)
@@ -94,6 +111,7 @@ class Config(TrainSettings):
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
         d["milestones"] = list(d["milestones"])
+        d["tau_probe_sizes"] = list(d["tau_probe_sizes"])
         return d
 
     @classmethod
@@ -103,21 +121,36 @@ class Config(TrainSettings):
         if unknown:
             raise ValueError(f"unknown config fields: {unknown}")
         d = dict(d)
-        if "milestones" in d:
-            d["milestones"] = tuple(d["milestones"])
+        for name in ("milestones", "tau_probe_sizes"):
+            if name in d:
+                d[name] = tuple(d[name])
         return cls(**d)
 
 
 # Fields added after results were saved: left out of the hash while at their default, so that
 # adding a field does not orphan every saved result.
-_LATER_FIELDS: dict[str, Any] = {"tau_probe": 0, "tau_probe_batch": 32, "train_eval_size": 0, "final_lr": 0.0,
-                                  "initial_lr": 0.0, "bias_lr_scale": 1.0, "lookahead": False, "tta": 0,
-                                  "compile": False, "bn_recalibration": 0}
+_LATER_FIELDS: dict[str, Any] = {
+    "tau_probe": 0,
+    "tau_probe_batch": 32,
+    "train_eval_size": 0,
+    "final_lr": 0.0,
+    "initial_lr": 0.0,
+    "bias_lr_scale": 1.0,
+    "lookahead": False,
+    "tta": 0,
+    "compile": False,
+    "bn_recalibration": 0,
+    "tau_probe_sizes": [],
+}
 
 
 def config_hash(config: Config) -> str:
     """SHA-256 of the config's canonical JSON: equal hashes, equal runs (up to hardware)."""
-    d = {k: v for k, v in config.to_dict().items() if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])}
+    d = {
+        k: v
+        for k, v in config.to_dict().items()
+        if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])
+    }
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
@@ -128,16 +161,39 @@ CONFIGS: dict[str, Config] = {
     # The CPU-scale reference: the small CNN, uniform sampling, 4 epochs of the full training set.
     "cifar10-small-uniform": Config(name="cifar10-small-uniform", budget_amount=4, **_SMALL),
     # Seconds for tests and smoke-scale chapters.
-    "smoke-uniform": Config(name="smoke-uniform", subset=512, test_subset=256, budget_amount=2,
-                            **{**_SMALL, "batch_size": 64, "evaluations": 2}),  # fmt: skip
+    "smoke-uniform": Config(
+        name="smoke-uniform",
+        subset=512,
+        test_subset=256,
+        budget_amount=2,
+        **{**_SMALL, "batch_size": 64, "evaluations": 2},
+    ),  # fmt: skip
     # The sources' GPU settings (the loss-sampling report, Katharopoulos & Fleuret 2018, Arazo et al. 2021).
     "cifar10-resnet18-uniform": Config(
-        name="cifar10-resnet18-uniform", model="resnet18", batch_size=128, lr=0.1, nesterov=False,
-        weight_decay=1e-4, schedule="linear", warmup=0.0, budget_amount=200, evaluations=40,
+        name="cifar10-resnet18-uniform",
+        model="resnet18",
+        batch_size=128,
+        lr=0.1,
+        nesterov=False,
+        weight_decay=1e-4,
+        schedule="linear",
+        warmup=0.0,
+        budget_amount=200,
+        evaluations=40,
     ),  # fmt: skip
     "cifar10-wrn-uniform": Config(
-        name="cifar10-wrn-uniform", model="wrn28_2", batch_size=128, lr=0.1, nesterov=False, weight_decay=5e-4,
-        schedule="step", warmup=0.0, milestones=(0.5, 0.8), gamma=0.2, budget="seconds", budget_amount=3600,
+        name="cifar10-wrn-uniform",
+        model="wrn28_2",
+        batch_size=128,
+        lr=0.1,
+        nesterov=False,
+        weight_decay=5e-4,
+        schedule="step",
+        warmup=0.0,
+        milestones=(0.5, 0.8),
+        gamma=0.2,
+        budget="seconds",
+        budget_amount=3600,
         evaluations=20,
     ),  # fmt: skip
 }
@@ -157,8 +213,10 @@ CONFIGS["cifar10-fast-uniform"] = Config(name="cifar10-fast-uniform", **FAST_REC
 # The same recipe on two CPU cores: the narrow network (widths 32/64/128), batch 512, 5 epochs —
 # 85.1% on the JPEG copy in 147 s of training against the small CNN's 80.1% in 100 s
 # (benchmarks/cpu_time_to_accuracy.py, one seed each; benchmarks/results/cpu-2026-11-30.md).
-CONFIGS["cifar10-fast-cpu"] = Config(name="cifar10-fast-cpu", **{**FAST_RECIPE, "model": "fast_cnn_narrow",
-                                                                  "batch_size": 512, "budget_amount": 5.0})
+CONFIGS["cifar10-fast-cpu"] = Config(
+    name="cifar10-fast-cpu",
+    **{**FAST_RECIPE, "model": "fast_cnn_narrow", "batch_size": 512, "budget_amount": 5.0},
+)
 
 CONFIGS["cifar10-small-probe"] = Config(
     name="cifar10-small-probe", subset=10_000, budget_amount=8, probe_size=1024,
@@ -176,7 +234,9 @@ def _per_sample_ce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     return torch.nn.functional.cross_entropy(logits, targets, reduction="none")
 
 
-def gradient_probe(train: ImageData, augment: Augment, size: int, *, chunk: int = 64, seed: int = 0):
+def gradient_probe(
+    train: ImageData, augment: Augment, size: int, *, chunk: int = 64, seed: int = 0
+):
     """A ``probe`` for :func:`ismod.train.fit`: on ``size`` fixed training samples (un-augmented), record
     per-sample ``loss``, upper ``bound``, exact ``grad_norm`` and the squared norm of their mean gradient
     ``mean_grad_sq`` (the model in eval mode throughout, so all four agree on BatchNorm)."""
@@ -195,7 +255,9 @@ def gradient_probe(train: ImageData, augment: Augment, size: int, *, chunk: int 
         norms = per_sample_grad_norms(model, ce, x, y, chunk_size=chunk)
         model.zero_grad(set_to_none=True)
         ce(model(x).float(), y).mean().backward()
-        mean_sq = sum(float(p.grad.float().pow(2).sum()) for p in model.parameters() if p.grad is not None)
+        mean_sq = sum(
+            float(p.grad.float().pow(2).sum()) for p in model.parameters() if p.grad is not None
+        )
         model.zero_grad(set_to_none=True)
         model.train(was_training)
 
@@ -208,7 +270,42 @@ def gradient_probe(train: ImageData, augment: Augment, size: int, *, chunk: int 
     return probe
 
 
-def tau_probe(train: ImageData, augment: Augment, presamples: int, batch: int, *, chunk: int = 64, seed: int = 0):
+def _tau_check(
+    gram: torch.Tensor, scores: dict[str, torch.Tensor], batch: int, seed: int
+) -> dict[str, Any]:
+    """τ (with and without the root) and the measured variance ratio for each score, on one presample
+    whose exact per-sample gradients have Gram matrix ``gram``; for the bound also the sampled ratio."""
+    from .tau import equivalent_batch_increment, sampled_sq_errors, variance_ratio
+
+    size = gram.shape[0]
+    entry: dict[str, Any] = {"mean_grad_sq": float(gram.sum()) / size**2,
+                             "mean_sq_norm": float(torch.diagonal(gram).mean())}  # fmt: skip
+    probs = {
+        name: (s + 1e-12) / (s + 1e-12).sum() for name, s in scores.items()
+    }  # every point drawable
+    for name, p in probs.items():
+        entry[name] = {"tau": equivalent_batch_increment(p), "tau_sqrt": equivalent_batch_increment(p, sqrt=True),
+                       "measured": variance_ratio(gram, p)}  # fmt: skip
+    gen = torch.Generator().manual_seed(seed)
+    err_g, se_g = sampled_sq_errors(gram, probs["bound"], batch, generator=gen)
+    err_u, se_u = sampled_sq_errors(
+        gram, torch.full_like(probs["bound"], 1.0 / size), batch, generator=gen
+    )
+    entry["bound"]["sampled"] = err_u / err_g
+    entry["bound"]["sampled_rel_se"] = math.hypot(se_g / err_g, se_u / err_u)
+    return entry
+
+
+def tau_probe(
+    train: ImageData,
+    augment: Augment,
+    presamples: int,
+    batch: int,
+    *,
+    chunk: int = 64,
+    seed: int = 0,
+    sizes: tuple[int, ...] = (),
+):
     """A ``probe`` checking τ against the variance it predicts (Chapter 5).
 
     At each call, ``presamples`` fixed presamples of B = 3 ``batch`` training samples (un-augmented,
@@ -216,14 +313,23 @@ def tau_probe(train: ImageData, augment: Augment, presamples: int, batch: int, *
     from the exact gradient norms it records τ (:func:`ismod.tau.equivalent_batch_increment`, with and
     without the square root) and the measured ratio :func:`ismod.tau.variance_ratio`, and, for the
     bound, the same ratio from 2000 sampled minibatches each way (:func:`ismod.tau.sampled_sq_errors`).
+    For each B' in ``sizes`` (each a multiple of 3 below B) the same is recorded under
+    ``entry["smaller"][str(B')]`` for the presample's first B' samples, from the same gradients.
     """
+    for smaller in sizes:
+        if not (3 <= smaller < 3 * batch and smaller % 3 == 0):
+            raise ValueError(
+                f"tau_probe_sizes must be multiples of 3 below B = {3 * batch}, got {smaller}"
+            )
     from .bounds import per_sample_grads, upper_bound
-    from .tau import equivalent_batch_increment, sampled_sq_errors, variance_ratio
 
     ce = _per_sample_ce
     size = 3 * batch
     g = torch.Generator().manual_seed(seed + 54321)
-    sets = [torch.randperm(len(train), generator=g)[:size].to(train.labels.device) for _ in range(presamples)]
+    sets = [
+        torch.randperm(len(train), generator=g)[:size].to(train.labels.device)
+        for _ in range(presamples)
+    ]
 
     def probe(model: torch.nn.Module) -> list[dict[str, Any]]:
         was_training = model.training
@@ -238,17 +344,14 @@ def tau_probe(train: ImageData, augment: Augment, presamples: int, batch: int, *
             del grads
             scores = {"bound": upper_bound(logits, y).double(), "loss": ce(logits, y).double(),
                       "exact": torch.diagonal(gram).clamp_min(0).sqrt()}  # fmt: skip
-            entry: dict[str, Any] = {"mean_grad_sq": float(gram.sum()) / size**2,
-                                     "mean_sq_norm": float(torch.diagonal(gram).mean())}  # fmt: skip
-            probs = {name: (s + 1e-12) / (s + 1e-12).sum() for name, s in scores.items()}  # every point drawable
-            for name, p in probs.items():
-                entry[name] = {"tau": equivalent_batch_increment(p), "tau_sqrt": equivalent_batch_increment(p, sqrt=True),
-                               "measured": variance_ratio(gram, p)}  # fmt: skip
-            gen = torch.Generator().manual_seed(seed + k)
-            err_g, se_g = sampled_sq_errors(gram, probs["bound"], batch, generator=gen)
-            err_u, se_u = sampled_sq_errors(gram, torch.full_like(probs["bound"], 1.0 / size), batch, generator=gen)
-            entry["bound"]["sampled"] = err_u / err_g
-            entry["bound"]["sampled_rel_se"] = math.hypot(se_g / err_g, se_u / err_u)
+            entry = _tau_check(gram, scores, batch, seed + k)
+            if sizes:
+                entry["smaller"] = {
+                    str(m): _tau_check(
+                        gram[:m, :m], {n: v[:m] for n, v in scores.items()}, m // 3, seed + k
+                    )
+                    for m in sizes
+                }
             out.append(entry)
         model.train(was_training)
         return out
@@ -258,9 +361,15 @@ def tau_probe(train: ImageData, augment: Augment, presamples: int, batch: int, *
 
 def _probes(train: ImageData, augment: Augment, config: Config):
     """The config's probes as one callback: the gradient probe's keys, plus ``"tau"`` for the τ probe."""
-    grad_probe = gradient_probe(train, augment, config.probe_size, chunk=config.probe_chunk, seed=config.seed) if config.probe_size else None
+    grad_probe = (
+        gradient_probe(
+            train, augment, config.probe_size, chunk=config.probe_chunk, seed=config.seed
+        )
+        if config.probe_size
+        else None
+    )
     t_probe = tau_probe(train, augment, config.tau_probe, config.tau_probe_batch, chunk=config.probe_chunk,
-                        seed=config.seed) if config.tau_probe else None  # fmt: skip
+                        seed=config.seed, sizes=config.tau_probe_sizes) if config.tau_probe else None  # fmt: skip
     if grad_probe is None and t_probe is None:
         return None
 
@@ -327,7 +436,9 @@ def _git_commit() -> str:
         return env
     here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=here, capture_output=True,
                                text=True, timeout=5)  # fmt: skip
     except (OSError, subprocess.SubprocessError):
@@ -363,21 +474,31 @@ def run(
     world = World.current()
     if device is None and world is not None and world.device.type == "cuda":
         device = world.device  # nccl: this rank's GPU
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        torch.device(device)
+        if device is not None
+        else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
     # download=True only matters where no local copy exists (Colab): torchvision then fetches CIFAR
     load = dict(root=data_root, device=device, seed=config.seed, download=True)
     train = load_cifar(config.dataset, "train", subset=config.subset, **load)
     test = load_cifar(config.dataset, "test", subset=config.test_subset, **load)
     torch.manual_seed(config.seed)
     model = build_model(config.model, train.num_classes).to(device)
-    whitening_sample = torch.randperm(len(train), generator=torch.Generator().manual_seed(config.seed))[:5000]
+    whitening_sample = torch.randperm(
+        len(train), generator=torch.Generator().manual_seed(config.seed)
+    )[:5000]
     initialize_from_data(model, normalize(train.images[whitening_sample.to(device)]))
     strategy = build_strategy(config.strategy, config.strategy_options)
     augment = Augment(num_classes=train.num_classes, crop=config.crop, flip=config.flip, padding=config.crop_padding,
                       mixup_alpha=config.mixup_alpha, ricap_beta=config.ricap_beta, seed=config.seed)  # fmt: skip
     tag = config_hash(config)
     probe = _probes(train, augment, config)
-    train_eval = train.subset(config.train_eval_size, seed=config.seed + 777) if config.train_eval_size else None
+    train_eval = (
+        train.subset(config.train_eval_size, seed=config.seed + 777)
+        if config.train_eval_size
+        else None
+    )
     out = fit(model, train, test, strategy, augment, config, seed=config.seed, checkpoint=checkpoint,
               resume=resume, tag=tag, progress=progress, probe=probe, train_eval=train_eval)  # fmt: skip
     provenance = {
@@ -394,7 +515,9 @@ def result_path(config: Config, results_dir: str | os.PathLike) -> Path:
     return Path(results_dir) / f"{config.name}-{config_hash(config)[:12]}.json"
 
 
-def load_saved(config: Config, results_dir: str | os.PathLike, *, data: str | None = None) -> Result | None:
+def load_saved(
+    config: Config, results_dir: str | os.PathLike, *, data: str | None = None
+) -> Result | None:
     """The saved result of exactly ``config`` (same hash, same behaviour version and, when ``data`` is
     given, the same data source as :func:`ismod.data.data_source` names it), or ``None``.
 
@@ -421,7 +544,9 @@ def run_or_load(config: Config, results_dir: str | os.PathLike, **run_kwargs: An
     """
     world = World.current()
     path = result_path(config, results_dir)
-    saved = load_saved(config, results_dir, data=data_source(config.dataset, run_kwargs.get("data_root")))
+    saved = load_saved(
+        config, results_dir, data=data_source(config.dataset, run_kwargs.get("data_root"))
+    )
     if saved is not None:
         return saved
     checkpoint = Path(results_dir) / "checkpoints" / f"{path.stem}.pt"

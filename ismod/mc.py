@@ -100,7 +100,9 @@ def _check_distribution(name: str, dist: object) -> Distribution:
     return dist
 
 
-def _evaluate(f: Callable[[torch.Tensor], torch.Tensor], samples: torch.Tensor, n: int) -> torch.Tensor:
+def _evaluate(
+    f: Callable[[torch.Tensor], torch.Tensor], samples: torch.Tensor, n: int
+) -> torch.Tensor:
     values = f(samples)
     if not isinstance(values, torch.Tensor):
         values = torch.as_tensor(values)
@@ -181,9 +183,7 @@ def effective_sample_size(log_weights: torch.Tensor | Sequence[float]) -> float:
     """
     lw = torch.as_tensor(log_weights, dtype=torch.float64)
     if lw.dim() != 1 or lw.numel() == 0:
-        raise ValueError(
-            f"log_weights must be a non-empty 1-D tensor, got shape {tuple(lw.shape)}"
-        )
+        raise ValueError(f"log_weights must be a non-empty 1-D tensor, got shape {tuple(lw.shape)}")
     nan = torch.isnan(lw)
     if nan.any():
         raise ValueError(f"log_weights contain NaN at {int(nan.sum())} positions")

@@ -22,7 +22,16 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-__all__ = ["MODELS", "build_model", "initialize_from_data", "FastCNN", "fast_cnn", "small_cnn", "resnet18", "wide_resnet"]
+__all__ = [
+    "MODELS",
+    "build_model",
+    "initialize_from_data",
+    "FastCNN",
+    "fast_cnn",
+    "small_cnn",
+    "resnet18",
+    "wide_resnet",
+]
 
 
 def _conv_bn(cin: int, cout: int, stride: int = 1) -> list[nn.Module]:
@@ -41,7 +50,12 @@ class SmallCNN(nn.Module):
         layers: list[nn.Module] = []
         cin = 3
         for w in widths:
-            layers += [nn.Conv2d(cin, w, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(w), nn.GELU()]
+            layers += [
+                nn.Conv2d(cin, w, 3, padding=1, bias=False),
+                nn.MaxPool2d(2),
+                nn.BatchNorm2d(w),
+                nn.GELU(),
+            ]
             layers += [*_conv_bn(w, w), nn.GELU()]
             cin = w
         self.features = nn.Sequential(*layers)
@@ -123,7 +137,9 @@ class FastCNN(nn.Module):
 class _BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
-        self.body = nn.Sequential(*_conv_bn(cin, cout, stride), nn.ReLU(inplace=True), *_conv_bn(cout, cout))
+        self.body = nn.Sequential(
+            *_conv_bn(cin, cout, stride), nn.ReLU(inplace=True), *_conv_bn(cout, cout)
+        )
         self.shortcut = (
             nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
             if stride != 1 or cin != cout
@@ -146,7 +162,9 @@ class ResNet18(nn.Module):
         self.classifier = nn.Linear(512, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+        return self.classifier(
+            torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)
+        )
 
 
 class _WideBlock(nn.Module):
@@ -156,7 +174,9 @@ class _WideBlock(nn.Module):
         super().__init__()
         self.bn1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
         self.bn2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.shortcut = nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
+        self.shortcut = (
+            nn.Conv2d(cin, cout, 1, stride, bias=False) if stride != 1 or cin != cout else None
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = torch.relu(self.bn1(x))
@@ -182,7 +202,9 @@ class WideResNet(nn.Module):
         self.classifier = nn.Linear(cin, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+        return self.classifier(
+            torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1)
+        )
 
 
 def fast_cnn(num_classes: int = 10) -> nn.Module:

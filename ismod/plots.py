@@ -65,7 +65,9 @@ def mc_error_against_n(
     ax.loglog(xs, [v[0] for v in out.values()], "o-", label=f"RMS error over {repeats} runs")
     ax.loglog(xs, [v[1] for v in out.values()], "s--", label="mean reported stderr")
     ref = out[xs[0]][0] * math.sqrt(xs[0])
-    ax.loglog(xs, [ref / math.sqrt(n) for n in xs], ":", color="gray", label=r"$\propto 1/\sqrt{n}$")
+    ax.loglog(
+        xs, [ref / math.sqrt(n) for n in xs], ":", color="gray", label=r"$\propto 1/\sqrt{n}$"
+    )
     ax.set_xlabel("number of draws n")
     ax.set_ylabel("error")
     ax.legend()
@@ -95,7 +97,9 @@ def running_estimates(
         values, log_w = mc.importance_draws(f, p, q, n, seed=seed)
         running = torch.cumsum(log_w.exp() * values, 0) / steps
         results[name] = mc.estimate_from_draws(values, log_w)
-        ax.plot(steps.numpy(), running.numpy(), label=f"{name} (ESS {results[name].ess:.0f} of {n})")
+        ax.plot(
+            steps.numpy(), running.numpy(), label=f"{name} (ESS {results[name].ess:.0f} of {n})"
+        )
     if exact is not None:
         ax.axhline(exact, color="black", lw=0.8, ls="--", label="exact")
     ax.set_xscale("log")
@@ -171,7 +175,11 @@ def sgd_histories(histories: Sequence, *, title: str = "") -> plt.Figure:
 
 
 def estimate_histograms(
-    estimates: Mapping[str, Sequence[float]], *, exact: float, xlabel: str = "estimate", ax: Axes | None = None
+    estimates: Mapping[str, Sequence[float]],
+    *,
+    exact: float,
+    xlabel: str = "estimate",
+    ax: Axes | None = None,
 ) -> None:
     """Histograms of repeated estimates (one per method) on common bins, with the exact value marked."""
     ax = _axes(ax)
@@ -196,9 +204,13 @@ def learning_curves(results: Mapping[str, object], *, axes: Sequence[Axes] | Non
         hist = result.history  # type: ignore[attr-defined]
         epochs = [h["epoch"] for h in hist]
         axes[0].plot(epochs, [h["test_accuracy"] for h in hist], "o-", label=label)
-        axes[1].plot([h["wall_time"] for h in hist], [h["test_accuracy"] for h in hist], "o-", label=label)
+        axes[1].plot(
+            [h["wall_time"] for h in hist], [h["test_accuracy"] for h in hist], "o-", label=label
+        )
         trained = [h for h in hist if h["train_loss"] is not None]
-        axes[2].plot([h["epoch"] for h in trained], [h["train_loss"] for h in trained], "o-", label=label)
+        axes[2].plot(
+            [h["epoch"] for h in trained], [h["train_loss"] for h in trained], "o-", label=label
+        )
     axes[0].set(xlabel="epochs", ylabel="test accuracy")
     axes[1].set(xlabel="training seconds (evaluation excluded)", ylabel="test accuracy")
     axes[2].set(xlabel="epochs", ylabel="training loss (since the previous point)")
@@ -215,7 +227,9 @@ def gradient_norm_cdf(result: object, *, ax: Axes | None = None) -> None:
     ax = _axes(ax)
     for h in _probe_points(result):
         norms = torch.tensor(h["probe"]["grad_norm"]).sort().values.clamp_min(1e-8)
-        ax.plot(norms.numpy(), torch.linspace(0, 1, len(norms)).numpy(), label=f"epoch {h['epoch']:.1f}")
+        ax.plot(
+            norms.numpy(), torch.linspace(0, 1, len(norms)).numpy(), label=f"epoch {h['epoch']:.1f}"
+        )
     ax.set_xscale("log")
     ax.set(xlabel="per-sample gradient norm ||∇θ L_i||", ylabel="fraction of samples ≤ x")
     ax.legend(fontsize=8)
@@ -236,21 +250,32 @@ def bound_scatter(result: object, *, point: int = -1, ax: Axes | None = None) ->
     return rho
 
 
-def variance_reduction(results: Sequence, *, batch_size: int = 128, ax: Axes | None = None) -> dict[str, list[float]]:
+def variance_reduction(
+    results: Sequence, *, batch_size: int = 128, ax: Axes | None = None
+) -> dict[str, list[float]]:
     """Variance of importance-sampled minibatches relative to uniform, per score, over training
     (Katharopoulos & Fleuret's slide 7, re-made): mean over ``results`` (seeds) with their range."""
     from .diagnostics import score_variance_ratios
 
     ax = _axes(ax)
-    labels = {"loss": "p ∝ loss", "bound": "p ∝ upper bound", "grad_norm": "p ∝ exact gradient norm"}
-    per_seed = [[(h["epoch"], score_variance_ratios(h["probe"], batch_size)) for h in _probe_points(r)][1:] for r in results]
+    labels = {
+        "loss": "p ∝ loss",
+        "bound": "p ∝ upper bound",
+        "grad_norm": "p ∝ exact gradient norm",
+    }
+    per_seed = [
+        [(h["epoch"], score_variance_ratios(h["probe"], batch_size)) for h in _probe_points(r)][1:]
+        for r in results
+    ]
     epochs = [e for e, _ in per_seed[0]]
     means: dict[str, list[float]] = {}
     for key, label in labels.items():
         values = torch.tensor([[ratios[key] for _, ratios in seed] for seed in per_seed])
         means[key] = values.mean(0).tolist()
         ax.plot(epochs, means[key], "o-", label=label)
-        ax.fill_between(epochs, values.min(0).values.numpy(), values.max(0).values.numpy(), alpha=0.2)
+        ax.fill_between(
+            epochs, values.min(0).values.numpy(), values.max(0).values.numpy(), alpha=0.2
+        )
     ax.axhline(1.0, color="black", lw=0.8, ls="--", label="uniform")
     ax.set(xlabel="epochs", ylabel=f"variance / uniform (batch {batch_size})")
     ax.legend(fontsize=8)
@@ -272,13 +297,24 @@ def seed_bands(results: Mapping[str, Sequence], key: str, *, x: str = "epoch", a
         mean = ys.mean(0)
         line = ax.plot(xs.numpy(), mean.numpy(), "o-", ms=3, label=label)[0]
         if len(runs) > 1:
-            ax.fill_between(xs.numpy(), ys.min(0).values.numpy(), ys.max(0).values.numpy(), alpha=0.15, color=line.get_color())
+            ax.fill_between(
+                xs.numpy(),
+                ys.min(0).values.numpy(),
+                ys.max(0).values.numpy(),
+                alpha=0.15,
+                color=line.get_color(),
+            )
         means[label] = mean.tolist()
-    ax.set(xlabel={"epoch": "epochs (samples seen / N)", "wall_time": "training seconds"}.get(x, x), ylabel=ylabel or key)
+    ax.set(
+        xlabel={"epoch": "epochs (samples seen / N)", "wall_time": "training seconds"}.get(x, x),
+        ylabel=ylabel or key,
+    )
     return means
 
 
-def score_quantiles(result: object, *, ax: Axes | None = None, batch_size: int | None = None) -> None:
+def score_quantiles(
+    result: object, *, ax: Axes | None = None, batch_size: int | None = None
+) -> None:
     """The distribution of the strategy's scores at each epoch it logged (the report's Appendix B):
     median, 25–75% and 5–95% bands, and the maximum."""
     ax = _axes(ax)
@@ -297,7 +333,9 @@ def score_quantiles(result: object, *, ax: Axes | None = None, batch_size: int |
     ax.legend(fontsize=8)
 
 
-def sampling_drift(results: Mapping[str, Sequence], *, stat: str = "kl_from_uniform", ax: Axes | None = None) -> None:
+def sampling_drift(
+    results: Mapping[str, Sequence], *, stat: str = "kl_from_uniform", ax: Axes | None = None
+) -> None:
     """A per-epoch statistic of each arm's sampling distribution (``kl_from_uniform``, ``entropy``,
     ``effective_fraction`` or ``max_weight``), every seed drawn thin."""
     from .suites import sampling_log
@@ -314,7 +352,9 @@ def sampling_drift(results: Mapping[str, Sequence], *, stat: str = "kl_from_unif
     ax.legend(fontsize=8)
 
 
-def time_breakdown(results: Mapping[str, Sequence], *, ax: Axes | None = None) -> dict[str, dict[str, float]]:
+def time_breakdown(
+    results: Mapping[str, Sequence], *, ax: Axes | None = None
+) -> dict[str, dict[str, float]]:
     """Seconds per run spent training (data, forward, backward, optimiser), selecting (scoring and
     sampling) and evaluating, mean over seeds, as stacked bars (the report's Appendix C)."""
     ax = _axes(ax)
@@ -368,10 +408,14 @@ def budget_accuracy(curves: Mapping[str, Mapping[str, Sequence[tuple[float, floa
     augmentation, a line per strategy with ± one standard deviation over seeds
     (``curves`` from :func:`ismod.suites.budget_curves`). The full run is drawn as a horizontal line."""
     if axes is None:
-        _, axes = plt.subplots(1, len(curves), figsize=(5.2 * len(curves), 4), sharey=True, squeeze=False)
+        _, axes = plt.subplots(
+            1, len(curves), figsize=(5.2 * len(curves), 4), sharey=True, squeeze=False
+        )
         axes = list(axes[0])
     # one colour and offset per strategy across all panels
-    order = list(dict.fromkeys(strategy for per_strategy in curves.values() for strategy in per_strategy))
+    order = list(
+        dict.fromkeys(strategy for per_strategy in curves.values() for strategy in per_strategy)
+    )
     for ax, (aug, per_strategy) in zip(axes, curves.items()):
         for strategy, points in per_strategy.items():
             k = order.index(strategy)
@@ -381,7 +425,9 @@ def budget_accuracy(curves: Mapping[str, Mapping[str, Sequence[tuple[float, floa
                         color=f"C{k}")  # fmt: skip
             full = [pt for pt in points if pt[0] == 1.0]
             if full:
-                ax.axhline(100 * full[0][1], color="black", lw=0.8, ls="--", label=f"{strategy}, 100%")
+                ax.axhline(
+                    100 * full[0][1], color="black", lw=0.8, ls="--", label=f"{strategy}, 100%"
+                )
         ax.set(title=aug, xlabel="budget (% of the full run's iterations)")
     axes[0].set_ylabel("test accuracy (%)")
     axes[0].legend(fontsize=8)
@@ -409,7 +455,9 @@ def tau_tradeoff(presample_ratio: float, backward_ratio: float, spread: float, *
     g = (s / s.sum()).sort(descending=True).values
     axes[0].bar(range(big_b), g.numpy(), width=1.0)
     axes[0].axhline(1 / big_b, color="black", lw=0.8, ls="--", label="uniform 1/B")
-    axes[0].set(xlabel="presampled point (sorted)", ylabel="g_i", title=f"B = {big_b}, σ = {spread:.2f}")
+    axes[0].set(
+        xlabel="presampled point (sorted)", ylabel="g_i", title=f"B = {big_b}, σ = {spread:.2f}"
+    )
     axes[0].legend(fontsize=8)
     sigmas = torch.linspace(0, 2, 81)
     taus = [tau_at(float(x)) for x in sigmas]

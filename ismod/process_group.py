@@ -19,8 +19,16 @@ from typing import Any, TypeVar
 import torch
 import torch.distributed as dist
 
-__all__ = ["World", "CollectiveError", "init_from_env", "join_local", "free_port", "all_gather_cat", "TIMEOUT_ENV",
-           "DEFAULT_TIMEOUT_S"]
+__all__ = [
+    "World",
+    "CollectiveError",
+    "init_from_env",
+    "join_local",
+    "free_port",
+    "all_gather_cat",
+    "TIMEOUT_ENV",
+    "DEFAULT_TIMEOUT_S",
+]
 
 TIMEOUT_ENV = "ISMOD_DIST_TIMEOUT"
 DEFAULT_TIMEOUT_S = 300.0
@@ -47,7 +55,11 @@ class World:
         if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
             return None
         backend = dist.get_backend()
-        device = torch.device("cuda", torch.cuda.current_device()) if backend == "nccl" else torch.device("cpu")
+        device = (
+            torch.device("cuda", torch.cuda.current_device())
+            if backend == "nccl"
+            else torch.device("cpu")
+        )
         return cls(dist.get_rank(), dist.get_world_size(), device)
 
     def _run(self, what: str, fn: Callable[[], T]) -> T:
@@ -62,7 +74,9 @@ class World:
     def all_gather_cat(self, tensor: torch.Tensor) -> torch.Tensor:
         """The ranks' equal-shaped ``tensor`` concatenated along dim 0, in rank order, on every rank."""
         local = tensor.contiguous().to(self.device)
-        out = torch.empty((self.size * local.shape[0], *local.shape[1:]), dtype=local.dtype, device=self.device)
+        out = torch.empty(
+            (self.size * local.shape[0], *local.shape[1:]), dtype=local.dtype, device=self.device
+        )
         self._run("all_gather", lambda: dist.all_gather_into_tensor(out, local))
         return out.to(tensor.device)
 
@@ -163,11 +177,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def join_local(rank: int, size: int, port: int, backend: str | None = None, timeout_s: float | None = None) -> World | None:
+def join_local(
+    rank: int, size: int, port: int, backend: str | None = None, timeout_s: float | None = None
+) -> World | None:
     """Join a process group of ``size`` processes on this machine (loopback, ``port``) as ``rank`` —
     what a process started by :func:`ismod.distributed.launch` (or by a test, or a benchmark) does first."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(size), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))  # fmt: skip
     return init_from_env(backend, timeout_s)
-
-

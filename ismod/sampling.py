@@ -76,7 +76,9 @@ def _check_scores(scores: Any, name: str = "scores") -> torch.Tensor:
 def _check_options(method: str, temperature: float, smoothing: float) -> None:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
-    if not (isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature > 0):
+    if not (
+        isinstance(temperature, numbers.Real) and math.isfinite(temperature) and temperature > 0
+    ):
         raise ValueError(f"temperature must be a positive finite number, got {temperature!r}")
     if not (isinstance(smoothing, numbers.Real) and 0.0 <= smoothing <= 1.0):
         raise ValueError(f"smoothing must lie in [0, 1], got {smoothing!r}")
@@ -109,15 +111,25 @@ def _check_probs(probs: Any) -> torch.Tensor:
 
 
 def _unnormalized(
-    scores: torch.Tensor, method: str, temperature: float, pressure: float, reference: torch.Tensor | float
+    scores: torch.Tensor,
+    method: str,
+    temperature: float,
+    pressure: float,
+    reference: torch.Tensor | float,
 ) -> torch.Tensor:
     """Masses proportional to the method's probabilities (before smoothing), in float64."""
     s = scores.to(torch.float64)
     if method == "softmax":
         return torch.exp(((s - reference) / temperature).clamp(max=_MAX_EXPONENT))
     if method == "proportional":
-        ratio = s / reference  # scaled by the largest score, so that s^(1/T) neither over- nor underflows
-        return ratio if temperature == 1.0 else torch.exp((ratio.log() / temperature).clamp(max=_MAX_EXPONENT))
+        ratio = (
+            s / reference
+        )  # scaled by the largest score, so that s^(1/T) neither over- nor underflows
+        return (
+            ratio
+            if temperature == 1.0
+            else torch.exp((ratio.log() / temperature).clamp(max=_MAX_EXPONENT))
+        )
     # rank: r_i = how many scores are strictly larger (ties share a rank); p ∝ pressure^(-r/((N-1)T))
     n = s.numel()
     ranks = n - torch.searchsorted(torch.sort(s).values, s, right=True)
@@ -155,7 +167,9 @@ def probabilities(
         raise ValueError(f"pressure must be a number >= 1 for method='rank', got {pressure!r}")
     if method == "proportional" and not (s > 0).any():
         raise ValueError("scores are all zero: method='proportional' needs a positive score")
-    masses = _unnormalized(s, method, float(temperature), float(pressure), s.max().to(torch.float64))
+    masses = _unnormalized(
+        s, method, float(temperature), float(pressure), s.max().to(torch.float64)
+    )
     p = masses / masses.sum()
     if smoothing:
         p = (1.0 - smoothing) * p + smoothing / p.numel()
@@ -212,7 +226,9 @@ def _draw(
         idx = torch.searchsorted(cdf, u, right=True).clamp_(max=n - 1)
     else:
         e = torch.empty(n, dtype=torch.float64, device=p64.device).exponential_(generator=generator)
-        idx = torch.topk(e / p64, k, largest=False).indices  # zero probability: key inf, never taken
+        idx = torch.topk(
+            e / p64, k, largest=False
+        ).indices  # zero probability: key inf, never taken
     return idx, 1.0 / (n * p64[idx])
 
 
@@ -391,13 +407,21 @@ class ImportanceSampler(Sampler[int]):
         rank: int | None = None,
         seed: int = 0,
     ) -> None:
-        if isinstance(num_items, bool) or not isinstance(num_items, numbers.Integral) or num_items < 1:
+        if (
+            isinstance(num_items, bool)
+            or not isinstance(num_items, numbers.Integral)
+            or num_items < 1
+        ):
             raise ValueError(f"num_items must be a positive integer, got {num_items!r}")
-        if num_samples is not None and (not isinstance(num_samples, numbers.Integral) or num_samples < 1):
+        if num_samples is not None and (
+            not isinstance(num_samples, numbers.Integral) or num_samples < 1
+        ):
             raise ValueError(f"num_samples must be a positive integer or None, got {num_samples!r}")
         _check_options(method, temperature, smoothing)
         if not (math.isfinite(initial_score) and initial_score >= 0):
-            raise ValueError(f"initial_score must be a non-negative finite number, got {initial_score!r}")
+            raise ValueError(
+                f"initial_score must be a non-negative finite number, got {initial_score!r}"
+            )
         if method == "proportional" and initial_score == 0:
             raise ValueError(
                 "initial_score=0 with method='proportional' gives all-zero probabilities; "
@@ -406,7 +430,9 @@ class ImportanceSampler(Sampler[int]):
         import torch.distributed as dist
 
         grouped = dist.is_available() and dist.is_initialized()
-        replicas = num_replicas if num_replicas is not None else (dist.get_world_size() if grouped else 1)
+        replicas = (
+            num_replicas if num_replicas is not None else (dist.get_world_size() if grouped else 1)
+        )
         this_rank = rank if rank is not None else (dist.get_rank() if grouped else 0)
         if isinstance(replicas, bool) or not isinstance(replicas, numbers.Integral) or replicas < 1:
             raise ValueError(f"num_replicas must be a positive integer, got {replicas!r}")
@@ -415,9 +441,16 @@ class ImportanceSampler(Sampler[int]):
         if replicas > 1 and generator is not None:
             raise ValueError("in distributed mode (num_replicas > 1) the sampler seeds its own generator from "
                              "seed + epoch so that every replica draws alike; pass seed=..., not generator=")  # fmt: skip
-        self.num_replicas, self.rank, self.seed, self.epoch = int(replicas), int(this_rank), int(seed), 0
+        self.num_replicas, self.rank, self.seed, self.epoch = (
+            int(replicas),
+            int(this_rank),
+            int(seed),
+            0,
+        )
         self.num_items = int(num_items)
-        default = -(-self.num_items // self.num_replicas)  # like DistributedSampler: ceil(N / replicas)
+        default = -(
+            -self.num_items // self.num_replicas
+        )  # like DistributedSampler: ceil(N / replicas)
         self.num_samples = int(num_samples) if num_samples is not None else default
         self.method, self.temperature, self.smoothing = method, float(temperature), float(smoothing)
         self.pressure = float(pressure)
@@ -425,7 +458,9 @@ class ImportanceSampler(Sampler[int]):
         self.generator = generator
         self.rebuild_every = int(rebuild_every) if rebuild_every else self.num_items
         self.dtype = dtype
-        self.scores = torch.full((self.num_items,), float(initial_score), dtype=torch.float64, device=self.device)
+        self.scores = torch.full(
+            (self.num_items,), float(initial_score), dtype=torch.float64, device=self.device
+        )
         self._weight_at_draw = torch.ones(self.num_items, dtype=dtype, device=self.device)
         self._rebuild()
 
@@ -453,7 +488,9 @@ class ImportanceSampler(Sampler[int]):
         p = (1 - self.smoothing) * masses / self._tree.total + self.smoothing / self.num_items
         return (1.0 / (self.num_items * p)).to(self.dtype)
 
-    def sample(self, k: int, *, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, k: int, *, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw ``k`` indices with replacement; return ``(indices, weights)`` on ``device``, no host sync.
         ``generator`` overrides the sampler's own for this draw."""
         k = _check_k(k)

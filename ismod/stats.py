@@ -80,7 +80,9 @@ class PairedDifference:
         return f"{self.mean:+.4f} [{self.low:+.4f}, {self.high:+.4f}] (p = {self.p_value:.3g}, {self.seeds} seeds)"
 
 
-def paired_difference(a: list[float], b: list[float], *, confidence: float = 0.95) -> PairedDifference:
+def paired_difference(
+    a: list[float], b: list[float], *, confidence: float = 0.95
+) -> PairedDifference:
     r"""Paired comparison of two arms measured on the same seeds (``a[i]`` and ``b[i]`` share seed i):
     :math:`d_i = a_i - b_i`, mean :math:`\bar d \pm t_{n-1} s_d/\sqrt{n}`, and
     :math:`p = 2 P(T_{n-1} > |\bar d| / (s_d/\sqrt{n}))`.

@@ -17,19 +17,69 @@ from .experiments import CONFIGS, Config, Result, load_saved, run_or_load
 from .scale import by_scale
 from .stats import holm, paired_difference
 
-__all__ = ["SUITES", "chapter3", "chapter3_variants", "chapter3_high_lr", "chapter3_long", "chapter4", "chapter4_resnet", "chapter5", "chapter5_tau", "chapter6",
-           "chapter7", "chapter7_label", "CHAPTER7_STRATEGIES", "CHAPTER7_AUGMENTATIONS", "CHAPTER7_BUDGETS", "run_suite", "summarize",
-           "markdown_table", "budget_curves", "accuracy_difference", "compare", "verdict_table", "fast_base", "cpu_base", "pilots", "ALPHA", "budget_time_ratios", "importance_share",
-           "load_suite", "provenance_summary", "chapter7_pairs", "gpu_pilots", "estimate_seconds", "seconds_from_rate",
-           "missing_runs",
-           "default_max_minutes", "GridOverBudget", "MAX_MINUTES_ENV", "divergence_epoch", "sampling_log", "tau_log", "REPORT_SETTINGS"]
+__all__ = [
+    "SUITES",
+    "chapter3",
+    "chapter3_variants",
+    "chapter4",
+    "chapter4_resnet",
+    "chapter5",
+    "chapter5_tau",
+    "chapter6",
+    "chapter7",
+    "chapter7_label",
+    "CHAPTER7_STRATEGIES",
+    "CHAPTER7_AUGMENTATIONS",
+    "CHAPTER7_BUDGETS",
+    "run_suite",
+    "summarize",
+    "markdown_table",
+    "budget_curves",
+    "accuracy_difference",
+    "compare",
+    "verdict_table",
+    "fast_base",
+    "cpu_base",
+    "harness",
+    "tau_points",
+    "tau_log_error",
+    "pilots",
+    "ALPHA",
+    "budget_time_ratios",
+    "importance_share",
+    "load_suite",
+    "provenance_summary",
+    "chapter7_pairs",
+    "gpu_pilots",
+    "estimate_seconds",
+    "seconds_from_rate",
+    "missing_runs",
+    "default_max_minutes",
+    "GridOverBudget",
+    "MAX_MINUTES_ENV",
+    "divergence_epoch",
+    "sampling_log",
+    "tau_log",
+    "REPORT_SETTINGS",
+]
 
 Suite = dict[str, list[Config]]
 
 # The loss-sampling report's Appendix A, as fractions of N and epochs (Loss-based sampling report, Appendix A).
 REPORT_SETTINGS: dict[str, dict[str, Any]] = {
-    "last-loss": {"score": "last", "subset": 8192 / 50_000, "warmup_epochs": 5, "replacement": False},
-    "running-loss": {"score": "running", "beta": 0.2, "subset": 30_000 / 50_000, "warmup_epochs": 0, "replacement": False},
+    "last-loss": {
+        "score": "last",
+        "subset": 8192 / 50_000,
+        "warmup_epochs": 5,
+        "replacement": False,
+    },
+    "running-loss": {
+        "score": "running",
+        "beta": 0.2,
+        "subset": 30_000 / 50_000,
+        "warmup_epochs": 0,
+        "replacement": False,
+    },
 }
 
 
@@ -78,7 +128,11 @@ def pilots(scale: str) -> dict[str, Config]:
     if scale not in ("cpu", "smoke"):
         raise ValueError(f"scale must be 'smoke', 'cpu', 'gpu' or 'paper', got {scale!r}")
     cpu = scale == "cpu"
-    base = cpu_base("pilot") if cpu else CONFIGS["smoke-uniform"].replace(name="pilot", label_smoothing=0.0)
+    base = (
+        cpu_base("pilot")
+        if cpu
+        else CONFIGS["smoke-uniform"].replace(name="pilot", label_smoothing=0.0)
+    )
     full = dict(budget_amount=16 if cpu else 2, evaluations=4, train_eval_size=2000 if cpu else 128)
     return {
         "tau crosses threshold (ch5)": _chapter5_base(scale).replace(name="pilot-ch5-tau", strategy="presample",
@@ -94,6 +148,21 @@ def pilots(scale: str) -> dict[str, Config]:
 def gpu_pilots() -> dict[str, Config]:
     """:func:`pilots` at ``"gpu"`` scale (the saved H200 pilots)."""
     return pilots("gpu")
+
+
+def harness(scale: str) -> Suite:
+    """The harness chapter's one run: the fast recipe as this scale trains it (``cifar10-fast-cpu``,
+    ``cifar10-fast-uniform``; at ``"smoke"`` scale, seconds)."""
+    return {
+        "fast recipe": [
+            by_scale(
+                scale,
+                smoke=CONFIGS["smoke-uniform"],
+                cpu=CONFIGS["cifar10-fast-cpu"],
+                gpu=CONFIGS["cifar10-fast-uniform"],
+            )
+        ]
+    }
 
 
 def _chapter3_base(scale: str) -> Config:
@@ -115,18 +184,6 @@ def _chapter3_base(scale: str) -> Config:
     )  # fmt: skip
 
 
-def chapter3_high_lr(scale: str) -> Suite:
-    """Last-loss sampling at a learning rate 20× the report's (0.2, one-cycle), two seeds: the small-CNN
-    setting in which an earlier build saw the weights 1/(N p_i) blow the step up. Kept at ``smoke``
-    scale only, to exercise the divergence diagnostics; at ``cpu`` and ``gpu`` scale the main grid
-    already trains at the fast recipe's high learning rate."""
-    if scale != "smoke":
-        return {}
-    base = CONFIGS["smoke-uniform"].replace(name="ch3-fast", label_smoothing=0.0, lr=0.4, budget_amount=3, evaluations=3)
-    return {"last-loss, crop+flip, lr 0.2": _arm(base, "last-loss, crop+flip", "loss", _report_options(scale, "last-loss"),
-                                                 range(2))}  # fmt: skip
-
-
 def _report_options(scale: str, kind: str) -> dict[str, Any]:
     """The report's settings; the warm-up scales with the budget (5 of about 45 epochs → 2 of 20 on
     ``gpu``, 2 of 16 on ``cpu``, 1 of 3 on ``smoke``); |Z| keeps its fraction of N."""
@@ -140,8 +197,16 @@ def _seeds(scale: str) -> range:
     return range(by_scale(scale, smoke=1, cpu=3, gpu=5, paper=3))
 
 
-def _arm(base: Config, label: str, strategy: str, options: dict[str, Any], seeds: range, **changes: Any) -> list[Config]:
-    slug = label.replace(", ", "-").replace(" ", "-").replace("+", "").replace("=", "").replace("/", "")
+def _arm(
+    base: Config, label: str, strategy: str, options: dict[str, Any], seeds: range, **changes: Any
+) -> list[Config]:
+    slug = (
+        label.replace(", ", "-")
+        .replace(" ", "-")
+        .replace("+", "")
+        .replace("=", "")
+        .replace("/", "")
+    )
     return [base.replace(name=f"{base.name}-{slug}-s{seed}", strategy=strategy, strategy_options=options,
                          seed=seed, **changes) for seed in seeds]  # fmt: skip
 
@@ -151,10 +216,15 @@ def chapter3(scale: str) -> Suite:
     base = _chapter3_base(scale)
     seeds = _seeds(scale)
     suite: Suite = {}
-    for aug, changes in (("crop+flip", {"crop": True, "flip": True}), ("no augmentation", {"crop": False, "flip": False})):
+    for aug, changes in (
+        ("crop+flip", {"crop": True, "flip": True}),
+        ("no augmentation", {"crop": False, "flip": False}),
+    ):
         suite[f"uniform, {aug}"] = _arm(base, f"uniform, {aug}", "uniform", {}, seeds, **changes)
         for kind in ("last-loss", "running-loss"):
-            suite[f"{kind}, {aug}"] = _arm(base, f"{kind}, {aug}", "loss", _report_options(scale, kind), seeds, **changes)
+            suite[f"{kind}, {aug}"] = _arm(
+                base, f"{kind}, {aug}", "loss", _report_options(scale, kind), seeds, **changes
+            )
     return suite
 
 
@@ -162,39 +232,30 @@ def chapter3_variants(scale: str) -> Suite:
     """The stronger variants on the same budget, with crop+flip: fixes for the drift, online batch
     selection, prioritised replay, and Arazo et al.'s baselines."""
     base = _chapter3_base(scale)
-    seeds = range(3) if scale == "gpu" else _seeds(scale)  # gpu: 3 seeds keep all gpu grids within 20 minutes
+    seeds = (
+        range(3) if scale == "gpu" else _seeds(scale)
+    )  # gpu: 3 seeds keep all gpu grids within 20 minutes
     last = _report_options(scale, "last-loss")
     arms = {
         "softmax T=0.1": ("loss", {**last, "temperature": 0.1, "smoothing": 0.1}),
-        "proportional, smoothing 0.2": ("loss", {**last, "method": "proportional", "smoothing": 0.2}),
-        "proportional, with replacement": ("loss", {**last, "method": "proportional", "smoothing": 0.2, "replacement": True}),
+        "proportional, smoothing 0.2": (
+            "loss",
+            {**last, "method": "proportional", "smoothing": 0.2},
+        ),
+        "proportional, with replacement": (
+            "loss",
+            {**last, "method": "proportional", "smoothing": 0.2, "replacement": True},
+        ),
         "online batch selection": ("obs", {"pressure_start": 100.0, "pressure_end": 10.0}),
         "prioritised replay": ("per", {}),
         "p-SGD": ("prediction_subset", {"kind": "p", "subset": 0.5}),
         "c-SGD": ("prediction_subset", {"kind": "c", "subset": 0.5}),
         "selective backprop": ("selective_backprop", {"beta": 3.0}),
     }
-    return {label: _arm(base, label, strategy, options, seeds) for label, (strategy, options) in arms.items()}
-
-
-def chapter3_long(scale: str) -> Suite:
-    """Algorithm 1 trained long enough to fit its data — where the report saw its scores drift to
-    uniform. Only at ``smoke`` scale (to exercise the code): at ``cpu`` and ``gpu`` scale the main grid
-    already fits its training set (see :func:`pilots`)."""
-    if scale != "smoke":
-        return {}
-    base = _chapter3_base(scale).replace(name="ch3-long", budget_amount=6)
-    out = {}
-    for kind in ("last-loss", "running-loss"):
-        options = dict(REPORT_SETTINGS[kind])
-        if options["warmup_epochs"]:
-            options["warmup_epochs"] = 1
-        out[f"{kind}, 30 epochs"] = _arm(base, kind, "loss", options, range(1), crop=False, flip=False)
-    # the same last-loss sampler with every weight capped at 10 by 10% smoothing, should the above diverge
-    smoothed = {**out["last-loss, 30 epochs"][0].strategy_options, "smoothing": 0.1}
-    out["last-loss + 10% smoothing, 30 epochs"] = _arm(base, "last-loss-smoothed", "loss", smoothed, range(1), crop=False,
-                                                       flip=False)  # fmt: skip
-    return out
+    return {
+        label: _arm(base, label, strategy, options, seeds)
+        for label, (strategy, options) in arms.items()
+    }
 
 
 def chapter4(scale: str) -> Suite:
@@ -261,17 +322,59 @@ def chapter5(scale: str) -> Suite:
         "loss, τ switch": _arm(base, "loss-tau", "presample", {"score": "loss"}, seeds),
         # the switch forced (τ_th = 1: importance sampling from the first step τ exceeds 1), to test the
         # cost model's prediction where the rule would have stayed uniform
-        "upper bound, always": _arm(base, "bound-always", "presample", {"score": "bound", "threshold": 1.0}, seeds),
+        "upper bound, always": _arm(
+            base, "bound-always", "presample", {"score": "bound", "threshold": 1.0}, seeds
+        ),
     }
 
 
 def chapter5_tau(scale: str) -> Suite:
-    """One uniform run (τ tracked, never switching) whose evaluation points check τ against the variance
-    ratio measured with exact per-sample gradients, on presamples of B = 3b."""
-    base = _chapter5_base(scale).replace(budget="epochs", budget_amount=by_scale(scale, smoke=2, cpu=36, gpu=16, paper=30))
-    probe = dict(tau_probe=by_scale(scale, smoke=2, cpu=4, gpu=8), tau_probe_batch=by_scale(scale, smoke=8, cpu=32, gpu=128),
-                 probe_chunk=by_scale(scale, smoke=16, cpu=48, gpu=64, paper=32))  # fmt: skip
-    return {"τ probe": _arm(base, "tau-probe", "presample", {"importance": False}, range(1), **probe)}
+    """Uniform runs (τ tracked, never switching) whose evaluation points check τ against the variance
+    ratio measured with exact per-sample gradients, on presamples of several sizes B (b = B/3):
+    ``cpu``: three seeds, B = 48, 96 and 192; ``gpu``: one seed, B = 384; ``smoke``: B = 12 and 24."""
+    base = _chapter5_base(scale).replace(
+        budget="epochs", budget_amount=by_scale(scale, smoke=2, cpu=36, gpu=16, paper=30)
+    )
+    probe = dict(
+        tau_probe=by_scale(scale, smoke=2, cpu=4, gpu=8),
+        tau_probe_batch=by_scale(scale, smoke=8, cpu=64, gpu=128),
+        tau_probe_sizes=by_scale(scale, smoke=(12,), cpu=(48, 96), gpu=()),
+        probe_chunk=by_scale(scale, smoke=16, cpu=48, gpu=64, paper=32),
+    )
+    seeds = range(by_scale(scale, smoke=1, cpu=3, gpu=1))
+    return {"τ probe": _arm(base, "tau-probe", "presample", {"importance": False}, seeds, **probe)}
+
+
+def tau_points(runs: list[Result]) -> list[dict[str, Any]]:
+    """Every presample checked by :func:`chapter5_tau`'s runs, as ``{"seed", "epoch", "B", "entry"}``
+    (``entry`` as :func:`ismod.experiments.tau_probe` records it), smaller presamples included."""
+    points = []
+    for r in runs:
+        big = 3 * r.config["tau_probe_batch"]
+        for h in r.history:
+            for entry in (h.get("probe") or {}).get("tau", []):
+                points.append(
+                    {"seed": r.config["seed"], "epoch": h["epoch"], "B": big, "entry": entry}
+                )
+                for size, smaller in entry.get("smaller", {}).items():
+                    points.append(
+                        {
+                            "seed": r.config["seed"],
+                            "epoch": h["epoch"],
+                            "B": int(size),
+                            "entry": smaller,
+                        }
+                    )
+    return points
+
+
+def tau_log_error(points: list[dict[str, Any]], score: str, key: str = "tau") -> float:
+    """Mean |log(predicted τ / measured variance ratio)| over ``points`` (:func:`tau_points`) for g ∝
+    ``score`` and τ as ``key`` (``"tau"`` = BΣg², ``"tau_sqrt"`` = its square root)."""
+    if not points:
+        raise ValueError("no τ points: the runs recorded no τ probe")
+    errors = [abs(math.log(p["entry"][score][key] / p["entry"][score]["measured"])) for p in points]
+    return sum(errors) / len(errors)
 
 
 def chapter6(scale: str) -> Suite:
@@ -288,12 +391,21 @@ def chapter6(scale: str) -> Suite:
         "selective backprop": ("selective_backprop", {"beta": 3.0}),
     }
     ch6 = base.replace(name="ch6")
-    return {**reused, **{label: _arm(ch6, label, strategy, options, seeds) for label, (strategy, options) in others.items()}}
+    return {
+        **reused,
+        **{
+            label: _arm(ch6, label, strategy, options, seeds)
+            for label, (strategy, options) in others.items()
+        },
+    }
 
 
 # Chapter 7 (Arazo et al. 2021): strategy label → (strategy, options given the budget fraction f).
 CHAPTER7_STRATEGIES: dict[str, tuple[str, Any]] = {
-    "uniform subset": ("prediction_subset", lambda f: {"kind": "uniform", "subset": f, "warmup_epochs": 0}),
+    "uniform subset": (
+        "prediction_subset",
+        lambda f: {"kind": "uniform", "subset": f, "warmup_epochs": 0},
+    ),
     "p-SGD": ("prediction_subset", lambda f: {"kind": "p", "subset": f}),
     "c-SGD": ("prediction_subset", lambda f: {"kind": "c", "subset": f}),
     "selective backprop": ("selective_backprop", lambda f: {"beta": 3.0}),
@@ -305,9 +417,13 @@ CHAPTER7_AUGMENTATIONS: dict[str, dict[str, float]] = {"crop+flip": {}, "mixup":
 CHAPTER7_BUDGETS: tuple[float, ...] = (0.2, 0.3, 0.5, 1.0)
 
 
-def chapter7_label(strategy: str, augmentation: str, fraction: float, dataset: str = "cifar10") -> str:
+def chapter7_label(
+    strategy: str, augmentation: str, fraction: float, dataset: str = "cifar10"
+) -> str:
     """The arm label of :func:`chapter7`, e.g. ``"p-SGD, RICAP, 30%"`` (``", CIFAR-100"`` appended for it)."""
-    return f"{strategy}, {augmentation}, {fraction:.0%}" + (", CIFAR-100" if dataset == "cifar100" else "")
+    return f"{strategy}, {augmentation}, {fraction:.0%}" + (
+        ", CIFAR-100" if dataset == "cifar100" else ""
+    )
 
 
 def _chapter7_base(scale: str) -> Config:
@@ -353,21 +469,33 @@ def chapter7(scale: str) -> Suite:
             for f in budgets:
                 for label in strategies:
                     strategy, options = CHAPTER7_STRATEGIES[label]
-                    if (f == 1.0 and label != "uniform subset") or (aug in mixed and label not in mixed[aug]):
+                    if (f == 1.0 and label != "uniform subset") or (
+                        aug in mixed and label not in mixed[aug]
+                    ):
                         continue
                     arm = chapter7_label(label, aug, f, dataset)
-                    slug = arm.replace("%", "pct").replace("τ", "tau").replace(", CIFAR-100", ", c100")
+                    slug = (
+                        arm.replace("%", "pct").replace("τ", "tau").replace(", CIFAR-100", ", c100")
+                    )
                     suite[arm] = _arm(full, slug, strategy, options(f), seeds, dataset=dataset,
                                       budget_amount=full.budget_amount * f, **changes)  # fmt: skip
     return suite
 
 
-SUITES = {"pilots": lambda scale: {label: [config] for label, config in pilots(scale).items()},
-          "chapter3": chapter3, "chapter3_variants": chapter3_variants, "chapter3_high_lr": chapter3_high_lr,
-          "chapter3_long": chapter3_long, "chapter4": chapter4, "chapter4_resnet": chapter4_resnet,
-          "chapter5": chapter5, "chapter5_tau": chapter5_tau, "chapter6": chapter6,
-          # Chapters 5 and 6's races as one grid, so that all seven arms run interleaved seed by seed
-          "equal_time": lambda scale: {**chapter5(scale), **chapter6(scale)}, "chapter7": chapter7}
+SUITES = {
+    "pilots": lambda scale: {label: [config] for label, config in pilots(scale).items()},
+    "harness": harness,
+    "chapter3": chapter3,
+    "chapter3_variants": chapter3_variants,
+    "chapter4": chapter4,
+    "chapter4_resnet": chapter4_resnet,
+    "chapter5": chapter5,
+    "chapter5_tau": chapter5_tau,
+    "chapter6": chapter6,
+    # Chapters 5 and 6's races as one grid, so that all seven arms run interleaved seed by seed
+    "equal_time": lambda scale: {**chapter5(scale), **chapter6(scale)},
+    "chapter7": chapter7,
+}
 
 
 MAX_MINUTES_ENV = "ISMOD_MAX_MINUTES"
@@ -389,7 +517,9 @@ def default_max_minutes(scale: str) -> float | None:
         try:
             value = float(env)
         except ValueError:
-            raise ValueError(f"{MAX_MINUTES_ENV} must be a number of minutes or 'inf', got {env!r}") from None
+            raise ValueError(
+                f"{MAX_MINUTES_ENV} must be a number of minutes or 'inf', got {env!r}"
+            ) from None
         return None if math.isinf(value) else value
     return 15.0 if scale == "gpu" else None
 
@@ -417,10 +547,14 @@ def seconds_from_rate(config: Config, seconds_per_sample: float, *, backward_rat
         return config.budget_amount + overhead_s
     per_epoch = config.subset or 50_000
     samples = config.budget_amount * (per_epoch if config.budget == "epochs" else config.batch_size)
-    return samples * seconds_per_sample * _step_cost_factor(config, 1.0, backward_ratio) + overhead_s
+    return (
+        samples * seconds_per_sample * _step_cost_factor(config, 1.0, backward_ratio) + overhead_s
+    )
 
 
-def estimate_seconds(configs: list[Config], device: str | Any = None, *, step_times: dict | None = None) -> float:
+def estimate_seconds(
+    configs: list[Config], device: str | Any = None, *, step_times: dict | None = None
+) -> float:
     """Predicted training seconds of ``configs`` on ``device`` (default: CUDA if available), by
     :func:`seconds_from_rate` with the rate measured here: forward + backward seconds of each model at
     its batch size (one short measurement per (model, batch), :func:`ismod.bench.forward_backward_times`)
@@ -436,15 +570,26 @@ def estimate_seconds(configs: list[Config], device: str | Any = None, *, step_ti
     for c in configs:
         key = (c.model, c.batch_size, str(device))
         if key not in cache:
-            cache[key] = forward_backward_times(c.model, batch_size=c.batch_size, repeats=2, device=device)
+            cache[key] = forward_backward_times(
+                c.model, batch_size=c.batch_size, repeats=2, device=device
+            )
         t = cache[key]
         per_sample = (t["forward_s"] + t["backward_s"]) * _STEP_OVERHEAD / c.batch_size
-        evals = (c.evaluations + 1) * ((c.test_subset or 10_000) + c.train_eval_size) / c.batch_size * t["scoring_s"]
-        total += seconds_from_rate(c, per_sample, backward_ratio=t["backward_s"] / t["forward_s"], overhead_s=evals)
+        evals = (
+            (c.evaluations + 1)
+            * ((c.test_subset or 10_000) + c.train_eval_size)
+            / c.batch_size
+            * t["scoring_s"]
+        )
+        total += seconds_from_rate(
+            c, per_sample, backward_ratio=t["backward_s"] / t["forward_s"], overhead_s=evals
+        )
     return total
 
 
-def missing_runs(suite: Suite, results_dir: str | os.PathLike, data_root: str | os.PathLike | None = None) -> list[Config]:
+def missing_runs(
+    suite: Suite, results_dir: str | os.PathLike, data_root: str | os.PathLike | None = None
+) -> list[Config]:
     """The configs of ``suite`` with no saved result for this code and this data (see
     :func:`ismod.experiments.load_saved`): what running the suite would train."""
     sources: dict[str, str] = {}
@@ -487,7 +632,10 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, scale: str = "", 
                        f"it anyway, or run it ahead of time with `python -m ismod suite ... --scale {scale or '...'}`")  # fmt: skip
             saved = load_suite(suite, results_dir) if if_over_budget == "saved" else {}
             if not saved:
-                raise GridOverBudget(message + ("" if if_over_budget == "raise" else "; no saved results to show either"))
+                raise GridOverBudget(
+                    message
+                    + ("" if if_over_budget == "raise" else "; no saved results to show either")
+                )
             print(message + "; showing the saved results instead", flush=True)
             return saved
     bar = None
@@ -499,7 +647,9 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, scale: str = "", 
     for label, configs in suite.items():
         out[label] = []
         for c in configs:
-            out[label].append(run_or_load(c, results_dir, scale=scale, progress=False, **run_kwargs))
+            out[label].append(
+                run_or_load(c, results_dir, scale=scale, progress=False, **run_kwargs)
+            )
             if bar is not None:
                 bar.update(1)
     if bar is not None:
@@ -567,7 +717,14 @@ def chapter7_pairs(results: dict[str, list[Result]]) -> dict[str, list[tuple[str
 
 def divergence_epoch(result: Result) -> float | None:
     """The epoch of the first evaluation point whose training loss is NaN; ``None`` if the run never diverged."""
-    return next((h["epoch"] for h in result.history if h["train_loss"] is not None and math.isnan(h["train_loss"])), None)
+    return next(
+        (
+            h["epoch"]
+            for h in result.history
+            if h["train_loss"] is not None and math.isnan(h["train_loss"])
+        ),
+        None,
+    )
 
 
 def sampling_log(result: Result) -> list[dict[str, Any]]:
@@ -601,14 +758,18 @@ def _test_accuracy(runs: list[Result]) -> tuple[float, float]:
     return _mean_sd([r.final["test_accuracy"] for r in runs])
 
 
-def summarize(results: dict[str, list[Result]], baseline: str | None = None) -> list[dict[str, Any]]:
+def summarize(
+    results: dict[str, list[Result]], baseline: str | None = None
+) -> list[dict[str, Any]]:
     """One row per arm: mean and standard deviation over seeds of the final test accuracy, training
     loss (on the fixed training subset when recorded, else the trained batches), training seconds,
     and the share of training time spent selecting (scoring and sampling); with ``baseline``, the
     test error and training loss relative to the baseline arm's (ratios of the seed means)."""
     rows = []
     for label, runs in results.items():
-        loss_key = "train_eval_loss" if _final(runs[0], "train_eval_loss") is not None else "train_loss"
+        loss_key = (
+            "train_eval_loss" if _final(runs[0], "train_eval_loss") is not None else "train_loss"
+        )
         acc = _test_accuracy(runs)
         loss = _mean_sd([_final(r, loss_key) for r in runs])
         secs = _mean_sd([r.final["train_time"] for r in runs])
@@ -618,12 +779,16 @@ def summarize(results: dict[str, list[Result]], baseline: str | None = None) -> 
     if baseline is not None:
         base = next(r for r in rows if r["arm"] == baseline)
         for r in rows:
-            r["relative_test_error"] = (1.0 - r["test_accuracy"][0]) / (1.0 - base["test_accuracy"][0])
+            r["relative_test_error"] = (1.0 - r["test_accuracy"][0]) / (
+                1.0 - base["test_accuracy"][0]
+            )
             r["relative_train_loss"] = r["train_loss"][0] / base["train_loss"][0]
     return rows
 
 
-def budget_curves(results: dict[str, list[Result]], dataset: str = "cifar10") -> dict[str, dict[str, list[tuple[float, float, float]]]]:
+def budget_curves(
+    results: dict[str, list[Result]], dataset: str = "cifar10"
+) -> dict[str, dict[str, list[tuple[float, float, float]]]]:
     """Chapter 7's results as Arazo et al. plot them: for each augmentation and strategy, a list of
     (budget fraction, mean, sample standard deviation) of the final test accuracy over seeds. The
     uniform subset's 100% point is the full run, shared by every strategy's curve."""
@@ -643,7 +808,9 @@ def budget_curves(results: dict[str, list[Result]], dataset: str = "cifar10") ->
     return out
 
 
-def budget_time_ratios(results: dict[str, list[Result]], augmentation: str = "crop+flip") -> dict[str, dict[float, float]]:
+def budget_time_ratios(
+    results: dict[str, list[Result]], augmentation: str = "crop+flip"
+) -> dict[str, dict[float, float]]:
     """Chapter 7's wall-clock price outside the iteration budget: for each strategy and budget below
     100%, its mean training seconds over seeds divided by the uniform subset's at the same budget and
     augmentation (arms without runs are left out)."""
@@ -678,8 +845,9 @@ def accuracy_difference(runs: list[Result], baseline: list[Result]) -> tuple[flo
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """:func:`summarize`'s rows as a Markdown table (mean ± standard deviation over seeds)."""
     rel = "relative_test_error" in rows[0]
-    head = ("| arm | seeds | test accuracy | training loss | training s | selection share |"
-            + (" training loss / baseline | test error / baseline |" if rel else ""))
+    head = "| arm | seeds | test accuracy | training loss | training s | selection share |" + (
+        " training loss / baseline | test error / baseline |" if rel else ""
+    )
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         a, lo, s, sh = r["test_accuracy"], r["train_loss"], r["train_seconds"], r["selection_share"]
@@ -718,7 +886,11 @@ def compare(results: dict[str, list[Result]], pairs: list[tuple[str, str]], *, m
     tested = [r for r in rows if "p_value" in r and not math.isnan(r["p_value"])]
     for r, adjusted in zip(tested, holm([r["p_value"] for r in tested])):
         r["p_holm"] = adjusted
-        r["verdict"] = ("higher" if r["mean"] > 0 else "lower") if adjusted < alpha else "no detected difference"
+        r["verdict"] = (
+            ("higher" if r["mean"] > 0 else "lower")
+            if adjusted < alpha
+            else "no detected difference"
+        )
     for r in rows:
         r.setdefault("verdict", "not tested")
     return rows
@@ -734,5 +906,7 @@ def verdict_table(rows: list[dict[str, Any]], *, scale: float = 100.0, unit: str
                          f"[{scale * r['low']:+.2f}, {scale * r['high']:+.2f}] | {r.get('p_holm', float('nan')):.3f} | "
                          f"{r['verdict']} |")  # fmt: skip
         else:
-            lines.append(f"| {r['arm']} | {r['baseline']} | {r['seeds']} | – | – | – | {r['verdict']} |")
+            lines.append(
+                f"| {r['arm']} | {r['baseline']} | {r['seeds']} | – | – | – | {r['verdict']} |"
+            )
     return "\n".join(lines)

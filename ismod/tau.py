@@ -35,7 +35,9 @@ def equivalent_batch_increment(probs: torch.Tensor, *, sqrt: bool = False) -> fl
         raise ValueError("probs must be finite and non-negative")
     total = float(g.sum())
     if abs(total - 1.0) > 1e-6:
-        raise ValueError(f"probs must sum to 1 (a distribution over the presample), got {total:.6g}")
+        raise ValueError(
+            f"probs must sum to 1 (a distribution over the presample), got {total:.6g}"
+        )
     tau = g.numel() * float((g**2).sum())
     return math.sqrt(tau) if sqrt else tau
 
@@ -59,9 +61,13 @@ def _check_gram(gram: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, 
     k = torch.as_tensor(gram, dtype=torch.float64)
     g = torch.as_tensor(probs, dtype=torch.float64, device=k.device)
     if k.dim() != 2 or k.shape[0] != k.shape[1] or g.shape != k.shape[:1]:
-        raise ValueError(f"gram must be (B, B) and probs (B,), got {tuple(k.shape)} and {tuple(g.shape)}")
+        raise ValueError(
+            f"gram must be (B, B) and probs (B,), got {tuple(k.shape)} and {tuple(g.shape)}"
+        )
     if (g <= 0).any() or abs(float(g.sum()) - 1.0) > 1e-6:
-        raise ValueError("probs must be positive and sum to 1 (every presampled point must be drawable)")
+        raise ValueError(
+            "probs must be positive and sum to 1 (every presampled point must be drawable)"
+        )
     return k, g
 
 
@@ -86,15 +92,24 @@ def variance_ratio(gram: torch.Tensor, probs: torch.Tensor) -> float:
 
 
 def sampled_sq_errors(
-    gram: torch.Tensor, probs: torch.Tensor, batch: int, repeats: int = 2000, *, generator: torch.Generator | None = None
+    gram: torch.Tensor,
+    probs: torch.Tensor,
+    batch: int,
+    repeats: int = 2000,
+    *,
+    generator: torch.Generator | None = None,
 ) -> tuple[float, float]:
     r"""Mean and standard error of :math:`\lVert \hat g - \bar G_U\rVert^2` over ``repeats`` batches of
     ``batch`` drawn with replacement from ``probs`` and weighted by :math:`1/(B g_i)` — the Monte Carlo
     check of the closed form in :func:`variance_ratio`, computed through the Gram matrix."""
     k, g = _check_gram(gram, probs)
     n = g.numel()
-    draws = torch.multinomial(g.cpu(), repeats * batch, replacement=True, generator=generator).view(repeats, batch)
-    counts = torch.zeros(repeats, n, dtype=torch.float64).scatter_add_(1, draws, torch.ones(repeats, batch, dtype=torch.float64))
+    draws = torch.multinomial(g.cpu(), repeats * batch, replacement=True, generator=generator).view(
+        repeats, batch
+    )
+    counts = torch.zeros(repeats, n, dtype=torch.float64).scatter_add_(
+        1, draws, torch.ones(repeats, batch, dtype=torch.float64)
+    )
     coef = counts.to(k.device) / (batch * n * g) - 1.0 / n
     errors = ((coef @ k) * coef).sum(1)
     return float(errors.mean()), float(errors.std() / math.sqrt(repeats))

@@ -27,8 +27,19 @@ from .data import ImageData
 from .process_group import World
 from .strategies.base import Strategy
 
-__all__ = ["TrainSettings", "SCHEDULES", "BUDGETS", "lr_factor", "amp_dtype", "evaluate", "recalibrated_batch_norm",
-           "fit", "sgd", "cross_entropy_loss", "check_field_types"]
+__all__ = [
+    "TrainSettings",
+    "SCHEDULES",
+    "BUDGETS",
+    "lr_factor",
+    "amp_dtype",
+    "evaluate",
+    "recalibrated_batch_norm",
+    "fit",
+    "sgd",
+    "cross_entropy_loss",
+    "check_field_types",
+]
 
 SCHEDULES: tuple[str, ...] = ("constant", "step", "linear", "onecycle")
 BUDGETS: tuple[str, ...] = ("epochs", "steps", "seconds")
@@ -58,14 +69,24 @@ class TrainSettings:
     gamma: float = 0.1
     label_smoothing: float = 0.0
     evaluations: int = 8  # evaluation points spread over the budget (plus one at the start)
-    amp: bool = True  # CUDA only: bf16 autocast where supported, else fp16 with a gradient scaler (T4)
+    amp: bool = (
+        True  # CUDA only: bf16 autocast where supported, else fp16 with a gradient scaler (T4)
+    )
     channels_last: bool = True  # faster on CPU too, for these convolutional nets
     final_lr: float = 0.0  # onecycle: the learning rate at the end, as a fraction of lr
     initial_lr: float = 0.0  # onecycle: the learning rate at the start, as a fraction of lr
-    bias_lr_scale: float = 1.0  # != 1: batch-norm parameters get lr × this and decay wd / this (airbench)
-    lookahead: bool = False  # airbench's lookahead: every 5 steps pull the weights toward a slow average
-    tta: int = 0  # test-time augmentation in evaluation: 0 none, 1 mirror, 2 mirror + 1-pixel shifts
-    compile: bool = False  # torch.compile the model for training steps (its first steps then compile)
+    bias_lr_scale: float = (
+        1.0  # != 1: batch-norm parameters get lr × this and decay wd / this (airbench)
+    )
+    lookahead: bool = (
+        False  # airbench's lookahead: every 5 steps pull the weights toward a slow average
+    )
+    tta: int = (
+        0  # test-time augmentation in evaluation: 0 none, 1 mirror, 2 mirror + 1-pixel shifts
+    )
+    compile: bool = (
+        False  # torch.compile the model for training steps (its first steps then compile)
+    )
     # > 0: after the last evaluation, evaluate once more with batch-norm statistics re-estimated on this
     # many uniform batches of training images (a diagnostic for statistics skewed by non-uniform batches)
     bn_recalibration: int = 0
@@ -78,13 +99,22 @@ class TrainSettings:
         check_field_types(self)
         checks = [
             (self.batch_size >= 1, "batch_size must be >= 1"),
-            (self.batch_size <= num_items, f"batch_size {self.batch_size} exceeds the {num_items} training samples"),
+            (
+                self.batch_size <= num_items,
+                f"batch_size {self.batch_size} exceeds the {num_items} training samples",
+            ),
             (self.budget in BUDGETS, f"budget must be one of {BUDGETS}, got {self.budget!r}"),
             (self.budget_amount > 0, f"budget_amount must be > 0, got {self.budget_amount}"),
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
-            (self.schedule in SCHEDULES, f"schedule must be one of {SCHEDULES}, got {self.schedule!r}"),
+            (
+                self.schedule in SCHEDULES,
+                f"schedule must be one of {SCHEDULES}, got {self.schedule!r}",
+            ),
             (0 <= self.warmup < 1, f"warmup must lie in [0, 1), got {self.warmup}"),
-            (all(0 < m < 1 for m in self.milestones), "milestones must be fractions of the budget in (0, 1)"),
+            (
+                all(0 < m < 1 for m in self.milestones),
+                "milestones must be fractions of the budget in (0, 1)",
+            ),
             (self.evaluations >= 1, "evaluations must be >= 1"),
             (0 <= self.label_smoothing < 1, "label_smoothing must lie in [0, 1)"),
             (0 <= self.momentum < 1, f"momentum must lie in [0, 1), got {self.momentum}"),
@@ -92,21 +122,43 @@ class TrainSettings:
             (self.gamma > 0, f"gamma must be > 0, got {self.gamma}"),
             (self.checkpoint_every_steps >= 1, "checkpoint_every_steps must be >= 1"),
             (self.checkpoint_every_seconds > 0, "checkpoint_every_seconds must be > 0"),
-            (0 <= self.final_lr <= 1, f"final_lr (a fraction of lr) must lie in [0, 1], got {self.final_lr}"),
-            (0 <= self.initial_lr <= 1, f"initial_lr (a fraction of lr) must lie in [0, 1], got {self.initial_lr}"),
+            (
+                0 <= self.final_lr <= 1,
+                f"final_lr (a fraction of lr) must lie in [0, 1], got {self.final_lr}",
+            ),
+            (
+                0 <= self.initial_lr <= 1,
+                f"initial_lr (a fraction of lr) must lie in [0, 1], got {self.initial_lr}",
+            ),
             (self.bias_lr_scale > 0, f"bias_lr_scale must be > 0, got {self.bias_lr_scale}"),
-            (self.tta in (0, 1, 2), f"tta must be 0 (none), 1 (mirror) or 2 (mirror + shifts), got {self.tta}"),
-            (self.bn_recalibration >= 0, f"bn_recalibration must be >= 0 batches, got {self.bn_recalibration}"),
-            (not self.lookahead or self.budget != "seconds",
-             "lookahead needs a budget in epochs or steps (its averaging schedule follows the step count)"),
+            (
+                self.tta in (0, 1, 2),
+                f"tta must be 0 (none), 1 (mirror) or 2 (mirror + shifts), got {self.tta}",
+            ),
+            (
+                self.bn_recalibration >= 0,
+                f"bn_recalibration must be >= 0 batches, got {self.bn_recalibration}",
+            ),
+            (
+                not self.lookahead or self.budget != "seconds",
+                "lookahead needs a budget in epochs or steps (its averaging schedule follows the step count)",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ValueError(message)
 
 
-_TYPE_NAMES = {"int": "an integer", "float": "a number", "bool": "True or False", "str": "a string",
-               "tuple[float, ...]": "a tuple of numbers", "dict[str, Any]": "a dict", "int | None": "an integer or None"}
+_TYPE_NAMES = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "True or False",
+    "str": "a string",
+    "tuple[float, ...]": "a tuple of numbers",
+    "tuple[int, ...]": "a tuple of integers",
+    "dict[str, Any]": "a dict",
+    "int | None": "an integer or None",
+}
 
 
 def _type_ok(value: Any, annotation: str) -> bool:
@@ -122,6 +174,8 @@ def _type_ok(value: Any, annotation: str) -> bool:
         return value is None or _type_ok(value, "int")
     if annotation == "tuple[float, ...]":
         return isinstance(value, (tuple, list)) and all(_type_ok(v, "float") for v in value)
+    if annotation == "tuple[int, ...]":
+        return isinstance(value, (tuple, list)) and all(_type_ok(v, "int") for v in value)
     if annotation == "dict[str, Any]":
         return isinstance(value, dict)
     return True  # an annotation this check does not know is left to the range checks
@@ -151,7 +205,9 @@ def lr_factor(settings: TrainSettings, progress: float) -> float:
         return 1.0
     if settings.schedule == "step":
         return settings.gamma ** sum(p >= m for m in settings.milestones)
-    if settings.schedule == "onecycle":  # start → 1 over the warm-up, then 1 → end (0 → 1 → 0 by default)
+    if (
+        settings.schedule == "onecycle"
+    ):  # start → 1 over the warm-up, then 1 → end (0 → 1 → 0 by default)
         start, end = settings.initial_lr, settings.final_lr
         if settings.warmup > 0 and p < settings.warmup:
             return start + (1.0 - start) * p / settings.warmup
@@ -204,7 +260,9 @@ def evaluate(model: nn.Module, data: ImageData, augment: Augment, *, batch_size:
         images, labels = images[world.rank :: world.size], labels[world.rank :: world.size]
     device = data.labels.device
     for start in range(0, labels.numel(), batch_size):
-        x, y = augment(images[start : start + batch_size], labels[start : start + batch_size], train=False)
+        x, y = augment(
+            images[start : start + batch_size], labels[start : start + batch_size], train=False
+        )
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
@@ -219,14 +277,27 @@ def evaluate(model: nn.Module, data: ImageData, augment: Augment, *, batch_size:
 
 
 @contextlib.contextmanager
-def recalibrated_batch_norm(model: nn.Module, data: ImageData, augment: Augment, *, batches: int, batch_size: int,
-                            seed: int = 0, amp: bool = False, channels_last: bool = False) -> Iterator[None]:
+def recalibrated_batch_norm(
+    model: nn.Module,
+    data: ImageData,
+    augment: Augment,
+    *,
+    batches: int,
+    batch_size: int,
+    seed: int = 0,
+    amp: bool = False,
+    channels_last: bool = False,
+) -> Iterator[None]:
     """Inside the ``with`` block, every batch-norm layer of ``model`` uses statistics re-estimated as the
     plain average over ``batches`` uniformly drawn batches of ``data`` (un-augmented); on exit the
     running statistics and momenta are restored exactly. An importance sampler trains on non-uniform
     batches, so its running statistics describe those batches; comparing evaluations inside and
     outside the block separates that effect from what the weights learnt."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = [
+        m
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+    ]
     saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items() if k.startswith("running") or k == "num_batches_tracked"})
              for m in norms]  # fmt: skip
     was_training = model.training
@@ -239,7 +310,9 @@ def recalibrated_batch_norm(model: nn.Module, data: ImageData, augment: Augment,
         model.train()
         with torch.no_grad():
             for _ in range(batches):
-                index = torch.randint(len(data), (min(batch_size, len(data)),), generator=generator).to(device)
+                index = torch.randint(
+                    len(data), (min(batch_size, len(data)),), generator=generator
+                ).to(device)
                 x, _ = augment(data.images[index], data.labels[index], train=False)
                 if channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -303,8 +376,16 @@ def _param_groups(model: nn.Module, settings: TrainSettings) -> list[dict[str, A
         weights, others = [p for p in params if p.dim() > 1], [p for p in params if p.dim() <= 1]
         return [{"params": weights, "weight_decay": settings.weight_decay, "lr_scale": 1.0},
                 {"params": others, "weight_decay": 0.0, "lr_scale": 1.0}]  # fmt: skip
-    norm_ids = {id(p) for m in model.modules() if isinstance(m, nn.modules.batchnorm._NormBase) for p in m.parameters()}
-    norms, rest = [p for p in params if id(p) in norm_ids], [p for p in params if id(p) not in norm_ids]
+    norm_ids = {
+        id(p)
+        for m in model.modules()
+        if isinstance(m, nn.modules.batchnorm._NormBase)
+        for p in m.parameters()
+    }
+    norms, rest = (
+        [p for p in params if id(p) in norm_ids],
+        [p for p in params if id(p) not in norm_ids],
+    )
     return [{"params": rest, "weight_decay": settings.weight_decay, "lr_scale": 1.0},
             {"params": norms, "weight_decay": settings.weight_decay / scale, "lr_scale": scale}]  # fmt: skip
 
@@ -429,7 +510,13 @@ class _Loop:
             world.check_same(tag, "config hash")
             per_rank = settings.batch_size // world.size
             self.local = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
-        self.train, self.test, self.strategy, self.augment, self.settings = train, test, strategy, augment, settings
+        self.train, self.test, self.strategy, self.augment, self.settings = (
+            train,
+            test,
+            strategy,
+            augment,
+            settings,
+        )
         self.tag, self.probe, self.train_eval = tag, probe, train_eval
         self.device = device = train.images.device
         self.n = len(train)
@@ -438,7 +525,9 @@ class _Loop:
         # fp16 (GPUs before Ampere) needs loss scaling; bf16 has float32's range and does not. The scale
         # starts at 2^10 (airbench's summed loss over 1024 samples, in effect): from the default 2^16 the
         # fast network's batch-norm backward overflows and the first ten steps would be skipped.
-        self.scaler = torch.amp.GradScaler("cuda", init_scale=1024.0, enabled=self.use_amp and self.dtype == torch.float16)
+        self.scaler = torch.amp.GradScaler(
+            "cuda", init_scale=1024.0, enabled=self.use_amp and self.dtype == torch.float16
+        )
         if settings.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -499,7 +588,9 @@ class _Loop:
         if self.world is None:
             return self._score_local(indices)
         losses, logits = self._score_local(self.world.shard(indices))
-        return self.world.unshard(losses, indices.numel()), self.world.unshard(logits, indices.numel())
+        return self.world.unshard(losses, indices.numel()), self.world.unshard(
+            logits, indices.numel()
+        )
 
     def _score_local(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # inference mode (BatchNorm's running statistics, as Katharopoulos & Fleuret's library scores):
@@ -513,7 +604,10 @@ class _Loop:
             x, y = self.augment(self.train.images[part], self.train.labels[part], train=False)
             if self.settings.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with torch.no_grad(), torch.autocast(self.device.type, dtype=self.dtype, enabled=self.use_amp):
+            with (
+                torch.no_grad(),
+                torch.autocast(self.device.type, dtype=self.dtype, enabled=self.use_amp),
+            ):
                 z = model(x).float()
             losses.append(self._per_sample_loss(z, y))
             logits.append(z)
@@ -540,9 +634,13 @@ class _Loop:
         t0 = clock.mark()
         indices, weights = strategy.select(step)
         t1 = clock.mark()
-        x, y = self.augment(self.train.images[indices], self.train.labels[indices], generator=self.gen)
+        x, y = self.augment(
+            self.train.images[indices], self.train.labels[indices], generator=self.gen
+        )
         y_global = y
-        if self.local is not None:  # the whole global batch was augmented, as one process would; train on a slice
+        if (
+            self.local is not None
+        ):  # the whole global batch was augmented, as one process would; train on a slice
             x, y = x[self.local], y[self.local]
             weights = weights[self.local] if weights is not None else None
         if self.settings.channels_last:
@@ -566,7 +664,10 @@ class _Loop:
         t4 = clock.mark()
         detached, seen_logits = losses.detach(), logits.detach()
         if world is not None:  # every rank's strategy observes the whole global batch
-            detached, seen_logits = world.all_gather_cat(detached), world.all_gather_cat(seen_logits)
+            detached, seen_logits = (
+                world.all_gather_cat(detached),
+                world.all_gather_cat(seen_logits),
+            )
         t_gathered = clock.mark()
         if self.augment.soft_targets and strategy.uses_observations:
             # a mixed output holds several samples: the strategy observes each sample's own clean score
@@ -587,7 +688,9 @@ class _Loop:
         if state["step"] == _FIRST_TIMING_STEP:
             self.tell_step_times()
         elapsed = time.perf_counter() - wall_start
-        if world is not None and self.total_steps is None:  # a seconds budget ends on the same step everywhere
+        if (
+            world is not None and self.total_steps is None
+        ):  # a seconds budget ends on the same step everywhere
             elapsed = world.reduce_floats([elapsed], "max")[0]
         state["train_time"] += elapsed
 
@@ -605,13 +708,17 @@ class _Loop:
     def record(self, step: int) -> None:
         """Evaluate and append a history record (evaluation and probe time are not training time)."""
         state, settings = self.state, self.settings
-        if self.device.type == "cuda":  # the steps still queued on the device belong to training time
+        if (
+            self.device.type == "cuda"
+        ):  # the steps still queued on the device belong to training time
             start = time.perf_counter()
             torch.cuda.synchronize(self.device)
             state["train_time"] += time.perf_counter() - start
         start = time.perf_counter()
         kwargs = dict(amp=self.use_amp, channels_last=settings.channels_last, world=self.world)
-        accuracy, test_loss = evaluate(self.model, self.test, self.augment, tta=settings.tta, **kwargs)
+        accuracy, test_loss = evaluate(
+            self.model, self.test, self.augment, tta=settings.tta, **kwargs
+        )
         count = state["loss_count"]
         state["history"].append({
             "step": step, "epoch": step * settings.batch_size / self.n, "wall_time": state["train_time"],
@@ -656,7 +763,9 @@ class _Loop:
             return
         saved = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
         if saved["tag"] != self.tag:
-            raise ValueError(f"checkpoint {self.ckpt_path} belongs to another config (hash {saved['tag']}, not {self.tag})")
+            raise ValueError(
+                f"checkpoint {self.ckpt_path} belongs to another config (hash {saved['tag']}, not {self.tag})"
+            )
         self.model.load_state_dict(saved["model"])
         self.optimizer.load_state_dict(saved["optimizer"])
         self.strategy.load_state_dict(saved["strategy"])
@@ -685,7 +794,9 @@ class _Loop:
                 if bar is not None:
                     bar.set_postfix(test_acc=f"{self.state['history'][-1]['test_accuracy']:.3f}")
             if finished:
-                while self.state["next_eval"] <= self.settings.evaluations:  # a seconds budget can end between points
+                while (
+                    self.state["next_eval"] <= self.settings.evaluations
+                ):  # a seconds budget can end between points
                     self.record(step)
                 break
             self.step()
@@ -729,7 +840,10 @@ class _Loop:
             "images_per_second": state["step"] * self.settings.batch_size / max(state["train_time"], 1e-9),
         }  # fmt: skip
         final.update(self.recalibrated_evaluation())
-        timing_out = {**timing, "per_step": {k: v / steps for k, v in timing.items() if k in PHASES + SUBPHASES}}
+        timing_out = {
+            **timing,
+            "per_step": {k: v / steps for k, v in timing.items() if k in PHASES + SUBPHASES},
+        }
         return {"history": state["history"], "timing": timing_out, "final": final}
 
     def recalibrated_evaluation(self) -> dict[str, float]:
@@ -741,9 +855,17 @@ class _Loop:
         kwargs = dict(amp=self.use_amp, channels_last=settings.channels_last)
         with recalibrated_batch_norm(self.model, self.train, self.augment, batches=settings.bn_recalibration,
                                      batch_size=settings.batch_size, seed=self.seed + 4321, **kwargs):  # fmt: skip
-            out = dict(zip(("test_accuracy_recalibrated", "test_loss_recalibrated"),
-                           evaluate(self.model, self.test, self.augment, tta=settings.tta, **kwargs)))
+            out = dict(
+                zip(
+                    ("test_accuracy_recalibrated", "test_loss_recalibrated"),
+                    evaluate(self.model, self.test, self.augment, tta=settings.tta, **kwargs),
+                )
+            )
             if self.train_eval is not None:
-                out.update(zip(("train_eval_accuracy_recalibrated", "train_eval_loss_recalibrated"),
-                               evaluate(self.model, self.train_eval, self.augment, **kwargs)))
+                out.update(
+                    zip(
+                        ("train_eval_accuracy_recalibrated", "train_eval_loss_recalibrated"),
+                        evaluate(self.model, self.train_eval, self.augment, **kwargs),
+                    )
+                )
         return out

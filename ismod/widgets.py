@@ -33,7 +33,9 @@ def proposal_explorer(*, threshold: float = 3.0, n: int = 10_000, seed: int = 0)
     )
 
 
-def tau_explorer(*, presample_ratio: float = 3.0, backward_ratio: float = 2.0, spread: float = 0.5, seed: int = 0):
+def tau_explorer(
+    *, presample_ratio: float = 3.0, backward_ratio: float = 2.0, spread: float = 0.5, seed: int = 0
+):
     """Sliders for Katharopoulos & Fleuret's cost model: B/b, t_b/t_f and the spread of the scores
     (:func:`ismod.plots.tau_tradeoff`) → τ against τ_th and the predicted speed-up.
 
@@ -41,7 +43,11 @@ def tau_explorer(*, presample_ratio: float = 3.0, backward_ratio: float = 2.0, s
     """
     import ipywidgets as widgets
 
-    def show(presample_ratio: float = presample_ratio, backward_ratio: float = backward_ratio, spread: float = spread) -> None:
+    def show(
+        presample_ratio: float = presample_ratio,
+        backward_ratio: float = backward_ratio,
+        spread: float = spread,
+    ) -> None:
         fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
         plots.tau_tradeoff(presample_ratio, backward_ratio, spread, seed=seed, axes=axes)
         fig.tight_layout()
@@ -49,7 +55,13 @@ def tau_explorer(*, presample_ratio: float = 3.0, backward_ratio: float = 2.0, s
 
     return widgets.interactive(
         show,
-        presample_ratio=widgets.FloatSlider(value=presample_ratio, min=1.0, max=10.0, step=0.5, description="B / b"),
-        backward_ratio=widgets.FloatSlider(value=backward_ratio, min=0.5, max=4.0, step=0.1, description="t_b / t_f"),
-        spread=widgets.FloatSlider(value=spread, min=0.0, max=2.0, step=0.05, description="score spread σ"),
+        presample_ratio=widgets.FloatSlider(
+            value=presample_ratio, min=1.0, max=10.0, step=0.5, description="B / b"
+        ),
+        backward_ratio=widgets.FloatSlider(
+            value=backward_ratio, min=0.5, max=4.0, step=0.1, description="t_b / t_f"
+        ),
+        spread=widgets.FloatSlider(
+            value=spread, min=0.0, max=2.0, step=0.05, description="score spread σ"
+        ),
     )

@@ -21,7 +21,13 @@ N, CLASSES, GLOBAL_BATCH = 96, 10, 16
 
 def tiny_model() -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, stride=2), nn.ReLU(), nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, CLASSES))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=2),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(32, CLASSES),
+    )
 
 
 def synthetic(n: int, seed: int):
@@ -32,7 +38,9 @@ def synthetic(n: int, seed: int):
     # class-dependent colour shifts, so that there is something to learn and losses spread
     images = torch.randint(0, 200, (n, 3, 32, 32), generator=g, dtype=torch.int32)
     images[:, 0] += (labels * 5)[:, None, None]
-    return ImageData(images.clamp(0, 255).to(torch.uint8), labels, [str(c) for c in range(CLASSES)], "synthetic")
+    return ImageData(
+        images.clamp(0, 255).to(torch.uint8), labels, [str(c) for c in range(CLASSES)], "synthetic"
+    )
 
 
 def train(strategy_name: str, options: dict[str, Any], steps: int, *, batch_size: int = GLOBAL_BATCH,
@@ -57,12 +65,21 @@ def train(strategy_name: str, options: dict[str, Any], steps: int, *, batch_size
         return idx, w
 
     strategy.select = recording_select  # type: ignore[method-assign]
-    budget = dict(budget="seconds", budget_amount=seconds) if seconds else dict(budget="steps", budget_amount=steps)
+    budget = (
+        dict(budget="seconds", budget_amount=seconds)
+        if seconds
+        else dict(budget="steps", budget_amount=steps)
+    )
     settings = TrainSettings(batch_size=batch_size, **budget, lr=0.05, schedule="constant",
                              warmup=0.0, evaluations=2, label_smoothing=0.0, checkpoint_every_steps=1000)  # fmt: skip
     out = fit(tiny_model(), synthetic(N, 1), synthetic(40, 2), strategy, Augment(num_classes=CLASSES, seed=0), settings,
               seed=0, checkpoint=checkpoint, resume=resume, tag=tag, progress=False)  # fmt: skip
-    return {"selected": selected, "history": out["history"], "timing": out["timing"], "state": strategy.state_dict()}
+    return {
+        "selected": selected,
+        "history": out["history"],
+        "timing": out["timing"],
+        "state": strategy.state_dict(),
+    }
 
 
 def worker(rank: int, size: int, port: int, out_dir: str, kwargs: dict[str, Any]) -> None:
@@ -78,7 +95,9 @@ def worker(rank: int, size: int, port: int, out_dir: str, kwargs: dict[str, Any]
     try:
         torch.save(train(**kwargs), Path(out_dir) / f"rank{rank}.pt")
     except Exception as err:  # the test reads the message
-        (Path(out_dir) / f"rank{rank}.err").write_text(f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
+        (Path(out_dir) / f"rank{rank}.err").write_text(
+            f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
+        )
     finally:
         torch.distributed.destroy_process_group()
 
@@ -98,15 +117,23 @@ def sampler_loop(rank: int, size: int, port: int, out_dir: str, kwargs: dict[str
     join_local(rank, size, port, "gloo", timeout_s=20)
     try:
         n = kwargs["n"]
-        sampler = ImportanceSampler(n, num_samples=kwargs["per_rank"], method="proportional", seed=kwargs["seed"])
-        loader = DataLoader(IndexedDataset(TensorDataset(torch.zeros(n, 1))), batch_size=kwargs["batch"], sampler=sampler)
+        sampler = ImportanceSampler(
+            n, num_samples=kwargs["per_rank"], method="proportional", seed=kwargs["seed"]
+        )
+        loader = DataLoader(
+            IndexedDataset(TensorDataset(torch.zeros(n, 1))),
+            batch_size=kwargs["batch"],
+            sampler=sampler,
+        )
         batches = []
         for epoch in range(kwargs["epochs"]):
             sampler.set_epoch(epoch)
             for _, idx in loader:
                 batches.append(idx.clone())
                 sampler.update(idx, fake_losses(idx))
-        torch.save({"batches": batches, "scores": sampler.scores.clone()}, Path(out_dir) / f"rank{rank}.pt")
+        torch.save(
+            {"batches": batches, "scores": sampler.scores.clone()}, Path(out_dir) / f"rank{rank}.pt"
+        )
     finally:
         torch.distributed.destroy_process_group()
 
@@ -126,14 +153,20 @@ def bn_scores(strategy_name: str | None = None) -> dict[str, Any]:
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.uniform_(-0.5, 0.5)
                 m.running_var.uniform_(0.5, 2.0)
-    strategy = build_strategy(strategy_name or "uniform", {"threshold": 1.0} if strategy_name == "presample" else {})
-    settings = TrainSettings(batch_size=GLOBAL_BATCH, budget="steps", budget_amount=1, evaluations=1)
+    strategy = build_strategy(
+        strategy_name or "uniform", {"threshold": 1.0} if strategy_name == "presample" else {}
+    )
+    settings = TrainSettings(
+        batch_size=GLOBAL_BATCH, budget="steps", budget_amount=1, evaluations=1
+    )
     loop = _Loop(model, synthetic(N, 1), synthetic(40, 2), strategy, Augment(num_classes=CLASSES), settings, seed=0,
                  checkpoint=None, tag="bn", probe=None, train_eval=None, optimizer=None, loss=None)  # fmt: skip
     losses, logits = loop.score(torch.arange(48))
     out: dict[str, Any] = {"losses": losses, "logits": logits}
     if strategy_name is not None:
-        strategy.tau = torch.tensor(5.0, dtype=torch.float64)  # above τ_th = 1: the next step samples by score
+        strategy.tau = torch.tensor(
+            5.0, dtype=torch.float64
+        )  # above τ_th = 1: the next step samples by score
         out["selected"] = strategy.select(0)
     return out
 
@@ -146,6 +179,8 @@ def bn_worker(rank: int, size: int, port: int, out_dir: str, kwargs: dict[str, A
     try:
         torch.save(bn_scores(**kwargs), Path(out_dir) / f"rank{rank}.pt")
     except Exception as err:
-        (Path(out_dir) / f"rank{rank}.err").write_text(f"{type(err).__name__}: {err}\n{traceback.format_exc()}")
+        (Path(out_dir) / f"rank{rank}.err").write_text(
+            f"{type(err).__name__}: {err}\n{traceback.format_exc()}"
+        )
     finally:
         torch.distributed.destroy_process_group()

@@ -43,13 +43,15 @@ def test_mixup_soft_targets():
     t = torch.nn.functional.one_hot(torch.randint(10, (16,), generator=g), 10).float()
     xm, tm = mixup(x, t, 0.7, generator=g)
     assert xm.shape == x.shape and torch.allclose(tm.sum(1), torch.ones(16))
-    assert ((tm.max(1).values >= 0.7 - 1e-6)).all()
+    assert (tm.max(1).values >= 0.7 - 1e-6).all()
 
 
 def test_ricap_targets_are_area_weights():
     g = torch.Generator().manual_seed(0)
     labels = torch.arange(8)
-    x = labels.float().view(8, 1, 1, 1).repeat(1, 3, 32, 32)  # each image is its own label, everywhere
+    x = (
+        labels.float().view(8, 1, 1, 1).repeat(1, 3, 32, 32)
+    )  # each image is its own label, everywhere
     t = torch.nn.functional.one_hot(labels, 8).float()
     out, soft = ricap(x, t, (10, 20), [(0, 0), (5, 3), (7, 0), (0, 1)], generator=g)
     assert torch.allclose(soft.sum(1), torch.ones(8))

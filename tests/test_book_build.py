@@ -1,36 +1,216 @@
-"""Build the whole book from scratch at smoke scale, warnings as errors (the CI's book check)."""
+"""Build the whole book from scratch at smoke scale, warnings as errors (the CI's book check), then read
+every page in headless Chromium as a reader would: formulas rendered, nothing wider than the page,
+figures loaded, links resolving, Colab buttons pointing at the repository, search working."""
 
+from __future__ import annotations
+
+import functools
+import html.parser
+import http.server
 import os
+import re
+import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from book_files import ROOT, toc_files, toc_notebooks
+from book_files import ROOT, config, toc_files, toc_notebooks
+
+CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
+# screenshots of two pages, for a person to look at; CI keeps _build/ of its clone
+ARTIFACTS = Path(os.environ.get("ISMOD_ARTIFACTS", ROOT / "_build" / "browser"))
+RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\\(?:frac|sum|lVert|mathrm|operatorname|tau)\b")
+
+
+@pytest.fixture(scope="module")
+def smoke_book(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    out = tmp_path_factory.mktemp("book")
+    jupyter_book = Path(sys.executable).parent / "jupyter-book"
+    env = dict(os.environ, ISMOD_SCALE="smoke", ISMOD_RESULTS=str(out / "results"))
+    cmd = [
+        str(jupyter_book), "build", "book", "--config", str(ROOT / "_config.yml"), "--toc", str(ROOT / "_toc.yml"),
+        "--path-output", str(out), "--all", "-W", "-n", "--keep-going",
+    ]  # fmt: skip
+    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
+    return run, out / "_build" / "html"
 
 
 @pytest.mark.slow
-def test_book_builds_clean_at_smoke_scale(tmp_path):
-    jupyter_book = Path(sys.executable).parent / "jupyter-book"
-    env = dict(os.environ, ISMOD_SCALE="smoke", ISMOD_RESULTS=str(tmp_path / "results"))
-    cmd = [
-        str(jupyter_book), "build", "book", "--config", str(ROOT / "_config.yml"), "--toc", str(ROOT / "_toc.yml"),
-        "--path-output", str(tmp_path), "--all", "-W", "-n", "--keep-going",
-    ]  # fmt: skip
-    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
-    html = tmp_path / "_build" / "html"
-    reports = sorted((html / "reports").glob("**/*.log")) if (html / "reports").exists() else []
+def test_book_builds_clean_at_smoke_scale(smoke_book):
+    run, html_dir = smoke_book
+    reports = (
+        sorted((html_dir / "reports").glob("**/*.log")) if (html_dir / "reports").exists() else []
+    )
     logs = "\n".join(p.read_text()[-3000:] for p in reports)
-    assert run.returncode == 0, f"book build failed:\n{run.stdout[-6000:]}\n{run.stderr[-6000:]}\n{logs}"
+    assert run.returncode == 0, (
+        f"book build failed:\n{run.stdout[-6000:]}\n{run.stderr[-6000:]}\n{logs}"
+    )
     assert not reports, f"notebook execution reports:\n{logs}"
     for name in toc_files():
-        assert (html / f"{name}.html").exists(), f"{name}.html missing from the build"
+        assert (html_dir / f"{name}.html").exists(), f"{name}.html missing from the build"
     for notebook in toc_notebooks():
-        page = (html / f"{notebook.stem}.html").read_text()
-        assert "colab.research.google.com/github/" in page, f"{notebook.stem}: no Colab launch button"
+        page = (html_dir / f"{notebook.stem}.html").read_text()
+        assert "colab.research.google.com/github/" in page, (
+            f"{notebook.stem}: no Colab launch button"
+        )
         assert 'src="_images/' in page, f"{notebook.stem}: the executed chapter shows no figures"
     # formulas render without internet: MathJax is served from the book itself, not a CDN
-    intro = (html / "intro.html").read_text()
+    intro = (html_dir / "intro.html").read_text()
     assert 'src="_static/mathjax/tex-chtml.js"' in intro and "cdn.jsdelivr" not in intro
-    assert (html / "_static" / "mathjax" / "tex-chtml.js").exists()
+    assert (html_dir / "_static" / "mathjax" / "tex-chtml.js").exists()
+
+
+class _Links(html.parser.HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.hrefs: list[str] = []
+        self.ids: set[str] = set()
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = dict(attrs)
+        if values.get("id"):
+            self.ids.add(values["id"])
+        if tag == "a" and values.get("href"):
+            self.hrefs.append(values["href"])
+
+
+@functools.lru_cache(maxsize=None)
+def _parsed(path: Path) -> _Links:
+    parser = _Links()
+    parser.feed(path.read_text(errors="replace"))
+    return parser
+
+
+def _broken_links(html_dir: Path, page: Path) -> list[str]:
+    broken = []
+    for href in _parsed(page).hrefs:
+        parts = urlsplit(href)
+        if parts.scheme or href.startswith(("mailto:", "javascript:")):
+            continue  # external: not reachable offline, and not the book's to resolve
+        target = (page.parent / unquote(parts.path)).resolve() if parts.path else page
+        if target.is_dir():
+            target = target / "index.html"
+        if not target.exists():
+            broken.append(href)
+        elif (
+            parts.fragment
+            and target.suffix == ".html"
+            and unquote(parts.fragment) not in _parsed(target).ids
+        ):
+            broken.append(href)
+    return broken
+
+
+def _serve(directory: Path) -> tuple[http.server.ThreadingHTTPServer, str]:
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(Quiet, directory=str(directory))
+    )
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/"
+
+
+def _chromium(profile: Path):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    # the flags keep Chromium off the network it cannot reach here (background services, updates)
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,1000", f"--user-data-dir={profile}"):  # fmt: skip
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+# run in the page: wait for MathJax, then report what a reader would see
+_INSPECT = """
+const done = arguments[arguments.length - 1];
+const ready = window.MathJax && MathJax.startup ? MathJax.startup.promise : Promise.resolve();
+ready.then(() => {
+  const article = document.querySelector("article") || document.body;
+  const prose = article.cloneNode(true);
+  prose.querySelectorAll("pre, .highlight, script, style, mjx-container").forEach(e => e.remove());
+  const wide = [...article.querySelectorAll("pre")].filter(p => p.scrollWidth > p.clientWidth + 1)
+    .map(p => p.innerText.split("\\n").reduce((a, b) => (b.length > a.length ? b : a), "").slice(0, 120));
+  const images = [...article.querySelectorAll("img")];
+  done({
+    prose: prose.innerText,
+    math: article.querySelectorAll("mjx-container").length,
+    pageWide: document.documentElement.scrollWidth > document.documentElement.clientWidth + 1,
+    wide: wide,
+    brokenImages: images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute("src")),
+    images: images.length,
+    colab: [...document.querySelectorAll("a[href*='colab.research.google.com']")].map(a => a.href),
+  });
+});
+"""
+
+
+@pytest.mark.slow
+def test_book_pages_in_a_browser(smoke_book, tmp_path):
+    """What each check guards against: raw TeX where MathJax did not run (it used to load from a CDN),
+    code or output wider than the column, a figure that does not load, a link to nowhere, a Colab
+    button that opens the wrong file, and a search index that finds nothing."""
+    if not (CHROMIUM and CHROMEDRIVER):
+        if os.environ.get("CI"):
+            pytest.fail("CI needs Debian's chromium and chromium-driver (.ci/run installs them)")
+        pytest.skip(
+            "needs chromium and chromedriver (Debian: apt-get install chromium chromium-driver)"
+        )
+    run, html_dir = smoke_book
+    assert run.returncode == 0, "the book did not build (see test_book_builds_clean_at_smoke_scale)"
+    repo = config()["repository"]
+    slug = urlsplit(repo["url"]).path.strip("/")
+    notebooks = {p.stem for p in toc_notebooks()}
+    server, base = _serve(html_dir)
+    driver = _chromium(tmp_path / "profile")
+    driver.set_script_timeout(60)
+    problems: list[str] = []
+    try:
+        for name in toc_files():
+            page = html_dir / f"{name}.html"
+            problems += [f"{name}: broken link {href}" for href in _broken_links(html_dir, page)]
+            driver.get(base + f"{name}.html")
+            seen = driver.execute_async_script(_INSPECT)
+            raw = RAW_TEX.findall(seen["prose"])
+            if raw:
+                problems.append(f"{name}: raw TeX in the text ({sorted(set(raw))[:5]})")
+            if "math notranslate" in page.read_text() and not seen["math"]:
+                problems.append(f"{name}: formulas present but none rendered")
+            if seen["pageWide"]:
+                problems.append(f"{name}: the page scrolls sideways")
+            problems += [f"{name}: code wider than the column: {line!r}" for line in seen["wide"]]
+            problems += [f"{name}: image did not load: {src}" for src in seen["brokenImages"]]
+            if name in notebooks:
+                expected = (f"https://colab.research.google.com/github/{slug}/blob/{repo['branch']}/"
+                            f"{repo['path_to_book']}/{name}.ipynb")  # fmt: skip
+                if expected not in seen["colab"]:
+                    problems.append(f"{name}: Colab link {seen['colab']} is not {expected}")
+                if not seen["images"]:
+                    problems.append(f"{name}: no figures")
+            if name in ("intro", "ch05_tau_switch"):
+                ARTIFACTS.mkdir(parents=True, exist_ok=True)
+                driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+        driver.get(base + "search.html?q=presample")
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        WebDriverWait(driver, 30).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#search-results li")
+        )
+        hits = [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#search-results li a")]
+        if not any("τ switch" in hit or "Presample" in hit for hit in hits):
+            problems.append(f"search for 'presample' did not find Chapter 5: {hits[:5]}")
+    finally:
+        driver.quit()
+        server.shutdown()
+    assert not problems, "\n".join(problems)

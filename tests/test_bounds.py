@@ -19,9 +19,13 @@ def test_upper_bound_equals_autograd(soft):
     targets = torch.randint(10, (64,), generator=g)
     if soft:
         targets = torch.softmax(torch.randn(64, 10, generator=g), 1)
-    assert torch.allclose(upper_bound(logits, targets), autograd_logit_norms(logits, targets), atol=1e-5)
+    assert torch.allclose(
+        upper_bound(logits, targets), autograd_logit_norms(logits, targets), atol=1e-5
+    )
     ce = lambda z, t: F.cross_entropy(z, t, reduction="none")  # noqa: E731
-    assert torch.allclose(logit_grad_norms(logits, targets, ce), upper_bound(logits, targets), atol=1e-5)
+    assert torch.allclose(
+        logit_grad_norms(logits, targets, ce), upper_bound(logits, targets), atol=1e-5
+    )
 
 
 def test_upper_bound_in_float32_under_low_precision():
@@ -34,7 +38,9 @@ def test_logit_grad_norms_for_another_loss():
     logits = torch.randn(6, 3)
     targets = torch.randn(6, 3).softmax(1)
     mse = lambda z, t: ((z - t) ** 2).sum(1)  # noqa: E731
-    assert torch.allclose(logit_grad_norms(logits, targets, mse), (2 * (logits - targets)).norm(dim=1))
+    assert torch.allclose(
+        logit_grad_norms(logits, targets, mse), (2 * (logits - targets)).norm(dim=1)
+    )
 
 
 def test_per_sample_grad_norms_match_a_loop_of_backward_passes():

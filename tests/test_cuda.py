@@ -10,7 +10,10 @@ from ismod.models import build_model, initialize_from_data
 from ismod.strategies import STRATEGIES, build_strategy
 from ismod.train import TrainSettings, fit
 
-pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
+pytestmark = [
+    pytest.mark.cuda,
+    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"),
+]
 
 
 def _data(n: int, seed: int = 0) -> ImageData:
@@ -41,7 +44,15 @@ def test_fit_on_cuda_learns_with_fast_recipe(strategy, options):
     data, test = _data(4096), _data(1000, seed=1)
     settings = TrainSettings(batch_size=256, budget="epochs", budget_amount=3, lr=0.5, momentum=0.85,
                              bias_lr_scale=64.0, lookahead=True, tta=2, evaluations=1, warmup=0.2)  # fmt: skip
-    out = fit(_fast_model(data), data, test, build_strategy(strategy, options), Augment(), settings, progress=False)
+    out = fit(
+        _fast_model(data),
+        data,
+        test,
+        build_strategy(strategy, options),
+        Augment(),
+        settings,
+        progress=False,
+    )
     assert out["final"]["test_accuracy"] > 0.5, out["final"]
     assert out["timing"]["forward"] > 0
 
@@ -52,7 +63,15 @@ def test_fp16_with_gradient_scaler(monkeypatch):
     data, test = _data(2048), _data(500, seed=1)
     settings = TrainSettings(batch_size=256, budget="epochs", budget_amount=6, lr=0.5, momentum=0.85,
                              bias_lr_scale=64.0, evaluations=1, warmup=0.2)  # fmt: skip
-    out = fit(_fast_model(data), data, test, build_strategy("uniform"), Augment(), settings, progress=False)
+    out = fit(
+        _fast_model(data),
+        data,
+        test,
+        build_strategy("uniform"),
+        Augment(),
+        settings,
+        progress=False,
+    )
     assert out["final"]["test_accuracy"] > 0.5
     assert torch.isfinite(torch.tensor(out["final"]["train_loss"]))
 

@@ -44,7 +44,9 @@ def test_variance_from_norms_matches_sampling():
     from ismod.sampling import draw
 
     g = torch.Generator().manual_seed(0)
-    grads = torch.randn(200, 5, generator=g, dtype=torch.float64) * torch.rand(200, 1, generator=g, dtype=torch.float64)
+    grads = torch.randn(200, 5, generator=g, dtype=torch.float64) * torch.rand(
+        200, 1, generator=g, dtype=torch.float64
+    )
     p = probabilities(grads.norm(dim=1) + 0.1, "proportional")
     reps, b = 20_000, 8
     idx, w = draw(p, reps * b, generator=g)
@@ -62,3 +64,15 @@ def test_spearman():
     assert spearman(x, -x) == pytest.approx(-1.0)
     with pytest.raises(ValueError, match="1-D of one length"):
         spearman(x, x[:3])
+
+
+def test_negligible_fraction_counts_norms_below_a_fraction_of_the_largest():
+    from ismod.diagnostics import negligible_fraction
+
+    norms = torch.tensor([10.0, 0.05, 0.2, 0.09, 5.0])  # 1% of the largest is 0.1: two below it
+    assert negligible_fraction(norms) == 0.4
+    assert negligible_fraction(norms, relative=0.5) == 0.6  # 5.0 is not below 5.0
+    with pytest.raises(ValueError, match="relative"):
+        negligible_fraction(norms, relative=1.5)
+    with pytest.raises(ValueError, match="norms"):
+        negligible_fraction(torch.zeros(2, 2))

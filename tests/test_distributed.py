@@ -24,14 +24,22 @@ STRATEGIES = {
 }
 # every other registered strategy with its defaults (small-data options where a default needs more data)
 SMALL = {"selective_backprop": {"history": 32}, "prediction_subset": {"kind": "p", "subset": 0.5}}
-STRATEGIES.update({name: (name, SMALL.get(name, {})) for name in REGISTRY if name not in ("uniform", "loss", "presample")})
+STRATEGIES.update(
+    {
+        name: (name, SMALL.get(name, {}))
+        for name in REGISTRY
+        if name not in ("uniform", "loss", "presample")
+    }
+)
 
 
 def spawn(tmp_path, size: int = 2, timeout: float = 120, target=ddp_worker.worker, **kwargs):
     """Run ``target`` (default ``ddp_worker.worker``) on ``size`` processes; return {rank: result or error text}."""
     ctx = multiprocessing.get_context("spawn")
     port = free_port()
-    procs = [ctx.Process(target=target, args=(r, size, port, str(tmp_path), kwargs)) for r in range(size)]
+    procs = [
+        ctx.Process(target=target, args=(r, size, port, str(tmp_path), kwargs)) for r in range(size)
+    ]
     for p in procs:
         p.start()
     deadline = time.monotonic() + timeout
@@ -57,13 +65,17 @@ def assert_same_run(a, b, *, loss_rtol=1e-4):
         assert torch.equal(ia, ib), f"step {step}: different global batches"
         assert (wa is None) == (wb is None)
         if wa is not None:
-            torch.testing.assert_close(wa, wb, rtol=1e-5, atol=0, msg=f"step {step}: different weights")
+            torch.testing.assert_close(
+                wa, wb, rtol=1e-5, atol=0, msg=f"step {step}: different weights"
+            )
     for ha, hb in zip(a["history"], b["history"]):
         if ha["train_loss"] is not None:
             assert ha["train_loss"] == pytest.approx(hb["train_loss"], rel=loss_rtol)
         assert ha["test_loss"] == pytest.approx(hb["test_loss"], rel=loss_rtol)
         rows_a, rows_b = ha.get("tau_log", []), hb.get("tau_log", [])
-        assert [(s, phase) for s, _, phase in rows_a] == [(s, phase) for s, _, phase in rows_b]  # same switch steps
+        assert [(s, phase) for s, _, phase in rows_a] == [
+            (s, phase) for s, _, phase in rows_b
+        ]  # same switch steps
         assert [t for _, t, _ in rows_a] == pytest.approx([t for _, t, _ in rows_b], rel=1e-4)
 
 
@@ -76,10 +88,14 @@ def test_two_processes_make_the_decisions_of_one(label, tmp_path):
     assert_same_run(ranks[0], ranks[1], loss_rtol=0)  # the ranks agree exactly with each other
     assert_same_run(ranks[0], single)  # and with one process, up to float summation order
     if "scores" in single["state"]:
-        torch.testing.assert_close(ranks[0]["state"]["scores"], single["state"]["scores"], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            ranks[0]["state"]["scores"], single["state"]["scores"], rtol=1e-4, atol=1e-6
+        )
     if label.startswith("upper"):
         tau = [row for h in ranks[0]["history"] for row in h.get("tau_log", [])]
-        assert any(phase == 1 for _, _, phase in tau), "the forced switch should have made importance steps"
+        assert any(phase == 1 for _, _, phase in tau), (
+            "the forced switch should have made importance steps"
+        )
     # one process only pays for the clock marks around the (absent) collectives
     assert ranks[0]["timing"]["communication"] > 10 * single["timing"]["communication"]
 
@@ -97,7 +113,9 @@ def test_a_two_process_checkpoint_resumes_in_one_process(tmp_path):
         assert torch.equal(ia, ib)
         if wa is not None:
             torch.testing.assert_close(wa, wb, rtol=1e-5, atol=0)
-    torch.testing.assert_close(resumed["state"]["scores"], single["state"]["scores"], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(
+        resumed["state"]["scores"], single["state"]["scores"], rtol=1e-4, atol=1e-6
+    )
 
 
 def test_a_dead_rank_fails_the_others_within_the_timeout(tmp_path):
@@ -120,7 +138,13 @@ def test_bad_setups_fail_before_training(tmp_path):
     ranks = spawn(tmp_path, strategy_name="uniform", options={}, steps=4, batch_size=15)
     assert all("not divisible by the world size 2" in ranks[r] for r in (0, 1)), ranks
     (tmp_path / "b").mkdir()
-    ranks = spawn(tmp_path / "b", strategy_name="uniform", options={}, steps=4, tag_by_rank=["a" * 64, "b" * 64])
+    ranks = spawn(
+        tmp_path / "b",
+        strategy_name="uniform",
+        options={},
+        steps=4,
+        tag_by_rank=["a" * 64, "b" * 64],
+    )
     assert all("disagree on the config hash" in ranks[r] for r in (0, 1)), ranks
 
 
@@ -128,9 +152,19 @@ def test_importance_sampler_in_a_ddp_loader_loop_matches_one_process(tmp_path):
     from ismod.sampling import ImportanceSampler
 
     n, per_rank, batch, epochs, seed = 50, 32, 8, 3, 5
-    ranks = spawn(tmp_path, target=ddp_worker.sampler_loop, n=n, per_rank=per_rank, batch=batch, epochs=epochs, seed=seed)
+    ranks = spawn(
+        tmp_path,
+        target=ddp_worker.sampler_loop,
+        n=n,
+        per_rank=per_rank,
+        batch=batch,
+        epochs=epochs,
+        seed=seed,
+    )
     assert set(ranks) == {0, 1}, ranks
-    torch.testing.assert_close(ranks[0]["scores"], ranks[1]["scores"], rtol=0, atol=0)  # one distribution everywhere
+    torch.testing.assert_close(
+        ranks[0]["scores"], ranks[1]["scores"], rtol=0, atol=0
+    )  # one distribution everywhere
     # one process drawing the global sequence (global batch 2 × 8) and updating with the global batches
     ref = ImportanceSampler(n, method="proportional")
     for epoch in range(epochs):
@@ -138,7 +172,9 @@ def test_importance_sampler_in_a_ddp_loader_loop_matches_one_process(tmp_path):
         for j in range(per_rank // batch):
             glob = drawn[2 * batch * j : 2 * batch * (j + 1)]
             k = epoch * (per_rank // batch) + j
-            assert torch.equal(ranks[0]["batches"][k], glob[0::2]) and torch.equal(ranks[1]["batches"][k], glob[1::2])
+            assert torch.equal(ranks[0]["batches"][k], glob[0::2]) and torch.equal(
+                ranks[1]["batches"][k], glob[1::2]
+            )
             ref.update(glob, ddp_worker.fake_losses(glob))
     torch.testing.assert_close(ranks[0]["scores"], ref.scores, rtol=0, atol=0)
 
@@ -148,7 +184,9 @@ def test_not_distributed_means_no_world():
 
 
 @pytest.mark.parametrize("strategy_name", [None, "presample"])
-def test_scores_and_selections_of_a_batch_norm_model_do_not_depend_on_the_sharding(strategy_name, tmp_path):
+def test_scores_and_selections_of_a_batch_norm_model_do_not_depend_on_the_sharding(
+    strategy_name, tmp_path
+):
     """Scoring runs in inference mode, so with the same weights a sample's score is the same whichever
     rank (and chunk) scores it, and 2 processes select exactly as 1 — for a model with BatchNorm."""
     single = ddp_worker.bn_scores(strategy_name)

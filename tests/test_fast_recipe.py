@@ -19,12 +19,20 @@ def test_whitening_layer_whitens_the_patches_it_was_fitted_on():
     x = x + 0.8 * x.roll(1, dims=3)  # neighbouring pixels correlated, as in images
     model = FastCNN()
     initialize_from_data(model, x)
-    out = torch.nn.functional.conv2d(x, model.whiten.weight[:12])  # the positive half of the filters
+    out = torch.nn.functional.conv2d(
+        x, model.whiten.weight[:12]
+    )  # the positive half of the filters
     cov = torch.cov(out.permute(1, 0, 2, 3).reshape(12, -1))
-    assert torch.allclose(cov, torch.eye(12), atol=0.02), cov  # eps = 5e-4 shrinks the diagonal by < 1%
+    assert torch.allclose(cov, torch.eye(12), atol=0.02), (
+        cov
+    )  # eps = 5e-4 shrinks the diagonal by < 1%
     assert torch.equal(model.whiten.weight[12:], -model.whiten.weight[:12])
     assert not model.whiten.weight.requires_grad
-    assert all(not bn.weight.requires_grad for bn in model.modules() if isinstance(bn, torch.nn.BatchNorm2d))
+    assert all(
+        not bn.weight.requires_grad
+        for bn in model.modules()
+        if isinstance(bn, torch.nn.BatchNorm2d)
+    )
 
 
 def test_data_initialisation_is_a_no_op_for_other_models():
@@ -40,7 +48,9 @@ def test_onecycle_runs_from_initial_to_1_to_final():
     assert lr_factor(s, 0.23) == pytest.approx(1.0)
     assert lr_factor(s, 0.115) == pytest.approx(0.6)
     assert lr_factor(s, 1.0) == pytest.approx(0.07)
-    assert lr_factor(TrainSettings(schedule="onecycle", warmup=0.2), 1.0) == 0.0  # defaults unchanged
+    assert (
+        lr_factor(TrainSettings(schedule="onecycle", warmup=0.2), 1.0) == 0.0
+    )  # defaults unchanged
 
 
 def test_param_groups_scale_batch_norm_like_airbench():
@@ -52,9 +62,15 @@ def test_param_groups_scale_batch_norm_like_airbench():
     bn_params = {id(p) for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d) for p in m.parameters()
                  if p.requires_grad}  # fmt: skip
     assert {id(p) for p in norms["params"]} == bn_params and norms["lr_scale"] == 64.0
-    assert norms["weight_decay"] * norms["lr_scale"] == pytest.approx(weights["weight_decay"])  # same lr·wd
-    assert id(model.whiten.bias) in {id(p) for p in weights["params"]}  # a bias, not a norm: decays as weights
-    assert id(model.whiten.weight) not in {id(p) for g in (weights, norms) for p in g["params"]}  # frozen
+    assert norms["weight_decay"] * norms["lr_scale"] == pytest.approx(
+        weights["weight_decay"]
+    )  # same lr·wd
+    assert id(model.whiten.bias) in {
+        id(p) for p in weights["params"]
+    }  # a bias, not a norm: decays as weights
+    assert id(model.whiten.weight) not in {
+        id(p) for g in (weights, norms) for p in g["params"]
+    }  # frozen
 
 
 def test_lookahead_pulls_every_fifth_step_and_hands_over_at_the_end():
@@ -67,7 +83,9 @@ def test_lookahead_pulls_every_fifth_step_and_hands_over_at_the_end():
     assert torch.equal(model.weight, start + 1.0)
     la.step(5, 10)  # d = 0.95⁵ · 0.5³
     d = 0.95**5 * 0.5**3
-    assert torch.allclose(model.weight, start + (1 - d)) and torch.allclose(la.slow["weight"], model.weight)
+    assert torch.allclose(model.weight, start + (1 - d)) and torch.allclose(
+        la.slow["weight"], model.weight
+    )
     with torch.no_grad():
         model.weight.add_(1.0)
     la.finish()
@@ -134,7 +152,13 @@ def test_fast_recipe_config_is_airbench94_in_mean_loss_terms():
     # airbench: lr 11.5 per 1024 summed samples over (1 + 1/(1 − 0.85)); with the mean loss ×1024
     assert c.lr == pytest.approx(11.5 / (1 + 1 / 0.15))
     assert c.lr * c.weight_decay == pytest.approx(0.0153 * 1024 / (1024 * (1 + 1 / 0.15)))
-    assert (c.batch_size, c.momentum, c.label_smoothing, c.crop_padding, c.tta) == (1024, 0.85, 0.2, 2, 2)
+    assert (c.batch_size, c.momentum, c.label_smoothing, c.crop_padding, c.tta) == (
+        1024,
+        0.85,
+        0.2,
+        2,
+        2,
+    )
     base = suites.fast_base("x")
     assert (base.label_smoothing, base.lookahead, base.tta, base.final_lr) == (0.0, False, 0, 0.0)
 

@@ -55,7 +55,9 @@ def private_cache(tmp_path, monkeypatch):
 def test_load_image_folder_tree(tree):
     train = load_cifar("cifar10", "train", root=tree)
     assert train.images.shape == (36, 3, 32, 32) and train.images.dtype == torch.uint8
-    assert train.classes == CLASSES and torch.equal(torch.bincount(train.labels), torch.tensor([12, 12, 12]))
+    assert train.classes == CLASSES and torch.equal(
+        torch.bincount(train.labels), torch.tensor([12, 12, 12])
+    )
     assert train.source == "CIFAR-10 (JPEG q75 copy)"
     # the class signal survived decoding: channel c is brightest for class c
     brightest = train.images.float().mean((2, 3)).argmax(1)
@@ -83,7 +85,9 @@ def test_environment_variable_and_subset(tree, monkeypatch):
 
 
 def test_missing_data_says_where_it_looked(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"looked in: .*cifar10-jpeg.*ISMOD_DATA.*download=True"):
+    with pytest.raises(
+        FileNotFoundError, match=r"looked in: .*cifar10-jpeg.*ISMOD_DATA.*download=True"
+    ):
         load_cifar("cifar10", "train", root=tmp_path)
 
 
@@ -137,11 +141,27 @@ def test_strategy_is_the_extension_point():
         def observe(self, indices, losses, logits):
             self.seen = (indices.clone(), losses.shape, logits.shape)
 
-    data = ImageData(torch.randint(0, 255, (20, 3, 32, 32), dtype=torch.uint8), torch.arange(20) % 2, ["a", "b"], "synthetic")
+    data = ImageData(
+        torch.randint(0, 255, (20, 3, 32, 32), dtype=torch.uint8),
+        torch.arange(20) % 2,
+        ["a", "b"],
+        "synthetic",
+    )
     s = EveryOther()
-    fit(build_model("small_cnn", 2), data, data, s, Augment(num_classes=2),
-        TrainSettings(batch_size=4, budget="steps", budget_amount=3, evaluations=1, lr=0.05), progress=False)
-    assert torch.equal(s.seen[0], torch.tensor([0, 2, 4, 6])) and s.seen[1] == (4,) and s.seen[2] == (4, 2)
+    fit(
+        build_model("small_cnn", 2),
+        data,
+        data,
+        s,
+        Augment(num_classes=2),
+        TrainSettings(batch_size=4, budget="steps", budget_amount=3, evaluations=1, lr=0.05),
+        progress=False,
+    )
+    assert (
+        torch.equal(s.seen[0], torch.tensor([0, 2, 4, 6]))
+        and s.seen[1] == (4,)
+        and s.seen[2] == (4, 2)
+    )
 
 
 def test_build_strategy_errors():
@@ -155,7 +175,10 @@ def test_build_strategy_errors():
     "kwargs, points",
     [
         ({"schedule": "constant"}, {0: 1, 0.5: 1, 1: 1}),
-        ({"schedule": "step", "milestones": (0.5, 0.8), "gamma": 0.2}, {0.1: 1, 0.5: 0.2, 0.9: 0.04}),
+        (
+            {"schedule": "step", "milestones": (0.5, 0.8), "gamma": 0.2},
+            {0.1: 1, 0.5: 0.2, 0.9: 0.04},
+        ),
         ({"schedule": "linear", "warmup": 0.0}, {0: 1, 0.25: 0.75, 1: 0}),
         ({"schedule": "onecycle", "warmup": 0.2}, {0: 0, 0.1: 0.5, 0.2: 1, 0.6: 0.5, 1: 0}),
     ],
@@ -200,17 +223,43 @@ def tiny_config(**changes) -> Config:
 def test_result_round_trip_and_provenance(tree, tmp_path):
     result = run(tiny_config(), data_root=tree, progress=False)
     assert [h["step"] for h in result.history] == [0, 4, 8, 12]
-    assert {"step", "epoch", "wall_time", "samples_seen", "train_loss", "train_accuracy", "test_accuracy", "test_loss"} <= set(result.history[-1])
-    assert 0 <= result.history[-1]["train_accuracy"] <= 1 and result.history[0]["train_accuracy"] is None
+    assert {
+        "step",
+        "epoch",
+        "wall_time",
+        "samples_seen",
+        "train_loss",
+        "train_accuracy",
+        "test_accuracy",
+        "test_loss",
+    } <= set(result.history[-1])
+    assert (
+        0 <= result.history[-1]["train_accuracy"] <= 1
+        and result.history[0]["train_accuracy"] is None
+    )
     with_eval = run(tiny_config(train_eval_size=9), data_root=tree, progress=False)
     assert {"train_eval_loss", "train_eval_accuracy"} <= set(with_eval.history[-1])
-    assert config_hash(tiny_config(train_eval_size=0)) == config_hash(tiny_config())  # default: hash unchanged
+    assert config_hash(tiny_config(train_eval_size=0)) == config_hash(
+        tiny_config()
+    )  # default: hash unchanged
     prov = result.provenance
-    assert prov["data_source"] == "CIFAR-10 (JPEG q75 copy)" and prov["config_hash"] == config_hash(tiny_config())
+    assert prov["data_source"] == "CIFAR-10 (JPEG q75 copy)" and prov["config_hash"] == config_hash(
+        tiny_config()
+    )
     assert {"ismod_version", "git_commit", "torch_version", "device", "seed", "date"} <= set(prov)
-    assert set(result.timing["per_step"]) == {"selection", "data", "forward_backward", "communication", "optimizer", "forward", "backward"}
+    assert set(result.timing["per_step"]) == {
+        "selection",
+        "data",
+        "forward_backward",
+        "communication",
+        "optimizer",
+        "forward",
+        "backward",
+    }
     per_step = result.timing["per_step"]
-    assert per_step["forward"] + per_step["backward"] == pytest.approx(per_step["forward_backward"], rel=1e-6)
+    assert per_step["forward"] + per_step["backward"] == pytest.approx(
+        per_step["forward_backward"], rel=1e-6
+    )
     path = tmp_path / "r.json"
     result.save(path)
     again = Result.load(path)
@@ -251,8 +300,19 @@ def test_run_or_load_reuses_only_exact_matches(tree, tmp_path, monkeypatch):
 def _cli(tree: Path, out: Path, *extra: str) -> list[str]:
     sets = ["subset=None", "test_subset=None", "batch_size=4", "budget='steps'", "budget_amount=300",
             "evaluations=3", "lr=0.05", "checkpoint_every_steps=10", "checkpoint_every_seconds=1e9"]  # fmt: skip
-    cmd = [sys.executable, "-m", "ismod", "run", "smoke-uniform", "--out", str(out), "--data", str(tree), "--no-progress",
-           "--keep-checkpoint"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "ismod",
+        "run",
+        "smoke-uniform",
+        "--out",
+        str(out),
+        "--data",
+        str(tree),
+        "--no-progress",
+        "--keep-checkpoint",
+    ]
     for s in sets:
         cmd += ["--set", s]
     return cmd + list(extra)
@@ -300,9 +360,14 @@ def test_resume_refuses_another_configs_checkpoint(tree, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not os.environ.get("ISMOD_DATA"), reason="ISMOD_DATA is not set (CI points it at the offline CIFAR-10 copy)")
+@pytest.mark.skipif(
+    not os.environ.get("ISMOD_DATA"),
+    reason="ISMOD_DATA is not set (CI points it at the offline CIFAR-10 copy)",
+)
 def test_short_real_data_run(tmp_path):
-    config = experiments.get_config("smoke-uniform", subset=4000, test_subset=2000, batch_size=128, budget_amount=4)
+    config = experiments.get_config(
+        "smoke-uniform", subset=4000, test_subset=2000, batch_size=128, budget_amount=4
+    )
     result = run(config, progress=False)
     assert result.provenance["train_size"] == 4000
     # 10 classes: chance is 10%; four short epochs on real images clearly beat it
@@ -318,12 +383,18 @@ class _Interrupt(Exception):
     [("loss", {"warmup_epochs": 1, "subset": 0.5, "smoothing": 0.2}), ("per", {}), ("selective_backprop", {"history": 16}),
      ("prediction_subset", {"kind": "c", "warmup_epochs": 1}), ("presample", {"threshold": 1.0, "tau_momentum": 0.5})],
 )  # fmt: skip
-def test_interrupted_strategy_run_resumes_identically(tree, tmp_path, monkeypatch, strategy, options):
+def test_interrupted_strategy_run_resumes_identically(
+    tree, tmp_path, monkeypatch, strategy, options
+):
     """A run interrupted after a checkpoint and resumed gives the history of an uninterrupted run."""
-    config = tiny_config(strategy=strategy, strategy_options=options, budget_amount=14, checkpoint_every_steps=4)
+    config = tiny_config(
+        strategy=strategy, strategy_options=options, budget_amount=14, checkpoint_every_steps=4
+    )
     whole = run(config, data_root=tree, progress=False)
     assert "sampling" in whole.history[-1] or strategy in ("selective_backprop", "presample")
-    if strategy == "presample":  # the switch happened before the interruption point, so resume crosses phases
+    if (
+        strategy == "presample"
+    ):  # the switch happened before the interruption point, so resume crosses phases
         assert 0 < whole.history[-1]["switch_step"] < 10
 
     cls = type(build_strategy(strategy, options))
@@ -356,7 +427,9 @@ def test_torchrun_runs_the_cli_on_two_processes(tree, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ismod", "run",
            "smoke-uniform", "--set", "subset=None", "--set", "test_subset=None", "--set", "batch_size=8", "--set", "budget=steps",
            "--set", "budget_amount=6", "--set", "evaluations=2", "--data", str(tree), "--out", str(out), "--no-progress"]  # fmt: skip
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    done = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"}
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.count("saved") == 1  # one writer
     result = Result.load(out)

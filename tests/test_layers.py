@@ -8,7 +8,18 @@ from pathlib import Path
 PACKAGE = Path(__file__).resolve().parents[1] / "ismod"
 
 LAYERS = {
-    0: {"mc", "sampling", "bounds", "tau", "diagnostics", "stats", "process_group", "_io", "convex", "scale"},
+    0: {
+        "mc",
+        "sampling",
+        "bounds",
+        "tau",
+        "diagnostics",
+        "stats",
+        "process_group",
+        "_io",
+        "convex",
+        "scale",
+    },
     1: {"data", "augment", "models"},
     2: {"strategies"},
     3: {"train"},
@@ -34,9 +45,15 @@ def _imports() -> dict[str, set[str]]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level:
                 if node.level - depth == 1:  # relative to ismod/
-                    names = [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+                    names = (
+                        [node.module.split(".")[0]] if node.module else [a.name for a in node.names]
+                    )
                     targets.update(n for n in names if n != here)
-            elif isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("ismod."):
+            elif (
+                isinstance(node, ast.ImportFrom)
+                and node.module
+                and node.module.startswith("ismod.")
+            ):
                 targets.add(node.module.split(".")[1])
         targets.discard("__init__")
     return graph
@@ -44,13 +61,19 @@ def _imports() -> dict[str, set[str]]:
 
 def test_every_module_has_a_layer():
     layered = set().union(*LAYERS.values())
-    assert set(_imports()) <= layered, f"modules without a layer: {sorted(set(_imports()) - layered)}"
+    assert set(_imports()) <= layered, (
+        f"modules without a layer: {sorted(set(_imports()) - layered)}"
+    )
 
 
 def test_no_module_imports_from_a_layer_above():
     layer = {m: k for k, ms in LAYERS.items() for m in ms}
-    bad = [f"{m} (layer {layer[m]}) imports {t} (layer {layer[t]})"
-           for m, targets in _imports().items() for t in targets if t in layer and layer[t] > layer[m]]
+    bad = [
+        f"{m} (layer {layer[m]}) imports {t} (layer {layer[t]})"
+        for m, targets in _imports().items()
+        for t in targets
+        if t in layer and layer[t] > layer[m]
+    ]
     assert not bad, "\n".join(bad)
 
 
@@ -63,7 +86,7 @@ def test_no_import_cycles():
         state[node] = 1
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                cycles.append(path[path.index(nxt):] + [nxt] if nxt in path else [node, nxt])
+                cycles.append(path[path.index(nxt) :] + [nxt] if nxt in path else [node, nxt])
             elif nxt not in state:
                 visit(nxt, path + [nxt])
         state[node] = 2

@@ -42,10 +42,14 @@ def test_adamw_and_a_custom_loss_without_touching_the_loop():
     out = fit(build_model("small_cnn"), data, test, Uniform(), Augment(), SETTINGS, progress=False, optimizer=adamw,
               loss=brier)  # fmt: skip
     assert len(made) == 1 and isinstance(made[0], torch.optim.AdamW)
-    assert made[0].param_groups[0]["lr"] == pytest.approx(SETTINGS.lr)  # the schedule drives its groups
+    assert made[0].param_groups[0]["lr"] == pytest.approx(
+        SETTINGS.lr
+    )  # the schedule drives its groups
     first, last = out["history"][0], out["history"][-1]
     assert last["train_loss"] < 0.9 * 0.9  # Brier score of a uniform guess over 10 classes is 0.9
-    assert last["test_accuracy"] > 0.2 and first["test_accuracy"] < last["test_accuracy"]  # chance is 0.1
+    assert (
+        last["test_accuracy"] > 0.2 and first["test_accuracy"] < last["test_accuracy"]
+    )  # chance is 0.1
 
 
 def test_a_reduced_loss_is_refused_with_the_fix():
@@ -66,14 +70,20 @@ def test_scoring_is_chunk_independent_leaves_buffers_alone_and_uses_the_training
     torch.manual_seed(0)
     model = build_model("small_cnn")
     strategy = _Capture()
-    settings = TrainSettings(batch_size=64, budget="steps", budget_amount=3, evaluations=1, label_smoothing=0.2)
+    settings = TrainSettings(
+        batch_size=64, budget="steps", budget_amount=3, evaluations=1, label_smoothing=0.2
+    )
     fit(model, data, data, strategy, Augment(), settings, progress=False)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     idx = torch.arange(200)
     losses, logits = strategy.captured(idx)
     alone, _ = strategy.captured(idx[5:8])
-    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())  # running statistics unmoved
-    torch.testing.assert_close(alone, losses[5:8], rtol=1e-5, atol=1e-5)  # the chunk does not matter
+    assert all(
+        torch.equal(v, before[k]) for k, v in model.state_dict().items()
+    )  # running statistics unmoved
+    torch.testing.assert_close(
+        alone, losses[5:8], rtol=1e-5, atol=1e-5
+    )  # the chunk does not matter
     smoothed = F.cross_entropy(logits, data.labels[idx], reduction="none", label_smoothing=0.2)
     torch.testing.assert_close(losses, smoothed)  # training and scoring losses agree
 
@@ -108,17 +118,26 @@ def test_under_mixing_a_recorded_score_is_the_samples_own(mixing):
     loss of sample i alone (the clean pass), never the loss of a mixed output."""
     data = _synthetic(256)
     strategy = _Recorder()
-    settings = TrainSettings(batch_size=32, budget="steps", budget_amount=1, evaluations=1, schedule="constant", warmup=0.0)
+    settings = TrainSettings(
+        batch_size=32,
+        budget="steps",
+        budget_amount=1,
+        evaluations=1,
+        schedule="constant",
+        warmup=0.0,
+    )
     torch.manual_seed(0)
     model = build_model("small_cnn")
     fit(model, data, data, strategy, Augment(**mixing), settings, progress=False)
-    (indices, recorded), = strategy.observed
+    ((indices, recorded),) = strategy.observed
     clean, _ = strategy.score_fn(indices)  # the model after the step, as the recording saw it
     torch.testing.assert_close(recorded, clean)
     model.eval()
     with torch.no_grad():
         x, y = Augment()(data.images[indices], data.labels[indices], train=False)
-        own = F.cross_entropy(model(x.contiguous(memory_format=torch.channels_last)), y, reduction="none")
+        own = F.cross_entropy(
+            model(x.contiguous(memory_format=torch.channels_last)), y, reduction="none"
+        )
     torch.testing.assert_close(recorded, own, rtol=1e-4, atol=1e-4)
 
 
@@ -131,7 +150,15 @@ def test_recalibrated_batch_norm_restores_statistics_and_repairs_skewed_ones():
     torch.manual_seed(0)
     data, augment = _synthetic(640), Augment()
     model = build_model("small_cnn")
-    fit(model, data, data, Uniform(), augment, dataclasses.replace(SETTINGS, lr=0.05, budget_amount=60), progress=False)
+    fit(
+        model,
+        data,
+        data,
+        Uniform(),
+        augment,
+        dataclasses.replace(SETTINGS, lr=0.05, budget_amount=60),
+        progress=False,
+    )
     plain, _ = evaluate(model, data, augment)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     mask = data.labels == 9  # statistics from one class only

@@ -287,6 +287,8 @@ def test_bad_seed():
 def test_estimate_from_draws_matches_and_validates():
     q = Normal(1.0, 1.2)
     values, log_w = mc.importance_draws(square, P, q, 500, seed=4)
-    assert mc.estimate_from_draws(values, log_w) == mc.importance_sampling(square, P, q, 500, seed=4)
+    assert mc.estimate_from_draws(values, log_w) == mc.importance_sampling(
+        square, P, q, 500, seed=4
+    )
     with pytest.raises(ValueError, match="same length"):
         mc.estimate_from_draws(values, log_w[:-1])

@@ -11,7 +11,9 @@ from book_files import BOOK, toc_notebooks
 @pytest.mark.parametrize("path", toc_notebooks(), ids=lambda p: p.name)
 def test_notebook_runs_at_smoke_scale(path, monkeypatch, tmp_path):
     monkeypatch.setenv("ISMOD_SCALE", "smoke")
-    monkeypatch.setenv("ISMOD_RESULTS", str(tmp_path / "results"))  # never write into the repository
+    monkeypatch.setenv(
+        "ISMOD_RESULTS", str(tmp_path / "results")
+    )  # never write into the repository
     nb = nbformat.read(path, as_version=4)
     NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(BOOK)}}

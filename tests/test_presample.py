@@ -55,7 +55,9 @@ def test_bad_options_and_setups():
         with pytest.raises(ValueError, match=match):
             Presample(**kwargs)
     with pytest.raises(ValueError, match="exceeds the 10 training samples"):
-        Presample(presample=3).setup(10, 4, CPU, torch.Generator(), Scorer(), torch.zeros(10, dtype=torch.long))
+        Presample(presample=3).setup(
+            10, 4, CPU, torch.Generator(), Scorer(), torch.zeros(10, dtype=torch.long)
+        )
     with pytest.raises(ValueError, match="score_fn and labels"):
         Presample().setup(N, 4, CPU, torch.Generator())
 
@@ -64,7 +66,11 @@ def test_threshold_rules():
     s = make(Scorer(), presample=3)
     assert s.tau_threshold == pytest.approx(2.0)  # (B + 3b)/(3b) with B = 3b, before any timing
     s.set_step_times(forward=0.01, backward=0.03)  # t_b = 3 t_f
-    assert s.tau_threshold == pytest.approx(switch_threshold(12, 4, 0.01 / 4, 0.03 / 4)) == pytest.approx(1 + 3 * 0.25)
+    assert (
+        s.tau_threshold
+        == pytest.approx(switch_threshold(12, 4, 0.01 / 4, 0.03 / 4))
+        == pytest.approx(1 + 3 * 0.25)
+    )
     fixed = make(Scorer(), threshold="fixed")
     fixed.set_step_times(0.01, 0.03)
     assert fixed.tau_threshold == pytest.approx(2.0)
@@ -97,19 +103,26 @@ def test_after_the_switch_weights_are_one_over_b_g():
     assert s.switch_step == k - 1 and scorer.sizes == [12]
     # check one importance step by hand: rebuild g from the presample the strategy scored
     position = s.stream_position
-    presample = (s.stream[position : position + 12] if position + 12 <= N else None)
+    presample = s.stream[position : position + 12] if position + 12 <= N else None
     idx, w = s.select(k)
     assert scorer.sizes[-1] == 12 and presample is not None
     g = upper_bound(scorer.logits(presample), labels()[presample]).double()
     g = g / g.sum()
     lookup = {int(i): float(gi) for i, gi in zip(presample, g)}
-    assert torch.allclose(w.double(), torch.tensor([1 / (12 * lookup[int(i)]) for i in idx], dtype=torch.float64), rtol=1e-6)
+    assert torch.allclose(
+        w.double(),
+        torch.tensor([1 / (12 * lookup[int(i)]) for i in idx], dtype=torch.float64),
+        rtol=1e-6,
+    )
     assert set(idx.tolist()) <= set(presample.tolist())
 
 
 def test_sqrt_option_takes_the_square_root_of_tau_new():
     a, b = Scorer(), Scorer()
-    plain, rooted = make(a, threshold=1e9, tau_momentum=0.0), make(b, threshold=1e9, tau_momentum=0.0, sqrt=True)
+    plain, rooted = (
+        make(a, threshold=1e9, tau_momentum=0.0),
+        make(b, threshold=1e9, tau_momentum=0.0, sqrt=True),
+    )
     step(plain, a, 0)
     step(rooted, b, 0)
     assert float(rooted.tau) == pytest.approx(math.sqrt(float(plain.tau)))
@@ -129,13 +142,17 @@ def test_resume_preserves_tau_and_phase():
     for k in range(15):
         step(a, scorer, k)
     assert a.importance_steps > 0
-    saved = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in a.state_dict().items()}
+    saved = {
+        k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in a.state_dict().items()
+    }
     gen = a.generator.get_state()
     after_a = [step(a, scorer, 15 + k) for k in range(6)]
     b = make(Scorer(), threshold=1.05, tau_momentum=0.5)
     b.load_state_dict(saved)
     b.generator.set_state(gen)
-    assert float(b.tau) == pytest.approx(float(saved["tau"])) and b.switch_step == saved["switch_step"]
+    assert (
+        float(b.tau) == pytest.approx(float(saved["tau"])) and b.switch_step == saved["switch_step"]
+    )
     after_b = [step(b, scorer, 15 + k) for k in range(6)]
     for (i1, w1), (i2, w2) in zip(after_a, after_b):
         assert torch.equal(i1, i2) and ((w1 is None and w2 is None) or torch.equal(w1, w2))

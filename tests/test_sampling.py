@@ -30,7 +30,9 @@ def chi2_statistic(indices: torch.Tensor, probs: torch.Tensor) -> tuple[float, i
 # --- probabilities --------------------------------------------------------------------------------
 
 score_lists = st.lists(
-    st.floats(min_value=0, max_value=1e4, allow_nan=False, allow_infinity=False), min_size=1, max_size=60
+    st.floats(min_value=0, max_value=1e4, allow_nan=False, allow_infinity=False),
+    min_size=1,
+    max_size=60,
 )
 
 
@@ -60,7 +62,9 @@ def test_softmax_matches_torch_and_is_stable_for_large_scores():
     p = probabilities(s, "softmax")
     assert torch.isfinite(p).all()
     assert torch.allclose(p, torch.softmax(s.double(), 0).float())
-    assert torch.allclose(probabilities(s, temperature=2.0), torch.softmax(s.double() / 2, 0).float())
+    assert torch.allclose(
+        probabilities(s, temperature=2.0), torch.softmax(s.double() / 2, 0).float()
+    )
 
 
 def test_proportional_and_temperature():
@@ -79,7 +83,9 @@ def test_rank_ratio_top_to_bottom_equals_pressure():
 
 def test_smoothing_formula():
     s = torch.tensor([1.0, 3.0])
-    assert torch.allclose(probabilities(s, "proportional", smoothing=0.5), torch.tensor([0.375, 0.625]))
+    assert torch.allclose(
+        probabilities(s, "proportional", smoothing=0.5), torch.tensor([0.375, 0.625])
+    )
     assert torch.allclose(probabilities(s, smoothing=1.0), torch.tensor([0.5, 0.5]))
 
 
@@ -177,7 +183,12 @@ def test_draw_beyond_multinomial_limit():
 @pytest.mark.parametrize(
     "probs, k, kwargs, match",
     [
-        (torch.full((4,), 0.25), 5, {"replacement": False}, "k = 5 draws without replacement exceed"),
+        (
+            torch.full((4,), 0.25),
+            5,
+            {"replacement": False},
+            "k = 5 draws without replacement exceed",
+        ),
         (torch.tensor([0.5, 0.5, 0.0]), 3, {"replacement": False}, "only 2 positive"),
         (torch.full((4,), 0.25), 0, {}, "k must be"),
         (torch.tensor([0.5, 0.6]), 1, {}, "sum to 1"),
@@ -197,7 +208,15 @@ def test_draw_errors(probs, k, kwargs, match):
 
 @pytest.mark.parametrize(
     "n, branching, top_size",
-    [(1, 4, 4), (5, 4, 4), (64, 4, 4), (1000, 8, 4), (3000, 64, 64), (3000, None, 4096), (40_000, None, 100)],
+    [
+        (1, 4, 4),
+        (5, 4, 4),
+        (64, 4, 4),
+        (1000, 8, 4),
+        (3000, 64, 64),
+        (3000, None, 4096),
+        (40_000, None, 100),
+    ],
 )
 def test_sum_tree_goodness_of_fit_and_updates(n, branching, top_size):
     g = torch.Generator().manual_seed(n)
@@ -229,7 +248,9 @@ def test_sum_tree_beyond_multinomial_limit():
     tree.update(torch.tensor([n - 1, 7]), torch.tensor([3.0, 1.0], dtype=torch.float64))
     idx = tree.sample(4000, generator=torch.Generator().manual_seed(0))
     assert set(idx.tolist()) == {7, n - 1}
-    assert float((idx == n - 1).double().mean()) == pytest.approx(0.75, abs=4 * math.sqrt(0.1875 / 4000))
+    assert float((idx == n - 1).double().mean()) == pytest.approx(
+        0.75, abs=4 * math.sqrt(0.1875 / 4000)
+    )
 
 
 # --- ImportanceSampler --------------------------------------------------------------------------
@@ -265,7 +286,9 @@ def test_sampler_probabilities_match_function(method):
 
 
 def test_sampler_smoothing_mixture_fits():
-    s = ImportanceSampler(10, method="proportional", smoothing=0.3, generator=torch.Generator().manual_seed(0))
+    s = ImportanceSampler(
+        10, method="proportional", smoothing=0.3, generator=torch.Generator().manual_seed(0)
+    )
     scores = torch.tensor([0.0] * 5 + [1.0] * 5)
     s.update(torch.arange(10), scores)
     idx, w = s.sample(100_000)
@@ -282,7 +305,9 @@ def test_sampler_weighted_mean_unbiased():
     reps, k = 3000, 32
     idx, w = s.sample(reps * k)
     batch_means = (w.double() * values[idx]).view(reps, k).mean(1)
-    assert abs(float(batch_means.mean() - values.mean())) < 4 * float(batch_means.std()) / math.sqrt(reps)
+    assert abs(float(batch_means.mean() - values.mean())) < 4 * float(
+        batch_means.std()
+    ) / math.sqrt(reps)
 
 
 def test_sampler_repeated_index_keeps_one_value():
@@ -296,7 +321,9 @@ def test_sampler_repeated_index_keeps_one_value():
 def test_sampler_in_a_dataloader_loop(workers):
     n = 64
     data = TensorDataset(torch.arange(n, dtype=torch.float32), torch.zeros(n))
-    sampler = ImportanceSampler(n, num_samples=256, method="proportional", generator=torch.Generator().manual_seed(0))
+    sampler = ImportanceSampler(
+        n, num_samples=256, method="proportional", generator=torch.Generator().manual_seed(0)
+    )
     sampler.update(torch.arange(n), torch.zeros(n).index_fill_(0, torch.arange(8), 1.0))
     loader = DataLoader(IndexedDataset(data), batch_size=32, sampler=sampler, num_workers=workers)
     seen = []
@@ -355,7 +382,9 @@ def test_sampler_errors():
 @CUDA
 def test_sampler_on_cuda_without_sync():
     dev = torch.device("cuda")
-    s = ImportanceSampler(100_000, method="softmax", device=dev, generator=torch.Generator(dev).manual_seed(0))
+    s = ImportanceSampler(
+        100_000, method="softmax", device=dev, generator=torch.Generator(dev).manual_seed(0)
+    )
     torch.cuda.set_sync_debug_mode("error")
     try:
         for _ in range(3):
@@ -373,7 +402,12 @@ def test_sampler_on_cuda_without_sync():
 
 def test_distributed_replicas_split_one_global_draw():
     state = {"scores": torch.linspace(0.1, 3.0, 40), "weight_at_draw": torch.ones(40)}
-    replicas = [ImportanceSampler(40, num_samples=300, method="proportional", num_replicas=3, rank=r, seed=11) for r in range(3)]
+    replicas = [
+        ImportanceSampler(
+            40, num_samples=300, method="proportional", num_replicas=3, rank=r, seed=11
+        )
+        for r in range(3)
+    ]
     for s in replicas:
         s.load_state_dict(state)  # the same scores on every replica
         s.set_epoch(2)
@@ -381,7 +415,9 @@ def test_distributed_replicas_split_one_global_draw():
     ref = ImportanceSampler(40, method="proportional")
     ref.load_state_dict(state)
     gen = torch.Generator().manual_seed(11 + 2)
-    drawn = torch.cat([ref.sample(k, generator=gen)[0] for k in (126, 126, 126, 126, 126, 126, 144)])  # 900 in chunks of 126
+    drawn = torch.cat(
+        [ref.sample(k, generator=gen)[0] for k in (126, 126, 126, 126, 126, 126, 144)]
+    )  # 900 in chunks of 126
     for r in range(3):
         assert yields[r] == drawn[r::3].tolist()
     replicas[0].set_epoch(3)

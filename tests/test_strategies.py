@@ -101,7 +101,9 @@ def test_warmup_samples_uniformly_and_only_records_scores():
         assert torch.equal(torch.sort(torch.cat([i for i, _ in chunk])).values, torch.arange(n))
     assert s.log == [] and s.warming_up
     assert torch.allclose(s.scores, fake_losses(torch.arange(n)))  # every score recorded
-    idx, w = s.select(2 * n // b)  # first importance-sampled step: weighted, and the distribution logged
+    idx, w = s.select(
+        2 * n // b
+    )  # first importance-sampled step: weighted, and the distribution logged
     assert w is not None and len(s.log) == 1 and not s.warming_up
 
 
@@ -133,7 +135,9 @@ def test_running_loss_score_is_an_exponential_average():
 def test_with_replacement_draws_follow_p():
     """Frequencies of indices drawn over many epochs match p within 4 standard errors."""
     n, b, epochs = 10, 10, 400
-    s = LossSampling(score="last", warmup_epochs=1, subset=1.0, replacement=True, method="proportional")
+    s = LossSampling(
+        score="last", warmup_epochs=1, subset=1.0, replacement=True, method="proportional"
+    )
     picks = drive(s, n, b, steps=1 + epochs)  # warm-up epoch (1 step), then importance epochs
     p = s.probabilities()
     counts = torch.bincount(torch.cat([i for i, _ in picks[1:]]), minlength=n).double()
@@ -153,7 +157,10 @@ def test_all_zero_scores_give_uniform_for_every_method():
 def test_softmax_of_shrinking_losses_drifts_to_uniform():
     """The report's drift: the same ranking with a smaller spread gives a flatter softmax."""
     base = torch.linspace(0, 1, 1000)
-    kl = [float(distribution_stats(score_probabilities(base * spread, "softmax", 1.0, 0.0))[1]) for spread in (4, 1, 0.1)]
+    kl = [
+        float(distribution_stats(score_probabilities(base * spread, "softmax", 1.0, 0.0))[1])
+        for spread in (4, 1, 0.1)
+    ]
     assert kl[0] > kl[1] > kl[2] and kl[2] < 1e-3
     # a temperature proportional to the spread undoes it
     sharp = distribution_stats(score_probabilities(base * 0.1, "softmax", 0.1 / 4, 0.0))[1]
@@ -179,7 +186,9 @@ def test_obs_is_unweighted_by_default_and_prefers_hard_samples():
     picks = drive(s, 100, 10, steps=10 + 200, progress=0.0)
     drawn = torch.cat([i for i, _ in picks[10:]])
     assert all(w is None for _, w in picks)
-    assert (drawn >= 50).float().mean() > 0.8  # upper half holds 100^0.5/(1+100^0.5) ≈ 91% of the mass
+    assert (
+        drawn >= 50
+    ).float().mean() > 0.8  # upper half holds 100^0.5/(1+100^0.5) ≈ 91% of the mass
 
 
 # --- prioritised replay ----------------------------------------------------------------------------
@@ -198,7 +207,9 @@ def test_prioritized_probabilities_and_weights():
         w = s.normalized_weights(s.tree.masses())
         expected = (n * priorities / priorities.sum()) ** (-beta)
         assert torch.allclose(w, expected / expected.max())
-        assert float(w.max()) == 1.0 and int(w.argmax()) == 0  # the lowest priority has weight exactly 1
+        assert (
+            float(w.max()) == 1.0 and int(w.argmax()) == 0
+        )  # the lowest priority has weight exactly 1
     idx, w = s.select(0)
     assert (w <= 1).all() and idx.shape == (b,)
 
@@ -213,6 +224,7 @@ def test_prediction_subset_scores_from_mean_true_class_probability():
         s = PredictionSubset(kind=kind, subset=0.5, warmup_epochs=0)
         s.setup(n, 3, CPU, torch.Generator(), None, labels)
         idx = torch.tensor([0, 1])
+
         # logits giving p_true = 0.8 then 0.4 for sample 0; 0.5 twice for sample 1 (3 classes)
         def logits_for(p_true, y):
             rest = (1 - p_true) / 2
@@ -220,8 +232,16 @@ def test_prediction_subset_scores_from_mean_true_class_probability():
             z[y] = math.log(p_true)
             return z
 
-        s.observe(idx, torch.zeros(2), torch.stack([logits_for(0.8, labels[0]), logits_for(0.5, labels[1])]))
-        s.observe(idx, torch.zeros(2), torch.stack([logits_for(0.4, labels[0]), logits_for(0.5, labels[1])]))
+        s.observe(
+            idx,
+            torch.zeros(2),
+            torch.stack([logits_for(0.8, labels[0]), logits_for(0.5, labels[1])]),
+        )
+        s.observe(
+            idx,
+            torch.zeros(2),
+            torch.stack([logits_for(0.4, labels[0]), logits_for(0.5, labels[1])]),
+        )
         mean = torch.tensor([0.6, 0.5])
         expected = 1 - mean if kind == "p" else mean * (1 - mean)
         assert torch.allclose(s.scores[:2], expected, atol=1e-6)
@@ -269,7 +289,13 @@ def test_uniform_subset_ignores_the_scores():
 
 def test_percentile_in_is_the_empirical_cdf():
     history = torch.tensor([1.0, 2.0, 3.0, 4.0])
-    assert percentile_in(torch.tensor([0.5, 1.0, 2.5, 4.0, 9.0]), history).tolist() == [0, 0.25, 0.5, 1.0, 1.0]
+    assert percentile_in(torch.tensor([0.5, 1.0, 2.5, 4.0, 9.0]), history).tolist() == [
+        0,
+        0.25,
+        0.5,
+        1.0,
+        1.0,
+    ]
     with pytest.raises(ValueError, match="history is empty"):
         percentile_in(torch.tensor([1.0]), torch.empty(0))
 
@@ -309,7 +335,10 @@ def test_selective_backprop_needs_a_score_fn():
     "name, options",
     [
         ("loss", {"warmup_epochs": 1, "subset": 0.5}),
-        ("loss", {"score": "running", "replacement": True, "method": "proportional", "smoothing": 0.1}),
+        (
+            "loss",
+            {"score": "running", "replacement": True, "method": "proportional", "smoothing": 0.1},
+        ),
         ("obs", {"pressure_end": 10.0}),
         ("per", {}),
         ("prediction_subset", {"kind": "c"}),
@@ -320,8 +349,11 @@ def test_resume_from_state_dict_continues_identically(name, options):
     n, b = 60, 6
     a = build_strategy(name, options)
     drive(a, n, b, steps=17)
-    saved = {k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in a.state_dict().items()}
+    saved = {
+        k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in a.state_dict().items()
+    }
     gen_state = a.generator.get_state()
+
     def selections(strategy):  # as fit does: the trainer sets progress before every select
         out = []
         for k in range(8):
@@ -353,11 +385,16 @@ def test_distribution_stats_agree_with_the_summary_and_known_values():
     assert summary["effective_fraction"] == pytest.approx(1 / (4 * 0.375))
     assert summary["max_weight"] == pytest.approx(1.0)  # 1/(4 * 0.25)
     uniform = distribution_summary(torch.full((8,), 1 / 8))
-    assert uniform["kl_from_uniform"] == pytest.approx(0.0, abs=1e-12) and uniform["effective_fraction"] == pytest.approx(1)
+    assert uniform["kl_from_uniform"] == pytest.approx(0.0, abs=1e-12) and uniform[
+        "effective_fraction"
+    ] == pytest.approx(1)
 
 
 def test_coverage():
-    assert coverage(torch.tensor([1, 1, 1, 1])) == {"seen": 1.0, "visit_entropy": pytest.approx(1.0)}
+    assert coverage(torch.tensor([1, 1, 1, 1])) == {
+        "seen": 1.0,
+        "visit_entropy": pytest.approx(1.0),
+    }
     c = coverage(torch.tensor([4, 0, 0, 0]))
     assert c["seen"] == 0.25 and c["visit_entropy"] == 0.0
     assert coverage(torch.zeros(3)) == {"seen": 0.0, "visit_entropy": 0.0}

@@ -40,7 +40,10 @@ def _steps(s: Strategy, start: int, count: int) -> list[tuple[torch.Tensor, torc
 
 
 def _same(a, b) -> bool:
-    return all(torch.equal(i, j) and ((w is None and v is None) or torch.equal(w, v)) for (i, w), (j, v) in zip(a, b))
+    return all(
+        torch.equal(i, j) and ((w is None and v is None) or torch.equal(w, v))
+        for (i, w), (j, v) in zip(a, b)
+    )
 
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
@@ -104,7 +107,9 @@ def test_a_new_strategy_is_one_class_and_one_registry_line(monkeypatch, tmp_path
             self.offset = 0
 
         def select(self, step):
-            idx = (torch.arange(self.batch_size, device=self.device) * 3 + self.offset) % self.num_items
+            idx = (
+                torch.arange(self.batch_size, device=self.device) * 3 + self.offset
+            ) % self.num_items
             self.offset = (self.offset + 1) % 3
             return idx, None
 
@@ -117,7 +122,14 @@ def test_a_new_strategy_is_one_class_and_one_registry_line(monkeypatch, tmp_path
     monkeypatch.setitem(strategies.STRATEGIES, EveryThird.name, EveryThird)
     test_select_and_observe_shapes("every_third")
     test_state_round_trip_mid_run_continues_identically("every_third")
-    config = Config(strategy="every_third", subset=None, batch_size=8, budget="steps", budget_amount=3, evaluations=1)
+    config = Config(
+        strategy="every_third",
+        subset=None,
+        batch_size=8,
+        budget="steps",
+        budget_amount=3,
+        evaluations=1,
+    )
     config.validate(36)
     from test_harness import make_tree
 

@@ -59,11 +59,17 @@ def _row(arm, accs, loss=1.0):
 
 
 def test_summarize_means_spreads_and_relative_error():
-    rows = suites.summarize(dict([_row("uniform", [0.8, 0.6]), _row("other", [0.9, 0.9], loss=0.5)]), baseline="uniform")
+    rows = suites.summarize(
+        dict([_row("uniform", [0.8, 0.6]), _row("other", [0.9, 0.9], loss=0.5)]), baseline="uniform"
+    )
     uniform, other = rows
-    assert uniform["test_accuracy"][0] == pytest.approx(0.7) and uniform["test_accuracy"][1] == pytest.approx(0.1414, abs=1e-4)
+    assert uniform["test_accuracy"][0] == pytest.approx(0.7) and uniform["test_accuracy"][
+        1
+    ] == pytest.approx(0.1414, abs=1e-4)
     assert other["relative_test_error"] == pytest.approx(0.1 / 0.3)
-    assert other["relative_train_loss"] == pytest.approx(0.5) and uniform["relative_train_loss"] == 1.0
+    assert (
+        other["relative_train_loss"] == pytest.approx(0.5) and uniform["relative_train_loss"] == 1.0
+    )
     assert uniform["selection_share"][0] == pytest.approx(0.1)
     table = suites.markdown_table(rows)
     assert "| other | 2 | 90.0% ± 0.0% | 0.500 ± 0.000 |" in table and "| 0.50 | 0.33 |" in table
@@ -81,7 +87,12 @@ def test_result_readers():
     config = Config(batch_size=10).to_dict()
     history = [
         {"epoch": 0.0, "train_loss": None, "sampling": [{"step": 0}]},
-        {"epoch": 1.0, "train_loss": 2.0, "sampling": [{"step": 5}, {"step": 8}], "tau_log": [[0, 1.5, 0], [5, 2.5, 1]]},
+        {
+            "epoch": 1.0,
+            "train_loss": 2.0,
+            "sampling": [{"step": 5}, {"step": 8}],
+            "tau_log": [[0, 1.5, 0], [5, 2.5, 1]],
+        },
         {"epoch": 2.0, "train_loss": float("nan"), "tau_log": [[10, 3.0, 1]]},
     ]
     r = Result(config, {"train_size": 50}, history, {}, {})
@@ -96,25 +107,57 @@ def test_chapter6_reuses_chapter5_runs_and_adds_the_other_strategies():
         ch5, ch6 = suites.chapter5(scale), suites.chapter6(scale)
         for label in ("uniform", "upper bound, τ switch", "loss, τ switch"):
             assert [config_hash(c) for c in ch6[label]] == [config_hash(c) for c in ch5[label]]
-        assert {c[0].strategy for c in ch6.values()} == {"uniform", "presample", "obs", "per", "selective_backprop"}
+        assert {c[0].strategy for c in ch6.values()} == {
+            "uniform",
+            "presample",
+            "obs",
+            "per",
+            "selective_backprop",
+        }
         # one wall-clock budget and schedule for every arm
-        assert len({(c.budget, c.budget_amount, c.lr, c.milestones, c.subset) for cs in ch6.values() for c in cs}) == 1
+        assert (
+            len(
+                {
+                    (c.budget, c.budget_amount, c.lr, c.milestones, c.subset)
+                    for cs in ch6.values()
+                    for c in cs
+                }
+            )
+            == 1
+        )
 
 
 def test_chapter7_budgets_are_fractions_of_the_full_run_with_linear_decay():
     suite = suites.chapter7("gpu")
     full = suite[suites.chapter7_label("uniform subset", "crop+flip", 1.0)][0]
-    assert (full.model, full.budget, full.budget_amount, full.schedule, full.final_lr) == ("fast_cnn", "epochs", 20, "onecycle", 0.0)
-    assert (full.label_smoothing, full.lookahead, full.tta) == (0.0, False, 0)  # the confounding tricks are off
+    assert (full.model, full.budget, full.budget_amount, full.schedule, full.final_lr) == (
+        "fast_cnn",
+        "epochs",
+        20,
+        "onecycle",
+        0.0,
+    )
+    assert (full.label_smoothing, full.lookahead, full.tta) == (
+        0.0,
+        False,
+        0,
+    )  # the confounding tricks are off
     p30 = suite[suites.chapter7_label("p-SGD", "crop+flip", 0.3)][0]
-    assert p30.budget_amount == pytest.approx(6) and p30.strategy_options == {"kind": "p", "subset": 0.3}
+    assert p30.budget_amount == pytest.approx(6) and p30.strategy_options == {
+        "kind": "p",
+        "subset": 0.3,
+    }
     sb = suite[suites.chapter7_label("selective backprop", "RICAP", 0.2)][0]
     assert sb.ricap_beta == 0.3 and sb.budget_amount == pytest.approx(4)
     # mixing only with strategies whose scores stay attributed to the right samples
-    mixed = {label.split(", ")[0] for label in suite if ", mixup, " in label or ", RICAP, " in label}
+    mixed = {
+        label.split(", ")[0] for label in suite if ", mixup, " in label or ", RICAP, " in label
+    }
     assert mixed == {"uniform subset", "selective backprop"}
     # 100% only for the uniform subset (the subset strategies all reduce to it)
-    assert not any(label.endswith("100%") for label in suite if not label.startswith("uniform subset"))
+    assert not any(
+        label.endswith("100%") for label in suite if not label.startswith("uniform subset")
+    )
     cpu = suites.chapter7("cpu")
     assert {label.split(", ")[0] for label in cpu if ", mixup, " in label} == {"uniform subset"}
     assert {c.dataset for cs in cpu.values() for c in cs} == {"cifar10"}
@@ -126,12 +169,17 @@ def test_budget_curves_and_accuracy_difference():
     def runs(*accs):
         return [Result(Config().to_dict(), {}, [], {}, {"test_accuracy": a}) for a in accs]
 
-    results = {suites.chapter7_label("uniform subset", "crop+flip", f): runs(f, f + 0.02) for f in (0.2, 1.0)}
+    results = {
+        suites.chapter7_label("uniform subset", "crop+flip", f): runs(f, f + 0.02)
+        for f in (0.2, 1.0)
+    }
     results[suites.chapter7_label("p-SGD", "crop+flip", 0.2)] = runs(0.5)
     curves = suites.budget_curves(results)
     assert list(curves) == ["crop+flip"]
     (f, mean, sd), (f2, _, _) = curves["crop+flip"]["uniform subset"]
-    assert (f, f2) == (0.2, 1.0) and mean == pytest.approx(0.21) and sd == pytest.approx(0.02 / 2**0.5)
+    assert (
+        (f, f2) == (0.2, 1.0) and mean == pytest.approx(0.21) and sd == pytest.approx(0.02 / 2**0.5)
+    )
     assert curves["crop+flip"]["p-SGD"] == [(0.2, 0.5, 0.0)]
     diff, se = suites.accuracy_difference(runs(0.7, 0.9), runs(0.5, 0.5, 0.5))
     assert diff == pytest.approx(0.3) and se == pytest.approx((0.02 / 2) ** 0.5)
@@ -161,12 +209,23 @@ def test_cost_model_counts_steps_scoring_and_evaluation():
     from ismod.experiments import Config
 
     times = {("small_cnn", 100, "cpu"): {"forward_s": 0.1, "backward_s": 0.2, "scoring_s": 0.05}}
-    uniform = Config(batch_size=100, subset=1000, test_subset=500, budget="epochs", budget_amount=2, evaluations=1)
+    uniform = Config(
+        batch_size=100,
+        subset=1000,
+        test_subset=500,
+        budget="epochs",
+        budget_amount=2,
+        evaluations=1,
+    )
     # 20 steps × 0.3 s × 1.15, plus 2 evaluation points × 5 batches × 0.05 s
-    assert suites.estimate_seconds([uniform], "cpu", step_times=times) == pytest.approx(20 * 0.3 * 1.15 + 0.5)
+    assert suites.estimate_seconds([uniform], "cpu", step_times=times) == pytest.approx(
+        20 * 0.3 * 1.15 + 0.5
+    )
     sb = uniform.replace(strategy="selective_backprop", strategy_options={"beta": 3.0})
     # selective backprop adds (β + 1) scoring passes of t_f / (t_f + t_b) each
-    assert suites.estimate_seconds([sb], "cpu", step_times=times) == pytest.approx(20 * 0.3 * 1.15 * (1 + 4 / 3) + 0.5)
+    assert suites.estimate_seconds([sb], "cpu", step_times=times) == pytest.approx(
+        20 * 0.3 * 1.15 * (1 + 4 / 3) + 0.5
+    )
     timed = uniform.replace(budget="seconds", budget_amount=7.0)
     assert suites.estimate_seconds([timed], "cpu", step_times=times) == pytest.approx(7.5)
 
@@ -174,8 +233,12 @@ def test_cost_model_counts_steps_scoring_and_evaluation():
 def test_a_grid_over_its_time_limit_does_not_start(tmp_path, monkeypatch):
     from ismod import experiments
 
-    monkeypatch.setattr(suites, "estimate_seconds", lambda configs, device=None, **kw: 3600.0 * len(configs))
-    monkeypatch.setattr(experiments, "run", lambda *a, **k: pytest.fail("an over-budget grid must not train"))
+    monkeypatch.setattr(
+        suites, "estimate_seconds", lambda configs, device=None, **kw: 3600.0 * len(configs)
+    )
+    monkeypatch.setattr(
+        experiments, "run", lambda *a, **k: pytest.fail("an over-budget grid must not train")
+    )
     suite = suites.chapter5("smoke")
     with pytest.raises(suites.GridOverBudget, match="max_minutes=15"):
         suites.run_suite(suite, tmp_path, scale="gpu", if_over_budget="raise")
@@ -183,8 +246,9 @@ def test_a_grid_over_its_time_limit_does_not_start(tmp_path, monkeypatch):
         suites.run_suite(suite, tmp_path, scale="gpu")
     # with saved results, an over-budget grid shows them instead of training the rest
     first = suite["uniform"][0]
-    experiments.Result(first.to_dict(), {"behaviour_version": experiments.BEHAVIOUR_VERSION}, [], {}, {}).save(
-        experiments.result_path(first, tmp_path))
+    experiments.Result(
+        first.to_dict(), {"behaviour_version": experiments.BEHAVIOUR_VERSION}, [], {}, {}
+    ).save(experiments.result_path(first, tmp_path))
     shown = suites.run_suite(suite, tmp_path, scale="gpu")
     assert list(shown) == ["uniform"] and len(shown["uniform"]) == 1
     monkeypatch.setenv(suites.MAX_MINUTES_ENV, "inf")
@@ -200,12 +264,49 @@ def test_budget_time_ratios_and_importance_share():
     from ismod.experiments import Config
 
     def runs(*seconds, importance=None):
-        history = [{"importance_steps": importance, "steps": 10}] if importance is not None else [{}]
+        history = (
+            [{"importance_steps": importance, "steps": 10}] if importance is not None else [{}]
+        )
         return [Result(Config().to_dict(), {}, history, {}, {"train_time": t}) for t in seconds]
 
-    results = {suites.chapter7_label("uniform subset", "crop+flip", 0.2): runs(10.0, 30.0),
-               suites.chapter7_label("selective backprop", "crop+flip", 0.2): runs(50.0),
-               suites.chapter7_label("selective backprop", "crop+flip", 0.3): runs(99.0)}  # no baseline at 30%
+    results = {
+        suites.chapter7_label("uniform subset", "crop+flip", 0.2): runs(10.0, 30.0),
+        suites.chapter7_label("selective backprop", "crop+flip", 0.2): runs(50.0),
+        suites.chapter7_label("selective backprop", "crop+flip", 0.3): runs(99.0),
+    }  # no baseline at 30%
     ratios = suites.budget_time_ratios(results)
     assert ratios == {"uniform subset": {0.2: 1.0}, "selective backprop": {0.2: pytest.approx(2.5)}}
-    assert suites.importance_share(runs(1.0, 1.0, importance=0) + runs(1.0, importance=6)) == pytest.approx(0.2)
+    assert suites.importance_share(
+        runs(1.0, 1.0, importance=0) + runs(1.0, importance=6)
+    ) == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("scale", ["cpu", "gpu"])
+def test_every_saved_result_is_one_the_book_reads(scale):
+    """A saved run is found by the book only if a suite of its scale still produces its exact config: a
+    new field that changes every hash, or a grid that stopped listing a run, would orphan it silently."""
+    import json
+
+    from ismod.experiments import Config, config_hash, result_path
+    from ismod.suites import SUITES, pilots
+
+    folder = Path(__file__).resolve().parents[1] / "book" / "results" / scale
+    saved = sorted(folder.glob("*.json"))
+    if not saved:
+        pytest.skip(f"no saved {scale} results")
+    wanted = {
+        result_path(c, folder).name
+        for suite in SUITES.values()
+        for runs in suite(scale).values()
+        for c in runs
+    }
+    wanted |= {result_path(c, folder).name for c in pilots(scale).values()}
+    for path in saved:
+        config = Config.from_dict(json.loads(path.read_text())["config"])
+        assert path.name == result_path(config, folder).name, (
+            f"{path.name}: its config hashes to {config_hash(config)[:12]}"
+        )
+    orphans = [p.name for p in saved if p.name not in wanted]
+    assert not orphans, (
+        f"saved results no suite produces any more (delete or regenerate them): {orphans[:5]}"
+    )

@@ -15,7 +15,9 @@ def test_tau_uniform_and_point_mass():
 
 
 def test_tau_identity_with_the_variance_form():
-    g = torch.softmax(torch.randn(50, generator=torch.Generator().manual_seed(0), dtype=torch.float64), 0)
+    g = torch.softmax(
+        torch.randn(50, generator=torch.Generator().manual_seed(0), dtype=torch.float64), 0
+    )
     u = 1 / 50
     form = 1 / (1 - float(((g - u) ** 2).sum() / (g**2).sum()))
     assert equivalent_batch_increment(g) == pytest.approx(form)
@@ -49,7 +51,11 @@ def test_threshold_errors(args, match):
 
 @pytest.mark.parametrize(
     "probs, match",
-    [(torch.tensor([0.5, 0.6]), "sum to 1"), (torch.tensor([1.5, -0.5]), "non-negative"), (torch.ones(2, 2) / 4, "1-D")],
+    [
+        (torch.tensor([0.5, 0.6]), "sum to 1"),
+        (torch.tensor([1.5, -0.5]), "non-negative"),
+        (torch.ones(2, 2) / 4, "1-D"),
+    ],
 )
 def test_tau_errors(probs, match):
     with pytest.raises(ValueError, match=match):
@@ -105,3 +111,51 @@ def test_variance_ratio_rejects_bad_input():
         variance_ratio(torch.eye(3), torch.full((4,), 0.25))
     with pytest.raises(ValueError, match="positive and sum to 1"):
         variance_ratio(torch.eye(2), torch.tensor([1.0, 0.0]))
+
+
+def test_tau_probe_checks_smaller_presamples_on_their_own_gradients():
+    """The smaller presample's numbers are those of its first B' samples alone: τ from their exact
+    gradient norms, and the measured ratio from their own Gram matrix."""
+    from ismod.augment import Augment
+    from ismod.bounds import per_sample_grads
+    from ismod.data import ImageData
+    from ismod.experiments import tau_probe
+    from ismod.models import build_model
+    from ismod.suites import tau_log_error, tau_points
+    from ismod.tau import variance_ratio
+
+    g = torch.Generator().manual_seed(0)
+    data = ImageData(torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8, generator=g),
+                     torch.arange(40) % 10, [str(i) for i in range(10)], "synthetic")  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model("small_cnn").eval()
+    augment = Augment()
+    entry = tau_probe(data, augment, 1, 4, sizes=(6,), chunk=4)(model)[0]
+    assert set(entry["smaller"]) == {"6"}
+    sets = torch.randperm(40, generator=torch.Generator().manual_seed(54321))[:6]
+    x, y = augment(data.images[sets], data.labels[sets], train=False)
+    ce = lambda z, t: torch.nn.functional.cross_entropy(z, t, reduction="none")  # noqa: E731
+    grads = per_sample_grads(model, ce, x, y, chunk_size=3).double()
+    gram = grads @ grads.T
+    norms = gram.diagonal().sqrt()
+    p = (norms + 1e-12) / (norms + 1e-12).sum()
+    small = entry["smaller"]["6"]["exact"]
+    assert small["tau"] == pytest.approx(equivalent_batch_increment(p), rel=1e-6)
+    assert small["measured"] == pytest.approx(variance_ratio(gram, p), rel=1e-6)
+    with pytest.raises(ValueError, match="tau_probe_sizes"):
+        tau_probe(data, augment, 1, 4, sizes=(7,))
+
+    class Run:  # the fields tau_points reads from a Result
+        config = {"tau_probe_batch": 4, "seed": 0}
+        history = [{"epoch": 1.0, "probe": {"tau": [entry]}}]
+
+    points = tau_points([Run()])
+    assert sorted(p["B"] for p in points) == [6, 12]
+    by_hand = (
+        sum(
+            abs(math.log(p["entry"]["exact"]["tau"] / p["entry"]["exact"]["measured"]))
+            for p in points
+        )
+        / 2
+    )
+    assert tau_log_error(points, "exact") == pytest.approx(by_hand)

@@ -17,12 +17,25 @@ from .uniform import Uniform
 
 STRATEGIES: dict[str, type[Strategy]] = {
     cls.name: cls
-    for cls in (Uniform, LossSampling, OnlineBatchSelection, PrioritizedReplay, PredictionSubset, SelectiveBackprop,
-                Presample)
+    for cls in (
+        Uniform,
+        LossSampling,
+        OnlineBatchSelection,
+        PrioritizedReplay,
+        PredictionSubset,
+        SelectiveBackprop,
+        Presample,
+    )
 }
 
 # the registry is the list: configs, the contract tests and the API page all read it from here
-__all__ = ["Strategy", "ScoredStrategy", *(cls.__name__ for cls in STRATEGIES.values()), "STRATEGIES", "build_strategy"]
+__all__ = [
+    "Strategy",
+    "ScoredStrategy",
+    *(cls.__name__ for cls in STRATEGIES.values()),
+    "STRATEGIES",
+    "build_strategy",
+]
 
 
 def build_strategy(name: str, options: dict[str, Any] | None = None) -> Strategy:

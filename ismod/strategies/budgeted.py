@@ -29,10 +29,14 @@ class PredictionSubset(ScoredStrategy):
 
     name = "prediction_subset"
 
-    def __init__(self, kind: str = "p", subset: float = 0.5, smoothing: float = 0.1, warmup_epochs: int = 1) -> None:
+    def __init__(
+        self, kind: str = "p", subset: float = 0.5, smoothing: float = 0.1, warmup_epochs: int = 1
+    ) -> None:
         super().__init__("last", 0.0, warmup_epochs)
         if kind not in ("p", "c", "uniform"):
-            raise ValueError(f"kind must be 'p' (p-SGD), 'c' (c-SGD) or 'uniform' (unif-SGD), got {kind!r}")
+            raise ValueError(
+                f"kind must be 'p' (p-SGD), 'c' (c-SGD) or 'uniform' (unif-SGD), got {kind!r}"
+            )
         if not (isinstance(subset, (int, float)) and 0 < subset <= 1):
             raise ValueError(f"subset must lie in (0, 1], got {subset!r}")
         self.kind, self.subset = kind, float(subset)
@@ -42,7 +46,9 @@ class PredictionSubset(ScoredStrategy):
     def setup(self, num_items, batch_size, device, generator, score_fn=None, labels=None) -> None:
         super().setup(num_items, batch_size, device, generator, score_fn, labels)
         if labels is None:
-            raise ValueError("PredictionSubset needs the training labels (fit passes them to setup)")
+            raise ValueError(
+                "PredictionSubset needs the training labels (fit passes them to setup)"
+            )
         self.subset_size = max(batch_size, round(self.subset * num_items))
         self.prob_sum = torch.zeros(num_items, device=device)
 
@@ -56,7 +62,9 @@ class PredictionSubset(ScoredStrategy):
 
     def probabilities(self) -> torch.Tensor:
         if self.kind == "uniform":
-            return torch.full((self.num_items,), 1.0 / self.num_items, dtype=torch.float64, device=self.device)
+            return torch.full(
+                (self.num_items,), 1.0 / self.num_items, dtype=torch.float64, device=self.device
+            )
         return score_probabilities(self.scores, "proportional", 1.0, self.smoothing)
 
     def epoch_queue(self, step: int) -> tuple[torch.Tensor, None]:
@@ -78,11 +86,18 @@ def percentile_in(values: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
     if history.numel() == 0:
         raise ValueError("history is empty: record some losses before asking for percentiles")
     ordered = torch.sort(history).values
-    return torch.searchsorted(ordered, values.to(ordered.dtype), right=True).to(torch.float32) / history.numel()
+    return (
+        torch.searchsorted(ordered, values.to(ordered.dtype), right=True).to(torch.float32)
+        / history.numel()
+    )
 
 
 def selective_backprop_keep(
-    losses: torch.Tensor, history: torch.Tensor, beta: float = 3.0, *, generator: torch.Generator | None = None
+    losses: torch.Tensor,
+    history: torch.Tensor,
+    beta: float = 3.0,
+    *,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Selective backprop's decision (Jiang et al. 2019): keep each sample with probability
     :math:`\\mathrm{percentile}(L_i)^\\beta` among the recent losses ``history``. Returns a bool mask."""
@@ -117,7 +132,9 @@ class SelectiveBackprop(ScoredStrategy):
     def setup(self, num_items, batch_size, device, generator, score_fn=None, labels=None) -> None:
         super().setup(num_items, batch_size, device, generator, score_fn, labels)
         if score_fn is None:
-            raise ValueError("SelectiveBackprop needs score_fn (extra forward passes); run it under ismod.train.fit")
+            raise ValueError(
+                "SelectiveBackprop needs score_fn (extra forward passes); run it under ismod.train.fit"
+            )
         self.window = torch.zeros(self.history_size, device=device)
         self.window_filled = 0
         self.window_next = 0
@@ -143,11 +160,15 @@ class SelectiveBackprop(ScoredStrategy):
 
     def select(self, step: int) -> tuple[torch.Tensor, None]:
         b = self.batch_size
-        while self.pool.numel() < b:  # pool.numel() is known on the host once the mask is read below
+        while (
+            self.pool.numel() < b
+        ):  # pool.numel() is known on the host once the mask is read below
             idx = self._next_candidates()
             losses, _ = self.score_fn(idx)
             self._remember(losses)
-            keep = selective_backprop_keep(losses, self.window[: self.window_filled], self.beta, generator=self.generator)
+            keep = selective_backprop_keep(
+                losses, self.window[: self.window_filled], self.beta, generator=self.generator
+            )
             self.pool = torch.cat([self.pool, idx[keep]])  # boolean indexing: the host read
             self.scored += b
         batch, self.pool = self.pool[:b], self.pool[b:]
@@ -169,7 +190,10 @@ class SelectiveBackprop(ScoredStrategy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.window = state["window"].to(self.device)
-        self.window_filled, self.window_next = int(state["window_filled"]), int(state["window_next"])
+        self.window_filled, self.window_next = (
+            int(state["window_filled"]),
+            int(state["window_next"]),
+        )
         self.pool = state["pool"].to(self.device)
         self.candidates = state["candidates"].to(self.device)
         self.candidate_position = int(state["candidate_position"])

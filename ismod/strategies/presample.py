@@ -49,30 +49,46 @@ class Presample(Strategy):
 
     def __init__(self, presample: float = 3.0, score: str = "bound", threshold: str | float = "measured",
                  tau_momentum: float = 0.9, sqrt: bool = False, importance: bool = True) -> None:  # fmt: skip
-        if not (isinstance(presample, (int, float)) and math.isfinite(presample) and presample >= 1):
-            raise ValueError(f"presample (B as a multiple of the batch size) must be >= 1, got {presample!r}")
+        if not (
+            isinstance(presample, (int, float)) and math.isfinite(presample) and presample >= 1
+        ):
+            raise ValueError(
+                f"presample (B as a multiple of the batch size) must be >= 1, got {presample!r}"
+            )
         if score not in ("bound", "loss"):
             raise ValueError(f"score must be 'bound' or 'loss', got {score!r}")
         if isinstance(threshold, str):
             if threshold not in THRESHOLDS:
-                raise ValueError(f"threshold must be one of {THRESHOLDS} or a number, got {threshold!r}")
+                raise ValueError(
+                    f"threshold must be one of {THRESHOLDS} or a number, got {threshold!r}"
+                )
         elif not (isinstance(threshold, (int, float)) and threshold >= 1):
-            raise ValueError(f"a numeric threshold must be >= 1 (τ is at least 1), got {threshold!r}")
+            raise ValueError(
+                f"a numeric threshold must be >= 1 (τ is at least 1), got {threshold!r}"
+            )
         if not (isinstance(tau_momentum, (int, float)) and 0 <= tau_momentum < 1):
             raise ValueError(f"tau_momentum must lie in [0, 1), got {tau_momentum!r}")
         self.ratio, self.score, self.threshold = float(presample), score, threshold
-        self.tau_momentum, self.sqrt, self.importance = float(tau_momentum), bool(sqrt), bool(importance)
+        self.tau_momentum, self.sqrt, self.importance = (
+            float(tau_momentum),
+            bool(sqrt),
+            bool(importance),
+        )
 
     def setup(self, num_items, batch_size, device, generator, score_fn=None, labels=None) -> None:
         super().setup(num_items, batch_size, device, generator, score_fn, labels)
         self.presample_size = round(self.ratio * batch_size)
         if self.presample_size > num_items:
-            raise ValueError(f"presample B = {self.presample_size} exceeds the {num_items} training samples")
+            raise ValueError(
+                f"presample B = {self.presample_size} exceeds the {num_items} training samples"
+            )
         if score_fn is None or labels is None:
             raise ValueError("Presample needs score_fn and labels; run it under ismod.train.fit")
         b, big_b = batch_size, self.presample_size
         self.fixed_threshold = (big_b + 3 * b) / (3 * b)
-        self.tau_threshold = float(self.threshold) if not isinstance(self.threshold, str) else self.fixed_threshold
+        self.tau_threshold = (
+            float(self.threshold) if not isinstance(self.threshold, str) else self.fixed_threshold
+        )
         self.measured_times: tuple[float, float] | None = None
         self.tau = torch.zeros((), dtype=torch.float64, device=device)
         self.stream = torch.empty(0, dtype=torch.long, device=device)
@@ -93,19 +109,27 @@ class Presample(Strategy):
     def _take(self, k: int) -> torch.Tensor:
         """The next k indices of a uniformly shuffled stream of epochs (a presample is drawn uniformly)."""
         if self.stream_position + k > self.stream.numel():
-            self.stream = torch.randperm(self.num_items, device=self.device, generator=self.generator)
+            self.stream = torch.randperm(
+                self.num_items, device=self.device, generator=self.generator
+            )
             self.stream_position = 0
         start, self.stream_position = self.stream_position, self.stream_position + k
         return self.stream[start : start + k]
 
-    def scores_of(self, logits: torch.Tensor, indices: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
-        return _upper_bound(logits, self.labels[indices]) if self.score == "bound" else losses.float()
+    def scores_of(
+        self, logits: torch.Tensor, indices: torch.Tensor, losses: torch.Tensor
+    ) -> torch.Tensor:
+        return (
+            _upper_bound(logits, self.labels[indices]) if self.score == "bound" else losses.float()
+        )
 
     @staticmethod
     def normalize(scores: torch.Tensor) -> torch.Tensor:
         s = scores.to(torch.float64).clamp_min(0)
         total = s.sum()
-        return torch.where(total > 0, s / total.clamp_min(1e-300), torch.full_like(s, 1.0 / s.numel()))
+        return torch.where(
+            total > 0, s / total.clamp_min(1e-300), torch.full_like(s, 1.0 / s.numel())
+        )
 
     def _update_tau(self, g: torch.Tensor) -> None:
         tau_new = g.numel() * (g * g).sum()

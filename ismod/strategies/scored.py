@@ -25,7 +25,13 @@ from ..diagnostics import STAT_NAMES, coverage, distribution_stats
 from ..sampling import METHODS, SumTree, _draw, _unnormalized
 from .base import Strategy
 
-__all__ = ["ScoredStrategy", "LossSampling", "OnlineBatchSelection", "PrioritizedReplay", "SCORE_QUANTILES"]
+__all__ = [
+    "ScoredStrategy",
+    "LossSampling",
+    "OnlineBatchSelection",
+    "PrioritizedReplay",
+    "SCORE_QUANTILES",
+]
 
 # Levels at which score quantiles are logged each epoch (the report's Appendix B figures).
 SCORE_QUANTILES: tuple[float, ...] = tuple(i / 20 for i in range(21))
@@ -34,7 +40,9 @@ SCORE_QUANTILES: tuple[float, ...] = tuple(i / 20 for i in range(21))
 def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     if not ok or value < 0 or (value == 0 and not allow_zero):
-        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}")
+        raise ValueError(
+            f"{name} must be a {'non-negative' if allow_zero else 'positive'} number, got {value!r}"
+        )
     return float(value)
 
 
@@ -53,7 +61,9 @@ def score_probabilities(
     s = scores.to(torch.float64)
     masses = _unnormalized(s, method, temperature, pressure, s.max().clamp_min(1e-30))
     total = masses.sum()
-    p = torch.where(total > 0, masses / total.clamp_min(1e-300), torch.full_like(masses, 1.0 / s.numel()))
+    p = torch.where(
+        total > 0, masses / total.clamp_min(1e-300), torch.full_like(masses, 1.0 / s.numel())
+    )
     return (1.0 - smoothing) * p + smoothing / s.numel() if smoothing else p
 
 
@@ -75,7 +85,11 @@ class ScoredStrategy(Strategy):
             raise ValueError(f"score must be 'last' or 'running', got {score!r}")
         if not (isinstance(beta, (int, float)) and 0 <= beta <= 1):
             raise ValueError(f"beta (the running-loss weight) must lie in [0, 1], got {beta!r}")
-        if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
+        if (
+            isinstance(warmup_epochs, bool)
+            or not isinstance(warmup_epochs, int)
+            or warmup_epochs < 0
+        ):
             raise ValueError(f"warmup_epochs must be a non-negative integer, got {warmup_epochs!r}")
         self.score, self.beta, self.warmup_epochs = score, float(beta), warmup_epochs
 
@@ -119,10 +133,14 @@ class ScoredStrategy(Strategy):
         perm = torch.randperm(self.num_items, device=self.device, generator=self.generator)
         return perm[: steps * self.batch_size], None
 
-    def _in_batches(self, indices: torch.Tensor, weights: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _in_batches(
+        self, indices: torch.Tensor, weights: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A drawn subset shuffled into whole batches (a last partial batch is dropped)."""
         steps = indices.numel() // self.batch_size
-        order = torch.randperm(indices.numel(), device=self.device, generator=self.generator)[: steps * self.batch_size]
+        order = torch.randperm(indices.numel(), device=self.device, generator=self.generator)[
+            : steps * self.batch_size
+        ]
         return indices[order], (None if weights is None else weights[order])
 
     def select(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -167,7 +185,14 @@ class ScoredStrategy(Strategy):
         rows = torch.stack(self.log).cpu().tolist() if self.log else []
         self.log = []
         k = len(STAT_NAMES)
-        entries = [{"step": int(r[0]), **dict(zip(STAT_NAMES, r[1 : 1 + k])), "score_quantiles": r[1 + k :]} for r in rows]
+        entries = [
+            {
+                "step": int(r[0]),
+                **dict(zip(STAT_NAMES, r[1 : 1 + k])),
+                "score_quantiles": r[1 + k :],
+            }
+            for r in rows
+        ]
         return {**coverage(self.visits), "sampling": entries}
 
     def state_dict(self) -> dict[str, Any]:
@@ -238,7 +263,9 @@ class LossSampling(ScoredStrategy):
 
     def probabilities(self) -> torch.Tensor:
         """The distribution the next epoch would draw from (float64, length N)."""
-        return score_probabilities(self.scores, self.method, self.temperature, self.smoothing, self.pressure)
+        return score_probabilities(
+            self.scores, self.method, self.temperature, self.smoothing, self.pressure
+        )
 
     def epoch_queue(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         p = self.probabilities()
@@ -294,7 +321,13 @@ class PrioritizedReplay(ScoredStrategy):
 
     name = "per"
 
-    def __init__(self, alpha: float = 0.6, beta_start: float = 0.4, epsilon: float = 1e-3, warmup_epochs: int = 0) -> None:
+    def __init__(
+        self,
+        alpha: float = 0.6,
+        beta_start: float = 0.4,
+        epsilon: float = 1e-3,
+        warmup_epochs: int = 0,
+    ) -> None:
         super().__init__("last", 0.0, warmup_epochs)
         self.alpha = _positive("alpha", alpha, allow_zero=True)
         if not (isinstance(beta_start, (int, float)) and 0 <= beta_start <= 1):

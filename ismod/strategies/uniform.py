@@ -27,7 +27,9 @@ class Uniform(Strategy):
     def select(self, step: int) -> tuple[torch.Tensor, None]:
         epoch, position = divmod(step, self.steps_per_epoch)
         if epoch != self.epoch:
-            self.order = torch.randperm(self.num_items, device=self.device, generator=self.generator)
+            self.order = torch.randperm(
+                self.num_items, device=self.device, generator=self.generator
+            )
             self.epoch = epoch
         start = position * self.batch_size
         return self.order[start : start + self.batch_size], None
