@@ -369,7 +369,7 @@ def tau_points(runs: list[Result]) -> list[dict[str, Any]]:
 
 
 def tau_log_error(points: list[dict[str, Any]], score: str, key: str = "tau") -> float:
-    """Mean |log(predicted τ / measured variance ratio)| over ``points`` (:func:`tau_points`) for g ∝
+    """Mean ``abs(log(predicted τ / measured variance ratio))`` over ``points`` (:func:`tau_points`) for g ∝
     ``score`` and τ as ``key`` (``"tau"`` = BΣg², ``"tau_sqrt"`` = its square root)."""
     if not points:
         raise ValueError("no τ points: the runs recorded no τ probe")

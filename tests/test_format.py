@@ -1,5 +1,6 @@
-"""The package, the tests, the benchmarks and the chapters are formatted (ruff, about 100 characters a
-line, configured in pyproject.toml): run `ruff format ismod tests benchmarks book` to fix."""
+"""The package, the tests, the benchmarks and the chapters are formatted (ruff: 100 characters a line,
+88 in the chapters so that code fits the book's column; pyproject.toml and book/ruff.toml): run
+`ruff format ismod tests benchmarks book` to fix."""
 
 import shutil
 import subprocess
