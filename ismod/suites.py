@@ -307,7 +307,7 @@ def _chapter5_base(scale: str) -> Config:
                                                      train_eval_size=10_000, **kf),
         cpu=cpu_base("ch5", subset=2500, budget="seconds", budget_amount=45.0, evaluations=6, train_eval_size=2000,
                      bn_recalibration=20),
-        smoke=CONFIGS["smoke-uniform"].replace(name="ch5", evaluations=3, train_eval_size=128,
+        smoke=CONFIGS["smoke-uniform"].replace(name="ch5", evaluations=3, train_eval_size=128, bn_recalibration=2,
                                                **{**kf, "batch_size": 32, "budget_amount": 3.0}),
     )  # fmt: skip
 
