@@ -42,6 +42,7 @@ __all__ = [
     "cpu_base",
     "harness",
     "tau_points",
+    "tau_crossing",
     "tau_log_error",
     "pilots",
     "ALPHA",
@@ -343,6 +344,14 @@ def chapter5_tau(scale: str) -> Suite:
     )
     seeds = range(by_scale(scale, smoke=1, cpu=3, gpu=1))
     return {"τ probe": _arm(base, "tau-probe", "presample", {"importance": False}, seeds, **probe)}
+
+
+def tau_crossing(result: Result) -> float | None:
+    """The epoch at which τ, as :func:`tau_log` records it, first exceeded the run's τ_th (its last
+    recorded value); ``None`` if it never did."""
+    x, tau, _ = tau_log(result)
+    threshold = result.history[-1]["tau_threshold"]
+    return next((epoch for epoch, t in zip(x, tau) if t > threshold), None)
 
 
 def tau_points(runs: list[Result]) -> list[dict[str, Any]]:

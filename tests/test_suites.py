@@ -100,6 +100,10 @@ def test_result_readers():
     assert suites.divergence_epoch(Result(config, {}, history[:2], {}, {})) is None
     assert [e["step"] for e in suites.sampling_log(r)] == [0, 5, 8]
     assert suites.tau_log(r) == ([0.0, 1.0, 2.0], [1.5, 2.5, 3.0], [0, 1, 1])
+    history[-1]["tau_threshold"] = 2.0  # τ first above 2 at the second logged step (epoch 1)
+    assert suites.tau_crossing(r) == 1.0
+    history[-1]["tau_threshold"] = 3.0  # never above 3
+    assert suites.tau_crossing(r) is None
 
 
 def test_chapter6_reuses_chapter5_runs_and_adds_the_other_strategies():
