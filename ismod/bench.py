@@ -17,6 +17,11 @@ from torch.utils.data import WeightedRandomSampler
 
 from .sampling import ImportanceSampler
 
+try:  # a benchmark-only peer (pip install torchrl), not a dependency
+    from torchrl._torchrl import SumSegmentTreeFp64
+except ImportError:  # pragma: no cover - depends on the environment
+    SumSegmentTreeFp64 = None
+
 __all__ = [
     "machine",
     "median_us",
@@ -64,7 +69,8 @@ def sampler_step_costs(
 ) -> list[dict[str, float | int | str]]:
     """Per-step cost of "draw ``batch_size`` indices with weights, then update their scores".
 
-    Compared at each N: :class:`~ismod.sampling.ImportanceSampler` (sum tree), PyTorch's
+    Compared at each N: :class:`~ismod.sampling.ImportanceSampler` (sum tree), torchrl's compiled
+    C++ sum segment tree (when torchrl is installed; torch tensors in and out, as the sampler), PyTorch's
     ``WeightedRandomSampler`` rebuilt on the updated weights, ``torch.multinomial`` on the full vector
     (refuses N > 2^24), and ``numpy.random.Generator.choice``. All use proportional probabilities so
     that the baselines need no O(N) transform beyond their own. Baselines above ``ismod_only_above`` are
@@ -107,6 +113,32 @@ def sampler_step_costs(
                 candidates["WeightedRandomSampler rebuild"] = wrs_step
             if n <= 2**24:
                 candidates["torch.multinomial"] = multinomial_step
+            if device.type == "cpu" and SumSegmentTreeFp64 is not None:
+                tree = SumSegmentTreeFp64(n)
+                tree[np.arange(n)] = scores.numpy()
+
+                def torchrl_step() -> None:
+                    # the same job with torch tensors in and out, as ImportanceSampler has
+                    total = tree.query(0, n)
+                    u = torch.rand(batch_size, dtype=torch.float64, generator=draw_gen) * total
+                    idx = torch.from_numpy(tree.scan_lower_bound(u.numpy()))
+                    weights = torch.from_numpy(total / (n * tree[idx.numpy()])).float()
+                    tree[idx.numpy()] = new.numpy()
+                    return idx, weights
+
+                rng_raw = np.random.default_rng(seed)
+                new_np = new.numpy()
+
+                def torchrl_raw_step() -> None:
+                    # the tree's own floor: numpy in and out, numpy's generator, no conversions
+                    total = tree.query(0, n)
+                    idx = tree.scan_lower_bound(rng_raw.random(batch_size) * total)
+                    weights = total / (n * tree[idx])
+                    tree[idx] = new_np
+                    return idx, weights
+
+                candidates["torchrl SumSegmentTreeFp64 (C++), torch tensors"] = torchrl_step
+                candidates["torchrl SumSegmentTreeFp64 (C++), bare numpy"] = torchrl_raw_step
             if device.type == "cpu":
                 rng = np.random.default_rng(seed)
                 w_np = scores.numpy().copy()

@@ -19,6 +19,7 @@ LAYERS = {
         "_io",
         "convex",
         "scale",
+        "_sumtree_kernels",
     },
     1: {"data", "augment", "models"},
     2: {"strategies"},

@@ -337,7 +337,10 @@ class PrioritizedReplay(ScoredStrategy):
 
     def setup(self, num_items, batch_size, device, generator, score_fn=None, labels=None) -> None:
         super().setup(num_items, batch_size, device, generator, score_fn, labels)
-        self.tree = SumTree(torch.ones(num_items, dtype=torch.float64, device=device))
+        # the tensor tree on every device: cpu and gpu runs of the harness share one code path
+        self.tree = SumTree(
+            torch.ones(num_items, dtype=torch.float64, device=device), backend="tensor"
+        )
 
     def importance_beta(self) -> float:
         p = min(max(self.progress, 0.0), 1.0)
@@ -365,4 +368,4 @@ class PrioritizedReplay(ScoredStrategy):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.tree = SumTree(state["tree_masses"].to(self.device))
+        self.tree = SumTree(state["tree_masses"].to(self.device), backend="tensor")
