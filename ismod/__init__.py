@@ -10,7 +10,8 @@ imports only from layers below it (function-level imports included), and there i
 - layer 1, training parts: :mod:`ismod.data`, :mod:`ismod.augment`, :mod:`ismod.models`;
 - layer 2, strategies: :mod:`ismod.strategies` (one class per strategy, one registry line);
 - layer 3, the loop: :mod:`ismod.train` (budget and schedule, scoring, the step, recording and
-  checkpoints, each a method of its loop; optimiser and per-sample loss injectable);
+  checkpoints, each a method of its loop; optimiser and per-sample loss injectable), and
+  :mod:`ismod.adapters` (the same strategies in your own ``DataLoader`` loop);
 - layer 4, experiments and presentation: :mod:`ismod.experiments`, :mod:`ismod.suites`,
   :mod:`ismod.bench`, :mod:`ismod.distributed` (launchers), :mod:`ismod.plots`, :mod:`ismod.widgets`
   (the last two need the ``book`` extra).
@@ -18,4 +19,32 @@ imports only from layers below it (function-level imports included), and there i
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+# What a training loop of your own needs, importable from the top: ``from ismod import LossSampler``.
+from .adapters import (
+    HardExampleLoss,
+    InfoBatchSampler,
+    LossSampler,
+    SelectiveBackpropLoss,
+    StrategyBatchSampler,
+    TauSwitchSampler,
+    per_sample_cross_entropy,
+)
+from .bounds import upper_bound
+from .process_group import all_gather_cat
+from .sampling import ImportanceSampler, IndexedDataset, probabilities
+
+__all__ = [
+    "__version__",
+    "LossSampler",
+    "InfoBatchSampler",
+    "TauSwitchSampler",
+    "SelectiveBackpropLoss",
+    "HardExampleLoss",
+    "StrategyBatchSampler",
+    "ImportanceSampler",
+    "IndexedDataset",
+    "probabilities",
+    "upper_bound",
+    "per_sample_cross_entropy",
+    "all_gather_cat",
+]

@@ -23,7 +23,7 @@ LAYERS = {
     },
     1: {"data", "augment", "models"},
     2: {"strategies"},
-    3: {"train"},
+    3: {"train", "adapters"},
     4: {"experiments", "suites", "plots", "widgets", "__main__", "distributed", "bench"},
 }
 

@@ -10,8 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from .base import Strategy
-from .budgeted import PredictionSubset, SelectiveBackprop
+from .budgeted import HardSelection, PredictionSubset, SelectiveBackprop
 from .presample import Presample
+from .pruning import InfoBatch
 from .scored import LossSampling, OnlineBatchSelection, PrioritizedReplay, ScoredStrategy
 from .uniform import Uniform
 
@@ -25,6 +26,8 @@ STRATEGIES: dict[str, type[Strategy]] = {
         PredictionSubset,
         SelectiveBackprop,
         Presample,
+        InfoBatch,
+        HardSelection,
     )
 }
 

@@ -11,9 +11,18 @@ from typing import Any
 import torch
 
 from ..sampling import _draw
+from .base import Strategy
 from .scored import ScoredStrategy, _fraction, score_probabilities
 
-__all__ = ["PredictionSubset", "SelectiveBackprop", "percentile_in", "selective_backprop_keep"]
+__all__ = [
+    "PredictionSubset",
+    "SelectiveBackprop",
+    "HardSelection",
+    "LossWindow",
+    "percentile_in",
+    "selective_backprop_keep",
+    "hardest",
+]
 
 
 class PredictionSubset(ScoredStrategy):
@@ -108,6 +117,43 @@ def selective_backprop_keep(
     return u < keep_probability
 
 
+class LossWindow:
+    """The last ``size`` losses seen, in a ring on the device: selective backprop's reference for
+    percentiles (Jiang et al. 2019). Shared by :class:`SelectiveBackprop` and
+    :class:`ismod.adapters.SelectiveBackpropLoss`."""
+
+    def __init__(self, size: int, device: torch.device) -> None:
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"history must be a positive integer, got {size!r}")
+        self.size, self.device = size, device
+        self.values = torch.zeros(size, device=device)
+        self.filled = 0
+        self.next = 0
+
+    def remember(self, losses: torch.Tensor) -> None:
+        k = losses.numel()
+        slots = (torch.arange(k, device=self.device) + self.next) % self.size
+        self.values.index_put_((slots,), losses.detach().float())
+        self.next = (self.next + k) % self.size
+        self.filled = min(self.filled + k, self.size)
+
+    def keep(
+        self, losses: torch.Tensor, beta: float, generator: torch.Generator | None
+    ) -> torch.Tensor:
+        """Remember ``losses``, then keep each with probability percentile(loss)^β (a bool mask)."""
+        self.remember(losses)
+        return selective_backprop_keep(
+            losses, self.values[: self.filled], beta, generator=generator
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"window": self.values, "window_filled": self.filled, "window_next": self.next}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.values = state["window"].to(self.device)
+        self.filled, self.next = int(state["window_filled"]), int(state["window_next"])
+
+
 class SelectiveBackprop(ScoredStrategy):
     """Selective backprop (Jiang et al. 2019; Arazo et al. 2021's β = 3).
 
@@ -125,8 +171,7 @@ class SelectiveBackprop(ScoredStrategy):
         super().__init__("last", 0.0, 0)
         if not (isinstance(beta, (int, float)) and beta > 0):
             raise ValueError(f"beta must be > 0, got {beta!r}")
-        if isinstance(history, bool) or not isinstance(history, int) or history < 1:
-            raise ValueError(f"history must be a positive integer, got {history!r}")
+        LossWindow(history, torch.device("cpu"))  # validates history
         self.beta, self.history_size = float(beta), history
 
     def setup(self, num_items, batch_size, device, generator, score_fn=None, labels=None) -> None:
@@ -135,9 +180,7 @@ class SelectiveBackprop(ScoredStrategy):
             raise ValueError(
                 "SelectiveBackprop needs score_fn (extra forward passes); run it under ismod.train.fit"
             )
-        self.window = torch.zeros(self.history_size, device=device)
-        self.window_filled = 0
-        self.window_next = 0
+        self.window = LossWindow(self.history_size, device)
         self.pool = torch.empty(0, dtype=torch.long, device=device)
         self.candidates = torch.empty(0, dtype=torch.long, device=device)
         self.candidate_position = 0
@@ -151,13 +194,6 @@ class SelectiveBackprop(ScoredStrategy):
         start, self.candidate_position = self.candidate_position, self.candidate_position + b
         return self.candidates[start : start + b]
 
-    def _remember(self, losses: torch.Tensor) -> None:
-        k = losses.numel()
-        slots = (torch.arange(k, device=self.device) + self.window_next) % self.history_size
-        self.window.index_put_((slots,), losses.float())
-        self.window_next = (self.window_next + k) % self.history_size
-        self.window_filled = min(self.window_filled + k, self.history_size)
-
     def select(self, step: int) -> tuple[torch.Tensor, None]:
         b = self.batch_size
         while (
@@ -165,10 +201,7 @@ class SelectiveBackprop(ScoredStrategy):
         ):  # pool.numel() is known on the host once the mask is read below
             idx = self._next_candidates()
             losses, _ = self.score_fn(idx)
-            self._remember(losses)
-            keep = selective_backprop_keep(
-                losses, self.window[: self.window_filled], self.beta, generator=self.generator
-            )
+            keep = self.window.keep(losses, self.beta, self.generator)
             self.pool = torch.cat([self.pool, idx[keep]])  # boolean indexing: the host read
             self.scored += b
         batch, self.pool = self.pool[:b], self.pool[b:]
@@ -182,19 +215,62 @@ class SelectiveBackprop(ScoredStrategy):
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            **super().state_dict(), "window": self.window, "window_filled": self.window_filled,
-            "window_next": self.window_next, "pool": self.pool, "candidates": self.candidates,
+            **super().state_dict(), **self.window.state_dict(), "pool": self.pool, "candidates": self.candidates,
             "candidate_position": self.candidate_position, "scored": self.scored,
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
-        self.window = state["window"].to(self.device)
-        self.window_filled, self.window_next = (
-            int(state["window_filled"]),
-            int(state["window_next"]),
-        )
+        self.window.load_state_dict(state)
         self.pool = state["pool"].to(self.device)
         self.candidates = state["candidates"].to(self.device)
         self.candidate_position = int(state["candidate_position"])
         self.scored = state["scored"].to(self.device)
+
+
+def hardest(losses: torch.Tensor, keep: int) -> torch.Tensor:
+    """Positions of the ``keep`` largest ``losses`` (airbench96_faster's selection: train on the
+    highest-loss part of each batch, unweighted)."""
+    return torch.topk(losses.detach().float(), keep, sorted=False).indices
+
+
+class HardSelection(Strategy):
+    """Hard-example selection as in airbench96_faster (Keller Jordan): score a uniform candidate batch
+    of ``round(b / keep)`` without autograd and train on the ``b`` with the highest loss, with no
+    reweighting (biased on purpose). airbench scores with a small proxy network; here the model
+    scores itself (``score_fn``), one forward pass of the candidates per step.
+    """
+
+    name = "hard_selection"
+    uses_observations = False
+
+    def __init__(self, keep: float = 0.5) -> None:
+        if not (isinstance(keep, (int, float)) and 0 < keep <= 1):
+            raise ValueError(f"keep (the fraction of each candidate batch trained on) must lie in (0, 1], got {keep!r}")  # fmt: skip
+        self.keep = float(keep)
+
+    def setup(self, num_items, batch_size, device, generator, score_fn=None, labels=None) -> None:
+        super().setup(num_items, batch_size, device, generator, score_fn, labels)
+        if score_fn is None:
+            raise ValueError("HardSelection needs score_fn (a forward pass of the candidates); run it under ismod.train.fit")  # fmt: skip
+        self.candidates = min(num_items, round(batch_size / self.keep))
+        self.stream = torch.empty(0, dtype=torch.long, device=device)
+        self.position = 0
+
+    def select(self, step: int) -> tuple[torch.Tensor, None]:
+        if self.position + self.candidates > self.stream.numel():
+            self.stream = torch.randperm(
+                self.num_items, device=self.device, generator=self.generator
+            )
+            self.position = 0
+        start, self.position = self.position, self.position + self.candidates
+        idx = self.stream[start : start + self.candidates]
+        losses, _ = self.score_fn(idx)
+        return idx[hardest(losses, self.batch_size)], None
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"stream": self.stream, "position": self.position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.stream = state["stream"].to(self.device)
+        self.position = int(state["position"])

@@ -22,13 +22,94 @@ from ..sampling import _draw
 from ..tau import switch_threshold
 from .base import Strategy
 
-__all__ = ["Presample", "THRESHOLDS"]
+__all__ = ["Presample", "TauSwitch", "THRESHOLDS", "normalize_scores"]
 
 THRESHOLDS: tuple[str, ...] = ("measured", "fixed")
 
 # On CUDA the phase decision reads τ as it was this many steps ago, so the host never waits for the
 # step in flight (the copy of an older value has long finished).
 _TAU_LAG = 2
+
+
+class TauSwitch:
+    """The equivalent batch increment τ, smoothed, and the rule that switches importance sampling on.
+
+    :math:`\\tau \\leftarrow a_\\tau\\tau + (1-a_\\tau)\\,B\\sum_i g_i^2` for each scored presample (or uniform
+    batch) g; importance sampling is used while :math:`\\tau > \\tau_{th}`. The threshold is
+    :math:`(B + 3b)/(3b)` (``"fixed"``: :math:`t_b = 2t_f`), a number, or, once costs are measured
+    (``"measured"``), :math:`1 + B t_f/(b(t_f + t_b))` (Katharopoulos & Fleuret 2018, Algorithm 1, §3.3).
+    On CUDA the decision reads τ as it was ``_TAU_LAG`` updates ago from pinned memory, so the host
+    never waits for the device. Shared by the harness's :class:`Presample` and
+    :class:`ismod.adapters.TauSwitchSampler`.
+    """
+
+    def __init__(self, presample_size: int, batch_size: int, device: torch.device,
+                 threshold: str | float = "measured", momentum: float = 0.9, sqrt: bool = False) -> None:  # fmt: skip
+        self.presample_size, self.batch_size, self.device = presample_size, batch_size, device
+        self.threshold, self.momentum, self.sqrt = threshold, float(momentum), bool(sqrt)
+        b, big_b = batch_size, presample_size
+        self.fixed_threshold = (big_b + 3 * b) / (3 * b)
+        self.tau_threshold = (
+            float(threshold) if not isinstance(threshold, str) else self.fixed_threshold
+        )
+        self.measured_times: tuple[float, float] | None = None
+        self.tau = torch.zeros((), dtype=torch.float64, device=device)
+        self._ring = [(torch.zeros((), dtype=torch.float64, pin_memory=device.type == "cuda"), None)
+                      for _ in range(_TAU_LAG + 1)]  # fmt: skip
+
+    def set_step_times(self, forward: float, backward: float) -> None:
+        """Measured seconds of a batch's forward and backward pass (``"measured"`` thresholds)."""
+        if forward <= 0 or backward <= 0:
+            return
+        self.measured_times = (forward, backward)
+        if self.threshold == "measured":
+            b = self.batch_size
+            self.tau_threshold = switch_threshold(self.presample_size, b, forward / b, backward / b)
+
+    def update(self, g: torch.Tensor, step: int) -> None:
+        """Fold in :math:`\\tau_{new} = |g|\\sum_i g_i^2` (its root with ``sqrt``) of a distribution ``g``
+        made at ``step`` (one update a step; the host reads it back ``_TAU_LAG`` steps later)."""
+        tau_new = g.numel() * (g * g).sum()
+        if self.sqrt:
+            tau_new = tau_new.sqrt()
+        self.tau = self.momentum * self.tau + (1.0 - self.momentum) * tau_new
+        slot = step % len(self._ring)
+        host, _ = self._ring[slot]
+        host.copy_(self.tau, non_blocking=self.device.type == "cuda")
+        event = None
+        if self.device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record()
+        self._ring[slot] = (host, event)
+
+    def tau_for_decision(self, steps: int) -> float:
+        """τ as the host may read it without waiting (on CUDA, ``_TAU_LAG`` steps old)."""
+        if self.device.type != "cuda":
+            return float(self.tau)
+        host, event = self._ring[(steps - _TAU_LAG) % len(self._ring)]
+        if event is None:
+            return 0.0
+        event.synchronize()
+        return float(host)
+
+    def ring_values(self) -> list[float]:
+        return [float(h) for h, _ in self._ring]
+
+    def restore_ring(self, values: list[float]) -> None:
+        for (host, _), value in zip(self._ring, values):
+            host.fill_(value)
+        # a restored ring counts as settled: mark each slot usable
+        if self.device.type == "cuda":
+            self._ring = [(h, torch.cuda.Event()) for h, _ in self._ring]
+            for _, e in self._ring:
+                e.record()
+
+
+def normalize_scores(scores: torch.Tensor) -> torch.Tensor:
+    """:math:`g_i = s_i / \\sum_j s_j` in float64 (uniform when every score is 0), no host sync."""
+    s = scores.to(torch.float64).clamp_min(0)
+    total = s.sum()
+    return torch.where(total > 0, s / total.clamp_min(1e-300), torch.full_like(s, 1.0 / s.numel()))
 
 
 class Presample(Strategy):
@@ -84,13 +165,8 @@ class Presample(Strategy):
             )
         if score_fn is None or labels is None:
             raise ValueError("Presample needs score_fn and labels; run it under ismod.train.fit")
-        b, big_b = batch_size, self.presample_size
-        self.fixed_threshold = (big_b + 3 * b) / (3 * b)
-        self.tau_threshold = (
-            float(self.threshold) if not isinstance(self.threshold, str) else self.fixed_threshold
-        )
-        self.measured_times: tuple[float, float] | None = None
-        self.tau = torch.zeros((), dtype=torch.float64, device=device)
+        self.switch = TauSwitch(self.presample_size, batch_size, device, self.threshold,
+                                self.tau_momentum, self.sqrt)  # fmt: skip
         self.stream = torch.empty(0, dtype=torch.long, device=device)
         self.stream_position = 0
         self.steps = 0
@@ -101,8 +177,27 @@ class Presample(Strategy):
         self.log_every = max(1, num_items // batch_size // 25)  # about 25 τ points per epoch
         self._last_was_uniform = False
         self._pending_log: int | None = None  # the step whose τ observe() should log
-        self._ring = [(torch.zeros((), dtype=torch.float64, pin_memory=device.type == "cuda"), None)
-                      for _ in range(_TAU_LAG + 1)]  # fmt: skip
+
+    # τ, its threshold and the measured times live in the shared switch
+    @property
+    def tau(self) -> torch.Tensor:
+        return self.switch.tau
+
+    @tau.setter
+    def tau(self, value: torch.Tensor) -> None:
+        self.switch.tau = value
+
+    @property
+    def tau_threshold(self) -> float:
+        return self.switch.tau_threshold
+
+    @property
+    def fixed_threshold(self) -> float:
+        return self.switch.fixed_threshold
+
+    @property
+    def measured_times(self) -> tuple[float, float] | None:
+        return self.switch.measured_times
 
     # --- pieces ------------------------------------------------------------------------------------
 
@@ -123,50 +218,21 @@ class Presample(Strategy):
             _upper_bound(logits, self.labels[indices]) if self.score == "bound" else losses.float()
         )
 
-    @staticmethod
-    def normalize(scores: torch.Tensor) -> torch.Tensor:
-        s = scores.to(torch.float64).clamp_min(0)
-        total = s.sum()
-        return torch.where(
-            total > 0, s / total.clamp_min(1e-300), torch.full_like(s, 1.0 / s.numel())
-        )
+    normalize = staticmethod(normalize_scores)
 
     def _update_tau(self, g: torch.Tensor) -> None:
-        tau_new = g.numel() * (g * g).sum()
-        if self.sqrt:
-            tau_new = tau_new.sqrt()
-        self.tau = self.tau_momentum * self.tau + (1.0 - self.tau_momentum) * tau_new
-        slot = self.steps % len(self._ring)
-        host, _ = self._ring[slot]
-        host.copy_(self.tau, non_blocking=self.device.type == "cuda")
-        event = None
-        if self.device.type == "cuda":
-            event = torch.cuda.Event()
-            event.record()
-        self._ring[slot] = (host, event)
-
-    def _tau_for_decision(self) -> float:
-        if self.device.type != "cuda":
-            return float(self.tau)
-        host, event = self._ring[(self.steps - _TAU_LAG) % len(self._ring)]
-        if event is None:
-            return 0.0
-        event.synchronize()
-        return float(host)
+        self.switch.update(g, self.steps)
 
     # --- the strategy ------------------------------------------------------------------------------
 
     def set_step_times(self, forward: float, backward: float) -> None:
-        if forward <= 0 or backward <= 0:
-            return
-        self.measured_times = (forward, backward)
-        if self.threshold == "measured":
-            b = self.batch_size
-            self.tau_threshold = switch_threshold(self.presample_size, b, forward / b, backward / b)
+        self.switch.set_step_times(forward, backward)
 
     def select(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         b = self.batch_size
-        use_importance = self.importance and self._tau_for_decision() > self.tau_threshold
+        use_importance = (
+            self.importance and self.switch.tau_for_decision(self.steps) > self.tau_threshold
+        )
         if not use_importance:
             self._last_was_uniform = True
             idx, weights = self._take(b), None
@@ -214,23 +280,17 @@ class Presample(Strategy):
             "tau": self.tau, "tau_threshold": self.tau_threshold, "measured_times": self.measured_times,
             "stream": self.stream, "stream_position": self.stream_position, "steps": self.steps,
             "importance_steps": self.importance_steps, "switch_step": self.switch_step, "visits": self.visits,
-            "log": list(self.log), "ring": [float(h) for h, _ in self._ring],
+            "log": list(self.log), "ring": self.switch.ring_values(),
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.tau = state["tau"].to(self.device)
-        self.tau_threshold = float(state["tau_threshold"])
-        self.measured_times = state["measured_times"]
+        self.switch.tau = state["tau"].to(self.device)
+        self.switch.tau_threshold = float(state["tau_threshold"])
+        self.switch.measured_times = state["measured_times"]
         self.stream = state["stream"].to(self.device)
         self.stream_position = int(state["stream_position"])
         self.steps, self.importance_steps = int(state["steps"]), int(state["importance_steps"])
         self.switch_step = state["switch_step"]
         self.visits = state["visits"].to(self.device)
         self.log = [t.to(self.device) for t in state["log"]]
-        for (host, _), value in zip(self._ring, state["ring"]):
-            host.fill_(value)
-        # a restored ring counts as settled: mark each slot usable
-        if self.device.type == "cuda":
-            self._ring = [(h, torch.cuda.Event()) for h, _ in self._ring]
-            for _, e in self._ring:
-                e.record()
+        self.switch.restore_ring(state["ring"])

@@ -1,0 +1,731 @@
+"""Importance sampling in your own training loop: each method as a ``DataLoader`` batch sampler, a loss,
+or both, in at most three changed lines (the book's page "Importance sampling in your own training loop").
+
+=========================  ====================================================================
+method                     what changes in an ordinary loop
+=========================  ====================================================================
+:class:`LossSampler`       ``s = LossSampler(len(train), 128)``; ``DataLoader(train, batch_sampler=s)``;
+                           ``loss = s.loss(F.cross_entropy(out, y, reduction="none"))``
+:class:`InfoBatchSampler`  the same three lines, with ``InfoBatchSampler(len(train), 128, num_epochs)``
+:class:`TauSwitchSampler`  ``s = TauSwitchSampler(model, len(train), 128)``; ``batch_sampler=s``;
+                           ``loss = s.loss(x, y)`` (it runs the forward pass)
+:class:`SelectiveBackpropLoss`, :class:`HardExampleLoss`
+                           ``m = SelectiveBackpropLoss(model)``; ``loss = m.loss(x, y)``
+=========================  ====================================================================
+
+They are the harness's strategies (:mod:`ismod.strategies`), not copies of them: the samplers drive the
+same strategy objects (:class:`StrategyBatchSampler` runs any strategy that learns from the losses of
+what was trained on), and the in-loop methods call the same pieces (:class:`~ismod.strategies.presample.TauSwitch`,
+:class:`~ismod.strategies.budgeted.LossWindow`, :func:`~ismod.strategies.budgeted.hardest`).
+
+Devices come from the tensors: samplers yield host indices (a ``DataLoader`` needs them) and send
+weights to the losses' device; on CUDA they read losses back through pinned memory once the copy has
+finished, so a step never waits for the device. Under ``torch.distributed`` the samplers behave like
+``DistributedSampler`` (``num_replicas``, ``rank``, ``set_epoch``).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import Sampler
+
+from .bounds import _upper_bound
+from .sampling import _draw
+from .strategies import STRATEGIES, Strategy, build_strategy
+from .strategies.budgeted import LossWindow, hardest
+from .strategies.presample import THRESHOLDS, TauSwitch, normalize_scores
+from .strategies.pruning import InfoBatch
+from .strategies.scored import LossSampling, ScoredStrategy
+from .strategies.uniform import Uniform
+
+__all__ = [
+    "StrategyBatchSampler",
+    "LossSampler",
+    "InfoBatchSampler",
+    "TauSwitchSampler",
+    "SelectiveBackpropLoss",
+    "HardExampleLoss",
+    "per_sample_cross_entropy",
+]
+
+# (logits, targets) -> one loss per sample
+PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def per_sample_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Softmax cross-entropy per sample, in float32; ``targets`` class indices or probability rows."""
+    return F.cross_entropy(logits.float(), targets, reduction="none")
+
+
+# --- checks shared by every adapter ------------------------------------------------------------------
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def _per_sample(losses: Any, expected: int, where: str) -> torch.Tensor:
+    """``losses`` as a 1-D tensor of ``expected`` per-sample values, or an error that says how to fix it."""
+    if not isinstance(losses, torch.Tensor):
+        raise TypeError(f"{where} takes a tensor of per-sample losses, got {type(losses).__name__}")
+    if losses.dim() == 0:
+        raise ValueError(
+            f"{where} needs one loss per sample, got a single number (a reduced loss): compute the "
+            "losses with reduction='none', e.g. F.cross_entropy(out, y, reduction='none')"
+        )
+    if losses.dim() != 1 or losses.shape[0] != expected:
+        raise ValueError(
+            f"{where} expected {expected} per-sample losses (the batch this sampler yielded), got shape "
+            f"{tuple(losses.shape)}: pass reduction='none' losses of the whole batch, once per batch, in "
+            "the order the DataLoader returned the batches"
+        )
+    if not losses.is_floating_point():
+        raise TypeError(f"{where} needs floating-point losses, got dtype {losses.dtype}")
+    return losses
+
+
+def _distributed_layout(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    import torch.distributed as dist
+
+    grouped = dist.is_available() and dist.is_initialized()
+    replicas = (
+        num_replicas if num_replicas is not None else (dist.get_world_size() if grouped else 1)
+    )
+    this_rank = rank if rank is not None else (dist.get_rank() if grouped else 0)
+    replicas = _positive_int("num_replicas", replicas)
+    if not (isinstance(this_rank, numbers.Integral) and 0 <= this_rank < replicas):
+        raise ValueError(f"rank must lie in [0, num_replicas={replicas}), got {this_rank!r}")
+    return replicas, int(this_rank)
+
+
+class _HostCopies:
+    """Per-sample losses on their way to the host without a synchronisation: copied into pinned memory
+    behind a CUDA event, handed over once the event has completed (CPU tensors at once)."""
+
+    def __init__(self) -> None:
+        self.pending: deque[tuple[Any, torch.Tensor, Any]] = deque()
+
+    def put(self, key: Any, values: torch.Tensor) -> None:
+        values = values.detach()
+        if values.device.type != "cuda":
+            self.pending.append((key, values.to(torch.float32), None))
+            return
+        host = torch.empty(values.shape, dtype=torch.float32, pin_memory=True)
+        host.copy_(values, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.pending.append((key, host, event))
+
+    def ready(self, wait: bool = False) -> Iterator[tuple[Any, torch.Tensor]]:
+        """The copies that have arrived, oldest first (all of them, waiting, when ``wait``)."""
+        while self.pending:
+            key, host, event = self.pending[0]
+            if event is not None:
+                if not wait and not event.query():
+                    return
+                event.synchronize()
+            self.pending.popleft()
+            yield key, host
+
+
+# --- score-driven strategies as batch samplers -------------------------------------------------------
+
+
+class StrategyBatchSampler(Sampler[list[int]]):
+    """A harness strategy that learns from training losses, as a ``DataLoader`` batch sampler.
+
+    Each batch it yields comes from ``strategy.select``; :meth:`loss` takes that batch's per-sample
+    losses, hands them to ``strategy.observe`` and returns the weighted mean
+    :math:`\\frac1b\\sum_j w_j L_j` (weights 1 for unweighted strategies)::
+
+        sampler = StrategyBatchSampler("loss", len(train), batch_size=128, method="proportional")
+        loader = DataLoader(train, batch_sampler=sampler, num_workers=4)
+        for x, y in loader:
+            loss = sampler.loss(F.cross_entropy(model(x), y, reduction="none"))
+
+    :meth:`loss` must be called once per batch, in the order the loader returns them (a ``DataLoader``
+    keeps that order unless ``in_order=False``); the sampler remembers the batches it has yielded and
+    not yet seen losses for. An epoch is one pass of the strategy's queue (for InfoBatch, the pruned
+    epoch). Strategies that score extra samples (presampling, selective backprop, hard selection)
+    need the model: see :class:`TauSwitchSampler`, :class:`SelectiveBackpropLoss`, :class:`HardExampleLoss`.
+
+    Args:
+        strategy: a :class:`~ismod.strategies.Strategy` or the registry name of one.
+        num_items: N, the dataset's length.
+        batch_size: b per replica.
+        num_epochs: the planned number of epochs; strategies that anneal (InfoBatch, online batch
+            selection, prioritised replay) read their progress as ``epoch / num_epochs``.
+        seed: seeds the strategy's generator (identical on every replica).
+        num_replicas, rank: the distributed layout (default: the initialised process group, else 1, 0).
+        **options: the strategy's options, when ``strategy`` is a name.
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy | str,
+        num_items: int,
+        batch_size: int,
+        *,
+        num_epochs: int | None = None,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+        **options: Any,
+    ) -> None:
+        if isinstance(strategy, str):
+            strategy = build_strategy(strategy, options)
+        elif options:
+            raise TypeError(
+                f"options {sorted(options)} are for a strategy given by name; set them on the object"
+            )
+        if not isinstance(strategy, Strategy):
+            raise TypeError(f"strategy must be a Strategy or one of {sorted(STRATEGIES)}, got {type(strategy).__name__}")  # fmt: skip
+        if (
+            not isinstance(strategy, (ScoredStrategy, Uniform))
+            or strategy.name == "selective_backprop"
+        ):
+            raise ValueError(
+                f"strategy {strategy.name!r} scores samples with extra forward passes, which a batch sampler "
+                "cannot do: use TauSwitchSampler (presample), SelectiveBackpropLoss or HardExampleLoss"
+            )
+        if strategy.name == "prediction_subset":
+            raise ValueError(
+                "p-SGD and c-SGD ('prediction_subset') need each sample's true-class probability, which "
+                "loss() does not see: run them under ismod.train.fit"
+            )
+        self.num_items = _positive_int("num_items", num_items)
+        self.batch_size = _positive_int("batch_size", batch_size)
+        self.num_epochs = None if num_epochs is None else _positive_int("num_epochs", num_epochs)
+        self.num_replicas, self.rank = _distributed_layout(num_replicas, rank)
+        global_batch = self.batch_size * self.num_replicas
+        if global_batch > self.num_items:
+            raise ValueError(f"batch_size × num_replicas = {global_batch} exceeds num_items = {self.num_items}")  # fmt: skip
+        self.strategy = strategy
+        self.epoch = 0
+        self.step = 0
+        generator = torch.Generator().manual_seed(int(seed))
+        cpu = torch.device("cpu")
+        strategy.setup(self.num_items, global_batch, cpu, generator)
+        self._yielded: deque[tuple[torch.Tensor, torch.Tensor | None]] = deque()
+        self._losses = _HostCopies()
+
+    # --- the epoch -----------------------------------------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch about to start (as ``DistributedSampler.set_epoch``): sets the strategies' progress."""
+        self.epoch = int(epoch)
+
+    def _observe_ready(self, wait: bool = False) -> None:
+        for indices, losses in self._losses.ready(wait):
+            self.strategy.observe(indices, losses, None)  # type: ignore[arg-type]
+
+    def _epoch_length(self) -> int:
+        """Batches in the epoch about to start (forces the strategy to begin a new queue)."""
+        strategy = self.strategy
+        if isinstance(strategy, ScoredStrategy):
+            strategy.position = strategy.queue.numel()  # the next select builds a new epoch
+            return -1
+        return self.num_items // strategy.batch_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        self._yielded.clear()  # batches of an abandoned epoch are never trained on
+        strategy = self.strategy
+        if self.num_epochs is not None:
+            strategy.progress = min(self.epoch / self.num_epochs, 1.0)
+        length = self._epoch_length()
+        count = 0
+        while length < 0 or count < length:
+            self._observe_ready()
+            indices, weights = strategy.select(self.step)
+            if isinstance(strategy, ScoredStrategy) and count == 0:
+                length = strategy.queue.numel() // strategy.batch_size
+            self.step += 1
+            count += 1
+            mine = slice(self.rank, None, self.num_replicas)
+            self._yielded.append((indices, weights))
+            yield indices[mine].tolist()
+        self.epoch += 1
+
+    def __len__(self) -> int:
+        strategy = self.strategy
+        if isinstance(strategy, ScoredStrategy) and strategy.queue.numel():
+            return max(strategy.queue.numel() // strategy.batch_size, 1)
+        return self.num_items // (self.batch_size * self.num_replicas)
+
+    # --- the loss ------------------------------------------------------------------------------------
+
+    def loss(self, losses: torch.Tensor) -> torch.Tensor:
+        """The weighted mean of this batch's per-sample ``losses`` (``reduction='none'``); records them.
+
+        Weights (1/(N p) for importance sampling, 1/(1-r) for InfoBatch's kept samples) are those the
+        batch was drawn with, sent to the losses' device."""
+        if not self._yielded:
+            raise RuntimeError(
+                "loss() was called for a batch this sampler has not yielded: build the DataLoader with "
+                "batch_sampler=<this sampler> and call loss() once per batch"
+            )
+        indices, weights = self._yielded[0]
+        losses = _per_sample(losses, indices.numel() // self.num_replicas, "loss()")
+        self._yielded.popleft()
+        if self.num_replicas > 1:
+            from .process_group import World
+
+            world = World.current()
+            if world is None or world.size != self.num_replicas:
+                raise RuntimeError(f"a sampler with num_replicas={self.num_replicas} needs an initialised process group of that size")  # fmt: skip
+            gathered = world.all_gather_cat(losses.detach().float())
+            # rank r trained on positions r, r + R, ...: put every rank's losses back in batch order
+            ordered = gathered.view(self.num_replicas, -1).t().reshape(-1)
+            self._losses.put(indices, ordered)
+        else:
+            self._losses.put(indices, losses)
+        self._observe_ready()  # at once on the CPU; on CUDA once the copy has landed
+        if weights is None:
+            return losses.mean()
+        mine = weights[self.rank :: self.num_replicas].to(losses.device, non_blocking=True)
+        return (mine * losses).mean()
+
+    def state_dict(self) -> dict[str, Any]:
+        """The strategy's state, the epoch and the step (losses still in flight are recorded first)."""
+        self._observe_ready(wait=True)
+        return {"strategy": self.strategy.state_dict(), "epoch": self.epoch, "step": self.step}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.strategy.load_state_dict(state["strategy"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+
+
+class LossSampler(StrategyBatchSampler):
+    """Loss-based importance sampling in your own loop, with the settings Chapter 3 recommends.
+
+    Scores are each sample's last loss (after ``warmup_epochs`` uniform epochs that record them);
+    each epoch draws N indices with replacement from :math:`p_i \\propto s_i` mixed with ``smoothing``
+    of uniform, and :meth:`~StrategyBatchSampler.loss` weights each loss by :math:`1/(N p_i)`, which
+    keeps the gradient unbiased and every weight at most :math:`1/\\text{smoothing}` (5 by default).
+    Unbounded softmax weights at a fast learning rate diverged in Chapter 3; these do not. It is
+    :class:`~ismod.strategies.LossSampling` (the loss-sampling report's Algorithm 1 and variants).
+    """
+
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        *,
+        method: str = "proportional",
+        temperature: float = 1.0,
+        smoothing: float = 0.2,
+        score: str = "last",
+        warmup_epochs: int = 1,
+        replacement: bool = True,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        strategy = LossSampling(score=score, warmup_epochs=warmup_epochs, subset=1.0, replacement=replacement,
+                                method=method, temperature=temperature, smoothing=smoothing)  # fmt: skip
+        super().__init__(
+            strategy, num_items, batch_size, seed=seed, num_replicas=num_replicas, rank=rank
+        )
+
+
+class InfoBatchSampler(StrategyBatchSampler):
+    """InfoBatch (Qin et al., ICLR 2024) without patching the ``DataLoader``: each epoch drops
+    well-learned samples (last loss below the mean) with probability ``prune_ratio`` and scales the
+    kept ones' losses by :math:`1/(1 - r)`; the last ``1 - delta`` of the ``num_epochs`` train on
+    everything. It is :class:`~ismod.strategies.InfoBatch`."""
+
+    def __init__(
+        self,
+        num_items: int,
+        batch_size: int,
+        num_epochs: int,
+        *,
+        prune_ratio: float = 0.5,
+        delta: float = 0.875,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        super().__init__(InfoBatch(prune_ratio, delta), num_items, batch_size, num_epochs=num_epochs,
+                         seed=seed, num_replicas=num_replicas, rank=rank)  # fmt: skip
+
+
+# --- methods that score with the model ---------------------------------------------------------------
+
+
+def _check_batch(x: Any, y: Any, where: str) -> None:
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"{where} takes the batch's inputs and targets as tensors, got {type(x).__name__} and {type(y).__name__}")  # fmt: skip
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"{where}: inputs hold {x.shape[0]} samples but targets {y.shape[0]}")
+    if x.device != y.device:
+        raise ValueError(f"{where}: inputs are on {x.device} but targets on {y.device}; move both to the model's device")  # fmt: skip
+
+
+def _losses_of(loss_fn: PerSampleLoss, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    losses = loss_fn(logits, y)
+    if not isinstance(losses, torch.Tensor) or losses.shape != (logits.shape[0],):
+        shape = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+        raise ValueError(f"loss_fn must return one loss per sample, shape ({logits.shape[0]},), got {shape}; use reduction='none'")  # fmt: skip
+    return losses
+
+
+def _score(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+           loss_fn: PerSampleLoss) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Logits and per-sample losses without autograd, in inference mode (BatchNorm's running statistics,
+    as the harness scores): no buffer moves and a sample's score does not depend on its batch."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            logits = model(x)
+            return logits, _losses_of(loss_fn, logits, y)
+    finally:
+        model.train(was_training)
+
+
+class _Stopwatch:
+    """Wall-clock marks that never block: CUDA events read once they have completed, else perf_counter."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+
+    def mark(self) -> Any:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def seconds(self, start: Any, end: Any) -> float | None:
+        if not self.cuda:
+            return end - start
+        if not end.query():
+            return None
+        return start.elapsed_time(end) / 1000.0
+
+
+# Calls of TauSwitchSampler.loss at which a uniform step also times a forward pass of its batch.
+_PROBE_CALLS = (10, 30)
+_PROBE_EVERY = 500
+
+
+class TauSwitchSampler(Sampler[list[int]]):
+    """Katharopoulos & Fleuret's (2018) upper-bound presampling with the τ switch, in your own loop.
+
+    While :math:`\\tau \\le \\tau_{th}` the sampler yields uniform batches of b and :meth:`loss` trains on
+    them, scoring each batch for free from its own logits to update τ. Once :math:`\\tau > \\tau_{th}`
+    it yields presamples of B; :meth:`loss` scores them without autograd (the upper bound
+    :math:`\\lVert\\mathrm{softmax}(z_i) - t_i\\rVert`, hard or soft targets), draws b of them with
+    replacement with :math:`g_i \\propto` score and returns the mean of :math:`L_i/(B g_i)` over the b.
+    :math:`\\tau_{th} = 1 + B t_f/(b(t_f + t_b))` is measured in your loop: the forward pass of a batch
+    (timed on a few uniform steps) against the time between two calls of :meth:`loss` (your whole
+    step: data, forward, backward, optimiser). Until then the fixed rule :math:`(B+3b)/(3b)` applies.
+    The same :class:`~ismod.strategies.presample.TauSwitch` as the harness's ``Presample``.
+
+    An epoch is N/b steps, as with uniform batches, so schedules keep their length. Under
+    ``torch.distributed`` each replica draws from its share of a permutation seeded by
+    ``seed + epoch`` and keeps its own τ.
+
+    Args:
+        model: the network, returning logits (its last layer linear, for the bound).
+        num_items: N. batch_size: b.
+        presample: B as a multiple of b (the authors' default 3).
+        score: ``"bound"`` or ``"loss"`` (for losses other than softmax cross-entropy).
+        threshold: ``"measured"``, ``"fixed"`` or a number. tau_momentum: :math:`a_\\tau`.
+        sqrt: the authors' library's square root of τ (Chapter 5 shows the bound fits better without).
+        loss_fn: per-sample loss, ``(logits, targets) -> (b,)``; softmax cross-entropy by default.
+        seed, num_replicas, rank: as ``DistributedSampler``.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        num_items: int,
+        batch_size: int,
+        *,
+        presample: float = 3.0,
+        score: str = "bound",
+        threshold: str | float = "measured",
+        tau_momentum: float = 0.9,
+        sqrt: bool = False,
+        loss_fn: PerSampleLoss | None = None,
+        seed: int = 0,
+        num_replicas: int | None = None,
+        rank: int | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.num_items = _positive_int("num_items", num_items)
+        self.batch_size = _positive_int("batch_size", batch_size)
+        if not (
+            isinstance(presample, (int, float)) and math.isfinite(presample) and presample >= 1
+        ):
+            raise ValueError(
+                f"presample (B as a multiple of batch_size) must be >= 1, got {presample!r}"
+            )
+        if score not in ("bound", "loss"):
+            raise ValueError(f"score must be 'bound' or 'loss', got {score!r}")
+        if isinstance(threshold, str) and threshold not in THRESHOLDS:
+            raise ValueError(
+                f"threshold must be one of {THRESHOLDS} or a number, got {threshold!r}"
+            )
+        if not isinstance(threshold, str) and not (
+            isinstance(threshold, (int, float)) and threshold >= 1
+        ):
+            raise ValueError(
+                f"a numeric threshold must be >= 1 (τ is at least 1), got {threshold!r}"
+            )
+        if not (isinstance(tau_momentum, (int, float)) and 0 <= tau_momentum < 1):
+            raise ValueError(f"tau_momentum must lie in [0, 1), got {tau_momentum!r}")
+        self.num_replicas, self.rank = _distributed_layout(num_replicas, rank)
+        self.shard_size = -(-self.num_items // self.num_replicas)
+        self.presample_size = round(presample * self.batch_size)
+        if self.presample_size > self.shard_size:
+            raise ValueError(f"presample B = {self.presample_size} exceeds the {self.shard_size} samples of a replica")  # fmt: skip
+        self.model, self.score, self.loss_fn = model, score, loss_fn or per_sample_cross_entropy
+        self.threshold, self.tau_momentum, self.sqrt = threshold, float(tau_momentum), bool(sqrt)
+        self.seed, self.epoch = int(seed), 0
+        self.switch: TauSwitch | None = None  # made at the first loss(), on the tensors' device
+        self.calls = 0
+        self.importance_steps = 0
+        self.last_logits: torch.Tensor | None = None  # of the samples trained on at the last step
+        self.last_targets: torch.Tensor | None = None
+        self._stream = torch.empty(0, dtype=torch.long)
+        self._stream_position = 0
+        self._passes = 0
+        self._previous_call: Any = None
+        self._probe: tuple[Any, Any, Any, Any] | None = None
+        self._generator: torch.Generator | None = None
+        self._restored: dict[str, Any] | None = None
+
+    # --- what the loader loads -----------------------------------------------------------------------
+
+    def set_epoch(self, epoch: int) -> None:
+        """Seed the next epoch's permutations with ``seed + epoch`` (as ``DistributedSampler``)."""
+        self.epoch = int(epoch)
+
+    def _take(self, k: int) -> list[int]:
+        if self._stream_position + k > self._stream.numel():
+            gen = torch.Generator().manual_seed(self.seed + 1_000_003 * self.epoch + self._passes)
+            order = torch.randperm(self.num_items, generator=gen)
+            self._stream = order[self.rank :: self.num_replicas]
+            self._stream_position, self._passes = 0, self._passes + 1
+        start, self._stream_position = self._stream_position, self._stream_position + k
+        return self._stream[start : start + k].tolist()
+
+    def importance_on(self) -> bool:
+        """Whether the next batch is a presample: τ (as the host can read it without waiting) > τ_th."""
+        switch = self.switch
+        return switch is not None and switch.tau_for_decision(self.calls) > switch.tau_threshold
+
+    def __iter__(self) -> Iterator[list[int]]:
+        self._stream_position, self._passes = (
+            self._stream.numel(),
+            0,
+        )  # a fresh permutation per epoch
+        for _ in range(len(self)):
+            yield self._take(self.presample_size if self.importance_on() else self.batch_size)
+        self.epoch += 1
+
+    def __len__(self) -> int:
+        return self.shard_size // self.batch_size
+
+    # --- the step ------------------------------------------------------------------------------------
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Forward ``x`` (a uniform batch or a presample, as yielded) and return the loss to backpropagate."""
+        _check_batch(x, y, "loss()")
+        if self.switch is None:
+            self.switch = TauSwitch(self.presample_size, self.batch_size, x.device, self.threshold,
+                                    self.tau_momentum, self.sqrt)  # fmt: skip
+            self._stopwatch = _Stopwatch(x.device)
+            self._generator = torch.Generator(device=x.device).manual_seed(
+                self.seed + 7919 * self.rank
+            )
+            self._restore(self.switch, x.device)
+        now = self._stopwatch.mark()
+        self._read_probe(now)
+        step, b = self.calls, self.batch_size
+        if x.shape[0] > b:  # a presample: score, resample b, weight 1/(B g)
+            logits, losses = _score(self.model, x, y, self.loss_fn)
+            g = normalize_scores(self._scores(logits, y, losses))
+            chosen, weights = _draw(g, b, True, self._generator)
+            self.switch.update(g, step)
+            x, y = x[chosen], y[chosen]
+            logits = self.model(x)
+            loss = (
+                weights.to(logits.device, torch.float32) * _losses_of(self.loss_fn, logits, y)
+            ).mean()
+            self.importance_steps += 1
+        else:
+            if self._probe is None and (
+                step in _PROBE_CALLS or (step and step % _PROBE_EVERY == 0)
+            ):
+                start = self._stopwatch.mark()
+                _score(self.model, x, y, self.loss_fn)
+                self._probe = (start, self._stopwatch.mark(), self._previous_call, now)
+            logits = self.model(x)
+            losses = _losses_of(self.loss_fn, logits, y)
+            self.switch.update(
+                normalize_scores(self._scores(logits.detach(), y, losses.detach())), step
+            )
+            loss = losses.mean()
+        self.last_logits, self.last_targets = logits.detach(), y
+        self._previous_call = now
+        self.calls += 1
+        return loss
+
+    def _scores(self, logits: torch.Tensor, y: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
+        return _upper_bound(logits, y) if self.score == "bound" else losses.float()
+
+    def _read_probe(self, now: Any) -> None:
+        """Set τ_th from a timed forward pass and the step around it, once their clocks have stopped."""
+        if self._probe is None:
+            return
+        start, end, step_start, step_end = self._probe
+        if step_start is None:
+            self._probe = None
+            return
+        forward = self._stopwatch.seconds(start, end)
+        step = self._stopwatch.seconds(step_start, step_end)
+        if forward is None or step is None:
+            return
+        self._probe = None
+        self.switch.set_step_times(forward, max(step - forward, 1e-9))  # type: ignore[union-attr]
+
+    @property
+    def tau(self) -> float:
+        """The current τ (synchronises on CUDA; for logging)."""
+        return 0.0 if self.switch is None else float(self.switch.tau)
+
+    @property
+    def tau_threshold(self) -> float:
+        return (self.presample_size + 3 * self.batch_size) / (3 * self.batch_size) if self.switch is None else self.switch.tau_threshold  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        switch = self.switch
+        return {
+            "calls": self.calls, "importance_steps": self.importance_steps, "epoch": self.epoch,
+            "tau": None if switch is None else float(switch.tau),
+            "tau_threshold": None if switch is None else switch.tau_threshold,
+            "measured_times": None if switch is None else switch.measured_times,
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore τ and the counters; τ takes effect at the next :meth:`loss` (on its device)."""
+        self.calls, self.importance_steps = int(state["calls"]), int(state["importance_steps"])
+        self.epoch = int(state["epoch"])
+        self._restored = state if state["tau"] is not None else None
+
+    def _restore(self, switch: TauSwitch, device: torch.device) -> None:
+        state = self._restored
+        if state is not None:
+            switch.tau = torch.tensor(state["tau"], dtype=torch.float64, device=device)
+            switch.tau_threshold = float(state["tau_threshold"])
+            switch.measured_times = state["measured_times"]
+            switch.restore_ring([state["tau"]] * len(switch.ring_values()))
+            self._restored = None
+
+
+class _ScoredSubsetLoss:
+    """Score a batch without autograd, keep some of it, train on those (selective backprop, hard
+    selection). The loader's batch is the candidate batch."""
+
+    where = "loss()"
+
+    def __init__(self, model: nn.Module, loss_fn: PerSampleLoss | None, seed: int) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.model, self.loss_fn, self.seed = model, loss_fn or per_sample_cross_entropy, int(seed)
+        self.last_logits: torch.Tensor | None = None
+        self.last_targets: torch.Tensor | None = None
+        self.candidates = 0
+        self.trained = 0
+
+    def _positions(self, losses: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Score the batch ``x, y``, forward the samples kept, return their mean loss."""
+        _check_batch(x, y, self.where)
+        _, losses = _score(self.score_model, x, y, self.loss_fn)
+        keep = self._positions(losses)
+        x, y = x[keep], y[keep]
+        logits = self.model(x)
+        self.last_logits, self.last_targets = logits.detach(), y
+        self.candidates += losses.shape[0]
+        self.trained += keep.shape[0]
+        return _losses_of(self.loss_fn, logits, y).mean()
+
+    @property
+    def score_model(self) -> nn.Module:
+        return self.model
+
+
+class SelectiveBackpropLoss(_ScoredSubsetLoss):
+    """Selective backprop (Jiang et al. 2019) in your own loop: each candidate batch is scored without
+    autograd, each sample kept with probability :math:`\\mathrm{percentile}(L_i)^\\beta` among the last
+    ``history`` losses, and only the kept ones are forwarded and backpropagated (unweighted).
+
+    With β = 3 about a quarter of the candidates are kept, so load candidate batches of about 4b for
+    batches of b; unlike Jiang et al.'s implementation, kept samples are not pooled across steps (a
+    step trains on what its candidates yield, at least one sample). Knowing how many were kept is one
+    host read per step. The same :class:`~ismod.strategies.budgeted.LossWindow` as the harness's
+    ``SelectiveBackprop``.
+    """
+
+    def __init__(self, model: nn.Module, *, beta: float = 3.0, history: int = 1024,
+                 loss_fn: PerSampleLoss | None = None, seed: int = 0) -> None:  # fmt: skip
+        super().__init__(model, loss_fn, seed)
+        if not (isinstance(beta, (int, float)) and beta > 0):
+            raise ValueError(f"beta must be > 0, got {beta!r}")
+        LossWindow(history, torch.device("cpu"))  # validates history
+        self.beta, self.history = float(beta), history
+        self.window: LossWindow | None = None
+        self._generator: torch.Generator | None = None
+
+    def _positions(self, losses: torch.Tensor) -> torch.Tensor:
+        if self.window is None:
+            self.window = LossWindow(self.history, losses.device)
+            self._generator = torch.Generator(device=losses.device).manual_seed(self.seed)
+        kept = self.window.keep(losses, self.beta, self._generator).nonzero().squeeze(1)
+        if kept.numel() == 0:  # the host read: train on the hardest candidate rather than nothing
+            kept = losses.argmax().view(1)
+        return kept
+
+
+class HardExampleLoss(_ScoredSubsetLoss):
+    """Hard-example selection as in airbench96_faster: score each candidate batch without autograd and
+    train on the fraction ``keep`` with the highest loss, unweighted (biased on purpose). ``proxy``
+    scores instead of the model (airbench uses a small proxy network). No host synchronisation. The
+    same :func:`~ismod.strategies.budgeted.hardest` as the harness's ``HardSelection``."""
+
+    def __init__(self, model: nn.Module, *, keep: float = 0.5, proxy: nn.Module | None = None,
+                 loss_fn: PerSampleLoss | None = None) -> None:  # fmt: skip
+        super().__init__(model, loss_fn, 0)
+        if not (isinstance(keep, (int, float)) and 0 < keep <= 1):
+            raise ValueError(
+                f"keep (the fraction of each batch trained on) must lie in (0, 1], got {keep!r}"
+            )
+        if proxy is not None and not isinstance(proxy, nn.Module):
+            raise TypeError(f"proxy must be a torch.nn.Module or None, got {type(proxy).__name__}")
+        self.keep, self.proxy = float(keep), proxy
+
+    @property
+    def score_model(self) -> nn.Module:
+        return self.proxy if self.proxy is not None else self.model
+
+    def _positions(self, losses: torch.Tensor) -> torch.Tensor:
+        return hardest(losses, max(1, round(self.keep * losses.shape[0])))
