@@ -184,3 +184,30 @@ def bn_worker(rank: int, size: int, port: int, out_dir: str, kwargs: dict[str, A
         )
     finally:
         torch.distributed.destroy_process_group()
+
+
+def adapter_loop(rank: int, size: int, port: int, out_dir: str, kwargs: dict[str, Any]) -> None:
+    """``ismod.LossSampler`` as a DDP user would run it: the process group's layout, ``set_epoch`` each
+    epoch, ``loss()`` on each batch's per-sample losses (here a fixed function of the index)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ismod import LossSampler
+    from ismod.distributed import join_local
+
+    join_local(rank, size, port, "gloo", timeout_s=20)
+    try:
+        n = kwargs["n"]
+        sampler = LossSampler(n, kwargs["batch"], seed=kwargs["seed"])
+        loader = DataLoader(TensorDataset(torch.arange(n)), batch_sampler=sampler)
+        batches, values = [], []
+        for epoch in range(kwargs["epochs"]):
+            sampler.set_epoch(epoch)
+            for (idx,) in loader:
+                batches.append(idx.clone())
+                values.append(float(sampler.loss(fake_losses(idx).float())))
+        torch.save(
+            {"batches": batches, "values": values, "scores": sampler.strategy.scores.clone()},
+            Path(out_dir) / f"rank{rank}.pt",
+        )
+    finally:
+        torch.distributed.destroy_process_group()
