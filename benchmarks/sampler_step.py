@@ -46,11 +46,17 @@ if args.json:
         json.dump({"machine": machine(), "commit": commit(), "rows": rows}, f, indent=1)
 if args.markdown:
     command = " ".join(["python", *sys.argv])
+    try:
+        import torchrl
+
+        peer = f"torchrl {torchrl.__version__}"
+    except ImportError:
+        peer = "torchrl not installed (its rows are absent)"
     with open(args.markdown, "w") as f:
         f.write(
             f"# Sampler step cost, {datetime.date.today().isoformat()}\n\n"
             f"Command: `{command}` at commit {commit()}.\n"
-            f"Machine: {machine()}. Median µs per step (draw {args.batch_size} indices with "
+            f"Machine: {machine()}; {peer}. Median µs per step (draw {args.batch_size} indices with "
             f"weights 1/(Np), then update their {args.batch_size} scores), candidates one after "
             "the other in one process; ratios to ismod.\n\n" + table + "\n"
         )
