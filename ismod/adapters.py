@@ -1,17 +1,12 @@
 """Importance sampling in your own training loop: each method as a ``DataLoader`` batch sampler, a loss,
 or both, in at most three changed lines (the book's page "Importance sampling in your own training loop").
 
-=========================  ====================================================================
-method                     what changes in an ordinary loop
-=========================  ====================================================================
-:class:`LossSampler`       ``s = LossSampler(len(train), 128)``; ``DataLoader(train, batch_sampler=s)``;
-                           ``loss = s.loss(F.cross_entropy(out, y, reduction="none"))``
-:class:`InfoBatchSampler`  the same three lines, with ``InfoBatchSampler(len(train), 128, num_epochs)``
-:class:`TauSwitchSampler`  ``s = TauSwitchSampler(model, len(train), 128)``; ``batch_sampler=s``;
-                           ``loss = s.loss(x, y)`` (it runs the forward pass)
-:class:`SelectiveBackpropLoss`, :class:`HardExampleLoss`
-                           ``m = SelectiveBackpropLoss(model)``; ``loss = m.loss(x, y)``
-=========================  ====================================================================
+- :class:`LossSampler` (and :class:`InfoBatchSampler` alike): ``s = LossSampler(len(train), 128)``;
+  ``DataLoader(train, batch_sampler=s)``; ``loss = s.loss(F.cross_entropy(out, y, reduction="none"))``.
+- :class:`TauSwitchSampler`: ``s = TauSwitchSampler(model, len(train), 128)``; ``batch_sampler=s``;
+  ``loss = s.loss(x, y)`` (it runs the forward pass).
+- :class:`SelectiveBackpropLoss`, :class:`HardExampleLoss`: ``m = SelectiveBackpropLoss(model)``; a
+  larger loader batch (the candidates); ``loss = m.loss(x, y)``.
 
 They are the harness's strategies (:mod:`ismod.strategies`), not copies of them: the samplers drive the
 same strategy objects (:class:`StrategyBatchSampler` runs any strategy that learns from the losses of
@@ -131,8 +126,8 @@ class _HostCopies:
         """The copies that have arrived, oldest first (all of them, waiting, when ``wait``)."""
         while self.pending:
             key, host, event = self.pending[0]
-            if event is not None:
-                if not wait and not event.query():
+            if event is not None and not event.query():
+                if not wait:
                     return
                 event.synchronize()
             self.pending.popleft()
@@ -161,7 +156,7 @@ class StrategyBatchSampler(Sampler[list[int]]):
     need the model: see :class:`TauSwitchSampler`, :class:`SelectiveBackpropLoss`, :class:`HardExampleLoss`.
 
     Args:
-        strategy: a :class:`~ismod.strategies.Strategy` or the registry name of one.
+        strategy: a :class:`~ismod.strategies.base.Strategy` or the registry name of one.
         num_items: N, the dataset's length.
         batch_size: b per replica.
         num_epochs: the planned number of epochs; strategies that anneal (InfoBatch, online batch
@@ -293,8 +288,10 @@ class StrategyBatchSampler(Sampler[list[int]]):
         self._observe_ready()  # at once on the CPU; on CUDA once the copy has landed
         if weights is None:
             return losses.mean()
-        mine = weights[self.rank :: self.num_replicas].to(losses.device, non_blocking=True)
-        return (mine * losses).mean()
+        mine = weights[self.rank :: self.num_replicas]
+        if losses.is_cuda:  # from pinned memory the copy is queued, not waited for
+            mine = mine.pin_memory()
+        return (mine.to(losses.device, non_blocking=True) * losses).mean()
 
     def state_dict(self) -> dict[str, Any]:
         """The strategy's state, the epoch and the step (losses still in flight are recorded first)."""

@@ -251,7 +251,7 @@ class SumTree:
     Two forms, chosen by the masses' device:
 
     - **CPU** (``backend="compiled"``): a flat ``branching``-ary tree (16 by default) walked by compiled
-      loops (:mod:`numba`), its levels walked for all draws at once.
+      loops (``numba``), its levels walked for all draws at once.
     - **CUDA**, or ``backend="tensor"``: the leaves grouped ``branching`` at a time, the group sums again,
       until at most ``top_size`` sums are left; a top row shared by every draw (one cumulative sum, one
       1-D search) and each level below a search within ``k`` rows of children. A draw or an update is a

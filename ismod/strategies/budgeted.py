@@ -119,7 +119,7 @@ def selective_backprop_keep(
 
 class LossWindow:
     """The last ``size`` losses seen, in a ring on the device: selective backprop's reference for
-    percentiles (Jiang et al. 2019). Shared by :class:`SelectiveBackprop` and
+    percentiles (Jiang et al. 2019). Shared by :class:`~ismod.strategies.SelectiveBackprop` and
     :class:`ismod.adapters.SelectiveBackpropLoss`."""
 
     def __init__(self, size: int, device: torch.device) -> None:

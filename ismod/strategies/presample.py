@@ -39,7 +39,7 @@ class TauSwitch:
     :math:`(B + 3b)/(3b)` (``"fixed"``: :math:`t_b = 2t_f`), a number, or, once costs are measured
     (``"measured"``), :math:`1 + B t_f/(b(t_f + t_b))` (Katharopoulos & Fleuret 2018, Algorithm 1, §3.3).
     On CUDA the decision reads τ as it was ``_TAU_LAG`` updates ago from pinned memory, so the host
-    never waits for the device. Shared by the harness's :class:`Presample` and
+    never waits for the device. Shared by the harness's :class:`~ismod.strategies.Presample` and
     :class:`ismod.adapters.TauSwitchSampler`.
     """
 
@@ -89,7 +89,8 @@ class TauSwitch:
         host, event = self._ring[(steps - _TAU_LAG) % len(self._ring)]
         if event is None:
             return 0.0
-        event.synchronize()
+        if not event.query():  # rarely: the device is more than _TAU_LAG steps behind
+            event.synchronize()
         return float(host)
 
     def ring_values(self) -> list[float]:
