@@ -86,7 +86,10 @@ def sampler_step_costs(
         scores = (torch.rand(n, generator=gen, dtype=torch.float64) + 0.01).to(device)
         new = (torch.rand(batch_size, generator=gen, dtype=torch.float64) + 0.01).to(device)
 
-        sampler = ImportanceSampler(n, method="proportional", generator=draw_gen, device=device)
+        # unsmoothed, so that the sampler does the same job as the baselines
+        sampler = ImportanceSampler(
+            n, method="proportional", smoothing=0.0, generator=draw_gen, device=device
+        )
         sampler.update(torch.arange(n, device=device), scores)
 
         def ismod_step() -> None:

@@ -405,7 +405,7 @@ class ImportanceSampler(Sampler[int]):
     :math:`O(N)`. Use it with a ``DataLoader`` whose dataset also returns the index (see
     :class:`IndexedDataset`)::
 
-        sampler = ImportanceSampler(len(train), method="softmax")
+        sampler = ImportanceSampler(len(train))
         loader = DataLoader(IndexedDataset(train), batch_size=128, sampler=sampler)
         for x, y, idx in loader:
             losses = F.cross_entropy(model(x), y, reduction="none")
@@ -427,7 +427,9 @@ class ImportanceSampler(Sampler[int]):
     Args:
         num_items: N, the size of the dataset.
         num_samples: indices per pass of ``iter(sampler)`` (an "epoch"); default N.
-        method, temperature, smoothing, pressure: as in :func:`probabilities`.
+        method, temperature, smoothing, pressure: as in :func:`probabilities`. The defaults are the
+            settings Chapter 3 recommends: proportional to the score with 20% of uniform mixed in, so
+            no weight exceeds 5 (unbounded softmax weights diverged there at a fast learning rate).
         initial_score: every item's score before its first update (equal scores: uniform).
         device: where scores and the tree live.
         generator: the random generator for draws (on ``device``).
@@ -444,9 +446,9 @@ class ImportanceSampler(Sampler[int]):
         num_items: int,
         num_samples: int | None = None,
         *,
-        method: str = "softmax",
+        method: str = "proportional",
         temperature: float = 1.0,
-        smoothing: float = 0.0,
+        smoothing: float = 0.2,
         pressure: float = 100.0,
         initial_score: float = 1.0,
         device: torch.device | str = "cpu",
@@ -595,8 +597,15 @@ class ImportanceSampler(Sampler[int]):
         return self._uniform_buffer[start : start + count]
 
     def weights_for(self, indices: torch.Tensor) -> torch.Tensor:
-        """Weights :math:`1/(N p_i)` that ``indices`` had when last drawn (on ``device``)."""
-        return self._weight_at_draw[torch.as_tensor(indices, device=self.device)]
+        """Weights :math:`1/(N p_i)` that ``indices`` had when last drawn, on the device of ``indices``
+        (so that a batch moved to the GPU gets its weights there)."""
+        target = indices.device if isinstance(indices, torch.Tensor) else self.device
+        weights = self._weight_at_draw[torch.as_tensor(indices, device=self.device)]
+        if target == self.device:
+            return weights
+        if target.type == "cuda" and self.device.type == "cpu":
+            weights = weights.pin_memory()  # from pinned memory the copy is queued, not waited for
+        return weights.to(target, non_blocking=True)
 
     def update(self, indices: torch.Tensor, scores: torch.Tensor) -> None:
         """Set the scores of ``indices`` (e.g. their latest losses). A repeated index keeps one value.

@@ -263,7 +263,7 @@ def test_sum_tree_beyond_multinomial_limit(backend):
 
 def test_sampler_starts_uniform_and_follows_updates():
     g = torch.Generator().manual_seed(0)
-    s = ImportanceSampler(50, method="proportional", generator=g)
+    s = ImportanceSampler(50, method="proportional", generator=g, smoothing=0.0)
     assert torch.allclose(s.probabilities(), torch.full((50,), 1 / 50, dtype=torch.float64))
     scores = torch.rand(50, generator=g, dtype=torch.float64) + 0.01
     for chunk in torch.arange(50).split(7):
@@ -305,7 +305,7 @@ def test_sampler_smoothing_mixture_fits():
 def test_sampler_weighted_mean_unbiased():
     g = torch.Generator().manual_seed(5)
     values = torch.rand(200, generator=g, dtype=torch.float64) * 3
-    s = ImportanceSampler(200, method="softmax", generator=g)
+    s = ImportanceSampler(200, method="softmax", generator=g, smoothing=0.0)
     s.update(torch.arange(200), values)
     reps, k = 3000, 32
     idx, w = s.sample(reps * k)
@@ -316,7 +316,7 @@ def test_sampler_weighted_mean_unbiased():
 
 
 def test_sampler_repeated_index_keeps_one_value():
-    s = ImportanceSampler(4, method="proportional", rebuild_every=10**6)
+    s = ImportanceSampler(4, method="proportional", rebuild_every=10**6, smoothing=0.0)
     s.update(torch.tensor([2, 2, 1]), torch.tensor([1.0, 3.0, 5.0]))
     assert s.scores[2].item() in (1.0, 3.0) and s.scores[[0, 1, 3]].tolist() == [1.0, 5.0, 1.0]
     assert torch.allclose(s.probabilities(), probabilities(s.scores, "proportional"))
@@ -327,7 +327,11 @@ def test_sampler_in_a_dataloader_loop(workers):
     n = 64
     data = TensorDataset(torch.arange(n, dtype=torch.float32), torch.zeros(n))
     sampler = ImportanceSampler(
-        n, num_samples=256, method="proportional", generator=torch.Generator().manual_seed(0)
+        n,
+        num_samples=256,
+        method="proportional",
+        smoothing=0.0,
+        generator=torch.Generator().manual_seed(0),
     )
     sampler.update(torch.arange(n), torch.zeros(n).index_fill_(0, torch.arange(8), 1.0))
     loader = DataLoader(IndexedDataset(data), batch_size=32, sampler=sampler, num_workers=workers)
@@ -343,10 +347,12 @@ def test_sampler_in_a_dataloader_loop(workers):
 
 
 def test_sampler_state_dict_round_trip():
-    a = ImportanceSampler(30, method="softmax", generator=torch.Generator().manual_seed(0))
+    a = ImportanceSampler(
+        30, method="softmax", generator=torch.Generator().manual_seed(0), smoothing=0.0
+    )
     a.update(torch.arange(10), torch.linspace(0, 3, 10))
     a.sample(5)
-    b = ImportanceSampler(30, method="softmax")
+    b = ImportanceSampler(30, method="softmax", smoothing=0.0)
     b.load_state_dict(a.state_dict())
     assert torch.allclose(a.probabilities(), b.probabilities(), rtol=1e-12, atol=0)
     assert torch.equal(a.weights_for(torch.arange(30)), b.weights_for(torch.arange(30)))
@@ -356,7 +362,7 @@ def test_sampler_state_dict_round_trip():
 
 def test_sampler_large_n():
     n = 2**24 + 10
-    s = ImportanceSampler(n, method="proportional", initial_score=1e-12)
+    s = ImportanceSampler(n, method="proportional", initial_score=1e-12, smoothing=0.0)
     s.update(torch.tensor([n - 1]), torch.tensor([1.0]))
     idx, _ = s.sample(1000)
     assert (idx == n - 1).float().mean() > 0.95
@@ -371,7 +377,7 @@ def test_sampler_errors():
         ImportanceSampler(5, temperature=0)
     with pytest.raises(ValueError, match="all-zero"):
         ImportanceSampler(5, method="proportional", initial_score=0.0, smoothing=0.5)
-    zeroed = ImportanceSampler(2, method="proportional", rebuild_every=2)
+    zeroed = ImportanceSampler(2, method="proportional", rebuild_every=2, smoothing=0.0)
     with pytest.raises(ValueError, match="all zero"):
         zeroed.update(torch.tensor([0, 1]), torch.zeros(2))
     s = ImportanceSampler(5)
@@ -400,6 +406,10 @@ def test_sampler_on_cuda_without_sync():
     assert i.device.type == "cuda" and w.device.type == "cuda"
     p, _ = draw(probabilities(torch.rand(1000, device=dev)), 10)
     assert p.device.type == "cuda"
+    # a CPU sampler (a DataLoader's) hands a batch moved to the GPU its weights there
+    cpu_sampler = ImportanceSampler(100)
+    idx, w = cpu_sampler.sample(16)
+    assert torch.equal(cpu_sampler.weights_for(idx.to(dev)).cpu(), w)
 
 
 # --- distributed mode --------------------------------------------------------------------------------
@@ -409,7 +419,13 @@ def test_distributed_replicas_split_one_global_draw():
     state = {"scores": torch.linspace(0.1, 3.0, 40), "weight_at_draw": torch.ones(40)}
     replicas = [
         ImportanceSampler(
-            40, num_samples=300, method="proportional", num_replicas=3, rank=r, seed=11
+            40,
+            num_samples=300,
+            method="proportional",
+            smoothing=0.0,
+            num_replicas=3,
+            rank=r,
+            seed=11,
         )
         for r in range(3)
     ]
@@ -417,7 +433,7 @@ def test_distributed_replicas_split_one_global_draw():
         s.load_state_dict(state)  # the same scores on every replica
         s.set_epoch(2)
     yields = [list(s) for s in replicas]
-    ref = ImportanceSampler(40, method="proportional")
+    ref = ImportanceSampler(40, method="proportional", smoothing=0.0)
     ref.load_state_dict(state)
     gen = torch.Generator().manual_seed(11 + 2)
     drawn = torch.cat(
