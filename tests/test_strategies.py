@@ -400,3 +400,47 @@ def test_coverage():
     assert coverage(torch.zeros(3)) == {"seen": 0.0, "visit_entropy": 0.0}
     with pytest.raises(ValueError, match="non-negative"):
         coverage(torch.tensor([1, -1]))
+
+
+def test_hard_selection_trains_on_the_highest_scored_candidates():
+    from ismod.strategies import HardSelection
+
+    losses_of = torch.rand(400, generator=torch.Generator().manual_seed(0))
+
+    def score_fn(idx):
+        return losses_of[idx], torch.zeros(idx.numel(), 10)
+
+    s = HardSelection(keep=0.25)
+    s.setup(400, 20, torch.device("cpu"), torch.Generator().manual_seed(1), score_fn)
+    for step in range(10):
+        idx, weights = s.select(step)
+        candidates = s.stream[s.position - 80 : s.position]  # the 80 candidates just scored
+        assert weights is None and idx.numel() == 20
+        assert set(idx.tolist()) == set(
+            candidates[torch.topk(losses_of[candidates], 20).indices].tolist()
+        )
+
+
+def test_infobatch_epochs_prune_well_learned_samples_and_weigh_the_kept():
+    from ismod.strategies import InfoBatch
+
+    n, b = 300, 10
+    s = InfoBatch(prune_ratio=0.5, delta=0.9)
+    s.setup(n, b, torch.device("cpu"), torch.Generator().manual_seed(0))
+    losses = torch.linspace(0, 2, n)
+    first = torch.cat([s.select(step)[0] for step in range(n // b)])
+    assert sorted(first.tolist()) == list(range(n))  # nothing known yet: every sample once
+    for step in range(n // b):
+        idx = first[step * b : (step + 1) * b]
+        s.observe(idx, losses[idx], torch.zeros(b, 3))
+    idx, weights = s.select(n // b)
+    queue, queue_weights = s.queue, s.queue_weights
+    low = queue < n // 2  # scores below the mean (1.0)
+    assert torch.all(queue_weights[low] == 2.0) and torch.all(queue_weights[~low] == 1.0)
+    # every high-loss sample stays, but for the last partial batch, which is dropped
+    assert len(set(range(n // 2, n)) - set(queue.tolist())) < b
+    assert 0.3 * n // 2 < int(low.sum()) < 0.7 * n // 2  # about half of the low-loss half kept
+    s.progress = 0.95  # annealing: everything, unweighted
+    s.position = s.queue.numel()
+    s.select(2 * n // b)
+    assert s.queue_weights is None and s.queue.numel() == n - n % b
