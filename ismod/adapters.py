@@ -21,7 +21,6 @@ finished, so a step never waits for the device. Under ``torch.distributed`` the 
 
 from __future__ import annotations
 
-import math
 import numbers
 import time
 from collections import deque
@@ -37,7 +36,7 @@ from .bounds import _upper_bound
 from .sampling import _draw
 from .strategies import STRATEGIES, Strategy, build_strategy
 from .strategies.budgeted import LossWindow, hardest
-from .strategies.presample import THRESHOLDS, TauSwitch, normalize_scores
+from .strategies.presample import TauSwitch, check_presample_options, normalize_scores
 from .strategies.pruning import InfoBatch
 from .strategies.scored import LossSampling, ScoredStrategy
 from .strategies.uniform import Uniform
@@ -466,26 +465,7 @@ class TauSwitchSampler(Sampler[list[int]]):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.num_items = _positive_int("num_items", num_items)
         self.batch_size = _positive_int("batch_size", batch_size)
-        if not (
-            isinstance(presample, (int, float)) and math.isfinite(presample) and presample >= 1
-        ):
-            raise ValueError(
-                f"presample (B as a multiple of batch_size) must be >= 1, got {presample!r}"
-            )
-        if score not in ("bound", "loss"):
-            raise ValueError(f"score must be 'bound' or 'loss', got {score!r}")
-        if isinstance(threshold, str) and threshold not in THRESHOLDS:
-            raise ValueError(
-                f"threshold must be one of {THRESHOLDS} or a number, got {threshold!r}"
-            )
-        if not isinstance(threshold, str) and not (
-            isinstance(threshold, (int, float)) and threshold >= 1
-        ):
-            raise ValueError(
-                f"a numeric threshold must be >= 1 (τ is at least 1), got {threshold!r}"
-            )
-        if not (isinstance(tau_momentum, (int, float)) and 0 <= tau_momentum < 1):
-            raise ValueError(f"tau_momentum must lie in [0, 1), got {tau_momentum!r}")
+        check_presample_options(presample, score, threshold, tau_momentum)
         self.num_replicas, self.rank = _distributed_layout(num_replicas, rank)
         self.shard_size = -(-self.num_items // self.num_replicas)
         self.presample_size = round(presample * self.batch_size)

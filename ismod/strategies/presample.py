@@ -22,13 +22,41 @@ from ..sampling import _draw
 from ..tau import switch_threshold
 from .base import Strategy
 
-__all__ = ["Presample", "TauSwitch", "THRESHOLDS", "normalize_scores"]
+__all__ = [
+    "Presample",
+    "TauSwitch",
+    "THRESHOLDS",
+    "normalize_scores",
+    "check_presample_options",
+]
 
 THRESHOLDS: tuple[str, ...] = ("measured", "fixed")
 
 # On CUDA the phase decision reads τ as it was this many steps ago, so the host never waits for the
 # step in flight (the copy of an older value has long finished).
 _TAU_LAG = 2
+
+
+def check_presample_options(
+    presample: float, score: str, threshold: str | float, tau_momentum: float
+) -> None:
+    """Raise ``ValueError`` naming the first bad option of Algorithm 1 (shared by the strategy and
+    :class:`ismod.adapters.TauSwitchSampler`)."""
+    if not (isinstance(presample, (int, float)) and math.isfinite(presample) and presample >= 1):
+        raise ValueError(
+            f"presample (B as a multiple of the batch size) must be >= 1, got {presample!r}"
+        )
+    if score not in ("bound", "loss"):
+        raise ValueError(f"score must be 'bound' or 'loss', got {score!r}")
+    if isinstance(threshold, str):
+        if threshold not in THRESHOLDS:
+            raise ValueError(
+                f"threshold must be one of {THRESHOLDS} or a number, got {threshold!r}"
+            )
+    elif not (isinstance(threshold, (int, float)) and threshold >= 1):
+        raise ValueError(f"a numeric threshold must be >= 1 (τ is at least 1), got {threshold!r}")
+    if not (isinstance(tau_momentum, (int, float)) and 0 <= tau_momentum < 1):
+        raise ValueError(f"tau_momentum must lie in [0, 1), got {tau_momentum!r}")
 
 
 class TauSwitch:
@@ -131,25 +159,7 @@ class Presample(Strategy):
 
     def __init__(self, presample: float = 3.0, score: str = "bound", threshold: str | float = "measured",
                  tau_momentum: float = 0.9, sqrt: bool = False, importance: bool = True) -> None:  # fmt: skip
-        if not (
-            isinstance(presample, (int, float)) and math.isfinite(presample) and presample >= 1
-        ):
-            raise ValueError(
-                f"presample (B as a multiple of the batch size) must be >= 1, got {presample!r}"
-            )
-        if score not in ("bound", "loss"):
-            raise ValueError(f"score must be 'bound' or 'loss', got {score!r}")
-        if isinstance(threshold, str):
-            if threshold not in THRESHOLDS:
-                raise ValueError(
-                    f"threshold must be one of {THRESHOLDS} or a number, got {threshold!r}"
-                )
-        elif not (isinstance(threshold, (int, float)) and threshold >= 1):
-            raise ValueError(
-                f"a numeric threshold must be >= 1 (τ is at least 1), got {threshold!r}"
-            )
-        if not (isinstance(tau_momentum, (int, float)) and 0 <= tau_momentum < 1):
-            raise ValueError(f"tau_momentum must lie in [0, 1), got {tau_momentum!r}")
+        check_presample_options(presample, score, threshold, tau_momentum)
         self.ratio, self.score, self.threshold = float(presample), score, threshold
         self.tau_momentum, self.sqrt, self.importance = (
             float(tau_momentum),
