@@ -33,6 +33,7 @@ __all__ = [
     "relative_to_baseline",
     "budget_accuracy",
     "tau_tradeoff",
+    "loop_costs",
 ]
 
 
@@ -469,3 +470,22 @@ def tau_tradeoff(presample_ratio: float, backward_ratio: float, spread: float, *
                 title=f"τ = {tau:.2f}: predicted speed-up τ/τ_th = {tau / threshold:.2f}")  # fmt: skip
     axes[1].legend(fontsize=8)
     return {"tau": tau, "tau_threshold": threshold, "speedup": tau / threshold}
+
+
+def loop_costs(
+    runs: Mapping[str, Mapping[str, float]], *, axes: Sequence[Axes] | None = None
+) -> None:
+    """Side by side, one bar per training loop: its wall-clock seconds and its test accuracy.
+
+    ``runs`` maps a loop's name to ``{"seconds": ..., "accuracy": ...}`` (accuracy as a fraction), as
+    the book's page on adding each method to an ordinary loop measures them."""
+    if axes is None:
+        _, axes = plt.subplots(1, 2, figsize=(11, 0.5 * len(runs) + 1.5), sharey=True)
+    names = list(runs)[::-1]  # the first loop on top
+    positions = range(len(names))
+    seconds_ax, accuracy_ax = axes
+    seconds_ax.barh(positions, [runs[n]["seconds"] for n in names], color="tab:gray")
+    seconds_ax.set_yticks(list(positions), names)
+    seconds_ax.set_xlabel("training time (s)")
+    accuracy_ax.barh(positions, [100 * runs[n]["accuracy"] for n in names], color="tab:blue")
+    accuracy_ax.set_xlabel("test accuracy (%)")

@@ -42,7 +42,7 @@ class InfoBatch(ScoredStrategy):
     """InfoBatch (Qin et al., ICLR 2024): prune well-learned samples at random, rescale the rest.
 
     Scores are the last loss of each sample (the paper's choice). Before ``delta`` of the budget,
-    each epoch trains on :func:`prune_epoch`'s subset, shuffled, with its weights; after it, on every
+    each epoch trains on :func:`~ismod.strategies.pruning.prune_epoch`'s subset, shuffled, with its weights; after it, on every
     sample, unweighted. The paper's defaults: ``prune_ratio=0.5``, ``delta=0.875``.
     """
 
