@@ -426,3 +426,31 @@ def test_loss_sampler_in_a_ddp_loop_matches_one_process(tmp_path):
             ref.loss(ddp_worker.fake_losses(idx).float())
             k += 1
     torch.testing.assert_close(ranks[0]["scores"], ref.strategy.scores, rtol=0, atol=0)
+
+
+def test_tau_switch_sampler_shards_each_epoch_between_replicas():
+    model = small_classifier()
+    shards = [
+        ismod.TauSwitchSampler(model, 100, 10, num_replicas=2, rank=r, seed=4) for r in range(2)
+    ]
+    epochs = [[i for batch in s for i in batch] for s in shards]
+    assert len(epochs[0]) == len(epochs[1]) == 50
+    assert set(epochs[0]).isdisjoint(epochs[1]) and set(epochs[0]) | set(epochs[1]) == set(
+        range(100)
+    )
+    for s in shards:
+        s.set_epoch(1)
+    assert [i for batch in shards[0] for i in batch] != epochs[0]  # a new permutation per epoch
+
+
+@pytest.mark.parametrize("bad", [torch.tensor([3, 40]), torch.tensor([-1, 2])])
+def test_importance_sampler_names_indices_out_of_range(bad):
+    sampler = ismod.ImportanceSampler(40)
+    with pytest.raises(IndexError, match=r"indices must lie in \[0, num_items=40\)"):
+        sampler.update(bad, torch.ones(2))
+
+
+def test_importance_sampler_names_a_reduced_loss():
+    sampler = ismod.ImportanceSampler(40)
+    with pytest.raises(ValueError, match="reduction='none'"):
+        sampler.update(torch.arange(8), torch.tensor(2.0))
