@@ -27,11 +27,11 @@ from .adapters import (
     SelectiveBackpropLoss,
     StrategyBatchSampler,
     TauSwitchSampler,
-    per_sample_cross_entropy,
 )
 from .bounds import upper_bound
 from .process_group import all_gather_cat
 from .sampling import ImportanceSampler, IndexedDataset, probabilities
+from .train import cross_entropy_loss
 
 __all__ = [
     "__version__",
@@ -45,6 +45,6 @@ __all__ = [
     "IndexedDataset",
     "probabilities",
     "upper_bound",
-    "per_sample_cross_entropy",
+    "cross_entropy_loss",
     "all_gather_cat",
 ]

@@ -22,13 +22,11 @@ finished, so a step never waits for the device. Under ``torch.distributed`` the 
 from __future__ import annotations
 
 import numbers
-import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Sampler
 
@@ -40,6 +38,7 @@ from .strategies.presample import TauSwitch, check_presample_options, normalize_
 from .strategies.pruning import InfoBatch
 from .strategies.scored import LossSampling, ScoredStrategy
 from .strategies.uniform import Uniform
+from .train import PerSampleLoss, _Clock, cross_entropy_loss, per_sample_losses
 
 __all__ = [
     "StrategyBatchSampler",
@@ -48,17 +47,7 @@ __all__ = [
     "TauSwitchSampler",
     "SelectiveBackpropLoss",
     "HardExampleLoss",
-    "per_sample_cross_entropy",
 ]
-
-# (logits, targets) -> one loss per sample
-PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def per_sample_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Softmax cross-entropy per sample, in float32; ``targets`` class indices or probability rows."""
-    return F.cross_entropy(logits.float(), targets, reduction="none")
-
 
 # --- checks shared by every adapter ------------------------------------------------------------------
 
@@ -224,20 +213,16 @@ class StrategyBatchSampler(Sampler[list[int]]):
         for indices, losses in self._losses.ready(wait):
             self.strategy.observe(indices, losses, None)  # type: ignore[arg-type]
 
-    def _epoch_length(self) -> int:
-        """Batches in the epoch about to start (forces the strategy to begin a new queue)."""
-        strategy = self.strategy
-        if isinstance(strategy, ScoredStrategy):
-            strategy.position = strategy.queue.numel()  # the next select builds a new epoch
-            return -1
-        return self.num_items // strategy.batch_size
-
     def __iter__(self) -> Iterator[list[int]]:
         self._yielded.clear()  # batches of an abandoned epoch are never trained on
         strategy = self.strategy
         if self.num_epochs is not None:
             strategy.progress = min(self.epoch / self.num_epochs, 1.0)
-        length = self._epoch_length()
+        if isinstance(strategy, ScoredStrategy):
+            strategy.position = strategy.queue.numel()  # the next select starts a new epoch queue
+            length = -1  # known after that select: the queue's whole batches
+        else:
+            length = self.num_items // strategy.batch_size
         count = 0
         while length < 0 or count < length:
             self._observe_ready()
@@ -369,14 +354,6 @@ def _check_batch(x: Any, y: Any, where: str) -> None:
         raise ValueError(f"{where}: inputs are on {x.device} but targets on {y.device}; move both to the model's device")  # fmt: skip
 
 
-def _losses_of(loss_fn: PerSampleLoss, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    losses = loss_fn(logits, y)
-    if not isinstance(losses, torch.Tensor) or losses.shape != (logits.shape[0],):
-        shape = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
-        raise ValueError(f"loss_fn must return one loss per sample, shape ({logits.shape[0]},), got {shape}; use reduction='none'")  # fmt: skip
-    return losses
-
-
 def _score(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
            loss_fn: PerSampleLoss) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Logits and per-sample losses without autograd, in inference mode (BatchNorm's running statistics,
@@ -386,35 +363,18 @@ def _score(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
     try:
         with torch.no_grad():
             logits = model(x)
-            return logits, _losses_of(loss_fn, logits, y)
+            return logits, per_sample_losses(loss_fn, logits, y)
     finally:
         model.train(was_training)
-
-
-class _Stopwatch:
-    """Wall-clock marks that never block: CUDA events read once they have completed, else perf_counter."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.cuda = device.type == "cuda"
-
-    def mark(self) -> Any:
-        if not self.cuda:
-            return time.perf_counter()
-        event = torch.cuda.Event(enable_timing=True)
-        event.record()
-        return event
-
-    def seconds(self, start: Any, end: Any) -> float | None:
-        if not self.cuda:
-            return end - start
-        if not end.query():
-            return None
-        return start.elapsed_time(end) / 1000.0
 
 
 # Calls of TauSwitchSampler.loss at which a uniform step also times a forward pass of its batch.
 _PROBE_CALLS = (10, 30)
 _PROBE_EVERY = 500
+
+
+def _probe_due(call: int) -> bool:
+    return call in _PROBE_CALLS or (call > 0 and call % _PROBE_EVERY == 0)
 
 
 class TauSwitchSampler(Sampler[list[int]]):
@@ -471,7 +431,7 @@ class TauSwitchSampler(Sampler[list[int]]):
         self.presample_size = round(presample * self.batch_size)
         if self.presample_size > self.shard_size:
             raise ValueError(f"presample B = {self.presample_size} exceeds the {self.shard_size} samples of a replica")  # fmt: skip
-        self.model, self.score, self.loss_fn = model, score, loss_fn or per_sample_cross_entropy
+        self.model, self.score, self.loss_fn = model, score, loss_fn or cross_entropy_loss()
         self.threshold, self.tau_momentum, self.sqrt = threshold, float(tau_momentum), bool(sqrt)
         self.seed, self.epoch = int(seed), 0
         self.switch: TauSwitch | None = None  # made at the first loss(), on the tensors' device
@@ -527,14 +487,15 @@ class TauSwitchSampler(Sampler[list[int]]):
         if self.switch is None:
             self.switch = TauSwitch(self.presample_size, self.batch_size, x.device, self.threshold,
                                     self.tau_momentum, self.sqrt)  # fmt: skip
-            self._stopwatch = _Stopwatch(x.device)
+            self._clock = _Clock(x.device)
             self._generator = torch.Generator(device=x.device).manual_seed(
                 self.seed + 7919 * self.rank
             )
             self._restore(self.switch, x.device)
-        now = self._stopwatch.mark()
-        self._read_probe(now)
         step, b = self.calls, self.batch_size
+        self._read_probe()
+        # clock marks only around probes: a probe times its forward pass against the step before it
+        now = self._clock.mark() if _probe_due(step) or _probe_due(step + 1) else None
         if x.shape[0] > b:  # a presample: score, resample b, weight 1/(B g)
             logits, losses = _score(self.model, x, y, self.loss_fn)
             g = normalize_scores(self._scores(logits, y, losses))
@@ -543,18 +504,17 @@ class TauSwitchSampler(Sampler[list[int]]):
             x, y = x[chosen], y[chosen]
             logits = self.model(x)
             loss = (
-                weights.to(logits.device, torch.float32) * _losses_of(self.loss_fn, logits, y)
+                weights.to(logits.device, torch.float32)
+                * per_sample_losses(self.loss_fn, logits, y)
             ).mean()
             self.importance_steps += 1
         else:
-            if self._probe is None and (
-                step in _PROBE_CALLS or (step and step % _PROBE_EVERY == 0)
-            ):
-                start = self._stopwatch.mark()
+            if self._probe is None and _probe_due(step):
+                start = self._clock.mark()
                 _score(self.model, x, y, self.loss_fn)
-                self._probe = (start, self._stopwatch.mark(), self._previous_call, now)
+                self._probe = (start, self._clock.mark(), self._previous_call, now)
             logits = self.model(x)
-            losses = _losses_of(self.loss_fn, logits, y)
+            losses = per_sample_losses(self.loss_fn, logits, y)
             self.switch.update(
                 normalize_scores(self._scores(logits.detach(), y, losses.detach())), step
             )
@@ -567,7 +527,7 @@ class TauSwitchSampler(Sampler[list[int]]):
     def _scores(self, logits: torch.Tensor, y: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         return _upper_bound(logits, y) if self.score == "bound" else losses.float()
 
-    def _read_probe(self, now: Any) -> None:
+    def _read_probe(self) -> None:
         """Set τ_th from a timed forward pass and the step around it, once their clocks have stopped."""
         if self._probe is None:
             return
@@ -575,8 +535,8 @@ class TauSwitchSampler(Sampler[list[int]]):
         if step_start is None:
             self._probe = None
             return
-        forward = self._stopwatch.seconds(start, end)
-        step = self._stopwatch.seconds(step_start, step_end)
+        forward = self._clock.seconds_if_done(start, end)
+        step = self._clock.seconds_if_done(step_start, step_end)
         if forward is None or step is None:
             return
         self._probe = None
@@ -625,7 +585,7 @@ class _ScoredSubsetLoss:
     def __init__(self, model: nn.Module, loss_fn: PerSampleLoss | None, seed: int) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
-        self.model, self.loss_fn, self.seed = model, loss_fn or per_sample_cross_entropy, int(seed)
+        self.model, self.loss_fn, self.seed = model, loss_fn or cross_entropy_loss(), int(seed)
         self.last_logits: torch.Tensor | None = None
         self.last_targets: torch.Tensor | None = None
         self.candidates = 0
@@ -644,7 +604,7 @@ class _ScoredSubsetLoss:
         self.last_logits, self.last_targets = logits.detach(), y
         self.candidates += losses.shape[0]
         self.trained += keep.shape[0]
-        return _losses_of(self.loss_fn, logits, y).mean()
+        return per_sample_losses(self.loss_fn, logits, y).mean()
 
     @property
     def score_model(self) -> nn.Module:
@@ -668,8 +628,7 @@ class SelectiveBackpropLoss(_ScoredSubsetLoss):
         super().__init__(model, loss_fn, seed)
         if not (isinstance(beta, (int, float)) and beta > 0):
             raise ValueError(f"beta must be > 0, got {beta!r}")
-        LossWindow(history, torch.device("cpu"))  # validates history
-        self.beta, self.history = float(beta), history
+        self.beta, self.history = float(beta), LossWindow.check_size(history)
         self.window: LossWindow | None = None
         self._generator: torch.Generator | None = None
 

@@ -250,7 +250,7 @@ class SumTree:
 
     Two forms, chosen by the masses' device:
 
-    - **CPU** (``backend="compiled"``): a flat ``branching``-ary tree (16 by default) walked by compiled
+    - **CPU** (``backend="compiled"``): a flat ``branching``-ary tree (4 by default) walked by compiled
       loops (``numba``), its levels walked for all draws at once.
     - **CUDA**, or ``backend="tensor"``: the leaves grouped ``branching`` at a time, the group sums again,
       until at most ``top_size`` sums are left; a top row shared by every draw (one cumulative sum, one
@@ -514,6 +514,8 @@ class ImportanceSampler(Sampler[int]):
             (self.num_items,), float(initial_score), dtype=torch.float64, device=self.device
         )
         self._weight_at_draw = torch.ones(self.num_items, dtype=dtype, device=self.device)
+        # CPU draws take their uniforms from this buffer, refilled from the generator (_uniforms)
+        self._uniform_buffer, self._uniform_source, self._uniform_position = np.empty(0), None, 0
         self._rebuild()
 
     # the tree holds masses proportional to the probabilities before smoothing
@@ -535,12 +537,6 @@ class ImportanceSampler(Sampler[int]):
             self._np_dtype = np.float32 if self.dtype == torch.float32 else np.float64
             self._method_code = {"softmax": 0, "proportional": 1}.get(self.method, -1)
             self._reference_value = float(self._reference)
-            if not hasattr(self, "_uniform_buffer"):
-                self._uniform_buffer, self._uniform_source, self._uniform_position = (
-                    np.empty(0),
-                    None,
-                    0,
-                )
 
     def _masses(self, scores: torch.Tensor) -> torch.Tensor:
         return _unnormalized(scores, self.method, self.temperature, self.pressure, self._reference)

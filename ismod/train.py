@@ -411,6 +411,12 @@ class _Clock:
         else:
             self.totals[phase] += end - start
 
+    def seconds_if_done(self, start: Any, end: Any) -> float | None:
+        """Seconds between two marks, or None while a CUDA mark has not been reached (never waits)."""
+        if not self.cuda:
+            return end - start
+        return start.elapsed_time(end) / 1000.0 if end.query() else None
+
     def settle(self) -> dict[str, float]:
         if self._pending:
             torch.cuda.synchronize()
@@ -429,9 +435,23 @@ def cross_entropy_loss(label_smoothing: float = 0.0) -> PerSampleLoss:
     """The default per-sample loss: cross-entropy (hard or soft targets) with ``label_smoothing``."""
 
     def loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits, targets, reduction="none", label_smoothing=label_smoothing)
+        return F.cross_entropy(
+            logits.float(), targets, reduction="none", label_smoothing=label_smoothing
+        )
 
     return loss
+
+
+def per_sample_losses(
+    loss: PerSampleLoss, logits: torch.Tensor, targets: torch.Tensor
+) -> torch.Tensor:
+    """``loss(logits, targets)``, checked to hold one loss per sample (a reduced loss is named)."""
+    losses = loss(logits, targets)
+    if not isinstance(losses, torch.Tensor) or losses.shape != (logits.shape[0],):
+        shape = tuple(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
+        raise ValueError(f"loss must return one loss per sample, shape ({logits.shape[0]},), got "
+                         f"{shape}; use reduction='none'")  # fmt: skip
+    return losses
 
 
 def sgd(settings: TrainSettings) -> OptimizerFactory:
@@ -615,11 +635,7 @@ class _Loop:
         return torch.cat(losses), torch.cat(logits)
 
     def _per_sample_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        losses = self.loss(logits, targets)
-        if losses.shape != (logits.shape[0],):
-            raise ValueError(f"loss must return one loss per sample, shape ({logits.shape[0]},), got shape "
-                             f"{tuple(losses.shape)}; use reduction='none'")  # fmt: skip
-        return losses
+        return per_sample_losses(self.loss, logits, targets)
 
     # --- one step -------------------------------------------------------------------------------------
 

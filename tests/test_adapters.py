@@ -292,7 +292,7 @@ def test_scoring_leaves_batch_norm_statistics_alone():
     x, y = blobs(48).tensors
     sampler = ismod.TauSwitchSampler(model, 600, 16)
     before = model[1].running_mean.clone()
-    ismod.adapters._score(model, x, y, ismod.per_sample_cross_entropy)
+    ismod.adapters._score(model, x, y, ismod.cross_entropy_loss())
     torch.testing.assert_close(model[1].running_mean, before)
     assert model.training
     sampler.loss(x, y)  # presample: scored (no change), then 16 trained on (one change)
@@ -355,20 +355,30 @@ def test_selective_backprop_keeps_about_one_in_beta_plus_one():
     assert abs(float(k.mean()) - 0.25) < 4 * float(k.std()) / math.sqrt(len(k))
 
 
-def test_selective_backprop_loss_is_the_mean_over_the_kept_samples():
+def test_selective_backprop_trains_on_exactly_the_kept_candidates():
+    """The same window and generator, run beside the method, must keep the same candidates, and the
+    loss must be their mean loss."""
+    from ismod.strategies.budgeted import LossWindow
+
     model = small_classifier()
     x, y = blobs(64).tensors
-    method = ismod.SelectiveBackpropLoss(model)
-    loss = method.loss(x, y)
-    recomputed = ismod.per_sample_cross_entropy(method.last_logits, method.last_targets).mean()
-    torch.testing.assert_close(loss.detach(), recomputed)
+    method = ismod.SelectiveBackpropLoss(model, beta=1.0, history=64, seed=5)
+    window, gen = LossWindow(64, torch.device("cpu")), torch.Generator().manual_seed(5)
+    for _ in range(3):
+        _, losses = ismod.adapters._score(model, x, y, ismod.cross_entropy_loss())
+        kept = window.keep(losses, 1.0, gen).nonzero().squeeze(1)
+        loss = method.loss(x, y)
+        assert 0 < kept.numel() < 64
+        assert torch.equal(method.last_targets, y[kept])
+        recomputed = ismod.cross_entropy_loss()(method.last_logits, method.last_targets).mean()
+        torch.testing.assert_close(loss.detach(), recomputed)
 
 
 def test_hard_example_loss_trains_on_the_highest_losses():
     model = small_classifier()
     x, y = blobs(64).tensors
     method = ismod.HardExampleLoss(model, keep=0.25)
-    _, losses = ismod.adapters._score(model, x, y, ismod.per_sample_cross_entropy)
+    _, losses = ismod.adapters._score(model, x, y, ismod.cross_entropy_loss())
     method.loss(x, y)
     top = torch.topk(losses, 16).indices
     assert sorted(method.last_targets.tolist()) == sorted(y[top].tolist())
@@ -379,7 +389,7 @@ def test_hard_example_loss_scores_with_the_proxy():
     model, proxy = small_classifier(0), small_classifier(1)
     x, y = blobs(64).tensors
     method = ismod.HardExampleLoss(model, keep=0.5, proxy=proxy)
-    _, losses = ismod.adapters._score(proxy, x, y, ismod.per_sample_cross_entropy)
+    _, losses = ismod.adapters._score(proxy, x, y, ismod.cross_entropy_loss())
     method.loss(x, y)
     assert sorted(method.last_targets.tolist()) == sorted(
         y[torch.topk(losses, 32).indices].tolist()

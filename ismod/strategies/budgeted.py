@@ -123,12 +123,17 @@ class LossWindow:
     :class:`ismod.adapters.SelectiveBackpropLoss`."""
 
     def __init__(self, size: int, device: torch.device) -> None:
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"history must be a positive integer, got {size!r}")
-        self.size, self.device = size, device
+        self.size, self.device = self.check_size(size), device
         self.values = torch.zeros(size, device=device)
         self.filled = 0
         self.next = 0
+
+    @staticmethod
+    def check_size(size: int) -> int:
+        """``size`` if it is a positive integer, else a ``ValueError`` naming ``history``."""
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"history must be a positive integer, got {size!r}")
+        return size
 
     def remember(self, losses: torch.Tensor) -> None:
         k = losses.numel()
@@ -171,8 +176,7 @@ class SelectiveBackprop(ScoredStrategy):
         super().__init__("last", 0.0, 0)
         if not (isinstance(beta, (int, float)) and beta > 0):
             raise ValueError(f"beta must be > 0, got {beta!r}")
-        LossWindow(history, torch.device("cpu"))  # validates history
-        self.beta, self.history_size = float(beta), history
+        self.beta, self.history_size = float(beta), LossWindow.check_size(history)
 
     def setup(self, num_items, batch_size, device, generator, score_fn=None, labels=None) -> None:
         super().setup(num_items, batch_size, device, generator, score_fn, labels)
