@@ -28,6 +28,7 @@ from typing import Any
 
 import torch.distributed as dist
 
+from . import process_group
 from .process_group import (
     DEFAULT_TIMEOUT_S,
     TIMEOUT_ENV,
@@ -39,17 +40,8 @@ from .process_group import (
     join_local,
 )
 
-__all__ = [
-    "World",
-    "CollectiveError",
-    "init_from_env",
-    "join_local",
-    "free_port",
-    "launch",
-    "all_gather_cat",
-    "TIMEOUT_ENV",
-    "DEFAULT_TIMEOUT_S",
-]
+# the process-group primitives, re-exported for launchers and tests, and the launcher
+__all__ = [*process_group.__all__, "launch"]
 
 
 def _worker(rank: int, size: int, port: int, config_dict: dict[str, Any], out: str, run_kwargs: dict[str, Any],
