@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from torch.utils.data import Sampler
 __all__ = [
     "METHODS",
     "probabilities",
+    "check_scores",
     "draw",
     "SumTree",
     "ImportanceSampler",
@@ -60,7 +62,19 @@ _UNIFORM_BUFFER = 1 << 14
 # --- validation -----------------------------------------------------------------------------------
 
 
-def _check_scores(scores: Any, name: str = "scores") -> torch.Tensor:
+# What to do about a bad score, named in every message: one validation serves the samplers, the
+# in-loop adapters and the strategies they drive (check_scores).
+_SCORE_FIX = (
+    "importance scores must be finite and >= 0: clamp them (losses.clamp_min(0)), shift them "
+    "(losses - losses.min()), or use a loss that is >= 0 such as cross-entropy; a NaN or inf loss "
+    "usually means training diverged (lower the learning rate)"
+)
+
+
+def check_scores(scores: Any, name: str = "scores") -> torch.Tensor:
+    """``scores`` as a floating tensor if every value is finite and non-negative, else a ``ValueError``
+    that counts the NaN, infinite or negative values and names the fix (clamp, shift, or a loss that is
+    >= 0). Reads the values on the host: callers on CUDA check a host copy (see ismod.adapters)."""
     s = torch.as_tensor(scores)
     if not s.is_floating_point():
         s = s.to(torch.get_default_dtype())
@@ -68,15 +82,17 @@ def _check_scores(scores: Any, name: str = "scores") -> torch.Tensor:
         raise ValueError(f"{name} must be a non-empty 1-D tensor, got shape {tuple(s.shape)}")
     nan = torch.isnan(s)
     if nan.any():
-        raise ValueError(f"{name} contain NaN at {int(nan.sum())} positions")
+        raise ValueError(f"{name} contain NaN at {int(nan.sum())} positions; {_SCORE_FIX}")
     inf = torch.isinf(s)
     if inf.any():
-        raise ValueError(f"{name} contain infinite values at {int(inf.sum())} positions")
+        raise ValueError(
+            f"{name} contain infinite values at {int(inf.sum())} positions; {_SCORE_FIX}"
+        )
     neg = s < 0
     if neg.any():
         raise ValueError(
             f"{name} must be non-negative (losses, gradient norms), got {int(neg.sum())} negative "
-            "values; shift or clamp them first"
+            f"values; {_SCORE_FIX}"
         )
     return s
 
@@ -169,7 +185,7 @@ def probabilities(
 
     Returns a 1-D tensor that sums to 1, in the scores' floating dtype (float32 for integer scores).
     """
-    s = _check_scores(scores)
+    s = check_scores(scores)
     _check_options(method, temperature, smoothing)
     if method == "rank" and not (isinstance(pressure, numbers.Real) and pressure >= 1):
         raise ValueError(f"pressure must be a number >= 1 for method='rank', got {pressure!r}")
@@ -516,15 +532,21 @@ class ImportanceSampler(Sampler[int]):
         self._weight_at_draw = torch.ones(self.num_items, dtype=dtype, device=self.device)
         # CPU draws take their uniforms from this buffer, refilled from the generator (_uniforms)
         self._uniform_buffer, self._uniform_source, self._uniform_position = np.empty(0), None, 0
+        # the pass of __iter__ in progress, so that state_dict() can resume it mid-epoch (_Pass)
+        self._pass: _Pass | None = None
+        self._resume: _Pass | None = None
         self._rebuild()
 
     # the tree holds masses proportional to the probabilities before smoothing
-    def _rebuild(self) -> None:
-        _check_scores(self.scores, "scores (as updated)")
-        self._reference = self.scores.max()
+    def _rebuild(self, leaves: torch.Tensor | None = None, reference: Any = None) -> None:
+        """The tree from the scores (or, resuming, from saved ``leaves`` and ``reference``, so that a
+        resumed sampler draws bit for bit as the one it was saved from)."""
+        check_scores(self.scores, "scores (as updated)")
+        self._reference = self.scores.max() if reference is None else torch.as_tensor(reference)
         if self.method == "proportional" and self._reference == 0:
             raise ValueError("scores are all zero: method='proportional' needs a positive score")
-        self._tree = SumTree(self._masses(self.scores))  # O(N), once per rebuild_every updates
+        masses = self._masses(self.scores) if leaves is None else leaves.to(self.device)
+        self._tree = SumTree(masses)  # O(N), once per rebuild_every updates
         self._updated = 0
         # On the CPU a step is two compiled calls on numpy views of the sampler's tensors.
         self._compiled = self._tree.compiled and self.dtype in (torch.float32, torch.float64)
@@ -615,6 +637,8 @@ class ImportanceSampler(Sampler[int]):
             raise ValueError(
                 f"indices and scores must have the same length, got {idx.numel()} and {new.numel()}"
             )
+        if self._pass is not None:  # these were trained on: a resume starts after them
+            self._pass.trained += idx.numel()
         if self.num_replicas > 1:
             from .process_group import World
 
@@ -640,7 +664,7 @@ class ImportanceSampler(Sampler[int]):
         if self.device.type == "cpu":
             low, high = torch.aminmax(new)  # one cheap pass; the full check names the problem
             if not (low >= 0 and high < math.inf):
-                _check_scores(new)
+                check_scores(new)
             if idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < self.num_items):
                 self._raise_bad_update(idx, new)
         self.scores.index_put_((idx,), new.to(torch.float64))
@@ -689,37 +713,64 @@ class ImportanceSampler(Sampler[int]):
                 f"indices must lie in [0, num_items={self.num_items}), got {first}: pass the dataset "
                 "positions the sampler yielded (IndexedDataset returns them), not positions in the batch"
             )
-        _check_scores(new)
+        check_scores(new)
 
     def set_epoch(self, epoch: int) -> None:
         """Seed the next pass with ``seed + epoch`` (distributed mode), as ``DistributedSampler.set_epoch``."""
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[int]:
-        if self.num_replicas == 1:
-            remaining = self.num_samples
-            while remaining > 0:
-                k = min(remaining, _ITER_CHUNK)
-                idx, _ = self.sample(k)
-                remaining -= k
-                yield from idx.tolist()
-            return
-        # every replica draws the same global chunks and keeps every num_replicas-th index
-        gen = torch.Generator(device=self.device).manual_seed(self.seed + self.epoch)
-        remaining = self.num_samples * self.num_replicas
-        chunk = max(_ITER_CHUNK // self.num_replicas, 1) * self.num_replicas
-        while remaining > 0:
-            k = min(remaining, chunk)
-            idx, _ = self.sample(k, generator=gen)
-            remaining -= k
-            yield from idx[self.rank :: self.num_replicas].tolist()
+        """One pass of ``num_samples`` indices (this replica's share). After :meth:`load_state_dict`
+        the first pass finishes the interrupted one: the indices drawn but not yet passed to
+        :meth:`update`, then the draws that were still to come."""
+        state, self._resume = self._resume, None
+        if state is None:
+            state = _Pass(drawn=[], trained=0, remaining=self.num_samples * self.num_replicas)
+            if self.num_replicas > 1:  # every replica draws the same global chunks
+                state.generator = torch.Generator(device=self.device).manual_seed(
+                    self.seed + self.epoch
+                )
+        self._pass = state
+        pending = state.pending()
+        if pending.numel():
+            state.drawn, state.trained = [pending], 0
+            yield from pending.tolist()
+        chunk = (
+            _ITER_CHUNK
+            if self.num_replicas == 1
+            else max(_ITER_CHUNK // self.num_replicas, 1) * self.num_replicas
+        )
+        while state.remaining > 0:
+            k = min(state.remaining, chunk)
+            idx, _ = self.sample(k, generator=state.generator)
+            state.remaining -= k
+            mine = idx if self.num_replicas == 1 else idx[self.rank :: self.num_replicas]
+            state.drawn.append(mine)
+            yield from mine.tolist()
 
     def __len__(self) -> int:
         return self.num_samples
 
+    @property
+    def resumes_mid_pass(self) -> bool:
+        """Whether the next pass finishes one interrupted by a checkpoint (:meth:`load_state_dict`);
+        ``False`` when the checkpoint came after the pass's last index was trained on."""
+        return self._resume is not None
+
     def state_dict(self) -> dict[str, Any]:
-        """Scores and the last drawn weights (the tree is rebuilt from the scores on load)."""
-        return {"scores": self.scores.clone(), "weight_at_draw": self._weight_at_draw.clone()}
+        """Everything a resumed sampler needs to draw exactly as this one would: scores, the tree's
+        masses, the weights at draw, the generators and the uniforms already fetched, and the pass in
+        progress (its indices drawn but not yet passed to :meth:`update` are yielded again first)."""
+        gen = self.generator
+        state: dict[str, Any] = {
+            "scores": self.scores.clone(), "weight_at_draw": self._weight_at_draw.clone(),
+            "leaves": self._tree.masses().clone(), "reference": self._reference.clone(),
+            "updated": self._updated, "epoch": self.epoch,
+            "generator": None if gen is None else gen.get_state(),
+            "uniforms": torch.from_numpy(self._uniform_buffer[self._uniform_position :].copy()),
+            "pass": None if self._pass is None else self._pass.state_dict(),
+        }  # fmt: skip
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         scores = torch.as_tensor(state["scores"], dtype=torch.float64, device=self.device)
@@ -731,7 +782,58 @@ class ImportanceSampler(Sampler[int]):
         self._weight_at_draw = torch.as_tensor(
             state["weight_at_draw"], dtype=self.dtype, device=self.device
         ).clone()
-        self._rebuild()
+        # a state with scores alone (as older checkpoints hold) rebuilds from the scores
+        leaves = state.get("leaves")
+        self._rebuild(None if leaves is None else leaves.to(torch.float64), state.get("reference"))
+        self._updated, self.epoch = (
+            int(state.get("updated", 0)),
+            int(state.get("epoch", self.epoch)),
+        )
+        if state.get("generator") is not None and self.generator is not None:
+            self.generator.set_state(state["generator"])
+        uniforms = state.get("uniforms")
+        self._uniform_buffer = np.empty(0) if uniforms is None else uniforms.numpy().copy()
+        self._uniform_position = 0
+        self._pass = self._resume = None
+        if state.get("pass") is not None:
+            self._resume = _Pass.from_state(state["pass"], self.device)
+            if self._resume.finished():
+                self._resume = None  # saved at a pass boundary: the next pass is a new one
+        pass_gen = None if self._resume is None else self._resume.generator
+        self._uniform_source = pass_gen if pass_gen is not None else self.generator
+
+
+@dataclass
+class _Pass:
+    """One pass of :meth:`ImportanceSampler.__iter__`: the indices drawn so far, how many of them
+    :meth:`~ImportanceSampler.update` has seen (trained on), the global draws still to come and, in
+    distributed mode, the pass's own generator."""
+
+    drawn: list[torch.Tensor]
+    trained: int
+    remaining: int
+    generator: torch.Generator | None = None
+
+    def pending(self) -> torch.Tensor:
+        drawn = torch.cat(self.drawn) if self.drawn else torch.empty(0, dtype=torch.long)
+        return drawn[min(self.trained, drawn.numel()) :]
+
+    def finished(self) -> bool:
+        return self.remaining == 0 and self.pending().numel() == 0
+
+    def state_dict(self) -> dict[str, Any]:
+        gen = self.generator
+        return {"pending": self.pending().clone(), "remaining": self.remaining,
+                "generator": None if gen is None else gen.get_state(),
+                "generator_device": None if gen is None else str(gen.device)}  # fmt: skip
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], device: torch.device) -> _Pass:
+        gen = None
+        if state["generator"] is not None:
+            gen = torch.Generator(device=state["generator_device"])
+            gen.set_state(state["generator"])
+        return cls([state["pending"].to(device)], 0, int(state["remaining"]), gen)
 
 
 class IndexedDataset(torch.utils.data.Dataset):
