@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -144,6 +145,31 @@ _LATER_FIELDS: dict[str, Any] = {
 }
 
 
+# Strategy options added after results were saved, with the value those runs behaved as. Such an
+# option is hashed at its value, given or default, except at that old value, which is left out: the
+# saved runs' configs state it explicitly, so they keep their hashes, while a config that omits it
+# gets (and is hashed with) the strategy's current default.
+_LATER_STRATEGY_OPTIONS: dict[str, dict[str, Any]] = {
+    "per": {"new_priority": "one"},
+    "obs": {"rerank_every": 1},
+}
+
+
+def _hashed_strategy_options(strategy: str, options: dict[str, Any]) -> dict[str, Any]:
+    later = _LATER_STRATEGY_OPTIONS.get(strategy)
+    if not later:
+        return options
+    defaults = inspect.signature(STRATEGIES[strategy].__init__).parameters
+    hashed = dict(options)
+    for key, old in later.items():
+        value = hashed.get(key, defaults[key].default)
+        if value == old:
+            hashed.pop(key, None)
+        else:
+            hashed[key] = value
+    return hashed
+
+
 def config_hash(config: Config) -> str:
     """SHA-256 of the config's canonical JSON: equal hashes, equal runs (up to hardware)."""
     d = {
@@ -151,6 +177,7 @@ def config_hash(config: Config) -> str:
         for k, v in config.to_dict().items()
         if not (k in _LATER_FIELDS and v == _LATER_FIELDS[k])
     }
+    d["strategy_options"] = _hashed_strategy_options(config.strategy, d["strategy_options"])
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 

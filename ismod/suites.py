@@ -84,6 +84,13 @@ REPORT_SETTINGS: dict[str, dict[str, Any]] = {
 }
 
 
+# Online batch selection and prioritised replay as the chapters' saved runs ran them: re-ranked every
+# step, and new samples at priority 1 (the strategies' defaults now re-rank once per epoch and give new
+# samples the maximum priority, as Schaul et al.; a grid that wants those drops these two options).
+OBS_AS_SAVED: dict[str, Any] = {"pressure_start": 100.0, "pressure_end": 10.0, "rerank_every": 1}
+PER_AS_SAVED: dict[str, Any] = {"new_priority": "one"}
+
+
 def fast_base(name: str, **changes: Any) -> Config:
     """The ``"gpu"`` scale's base config: the fast recipe (``cifar10-fast-uniform``, airbench94's
     settings) with the tricks that would confound the course's measurements switched off — label
@@ -247,8 +254,8 @@ def chapter3_variants(scale: str) -> Suite:
             "loss",
             {**last, "method": "proportional", "smoothing": 0.2, "replacement": True},
         ),
-        "online batch selection": ("obs", {"pressure_start": 100.0, "pressure_end": 10.0}),
-        "prioritised replay": ("per", {}),
+        "online batch selection": ("obs", OBS_AS_SAVED),
+        "prioritised replay": ("per", PER_AS_SAVED),
         "p-SGD": ("prediction_subset", {"kind": "p", "subset": 0.5}),
         "c-SGD": ("prediction_subset", {"kind": "c", "subset": 0.5}),
         "selective backprop": ("selective_backprop", {"beta": 3.0}),
@@ -395,8 +402,8 @@ def chapter6(scale: str) -> Suite:
     seeds = _seeds(scale)
     reused = {k: v for k, v in chapter5(scale).items() if k != "upper bound, always"}
     others = {
-        "online batch selection": ("obs", {"pressure_start": 100.0, "pressure_end": 10.0}),
-        "prioritised replay": ("per", {}),
+        "online batch selection": ("obs", OBS_AS_SAVED),
+        "prioritised replay": ("per", PER_AS_SAVED),
         "selective backprop": ("selective_backprop", {"beta": 3.0}),
     }
     ch6 = base.replace(name="ch6")

@@ -282,13 +282,24 @@ class OnlineBatchSelection(ScoredStrategy):
     in the paper (a deliberate bias towards hard samples); ``reweight=True`` applies :math:`1/(N p_i)`.
     The paper's periodic re-scoring of the whole dataset is not done: unseen samples keep score 0, and
     ``warmup_epochs`` (default 1) scores every sample once first.
+
+    Ranking is an O(N log N) sort. The ranks are those of each sample's *latest known* loss, which for
+    most samples is already up to an epoch old, and a step changes only b of N of them; so the
+    distribution is recomputed every ``rerank_every`` steps (default: once per epoch, N/b steps, as
+    Loshchilov & Hutter re-sort periodically rather than per step; ``1`` re-ranks every step, which is
+    what the saved chapter runs used). Draws between re-ranks use the latest ranking.
     """
 
     name = "obs"
 
     def __init__(self, pressure_start: float = 100.0, pressure_end: float = 100.0, warmup_epochs: int = 1,
-                 reweight: bool = False) -> None:  # fmt: skip
+                 reweight: bool = False, rerank_every: int | None = None) -> None:  # fmt: skip
         super().__init__("last", 0.0, warmup_epochs)
+        if rerank_every is not None and (
+            isinstance(rerank_every, bool) or not isinstance(rerank_every, int) or rerank_every < 1
+        ):
+            raise ValueError(f"rerank_every must be a positive number of steps or None (once per epoch), got {rerank_every!r}")  # fmt: skip
+        self.rerank_every = rerank_every
         self.pressure_start = _positive("pressure_start", pressure_start)
         self.pressure_end = _positive("pressure_end", pressure_end)
         if min(self.pressure_start, self.pressure_end) < 1:
@@ -303,20 +314,43 @@ class OnlineBatchSelection(ScoredStrategy):
     def probabilities(self) -> torch.Tensor:
         return score_probabilities(self.scores, "rank", 1.0, 0.0, self.pressure())
 
+    def setup(self, num_items, batch_size, device, generator, score_fn=None, labels=None) -> None:
+        super().setup(num_items, batch_size, device, generator, score_fn, labels)
+        self.rerank_steps = self.rerank_every or max(num_items // batch_size, 1)
+        self.ranked: torch.Tensor | None = None  # the distribution of the last re-rank
+        self.draws_since_rerank = 0
+
     def per_step(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        idx, w = _draw(self.probabilities(), self.batch_size, True, self.generator)
+        if self.ranked is None or self.draws_since_rerank >= self.rerank_steps:
+            self.ranked, self.draws_since_rerank = self.probabilities(), 0
+        self.draws_since_rerank += 1
+        idx, w = _draw(self.ranked, self.batch_size, True, self.generator)
         return idx, (w.float() if self.reweight else None)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "ranked": self.ranked, "draws_since_rerank": self.draws_since_rerank}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        ranked = state.get("ranked")
+        self.ranked = None if ranked is None else ranked.to(self.device)
+        self.draws_since_rerank = int(state.get("draws_since_rerank", 0))
 
 
 class PrioritizedReplay(ScoredStrategy):
     """Prioritised-replay sampling (Schaul et al. 2015) over a fixed dataset.
 
-    Priority :math:`s_i = L_i + \\epsilon` (latest loss; 1 before a sample is first seen, so every
-    sample starts equally likely), :math:`P(i) = s_i^\\alpha/\\sum_k s_k^\\alpha` kept in a
+    Priority :math:`s_i = L_i + \\epsilon` (latest loss), :math:`P(i) = s_i^\\alpha/\\sum_k s_k^\\alpha` kept in a
     :class:`~ismod.sampling.SumTree`; ``b`` draws with replacement per step, weights
     :math:`w_i = (N P(i))^{-\\beta}` divided by the largest weight over all N (so every weight is at most
     1 and the lowest-priority sample's is exactly 1), with :math:`\\beta` annealed linearly from
     ``beta_start`` to 1 over the budget.
+
+    Samples not yet trained on have ``new_priority``: ``"max"``, the largest priority seen so far, as
+    Schaul et al. give new transitions (and torchrl's ``PrioritizedSampler``), so every sample is
+    drawn soon; or ``"one"``, a fixed mass of 1 (what the saved chapter runs used: samples with a low
+    first draw can wait epochs). With ``"max"`` the unseen samples' masses are raised to the maximum
+    once per epoch (N/b steps), an O(N) refresh that costs O(b) a step on average.
     """
 
     name = "per"
@@ -327,8 +361,14 @@ class PrioritizedReplay(ScoredStrategy):
         beta_start: float = 0.4,
         epsilon: float = 1e-3,
         warmup_epochs: int = 0,
+        new_priority: str = "max",
     ) -> None:
         super().__init__("last", 0.0, warmup_epochs)
+        if new_priority not in ("max", "one"):
+            raise ValueError(
+                f"new_priority must be 'max' (Schaul et al.) or 'one', got {new_priority!r}"
+            )
+        self.new_priority = new_priority
         self.alpha = _positive("alpha", alpha, allow_zero=True)
         if not (isinstance(beta_start, (int, float)) and 0 <= beta_start <= 1):
             raise ValueError(f"beta_start must lie in [0, 1], got {beta_start!r}")
@@ -341,6 +381,9 @@ class PrioritizedReplay(ScoredStrategy):
         self.tree = SumTree(
             torch.ones(num_items, dtype=torch.float64, device=device), backend="tensor"
         )
+        self.max_priority = torch.ones((), dtype=torch.float64, device=device)
+        self.refresh_steps = max(num_items // batch_size, 1)
+        self.draws_since_refresh = 0
 
     def importance_beta(self) -> float:
         p = min(max(self.progress, 0.0), 1.0)
@@ -357,15 +400,34 @@ class PrioritizedReplay(ScoredStrategy):
 
     def observe(self, indices: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor) -> None:
         super().observe(indices, losses, logits)
-        self.tree.update(indices, (losses.to(torch.float64) + self.epsilon).pow(self.alpha))
+        masses = (losses.to(torch.float64) + self.epsilon).pow(self.alpha)
+        self.tree.update(indices, masses)
+        if self.new_priority == "max":
+            self.max_priority = torch.maximum(self.max_priority, masses.max())
+
+    def refresh_unseen(self) -> None:
+        """Give every sample not yet trained on the largest priority seen so far (``"max"``)."""
+        unseen = (self.visits == 0).nonzero().squeeze(1)  # one host read, once per epoch
+        if unseen.numel():
+            self.tree.update(unseen, self.max_priority.expand(unseen.numel()))
 
     def per_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.new_priority == "max":
+            if self.draws_since_refresh >= self.refresh_steps:
+                self.refresh_unseen()
+                self.draws_since_refresh = 0
+            self.draws_since_refresh += 1
         idx, masses = self.tree.sample_with_masses(self.batch_size, generator=self.generator)
         return idx, self.normalized_weights(masses).float()
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "tree_masses": self.tree.masses().clone()}
+        return {**super().state_dict(), "tree_masses": self.tree.masses().clone(),
+                "max_priority": self.max_priority, "draws_since_refresh": self.draws_since_refresh}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.tree = SumTree(state["tree_masses"].to(self.device), backend="tensor")
+        self.max_priority = torch.as_tensor(state.get("max_priority", 1.0), dtype=torch.float64).to(
+            self.device
+        )
+        self.draws_since_refresh = int(state.get("draws_since_refresh", 0))
