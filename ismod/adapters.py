@@ -22,6 +22,7 @@ finished, so a step never waits for the device. Under ``torch.distributed`` the 
 from __future__ import annotations
 
 import numbers
+import warnings
 from collections import deque
 from collections.abc import Iterator
 from typing import Any
@@ -31,7 +32,7 @@ from torch import nn
 from torch.utils.data import Sampler
 
 from .bounds import _upper_bound
-from .sampling import _draw
+from .sampling import _draw, check_scores
 from .strategies import STRATEGIES, Strategy, build_strategy
 from .strategies.budgeted import LossWindow, hardest
 from .strategies.presample import TauSwitch, check_presample_options, normalize_scores
@@ -122,6 +123,111 @@ class _HostCopies:
             yield key, host
 
 
+def _check_dataset(dataset: Any, num_items: int) -> None:
+    """With ``dataset=`` given, its length must be ``num_items`` (else some samples are never drawn, or
+    indices run past its end)."""
+    if dataset is not None and len(dataset) != num_items:
+        raise ValueError(
+            f"num_items = {num_items} but len(dataset) = {len(dataset)}: pass num_items=len(dataset) "
+            "(the sampler draws indices in [0, num_items))"
+        )
+
+
+def _cloned(state: Any) -> Any:
+    """A copy of a state whose tensors no later step can change (strategies update theirs in place)."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().clone()
+    if isinstance(state, dict):
+        return {k: _cloned(v) for k, v in state.items()}
+    if isinstance(state, (list, tuple)):
+        return type(state)(_cloned(v) for v in state)
+    return state
+
+
+class _HostScoreCheck:
+    """:func:`ismod.sampling.check_scores` without a host synchronisation: CPU scores are checked at
+    once; CUDA scores count their bad values on the device, and the count is read (and raised on) once
+    its copy to pinned memory has landed, a step or two later."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+        self.pending: deque[tuple[torch.Tensor, Any, torch.Tensor]] = deque()
+
+    def __call__(self, scores: torch.Tensor) -> None:
+        self.raise_if_bad()
+        scores = scores.detach()
+        if scores.device.type != "cuda":
+            check_scores(scores.reshape(-1), self.where)
+            return
+        bad = (~torch.isfinite(scores) | (scores < 0)).sum()
+        host = torch.empty((), dtype=bad.dtype, pin_memory=True)
+        host.copy_(bad, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        self.pending.append((host, event, scores))
+
+    def raise_if_bad(self, wait: bool = False) -> None:
+        while self.pending:
+            host, event, scores = self.pending[0]
+            if not event.query():
+                if not wait:
+                    return
+                event.synchronize()
+            self.pending.popleft()
+            if int(host):
+                check_scores(scores.reshape(-1).cpu(), self.where)  # names what is wrong
+
+
+class _Pairing:
+    """Which batch a ``loss()`` call belongs to: the batches a sampler has yielded and not yet seen
+    losses for, oldest first, and the checks that catch a second ``loss()`` for one batch.
+
+    A ``DataLoader`` takes one batch from its sampler each time it hands one to the loop (after filling
+    its prefetch queue), so between two ``loss()`` calls the sampler yields at least once, until its
+    epoch's batches have all been taken."""
+
+    def __init__(self) -> None:
+        self.batches: deque[Any] = deque()
+        self.yields_since_loss = 0
+        self.exhausted = False  # every batch of the epoch has been yielded
+        self.losses_this_epoch = 0
+
+    def new_epoch(self) -> None:
+        self.batches.clear()  # batches of an abandoned epoch are never trained on
+        self.yields_since_loss, self.exhausted, self.losses_this_epoch = 0, False, 0
+
+    def yielded(self, batch: Any) -> None:
+        self.batches.append(batch)
+        self.yields_since_loss += 1
+
+    def take(self) -> Any:
+        if not self.batches:
+            raise RuntimeError(
+                "loss() was called for a batch this sampler has not yielded: build the DataLoader with "
+                "batch_sampler=<this sampler> and call loss() once per batch"
+            )
+        if self.losses_this_epoch and not self.yields_since_loss and not self.exhausted:
+            raise RuntimeError(
+                "loss() was called twice for one batch: the loader has handed out no batch since the "
+                "last call. Call loss() once per batch, on that batch's per-sample losses"
+            )
+        return self.batches[0]
+
+    def done(self) -> None:
+        """The batch :meth:`take` returned has its losses."""
+        self.batches.popleft()
+        self.yields_since_loss, self.losses_this_epoch = 0, self.losses_this_epoch + 1
+
+    def warn_if_unused(self, epoch: int) -> None:
+        if self.exhausted and self.losses_this_epoch == 0:
+            warnings.warn(
+                f"epoch {epoch} ended with no loss() call: the sampler learnt nothing and stays uniform. "
+                "Return sampler.loss(...) from each step (the per-sample losses, or x and y)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+
+
 # --- score-driven strategies as batch samplers -------------------------------------------------------
 
 
@@ -138,17 +244,28 @@ class StrategyBatchSampler(Sampler[list[int]]):
             loss = sampler.loss(F.cross_entropy(model(x), y, reduction="none"))
 
     :meth:`loss` must be called once per batch, in the order the loader returns them (a ``DataLoader``
-    keeps that order unless ``in_order=False``); the sampler remembers the batches it has yielded and
-    not yet seen losses for. An epoch is one pass of the strategy's queue (for InfoBatch, the pruned
-    epoch). Strategies that score extra samples (presampling, selective backprop, hard selection)
-    need the model: see :class:`TauSwitchSampler`, :class:`SelectiveBackpropLoss`, :class:`HardExampleLoss`.
+    keeps that order unless ``in_order=False``); a second call for one batch is an error, and an epoch
+    with no call at all warns. Losses must be finite and non-negative
+    (:func:`ismod.sampling.check_scores`). An epoch is one pass of the strategy's queue (for InfoBatch,
+    the pruned epoch). Strategies that score extra samples (presampling, selective backprop, hard
+    selection) need the model: see :class:`TauSwitchSampler`, :class:`SelectiveBackpropLoss`,
+    :class:`HardExampleLoss`.
+
+    **Resuming.** :meth:`state_dict` holds the strategy, its generator and the epoch in progress (the
+    batches yielded but not yet trained on, which a prefetching loader has taken ahead). After
+    :meth:`load_state_dict`, iterating the loader continues the interrupted run batch for batch, and
+    :attr:`epoch` is the epoch of the next batch, so a loop resumes with
+    ``for epoch in range(sampler.epoch, num_epochs)``.
 
     Args:
         strategy: a :class:`~ismod.strategies.base.Strategy` or the registry name of one.
         num_items: N, the dataset's length.
         batch_size: b per replica.
         num_epochs: the planned number of epochs; strategies that anneal (InfoBatch, online batch
-            selection, prioritised replay) read their progress as ``epoch / num_epochs``.
+            selection, prioritised replay) read their progress from it, step by step.
+        drop_last: drop the epoch's last partial batch (``False`` keeps it, for the strategies that
+            cut an epoch into batches, ``"loss"`` and ``"infobatch"``, on one process).
+        dataset: optional; checked to have ``num_items`` items.
         seed: seeds the strategy's generator (identical on every replica).
         num_replicas, rank: the distributed layout (default: the initialised process group, else 1, 0).
         **options: the strategy's options, when ``strategy`` is a name.
@@ -161,6 +278,8 @@ class StrategyBatchSampler(Sampler[list[int]]):
         batch_size: int,
         *,
         num_epochs: int | None = None,
+        drop_last: bool = True,
+        dataset: Any = None,
         seed: int = 0,
         num_replicas: int | None = None,
         rank: int | None = None,
@@ -188,58 +307,116 @@ class StrategyBatchSampler(Sampler[list[int]]):
                 "loss() does not see: run them under ismod.train.fit"
             )
         self.num_items = _positive_int("num_items", num_items)
+        _check_dataset(dataset, self.num_items)
         self.batch_size = _positive_int("batch_size", batch_size)
         self.num_epochs = None if num_epochs is None else _positive_int("num_epochs", num_epochs)
         self.num_replicas, self.rank = _distributed_layout(num_replicas, rank)
+        self.drop_last = bool(drop_last)
+        if not self.drop_last:
+            if strategy.name not in ("loss", "infobatch"):
+                raise ValueError(
+                    f"drop_last=False keeps an epoch's last partial batch, which strategy {strategy.name!r} "
+                    "does not have (it draws whole batches): leave drop_last=True"
+                )
+            if self.num_replicas > 1:
+                raise ValueError(
+                    "drop_last=False would give the replicas batches of different sizes: leave "
+                    "drop_last=True under torch.distributed"
+                )
+            strategy.keep_partial_batch = True
         global_batch = self.batch_size * self.num_replicas
         if global_batch > self.num_items:
             raise ValueError(f"batch_size × num_replicas = {global_batch} exceeds num_items = {self.num_items}")  # fmt: skip
         self.strategy = strategy
-        self.epoch = 0
+        self.epoch = 0  # the epoch of the next batch
         self.step = 0
-        generator = torch.Generator().manual_seed(int(seed))
+        self._generator = torch.Generator().manual_seed(int(seed))
         cpu = torch.device("cpu")
-        strategy.setup(self.num_items, global_batch, cpu, generator)
-        self._yielded: deque[tuple[torch.Tensor, torch.Tensor | None]] = deque()
+        strategy.setup(self.num_items, global_batch, cpu, self._generator)
+        if isinstance(strategy, InfoBatch):  # the authors' annealing epoch needs E
+            strategy.num_epochs = self.num_epochs
+        self._pairing = _Pairing()
         self._losses = _HostCopies()
+        self._check = _HostScoreCheck("loss() losses")
+        self._in_epoch: dict[str, int] | None = None  # count, length of the epoch being yielded
+        self._resume: dict[str, Any] | None = None
 
     # --- the epoch -----------------------------------------------------------------------------------
 
     def set_epoch(self, epoch: int) -> None:
-        """The epoch about to start (as ``DistributedSampler.set_epoch``): sets the strategies' progress."""
+        """The epoch about to start (as ``DistributedSampler.set_epoch``): sets the strategies' progress.
+        After :meth:`load_state_dict`, the resumed epoch's own number keeps the resume; another drops it."""
         self.epoch = int(epoch)
+        if self._resume is not None and self._resume["epoch"] != self.epoch:
+            self._resume = None
 
     def _observe_ready(self, wait: bool = False) -> None:
         for indices, losses in self._losses.ready(wait):
             self.strategy.observe(indices, losses, None)  # type: ignore[arg-type]
 
-    def __iter__(self) -> Iterator[list[int]]:
-        self._yielded.clear()  # batches of an abandoned epoch are never trained on
+    def _set_progress(self, count: int, length: int) -> None:
+        """Progress through the run at this step, from the epochs: it reaches 1 at the last step."""
         strategy = self.strategy
         if self.num_epochs is not None:
-            strategy.progress = min(self.epoch / self.num_epochs, 1.0)
-        if isinstance(strategy, ScoredStrategy):
-            strategy.position = strategy.queue.numel()  # the next select starts a new epoch queue
-            length = -1  # known after that select: the queue's whole batches
+            within = (count + 1) / length if length > 0 else 0.0
+            strategy.progress = min((self.epoch + within) / self.num_epochs, 1.0)
+        if isinstance(strategy, InfoBatch):
+            strategy.current_epoch = self.epoch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        self._pairing.warn_if_unused(self.epoch - 1)
+        strategy, mine = self.strategy, slice(self.rank, None, self.num_replicas)
+        resume, self._resume = self._resume, None
+        self._pairing.new_epoch()
+        if resume is None:
+            if isinstance(strategy, ScoredStrategy):
+                strategy.position = (
+                    strategy.queue.numel()
+                )  # the next select starts a new epoch queue
+                length = -1  # known after that select
+            else:
+                length = self.num_items // strategy.batch_size
+            count = 0
         else:
-            length = self.num_items // strategy.batch_size
-        count = 0
+            count, length = resume["count"], resume["length"]
+            for indices, weights in resume["pending"]:
+                self._pairing.yielded((indices, weights))
+                yield indices[mine].tolist()
+        self._in_epoch = {"count": count, "length": length}
         while length < 0 or count < length:
             self._observe_ready()
+            self._set_progress(count, length if length > 0 else len(self))
             indices, weights = strategy.select(self.step)
-            if isinstance(strategy, ScoredStrategy) and count == 0:
-                length = strategy.queue.numel() // strategy.batch_size
+            if length < 0:
+                b = strategy.batch_size
+                queued = strategy.queue.numel()
+                length = -(-queued // b) if not self.drop_last else queued // b
             self.step += 1
             count += 1
-            mine = slice(self.rank, None, self.num_replicas)
-            self._yielded.append((indices, weights))
+            self._in_epoch = {"count": count, "length": length}
+            self._pairing.yielded((indices, weights))
+            if count == length:
+                self._pairing.exhausted = True
             yield indices[mine].tolist()
-        self.epoch += 1
+        self._pairing.exhausted = True
+        self._end_epoch_if_done()
+
+    def _end_epoch_if_done(self) -> None:
+        """Once every batch of the epoch has been yielded and trained on, the next batch is the next epoch's."""
+        epoch = self._in_epoch
+        if (
+            epoch is not None
+            and epoch["count"] >= epoch["length"] >= 0
+            and not self._pairing.batches
+        ):
+            self._in_epoch = None
+            self.epoch += 1
 
     def __len__(self) -> int:
         strategy = self.strategy
         if isinstance(strategy, ScoredStrategy) and strategy.queue.numel():
-            return max(strategy.queue.numel() // strategy.batch_size, 1)
+            queued, b = strategy.queue.numel(), strategy.batch_size
+            return max(queued // b if self.drop_last else -(-queued // b), 1)
         return self.num_items // (self.batch_size * self.num_replicas)
 
     # --- the loss ------------------------------------------------------------------------------------
@@ -249,14 +426,10 @@ class StrategyBatchSampler(Sampler[list[int]]):
 
         Weights (1/(N p) for importance sampling, 1/(1-r) for InfoBatch's kept samples) are those the
         batch was drawn with, sent to the losses' device."""
-        if not self._yielded:
-            raise RuntimeError(
-                "loss() was called for a batch this sampler has not yielded: build the DataLoader with "
-                "batch_sampler=<this sampler> and call loss() once per batch"
-            )
-        indices, weights = self._yielded[0]
+        indices, weights = self._pairing.take()
         losses = _per_sample(losses, indices.numel() // self.num_replicas, "loss()")
-        self._yielded.popleft()
+        self._check(losses)
+        self._pairing.done()
         if self.num_replicas > 1:
             from .process_group import World
 
@@ -270,6 +443,7 @@ class StrategyBatchSampler(Sampler[list[int]]):
         else:
             self._losses.put(indices, losses)
         self._observe_ready()  # at once on the CPU; on CUDA once the copy has landed
+        self._end_epoch_if_done()
         if weights is None:
             return losses.mean()
         mine = weights[self.rank :: self.num_replicas]
@@ -278,13 +452,33 @@ class StrategyBatchSampler(Sampler[list[int]]):
         return (mine.to(losses.device, non_blocking=True) * losses).mean()
 
     def state_dict(self) -> dict[str, Any]:
-        """The strategy's state, the epoch and the step (losses still in flight are recorded first)."""
+        """The strategy, its generator, the epoch and step, and the epoch in progress: how far it has
+        been yielded and the batches yielded but not yet trained on (losses in flight are recorded
+        first)."""
         self._observe_ready(wait=True)
-        return {"strategy": self.strategy.state_dict(), "epoch": self.epoch, "step": self.step}
+        self._check.raise_if_bad(wait=True)
+        in_epoch = None
+        if self._in_epoch is not None:
+            in_epoch = {
+                **self._in_epoch,
+                "epoch": self.epoch,
+                "pending": list(self._pairing.batches),
+            }
+        return _cloned({
+            "strategy": self.strategy.state_dict(), "generator": self._generator.get_state(),
+            "epoch": self.epoch, "step": self.step, "in_epoch": in_epoch,
+        })  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the next iteration finishes the interrupted epoch, if any."""
+        state = _cloned(state)
         self.strategy.load_state_dict(state["strategy"])
+        if "generator" in state:
+            self._generator.set_state(state["generator"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self._resume = state.get("in_epoch")
+        self._in_epoch = None
+        self._pairing.new_epoch()
 
 
 class LossSampler(StrategyBatchSampler):
@@ -309,22 +503,25 @@ class LossSampler(StrategyBatchSampler):
         score: str = "last",
         warmup_epochs: int = 1,
         replacement: bool = True,
+        drop_last: bool = True,
+        dataset: Any = None,
         seed: int = 0,
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
         strategy = LossSampling(score=score, warmup_epochs=warmup_epochs, subset=1.0, replacement=replacement,
                                 method=method, temperature=temperature, smoothing=smoothing)  # fmt: skip
-        super().__init__(
-            strategy, num_items, batch_size, seed=seed, num_replicas=num_replicas, rank=rank
-        )
+        super().__init__(strategy, num_items, batch_size, drop_last=drop_last, dataset=dataset,
+                         seed=seed, num_replicas=num_replicas, rank=rank)  # fmt: skip
 
 
 class InfoBatchSampler(StrategyBatchSampler):
     """InfoBatch (Qin et al., ICLR 2024) without patching the ``DataLoader``: each epoch drops
-    well-learned samples (last loss below the mean) with probability ``prune_ratio`` and scales the
-    kept ones' losses by :math:`1/(1 - r)`; the last ``1 - delta`` of the ``num_epochs`` train on
-    everything. It is :class:`~ismod.strategies.InfoBatch`."""
+    well-learned samples (last loss below the mean) with probability ``prune_ratio`` (at most 0.9, as
+    the authors' code bounds it) and scales the kept ones' losses by :math:`1/(1 - r)`; epoch e (from 0)
+    trains on everything once :math:`e + 1 > E\\delta` (the authors' rule: with E = 6 and δ = 0.875,
+    the last epoch). Like the authors' sampler it keeps each epoch's last partial batch
+    (``drop_last=False``). It is :class:`~ismod.strategies.InfoBatch`."""
 
     def __init__(
         self,
@@ -334,12 +531,20 @@ class InfoBatchSampler(StrategyBatchSampler):
         *,
         prune_ratio: float = 0.5,
         delta: float = 0.875,
+        drop_last: bool | None = None,
+        dataset: Any = None,
         seed: int = 0,
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
+        replicas, _ = _distributed_layout(num_replicas, rank)
+        if (
+            drop_last is None
+        ):  # the authors' sampler keeps the partial batch; replicas need equal ones
+            drop_last = replicas > 1
         super().__init__(InfoBatch(prune_ratio, delta), num_items, batch_size, num_epochs=num_epochs,
-                         seed=seed, num_replicas=num_replicas, rank=rank)  # fmt: skip
+                         drop_last=drop_last, dataset=dataset, seed=seed, num_replicas=num_replicas,
+                         rank=rank)  # fmt: skip
 
 
 # --- methods that score with the model ---------------------------------------------------------------

@@ -40,6 +40,13 @@ class CollectiveError(RuntimeError):
     """A collective failed: another rank died, diverged, or did not arrive within the timeout."""
 
 
+def _all_gather_single(out: torch.Tensor, local: torch.Tensor) -> None:
+    """``dist.all_gather_single`` where torch has it (its ``all_gather_into_tensor`` warns that it is
+    deprecated there), else ``all_gather_into_tensor``, the same collective under its older name."""
+    gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    gather(out, local)
+
+
 @dataclass(frozen=True)
 class World:
     """This process's place in the process group: ``rank`` of ``size``, and the device collectives use
@@ -77,7 +84,7 @@ class World:
         out = torch.empty(
             (self.size * local.shape[0], *local.shape[1:]), dtype=local.dtype, device=self.device
         )
-        self._run("all_gather", lambda: dist.all_gather_into_tensor(out, local))
+        self._run("all_gather", lambda: _all_gather_single(out, local))
         return out.to(tensor.device)
 
     def average_(self, tensors: list[torch.Tensor]) -> None:

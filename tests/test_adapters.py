@@ -216,7 +216,7 @@ def test_infobatch_sampler_prunes_then_anneals_to_the_full_data():
         sampler.set_epoch(epoch)
         count = 0
         for x, _ in loader:
-            weights_seen.append(sampler._yielded[0][1])
+            weights_seen.append(sampler._pairing.batches[0][1])
             sampler.loss(fixed_loss(x))
             count += 1
         steps.append(count)

@@ -74,6 +74,7 @@ class InfoBatch(ScoredStrategy):
         # the planned number of epochs, when the caller knows it (InfoBatchSampler); the annealing
         # epoch then follows the authors' rule exactly, else it is read from the budget's progress
         self.num_epochs: int | None = None
+        self.current_epoch: int | None = None  # set with num_epochs: the epoch being built
         self._epoch_start_progress: float | None = None
         self._epoch_fraction = 0.0
 
@@ -81,7 +82,7 @@ class InfoBatch(ScoredStrategy):
         """Whether the epoch being built trains on everything: epoch e (from 0) anneals iff
         :math:`e + 1 > E\\delta`, the authors' rule. Without ``num_epochs`` the epoch's end is estimated
         as the progress at its start plus the progress the previous epoch took."""
-        epoch = self.epochs_started  # the index of the epoch being built
+        epoch = self.epochs_started if self.current_epoch is None else self.current_epoch
         if self.num_epochs is not None:
             return epoch + 1 > self.num_epochs * self.delta
         return self.progress + self._epoch_fraction > self.delta + 1e-12

@@ -79,6 +79,8 @@ class ScoredStrategy(Strategy):
     """
 
     name = "scored"
+    # Keep an epoch's last partial batch (a DataLoader's drop_last=False; the in-loop samplers set it).
+    keep_partial_batch: bool = False
 
     def __init__(self, score: str = "last", beta: float = 0.2, warmup_epochs: int = 0) -> None:
         if score not in ("last", "running"):
@@ -128,24 +130,28 @@ class ScoredStrategy(Strategy):
         """Whether the current epoch is a uniform warm-up epoch."""
         return self._in_warmup_queue
 
+    def _whole_batches(self, count: int) -> int:
+        """How many of ``count`` queued samples an epoch trains on."""
+        return count if self.keep_partial_batch else count // self.batch_size * self.batch_size
+
     def _uniform_epoch(self) -> tuple[torch.Tensor, None]:
-        steps = self.num_items // self.batch_size
         perm = torch.randperm(self.num_items, device=self.device, generator=self.generator)
-        return perm[: steps * self.batch_size], None
+        return perm[: self._whole_batches(self.num_items)], None
 
     def _in_batches(
         self, indices: torch.Tensor, weights: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """A drawn subset shuffled into whole batches (a last partial batch is dropped)."""
-        steps = indices.numel() // self.batch_size
+        """A drawn subset shuffled into whole batches (a last partial batch is dropped, unless
+        ``keep_partial_batch``)."""
         order = torch.randperm(indices.numel(), device=self.device, generator=self.generator)[
-            : steps * self.batch_size
+            : self._whole_batches(indices.numel())
         ]
         return indices[order], (None if weights is None else weights[order])
 
     def select(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         b = self.batch_size
-        if self.position + b > self.queue.numel():
+        queued = self.queue.numel()
+        if self.position >= queued or (self.position + b > queued and not self.keep_partial_batch):
             self._in_warmup_queue = self.epochs_started < self.warmup_epochs
             if self._in_warmup_queue:
                 self.queue, self.queue_weights = self._uniform_epoch()
