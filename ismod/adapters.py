@@ -22,6 +22,8 @@ finished, so a step never waits for the device. Under ``torch.distributed`` the 
 from __future__ import annotations
 
 import numbers
+import statistics
+import time
 import warnings
 from collections import deque
 from collections.abc import Iterator
@@ -39,7 +41,7 @@ from .strategies.presample import TauSwitch, check_presample_options, normalize_
 from .strategies.pruning import InfoBatch
 from .strategies.scored import LossSampling, ScoredStrategy
 from .strategies.uniform import Uniform
-from .train import PerSampleLoss, _Clock, cross_entropy_loss, per_sample_losses
+from .train import PerSampleLoss, cross_entropy_loss, per_sample_losses
 
 __all__ = [
     "StrategyBatchSampler",
@@ -573,13 +575,14 @@ def _score(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
         model.train(was_training)
 
 
-# Calls of TauSwitchSampler.loss at which a uniform step also times a forward pass of its batch.
-_PROBE_CALLS = (10, 30)
-_PROBE_EVERY = 500
+# Calls of TauSwitchSampler.loss, on uniform steps, whose batch also times a forward and a backward
+# pass for threshold="measured": the median of the five sets τ_th once.
+_PROBE_CALLS = range(10, 15)
 
 
-def _probe_due(call: int) -> bool:
-    return call in _PROBE_CALLS or (call > 0 and call % _PROBE_EVERY == 0)
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 class TauSwitchSampler(Sampler[list[int]]):
@@ -590,23 +593,35 @@ class TauSwitchSampler(Sampler[list[int]]):
     it yields presamples of B; :meth:`loss` scores them without autograd (the upper bound
     :math:`\\lVert\\mathrm{softmax}(z_i) - t_i\\rVert`, hard or soft targets), draws b of them with
     replacement with :math:`g_i \\propto` score and returns the mean of :math:`L_i/(B g_i)` over the b.
-    :math:`\\tau_{th} = 1 + B t_f/(b(t_f + t_b))` is measured in your loop: the forward pass of a batch
-    (timed on a few uniform steps) against the time between two calls of :meth:`loss` (your whole
-    step: data, forward, backward, optimiser). Until then the fixed rule :math:`(B+3b)/(3b)` applies.
     The same :class:`~ismod.strategies.presample.TauSwitch` as the harness's ``Presample``.
 
-    An epoch is N/b steps, as with uniform batches, so schedules keep their length. Under
+    The threshold is by default the authors' library's rule, :math:`\\tau_{th} = (B + 3b)/(3b)` (their
+    eq. 29 with :math:`t_b = 2t_f`), so identically seeded runs make identical switch decisions.
+    ``threshold="measured"`` sets :math:`\\tau_{th} = 1 + B t_f/(b(t_f + t_b))` once, from the medians of
+    five probes (calls 10–14 of :meth:`loss`, each timing a forward pass without autograd and, apart, a
+    backward pass of the batch, in inference mode and without touching the gradients): a cost model of
+    this machine, which timing noise can move between runs. A number fixes τ_th.
+
+    An epoch is N/b steps, as with uniform batches, so schedules keep their length. A sampler that is
+    never iterated scores batches of the caller's own (b or B samples) in :meth:`loss`. Under
     ``torch.distributed`` each replica draws from its share of a permutation seeded by
-    ``seed + epoch`` and keeps its own τ.
+    ``seed + epoch`` and keeps its own τ; ``model`` must then be the ``DistributedDataParallel``
+    wrapper, so that importance steps average their gradients.
+
+    **Resuming.** :meth:`state_dict` holds τ and its lagged copies, the threshold, the permutation and
+    position, the resampling generator and the batches yielded but not yet trained on; after
+    :meth:`load_state_dict` the loader continues the interrupted run batch for batch, and
+    :attr:`epoch` is the epoch of the next batch.
 
     Args:
         model: the network, returning logits (its last layer linear, for the bound).
         num_items: N. batch_size: b.
         presample: B as a multiple of b (the authors' default 3).
         score: ``"bound"`` or ``"loss"`` (for losses other than softmax cross-entropy).
-        threshold: ``"measured"``, ``"fixed"`` or a number. tau_momentum: :math:`a_\\tau`.
+        threshold: ``"fixed"``, ``"measured"`` or a number. tau_momentum: :math:`a_\\tau`.
         sqrt: the authors' library's square root of τ (Chapter 5 shows the bound fits better without).
         loss_fn: per-sample loss, ``(logits, targets) -> (b,)``; softmax cross-entropy by default.
+        dataset: optional; checked to have ``num_items`` items.
         seed, num_replicas, rank: as ``DistributedSampler``.
     """
 
@@ -618,10 +633,11 @@ class TauSwitchSampler(Sampler[list[int]]):
         *,
         presample: float = 3.0,
         score: str = "bound",
-        threshold: str | float = "measured",
+        threshold: str | float = "fixed",
         tau_momentum: float = 0.9,
         sqrt: bool = False,
         loss_fn: PerSampleLoss | None = None,
+        dataset: Any = None,
         seed: int = 0,
         num_replicas: int | None = None,
         rank: int | None = None,
@@ -629,9 +645,11 @@ class TauSwitchSampler(Sampler[list[int]]):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.num_items = _positive_int("num_items", num_items)
+        _check_dataset(dataset, self.num_items)
         self.batch_size = _positive_int("batch_size", batch_size)
         check_presample_options(presample, score, threshold, tau_momentum)
         self.num_replicas, self.rank = _distributed_layout(num_replicas, rank)
+        _check_replicated(model)
         self.shard_size = -(-self.num_items // self.num_replicas)
         self.presample_size = round(presample * self.batch_size)
         if self.presample_size > self.shard_size:
@@ -644,12 +662,16 @@ class TauSwitchSampler(Sampler[list[int]]):
         self.importance_steps = 0
         self.last_logits: torch.Tensor | None = None  # of the samples trained on at the last step
         self.last_targets: torch.Tensor | None = None
+        self.probes: list[tuple[float, float]] = []  # (forward, backward) seconds of a batch
         self._stream = torch.empty(0, dtype=torch.long)
         self._stream_position = 0
         self._passes = 0
-        self._previous_call: Any = None
-        self._probe: tuple[Any, Any, Any, Any] | None = None
         self._generator: torch.Generator | None = None
+        self._pairing = _Pairing()
+        self._iterated = False  # loss() pairs its batch with a yielded one once the loader iterates
+        self._check = _HostScoreCheck("loss() scores")
+        self._in_epoch: dict[str, int] | None = None
+        self._resume: dict[str, Any] | None = None
         self._restored: dict[str, Any] | None = None
 
     # --- what the loader loads -----------------------------------------------------------------------
@@ -657,6 +679,8 @@ class TauSwitchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         """Seed the next epoch's permutations with ``seed + epoch`` (as ``DistributedSampler``)."""
         self.epoch = int(epoch)
+        if self._resume is not None and self._resume["epoch"] != self.epoch:
+            self._resume = None
 
     def _take(self, k: int) -> list[int]:
         if self._stream_position + k > self._stream.numel():
@@ -673,13 +697,36 @@ class TauSwitchSampler(Sampler[list[int]]):
         return switch is not None and switch.tau_for_decision(self.calls) > switch.tau_threshold
 
     def __iter__(self) -> Iterator[list[int]]:
-        self._stream_position, self._passes = (
-            self._stream.numel(),
-            0,
-        )  # a fresh permutation per epoch
-        for _ in range(len(self)):
-            yield self._take(self.presample_size if self.importance_on() else self.batch_size)
-        self.epoch += 1
+        self._iterated = True
+        self._pairing.warn_if_unused(self.epoch)
+        resume, self._resume = self._resume, None
+        self._pairing.new_epoch()
+        count = 0
+        if resume is None:
+            self._stream_position, self._passes = self._stream.numel(), 0  # a fresh permutation
+        else:
+            count = resume["count"]
+            for batch in resume["pending"]:
+                self._pairing.yielded(batch)
+                yield batch
+        length = len(self)
+        self._in_epoch = {"count": count, "length": length}
+        while count < length:
+            batch = self._take(self.presample_size if self.importance_on() else self.batch_size)
+            count += 1
+            self._in_epoch = {"count": count, "length": length}
+            self._pairing.yielded(batch)
+            if count == length:
+                self._pairing.exhausted = True
+            yield batch
+        self._pairing.exhausted = True
+        self._end_epoch_if_done()
+
+    def _end_epoch_if_done(self) -> None:
+        epoch = self._in_epoch
+        if epoch is not None and epoch["count"] >= epoch["length"] and not self._pairing.batches:
+            self._in_epoch = None
+            self.epoch += 1
 
     def __len__(self) -> int:
         return self.shard_size // self.batch_size
@@ -689,21 +736,26 @@ class TauSwitchSampler(Sampler[list[int]]):
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Forward ``x`` (a uniform batch or a presample, as yielded) and return the loss to backpropagate."""
         _check_batch(x, y, "loss()")
+        paired = self._iterated  # a sampler never iterated scores batches of the caller's own
+        batch = self._pairing.take() if paired else list(range(x.shape[0]))
+        if paired and x.shape[0] != len(batch):
+            raise ValueError(
+                f"loss() got {x.shape[0]} samples but the sampler yielded a batch of {len(batch)}: pass "
+                "each batch the loader returns, whole and in order"
+            )
         if self.switch is None:
             self.switch = TauSwitch(self.presample_size, self.batch_size, x.device, self.threshold,
                                     self.tau_momentum, self.sqrt)  # fmt: skip
-            self._clock = _Clock(x.device)
             self._generator = torch.Generator(device=x.device).manual_seed(
                 self.seed + 7919 * self.rank
             )
-            self._restore(self.switch, x.device)
+            self._restore(self.switch)
         step, b = self.calls, self.batch_size
-        self._read_probe()
-        # clock marks only around probes: a probe times its forward pass against the step before it
-        now = self._clock.mark() if _probe_due(step) or _probe_due(step + 1) else None
         if x.shape[0] > b:  # a presample: score, resample b, weight 1/(B g)
             logits, losses = _score(self.model, x, y, self.loss_fn)
-            g = normalize_scores(self._scores(logits, y, losses))
+            scores = self._scores(logits, y, losses)
+            self._check(scores)
+            g = normalize_scores(scores)
             chosen, weights = _draw(g, b, True, self._generator)
             self.switch.update(g, step)
             x, y = x[chosen], y[chosen]
@@ -714,38 +766,55 @@ class TauSwitchSampler(Sampler[list[int]]):
             ).mean()
             self.importance_steps += 1
         else:
-            if self._probe is None and _probe_due(step):
-                start = self._clock.mark()
-                _score(self.model, x, y, self.loss_fn)
-                self._probe = (start, self._clock.mark(), self._previous_call, now)
+            if (
+                self.threshold == "measured"
+                and step in _PROBE_CALLS
+                and len(self.probes) < len(_PROBE_CALLS)
+            ):
+                self._probe(x, y)
             logits = self.model(x)
             losses = per_sample_losses(self.loss_fn, logits, y)
-            self.switch.update(
-                normalize_scores(self._scores(logits.detach(), y, losses.detach())), step
-            )
+            scores = self._scores(logits.detach(), y, losses.detach())
+            self._check(scores)
+            self.switch.update(normalize_scores(scores), step)
             loss = losses.mean()
+        if paired:
+            self._pairing.done()
         self.last_logits, self.last_targets = logits.detach(), y
-        self._previous_call = now
         self.calls += 1
+        self._end_epoch_if_done()
         return loss
 
     def _scores(self, logits: torch.Tensor, y: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
         return _upper_bound(logits, y) if self.score == "bound" else losses.float()
 
-    def _read_probe(self) -> None:
-        """Set τ_th from a timed forward pass and the step around it, once their clocks have stopped."""
-        if self._probe is None:
-            return
-        start, end, step_start, step_end = self._probe
-        if step_start is None:
-            self._probe = None
-            return
-        forward = self._clock.seconds_if_done(start, end)
-        step = self._clock.seconds_if_done(step_start, step_end)
-        if forward is None or step is None:
-            return
-        self._probe = None
-        self.switch.set_step_times(forward, max(step - forward, 1e-9))  # type: ignore[union-attr]
+    def _probe(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        """Time a forward pass without autograd and a backward pass of this batch (inference mode, the
+        unwrapped module, gradients returned rather than accumulated: training is untouched); after
+        five, set τ_th from their medians. Five host synchronisations in a run."""
+        module = getattr(self.model, "module", self.model)  # DDP's hooks expect a real backward
+        was_training = module.training
+        module.eval()
+        try:
+            _synchronize(x.device)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                module(x)
+            _synchronize(x.device)
+            t1 = time.perf_counter()
+            loss = per_sample_losses(self.loss_fn, module(x), y).mean()
+            _synchronize(x.device)
+            t2 = time.perf_counter()
+            torch.autograd.grad(loss, [p for p in module.parameters() if p.requires_grad])
+            _synchronize(x.device)
+            t3 = time.perf_counter()
+        finally:
+            module.train(was_training)
+        self.probes.append((t1 - t0, t3 - t2))
+        if len(self.probes) == len(_PROBE_CALLS):
+            forward = statistics.median(f for f, _ in self.probes)
+            backward = statistics.median(b for _, b in self.probes)
+            self.switch.set_step_times(forward, backward)  # type: ignore[union-attr]
 
     @property
     def tau(self) -> float:
@@ -757,28 +826,86 @@ class TauSwitchSampler(Sampler[list[int]]):
         return (self.presample_size + 3 * self.batch_size) / (3 * self.batch_size) if self.switch is None else self.switch.tau_threshold  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
-        switch = self.switch
-        return {
-            "calls": self.calls, "importance_steps": self.importance_steps, "epoch": self.epoch,
-            "tau": None if switch is None else float(switch.tau),
-            "tau_threshold": None if switch is None else switch.tau_threshold,
-            "measured_times": None if switch is None else switch.measured_times,
-        }  # fmt: skip
+        """τ and its lagged copies, the threshold and probes, the counters, the permutation, the
+        resampling generator and the epoch in progress (batches yielded but not yet trained on)."""
+        self._check.raise_if_bad(wait=True)
+        switch, gen = self.switch, self._generator
+        if self._restored is not None:  # loaded, not yet applied: pass it on as it is
+            switch_state = {k: self._restored[k] for k in ("tau", "ring", "tau_threshold", "measured_times", "generator")}  # fmt: skip
+        elif switch is None:
+            switch_state = {"tau": None, "ring": None, "tau_threshold": None, "measured_times": None, "generator": None}  # fmt: skip
+        else:
+            switch_state = {"tau": switch.tau, "ring": switch.ring_values(), "tau_threshold": switch.tau_threshold,
+                            "measured_times": switch.measured_times, "generator": None if gen is None else gen.get_state()}  # fmt: skip
+        in_epoch = None
+        if self._in_epoch is not None:
+            in_epoch = {
+                **self._in_epoch,
+                "epoch": self.epoch,
+                "pending": list(self._pairing.batches),
+            }
+        return _cloned({
+            **switch_state, "calls": self.calls, "importance_steps": self.importance_steps,
+            "epoch": self.epoch, "probes": list(self.probes), "stream": self._stream,
+            "stream_position": self._stream_position, "passes": self._passes, "in_epoch": in_epoch,
+        })  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore τ and the counters; τ takes effect at the next :meth:`loss` (on its device)."""
+        """Restore :meth:`state_dict`; τ takes effect at the next :meth:`loss` (on its device), and the
+        next iteration finishes the interrupted epoch, if any."""
+        state = _cloned(state)
         self.calls, self.importance_steps = int(state["calls"]), int(state["importance_steps"])
         self.epoch = int(state["epoch"])
+        self.probes = [tuple(p) for p in state.get("probes", [])]
+        if "stream" in state:
+            self._stream = state["stream"]
+            self._stream_position, self._passes = (
+                int(state["stream_position"]),
+                int(state["passes"]),
+            )
+        self._resume = state.get("in_epoch")
+        self._in_epoch = None
+        self._pairing.new_epoch()
         self._restored = state if state["tau"] is not None else None
+        if self.switch is not None and self._restored is not None:
+            self._restore(self.switch)
 
-    def _restore(self, switch: TauSwitch, device: torch.device) -> None:
+    def _restore(self, switch: TauSwitch) -> None:
         state = self._restored
-        if state is not None:
-            switch.tau = torch.tensor(state["tau"], dtype=torch.float64, device=device)
-            switch.tau_threshold = float(state["tau_threshold"])
-            switch.measured_times = state["measured_times"]
-            switch.restore_ring([state["tau"]] * len(switch.ring_values()))
-            self._restored = None
+        if state is None:
+            return
+        tau = torch.as_tensor(state["tau"], dtype=torch.float64)
+        switch.tau = tau.to(switch.device)
+        switch.tau_threshold = float(state["tau_threshold"])
+        switch.measured_times = state["measured_times"]
+        switch.restore_ring(state.get("ring") or [float(tau)] * len(switch.ring_values()))
+        if state.get("generator") is not None and self._generator is not None:
+            self._generator.set_state(state["generator"])
+        self._restored = None
+
+
+def _check_replicated(model: nn.Module) -> None:
+    """Under a process group of several ranks, importance steps must average gradients: the model must
+    be the DistributedDataParallel wrapper, or the replicas drift apart without an error."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    from torch.nn.parallel import DistributedDataParallel
+
+    wrapped = isinstance(model, DistributedDataParallel)
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+
+        wrapped = wrapped or isinstance(model, FullyShardedDataParallel)
+    except ImportError:  # pragma: no cover - older torch
+        pass
+    if not wrapped:
+        raise ValueError(
+            f"the process group has {dist.get_world_size()} ranks but model is a plain "
+            f"{type(model).__name__}: pass the DistributedDataParallel-wrapped model "
+            "(TauSwitchSampler(ddp_model, ...)), so that every replica trains on averaged gradients"
+        )
 
 
 class _ScoredSubsetLoss:
@@ -795,14 +922,25 @@ class _ScoredSubsetLoss:
         self.last_targets: torch.Tensor | None = None
         self.candidates = 0
         self.trained = 0
+        self._check = _HostScoreCheck("loss() scores")
 
     def _positions(self, losses: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def state_dict(self) -> dict[str, Any]:
+        """The counters (and, for selective backprop, the loss window and the generator): with the
+        model, the optimiser and the loader's own position, a resumed run keeps the same samples."""
+        self._check.raise_if_bad(wait=True)
+        return {"candidates": self.candidates, "trained": self.trained}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.candidates, self.trained = int(state["candidates"]), int(state["trained"])
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Score the batch ``x, y``, forward the samples kept, return their mean loss."""
         _check_batch(x, y, self.where)
         _, losses = _score(self.score_model, x, y, self.loss_fn)
+        self._check(losses)
         keep = self._positions(losses)
         x, y = x[keep], y[keep]
         logits = self.model(x)
@@ -836,11 +974,31 @@ class SelectiveBackpropLoss(_ScoredSubsetLoss):
         self.beta, self.history = float(beta), LossWindow.check_size(history)
         self.window: LossWindow | None = None
         self._generator: torch.Generator | None = None
+        self._restored: dict[str, Any] | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self._restored is not None:  # loaded, not yet applied
+            return {**state, **{k: self._restored[k] for k in ("window", "generator")}}
+        window, gen = self.window, self._generator
+        return _cloned({**state, "window": None if window is None else window.state_dict(),
+                        "generator": None if gen is None else gen.get_state()})  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`; the window and generator take effect at the next :meth:`loss`,
+        on its device."""
+        super().load_state_dict(state)
+        self._restored = _cloned(state) if state.get("window") is not None else None
+        self.window = self._generator = None
 
     def _positions(self, losses: torch.Tensor) -> torch.Tensor:
         if self.window is None:
             self.window = LossWindow(self.history, losses.device)
             self._generator = torch.Generator(device=losses.device).manual_seed(self.seed)
+            if self._restored is not None:
+                self.window.load_state_dict(self._restored["window"])
+                self._generator.set_state(self._restored["generator"])
+                self._restored = None
         kept = self.window.keep(losses, self.beta, self._generator).nonzero().squeeze(1)
         if kept.numel() == 0:  # the host read: train on the hardest candidate rather than nothing
             kept = losses.argmax().view(1)

@@ -274,17 +274,29 @@ def test_tau_switch_sampler_yields_presamples_once_tau_exceeds_the_threshold():
     assert len(sizes) == 3 * (600 // 20)  # an epoch keeps N/b steps
 
 
-def test_tau_threshold_is_measured_in_the_users_loop():
+def test_tau_threshold_is_measured_in_the_users_loop_from_the_median_of_five_probes():
     model = small_classifier()
     x, y = blobs(16).tensors
-    sampler = ismod.TauSwitchSampler(model, 600, 16, presample=3)
+    sampler = ismod.TauSwitchSampler(model, 600, 16, presample=3, threshold="measured")
     assert sampler.tau_threshold == pytest.approx(2.0)  # (B + 3b)/(3b) before any timing
+    before = [p.detach().clone() for p in model.parameters()]
     for _ in range(40):
-        sampler.loss(x, y).backward()
-    t_forward, t_backward = sampler.switch.measured_times
-    assert t_forward > 0 and t_backward > 0
-    expected = 1 + 3 * t_forward / (t_forward + t_backward)
-    assert sampler.tau_threshold == pytest.approx(expected)
+        sampler.loss(x, y)  # no backward: a probe must not leave gradients behind either
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    assert len(sampler.probes) == 5
+    t_forward = sorted(f for f, _ in sampler.probes)[2]
+    t_backward = sorted(b for _, b in sampler.probes)[2]
+    assert sampler.switch.measured_times == (t_forward, t_backward)
+    assert sampler.tau_threshold == pytest.approx(1 + 3 * t_forward / (t_forward + t_backward))
+
+
+def test_default_threshold_is_the_authors_fixed_rule():
+    sampler = ismod.TauSwitchSampler(small_classifier(), 600, 16, presample=4)
+    x, y = blobs(16).tensors
+    for _ in range(20):
+        sampler.loss(x, y)
+    assert sampler.tau_threshold == pytest.approx((64 + 48) / 48) and not sampler.probes
 
 
 def test_scoring_leaves_batch_norm_statistics_alone():
