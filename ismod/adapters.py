@@ -37,7 +37,7 @@ from .bounds import _upper_bound
 from .sampling import _draw, check_scores
 from .strategies import STRATEGIES, Strategy, build_strategy
 from .strategies.budgeted import LossWindow, hardest
-from .strategies.presample import TauSwitch, check_presample_options, normalize_scores
+from .strategies.presample import _TAU_LAG, TauSwitch, check_presample_options, normalize_scores
 from .strategies.pruning import InfoBatch
 from .strategies.scored import LossSampling, ScoredStrategy
 from .strategies.uniform import Uniform
@@ -203,15 +203,15 @@ class _Pairing:
         self.yields_since_loss += 1
 
     def take(self) -> Any:
-        if not self.batches:
-            raise RuntimeError(
-                "loss() was called for a batch this sampler has not yielded: build the DataLoader with "
-                "batch_sampler=<this sampler> and call loss() once per batch"
-            )
         if self.losses_this_epoch and not self.yields_since_loss and not self.exhausted:
             raise RuntimeError(
                 "loss() was called twice for one batch: the loader has handed out no batch since the "
                 "last call. Call loss() once per batch, on that batch's per-sample losses"
+            )
+        if not self.batches:
+            raise RuntimeError(
+                "loss() was called for a batch this sampler has not yielded: build the DataLoader with "
+                "batch_sampler=<this sampler> and call loss() once per batch"
             )
         return self.batches[0]
 
@@ -693,7 +693,12 @@ class TauSwitchSampler(Sampler[list[int]]):
 
     def importance_on(self) -> bool:
         """Whether the next batch is a presample: τ (as the host can read it without waiting) > τ_th."""
-        switch = self.switch
+        switch, restored = self.switch, self._restored
+        if switch is None and restored is not None:  # resumed, before the first loss(): τ as saved
+            if restored.get("device_type") == "cuda":  # the lagged copy tau_for_decision would read
+                ring = restored["ring"]
+                return ring[(self.calls - _TAU_LAG) % len(ring)] > restored["tau_threshold"]
+            return float(restored["tau"]) > restored["tau_threshold"]
         return switch is not None and switch.tau_for_decision(self.calls) > switch.tau_threshold
 
     def __iter__(self) -> Iterator[list[int]]:
@@ -831,12 +836,13 @@ class TauSwitchSampler(Sampler[list[int]]):
         self._check.raise_if_bad(wait=True)
         switch, gen = self.switch, self._generator
         if self._restored is not None:  # loaded, not yet applied: pass it on as it is
-            switch_state = {k: self._restored[k] for k in ("tau", "ring", "tau_threshold", "measured_times", "generator")}  # fmt: skip
+            switch_state = {k: self._restored.get(k) for k in ("tau", "ring", "tau_threshold", "measured_times", "generator", "device_type")}  # fmt: skip
         elif switch is None:
-            switch_state = {"tau": None, "ring": None, "tau_threshold": None, "measured_times": None, "generator": None}  # fmt: skip
+            switch_state = {"tau": None, "ring": None, "tau_threshold": None, "measured_times": None, "generator": None, "device_type": None}  # fmt: skip
         else:
             switch_state = {"tau": switch.tau, "ring": switch.ring_values(), "tau_threshold": switch.tau_threshold,
-                            "measured_times": switch.measured_times, "generator": None if gen is None else gen.get_state()}  # fmt: skip
+                            "measured_times": switch.measured_times, "generator": None if gen is None else gen.get_state(),
+                            "device_type": switch.device.type}  # fmt: skip
         in_epoch = None
         if self._in_epoch is not None:
             in_epoch = {

@@ -450,6 +450,7 @@ def test_loss_sampler_in_a_ddp_loop_matches_one_process(tmp_path):
     torch.testing.assert_close(ranks[0]["scores"], ref.strategy.scores, rtol=0, atol=0)
 
 
+@pytest.mark.filterwarnings("ignore:epoch .* ended with no loss")  # it only reads the batches
 def test_tau_switch_sampler_shards_each_epoch_between_replicas():
     model = small_classifier()
     shards = [
@@ -476,3 +477,348 @@ def test_importance_sampler_names_a_reduced_loss():
     sampler = ismod.ImportanceSampler(40)
     with pytest.raises(ValueError, match="reduction='none'"):
         sampler.update(torch.arange(8), torch.tensor(2.0))
+
+
+# --- resume: a run saved and loaded trains on exactly the batches of the uninterrupted one ----------
+
+RESUME_N, RESUME_B, RESUME_EPOCHS = 240, 16, 3  # 15 batches an epoch
+
+
+def indexed_blobs(n: int = RESUME_N) -> TensorDataset:
+    x, y = blobs(n).tensors
+    return TensorDataset(x, y, torch.arange(n))
+
+
+def make_sampler(kind: str, model: nn.Module):
+    n, b, e = RESUME_N, RESUME_B, RESUME_EPOCHS
+    if kind == "loss":
+        return ismod.LossSampler(n, b, seed=3)
+    if kind == "infobatch":
+        return ismod.InfoBatchSampler(n, b, num_epochs=e, delta=0.6, seed=3)
+    if kind in ("per", "obs"):
+        return StrategyBatchSampler(kind, n, b, num_epochs=e, seed=3)
+    if kind == "tau":
+        return ismod.TauSwitchSampler(model, n, b, threshold=1.02, seed=3)
+    if kind == "selective_backprop":
+        return ismod.SelectiveBackpropLoss(model, beta=1.0, seed=3)  # about half kept: BN needs 2+
+    return ismod.HardExampleLoss(model, keep=0.5)
+
+
+def run_loop(kind, *, stop_after=None, checkpoint=None, workers=0):
+    """Train a small classifier with ``kind``; stop after ``stop_after`` steps and return a checkpoint,
+    or start from ``checkpoint``. Returns the trained-on index batches, the weights and the checkpoint.
+    Selective backprop and hard examples take the loader's batches (a seeded shuffle per epoch, which a
+    user's loader resumes on its own; here the loop skips the batches already done)."""
+    import io
+
+    in_loop = kind in ("selective_backprop", "hard_example")
+    model = small_classifier(0)
+    if in_loop:  # a step may keep a single candidate, which BatchNorm cannot train on
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    method = make_sampler(kind, model)
+    data = indexed_blobs()
+    done, start_epoch, seen = 0, 0, []
+    if checkpoint is not None:
+        state = torch.load(io.BytesIO(checkpoint), weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        method.load_state_dict(state["method"])
+        done = state["done"]
+        start_epoch = done // 8 if in_loop else method.epoch  # 8 candidate batches an epoch
+    for epoch in range(start_epoch, RESUME_EPOCHS):
+        if in_loop:
+            order = torch.randperm(RESUME_N, generator=torch.Generator().manual_seed(epoch))
+            batches = [
+                order[i : i + 2 * RESUME_B].tolist() for i in range(0, RESUME_N, 2 * RESUME_B)
+            ]
+            skip = done - epoch * len(batches) if checkpoint is not None else 0
+            loader = DataLoader(data, batch_sampler=batches[max(skip, 0) :])
+        else:
+            loader = DataLoader(data, batch_sampler=method, num_workers=workers)
+        for x, y, idx in loader:
+            if kind in ("tau", "selective_backprop", "hard_example"):
+                loss = method.loss(x, y)
+                seen.append(
+                    idx.tolist() if kind != "tau" else (idx.tolist(), method.importance_steps)
+                )
+            else:
+                loss = method.loss(F.cross_entropy(model(x), y, reduction="none"))
+                seen.append(idx.tolist())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            done += 1
+            if stop_after is not None and done == stop_after:
+                buffer = io.BytesIO()
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                            "method": method.state_dict(), "done": done}, buffer)  # fmt: skip
+                return seen, model, buffer.getvalue()
+        if in_loop:
+            checkpoint = None  # later epochs of a resumed run are whole
+    return seen, model, None
+
+
+RESUMED = ["loss", "infobatch", "per", "obs", "tau", "selective_backprop", "hard_example"]
+
+
+@pytest.mark.parametrize("kind", RESUMED)
+@pytest.mark.parametrize("stop_after", [22, 15], ids=["mid-epoch", "epoch-boundary"])
+def test_a_resumed_run_trains_on_the_batches_of_the_uninterrupted_one(kind, stop_after):
+    if kind in ("selective_backprop", "hard_example") and stop_after == 22:
+        stop_after = 11  # 8 candidate batches an epoch: mid-epoch of the second
+    if kind in ("selective_backprop", "hard_example") and stop_after == 15:
+        stop_after = 8
+    full, full_model, _ = run_loop(kind)
+    first, _, checkpoint = run_loop(kind, stop_after=stop_after)
+    rest, resumed_model, _ = run_loop(kind, checkpoint=checkpoint)
+    assert first + rest == full
+    for a, b in zip(full_model.state_dict().values(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["loss", "tau"])
+def test_resume_through_prefetching_workers(kind):
+    """Two workers take batches ahead of the loop: the checkpoint still resumes at the trained ones."""
+    full, full_model, _ = run_loop(kind, workers=2)
+    first, _, checkpoint = run_loop(kind, stop_after=20, workers=2)
+    rest, resumed_model, _ = run_loop(kind, checkpoint=checkpoint, workers=2)
+    assert first + rest == full
+    for a, b in zip(full_model.state_dict().values(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_identically_seeded_tau_runs_make_the_same_switch_decisions():
+    a, model_a, _ = run_loop("tau")
+    b, model_b, _ = run_loop("tau")
+    assert [s for _, s in a] == [s for _, s in b] and a[-1][1] > 0  # it switched, alike
+    assert all(torch.equal(p, q) for p, q in zip(model_a.parameters(), model_b.parameters()))
+
+
+def test_importance_sampler_resumes_mid_pass_with_the_global_rng():
+    """ImportanceSampler without a generator draws from torch's global RNG: restoring both continues
+    the run exactly, mid-pass and at a pass boundary."""
+    from ismod.sampling import IndexedDataset
+
+    data = IndexedDataset(TensorDataset(torch.arange(200.0)))
+
+    def loop(stop=None, state=None):
+        sampler = ismod.ImportanceSampler(200)
+        start = 0
+        if state is not None:
+            torch.set_rng_state(state["rng"])
+            sampler.load_state_dict(state["sampler"])
+            start = state["epoch"] + (0 if sampler.resumes_mid_pass else 1)
+        else:
+            torch.manual_seed(5)
+        seen = []
+        for epoch in range(start, 3):
+            for k, (x, idx) in enumerate(DataLoader(data, batch_size=32, sampler=sampler)):
+                seen.append(idx.tolist())
+                sampler.update(idx, 1.0 + x % 5)
+                if (epoch, k) == stop:
+                    return seen, {"rng": torch.get_rng_state(), "sampler": sampler.state_dict(), "epoch": epoch}  # fmt: skip
+        return seen, None
+
+    full, _ = loop()
+    for stop in [(0, 3), (1, 6)]:  # 7 batches a pass: (1, 6) is a pass's last
+        first, state = loop(stop=stop)
+        rest, _ = loop(state=state)
+        assert first + rest == full
+
+
+# --- bad losses are refused with the fix named ---------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -0.5])
+@pytest.mark.parametrize("kind", ["loss", "infobatch", "per", "obs"])
+def test_batch_samplers_refuse_bad_losses(kind, bad):
+    sampler = make_sampler(kind, small_classifier())
+    loader = DataLoader(indexed_blobs(), batch_sampler=sampler)
+    x, y, _ = next(iter(loader))
+    losses = torch.ones(x.shape[0])
+    losses[3] = bad
+    with pytest.raises(ValueError, match="clamp them.*shift them.*a loss that is >= 0"):
+        sampler.loss(losses)
+
+
+@pytest.mark.parametrize("kind", ["tau", "selective_backprop", "hard_example"])
+def test_in_loop_methods_refuse_bad_scores(kind):
+    model = small_classifier()
+    method = make_sampler(kind, model)
+    if kind == "tau":
+        method = ismod.TauSwitchSampler(model, 240, 16, score="loss", loss_fn=lambda z, t: -F.cross_entropy(z, t, reduction="none"))  # fmt: skip
+    else:
+        method.loss_fn = lambda z, t: -F.cross_entropy(z, t, reduction="none")
+    x, y = blobs(16).tensors
+    with pytest.raises(ValueError, match="must be non-negative.*clamp them"):
+        method.loss(x, y)
+
+
+def test_importance_sampler_names_the_same_fix():
+    sampler = ismod.ImportanceSampler(10)
+    with pytest.raises(ValueError, match="clamp them.*shift them"):
+        sampler.update(torch.tensor([1, 2]), torch.tensor([0.5, -1.0]))
+
+
+# --- misuse --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [0, pytest.param(2, marks=pytest.mark.slow)])
+def test_a_second_loss_for_one_batch_is_an_error(workers):
+    sampler = ismod.LossSampler(RESUME_N, RESUME_B)
+    loader = DataLoader(indexed_blobs(), batch_sampler=sampler, num_workers=workers)
+    it = iter(loader)
+    x, _, _ = next(it)
+    sampler.loss(torch.ones(x.shape[0]))
+    with pytest.raises(RuntimeError, match="twice for one batch"):
+        sampler.loss(torch.ones(x.shape[0]))
+    x, _, _ = next(it)
+    sampler.loss(torch.ones(x.shape[0]))  # the next batch is fine
+
+
+def test_a_second_tau_loss_for_one_batch_is_an_error():
+    model = small_classifier()
+    sampler = ismod.TauSwitchSampler(model, RESUME_N, RESUME_B)
+    it = iter(DataLoader(indexed_blobs(), batch_sampler=sampler))
+    x, y, _ = next(it)
+    sampler.loss(x, y)
+    with pytest.raises(RuntimeError, match="twice for one batch"):
+        sampler.loss(x, y)
+
+
+def test_an_epoch_without_loss_calls_warns():
+    sampler = ismod.LossSampler(RESUME_N, RESUME_B)
+    loader = DataLoader(indexed_blobs(), batch_sampler=sampler)
+    for _ in loader:
+        pass
+    with pytest.warns(RuntimeWarning, match=r"no loss\(\) call"):
+        next(iter(loader))
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda d: ismod.LossSampler(100, 16, dataset=d),
+        lambda d: ismod.InfoBatchSampler(300, 16, num_epochs=4, dataset=d),
+        lambda d: StrategyBatchSampler("per", 100, 16, dataset=d),
+        lambda d: ismod.TauSwitchSampler(small_classifier(), 100, 16, dataset=d),
+    ],
+)
+def test_dataset_length_is_checked(make):
+    with pytest.raises(ValueError, match=r"num_items = \d+ but len\(dataset\) = 240"):
+        make(indexed_blobs())
+
+
+def test_tau_switch_sampler_refuses_a_plain_model_under_several_ranks(monkeypatch):
+    import torch.distributed as dist
+
+    monkeypatch.setattr(dist, "is_initialized", lambda: True)
+    monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 0)
+    with pytest.raises(ValueError, match="DistributedDataParallel-wrapped model"):
+        ismod.TauSwitchSampler(small_classifier(), 240, 16)
+
+
+def test_all_gather_gives_no_deprecation_warning(tmp_path):
+    import warnings
+
+    import torch.distributed as dist
+
+    from ismod.process_group import World
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            out = World(0, 1, torch.device("cpu")).all_gather_cat(torch.arange(3.0))
+        assert torch.equal(out, torch.arange(3.0))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_drop_last_false_keeps_the_partial_batch():
+    sampler = ismod.LossSampler(250, 16, drop_last=False, warmup_epochs=0)
+    sizes = [len(batch) for batch in sampler]
+    assert sizes == [16] * 15 + [10] and len(sampler) == 16
+    assert [len(b) for b in ismod.InfoBatchSampler(250, 16, num_epochs=2)] == [16] * 15 + [10]
+    with pytest.raises(ValueError, match="drop_last=False"):
+        StrategyBatchSampler("per", 250, 16, drop_last=False)
+
+
+# --- parity with the published methods -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "epochs, delta, pruned",
+    [(6, 0.875, 5), (8, 0.875, 7), (8, 0.75, 6), (10, 0.875, 8), (4, 0.5, 2)],
+)
+def test_infobatch_anneals_at_the_official_epoch(epochs, delta, pruned):
+    """NUS-HPC-AI-Lab/InfoBatch prunes epoch e (from 0) iff e + 1 <= E·δ: with E = 6 the last epoch
+    trains on everything (e/E < δ would prune all six)."""
+    sampler = ismod.InfoBatchSampler(200, 10, num_epochs=epochs, delta=delta, seed=0)
+    lengths, weighted = [], []
+    for _ in range(epochs):
+        count, any_weight = 0, False
+        for batch in sampler:
+            any_weight |= sampler._pairing.batches[0][1] is not None
+            sampler.loss(fixed_loss(torch.tensor(batch, dtype=torch.float32)[:, None]))
+            count += 1
+        lengths.append(count)
+        weighted.append(any_weight)
+    assert all(n < 20 for n in lengths[1:pruned])  # pruned (epoch 0 has seen nothing yet)
+    assert lengths[pruned:] == [20] * (epochs - pruned) and not any(weighted[pruned:])
+
+
+def test_infobatch_prune_ratio_is_bounded_as_in_the_official_code():
+    ismod.InfoBatchSampler(100, 10, num_epochs=4, prune_ratio=0.9)
+    with pytest.raises(ValueError, match="at most 0.9"):
+        ismod.InfoBatchSampler(100, 10, num_epochs=4, prune_ratio=0.95)
+
+
+def test_prioritised_replay_gives_unseen_samples_the_maximum_priority_and_beta_reaches_one():
+    def never_drawn(new_priority: str) -> tuple[int, float]:
+        sampler = StrategyBatchSampler(
+            "per", 1000, 25, num_epochs=4, seed=1, new_priority=new_priority
+        )
+        drawn = torch.zeros(1000, dtype=torch.bool)
+        for _ in range(4):
+            for batch in sampler:
+                drawn[batch] = True
+                sampler.loss(1.0 + 3.0 * (torch.tensor(batch) % 2 == 0).float())
+        return int((~drawn).sum()), sampler.strategy.importance_beta()
+
+    missed_max, beta = never_drawn("max")
+    missed_one, _ = never_drawn("one")
+    assert beta == pytest.approx(1.0)  # the last step's progress is 1
+    assert missed_max < missed_one
+    strategy = StrategyBatchSampler("per", 100, 10, new_priority="max").strategy
+    strategy.observe(torch.tensor([0, 1]), torch.tensor([3.0, 0.1]), None)
+    strategy.refresh_unseen()
+    peak = (3.0 + strategy.epsilon) ** strategy.alpha
+    assert torch.allclose(strategy.tree.masses()[2:], torch.full((98,), peak, dtype=torch.float64))
+
+
+def test_online_batch_selection_reranks_once_per_epoch(monkeypatch):
+    from ismod.strategies import OnlineBatchSelection
+
+    calls = []
+    original = OnlineBatchSelection.probabilities
+    monkeypatch.setattr(
+        OnlineBatchSelection, "probabilities", lambda self: calls.append(1) or original(self)
+    )
+    sampler = StrategyBatchSampler("obs", 200, 10, num_epochs=3, warmup_epochs=1)
+    for _ in range(3):
+        for batch in sampler:
+            sampler.loss(torch.rand(len(batch)))
+    # warm-up epoch: one log; then one re-rank (and one log) per epoch of 20 steps
+    assert len(calls) <= 1 + 2 * 2
+    every = StrategyBatchSampler("obs", 200, 10, rerank_every=1, warmup_epochs=0)
+    calls.clear()
+    for batch in every:
+        every.loss(torch.rand(len(batch)))
+    assert len(calls) >= 20
