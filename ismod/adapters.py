@@ -256,7 +256,7 @@ class StrategyBatchSampler(Sampler[list[int]]):
     **Resuming.** :meth:`state_dict` holds the strategy, its generator and the epoch in progress (the
     batches yielded but not yet trained on, which a prefetching loader has taken ahead). After
     :meth:`load_state_dict`, iterating the loader continues the interrupted run batch for batch, and
-    :attr:`epoch` is the epoch of the next batch, so a loop resumes with
+    ``epoch`` is the epoch of the next batch, so a loop resumes with
     ``for epoch in range(sampler.epoch, num_epochs)``.
 
     Args:
@@ -611,7 +611,7 @@ class TauSwitchSampler(Sampler[list[int]]):
     **Resuming.** :meth:`state_dict` holds τ and its lagged copies, the threshold, the permutation and
     position, the resampling generator and the batches yielded but not yet trained on; after
     :meth:`load_state_dict` the loader continues the interrupted run batch for batch, and
-    :attr:`epoch` is the epoch of the next batch.
+    ``epoch`` is the epoch of the next batch.
 
     Args:
         model: the network, returning logits (its last layer linear, for the bound).
@@ -991,7 +991,7 @@ class SelectiveBackpropLoss(_ScoredSubsetLoss):
                         "generator": None if gen is None else gen.get_state()})  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; the window and generator take effect at the next :meth:`loss`,
+        """Restore :meth:`state_dict`; the window and generator take effect at the next ``loss()``,
         on its device."""
         super().load_state_dict(state)
         self._restored = _cloned(state) if state.get("window") is not None else None

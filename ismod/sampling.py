@@ -753,7 +753,7 @@ class ImportanceSampler(Sampler[int]):
 
     @property
     def resumes_mid_pass(self) -> bool:
-        """Whether the next pass finishes one interrupted by a checkpoint (:meth:`load_state_dict`);
+        """Whether the next pass finishes one interrupted by a checkpoint (``load_state_dict``);
         ``False`` when the checkpoint came after the pass's last index was trained on."""
         return self._resume is not None
 
@@ -773,6 +773,7 @@ class ImportanceSampler(Sampler[int]):
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`: the next pass finishes the interrupted one, if any."""
         scores = torch.as_tensor(state["scores"], dtype=torch.float64, device=self.device)
         if scores.shape != (self.num_items,):
             raise ValueError(

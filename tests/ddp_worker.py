@@ -211,3 +211,42 @@ def adapter_loop(rank: int, size: int, port: int, out_dir: str, kwargs: dict[str
         )
     finally:
         torch.distributed.destroy_process_group()
+
+
+def tau_ddp_loop(rank: int, size: int, port: int, out_dir: str, kwargs: dict[str, Any]) -> None:
+    """``ismod.TauSwitchSampler`` as a DDP user would run it, with the DistributedDataParallel model
+    (after checking that the plain model is refused): the replicas must end with equal weights."""
+    from torch.nn.parallel import DistributedDataParallel
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ismod import TauSwitchSampler
+    from ismod.distributed import join_local
+
+    join_local(rank, size, port, "gloo", timeout_s=20)
+    try:
+        model = tiny_model()
+        try:
+            TauSwitchSampler(model, N, 8)
+            refusal = ""
+        except ValueError as err:
+            refusal = str(err)
+        ddp = DistributedDataParallel(model)
+        sampler = TauSwitchSampler(ddp, N, 8, threshold=1.0, seed=kwargs["seed"])
+        data = synthetic(N, 1)
+        images = data.images.float() / 255.0
+        loader = DataLoader(TensorDataset(images, data.labels), batch_sampler=sampler)
+        optimizer = torch.optim.SGD(ddp.parameters(), lr=0.5)  # fast enough for τ to pass 1
+        for epoch in range(kwargs["epochs"]):
+            sampler.set_epoch(epoch)
+            for x, y in loader:
+                loss = sampler.loss(x, y)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        torch.save(
+            {"refusal": refusal, "importance_steps": sampler.importance_steps,
+             "params": [p.detach().clone() for p in model.parameters()]},
+            Path(out_dir) / f"rank{rank}.pt",
+        )  # fmt: skip
+    finally:
+        torch.distributed.destroy_process_group()

@@ -822,3 +822,17 @@ def test_online_batch_selection_reranks_once_per_epoch(monkeypatch):
     for batch in every:
         every.loss(torch.rand(len(batch)))
     assert len(calls) >= 20
+
+
+@pytest.mark.slow
+def test_tau_switch_sampler_under_ddp_needs_the_wrapped_model_and_keeps_replicas_equal(tmp_path):
+    import ddp_worker
+    from test_distributed import spawn
+
+    ranks = spawn(tmp_path, target=ddp_worker.tau_ddp_loop, epochs=14, seed=2)
+    assert set(ranks) == {0, 1}, ranks
+    for r in ranks.values():
+        assert "DistributedDataParallel-wrapped model" in r["refusal"]
+    assert ranks[0]["importance_steps"] > 0 and ranks[1]["importance_steps"] > 0
+    for a, b in zip(ranks[0]["params"], ranks[1]["params"]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
