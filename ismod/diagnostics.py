@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 
@@ -18,6 +19,8 @@ __all__ = [
     "spearman",
     "score_variance_ratios",
     "negligible_fraction",
+    "NoiseScale",
+    "gradient_noise_scale",
 ]
 
 STAT_NAMES: tuple[str, ...] = ("entropy", "kl_from_uniform", "effective_fraction", "max_weight")
@@ -174,3 +177,49 @@ def negligible_fraction(norms: torch.Tensor, relative: float = 0.01) -> float:
             f"norms must be a non-empty 1-D tensor of per-sample gradient norms, got shape {tuple(norms.shape)}"
         )
     return float((norms < relative * norms.max()).double().mean())
+
+
+@dataclass(frozen=True)
+class NoiseScale:
+    """McCandlish et al.'s (2018) estimates: ``grad_sq`` :math:`|G|^2`, ``trace``
+    :math:`\\operatorname{tr}\\Sigma` (per-sample gradient covariance) and their ratio ``b_simple``
+    :math:`B_{\\text{simple}} = \\operatorname{tr}\\Sigma/|G|^2`, the batch size at which gradient
+    noise and signal are equal (their estimate of the critical batch size)."""
+
+    grad_sq: float
+    trace: float
+    b_simple: float
+
+
+def gradient_noise_scale(
+    sq_norm_small: float | torch.Tensor,
+    sq_norm_big: float | torch.Tensor,
+    b_small: int,
+    b_big: int,
+) -> NoiseScale:
+    r"""The gradient noise scale from squared norms of mean gradients over batches of two sizes
+    (McCandlish et al. 2018, Appendix A).
+
+    With :math:`\mathbb{E}|G_b|^2 = |G|^2 + \operatorname{tr}\Sigma/b`, the unbiased estimates are
+    :math:`|G|^2 \approx (b_{big}|G_{big}|^2 - b_{small}|G_{small}|^2)/(b_{big} - b_{small})` and
+    :math:`\operatorname{tr}\Sigma \approx (|G_{small}|^2 - |G_{big}|^2)/(1/b_{small} - 1/b_{big})`.
+    Tensors of several measurements are averaged first (their ratio of means, as the paper advises:
+    a ratio of single noisy estimates is biased). ``b_simple`` is ``math.inf`` when the estimated
+    :math:`|G|^2 \le 0` (no signal detected above the noise)."""
+    for name, value in (("b_small", b_small), ("b_big", b_big)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer batch size, got {value!r}")
+    if b_big <= b_small:
+        raise ValueError(f"b_big must exceed b_small, got b_small={b_small}, b_big={b_big}")
+
+    def mean_of(name: str, value: float | torch.Tensor) -> float:
+        t = torch.as_tensor(value, dtype=torch.float64).reshape(-1)
+        if t.numel() == 0 or not torch.isfinite(t).all() or (t < 0).any():
+            raise ValueError(f"{name} must be finite squared norms (>= 0), got {value!r}")
+        return float(t.mean())
+
+    small, big = mean_of("sq_norm_small", sq_norm_small), mean_of("sq_norm_big", sq_norm_big)
+    grad_sq = (b_big * big - b_small * small) / (b_big - b_small)
+    trace = (small - big) / (1.0 / b_small - 1.0 / b_big)
+    b_simple = trace / grad_sq if grad_sq > 0 else math.inf
+    return NoiseScale(grad_sq, trace, b_simple)

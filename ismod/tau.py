@@ -10,6 +10,15 @@ batch resampled from it with weights :math:`1/(B g_i)`, the variance gain over u
 Importance sampling pays when :math:`\tau > \tau_{th} = 1 + \frac{B t_f}{b (t_f + t_b)}`
 (Katharopoulos & Fleuret 2018, §3.3; slides 8–9). The authors' library takes a square root of the first expression; the
 ``sqrt`` option reproduces it for comparison.
+
+Two terms the rule leaves out complete it (Chapter 5):
+
+- the presample caps the gain: against the full gradient an importance-sampled batch is worth
+  :math:`\tau_{\text{eff}} = 1/(1/\tau + b/B) \le B/b` uniform batches (:func:`presample_increment`);
+- a larger batch buys proportionally fewer steps only below the critical batch size: with
+  McCandlish et al.'s (2018) :math:`S(b) = S_{\min}(1 + B_{\text{noise}}/b)` steps to a target,
+  importance sampling pays iff :math:`(1 + B_{\text{noise}}/(\tau_{\text{eff}} b))\,\tau_{th}
+  < 1 + B_{\text{noise}}/b` (:func:`required_increment`).
 """
 
 from __future__ import annotations
@@ -19,7 +28,14 @@ import numbers
 
 import torch
 
-__all__ = ["equivalent_batch_increment", "switch_threshold", "variance_ratio", "sampled_sq_errors"]
+__all__ = [
+    "equivalent_batch_increment",
+    "switch_threshold",
+    "presample_increment",
+    "required_increment",
+    "variance_ratio",
+    "sampled_sq_errors",
+]
 
 
 def equivalent_batch_increment(probs: torch.Tensor, *, sqrt: bool = False) -> float:
@@ -55,6 +71,59 @@ def switch_threshold(presample: int, batch: int, t_forward: float, t_backward: f
         if not (isinstance(value, numbers.Real) and math.isfinite(value) and value > 0):
             raise ValueError(f"{name} must be a positive time, got {value!r}")
     return 1.0 + presample * t_forward / (batch * (t_forward + t_backward))
+
+
+def _positive_count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+def presample_increment(tau: float, b: int, B: int) -> float:
+    r""":math:`\tau_{\text{eff}} = 1/(1/\tau + b/B)`: what an importance-sampled batch of ``b`` drawn
+    from a uniform presample of ``B`` is worth in uniform batches of ``b``, against the *full* gradient.
+
+    τ compares the resampled batch with the presample's own mean; that mean is itself a uniform
+    estimate with variance :math:`\operatorname{tr}\Sigma/B`, so the batch's error is
+    :math:`\operatorname{tr}\Sigma\,(1/B + 1/(\tau b))` and :math:`\tau_{\text{eff}} < \min(\tau, B/b)`.
+    ``tau`` may be ``math.inf`` (a perfect resampling): :math:`\tau_{\text{eff}} = B/b`."""
+    b, B = _positive_count("b", b), _positive_count("B", B)
+    if B < b:
+        raise ValueError(f"the presample B = {B} must hold at least the batch b = {b}")
+    if not (isinstance(tau, numbers.Real) and tau > 0 and not math.isnan(tau)):
+        raise ValueError(f"tau must be a positive number (τ ≥ 1 for any scores), got {tau!r}")
+    return 1.0 / (1.0 / float(tau) + b / B)
+
+
+def required_increment(tau_threshold: float, noise_scale: float, b: int) -> float:
+    r"""The smallest :math:`\tau_{\text{eff}}` at which importance steps reach a target loss sooner
+    than uniform ones, when steps to a target follow :math:`S(b) = S_{\min}(1 + B_{\text{noise}}/b)`
+    (McCandlish et al. 2018) and an importance step costs ``tau_threshold`` uniform steps.
+
+    Importance sampling pays iff :math:`(1 + B_{\text{noise}}/(\tau_{\text{eff}} b))\,\tau_{th} <
+    1 + B_{\text{noise}}/b`; with :math:`r = B_{\text{noise}}/b` the boundary is
+    :math:`\tau_{\text{eff}} = r\tau_{th}/(1 + r - \tau_{th})`, which tends to :math:`\tau_{th}` as
+    :math:`B_{\text{noise}} \gg b` (the rule as Katharopoulos & Fleuret state it) and is ``math.inf``
+    when :math:`1 + r \le \tau_{th}`: above the critical batch size a bigger effective batch saves too
+    few steps to pay for the scoring, at any τ."""
+    b = _positive_count("b", b)
+    if not (
+        isinstance(tau_threshold, numbers.Real)
+        and tau_threshold >= 1
+        and math.isfinite(tau_threshold)
+    ):
+        raise ValueError(f"tau_threshold must be a finite number >= 1 (the cost of an importance step in uniform steps), got {tau_threshold!r}")  # fmt: skip
+    if not (
+        isinstance(noise_scale, numbers.Real) and noise_scale >= 0 and not math.isnan(noise_scale)
+    ):
+        raise ValueError(f"noise_scale (B_noise) must be a number >= 0, got {noise_scale!r}")
+    if math.isinf(noise_scale):
+        return float(tau_threshold)
+    r = noise_scale / b
+    margin = 1.0 + r - tau_threshold
+    if margin <= 0:
+        return math.inf
+    return r * tau_threshold / margin
 
 
 def _check_gram(gram: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

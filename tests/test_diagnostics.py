@@ -76,3 +76,43 @@ def test_negligible_fraction_counts_norms_below_a_fraction_of_the_largest():
         negligible_fraction(norms, relative=1.5)
     with pytest.raises(ValueError, match="norms"):
         negligible_fraction(torch.zeros(2, 2))
+
+
+def test_gradient_noise_scale_recovers_a_known_covariance():
+    """Per-sample gradients N(μ, diag(σ²)): |G|² = |μ|², tr Σ = Σσ². Squared norms of batch means at two
+    sizes, over many batches, give both within 4 standard errors (from a bootstrap of the batches)."""
+    from ismod.diagnostics import gradient_noise_scale
+
+    gen = torch.Generator().manual_seed(1)
+    mu = torch.tensor([0.5, -0.3, 0.2], dtype=torch.float64)
+    sigma = torch.tensor([2.0, 1.0, 3.0], dtype=torch.float64)
+    reps, small, big = 4000, 8, 64
+
+    def sq_norms(b: int) -> torch.Tensor:
+        x = mu + sigma * torch.randn(reps, b, 3, generator=gen, dtype=torch.float64)
+        return (x.mean(1) ** 2).sum(1)
+
+    s, g = sq_norms(small), sq_norms(big)
+    est = gradient_noise_scale(s, g, small, big)
+    boot = []
+    for _ in range(200):
+        i = torch.randint(reps, (reps,), generator=gen)
+        boot.append(gradient_noise_scale(s[i], g[i], small, big))
+    se_g = float(torch.tensor([e.grad_sq for e in boot]).std())
+    se_t = float(torch.tensor([e.trace for e in boot]).std())
+    assert abs(est.grad_sq - float((mu**2).sum())) < 4 * se_g
+    assert abs(est.trace - float((sigma**2).sum())) < 4 * se_t
+    assert est.b_simple == pytest.approx(est.trace / est.grad_sq)
+
+
+def test_gradient_noise_scale_exact_and_errors():
+    from ismod.diagnostics import gradient_noise_scale
+
+    # E|G_b|² = |G|² + tr Σ / b exactly: |G|² = 1, tr Σ = 10
+    est = gradient_noise_scale(1 + 10 / 4, 1 + 10 / 40, 4, 40)
+    assert (est.grad_sq, est.trace, est.b_simple) == pytest.approx((1.0, 10.0, 10.0))
+    assert gradient_noise_scale(2.0, 0.1, 4, 40).b_simple == math.inf  # no signal above the noise
+    with pytest.raises(ValueError, match="b_big must exceed b_small"):
+        gradient_noise_scale(1.0, 1.0, 8, 8)
+    with pytest.raises(ValueError, match="sq_norm_small must be finite"):
+        gradient_noise_scale(float("nan"), 1.0, 4, 8)

@@ -159,3 +159,71 @@ def test_tau_probe_checks_smaller_presamples_on_their_own_gradients():
         / 2
     )
     assert tau_log_error(points, "exact") == pytest.approx(by_hand)
+
+
+# --- the rule's missing terms: the presample cap and the critical batch size ------------------------
+
+
+def test_presample_increment_is_the_full_gradient_worth_of_an_importance_sampled_batch():
+    """Monte Carlo over presamples U of B drawn uniformly from N per-sample gradients, then b drawn from
+    g ∝ |G_i| with weights 1/(B g_i): E|ĝ - G|² = tr Σ / (b τ_eff), with τ = tr Σ / E_U[tr V_g(U)]
+    (the increment measured against the uniform variance tr Σ)."""
+    from ismod.tau import presample_increment
+
+    gen = torch.Generator().manual_seed(0)
+    n, dim, B, b, reps = 400, 5, 32, 4, 20000
+    scale = torch.exp(1.5 * torch.randn(n, 1, generator=gen, dtype=torch.float64))
+    grads = scale * torch.randn(n, dim, generator=gen, dtype=torch.float64) + 0.3
+    full = grads.mean(0)
+    trace = float(((grads - full) ** 2).sum(1).mean())  # population tr Σ
+    presamples = torch.randint(n, (reps, B), generator=gen)
+    g_pres = grads[presamples]  # (reps, B, dim)
+    norms = g_pres.norm(dim=2)
+    g = norms / norms.sum(1, keepdim=True)
+    draws = torch.multinomial(g, b, replacement=True, generator=gen)
+    w = 1.0 / (B * g.gather(1, draws))
+    est = (w[..., None] * g_pres.gather(1, draws[..., None].expand(-1, -1, dim))).mean(1)
+    errors = ((est - full) ** 2).sum(1)
+    # within-presample variance of one weighted draw: (1/B²) Σ |G_i|²/g_i - |Ḡ_U|²
+    mean_u = g_pres.mean(1)
+    tr_vg = float((((g_pres**2).sum(2) / g).sum(1) / B**2 - (mean_u**2).sum(1)).mean())
+    tau = trace / tr_vg
+    predicted = trace / (b * presample_increment(tau, b, B))
+    se = float(errors.std()) / math.sqrt(reps)
+    assert abs(float(errors.mean()) - predicted) < 4 * se
+    assert presample_increment(tau, b, B) < min(tau, B / b)
+
+
+def test_presample_increment_limits_and_errors():
+    from ismod.tau import presample_increment
+
+    assert presample_increment(1.0, 8, 8) == pytest.approx(
+        0.5
+    )  # B = b: the presample adds its own noise
+    assert presample_increment(math.inf, 1024, 3072) == pytest.approx(3.0)  # the cap B/b
+    assert presample_increment(2.0, 1024, 3072) == pytest.approx(1 / (0.5 + 1 / 3))
+    with pytest.raises(ValueError, match="presample B = 4 must hold at least the batch b = 8"):
+        presample_increment(2.0, 8, 4)
+    with pytest.raises(ValueError, match="tau must be a positive number"):
+        presample_increment(-1.0, 8, 24)
+
+
+def test_required_increment_is_the_break_even_of_the_steps_model():
+    from ismod.tau import required_increment
+
+    tau_th, b = 1.8, 128
+    for noise in (200.0, 1000.0, 5000.0):
+        need = required_increment(tau_th, noise, b)
+        steps = lambda batch: 1 + noise / batch  # noqa: E731  S(b)/S_min
+        assert tau_th * steps(need * b) == pytest.approx(steps(b))  # break-even exactly
+        assert tau_th * steps(1.01 * need * b) < steps(b) < tau_th * steps(0.99 * need * b)
+    assert required_increment(tau_th, 1e12, b) == pytest.approx(
+        tau_th, rel=1e-6
+    )  # B_noise ≫ b: τ_th
+    assert required_increment(tau_th, math.inf, b) == tau_th
+    assert required_increment(2.1, 100.0, 1024) == math.inf  # b far above B_noise: never pays
+    assert required_increment(2.0, 128.0, 128) == math.inf  # 1 + r = τ_th: the boundary, never
+    with pytest.raises(ValueError, match="tau_threshold must be a finite number >= 1"):
+        required_increment(0.5, 10.0, 8)
+    with pytest.raises(ValueError, match="noise_scale"):
+        required_increment(2.0, -1.0, 8)
