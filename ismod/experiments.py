@@ -15,6 +15,7 @@ import json
 import math
 import os
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,7 @@ __all__ = [
     "run_or_load",
     "load_saved",
     "results_dir",
+    "saved_or_measured",
 ]
 
 RESULTS_ENV = "ISMOD_RESULTS"
@@ -536,6 +538,38 @@ def run(
         "behaviour_version": BEHAVIOUR_VERSION, "command": os.environ.get("ISMOD_COMMAND", ""),
     }  # fmt: skip
     return Result(config.to_dict(), provenance, out["history"], out["timing"], out["final"])
+
+
+def saved_or_measured(
+    path: str | os.PathLike,
+    identity: dict[str, Any],
+    measure: Callable[[], dict[str, Any]],
+    *,
+    device: torch.device | str = "cpu",
+    reuse: bool = True,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(results, provenance)`` of a page's own measurement: read from ``path`` when it was saved for
+    exactly this ``identity`` (the code that ran, its settings and data, and the behaviour version),
+    else ``measure()``d now and saved there with its provenance. For pages whose runs are not harness
+    configs (the own-loop page's loops); ``reuse=False`` always measures."""
+    path = Path(path)
+    wanted = json.loads(json.dumps({**identity, "behaviour_version": BEHAVIOUR_VERSION}))
+    if reuse and path.exists():
+        try:
+            saved = json.loads(path.read_text())
+            if saved.get("identity") == wanted:
+                return saved["results"], saved["provenance"]
+        except (ValueError, KeyError):  # unreadable: measure again and replace it
+            pass
+    results = measure()
+    provenance = {
+        "ismod_version": __version__, "git_commit": _git_commit(), "torch_version": torch.__version__,
+        "device": _device_name(torch.device(device)), "command": os.environ.get("ISMOD_COMMAND", ""),
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }  # fmt: skip
+    text = json.dumps({"identity": wanted, "provenance": provenance, "results": results}, indent=1)
+    replace_atomically(path, lambda tmp: tmp.write_text(text + "\n"))
+    return results, provenance
 
 
 def result_path(config: Config, results_dir: str | os.PathLike) -> Path:

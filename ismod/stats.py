@@ -11,7 +11,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["t_cdf", "t_quantile", "PairedDifference", "paired_difference", "holm"]
+__all__ = [
+    "t_cdf",
+    "t_quantile",
+    "PairedDifference",
+    "paired_difference",
+    "holm",
+    "tost",
+    "detectable_difference",
+    "verdict",
+]
 
 
 def t_cdf(t: float, df: int) -> float:
@@ -118,3 +127,65 @@ def holm(p_values: list[float]) -> list[float]:
         running = max(running, min(1.0, (m - rank) * p_values[i]))
         adjusted[i] = running
     return adjusted
+
+
+def _paired_moments(a: list[float], b: list[float]) -> tuple[float, float, int]:
+    """Mean and standard error of the per-seed differences a − b, and the number of pairs."""
+    if len(a) != len(b):
+        raise ValueError(f"a and b must pair up seed by seed; got {len(a)} and {len(b)} values")
+    n = len(a)
+    if n < 2:
+        raise ValueError(f"a paired test needs at least 2 seeds, got {n}")
+    d = [x - y for x, y in zip(a, b)]
+    mean = sum(d) / n
+    sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (n - 1))
+    return mean, sd / math.sqrt(n), n
+
+
+def tost(a: list[float], b: list[float], margin: float) -> float:
+    r"""Two one-sided paired t-tests (Schuirmann's TOST) of equivalence, :math:`|\mathbb{E}(a - b)| <`
+    ``margin``: the larger of :math:`P(T_{n-1} \ge (\bar d + m)/\mathrm{se})` (against
+    :math:`\mu \le -m`) and :math:`P(T_{n-1} \le (\bar d - m)/\mathrm{se})` (against :math:`\mu \ge m`).
+    Small means equivalent within ±m; a wide interval never is, whatever its mean."""
+    if not (isinstance(margin, (int, float)) and margin > 0 and math.isfinite(margin)):
+        raise ValueError(
+            f"margin must be a positive number (in the measurement's units), got {margin!r}"
+        )
+    mean, se, n = _paired_moments(a, b)
+    if se == 0:
+        return 0.0 if abs(mean) < margin else 1.0
+    p_lower = 1.0 - t_cdf((mean + margin) / se, n - 1)
+    p_upper = t_cdf((mean - margin) / se, n - 1)
+    return min(max(p_lower, p_upper, 0.0), 1.0)
+
+
+def detectable_difference(
+    sd: float, seeds: int, *, alpha: float = 0.05, power: float = 0.8, comparisons: int = 1
+) -> float:
+    r"""The smallest true difference a paired t-test on ``seeds`` pairs with spread ``sd`` detects with
+    probability ``power`` at two-sided level ``alpha``/``comparisons`` (Bonferroni, the conservative
+    bound on Holm): :math:`(t_{1-\alpha/(2k),\,n-1} + t_{\text{power},\,n-1})\,s/\sqrt n`."""
+    if not (isinstance(seeds, int) and seeds >= 2):
+        raise ValueError(f"seeds must be an integer >= 2, got {seeds!r}")
+    if not (sd >= 0 and math.isfinite(sd)):
+        raise ValueError(f"sd must be a finite spread >= 0, got {sd!r}")
+    for name, value in (("alpha", alpha), ("power", power)):
+        if not 0 < value < 1:
+            raise ValueError(f"{name} must lie in (0, 1), got {value!r}")
+    if not (isinstance(comparisons, int) and comparisons >= 1):
+        raise ValueError(f"comparisons must be a positive integer, got {comparisons!r}")
+    df = seeds - 1
+    crit = t_quantile(1 - alpha / (2 * comparisons), df) + t_quantile(power, df)
+    return crit * sd / math.sqrt(seeds)
+
+
+def verdict(difference_p: float, mean: float, equivalence_p: float, margin: float,
+            *, alpha: float = 0.05) -> str:  # fmt: skip
+    """The book's words for a comparison, from its (Holm-adjusted) p-values: ``"higher"`` or
+    ``"lower"`` when the difference test rejects, ``"equivalent within ±m"`` when the TOST does,
+    else ``"inconclusive"``. "No detected difference" is never "the same": only the TOST says that."""
+    if difference_p < alpha:
+        return "higher" if mean > 0 else "lower"
+    if equivalence_p < alpha:
+        return f"equivalent within ±{margin:g}"
+    return "inconclusive"

@@ -192,3 +192,61 @@ def test_adapters_learn_on_cuda_and_their_loss_calls_never_wait(method):
     assert accuracy > 0.8
     if method == "tau":
         assert sampler.importance_steps > 0
+
+
+def test_adapters_refuse_a_nan_loss_on_cuda_without_waiting_at_the_step():
+    """On CUDA the check counts bad values on the device and raises once the count has reached the
+    host: at a later loss() call or, at the latest, at state_dict()."""
+    import ismod
+
+    sampler = ismod.LossSampler(256, 32)
+    batches = iter(sampler)
+    next(batches)
+    losses = torch.ones(32, device="cuda")
+    losses[5] = float("nan")
+    sampler.loss(losses)
+    with pytest.raises(ValueError, match="NaN.*clamp them"):
+        sampler.state_dict()
+
+
+def test_tau_switch_sampler_resumes_exactly_on_cuda():
+    import io
+
+    import ismod
+    from torch import nn
+
+    def run(stop=None, blob=None):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).cuda()
+        opt = torch.optim.SGD(model.parameters(), lr=0.2)
+        sampler = ismod.TauSwitchSampler(model, 256, 16, threshold=1.0, seed=1)
+        g = torch.Generator().manual_seed(2)
+        x_all, y_all = torch.randn(256, 8, generator=g), torch.randint(4, (256,), generator=g)
+        done, seen = 0, []
+        if blob is not None:
+            state = torch.load(io.BytesIO(blob), weights_only=False)
+            model.load_state_dict(state["model"]), opt.load_state_dict(state["opt"])
+            sampler.load_state_dict(state["sampler"])
+            done = state["done"]
+        for _ in range(sampler.epoch, 6):
+            for batch in sampler:
+                x, y = x_all[batch].cuda(), y_all[batch].cuda()
+                loss = sampler.loss(x, y)
+                opt.zero_grad(), loss.backward(), opt.step()
+                seen.append(batch)
+                done += 1
+                if done == stop:
+                    buffer = io.BytesIO()
+                    torch.save({"model": model.state_dict(), "opt": opt.state_dict(),
+                                "sampler": sampler.state_dict(), "done": done}, buffer)  # fmt: skip
+                    return seen, model, buffer.getvalue()
+        return seen, model, None
+
+    full, model, _ = run()
+    first, _, blob = run(stop=37)
+    rest, resumed, _ = run(blob=blob)
+    assert first + rest == full
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(model.state_dict().values(), resumed.state_dict().values())
+    )

@@ -457,3 +457,26 @@ def test_cli_run_removes_its_checkpoint_once_the_result_is_saved(tree, tmp_path)
     env = dict(os.environ, ISMOD_CACHE=str(tmp_path / "cache"))
     subprocess.run(cmd, check=True, cwd=ROOT, env=env, timeout=300)
     assert out.exists() and not out.with_suffix(".ckpt.pt").exists()
+
+
+def test_saved_or_measured_reuses_only_the_same_identity(tmp_path):
+    from ismod.experiments import saved_or_measured
+
+    calls = []
+
+    def measure():
+        calls.append(1)
+        return {"accuracy": 0.5 + len(calls)}
+
+    path = tmp_path / "page.json"
+    first, prov = saved_or_measured(path, {"epochs": 6, "code": "a"}, measure)
+    again, _ = saved_or_measured(path, {"epochs": 6, "code": "a"}, measure)
+    assert first == again == {"accuracy": 1.5} and len(calls) == 1 and prov["git_commit"]
+    changed, _ = saved_or_measured(
+        path, {"epochs": 6, "code": "b"}, measure
+    )  # other code: measured
+    assert changed == {"accuracy": 2.5} and len(calls) == 2
+    fresh, _ = saved_or_measured(path, {"epochs": 6, "code": "b"}, measure, reuse=False)
+    assert fresh == {"accuracy": 3.5}
+    path.write_text("{not json")
+    assert saved_or_measured(path, {"epochs": 6, "code": "b"}, measure)[0] == {"accuracy": 4.5}
