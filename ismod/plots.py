@@ -145,7 +145,12 @@ def tail_proposal(
 
     hits = values > 0
     if hits.any():
-        right.hist(log_w[hits].exp().numpy(), bins=40, color="C2")
+        weights = log_w[hits].exp()
+        low, high = float(weights.min()), float(weights.max())
+        bins = torch.logspace(
+            math.log10(low), math.log10(high) + 1e-9, 40
+        ).numpy()  # even on a log axis
+        right.hist(weights.numpy(), bins=bins, color="C2")
         right.set_xscale("log")
     right.set_xlabel("weight p/q of draws in the tail")
     right.set_ylabel("count")
@@ -185,13 +190,18 @@ def estimate_histograms(
     """Histograms of repeated estimates (one per method) on common bins, with the exact value marked."""
     ax = _axes(ax)
     top = max(max(v) for v in estimates.values())
-    bins = torch.linspace(0, top * 1.05 + 1e-12, 40).numpy()
+    # values shown in units of a power of ten named in the label, not as an offset above the axis,
+    # which would collide with the label
+    exponent = math.floor(math.log10(abs(top))) if top > 0 else 0
+    unit = 10.0**exponent if abs(exponent) >= 3 else 1.0
+    bins = torch.linspace(0, top * 1.05 / unit + 1e-12, 40).numpy()
     for i, (name, values) in enumerate(estimates.items()):
-        ax.hist(list(values), bins=bins, alpha=0.6 + 0.2 * i, label=name)
-    ax.axvline(exact, color="black", ls="--", lw=0.8, label="exact")
-    ax.set_xlabel(xlabel)
+        ax.hist([v / unit for v in values], bins=bins, alpha=0.6 + 0.2 * i, label=name)
+    ax.axvline(exact / unit, color="black", ls="--", lw=0.8, label="exact")
+    ax.set_xlabel(xlabel if unit == 1.0 else f"{xlabel}, in units of 1e{exponent}")
     ax.set_ylabel("runs")
-    ax.legend()
+    # above the axes: inside it the legend covered the bars near the exact value
+    ax.legend(loc="lower left", bbox_to_anchor=(0.0, 1.01), ncol=len(estimates) + 1, frameon=False)
 
 
 def learning_curves(results: Mapping[str, object], *, axes: Sequence[Axes] | None = None) -> None:

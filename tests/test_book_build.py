@@ -150,9 +150,29 @@ ready.then(() => {
     brokenImages: images.filter(i => !(i.complete && i.naturalWidth > 0)).map(i => i.getAttribute("src")),
     images: images.length,
     colab: [...document.querySelectorAll("a[href*='colab.research.google.com']")].map(a => a.href),
+    outputs: [...article.querySelectorAll(".cell_output")].map(o => o.innerText),
+    figures: images.filter(i => i.naturalWidth > 0)
+      .map(i => ({src: i.getAttribute("src"), shown: i.clientWidth, natural: i.naturalWidth})),
   });
 });
 """
+
+
+# what no cell output may show a reader: a traceback, a warning, or a path of the machine that built it
+OUTPUT_LEAK = re.compile(
+    r"Traceback|\b[A-Z]\w*Warning\b|/(?:work|home|root|tmp|usr)/|\.venv\b|site-packages"
+)
+
+
+def _screenshots(driver, name: str) -> None:
+    """The whole page at 1400 px and at 420 px (a phone), for a person to read."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for width in (1400, 420):
+        driver.set_window_size(width, 1000)
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(width, min(int(height) + 120, 16000))
+        driver.save_screenshot(str(ARTIFACTS / f"{name}-{width}.png"))
+    driver.set_window_size(1400, 1000)
 
 
 @pytest.mark.slow
@@ -197,9 +217,11 @@ def test_book_pages_in_a_browser(smoke_book, tmp_path):
                     problems.append(f"{name}: Colab link {seen['colab']} is not {expected}")
                 if not seen["images"]:
                     problems.append(f"{name}: no figures")
-            if name in ("intro", "ch05_tau_switch"):
-                ARTIFACTS.mkdir(parents=True, exist_ok=True)
-                driver.save_screenshot(str(ARTIFACTS / f"{name}.png"))
+            for text in seen["outputs"]:
+                leak = OUTPUT_LEAK.search(text)
+                if leak:
+                    problems.append(f"{name}: an output shows {leak.group(0)!r}: {text[:160]!r}")
+            _screenshots(driver, name)
         driver.get(base + "search.html?q=presample")
         from selenium.webdriver.common.by import By
         from selenium.webdriver.support.ui import WebDriverWait

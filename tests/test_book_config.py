@@ -49,3 +49,19 @@ def test_no_notebook_outside_the_toc():
     listed = {p.resolve() for p in toc_notebooks()}
     stray = [p.name for p in BOOK.glob("*.ipynb") if p.resolve() not in listed]
     assert not stray, f"notebooks not in _toc.yml (they would not be built or tested): {stray}"
+
+
+def test_the_intro_names_the_chapters_with_saved_gpu_runs():
+    """The intro's statement about saved results is kept true by this test, not by hand: the chapters
+    it names are exactly those with a saved "gpu" run (a grid's run or a pilot) in book/results/gpu."""
+    import re
+
+    names = [p.name for p in (BOOK / "results" / "gpu").glob("*.json")]
+    measured = sorted({int(m.group(1)) for n in names if (m := re.match(r"(?:pilot-)?ch(\d)-", n))})
+    listed = ", ".join(str(c) for c in measured[:-1]) + f" and {measured[-1]}"
+    intro = " ".join((BOOK / "intro.md").read_text().split())
+    assert f"has saved runs for Chapters {listed}" in intro, (
+        f"the intro should name Chapters {listed}"
+    )
+    for chapter in sorted(set(range(3, 8)) - set(measured)):
+        assert f'Chapter {chapter} is not measured at `"gpu"` scale' in intro

@@ -76,6 +76,12 @@ class ScoredStrategy(Strategy):
             (:math:`S_i \\leftarrow \\beta S_i + (1-\\beta) L_i`). Scores start at 0.
         beta: the running-loss weight :math:`\\beta` (the report uses 0.2).
         warmup_epochs: epochs of uniform shuffled passes over all N samples that only record scores.
+
+    ``observe`` does not validate its losses: a user's losses reach a strategy through the in-loop
+    samplers (:mod:`ismod.adapters`), which refuse NaN, infinite and negative values with
+    :func:`ismod.sampling.check_scores`; under the harness the losses are ismod's own cross-entropy,
+    and a non-finite one is a divergence, which the trainer records as a result (Chapter 3) rather than
+    raises.
     """
 
     name = "scored"
