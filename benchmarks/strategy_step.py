@@ -3,7 +3,8 @@ batch of 128 and observe its losses, at N = 50,000 (CIFAR's training set), on th
 
 Side by side in one run: online batch selection re-ranking every step (``rerank_every=1``, a sort of
 all N: the behaviour before re-ranking became periodic, which the chapters' saved runs used) and once
-per epoch (the default), loss sampling, prioritised replay, uniform. Medians of ``--rounds`` timed
+per epoch (the default); prioritised replay with new samples at priority 1 (before) and at the
+maximum (the default, refreshed once per epoch); loss sampling; uniform. Medians of ``--rounds`` timed
 blocks of ``--steps`` steps each; ratios against uniform.
 
     .venv/bin/python benchmarks/strategy_step.py --markdown benchmarks/results/strategy-step-cpu-DATE.md
@@ -25,7 +26,8 @@ from ismod.adapters import StrategyBatchSampler
 ARMS = {
     "uniform": ("uniform", {}),
     "loss sampling": ("loss", {"method": "proportional", "smoothing": 0.2, "replacement": True}),
-    "prioritised replay": ("per", {}),
+    "prioritised replay, new samples at priority 1 (as before)": ("per", {"new_priority": "one"}),
+    "prioritised replay, new samples at the maximum (the default)": ("per", {}),
     "online batch selection, re-rank every step": ("obs", {"rerank_every": 1}),
     "online batch selection, re-rank once per epoch": ("obs", {}),
 }
