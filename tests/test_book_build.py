@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import html.parser
 import http.server
+import json
 import os
 import re
 import shutil
@@ -195,6 +196,9 @@ def test_book_pages_in_a_browser(smoke_book, tmp_path):
     driver = _chromium(tmp_path / "profile")
     driver.set_script_timeout(60)
     problems: list[str] = []
+    figures: dict[
+        str, list
+    ] = {}  # each figure's shown and natural width at 1400 px, for the record
     try:
         for name in toc_files():
             page = html_dir / f"{name}.html"
@@ -221,6 +225,7 @@ def test_book_pages_in_a_browser(smoke_book, tmp_path):
                 leak = OUTPUT_LEAK.search(text)
                 if leak:
                     problems.append(f"{name}: an output shows {leak.group(0)!r}: {text[:160]!r}")
+            figures[name] = seen["figures"]
             _screenshots(driver, name)
         driver.get(base + "search.html?q=presample")
         from selenium.webdriver.common.by import By
@@ -235,4 +240,6 @@ def test_book_pages_in_a_browser(smoke_book, tmp_path):
     finally:
         driver.quit()
         server.shutdown()
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "figures.json").write_text(json.dumps(figures, indent=1))
     assert not problems, "\n".join(problems)
