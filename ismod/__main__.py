@@ -57,6 +57,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="keep the final checkpoint beside --out (by default it is removed once the result is saved)",
     )
+    pages_p = sub.add_parser(
+        "pages", help="per page of the book: saved runs, runs it would train, predicted minutes"
+    )
+    pages_p.add_argument("--scale", required=True, choices=["smoke", "cpu", "gpu"])
+    pages_p.add_argument("--results", default="book/results", help="the folder holding <scale>/")
+    pages_p.add_argument("--data", help="data directory (default $ISMOD_DATA)")
     suite_p = sub.add_parser(
         "suite", help="run (or reuse) every config of a chapter's experiment grid"
     )
@@ -121,6 +127,19 @@ def main(argv: list[str] | None = None) -> int:
                     )
         return 0
 
+    if args.command == "pages":
+        from .suites import page_costs
+
+        costs = page_costs(args.scale, Path(args.results) / args.scale, data_root=args.data)
+        print(f"predicted training per page at {args.scale!r} scale (runs already saved are read):")
+        for page, c in costs.items():
+            train = (
+                f"trains {c['missing']} runs, about {c['seconds'] / 60:.1f} min"
+                if c["missing"]
+                else "trains nothing"
+            )
+            print(f"  {page:20} reads {c['saved']:3d} saved runs, {train}")  # fmt: skip
+        return 0
     if args.command == "list":
         for name, config in CONFIGS.items():
             print(f"{name:28} model={config.model} strategy={config.strategy} "

@@ -13,7 +13,7 @@ import os
 from typing import Any
 
 from .data import data_source
-from .experiments import CONFIGS, Config, Result, load_saved, run_or_load
+from .experiments import CONFIGS, Config, Result, config_hash, load_saved, run_or_load
 from .scale import by_scale
 from .stats import holm, paired_difference
 
@@ -56,6 +56,8 @@ __all__ = [
     "seconds_from_rate",
     "missing_runs",
     "default_max_minutes",
+    "PAGE_SUITES",
+    "page_costs",
     "GridOverBudget",
     "MAX_MINUTES_ENV",
     "divergence_epoch",
@@ -512,6 +514,42 @@ SUITES = {
     "equal_time": lambda scale: {**chapter5(scale), **chapter6(scale)},
     "chapter7": chapter7,
 }
+
+
+# Which grids each page of the book reads (pages without any train nothing of the harness's).
+PAGE_SUITES: dict[str, tuple[str, ...]] = {
+    "harness": ("harness",),
+    "ch03_loss_scores": ("pilots", "chapter3", "chapter3_variants"),
+    "ch04_upper_bound": ("chapter4", "chapter4_resnet"),
+    "ch05_tau_switch": ("chapter5", "chapter5_tau"),
+    "ch06_wall_clock": ("chapter6",),
+    "ch07_budgeted": ("chapter7",),
+    "ch08_conclusions": ("chapter3", "chapter5_tau", "chapter6", "chapter7"),
+}
+
+
+def page_costs(
+    scale: str, results_dir: str | os.PathLike, *, data_root: str | os.PathLike | None = None,
+    device: str | Any = None,
+) -> dict[str, dict[str, float]]:  # fmt: skip
+    """For each page of :data:`PAGE_SUITES`, at ``scale``: how many of its runs are saved, how many are
+    missing (what building the page would train) and the training seconds predicted for those
+    (:func:`estimate_seconds`, measured on ``device`` only when something is missing)."""
+    costs: dict[str, dict[str, float]] = {}
+    cache: dict = {}
+    for page, names in PAGE_SUITES.items():
+        configs = {
+            config_hash(c): c for n in names for runs in SUITES[n](scale).values() for c in runs
+        }
+        suite = {"all": list(configs.values())}
+        missing = missing_runs(suite, results_dir, data_root)
+        seconds = estimate_seconds(missing, device, step_times=cache) if missing else 0.0
+        costs[page] = {
+            "saved": len(configs) - len(missing),
+            "missing": len(missing),
+            "seconds": seconds,
+        }
+    return costs
 
 
 MAX_MINUTES_ENV = "ISMOD_MAX_MINUTES"

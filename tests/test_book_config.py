@@ -65,3 +65,32 @@ def test_the_intro_names_the_chapters_with_saved_gpu_runs():
     )
     for chapter in sorted(set(range(3, 8)) - set(measured)):
         assert f'Chapter {chapter} is not measured at `"gpu"` scale' in intro
+
+
+def test_the_own_loop_page_reads_its_saved_cpu_run():
+    """At "cpu" scale the own-loop page trains six ResNet-18 loops (minutes) unless its saved run was
+    made by exactly the loops on the page: the functions' source, as inspect.getsource gives it, is part
+    of the saved run's identity. A change to a loop must come with a regenerated run
+    (ISMOD_SCALE=cpu, execute book/own_loop.ipynb), or the build trains it."""
+    import ast
+    import json
+
+    from ismod.experiments import BEHAVIOUR_VERSION
+
+    saved = json.loads((BOOK / "results" / "cpu" / "own-loop.json").read_text())
+    nb = nbformat.read(BOOK / "own_loop.ipynb", as_version=4)
+    functions = {}
+    for cell in nb.cells:
+        if cell.cell_type != "code" or cell.source.startswith("%"):
+            continue
+        tree = ast.parse(cell.source)
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef):
+                functions[node.name] = ast.get_source_segment(cell.source, node) + "\n"
+    identity = saved["identity"]
+    assert identity["behaviour_version"] == BEHAVIOUR_VERSION
+    for name, source in identity["code"].items():
+        assert functions.get(name) == source, (
+            f"own_loop.ipynb's {name}() differs from the saved run's"
+        )
+    assert identity["epochs"] == 6 and identity["batch"] == 128 and identity["train_size"] == 5000
