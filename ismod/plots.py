@@ -17,6 +17,10 @@ from torch.distributions import Distribution, Normal
 from . import mc
 
 __all__ = [
+    "BOOK_STYLE",
+    "PANEL_WIDTH",
+    "MIN_FONT_SIZE",
+    "panels",
     "mc_error_against_n",
     "running_estimates",
     "tail_proposal",
@@ -37,8 +41,42 @@ __all__ = [
 ]
 
 
+# The book's one matplotlib style. A figure is one panel at most PANEL_WIDTH inches wide at 100 dpi
+# (540 px): the book's column at a 1400-px window is 772 px, so every figure is shown at its natural
+# size there, and a 420-px phone shows it at over 70%. A figure of several panels is several
+# figures (panels()), which the page lays side by side where they fit and one under another where
+# they do not (book/_static/ismod.css). Text is at least MIN_FONT_SIZE points: 13.9 px at natural
+# size, 9.7 px at 70%. The browser test checks the widths; tests/test_plots.py the font sizes.
+PANEL_WIDTH = 5.4
+PANEL_HEIGHT = 3.6
+MIN_FONT_SIZE = 10.0
+BOOK_STYLE: dict[str, object] = {
+    "figure.dpi": 100,
+    "figure.figsize": (PANEL_WIDTH, PANEL_HEIGHT),
+    "font.size": MIN_FONT_SIZE,
+    "axes.titlesize": MIN_FONT_SIZE + 1,
+    "axes.labelsize": MIN_FONT_SIZE,
+    "xtick.labelsize": MIN_FONT_SIZE,
+    "ytick.labelsize": MIN_FONT_SIZE,
+    "legend.fontsize": MIN_FONT_SIZE,
+    "legend.title_fontsize": MIN_FONT_SIZE,
+    "figure.titlesize": MIN_FONT_SIZE + 1,
+}
+plt.rcParams.update(BOOK_STYLE)  # importing ismod.plots is how a chapter takes the book's style
+
+
+def panels(count: int, *, height: float = PANEL_HEIGHT, width: float = PANEL_WIDTH) -> list[Axes]:
+    """``count`` axes, each on a figure of its own (``width`` at most ``PANEL_WIDTH``), for a
+    multi-panel figure that stays legible on a phone: the page wraps them instead of shrinking them."""
+    if not (isinstance(count, int) and count >= 1):
+        raise ValueError(f"count must be a positive integer, got {count!r}")
+    if width > PANEL_WIDTH:
+        raise ValueError(f"width {width} in exceeds the book's panel width of {PANEL_WIDTH} in")
+    return [plt.subplots(figsize=(width, height))[1] for _ in range(count)]
+
+
 def _axes(ax: Axes | None) -> Axes:
-    return ax if ax is not None else plt.subplots(figsize=(6, 4))[1]
+    return ax if ax is not None else panels(1)[0]
 
 
 def mc_error_against_n(
@@ -126,7 +164,7 @@ def tail_proposal(
     weights of the draws that land in the tail, whose spread sets the variance.
     """
     if axes is None:
-        axes = plt.subplots(1, 2, figsize=(10, 3.5))[1]
+        axes = panels(2)
     p, q = Normal(0.0, 1.0), Normal(float(mean), float(scale))
     exact = 0.5 * math.erfc(threshold / math.sqrt(2))
     indicator = lambda x: (x > threshold).to(torch.float64)  # noqa: E731
@@ -141,7 +179,7 @@ def tail_proposal(
     left.fill_between(x, q_star, alpha=0.25, color="gray", label="q* ∝ p·f (needs the answer)")
     left.set_ylim(0, min(float(q_star.max()), 1.5) * 1.05)
     left.set_xlabel("x")
-    left.legend(fontsize=8)
+    left.legend()
 
     hits = values > 0
     if hits.any():
@@ -155,18 +193,17 @@ def tail_proposal(
     right.set_xlabel("weight p/q of draws in the tail")
     right.set_ylabel("count")
     right.set_title(
-        f"{int(hits.sum())} of {n} draws in the tail; estimate {est.value:.3g} ± {est.stderr:.1g} "
-        f"(exact {exact:.3g}); ESS {est.ess:.0f}",
-        fontsize=9,
+        f"{int(hits.sum())} of {n} draws in the tail; estimate\n{est.value:.3g} ± {est.stderr:.1g} "
+        f"(exact {exact:.3g}); ESS {est.ess:.0f}"
     )
     return est
 
 
-def sgd_histories(histories: Sequence, *, title: str = "") -> plt.Figure:
-    """A 2×2 figure for :func:`ismod.convex.run_sgd` histories: estimator variance and suboptimality
-    against epochs, suboptimality against wall-clock seconds, and the legend."""
-    fig, axes = plt.subplots(2, 2, figsize=(10, 6.5))
-    (var_ax, epoch_ax), (time_ax, legend_ax) = axes
+def sgd_histories(histories: Sequence, *, title: str = "") -> list[Axes]:
+    """Three panels for :func:`ismod.convex.run_sgd` histories: estimator variance and suboptimality
+    against epochs, suboptimality against wall-clock seconds; the legend (titled ``title``) on the
+    first."""
+    var_ax, epoch_ax, time_ax = panels(3)
     for h in histories:
         var_ax.semilogy(h.epochs, h.variance, label=h.strategy)
         epoch_ax.semilogy(h.epochs, h.suboptimality, label=h.strategy)
@@ -174,10 +211,8 @@ def sgd_histories(histories: Sequence, *, title: str = "") -> plt.Figure:
     var_ax.set(xlabel="epochs", ylabel="tr Cov of the gradient estimate")
     epoch_ax.set(xlabel="epochs", ylabel="F(x) − F*")
     time_ax.set(xlabel="wall-clock seconds (sampling + steps)", ylabel="F(x) − F*")
-    legend_ax.axis("off")
-    legend_ax.legend(*var_ax.get_legend_handles_labels(), loc="center", title=title or None)
-    fig.tight_layout()
-    return fig
+    var_ax.legend(title=title or None)
+    return [var_ax, epoch_ax, time_ax]
 
 
 def estimate_histograms(
@@ -210,7 +245,7 @@ def learning_curves(results: Mapping[str, object], *, axes: Sequence[Axes] | Non
     ``results`` maps a label to an :class:`ismod.experiments.Result`.
     """
     if axes is None:
-        axes = plt.subplots(1, 3, figsize=(13, 3.6))[1]
+        axes = panels(3)
     for label, result in results.items():
         hist = result.history  # type: ignore[attr-defined]
         epochs = [h["epoch"] for h in hist]
@@ -243,7 +278,7 @@ def gradient_norm_cdf(result: object, *, ax: Axes | None = None) -> None:
         )
     ax.set_xscale("log")
     ax.set(xlabel="per-sample gradient norm ||∇θ L_i||", ylabel="fraction of samples ≤ x")
-    ax.legend(fontsize=8)
+    ax.legend()
 
 
 def bound_scatter(result: object, *, point: int = -1, ax: Axes | None = None) -> float:
@@ -289,7 +324,7 @@ def variance_reduction(
         )
     ax.axhline(1.0, color="black", lw=0.8, ls="--", label="uniform")
     ax.set(xlabel="epochs", ylabel=f"variance / uniform (batch {batch_size})")
-    ax.legend(fontsize=8)
+    ax.legend()
     return {"epochs": epochs, **means}
 
 
@@ -341,7 +376,7 @@ def score_quantiles(
     ax.plot(epochs, q[:, 10].numpy(), "-", label="median")
     ax.plot(epochs, q[:, 20].numpy(), ":", label="max")
     ax.set(xlabel="epochs", ylabel="score")
-    ax.legend(fontsize=8)
+    ax.legend()
 
 
 def sampling_drift(
@@ -360,7 +395,7 @@ def sampling_drift(
             ax.plot([e["step"] * b / n for e in log], [e[stat] for e in log], "-", color=color, lw=1,
                     alpha=0.8, label=label if j == 0 else None)  # fmt: skip
     ax.set(xlabel="epochs", ylabel=stat.replace("_", " "))
-    ax.legend(fontsize=8)
+    ax.legend()
 
 
 def time_breakdown(
@@ -386,7 +421,7 @@ def time_breakdown(
         left = [a + v for a, v in zip(left, values)]
     ax.invert_yaxis()
     ax.set(xlabel="seconds per run")
-    ax.legend(fontsize=8)
+    ax.legend()
     return parts
 
 
@@ -419,10 +454,7 @@ def budget_accuracy(curves: Mapping[str, Mapping[str, Sequence[tuple[float, floa
     augmentation, a line per strategy with ± one standard deviation over seeds
     (``curves`` from :func:`ismod.suites.budget_curves`). The full run is drawn as a horizontal line."""
     if axes is None:
-        _, axes = plt.subplots(
-            1, len(curves), figsize=(5.2 * len(curves), 4), sharey=True, squeeze=False
-        )
-        axes = list(axes[0])
+        axes = panels(len(curves))
     # one colour and offset per strategy across all panels
     order = list(
         dict.fromkeys(strategy for per_strategy in curves.values() for strategy in per_strategy)
@@ -441,7 +473,7 @@ def budget_accuracy(curves: Mapping[str, Mapping[str, Sequence[tuple[float, floa
                 )
         ax.set(title=aug, xlabel="budget (% of the full run's iterations)")
     axes[0].set_ylabel("test accuracy (%)")
-    axes[0].legend(fontsize=8)
+    axes[0].legend()
 
 
 def tau_tradeoff(presample_ratio: float, backward_ratio: float, spread: float, *, batch: int = 128, seed: int = 0,
@@ -453,7 +485,7 @@ def tau_tradeoff(presample_ratio: float, backward_ratio: float, spread: float, *
     from .tau import equivalent_batch_increment, switch_threshold
 
     if axes is None:
-        axes = plt.subplots(1, 2, figsize=(11, 3.8))[1]
+        axes = panels(2)
     big_b = max(batch, round(presample_ratio * batch))
     z = torch.randn(big_b, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
@@ -469,7 +501,7 @@ def tau_tradeoff(presample_ratio: float, backward_ratio: float, spread: float, *
     axes[0].set(
         xlabel="presampled point (sorted)", ylabel="g_i", title=f"B = {big_b}, σ = {spread:.2f}"
     )
-    axes[0].legend(fontsize=8)
+    axes[0].legend()
     sigmas = torch.linspace(0, 2, 81)
     taus = [tau_at(float(x)) for x in sigmas]
     axes[1].plot(sigmas.numpy(), taus, label="τ = B Σ g²")
@@ -478,19 +510,19 @@ def tau_tradeoff(presample_ratio: float, backward_ratio: float, spread: float, *
     axes[1].plot([spread], [tau], "o", color="C1")
     axes[1].set(xlabel="score spread σ", ylabel="τ", yscale="log",
                 title=f"τ = {tau:.2f}: predicted speed-up τ/τ_th = {tau / threshold:.2f}")  # fmt: skip
-    axes[1].legend(fontsize=8)
+    axes[1].legend()
     return {"tau": tau, "tau_threshold": threshold, "speedup": tau / threshold}
 
 
 def loop_costs(
     runs: Mapping[str, Mapping[str, float]], *, axes: Sequence[Axes] | None = None
 ) -> None:
-    """Side by side, one bar per training loop: its wall-clock seconds and its test accuracy.
+    """Two panels, one bar per training loop: its wall-clock seconds and its test accuracy.
 
     ``runs`` maps a loop's name to ``{"seconds": ..., "accuracy": ...}`` (accuracy as a fraction), as
     the book's page on adding each method to an ordinary loop measures them."""
     if axes is None:
-        _, axes = plt.subplots(1, 2, figsize=(11, 0.5 * len(runs) + 1.5), sharey=True)
+        axes = panels(2, height=0.4 * len(runs) + 1.4)
     names = list(runs)[::-1]  # the first loop on top
     positions = range(len(names))
     seconds_ax, accuracy_ax = axes
@@ -498,4 +530,5 @@ def loop_costs(
     seconds_ax.set_yticks(list(positions), names)
     seconds_ax.set_xlabel("training time (s)")
     accuracy_ax.barh(positions, [100 * runs[n]["accuracy"] for n in names], color="tab:blue")
+    accuracy_ax.set_yticks(list(positions), names)
     accuracy_ax.set_xlabel("test accuracy (%)")

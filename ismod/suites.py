@@ -38,6 +38,7 @@ __all__ = [
     "accuracy_difference",
     "compare",
     "verdict_table",
+    "findings",
     "fast_base",
     "cpu_base",
     "harness",
@@ -948,6 +949,29 @@ def compare(results: dict[str, list[Result]], pairs: list[tuple[str, str]], *, m
     for r in rows:
         r.setdefault("verdict", "not tested")
     return rows
+
+
+def findings(rows: list[dict[str, Any]], *, scale_name: str, metric: str = "test accuracy",
+             scale: float = 100.0, unit: str = "points") -> list[str]:  # fmt: skip
+    """:func:`compare`'s rows as sentences for a chapter's findings: the direction and size of each
+    difference with its interval, the seeds, the Holm-adjusted p-value and the scale it was measured
+    at. A difference the design did not detect is *inconclusive*, never "the same"."""
+    out = []
+    for r in rows:
+        head = f"**{r['arm']}** against {r['baseline']} ({metric}, {scale_name!r} scale, {r['seeds']} seeds)"
+        if "mean" not in r or r["verdict"] == "not tested":
+            out.append(f"- {head}: not tested (fewer than two shared seeds).")
+            continue
+        size = (
+            f"{scale * r['mean']:+.2f} {unit} [{scale * r['low']:+.2f}, {scale * r['high']:+.2f}]"
+        )
+        p = r.get("p_holm", float("nan"))
+        if r["verdict"] in ("higher", "lower"):
+            out.append(f"- {head}: **{r['verdict']}**, {size}, Holm-adjusted p = {p:.3f}.")
+        else:
+            out.append(f"- {head}: inconclusive, {size}, Holm-adjusted p = {p:.3f}: "
+                       "a difference of this size is within what the seeds' spread can hide.")  # fmt: skip
+    return out
 
 
 def verdict_table(rows: list[dict[str, Any]], *, scale: float = 100.0, unit: str = "points") -> str:

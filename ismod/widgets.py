@@ -21,9 +21,8 @@ def proposal_explorer(*, threshold: float = 3.0, n: int = 10_000, seed: int = 0)
     import ipywidgets as widgets  # imported here so that `import ismod.widgets` needs no browser stack
 
     def show(mean: float = threshold, scale: float = 1.0) -> None:
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        axes = plots.panels(2)
         plots.tail_proposal(mean, scale, threshold=threshold, n=n, seed=seed, axes=axes)
-        fig.tight_layout()
         plt.show()
 
     return widgets.interactive(
@@ -48,9 +47,8 @@ def tau_explorer(
         backward_ratio: float = backward_ratio,
         spread: float = spread,
     ) -> None:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+        axes = plots.panels(2)
         plots.tau_tradeoff(presample_ratio, backward_ratio, spread, seed=seed, axes=axes)
-        fig.tight_layout()
         plt.show()
 
     return widgets.interactive(

@@ -226,6 +226,11 @@ def test_book_pages_in_a_browser(smoke_book, tmp_path):
                 if leak:
                     problems.append(f"{name}: an output shows {leak.group(0)!r}: {text[:160]!r}")
             figures[name] = seen["figures"]
+            for fig in seen["figures"]:  # every figure at 70% of its natural width or more
+                if fig["shown"] < 0.7 * fig["natural"]:
+                    problems.append(
+                        f"{name}: figure {fig['src']} shown at {fig['shown']} of {fig['natural']} px"
+                    )
             _screenshots(driver, name)
         driver.get(base + "search.html?q=presample")
         from selenium.webdriver.common.by import By

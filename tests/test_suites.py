@@ -315,3 +315,39 @@ def test_every_saved_result_is_one_the_book_reads(scale):
     assert not orphans, (
         f"saved results no suite produces any more (delete or regenerate them): {orphans[:5]}"
     )
+
+
+def test_findings_state_direction_size_and_never_call_an_undetected_difference_the_same():
+    from ismod.suites import findings
+
+    rows = [
+        {"arm": "τ switch", "baseline": "uniform", "seeds": 3, "mean": -0.052, "low": -0.065,
+         "high": -0.037, "p_value": 0.002, "p_holm": 0.006, "verdict": "lower"},
+        {"arm": "Algorithm 1", "baseline": "uniform", "seeds": 3, "mean": -0.40, "low": -1.2,
+         "high": 0.40, "p_value": 0.2, "p_holm": 0.4, "verdict": "no detected difference"},
+        {"arm": "RICAP", "baseline": "crop+flip", "seeds": 1, "verdict": "not tested"},
+    ]  # fmt: skip
+    lines = findings(rows, scale_name="gpu")
+    assert (
+        "**lower**, -5.20 points [-6.50, -3.70]" in lines[0] and "'gpu' scale, 3 seeds" in lines[0]
+    )
+    assert "inconclusive, -40.00 points [-120.00, +40.00]" in lines[1]
+    assert "same" not in lines[1] and "holds" not in lines[1]
+    assert "not tested" in lines[2]
+
+
+def test_no_page_trains_more_than_a_minute_at_cpu_scale():
+    """The cost model's prediction for building each page at "cpu" scale from the saved runs: a page
+    whose grid lost a saved run (a changed config, a new arm) would train it during the build, on a
+    2-core machine for minutes; this fails first. (The own-loop page has its own check.)"""
+    import os
+
+    from ismod.suites import page_costs
+
+    data = os.environ.get("ISMOD_DATA")
+    if not data:
+        pytest.skip("ISMOD_DATA is not set: saved runs are matched to the CIFAR-10 copy they used")
+    results = Path(__file__).resolve().parents[1] / "book" / "results" / "cpu"
+    costs = page_costs("cpu", results, data_root=data)
+    slow = {page: c for page, c in costs.items() if c["seconds"] > 60}
+    assert not slow, f"pages that would train at cpu scale: {slow}"

@@ -1,0 +1,54 @@
+"""The book's one figure style (ismod.plots.BOOK_STYLE): figures narrow enough to be shown at their
+natural size in the book's column and at over 70% on a phone, and text no smaller than
+MIN_FONT_SIZE. The browser test measures the shown widths; this checks the code that draws them."""
+
+import re
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import nbformat  # noqa: E402
+import pytest  # noqa: E402
+from book_files import BOOK, ROOT  # noqa: E402
+
+from ismod import plots  # noqa: E402
+
+
+def test_the_style_keeps_text_at_the_minimum_size():
+    for key, value in plots.BOOK_STYLE.items():
+        if key.endswith(("size", "fontsize")) and key != "figure.figsize":
+            assert value >= plots.MIN_FONT_SIZE, key
+    assert plt.rcParams["legend.fontsize"] >= plots.MIN_FONT_SIZE  # applied on import
+    assert plots.BOOK_STYLE["figure.figsize"][0] <= plots.PANEL_WIDTH
+
+
+def test_panels_are_separate_figures_of_the_panel_width():
+    axes = plots.panels(3)
+    assert len({id(ax.figure) for ax in axes}) == 3
+    assert all(ax.figure.get_size_inches()[0] <= plots.PANEL_WIDTH for ax in axes)
+    with pytest.raises(ValueError, match="exceeds the book's panel width"):
+        plots.panels(1, width=9.0)
+    plt.close("all")
+
+
+def _sources():
+    yield "ismod/plots.py", (ROOT / "ismod" / "plots.py").read_text()
+    yield "ismod/widgets.py", (ROOT / "ismod" / "widgets.py").read_text()
+    for path in sorted(BOOK.glob("*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        yield path.name, "\n".join(c.source for c in nb.cells if c.cell_type == "code")
+
+
+@pytest.mark.parametrize(
+    "name, source", list(_sources()), ids=lambda v: v if isinstance(v, str) and len(v) < 40 else ""
+)
+def test_no_figure_is_wider_than_a_panel_nor_its_text_smaller_than_the_minimum(name, source):
+    for m in re.finditer(r"figsize=\(([\d.]+)", source):
+        assert float(m.group(1)) <= plots.PANEL_WIDTH, f"{name}: figsize width {m.group(1)} in"
+    for m in re.finditer(r"fontsize=([\d.]+)", source):
+        assert float(m.group(1)) >= plots.MIN_FONT_SIZE, f"{name}: fontsize={m.group(1)}"
+    assert "plt.subplots(1, " not in source and "plt.subplots(2, " not in source, (
+        f"{name}: a multi-panel figure is one image; use ismod.plots.panels"
+    )
