@@ -63,8 +63,16 @@ def test_the_intro_names_the_chapters_with_saved_gpu_runs():
     assert f"has saved runs for Chapters {listed}" in intro, (
         f"the intro should name Chapters {listed}"
     )
+    conclusions = " ".join(
+        c.source for c in nbformat.read(BOOK / "ch08_conclusions.ipynb", as_version=4).cells
+    )
+    conclusions = " ".join(conclusions.split())
     for chapter in sorted(set(range(3, 8)) - set(measured)):
         assert f'Chapter {chapter} is not measured at `"gpu"` scale' in intro
+        assert f'Chapter {chapter} is not measured at `"gpu"` scale' in conclusions
+    probes = [n for n in names if n.startswith("pilot-ch4-")]
+    if len(probes) == 1 and not any(n.startswith("ch4-") for n in names):
+        assert "Chapter 4 only by one probe run" in conclusions
 
 
 def test_the_own_loop_page_reads_its_saved_cpu_run():
