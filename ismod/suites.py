@@ -962,15 +962,14 @@ def findings(rows: list[dict[str, Any]], *, scale_name: str, metric: str = "test
         if "mean" not in r or r["verdict"] == "not tested":
             out.append(f"- {head}: not tested (fewer than two shared seeds).")
             continue
-        size = (
-            f"{scale * r['mean']:+.2f} {unit} [{scale * r['low']:+.2f}, {scale * r['high']:+.2f}]"
-        )
+        size = (f"{scale * r['mean']:+.2f} {unit} (unadjusted 95% interval "
+                f"[{scale * r['low']:+.2f}, {scale * r['high']:+.2f}])")  # fmt: skip
         p = r.get("p_holm", float("nan"))
         if r["verdict"] in ("higher", "lower"):
             out.append(f"- {head}: **{r['verdict']}**, {size}, Holm-adjusted p = {p:.3f}.")
         else:
-            out.append(f"- {head}: inconclusive, {size}, Holm-adjusted p = {p:.3f}: "
-                       "a difference of this size is within what the seeds' spread can hide.")  # fmt: skip
+            out.append(f"- {head}: inconclusive, {size}: Holm-adjusted p = {p:.3f} over the "
+                       "comparisons, so no difference was detected, which does not make them equal.")  # fmt: skip
     return out
 
 

@@ -328,10 +328,9 @@ def test_findings_state_direction_size_and_never_call_an_undetected_difference_t
         {"arm": "RICAP", "baseline": "crop+flip", "seeds": 1, "verdict": "not tested"},
     ]  # fmt: skip
     lines = findings(rows, scale_name="gpu")
-    assert (
-        "**lower**, -5.20 points [-6.50, -3.70]" in lines[0] and "'gpu' scale, 3 seeds" in lines[0]
-    )
-    assert "inconclusive, -40.00 points [-120.00, +40.00]" in lines[1]
+    assert "**lower**, -5.20 points (unadjusted 95% interval [-6.50, -3.70])" in lines[0]
+    assert "'gpu' scale, 3 seeds" in lines[0]
+    assert "inconclusive, -40.00 points (unadjusted 95% interval [-120.00, +40.00])" in lines[1]
     assert "same" not in lines[1] and "holds" not in lines[1]
     assert "not tested" in lines[2]
 
