@@ -37,23 +37,23 @@ def median_step_us(name: str, options: dict, n: int, b: int, steps: int, rounds:
     sampler = StrategyBatchSampler(name, n, b, num_epochs=10, seed=0, **options)
     losses = torch.rand(b)
     batches = iter(sampler)
-    for _ in range(2 * (n // b)):  # past any warm-up epoch, so every arm is in its selecting phase
+
+    def step() -> None:  # one batch and its losses, into the next epoch when this one ends
+        nonlocal batches
         try:
             next(batches)
         except StopIteration:
             batches = iter(sampler)
             next(batches)
         sampler.loss(losses)
+
+    for _ in range(2 * (n // b)):  # past any warm-up epoch, so every arm is in its selecting phase
+        step()
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
         for _ in range(steps):
-            try:
-                next(batches)
-            except StopIteration:
-                batches = iter(sampler)
-                next(batches)
-            sampler.loss(losses)
+            step()
         times.append((time.perf_counter() - start) / steps * 1e6)
     return statistics.median(times)
 

@@ -230,10 +230,44 @@ class _Pairing:
             )
 
 
+class _EpochPosition:
+    """Where a batch sampler stands in its epoch, for :meth:`state_dict`: how many batches it has
+    yielded of how many, and the batches yielded but not yet trained on (``_pairing``). ``epoch`` is
+    the epoch of the next batch: it moves on once the last batch of an epoch has had its ``loss()``."""
+
+    epoch: int
+    _pairing: _Pairing
+    _in_epoch: dict[str, int] | None  # count, length (-1 until known) of the epoch being yielded
+    _resume: dict[str, Any] | None
+
+    def _set_epoch(self, epoch: int) -> None:
+        """After :meth:`load_state_dict`, the resumed epoch's own number keeps the resume; another
+        drops it (as DistributedSampler.set_epoch, the caller chooses the epoch)."""
+        self.epoch = int(epoch)
+        if self._resume is not None and self._resume["epoch"] != self.epoch:
+            self._resume = None
+
+    def _epoch_state(self) -> dict[str, Any] | None:
+        if self._in_epoch is None:
+            return None
+        return {**self._in_epoch, "epoch": self.epoch, "pending": list(self._pairing.batches)}
+
+    def _end_epoch_if_done(self) -> None:
+        """Once every batch of the epoch has been yielded and trained on, the next is the next epoch's."""
+        epoch = self._in_epoch
+        if (
+            epoch is not None
+            and epoch["count"] >= epoch["length"] >= 0
+            and not self._pairing.batches
+        ):
+            self._in_epoch = None
+            self.epoch += 1
+
+
 # --- score-driven strategies as batch samplers -------------------------------------------------------
 
 
-class StrategyBatchSampler(Sampler[list[int]]):
+class StrategyBatchSampler(_EpochPosition, Sampler[list[int]]):
     """A harness strategy that learns from training losses, as a ``DataLoader`` batch sampler.
 
     Each batch it yields comes from ``strategy.select``; :meth:`loss` takes that batch's per-sample
@@ -348,9 +382,7 @@ class StrategyBatchSampler(Sampler[list[int]]):
     def set_epoch(self, epoch: int) -> None:
         """The epoch about to start (as ``DistributedSampler.set_epoch``): sets the strategies' progress.
         After :meth:`load_state_dict`, the resumed epoch's own number keeps the resume; another drops it."""
-        self.epoch = int(epoch)
-        if self._resume is not None and self._resume["epoch"] != self.epoch:
-            self._resume = None
+        self._set_epoch(epoch)
 
     def _observe_ready(self, wait: bool = False) -> None:
         for indices, losses in self._losses.ready(wait):
@@ -403,17 +435,6 @@ class StrategyBatchSampler(Sampler[list[int]]):
         self._pairing.exhausted = True
         self._end_epoch_if_done()
 
-    def _end_epoch_if_done(self) -> None:
-        """Once every batch of the epoch has been yielded and trained on, the next batch is the next epoch's."""
-        epoch = self._in_epoch
-        if (
-            epoch is not None
-            and epoch["count"] >= epoch["length"] >= 0
-            and not self._pairing.batches
-        ):
-            self._in_epoch = None
-            self.epoch += 1
-
     def __len__(self) -> int:
         strategy = self.strategy
         if isinstance(strategy, ScoredStrategy) and strategy.queue.numel():
@@ -459,13 +480,7 @@ class StrategyBatchSampler(Sampler[list[int]]):
         first)."""
         self._observe_ready(wait=True)
         self._check.raise_if_bad(wait=True)
-        in_epoch = None
-        if self._in_epoch is not None:
-            in_epoch = {
-                **self._in_epoch,
-                "epoch": self.epoch,
-                "pending": list(self._pairing.batches),
-            }
+        in_epoch = self._epoch_state()
         return _cloned({
             "strategy": self.strategy.state_dict(), "generator": self._generator.get_state(),
             "epoch": self.epoch, "step": self.step, "in_epoch": in_epoch,
@@ -585,7 +600,7 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-class TauSwitchSampler(Sampler[list[int]]):
+class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
     """Katharopoulos & Fleuret's (2018) upper-bound presampling with the τ switch, in your own loop.
 
     While :math:`\\tau \\le \\tau_{th}` the sampler yields uniform batches of b and :meth:`loss` trains on
@@ -678,9 +693,7 @@ class TauSwitchSampler(Sampler[list[int]]):
 
     def set_epoch(self, epoch: int) -> None:
         """Seed the next epoch's permutations with ``seed + epoch`` (as ``DistributedSampler``)."""
-        self.epoch = int(epoch)
-        if self._resume is not None and self._resume["epoch"] != self.epoch:
-            self._resume = None
+        self._set_epoch(epoch)
 
     def _take(self, k: int) -> list[int]:
         if self._stream_position + k > self._stream.numel():
@@ -726,12 +739,6 @@ class TauSwitchSampler(Sampler[list[int]]):
             yield batch
         self._pairing.exhausted = True
         self._end_epoch_if_done()
-
-    def _end_epoch_if_done(self) -> None:
-        epoch = self._in_epoch
-        if epoch is not None and epoch["count"] >= epoch["length"] and not self._pairing.batches:
-            self._in_epoch = None
-            self.epoch += 1
 
     def __len__(self) -> int:
         return self.shard_size // self.batch_size
@@ -843,13 +850,7 @@ class TauSwitchSampler(Sampler[list[int]]):
             switch_state = {"tau": switch.tau, "ring": switch.ring_values(), "tau_threshold": switch.tau_threshold,
                             "measured_times": switch.measured_times, "generator": None if gen is None else gen.get_state(),
                             "device_type": switch.device.type}  # fmt: skip
-        in_epoch = None
-        if self._in_epoch is not None:
-            in_epoch = {
-                **self._in_epoch,
-                "epoch": self.epoch,
-                "pending": list(self._pairing.batches),
-            }
+        in_epoch = self._epoch_state()
         return _cloned({
             **switch_state, "calls": self.calls, "importance_steps": self.importance_steps,
             "epoch": self.epoch, "probes": list(self.probes), "stream": self._stream,
