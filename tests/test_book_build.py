@@ -165,6 +165,23 @@ OUTPUT_LEAK = re.compile(
 )
 
 
+def _load_and_inspect(driver, url: str, page: Path) -> dict:
+    """Open ``url`` once the browser has finished with the last page (a full-page screenshot resizes the
+    window to the page's height), wait until it has loaded, and inspect it; if a page with formulas
+    came back with none rendered (a load cut short on a busy machine), load it once more."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    for attempt in range(2):
+        driver.get(url)
+        WebDriverWait(driver, 60).until(
+            lambda d: d.execute_script("return document.readyState") == "complete"
+        )
+        seen = driver.execute_async_script(_INSPECT)
+        if seen["math"] or "math notranslate" not in page.read_text() or attempt:
+            return seen
+    return seen
+
+
 def _screenshots(driver, name: str) -> None:
     """The whole page at 1400 px and at 420 px (a phone), for a person to read."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -203,8 +220,7 @@ def test_book_pages_in_a_browser(smoke_book, tmp_path):
         for name in toc_files():
             page = html_dir / f"{name}.html"
             problems += [f"{name}: broken link {href}" for href in _broken_links(html_dir, page)]
-            driver.get(base + f"{name}.html")
-            seen = driver.execute_async_script(_INSPECT)
+            seen = _load_and_inspect(driver, base + f"{name}.html", page)
             raw = RAW_TEX.findall(seen["prose"])
             if raw:
                 problems.append(f"{name}: raw TeX in the text ({sorted(set(raw))[:5]})")
