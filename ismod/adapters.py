@@ -146,14 +146,17 @@ def _cloned(state: Any) -> Any:
     return state
 
 
+_LOSSES = "loss() losses"
+
+
 class _HostScoreCheck:
     """:func:`ismod.sampling.check_scores` without a host synchronisation: CPU scores are checked at
-    once; CUDA scores count their bad values on the device, and the count is read (and raised on) once
-    its copy to pinned memory has landed, a step or two later."""
+    once; on CUDA each call counts its bad values on the device and sends the count home through
+    :class:`_HostCopies`, and the check raises once a count has landed, a step or two later."""
 
     def __init__(self, where: str) -> None:
         self.where = where
-        self.pending: deque[tuple[torch.Tensor, Any, torch.Tensor]] = deque()
+        self.counts = _HostCopies()
 
     def __call__(self, scores: torch.Tensor) -> None:
         self.raise_if_bad()
@@ -161,22 +164,11 @@ class _HostScoreCheck:
         if scores.device.type != "cuda":
             check_scores(scores.reshape(-1), self.where)
             return
-        bad = (~torch.isfinite(scores) | (scores < 0)).sum()
-        host = torch.empty((), dtype=bad.dtype, pin_memory=True)
-        host.copy_(bad, non_blocking=True)
-        event = torch.cuda.Event()
-        event.record()
-        self.pending.append((host, event, scores))
+        self.counts.put(scores, (~torch.isfinite(scores) | (scores < 0)).sum().view(1))
 
     def raise_if_bad(self, wait: bool = False) -> None:
-        while self.pending:
-            host, event, scores = self.pending[0]
-            if not event.query():
-                if not wait:
-                    return
-                event.synchronize()
-            self.pending.popleft()
-            if int(host):
+        for scores, bad in self.counts.ready(wait):
+            if bad.item():
                 check_scores(scores.reshape(-1).cpu(), self.where)  # names what is wrong
 
 
@@ -373,7 +365,6 @@ class StrategyBatchSampler(_EpochPosition, Sampler[list[int]]):
             strategy.num_epochs = self.num_epochs
         self._pairing = _Pairing()
         self._losses = _HostCopies()
-        self._check = _HostScoreCheck("loss() losses")
         self._in_epoch: dict[str, int] | None = None  # count, length of the epoch being yielded
         self._resume: dict[str, Any] | None = None
 
@@ -386,6 +377,8 @@ class StrategyBatchSampler(_EpochPosition, Sampler[list[int]]):
 
     def _observe_ready(self, wait: bool = False) -> None:
         for indices, losses in self._losses.ready(wait):
+            if losses.is_pinned():  # a CUDA batch's copy (CPU losses were checked in loss())
+                check_scores(losses, _LOSSES)
             self.strategy.observe(indices, losses, None)  # type: ignore[arg-type]
 
     def _set_progress(self, count: int, length: int) -> None:
@@ -451,7 +444,8 @@ class StrategyBatchSampler(_EpochPosition, Sampler[list[int]]):
         batch was drawn with, sent to the losses' device."""
         indices, weights = self._pairing.take()
         losses = _per_sample(losses, indices.numel() // self.num_replicas, "loss()")
-        self._check(losses)
+        if not losses.is_cuda:  # CUDA losses are checked on their host copy (_observe_ready)
+            check_scores(losses.detach(), _LOSSES)
         self._pairing.done()
         if self.num_replicas > 1:
             from .process_group import World
@@ -479,7 +473,6 @@ class StrategyBatchSampler(_EpochPosition, Sampler[list[int]]):
         been yielded and the batches yielded but not yet trained on (losses in flight are recorded
         first)."""
         self._observe_ready(wait=True)
-        self._check.raise_if_bad(wait=True)
         in_epoch = self._epoch_state()
         return _cloned({
             "strategy": self.strategy.state_dict(), "generator": self._generator.get_state(),
