@@ -36,6 +36,8 @@ __all__ = [
     "time_breakdown",
     "relative_to_baseline",
     "budget_accuracy",
+    "time_accuracy",
+    "probability_settings",
     "tau_tradeoff",
     "loop_costs",
 ]
@@ -473,6 +475,51 @@ def budget_accuracy(curves: Mapping[str, Mapping[str, Sequence[tuple[float, floa
                 )
         ax.set(title=aug, xlabel="budget (% of the full run's iterations)")
     axes[0].set_ylabel("test accuracy (%)")
+    axes[0].legend()
+
+
+def time_accuracy(
+    runs: Mapping[str, Mapping[float, Sequence[object]]], *, ax: Axes | None = None
+) -> None:
+    """Test accuracy against training seconds, every run: one colour per strategy, one marker per
+    budget (``runs[strategy][budget]`` lists :class:`ismod.experiments.Result`; budgets as fractions,
+    at most four)."""
+    ax = _axes(ax)
+    shapes = "os^D"
+    budgets = sorted({f for by_budget in runs.values() for f in by_budget})
+    for k, (strategy, by_budget) in enumerate(runs.items()):
+        label = strategy  # each strategy named once, at its first run
+        for f, results in by_budget.items():
+            for r in results:
+                ax.plot(r.final["train_time"], 100 * r.final["test_accuracy"],  # type: ignore[attr-defined]
+                        shapes[budgets.index(f)], color=f"C{k}", alpha=0.8, label=label)  # fmt: skip
+                label = None
+    key = "  ".join(f"{m} {f:.0%}" for m, f in zip("○□△◇", budgets))
+    ax.set(xlabel="training seconds", ylabel="test accuracy (%)", title=f"markers: {key}")
+    ax.legend()
+
+
+def probability_settings(scores: torch.Tensor, settings: Mapping[str, tuple[str, str, Sequence[float]]], *,
+                         axes: Sequence[Axes] | None = None) -> None:  # fmt: skip
+    """For each ``title -> (method, knob, values)``, the largest weight :math:`1/(N p_{\\min})` and
+    :math:`1/\\text{effective fraction}` of :func:`ismod.sampling.probabilities` of ``scores`` as the
+    knob (``temperature``, ``smoothing`` or ``pressure``) takes each value: one panel per setting."""
+    from .diagnostics import distribution_summary
+    from .sampling import probabilities
+
+    if axes is None:
+        axes = panels(len(settings))
+    for ax, (title, (method, knob, values)) in zip(axes, settings.items()):
+        summaries = [
+            distribution_summary(probabilities(scores, method, **{knob: v})) for v in values
+        ]
+        ax.semilogy(
+            values, [s["max_weight"] for s in summaries], "o-", label="largest weight 1/(N p_min)"
+        )
+        ax.semilogy(values, [1 / s["effective_fraction"] for s in summaries], "s--",
+                    label="1 / effective fraction")  # fmt: skip
+        ax.set_xscale("symlog", linthresh=0.01)
+        ax.set(xlabel=knob, title=title)
     axes[0].legend()
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "pilots",
     "ALPHA",
     "budget_time_ratios",
+    "budget_cost_markdown",
     "importance_share",
     "load_suite",
     "provenance_summary",
@@ -881,6 +882,40 @@ def budget_time_ratios(
             if runs and base:
                 out.setdefault(strategy, {})[f] = mean_seconds(runs) / mean_seconds(base)
     return out
+
+
+def budget_cost_markdown(results: dict[str, list[Result]], augmentation: str = "crop+flip") -> str:
+    """Chapter 7's two records of what the iteration budget leaves out, as Markdown: the training-time
+    ratios of :func:`budget_time_ratios` (a τ arm that never switched is marked: its steps were
+    uniform, so its ratio is no price of importance sampling), and the extra forward passes of
+    selective backprop and the upper bound, which do not depend on how busy the machine was."""
+    partial = list(CHAPTER7_BUDGETS[:-1])
+    tau = "upper bound, τ switch"
+
+    def cell(strategy: str, f: float, ratio: float | None) -> str:
+        if ratio is None:
+            return ""
+        runs = results.get(chapter7_label(tau, augmentation, f)) if strategy == tau else None
+        never = bool(runs) and importance_share(runs) == 0
+        return f"×{ratio:.2f}" + (" (never switched)" if never else "")
+
+    table = ["| strategy | " + " | ".join(f"{f:.0%}" for f in partial) + " |",
+             "|" + "---|" * (1 + len(partial))]  # fmt: skip
+    for strategy, by_budget in budget_time_ratios(results, augmentation).items():
+        cells = " | ".join(cell(strategy, f, by_budget.get(f)) for f in partial)
+        table.append(f"| {strategy} | {cells} |")
+    extra = []
+    for f in partial:
+        sb = results.get(chapter7_label("selective backprop", augmentation, f)) or []
+        ub = results.get(chapter7_label(tau, augmentation, f))
+        if sb and ub:
+            scored = sum(r.history[-1]["scored_per_trained"] for r in sb) / len(sb)
+            extra.append(f"- {f:.0%}: selective backprop scored {scored:.2f} candidates per trained sample; "
+                         f"the upper bound presampled on {importance_share(ub):.0%} of its steps "
+                         "(3 scored samples per trained one there).")  # fmt: skip
+    return (f"Training time relative to the uniform subset ({augmentation}):\n\n" + "\n".join(table)
+            + "\n\nExtra forward passes, which do not depend on how busy the machine was:\n\n"
+            + "\n".join(extra))  # fmt: skip
 
 
 def importance_share(runs: list[Result]) -> float:

@@ -52,3 +52,33 @@ def test_no_figure_is_wider_than_a_panel_nor_its_text_smaller_than_the_minimum(n
     assert "plt.subplots(1, " not in source and "plt.subplots(2, " not in source, (
         f"{name}: a multi-panel figure is one image; use ismod.plots.panels"
     )
+
+
+def test_probability_settings_draws_the_largest_weight_of_each_setting():
+    import torch
+
+    scores = torch.tensor([1.0, 2.0, 4.0, 8.0])
+    settings = {"smoothing": ("proportional", "smoothing", [0.0, 0.5, 1.0])}
+    axes = plots.panels(1)
+    plots.probability_settings(scores, settings, axes=axes)
+    largest = axes[0].lines[0].get_ydata()
+    # p ∝ s: p_min = 1/15, weight 15/4; half uniform: p_min = (1/15 + 1/4)/2; uniform: 1
+    assert list(largest) == pytest.approx([15 / 4, 1 / (4 * (1 / 15 + 1 / 4) / 2), 1.0])
+    plt.close("all")
+
+
+def test_time_accuracy_names_each_strategy_once():
+    from ismod.experiments import Config, Result
+
+    def run(t, acc):
+        return Result(Config().to_dict(), {}, [], {}, {"train_time": t, "test_accuracy": acc})
+
+    ax = plots.panels(1)[0]
+    plots.time_accuracy(
+        {"a": {0.2: [run(1, 0.5), run(2, 0.6)], 1.0: [run(5, 0.8)]}, "b": {0.2: [run(3, 0.4)]}},
+        ax=ax,
+    )
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["a", "b"]
+    assert len(ax.lines) == 4
+    assert [line.get_marker() for line in ax.lines] == ["o", "o", "s", "o"]  # one shape a budget
+    plt.close("all")

@@ -350,3 +350,30 @@ def test_no_page_trains_more_than_a_minute_at_cpu_scale():
     costs = page_costs("cpu", results, data_root=data)
     slow = {page: c for page, c in costs.items() if c["seconds"] > 60}
     assert not slow, f"pages that would train at cpu scale: {slow}"
+
+
+def test_budget_cost_marks_a_tau_arm_that_never_switched_and_counts_extra_passes():
+    from ismod.experiments import Config, Result
+    from ismod.suites import budget_cost_markdown, chapter7_label
+
+    def runs(seconds, history):
+        return [Result(Config().to_dict(), {}, [history], {}, {"train_time": seconds})]
+
+    results = {}
+    for f in (0.2, 0.3, 0.5):
+        results[chapter7_label("uniform subset", "crop+flip", f)] = runs(10.0, {})
+        results[chapter7_label("selective backprop", "crop+flip", f)] = runs(
+            30.0, {"scored_per_trained": 4.0}
+        )
+        switched = {"importance_steps": 5 if f == 0.5 else 0, "steps": 10}
+        results[chapter7_label("upper bound, τ switch", "crop+flip", f)] = runs(15.0, switched)
+    text = budget_cost_markdown(results)
+    assert "| selective backprop | ×3.00 | ×3.00 | ×3.00 |" in text
+    assert (
+        "| upper bound, τ switch | ×1.50 (never switched) | ×1.50 (never switched) | ×1.50 |"
+        in text
+    )
+    assert (
+        "- 50%: selective backprop scored 4.00 candidates per trained sample; the upper bound presampled on 50%"
+        in text
+    )
