@@ -88,6 +88,8 @@ class Config(TrainSettings):
     # (the same exact gradients: a sub-block of their Gram matrix), b' = B'/3
     tau_probe_sizes: tuple[int, ...] = ()
     train_eval_size: int = 0  # training samples evaluated (un-augmented) at each evaluation point
+    # > 0: every batch-norm layer's ε (the fast networks use airbench's 1e-12; PyTorch's default is 1e-5)
+    batch_norm_eps: float = 0.0
 
     def validate(self, num_items: int | None = None) -> None:
         """Fail before any training, naming the field (its type, then its range)."""
@@ -104,6 +106,10 @@ class Config(TrainSettings):
                 raise ValueError(
                     f"{name} must be a positive number of samples or None, got {value}"
                 )
+        if not (self.batch_norm_eps >= 0 and math.isfinite(self.batch_norm_eps)):
+            raise ValueError(
+                f"batch_norm_eps must be >= 0 (0: the model's own ε), got {self.batch_norm_eps}"
+            )
         if self.subset is not None and self.batch_size > self.subset:
             raise ValueError(f"batch_size {self.batch_size} exceeds subset {self.subset}")
         super().validate(num_items if num_items is not None else self.subset or 50_000)
@@ -144,6 +150,8 @@ _LATER_FIELDS: dict[str, Any] = {
     "compile": False,
     "bn_recalibration": 0,
     "tau_probe_sizes": [],
+    "instrument": False,
+    "batch_norm_eps": 0.0,
 }
 
 
@@ -304,7 +312,12 @@ def _tau_check(
 ) -> dict[str, Any]:
     """τ (with and without the root) and the measured variance ratio for each score, on one presample
     whose exact per-sample gradients have Gram matrix ``gram``; for the bound also the sampled ratio."""
-    from .tau import equivalent_batch_increment, sampled_sq_errors, variance_ratio
+    from .tau import (
+        equivalent_batch_increment,
+        presample_increment,
+        sampled_sq_errors,
+        variance_ratio,
+    )
 
     size = gram.shape[0]
     entry: dict[str, Any] = {"mean_grad_sq": float(gram.sum()) / size**2,
@@ -313,8 +326,9 @@ def _tau_check(
         name: (s + 1e-12) / (s + 1e-12).sum() for name, s in scores.items()
     }  # every point drawable
     for name, p in probs.items():
-        entry[name] = {"tau": equivalent_batch_increment(p), "tau_sqrt": equivalent_batch_increment(p, sqrt=True),
-                       "measured": variance_ratio(gram, p)}  # fmt: skip
+        tau = equivalent_batch_increment(p)
+        entry[name] = {"tau": tau, "tau_sqrt": equivalent_batch_increment(p, sqrt=True),
+                       "tau_eff": presample_increment(tau, batch, size), "measured": variance_ratio(gram, p)}  # fmt: skip
     gen = torch.Generator().manual_seed(seed)
     err_g, se_g = sampled_sq_errors(gram, probs["bound"], batch, generator=gen)
     err_u, se_u = sampled_sq_errors(
@@ -340,7 +354,8 @@ def tau_probe(
     At each call, ``presamples`` fixed presamples of B = 3 ``batch`` training samples (un-augmented,
     the model in eval mode) get exact per-sample gradients; for g from the upper bound, from the loss and
     from the exact gradient norms it records τ (:func:`ismod.tau.equivalent_batch_increment`, with and
-    without the square root) and the measured ratio :func:`ismod.tau.variance_ratio`, and, for the
+    without the square root), the presample-capped ``tau_eff`` :math:`1/(1/\tau + b/B)`
+    (:func:`ismod.tau.presample_increment`) and the measured ratio :func:`ismod.tau.variance_ratio`, and, for the
     bound, the same ratio from 2000 sampled minibatches each way (:func:`ismod.tau.sampled_sq_errors`).
     For each B' in ``sizes`` (each a multiple of 3 below B) the same is recorded under
     ``entry["smaller"][str(B')]`` for the presample's first B' samples, from the same gradients.
@@ -514,6 +529,10 @@ def run(
     test = load_cifar(config.dataset, "test", subset=config.test_subset, **load)
     torch.manual_seed(config.seed)
     model = build_model(config.model, train.num_classes).to(device)
+    if config.batch_norm_eps:
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._NormBase):
+                m.eps = config.batch_norm_eps
     whitening_sample = torch.randperm(
         len(train), generator=torch.Generator().manual_seed(config.seed)
     )[:5000]

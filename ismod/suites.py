@@ -16,6 +16,7 @@ from .data import data_source
 from .experiments import CONFIGS, Config, Result, config_hash, load_saved, run_or_load
 from .scale import by_scale
 from .stats import holm, paired_difference
+from .train import TRAINED_SAMPLE_FORWARDS
 
 __all__ = [
     "SUITES",
@@ -25,6 +26,10 @@ __all__ = [
     "chapter4_resnet",
     "chapter5",
     "chapter5_tau",
+    "chapter5_dissection",
+    "chapter5_critical_batch",
+    "chapter5_prediction_pilot",
+    "DISSECTION_VARIANTS",
     "chapter6",
     "chapter7",
     "chapter7_label",
@@ -397,6 +402,92 @@ def tau_log_error(points: list[dict[str, Any]], score: str, key: str = "tau") ->
     return sum(errors) / len(errors)
 
 
+# --- Chapter 5's diagnosis: what the importance steps break, and what a bigger batch buys -----------
+
+# The steps of the equal-step grids at cpu scale: about 31 epochs of the 2,500-image subset at b = 256,
+# the uniform race arm's step count in 45 s (317–412 steps).
+_DISSECTION_STEPS = 300
+
+
+def _dissection_base(scale: str) -> Config:
+    """Chapter 5's base (:func:`_chapter5_base`) at equal *steps* (machine load cannot move a step
+    count), instrumented (``instrument``: gradient norms, the noise scale and the train-mode loss at
+    each evaluation point), without the re-estimated evaluation."""
+    steps = by_scale(scale, smoke=12, cpu=_DISSECTION_STEPS, gpu=2000, paper=20_000)
+    return _chapter5_base(scale).replace(name="ch5d", budget="steps", budget_amount=steps, instrument=True,
+                                         bn_recalibration=0)  # fmt: skip
+
+
+# The dissection's variants of the forced switch (τ_th = 1) — label → (file slug, strategy options,
+# config changes) — and the uniform controls of the two changes that act on uniform training too.
+FORCED: dict[str, Any] = {"score": "bound", "threshold": 1.0}
+DISSECTION_VARIANTS: dict[str, tuple[str, dict[str, Any], dict[str, Any]]] = {
+    "forced, as is": ("forced", {}, {}),
+    "forced, unweighted (w = 1)": ("forced-unweighted", {"weighted": False}, {}),
+    "forced, weights ≤ 5": ("forced-max-weight-5", {"max_weight": 5.0}, {}),
+    "forced, BN ε = 1e-5": ("forced-bn-eps-1e-5", {}, {"batch_norm_eps": 1e-5}),
+    "forced, lr halved": ("forced-lr-half", {}, {"lr_factor": 0.5}),
+}
+
+
+def chapter5_dissection(scale: str) -> Suite:
+    """The forced switch against uniform at equal steps, each arm instrumented: as is, unweighted, with
+    weights smoothed to ≤ 5, with batch norm's ε at PyTorch's 1e-5 (the fast network's is airbench's
+    1e-12), with the learning rate halved; uniform with each of the last two changes (their effect
+    without importance sampling); and the τ switch as the authors' library decides it (√τ against
+    τ_th). ``cpu``: 3 seeds of 300 steps; ``smoke``: 1 seed of 12."""
+    base = _dissection_base(scale)
+    seeds = range(by_scale(scale, smoke=1, cpu=3, gpu=3))
+    suite: Suite = {"uniform": _arm(base, "uniform", "uniform", {}, seeds)}
+    for label, (slug, options, changes) in DISSECTION_VARIANTS.items():
+        changes = dict(changes)
+        if "lr_factor" in changes:
+            changes["lr"] = base.lr * changes.pop("lr_factor")
+        suite[label] = _arm(base, slug, "presample", {**FORCED, **options}, seeds, **changes)
+    suite["uniform, BN ε = 1e-5"] = _arm(
+        base, "uniform-bn-eps-1e-5", "uniform", {}, seeds, batch_norm_eps=1e-5
+    )
+    suite["uniform, lr halved"] = _arm(
+        base, "uniform-lr-half", "uniform", {}, seeds, lr=base.lr / 2
+    )
+    suite["τ switch, √τ (library)"] = _arm(base, "tau-sqrt", "presample",
+                                           {"score": "bound", "threshold": "fixed", "sqrt": True}, seeds)  # fmt: skip
+    return suite
+
+
+CRITICAL_BATCH_FACTORS: tuple[int, ...] = (1, 2, 4)
+
+
+def chapter5_critical_batch(scale: str) -> Suite:
+    """Uniform at b, 2b and 4b for the same number of steps and the same learning rate (what less
+    gradient noise alone buys per step, the trade an importance step makes), instrumented; the b arm
+    is the dissection's uniform arm, config for config."""
+    base = _dissection_base(scale)
+    seeds = range(by_scale(scale, smoke=1, cpu=3, gpu=3))
+    suite: Suite = {}
+    for k in CRITICAL_BATCH_FACTORS:
+        label = "uniform" if k == 1 else f"uniform, {k}b"
+        suite[f"b × {k}"] = _arm(base, label, "uniform", {}, seeds, batch_size=base.batch_size * k)
+    return suite
+
+
+def chapter5_prediction_pilot(scale: str) -> Suite:
+    """Uniform runs with τ tracked (never switching) and the instrumentation on, in the regime the
+    completed rule is asked about before the prediction runs: small batches (b = 64 and 32, the
+    learning rate scaled with b), no augmentation (the network fits its 2,500 images, so most
+    per-sample gradients become negligible and τ can grow), a presample of B = 6b, 40 epochs; one seed."""
+    base = _chapter5_base(scale)
+    epochs = by_scale(scale, smoke=2, cpu=40, gpu=40)
+    suite: Suite = {}
+    for b in by_scale(scale, smoke=(16,), cpu=(64, 32), gpu=(256, 128)):
+        config = base.replace(name="ch5p", batch_size=b, lr=base.lr * b / base.batch_size, crop=False, flip=False,
+                              budget="epochs", budget_amount=epochs, evaluations=8, instrument=True,
+                              bn_recalibration=0)  # fmt: skip
+        suite[f"b = {b}, no augmentation"] = _arm(config, f"pilot-b{b}", "presample",
+            {"score": "bound", "presample": 6.0, "threshold": "fixed", "importance": False}, range(1))  # fmt: skip
+    return suite
+
+
 def chapter6(scale: str) -> Suite:
     """Equal wall-clock time, every strategy of the course (Katharopoulos & Fleuret's setting, Chapter 5's base):
     uniform, Algorithm 1 with the loss and with the upper bound (τ switch), online batch selection,
@@ -511,6 +602,9 @@ SUITES = {
     "chapter4_resnet": chapter4_resnet,
     "chapter5": chapter5,
     "chapter5_tau": chapter5_tau,
+    "chapter5_dissection": chapter5_dissection,
+    "chapter5_critical_batch": chapter5_critical_batch,
+    "chapter5_prediction_pilot": chapter5_prediction_pilot,
     "chapter6": chapter6,
     # Chapters 5 and 6's races as one grid, so that all seven arms run interleaved seed by seed
     "equal_time": lambda scale: {**chapter5(scale), **chapter6(scale)},
@@ -523,7 +617,12 @@ PAGE_SUITES: dict[str, tuple[str, ...]] = {
     "harness": ("harness",),
     "ch03_loss_scores": ("pilots", "chapter3", "chapter3_variants"),
     "ch04_upper_bound": ("chapter4", "chapter4_resnet"),
-    "ch05_tau_switch": ("chapter5", "chapter5_tau"),
+    "ch05_tau_switch": (
+        "chapter5",
+        "chapter5_tau",
+        "chapter5_dissection",
+        "chapter5_critical_batch",
+    ),
     "ch06_wall_clock": ("chapter6",),
     "ch07_budgeted": ("chapter7",),
     "ch08_conclusions": ("chapter3", "chapter5_tau", "chapter6", "chapter7"),
@@ -601,6 +700,8 @@ def seconds_from_rate(config: Config, seconds_per_sample: float, *, backward_rat
     :func:`estimate_seconds` and the GPU session's scripts."""
     if config.budget == "seconds":
         return config.budget_amount + overhead_s
+    if config.budget == "forward_passes":  # the budget already holds the scoring passes
+        return config.budget_amount / TRAINED_SAMPLE_FORWARDS * seconds_per_sample + overhead_s
     per_epoch = config.subset or 50_000
     samples = config.budget_amount * (per_epoch if config.budget == "epochs" else config.batch_size)
     return (

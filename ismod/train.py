@@ -39,10 +39,18 @@ __all__ = [
     "sgd",
     "cross_entropy_loss",
     "check_field_types",
+    "frozen_batch_norm_statistics",
+    "noise_scale_at",
+    "NOISE_SCALE_CHUNKS",
+    "TRAINED_SAMPLE_FORWARDS",
 ]
 
 SCHEDULES: tuple[str, ...] = ("constant", "step", "linear", "onecycle")
-BUDGETS: tuple[str, ...] = ("epochs", "steps", "seconds")
+BUDGETS: tuple[str, ...] = ("epochs", "steps", "seconds", "forward_passes")
+# The cost model of the "forward_passes" budget: a trained sample costs a forward and a backward
+# pass, the backward counted as two forwards (the t_b = 2 t_f behind Katharopoulos & Fleuret's fixed
+# τ_th = (B + 3b)/(3b)); a scored sample (a presample, candidates) costs one forward pass.
+TRAINED_SAMPLE_FORWARDS = 3.0
 PHASES: tuple[str, ...] = ("selection", "data", "forward_backward", "communication", "optimizer")
 # forward_backward split in two, for cost models that need t_f and t_b (Katharopoulos & Fleuret's τ_th)
 SUBPHASES: tuple[str, ...] = ("forward", "backward")
@@ -57,7 +65,9 @@ class TrainSettings:
     """How to train: batch, budget, optimiser, schedule, evaluation and checkpoint cadence."""
 
     batch_size: int = 512
-    budget: str = "epochs"  # "epochs", "steps" or "seconds" (of training time)
+    # "epochs", "steps", "seconds" (of training time) or "forward_passes" (the cost model above:
+    # wall-clock time without the machine's load in it)
+    budget: str = "epochs"
     budget_amount: float = 4.0
     lr: float = 0.2
     momentum: float = 0.9
@@ -90,6 +100,10 @@ class TrainSettings:
     # > 0: after the last evaluation, evaluate once more with batch-norm statistics re-estimated on this
     # many uniform batches of training images (a diagnostic for statistics skewed by non-uniform batches)
     bn_recalibration: int = 0
+    # record the instrumentation (Chapter 5's dissection): the gradient norm of every step, summarised
+    # per evaluation interval, and at each evaluation point the train-mode loss on a fixed uniform
+    # batch and the gradient noise scale (see :func:`noise_scale_at`)
+    instrument: bool = False
     checkpoint_every_steps: int = 250
     checkpoint_every_seconds: float = 300.0
 
@@ -140,7 +154,7 @@ class TrainSettings:
                 f"bn_recalibration must be >= 0 batches, got {self.bn_recalibration}",
             ),
             (
-                not self.lookahead or self.budget != "seconds",
+                not self.lookahead or self.budget in ("epochs", "steps"),
                 "lookahead needs a budget in epochs or steps (its averaging schedule follows the step count)",
             ),
         ]
@@ -326,6 +340,76 @@ def recalibrated_batch_norm(
             for k, v in buffers.items():
                 getattr(m, k).copy_(v)
         model.train(was_training)
+
+
+def _tracked_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    return [m for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]  # fmt: skip
+
+
+@contextlib.contextmanager
+def frozen_batch_norm_statistics(model: nn.Module) -> Iterator[None]:
+    """Inside the ``with`` block, train-mode forward passes leave every batch-norm layer's running
+    statistics (and batch count) exactly as they were: a measurement must not move the model."""
+    saved = [{k: v.clone() for k, v in m.state_dict().items()
+              if k.startswith("running") or k == "num_batches_tracked"} for m in _tracked_norms(model)]  # fmt: skip
+    try:
+        yield
+    finally:
+        for m, buffers in zip(_tracked_norms(model), saved):
+            for k, v in buffers.items():
+                getattr(m, k).copy_(v)
+
+
+# parts the fixed batch of the noise-scale measurement is split into (McCandlish et al. average
+# per-device gradients the same way): b_small = its size / 8, b_big = its size
+NOISE_SCALE_CHUNKS = 8
+
+
+def noise_scale_at(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, loss: PerSampleLoss, *,
+                   chunks: int = NOISE_SCALE_CHUNKS, amp: bool = False, channels_last: bool = False) -> dict[str, float]:  # fmt: skip
+    r"""The train-mode loss on a fixed batch and the gradient noise scale there (McCandlish et al. 2018,
+    Appendix A): the batch (already normalised) is split into ``chunks`` parts of :math:`b_s`; each
+    part's mean-loss gradient :math:`G_k` is taken in train mode (batch statistics, as a training step
+    sees them; running statistics untouched), and :func:`ismod.diagnostics.gradient_noise_scale`
+    is given :math:`\overline{|G_k|^2}` at :math:`b_s` and :math:`|ar G|^2` at :math:`b_s\cdot` ``chunks``.
+    Returns ``train_mode_loss``, ``grad_sq``, ``trace``, ``b_simple``, ``b_small``, ``b_big``."""
+    from .diagnostics import gradient_noise_scale
+
+    n = targets.shape[0]
+    if chunks < 2 or n < chunks:
+        raise ValueError(
+            f"the fixed batch of {n} samples cannot be split into chunks={chunks} >= 2 parts"
+        )
+    b_small = n // chunks
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = images.device
+    was_training = model.training
+    model.train()
+    total: list[torch.Tensor] | None = None
+    small_sq, losses = [], []
+    with frozen_batch_norm_statistics(model):
+        for k in range(chunks):
+            x, y = images[k * b_small : (k + 1) * b_small], targets[k * b_small : (k + 1) * b_small]
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
+                logits = model(x)
+            mean_loss = per_sample_losses(loss, logits.float(), y).mean()
+            grads = torch.autograd.grad(mean_loss, params)
+            small_sq.append(torch.stack([(g.double() ** 2).sum() for g in grads]).sum())
+            total = (
+                [g.double() for g in grads]
+                if total is None
+                else [t + g for t, g in zip(total, grads)]
+            )
+            losses.append(mean_loss.detach())
+    model.train(was_training)
+    big_sq = torch.stack([((t / chunks) ** 2).sum() for t in total]).sum()
+    estimate = gradient_noise_scale(torch.stack(small_sq), big_sq, b_small, b_small * chunks)
+    return {"train_mode_loss": float(torch.stack(losses).mean()), "grad_sq": estimate.grad_sq,
+            "trace": estimate.trace, "b_simple": estimate.b_simple, "b_small": b_small,
+            "b_big": b_small * chunks}  # fmt: skip
 
 
 class _Lookahead:
@@ -563,7 +647,16 @@ class _Loop:
         self.total_steps = self._total_steps()
         self.state: dict[str, Any] = {"step": 0, "train_time": 0.0, "history": [], "next_eval": 0,
                                       "loss_sum": torch.zeros((), device=device), "loss_count": 0,
-                                      "correct_sum": torch.zeros((), device=device)}  # fmt: skip
+                                      "correct_sum": torch.zeros((), device=device), "forward_passes": 0.0}  # fmt: skip
+        if settings.instrument:
+            self.state.update(self._fresh_interval())
+            # the fixed uniform batch of the noise-scale measurement: 8 parts of min(128, N/8)
+            size = NOISE_SCALE_CHUNKS * min(128, self.n // NOISE_SCALE_CHUNKS)
+            index = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed + 999))[
+                :size
+            ]
+            index = index.to(device)
+            self.noise_batch = augment(train.images[index], train.labels[index], train=False)
         self.clock = _Clock(device)
         self.ckpt_path = Path(checkpoint) if checkpoint is not None else None
         if self.ckpt_path is not None:
@@ -577,17 +670,22 @@ class _Loop:
             return max(1, round(s.budget_amount * self.n / s.batch_size))
         if s.budget == "steps":
             return int(s.budget_amount)
-        return None  # seconds: the clock decides
+        return None  # seconds or forward passes: what the steps spend decides
+
+    def _spent(self) -> float:
+        """What a seconds or forward-pass budget has used so far."""
+        key = "forward_passes" if self.settings.budget == "forward_passes" else "train_time"
+        return self.state[key]
 
     def progress_of(self, step: int) -> float:
         if self.total_steps is not None:
             return step / self.total_steps
-        return self.state["train_time"] / self.settings.budget_amount
+        return self._spent() / self.settings.budget_amount
 
     def finished(self, step: int) -> bool:
         if self.total_steps is not None:
             return step >= self.total_steps
-        return self.state["train_time"] >= self.settings.budget_amount
+        return self._spent() >= self.settings.budget_amount
 
     def due_for_eval(self, step: int) -> bool:
         k = self.state["next_eval"]
@@ -605,6 +703,7 @@ class _Loop:
     def score(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Losses and logits of ``indices``, un-augmented, without autograd, in chunks of ``_SCORE_CHUNK``
         (split over ranks and gathered, when distributed): the strategies' ``score_fn``."""
+        self.state["forward_passes"] += indices.numel()  # a host count: no sync
         if self.world is None:
             return self._score_local(indices)
         losses, logits = self._score_local(self.world.shard(indices))
@@ -677,6 +776,8 @@ class _Loop:
         self.scaler.update()
         if self.lookahead is not None:
             self.lookahead.step(step + 1, self.total_steps)
+        if self.settings.instrument:
+            self._record_grad_norm(importance=weights is not None)
         t4 = clock.mark()
         detached, seen_logits = losses.detach(), logits.detach()
         if world is not None:  # every rank's strategy observes the whole global batch
@@ -701,6 +802,7 @@ class _Loop:
                             ("forward", t2, t_forward), ("backward", t_forward, t3)):  # fmt: skip
             clock.add(phase, a, b)
         state["step"] = step + 1
+        state["forward_passes"] += TRAINED_SAMPLE_FORWARDS * self.settings.batch_size
         if state["step"] == _FIRST_TIMING_STEP:
             self.tell_step_times()
         elapsed = time.perf_counter() - wall_start
@@ -709,6 +811,47 @@ class _Loop:
         ):  # a seconds budget ends on the same step everywhere
             elapsed = world.reduce_floats([elapsed], "max")[0]
         state["train_time"] += elapsed
+
+    @staticmethod
+    def _fresh_interval() -> dict[str, Any]:
+        return {"grad_norm_sum": 0.0, "grad_norm_count": 0, "grad_norm_importance_sum": 0.0,
+                "grad_norm_importance_count": 0}  # fmt: skip
+
+    def _record_grad_norm(self, importance: bool) -> None:
+        """Add this step's gradient norm (of the weighted mean loss, unscaled) to the interval's sums,
+        on the device: read only at the next evaluation point."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).double())
+        if self.scaler.is_enabled():
+            norm = norm / self.scaler._get_scale_async().double()
+        state = self.state
+        state["grad_norm_sum"] = state["grad_norm_sum"] + norm
+        state["grad_norm_count"] += 1
+        if importance:
+            state["grad_norm_importance_sum"] = state["grad_norm_importance_sum"] + norm
+            state["grad_norm_importance_count"] += 1
+
+    def instrumentation(self) -> dict[str, Any]:
+        """The record's instrumentation: ``grad_norm`` (mean over the interval's steps),
+        ``grad_norm_importance`` (over its weighted steps; None if none) and ``noise_scale``
+        (:func:`noise_scale_at` on the fixed batch, whose ``train_mode_loss`` is also a key)."""
+        state = self.state
+
+        def mean(prefix: str) -> float | None:
+            count = state[f"{prefix}_count"]
+            return float(state[f"{prefix}_sum"]) / count if count else None
+
+        out: dict[str, Any] = {
+            "grad_norm": mean("grad_norm"),
+            "grad_norm_importance": mean("grad_norm_importance"),
+        }
+        images, labels = self.noise_batch
+        noise = noise_scale_at(self.model, images, labels, self.loss, amp=self.use_amp,
+                               channels_last=self.settings.channels_last)  # fmt: skip
+        out["train_mode_loss"] = noise.pop("train_mode_loss")
+        out["noise_scale"] = noise
+        state.update(self._fresh_interval())
+        return out
 
     def tell_step_times(self) -> None:
         done = self.state["step"]
@@ -747,6 +890,8 @@ class _Loop:
         if self.train_eval is not None:
             acc, loss = evaluate(self.model, self.train_eval, self.augment, **kwargs)
             state["history"][-1].update(train_eval_accuracy=acc, train_eval_loss=loss)
+        if settings.instrument and self.world is None:
+            state["history"][-1].update(self.instrumentation())
         totals = self.clock.totals
         totals["evaluation"] = totals.get("evaluation", 0.0) + time.perf_counter() - start
         if self.probe is not None:
@@ -833,6 +978,8 @@ class _Loop:
         from tqdm.auto import tqdm
 
         steps = self.total_steps
+        if steps is None and self.settings.budget == "forward_passes":
+            return tqdm(total=100, leave=False, unit="%", desc=self.tag[:8] or "train")
         return tqdm(total=steps if steps is not None else round(self.settings.budget_amount),
                     initial=self.state["step"] if steps is not None else 0, leave=False,
                     unit="step" if steps is not None else "s", desc=self.tag[:8] or "train")  # fmt: skip
@@ -841,7 +988,10 @@ class _Loop:
         if self.total_steps is not None:
             bar.update(1)
         else:
-            bar.n = min(round(self.state["train_time"]), bar.total)
+            done = self._spent() * (
+                100 / self.settings.budget_amount if self.settings.budget == "forward_passes" else 1
+            )
+            bar.n = min(round(done), bar.total)
             bar.refresh()
 
     def _output(self) -> dict[str, Any]:

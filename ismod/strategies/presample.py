@@ -153,13 +153,30 @@ class Presample(Strategy):
         tau_momentum: :math:`a_\\tau` (0.9 in the authors' code).
         sqrt: take the square root of τ_new, as the authors' library does (Chapter 5 compares both).
         importance: ``False`` never switches (scores and τ are still tracked): uniform with the τ log.
+        weighted: ``False`` trains on the resampled batch with weights 1 instead of :math:`1/(B g_i)`
+            (biased toward high scores: the dissection's variant, not the method).
+        max_weight: if set (≥ 1), g is mixed with uniform, :math:`g \leftarrow (1-\lambda)g + \lambda/B`
+            with the smallest λ that keeps every weight :math:`1/(B g_i)` at or below it (unbiased; τ
+            is computed from the mixed g).
+
+    At each evaluation point the summary also gives, over the interval's importance steps,
+    ``max_weight`` (the largest weight a step applied) and ``duplicate_fraction`` (the mean share of
+    a batch's draws that repeat an index already drawn), or None where the interval had none.
     """
 
     name = "presample"
 
     def __init__(self, presample: float = 3.0, score: str = "bound", threshold: str | float = "measured",
-                 tau_momentum: float = 0.9, sqrt: bool = False, importance: bool = True) -> None:  # fmt: skip
+                 tau_momentum: float = 0.9, sqrt: bool = False, importance: bool = True, weighted: bool = True,
+                 max_weight: float | None = None) -> None:  # fmt: skip
         check_presample_options(presample, score, threshold, tau_momentum)
+        if not isinstance(weighted, bool):
+            raise ValueError(f"weighted must be True or False, got {weighted!r}")
+        if max_weight is not None and not (
+            isinstance(max_weight, (int, float)) and max_weight >= 1
+        ):
+            raise ValueError(f"max_weight must be None or a number >= 1 (a weight 1/(B g) of uniform g is 1), got {max_weight!r}")  # fmt: skip
+        self.weighted, self.max_weight = weighted, None if max_weight is None else float(max_weight)
         self.ratio, self.score, self.threshold = float(presample), score, threshold
         self.tau_momentum, self.sqrt, self.importance = (
             float(tau_momentum),
@@ -188,6 +205,13 @@ class Presample(Strategy):
         self.log_every = max(1, num_items // batch_size // 25)  # about 25 τ points per epoch
         self._last_was_uniform = False
         self._pending_log: int | None = None  # the step whose τ observe() should log
+        self._fresh_interval()
+
+    def _fresh_interval(self) -> None:
+        # the instrumentation of the importance steps since the last summary, kept on the device
+        self.interval_max_weight = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.interval_duplicates = torch.zeros((), dtype=torch.float64, device=self.device)
+        self.interval_importance_steps = 0
 
     # τ, its threshold and the measured times live in the shared switch
     @property
@@ -231,6 +255,15 @@ class Presample(Strategy):
 
     normalize = staticmethod(normalize_scores)
 
+    def capped(self, g: torch.Tensor) -> torch.Tensor:
+        """g mixed with uniform just enough that no weight :math:`1/(B g_i)` exceeds ``max_weight``."""
+        if self.max_weight is None:
+            return g
+        n = g.numel()
+        floor, smallest = 1.0 / (self.max_weight * n), g.min()
+        share = ((floor - smallest) / (1.0 / n - smallest).clamp_min(1e-300)).clamp(0.0, 1.0)
+        return (1.0 - share) * g + share / n
+
     def _update_tau(self, g: torch.Tensor) -> None:
         self.switch.update(g, self.steps)
 
@@ -251,16 +284,27 @@ class Presample(Strategy):
             self._last_was_uniform = False
             presample = self._take(self.presample_size)
             losses, logits = self.score_fn(presample)
-            g = self.normalize(self.scores_of(logits, presample, losses))
+            g = self.capped(self.normalize(self.scores_of(logits, presample, losses)))
             chosen, weights = _draw(g, b, True, self.generator)  # weights 1/(B g_i)
             self._update_tau(g)
-            idx, weights = presample[chosen], weights.float()
+            weights = (
+                weights.float() if self.weighted else torch.ones_like(weights, dtype=torch.float32)
+            )
+            idx = presample[chosen]
+            self._instrument(chosen, weights)
             self.importance_steps += 1
             if self.switch_step is None:
                 self.switch_step = step
         if step % self.log_every == 0:
             self._pending_log = step
         return idx, weights
+
+    def _instrument(self, chosen: torch.Tensor, weights: torch.Tensor) -> None:
+        drawn = torch.zeros(self.presample_size, dtype=torch.float64, device=self.device)
+        drawn.index_fill_(0, chosen, 1.0)
+        self.interval_duplicates += 1.0 - drawn.sum() / chosen.numel()
+        self.interval_max_weight = torch.maximum(self.interval_max_weight, weights.max().double())
+        self.interval_importance_steps += 1
 
     def observe(self, indices: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor) -> None:
         if self._last_was_uniform:  # score the uniform batch for free, from its own forward pass
@@ -282,6 +326,10 @@ class Presample(Strategy):
             "importance_steps": self.importance_steps, "steps": self.steps, "switch_step": self.switch_step,
             "tau_log": [[int(r[0]), r[1], int(r[2])] for r in rows],
         }  # fmt: skip
+        count = self.interval_importance_steps
+        out["max_weight"] = float(self.interval_max_weight) if count else None
+        out["duplicate_fraction"] = float(self.interval_duplicates) / count if count else None
+        self._fresh_interval()
         if self.measured_times is not None:
             out["t_forward"], out["t_backward"] = self.measured_times
         return out
@@ -292,6 +340,7 @@ class Presample(Strategy):
             "stream": self.stream, "stream_position": self.stream_position, "steps": self.steps,
             "importance_steps": self.importance_steps, "switch_step": self.switch_step, "visits": self.visits,
             "log": list(self.log), "ring": self.switch.ring_values(),
+            "interval": (self.interval_max_weight, self.interval_duplicates, self.interval_importance_steps),
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -305,3 +354,10 @@ class Presample(Strategy):
         self.visits = state["visits"].to(self.device)
         self.log = [t.to(self.device) for t in state["log"]]
         self.switch.restore_ring(state["ring"])
+        if "interval" in state:  # absent from checkpoints written before the instrumentation
+            max_weight, duplicates, count = state["interval"]
+            self.interval_max_weight, self.interval_duplicates = (
+                max_weight.to(self.device),
+                duplicates.to(self.device),
+            )
+            self.interval_importance_steps = int(count)
