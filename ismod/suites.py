@@ -29,6 +29,7 @@ __all__ = [
     "chapter5_dissection",
     "chapter5_critical_batch",
     "chapter5_prediction_pilot",
+    "chapter5_prediction",
     "DISSECTION_VARIANTS",
     "chapter6",
     "chapter7",
@@ -488,6 +489,30 @@ def chapter5_prediction_pilot(scale: str) -> Suite:
     return suite
 
 
+def chapter5_prediction(scale: str) -> Suite:
+    """The completed rule's two predictions, each {uniform, importance sampling} × 5 seeds, instrumented.
+
+    ``"should not pay"``: Chapter 5's regime (b = 256, B = 3b, crop+flip) under a budget of forward
+    passes (the cost model of :data:`ismod.train.TRAINED_SAMPLE_FORWARDS`: the steps' and the presamples'
+    cost without the machine's load), uniform's 300 steps; the τ switch as shipped with τ_th = (B + 3b)/(3b).
+    ``"should pay per step"``: the pilot's regime (b = 64, B = 6b, no augmentation, 20 epochs) at equal
+    steps — the variance half of the rule, with scoring free — the switch forced on."""
+    seeds = range(by_scale(scale, smoke=1, cpu=5, gpu=5))
+    lose = _dissection_base(scale)
+    passes = lose.budget_amount * TRAINED_SAMPLE_FORWARDS * lose.batch_size
+    lose = lose.replace(name="ch5q", budget="forward_passes", budget_amount=passes)
+    pilot = chapter5_prediction_pilot(scale)
+    small = next(iter(pilot.values()))[0]
+    pay = small.replace(name="ch5q", strategy="uniform", strategy_options={},
+                        budget_amount=by_scale(scale, smoke=2, cpu=20, gpu=20))  # fmt: skip
+    return {
+        "should not pay: uniform": _arm(lose, "lose-uniform", "uniform", {}, seeds),
+        "should not pay: τ switch": _arm(lose, "lose-tau", "presample", {"score": "bound", "threshold": "fixed"}, seeds),
+        "should pay per step: uniform": _arm(pay, "pay-uniform", "uniform", {}, seeds),
+        "should pay per step: forced": _arm(pay, "pay-forced", "presample", {**FORCED, "presample": 6.0}, seeds),
+    }  # fmt: skip
+
+
 def chapter6(scale: str) -> Suite:
     """Equal wall-clock time, every strategy of the course (Katharopoulos & Fleuret's setting, Chapter 5's base):
     uniform, Algorithm 1 with the loss and with the upper bound (τ switch), online batch selection,
@@ -605,6 +630,7 @@ SUITES = {
     "chapter5_dissection": chapter5_dissection,
     "chapter5_critical_batch": chapter5_critical_batch,
     "chapter5_prediction_pilot": chapter5_prediction_pilot,
+    "chapter5_prediction": chapter5_prediction,
     "chapter6": chapter6,
     # Chapters 5 and 6's races as one grid, so that all seven arms run interleaved seed by seed
     "equal_time": lambda scale: {**chapter5(scale), **chapter6(scale)},
