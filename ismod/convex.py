@@ -12,7 +12,9 @@ minimised by :math:`p_i \\propto \\lVert G_i\\rVert` (Needell et al. 2014; Zhao 
 
 from __future__ import annotations
 
+import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -28,6 +30,10 @@ __all__ = [
     "STRATEGIES",
     "SGDHistory",
     "run_sgd",
+    "noise_scale_at",
+    "steps_to_target",
+    "RuleCheck",
+    "rule_check",
 ]
 
 
@@ -248,3 +254,167 @@ def run_sgd(
         x = x - lr * (w[:, None] * g).mean(0)
         elapsed += time.perf_counter() - start
     return hist
+
+
+# --- the completed switch rule, checked where the noise scale is known (Chapter 5) ------------------
+
+
+def noise_scale_at(
+    problem: Problem, x: torch.Tensor, probs: torch.Tensor | None = None
+) -> dict[str, float]:
+    r"""The closed-form gradient noise at ``x``: :math:`|G|^2`, the trace of the per-sample gradient
+    covariance under sampling ``probs`` (uniform by default; draws weighted by :math:`1/(Np_i)`),
+    :math:`B_{\text{simple}} = \operatorname{tr}\Sigma/|G|^2` and McCandlish et al.'s (2018)
+    Hessian-weighted :math:`B_{\text{noise}} = \operatorname{tr}(H\Sigma)/(G^\top H G)` (least squares:
+    :math:`H = A^\top A/N`)."""
+    if problem.kind != "least_squares":
+        raise ValueError(
+            f"noise_scale_at needs a least-squares problem (its Hessian is constant), got {problem.kind!r}"
+        )
+    grads = problem.grads(x)
+    n = problem.n
+    p = torch.full((n,), 1.0 / n, dtype=grads.dtype) if probs is None else probs.to(grads.dtype)
+    mean = grads.mean(0)
+    scaled = grads / (n * p)[:, None]  # the weighted per-sample estimates of G
+    centred = scaled - mean
+    cov = (p[:, None] * centred).T @ centred
+    hessian = problem.features.T @ problem.features / n
+    grad_sq = float(mean @ mean)
+    trace = float(torch.trace(cov))
+    return {"grad_sq": grad_sq, "trace": trace, "b_simple": trace / grad_sq if grad_sq > 0 else math.inf,
+            "b_noise": float(torch.trace(hessian @ cov)) / float(mean @ hessian @ mean)}  # fmt: skip
+
+
+def steps_to_target(problem: Problem, batch_size: int, lr: float | Sequence[float], target: float, *,
+                    importance: bool = False, presample: int | None = None, repeats: int = 16,
+                    max_steps: int = 20_000, seed: int = 0, minimum: float | None = None,
+                    first: bool = False) -> torch.Tensor:  # fmt: skip
+    r"""Steps each of ``repeats`` independent SGD runs from :meth:`Problem.init` takes to bring
+    :math:`F(x) - F^*` to ``target`` or below (``inf`` if not within ``max_steps``, or diverged), for each
+    learning rate in ``lr``: a tensor (len(lr), repeats), all runs advanced together.
+
+    Uniform: :math:`b` indices drawn with replacement. ``importance``: :math:`p_i \propto \lVert G_i(x)\rVert`
+    at the current iterate, over all :math:`N` points, or, with ``presample`` = B, over a uniform
+    presample of :math:`B` (with replacement) from which the batch of :math:`b` is resampled —
+    Katharopoulos & Fleuret's scheme with exact scores; weights :math:`1/(Np_i)` resp. :math:`1/(Bg_i)`.
+    ``first=True`` stops once some learning rate's median has reached the target: the smallest median
+    over learning rates is then exact, and every run still going reads ``inf``."""
+    if problem.kind != "least_squares":
+        raise ValueError(f"steps_to_target needs a least-squares problem, got {problem.kind!r}")
+    rates = torch.as_tensor(
+        [lr] if isinstance(lr, (int, float)) else list(lr), dtype=problem.features.dtype
+    )
+    if batch_size < 1 or target <= 0 or repeats < 1 or rates.numel() == 0 or (rates <= 0).any():
+        raise ValueError(f"batch_size, every lr, target and repeats must be positive; got {batch_size}, {lr}, {target}, {repeats}")  # fmt: skip
+    if presample is not None and (not importance or presample < batch_size):
+        raise ValueError(
+            f"presample (B = {presample}) needs importance=True and B >= batch_size = {batch_size}"
+        )
+    gen = torch.Generator().manual_seed(seed)
+    a, y = problem.features, problem.targets
+    n, runs = problem.n, rates.numel() * repeats
+    minimum = problem.minimum() if minimum is None else minimum
+    step_size = rates.repeat_interleave(repeats)[:, None]
+    x = problem.init().repeat(runs, 1)
+    steps = torch.full((runs,), math.inf, dtype=torch.float64)
+    live = torch.ones(runs, dtype=torch.bool)
+    start_gap = problem.objective(problem.init()) - minimum
+    for step in range(max_steps + 1):
+        gap = 0.5 * ((x @ a.T - y) ** 2).mean(1) - minimum
+        reached = (gap <= target) & live
+        steps[reached] = step
+        live &= (
+            ~reached & torch.isfinite(gap) & (gap < 1e6 * start_gap)
+        )  # a diverged run stops, at inf
+        if not live.any() or step == max_steps:
+            break
+        if first and torch.isfinite(steps.view(rates.numel(), repeats).median(1).values).any():
+            break
+        if not importance:
+            idx = torch.randint(n, (runs, batch_size), generator=gen)
+            weight = torch.ones(runs, batch_size, dtype=x.dtype)
+        else:
+            pool = torch.randint(n, (runs, presample), generator=gen) if presample else None
+            feats = a.expand(runs, n, a.shape[1]) if pool is None else a[pool]  # (R, N or B, d)
+            targets = y.expand(runs, n) if pool is None else y[pool]
+            norms = ((feats @ x[:, :, None])[..., 0] - targets).abs() * feats.norm(dim=-1)
+            norms = torch.where(live[:, None], norms, torch.ones_like(norms)) + 1e-300
+            probs = norms / norms.sum(1, keepdim=True)
+            pick = torch.multinomial(probs, batch_size, replacement=True, generator=gen)
+            weight = 1.0 / (probs.shape[1] * probs.gather(1, pick))
+            idx = pick if pool is None else pool.gather(1, pick)
+        feats, targets = a[idx], y[idx]  # (R, b, d), (R, b)
+        resid = (feats @ x[:, :, None])[..., 0] - targets
+        grad = ((weight * resid)[:, :, None] * feats).mean(1)
+        x = torch.where(live[:, None], x - step_size * grad, x)
+    return steps.view(rates.numel(), repeats)
+
+
+@dataclass(frozen=True)
+class RuleCheck:
+    """:func:`rule_check`'s measurements and predictions, per batch size in ``batch_sizes``."""
+
+    batch_sizes: tuple[int, ...]
+    steps_uniform: tuple[float, ...]  # measured (median over repeats, best learning rate)
+    steps_importance: tuple[float, ...]  # p ∝ |G_i| over all N
+    steps_presample: tuple[float, ...]  # p ∝ |G_i| within a uniform presample of B = ratio · b
+    s_min: float  # fitted from the uniform steps, S(b) = S_min (1 + B_crit / b)
+    b_crit: float
+    b_simple: float  # closed form at the target, on the full-gradient path
+    b_noise: float
+    tau: float  # variance ratio uniform / p ∝ |G_i| at the target
+    presample_ratio: int
+
+    def predicted(self, increment: float, b: int) -> float:
+        """Steps an importance-sampled batch of ``b`` worth ``increment`` uniform batches should take."""
+        return self.s_min * (1.0 + self.b_crit / (increment * b))
+
+    @property
+    def tau_eff(self) -> float:
+        from .tau import presample_increment
+
+        return presample_increment(self.tau, 1, self.presample_ratio)
+
+
+def rule_check(problem: Problem, target: float, *, batch_sizes: tuple[int, ...] = (1, 4, 16, 64),
+               lrs: Sequence[float] | None = None, presample_ratio: int = 3, repeats: int = 16,
+               max_steps: int = 800, seed: int = 0) -> RuleCheck:  # fmt: skip
+    r"""The completed switch rule against SGD on least squares, where every term has a closed form.
+
+    Steps to ``target`` are measured (:func:`steps_to_target`, each at its best learning rate of
+    ``lrs``) for uniform batches, importance sampling over all N and over a presample of B = ratio·b.
+    McCandlish et al.'s :math:`S(b) = S_{\min}(1 + B_{\text{crit}}/b)` is fitted to the uniform steps
+    (least squares in 1/b), and the closed-form :math:`B_{\text{simple}}`, :math:`B_{\text{noise}}` and τ
+    (:func:`noise_scale_at` with and without :math:`p \propto \lVert G_i\rVert`) are taken where
+    full-gradient descent first reaches the target. The rule predicts :math:`S_{\min}(1 +
+    B_{\text{crit}}/(\tau b))` steps with importance sampling and :math:`S_{\min}(1 + B_{\text{crit}}/(\tau_{\text{eff}} b))`
+    with the presample, :math:`\tau_{\text{eff}} = 1/(1/\tau + 1/\text{ratio})`."""
+    minimum = problem.minimum()
+    curvature = float(
+        torch.linalg.eigvalsh(problem.features.T @ problem.features / problem.n).max()
+    )
+    if lrs is None:  # from the full-gradient stability limit 2/λ_max down by 0.6 a time
+        lrs = [2.0 / curvature * 0.6**k for k in range(12)]
+    measured: dict[str, list[float]] = {"u": [], "is": [], "pre": []}
+    for b in batch_sizes:
+        for key, options in (("u", {}), ("is", {"importance": True}),
+                             ("pre", {"importance": True, "presample": presample_ratio * b})):  # fmt: skip
+            steps = steps_to_target(problem, b, lrs, target, repeats=repeats, max_steps=max_steps, seed=seed,
+                                    minimum=minimum, first=True, **options)  # fmt: skip
+            measured[key].append(float(steps.median(1).values.min()))
+    # S = S_min + (S_min B_crit)/b, fitted in relative terms (rows divided by S): every b counts alike
+    inverse = torch.tensor([1.0 / b for b in batch_sizes], dtype=torch.float64)
+    observed = torch.tensor(measured["u"], dtype=torch.float64)
+    design = torch.stack([torch.ones_like(inverse), inverse], 1) / observed[:, None]
+    coef = torch.linalg.lstsq(design, torch.ones_like(observed)[:, None]).solution[:, 0]
+    s_min, slope = float(coef[0]), float(coef[1])
+    # the closed-form terms where full-gradient descent first reaches the target
+    x = problem.init()
+    while problem.objective(x) - minimum > target:
+        x = x - problem.grads(x).mean(0) / curvature
+    norms = problem.grads(x).norm(dim=1)
+    uniform = noise_scale_at(problem, x)
+    weighted = noise_scale_at(problem, x, norms / norms.sum())
+    return RuleCheck(tuple(batch_sizes), tuple(measured["u"]), tuple(measured["is"]), tuple(measured["pre"]),
+                     s_min, slope / s_min, uniform["b_simple"], uniform["b_noise"],
+                     uniform["trace"] / weighted["trace"], presample_ratio)  # fmt: skip

@@ -700,10 +700,25 @@ class _Loop:
 
     # --- scoring ------------------------------------------------------------------------------------
 
-    def score(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Losses and logits of ``indices``, un-augmented, without autograd, in chunks of ``_SCORE_CHUNK``
-        (split over ranks and gathered, when distributed): the strategies' ``score_fn``."""
+    def score(
+        self, indices: torch.Tensor, *, augmented: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Losses and logits of ``indices`` without autograd, in chunks of ``_SCORE_CHUNK`` (split over
+        ranks and gathered, when distributed): the strategies' ``score_fn``. Un-augmented by default;
+        ``augmented=True`` scores a fresh training augmentation of each sample and keeps those inputs,
+        so that a strategy can train on exactly what it scored (``Strategy.train_on_scored``)."""
         self.state["forward_passes"] += indices.numel()  # a host count: no sync
+        if augmented:
+            if self.world is not None or self.augment.soft_targets:
+                raise ValueError("scoring augmented inputs needs one process and an augmentation without mixing "
+                                 "(mixup and RICAP outputs hold several samples); score un-augmented instead")  # fmt: skip
+            x, y = self.augment(
+                self.train.images[indices], self.train.labels[indices], generator=self.gen
+            )
+            self.scored_inputs = (x, y)
+            return self._score_inputs(
+                lambda start, stop: (x[start:stop], y[start:stop]), indices.numel()
+            )
         if self.world is None:
             return self._score_local(indices)
         losses, logits = self._score_local(self.world.shard(indices))
@@ -712,15 +727,24 @@ class _Loop:
         )
 
     def _score_local(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images, labels = self.train.images, self.train.labels
+
+        def chunk(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+            part = indices[start:stop]
+            return self.augment(images[part], labels[part], train=False)
+
+        return self._score_inputs(chunk, indices.numel())
+
+    def _score_inputs(self, chunk: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]], count: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         # inference mode (BatchNorm's running statistics, as Katharopoulos & Fleuret's library scores):
         # a sample's score does not depend on the chunk it is scored with, and no buffer moves
         model = self.model
         was_training = model.training
         model.eval()
         losses, logits = [], []
-        for start in range(0, indices.numel(), _SCORE_CHUNK):
-            part = indices[start : start + _SCORE_CHUNK]
-            x, y = self.augment(self.train.images[part], self.train.labels[part], train=False)
+        for start in range(0, count, _SCORE_CHUNK):
+            x, y = chunk(start, min(start + _SCORE_CHUNK, count))
             if self.settings.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with (
@@ -749,9 +773,14 @@ class _Loop:
         t0 = clock.mark()
         indices, weights = strategy.select(step)
         t1 = clock.mark()
-        x, y = self.augment(
-            self.train.images[indices], self.train.labels[indices], generator=self.gen
-        )
+        positions = strategy.train_on_scored
+        if positions is not None:  # the very inputs the strategy scored (and weighted) this step
+            strategy.train_on_scored = None
+            x, y = self.scored_inputs[0][positions], self.scored_inputs[1][positions]
+        else:
+            x, y = self.augment(
+                self.train.images[indices], self.train.labels[indices], generator=self.gen
+            )
         y_global = y
         if (
             self.local is not None

@@ -8,9 +8,10 @@ from typing import Any
 
 import torch
 
-# (indices) -> (per-sample losses, logits), computed without autograd; time spent in it is counted
-# as scoring by the trainer.
-ScoreFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+# (indices) -> (per-sample losses, logits), computed without autograd, of the un-augmented samples;
+# the trainer's also accepts ``augmented=True`` (see ``Strategy.train_on_scored``). Time spent in it
+# is counted as scoring by the trainer.
+ScoreFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 
 
 class Strategy(ABC):
@@ -30,6 +31,11 @@ class Strategy(ABC):
     # once more, un-mixed and without autograd, and passes those: each recorded score then comes
     # from the sample itself (the "clean pass" attribution), at the cost of one forward pass per step.
     uses_observations: bool = True
+    # Set by select() to positions within the inputs of this step's ``score_fn(..., augmented=True)``
+    # call: the trainer then trains on those augmented inputs, the ones the strategy scored, instead of
+    # augmenting the selected indices afresh (Katharopoulos & Fleuret's library trains on the images it
+    # scored). The trainer resets it to None.
+    train_on_scored: torch.Tensor | None = None
 
     def setup(self, num_items: int, batch_size: int, device: torch.device, generator: torch.Generator,
               score_fn: ScoreFn | None = None, labels: torch.Tensor | None = None) -> None:  # fmt: skip

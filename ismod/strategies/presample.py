@@ -155,7 +155,11 @@ class Presample(Strategy):
         importance: ``False`` never switches (scores and τ are still tracked): uniform with the τ log.
         weighted: ``False`` trains on the resampled batch with weights 1 instead of :math:`1/(B g_i)`
             (biased toward high scores: the dissection's variant, not the method).
-        max_weight: if set (≥ 1), g is mixed with uniform, :math:`g \leftarrow (1-\lambda)g + \lambda/B`
+        score_augmented: ``True`` scores a fresh training augmentation of the presample and trains on
+            those very images (the authors' library scores and trains on the same augmented images);
+            ``False`` scores the un-augmented images and trains on a new augmentation of those chosen,
+            so a weight :math:`1/(Bg_i)` can meet a gradient its score did not predict (Chapter 5).
+        max_weight: if set (≥ 1), g is mixed with uniform, :math:`g \\leftarrow (1-\\lambda)g + \\lambda/B`
             with the smallest λ that keeps every weight :math:`1/(B g_i)` at or below it (unbiased; τ
             is computed from the mixed g).
 
@@ -168,10 +172,12 @@ class Presample(Strategy):
 
     def __init__(self, presample: float = 3.0, score: str = "bound", threshold: str | float = "measured",
                  tau_momentum: float = 0.9, sqrt: bool = False, importance: bool = True, weighted: bool = True,
-                 max_weight: float | None = None) -> None:  # fmt: skip
+                 max_weight: float | None = None, score_augmented: bool = False) -> None:  # fmt: skip
         check_presample_options(presample, score, threshold, tau_momentum)
-        if not isinstance(weighted, bool):
-            raise ValueError(f"weighted must be True or False, got {weighted!r}")
+        for name, flag in (("weighted", weighted), ("score_augmented", score_augmented)):
+            if not isinstance(flag, bool):
+                raise ValueError(f"{name} must be True or False, got {flag!r}")
+        self.score_augmented = score_augmented
         if max_weight is not None and not (
             isinstance(max_weight, (int, float)) and max_weight >= 1
         ):
@@ -283,7 +289,10 @@ class Presample(Strategy):
         else:
             self._last_was_uniform = False
             presample = self._take(self.presample_size)
-            losses, logits = self.score_fn(presample)
+            if self.score_augmented:
+                losses, logits = self.score_fn(presample, augmented=True)
+            else:
+                losses, logits = self.score_fn(presample)
             g = self.capped(self.normalize(self.scores_of(logits, presample, losses)))
             chosen, weights = _draw(g, b, True, self.generator)  # weights 1/(B g_i)
             self._update_tau(g)
@@ -291,6 +300,8 @@ class Presample(Strategy):
                 weights.float() if self.weighted else torch.ones_like(weights, dtype=torch.float32)
             )
             idx = presample[chosen]
+            if self.score_augmented:
+                self.train_on_scored = chosen
             self._instrument(chosen, weights)
             self.importance_steps += 1
             if self.switch_step is None:

@@ -1,0 +1,268 @@
+"""Chapter 5's instrumentation: the gradient noise scale at evaluation points, per-interval gradient
+norms, the importance steps' weights and duplicates, and the forward-pass budget."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ismod.augment import Augment
+from ismod.data import ImageData
+from ismod.diagnostics import gradient_noise_scale
+from ismod.models import build_model
+from ismod.strategies import Presample, Uniform
+from ismod.train import TRAINED_SAMPLE_FORWARDS, TrainSettings, fit, noise_scale_at
+
+CPU = torch.device("cpu")
+
+
+def _synthetic(n: int, seed: int = 0) -> ImageData:
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % 10
+    images = torch.randint(0, 128, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
+    images[:, 0] += (labels * 12).to(torch.uint8)[:, None, None]
+    return ImageData(images, labels, [str(i) for i in range(10)], "synthetic")
+
+
+def _ce(logits, targets):
+    return F.cross_entropy(logits, targets, reduction="none")
+
+
+def test_noise_scale_at_is_the_two_batch_estimate_of_its_chunks_and_moves_nothing():
+    torch.manual_seed(0)
+    model = build_model("small_cnn")
+    data = _synthetic(64)
+    x, y = Augment()(data.images, data.labels, train=False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    out = noise_scale_at(model, x, y, _ce, chunks=4)
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    # by hand: the four chunks' gradients in train mode (batch statistics), from the same state
+    model.train()
+    params = list(model.parameters())
+    grads, losses = [], []
+    for k in range(4):
+        loss = _ce(model(x[16 * k : 16 * (k + 1)]), y[16 * k : 16 * (k + 1)]).mean()
+        grads.append(torch.cat([g.flatten() for g in torch.autograd.grad(loss, params)]).double())
+        losses.append(float(loss.detach()))
+    model.load_state_dict(before)
+    small = torch.stack([(g**2).sum() for g in grads])
+    big = (torch.stack(grads).mean(0) ** 2).sum()
+    expected = gradient_noise_scale(small, big, 16, 64)
+    assert out["b_small"] == 16 and out["b_big"] == 64
+    assert out["trace"] == pytest.approx(expected.trace, rel=1e-5)
+    assert out["grad_sq"] == pytest.approx(expected.grad_sq, rel=1e-4, abs=1e-9)
+    assert out["train_mode_loss"] == pytest.approx(sum(losses) / 4, rel=1e-5)
+    with pytest.raises(ValueError, match="chunks"):
+        noise_scale_at(model, x[:3], y[:3], _ce, chunks=4)
+
+
+def test_noise_scale_at_recovers_a_known_trace_and_signal_on_random_batches():
+    """Least squares, f_i = ½(a_i·w − y_i)²: per-sample gradients G_i = a_i (a_i·w − y_i) are known, so
+    |G|² and tr Σ of the population are exact; over random batches drawn with replacement the
+    estimates average to them (within 4 standard errors)."""
+    gen = torch.Generator().manual_seed(1)
+    n, d = 4096, 6
+    a = torch.randn(n, d, generator=gen)
+    y = a @ torch.randn(d, generator=gen) + 0.5 * torch.randn(n, generator=gen) + 0.3
+    model = torch.nn.Linear(d, 1, bias=False)
+    with torch.no_grad():
+        model.weight.zero_()
+
+    def half_square(out, targets):
+        return 0.5 * (out[:, 0] - targets) ** 2
+
+    per_sample = (a * (a @ model.weight[0].detach() - y)[:, None]).double()
+    true_grad_sq = float((per_sample.mean(0) ** 2).sum())
+    true_trace = float(((per_sample - per_sample.mean(0)) ** 2).sum(1).mean())
+    traces, signals = [], []
+    for _ in range(400):
+        idx = torch.randint(n, (256,), generator=gen)
+        out = noise_scale_at(model, a[idx], y[idx], half_square, chunks=8)
+        traces.append(out["trace"])
+        signals.append(out["grad_sq"])
+    for values, truth in ((traces, true_trace), (signals, true_grad_sq)):
+        t = torch.tensor(values, dtype=torch.float64)
+        se = float(t.std()) / math.sqrt(t.numel())
+        assert abs(float(t.mean()) - truth) < 4 * se, (float(t.mean()), truth, se)
+
+
+class _Recording(Uniform):
+    def select(self, step):
+        idx, w = super().select(step)
+        self.last = idx.clone()
+        return idx, w
+
+
+def test_an_instrumented_run_records_the_gradient_norm_of_its_step():
+    torch.manual_seed(0)
+    data = _synthetic(256)
+    model = build_model("small_cnn")
+    augment = Augment(crop=False, flip=False)
+    settings = TrainSettings(batch_size=32, budget="steps", budget_amount=1, lr=1e-12, momentum=0.0,
+                             weight_decay=0.0, schedule="constant", warmup=0.0, evaluations=1, instrument=True,
+                             channels_last=False)  # fmt: skip
+    strategy = _Recording()
+    out = fit(model, data, data, strategy, augment, settings, progress=False)
+    first, last = out["history"]
+    assert first["grad_norm"] is None and first["noise_scale"]["b_big"] == 8 * 32
+    assert last["grad_norm_importance"] is None  # a uniform run has no weighted steps
+    x, y = augment(data.images[strategy.last], data.labels[strategy.last], train=False)
+    model.train()
+    loss = _ce(model(x), y).mean()
+    norm = torch.cat(
+        [g.flatten() for g in torch.autograd.grad(loss, list(model.parameters()))]
+    ).norm()
+    assert last["grad_norm"] == pytest.approx(float(norm), rel=1e-3)
+
+
+def test_the_forward_pass_budget_charges_three_per_trained_sample_and_one_per_scored():
+    data = _synthetic(512)
+    b = 32
+    budget = TRAINED_SAMPLE_FORWARDS * b * 10 + 1  # ten uniform steps and a little
+    settings = TrainSettings(batch_size=b, budget="forward_passes", budget_amount=budget, lr=0.01,
+                             schedule="constant", warmup=0.0, evaluations=1)  # fmt: skip
+    torch.manual_seed(0)
+    out = fit(build_model("small_cnn"), data, data, Uniform(), Augment(), settings, progress=False)
+    assert out["final"]["steps"] == 11
+    torch.manual_seed(0)
+    forced = Presample(threshold=1.0, tau_momentum=0.0)  # importance from the second step
+    big = dataclasses.replace(settings, budget_amount=TRAINED_SAMPLE_FORWARDS * b * 20)
+    out = fit(build_model("small_cnn"), data, data, forced, Augment(), big, progress=False)
+    steps, importance = out["final"]["steps"], out["history"][-1]["importance_steps"]
+    scored = 3 * b * importance
+    assert importance > 0 and steps < 20
+    spent = TRAINED_SAMPLE_FORWARDS * b * steps + scored
+    assert spent >= big.budget_amount > spent - TRAINED_SAMPLE_FORWARDS * b - 3 * b
+
+
+class _Scorer:
+    """Scores that grow with the index: a skewed g whose smallest weights bind any cap."""
+
+    def __call__(self, indices):
+        z = torch.zeros(indices.numel(), 3)
+        z[torch.arange(indices.numel()), indices % 3] = 3 - indices.float() / 4
+        return indices.float() / 10, z
+
+
+def _forced(**options) -> Presample:
+    s = Presample(threshold=1.0, tau_momentum=0.0, **options)
+    s.setup(60, 4, CPU, torch.Generator().manual_seed(0), _Scorer(), torch.arange(60) % 3)
+    return s
+
+
+def _importance_step(s: Presample, k: int):
+    idx, w = s.select(k)
+    s.observe(idx, idx.float() / 10, _Scorer()(idx)[1])
+    return idx, w
+
+
+def test_capped_weights_mix_in_just_enough_uniform():
+    s = _forced(max_weight=2.0)
+    g = torch.tensor([0.7, 0.2, 0.1, 0.0], dtype=torch.float64)
+    capped = s.capped(g)
+    # the floor 1/(2·4) = 0.125 needs λ = 0.5: g' = 0.5 g + 0.125
+    assert torch.allclose(capped, 0.5 * g + 0.125) and float(capped.sum()) == pytest.approx(1.0)
+    assert torch.equal(
+        s.capped(torch.full((4,), 0.25, dtype=torch.float64)),
+        torch.full((4,), 0.25, dtype=torch.float64),
+    )
+    weights = []
+    for k in range(30):
+        idx, w = _importance_step(s, k)
+        if w is not None:
+            weights.append(w)
+    all_w = torch.cat(weights)
+    assert float(all_w.max()) <= 2.0 + 1e-6 and float(all_w.max()) > 1.5
+    with pytest.raises(ValueError, match="max_weight"):
+        Presample(max_weight=0.5)
+    with pytest.raises(ValueError, match="weighted"):
+        Presample(weighted="no")
+
+
+def test_unweighted_steps_and_the_summary_of_an_interval():
+    plain, flat = _forced(), _forced(weighted=False)
+    k = 0
+    while plain.importance_steps < 3:
+        _importance_step(plain, k)
+        k += 1
+    # the summary covers the interval's importance steps; recompute it from one more step alone
+    plain.summary()
+    idx, w = _importance_step(plain, k)
+    summary = plain.summary()
+    assert summary["max_weight"] == pytest.approx(float(w.max()))
+    assert summary["duplicate_fraction"] == pytest.approx(1 - len(set(idx.tolist())) / 4)
+    again = plain.summary()
+    assert again["max_weight"] is None and again["duplicate_fraction"] is None
+    for j in range(10):
+        _, w = _importance_step(flat, j)
+        assert w is None or torch.equal(w, torch.ones(4))
+    assert flat.summary()["max_weight"] == 1.0
+
+
+def test_resume_keeps_the_interval_being_summarised():
+    a = _forced()
+    for k in range(8):
+        _importance_step(a, k)
+    saved = {
+        k: (v.clone() if isinstance(v, torch.Tensor) else v) for k, v in a.state_dict().items()
+    }
+    gen = a.generator.get_state()
+    for k in range(8, 12):
+        _importance_step(a, k)
+    b = _forced()
+    b.load_state_dict(saved)
+    b.generator.set_state(gen)
+    for k in range(8, 12):
+        _importance_step(b, k)
+    sa, sb = a.summary(), b.summary()
+    assert (
+        sa["max_weight"] == sb["max_weight"]
+        and sa["duplicate_fraction"] == sb["duplicate_fraction"]
+    )
+
+
+class _Recorder(torch.nn.Module):
+    """Wraps a model and keeps every input it sees, with the mode it saw it in."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.seen = inner, []
+
+    def forward(self, x):
+        self.seen.append((self.training, x.detach().clone()))
+        return self.inner(x)
+
+
+class _ScoresAugmented(Uniform):
+    """Scores four fresh augmentations and trains on two of them, by position."""
+
+    def select(self, step):
+        idx = torch.arange(4 * step, 4 * step + 4, device=self.device)
+        self.score_fn(idx, augmented=True)
+        self.train_on_scored = torch.tensor([3, 1], device=self.device)
+        return idx[self.train_on_scored], None
+
+
+def test_a_strategy_trains_on_the_augmented_inputs_it_scored():
+    torch.manual_seed(0)
+    model = _Recorder(build_model("small_cnn"))
+    settings = TrainSettings(batch_size=2, budget="steps", budget_amount=2, lr=0.01, schedule="constant",
+                             warmup=0.0, evaluations=1, channels_last=False)  # fmt: skip
+    data = _synthetic(64)
+    out = fit(
+        model, data, _synthetic(8, 1), _ScoresAugmented(), Augment(), settings, progress=False
+    )
+    assert out["final"]["steps"] == 2
+    trained = [x for training, x in model.seen if training]
+    scored = [x for training, x in model.seen if not training and x.shape[0] == 4]
+    assert len(trained) == len(scored) == 2
+    for x_scored, x_trained in zip(scored, trained):
+        assert torch.equal(x_trained, x_scored[[3, 1]])
+    clean, _ = Augment()(data.images[:4], data.labels[:4], train=False)
+    assert not torch.equal(scored[0], clean)  # a training augmentation, not the clean images
+    with pytest.raises(ValueError, match="mixing"):
+        fit(build_model("small_cnn"), data, data, _ScoresAugmented(), Augment(mixup_alpha=0.3), settings,
+            progress=False)  # fmt: skip
