@@ -5,7 +5,8 @@ imports only from layers below it (function-level imports included), and there i
 ``tests/test_layers.py`` checks both:
 
 - layer 0, estimators and formulas: :mod:`ismod.mc`, :mod:`ismod.sampling`, :mod:`ismod.diagnostics`,
-  :mod:`ismod.convex`, :mod:`ismod.bounds`, :mod:`ismod.tau`, :mod:`ismod.stats`, :mod:`ismod.scale`,
+  :mod:`ismod.convex`, :mod:`ismod.bounds`, :mod:`ismod.tau`, :mod:`ismod.stats`, :mod:`ismod.verdicts`,
+  :mod:`ismod.scale`,
   and the process-group primitives :mod:`ismod.process_group` (torch and the standard library only);
 - layer 1, training parts: :mod:`ismod.data`, :mod:`ismod.augment`, :mod:`ismod.models`;
 - layer 2, strategies: :mod:`ismod.strategies` (one class per strategy, one registry line);
@@ -13,7 +14,7 @@ imports only from layers below it (function-level imports included), and there i
   checkpoints, each a method of its loop; optimiser and per-sample loss injectable), and
   :mod:`ismod.adapters` (the same strategies in your own ``DataLoader`` loop);
 - layer 4, experiments and presentation: :mod:`ismod.experiments`, :mod:`ismod.suites`,
-  :mod:`ismod.bench`, :mod:`ismod.distributed` (launchers), :mod:`ismod.plots`, :mod:`ismod.widgets`
+  :mod:`ismod.diagnosis`, :mod:`ismod.bench`, :mod:`ismod.distributed` (launchers), :mod:`ismod.plots`, :mod:`ismod.widgets`
   (the last two need the ``book`` extra).
 """
 

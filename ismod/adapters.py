@@ -628,6 +628,8 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
         score: ``"bound"`` or ``"loss"`` (for losses other than softmax cross-entropy).
         threshold: ``"fixed"``, ``"measured"`` or a number. tau_momentum: :math:`a_\\tau`.
         sqrt: the authors' library's square root of τ (Chapter 5 shows the bound fits better without).
+        presample_cap: switch on when :math:`\tau_{\text{eff}} = 1/(1/\tau + b/B)` exceeds τ_th, not τ
+            (Chapter 5, §5.6: the presample's own variance caps what a step is worth).
         loss_fn: per-sample loss, ``(logits, targets) -> (b,)``; softmax cross-entropy by default.
         dataset: optional; checked to have ``num_items`` items.
         seed, num_replicas, rank: as ``DistributedSampler``.
@@ -644,6 +646,7 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
         threshold: str | float = "fixed",
         tau_momentum: float = 0.9,
         sqrt: bool = False,
+        presample_cap: bool = False,
         loss_fn: PerSampleLoss | None = None,
         dataset: Any = None,
         seed: int = 0,
@@ -664,6 +667,9 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
             raise ValueError(f"presample B = {self.presample_size} exceeds the {self.shard_size} samples of a replica")  # fmt: skip
         self.model, self.score, self.loss_fn = model, score, loss_fn or cross_entropy_loss()
         self.threshold, self.tau_momentum, self.sqrt = threshold, float(tau_momentum), bool(sqrt)
+        if not isinstance(presample_cap, bool):
+            raise ValueError(f"presample_cap must be True or False, got {presample_cap!r}")
+        self.presample_cap = presample_cap
         self.seed, self.epoch = int(seed), 0
         self.switch: TauSwitch | None = None  # made at the first loss(), on the tensors' device
         self.calls = 0
@@ -701,11 +707,13 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
         """Whether the next batch is a presample: τ (as the host can read it without waiting) > τ_th."""
         switch, restored = self.switch, self._restored
         if switch is None and restored is not None:  # resumed, before the first loss(): τ as saved
+            rule = TauSwitch(self.presample_size, self.batch_size, torch.device("cpu"), restored["tau_threshold"],
+                             presample_cap=self.presample_cap)  # fmt: skip
             if restored.get("device_type") == "cuda":  # the lagged copy tau_for_decision would read
                 ring = restored["ring"]
-                return ring[(self.calls - _TAU_LAG) % len(ring)] > restored["tau_threshold"]
-            return float(restored["tau"]) > restored["tau_threshold"]
-        return switch is not None and switch.tau_for_decision(self.calls) > switch.tau_threshold
+                return rule.switches_on(ring[(self.calls - _TAU_LAG) % len(ring)])
+            return rule.switches_on(float(restored["tau"]))
+        return switch is not None and switch.switches_on(switch.tau_for_decision(self.calls))
 
     def __iter__(self) -> Iterator[list[int]]:
         self._iterated = True
@@ -750,7 +758,7 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
             )
         if self.switch is None:
             self.switch = TauSwitch(self.presample_size, self.batch_size, x.device, self.threshold,
-                                    self.tau_momentum, self.sqrt)  # fmt: skip
+                                    self.tau_momentum, self.sqrt, self.presample_cap)  # fmt: skip
             self._generator = torch.Generator(device=x.device).manual_seed(
                 self.seed + 7919 * self.rank
             )

@@ -266,3 +266,26 @@ def test_a_strategy_trains_on_the_augmented_inputs_it_scored():
     with pytest.raises(ValueError, match="mixing"):
         fit(build_model("small_cnn"), data, data, _ScoresAugmented(), Augment(mixup_alpha=0.3), settings,
             progress=False)  # fmt: skip
+
+
+def test_the_presample_cap_switches_on_tau_eff_not_tau():
+    from ismod.strategies.presample import TauSwitch
+
+    plain = TauSwitch(12, 4, CPU, threshold="fixed")  # τ_th = (12 + 12)/12 = 2
+    capped = TauSwitch(12, 4, CPU, threshold="fixed", presample_cap=True)
+    # τ = 4: worth τ_eff = 1/(1/4 + 1/3) = 1.71 uniform batches, below τ_th = 2; τ = 7: 2.1, above
+    assert plain.switches_on(4.0) and not capped.switches_on(4.0)
+    assert capped.switches_on(7.0) and not capped.switches_on(0.0)
+    def make(**options):
+        s = Presample(threshold=1.1, tau_momentum=0.0, **options)
+        s.setup(60, 4, CPU, torch.Generator().manual_seed(0), _Scorer(), torch.arange(60) % 3)
+        return s
+
+    on, off = make(), make(presample_cap=True)
+    for k in range(20):
+        _importance_step(on, k)
+        _importance_step(off, k)
+    # the batches' τ passes 1.1 now and then; τ_eff = 1/(1/τ + 1/3) < 1.1 unless τ > 1.65
+    assert on.importance_steps > 0 and off.importance_steps == 0
+    with pytest.raises(ValueError, match="presample_cap"):
+        Presample(presample_cap=1)

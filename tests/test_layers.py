@@ -20,11 +20,12 @@ LAYERS = {
         "convex",
         "scale",
         "_sumtree_kernels",
+        "verdicts",
     },
     1: {"data", "augment", "models"},
     2: {"strategies"},
     3: {"train", "adapters"},
-    4: {"experiments", "suites", "plots", "widgets", "__main__", "distributed", "bench"},
+    4: {"experiments", "suites", "plots", "widgets", "__main__", "distributed", "bench", "diagnosis"},
 }
 
 

@@ -72,8 +72,10 @@ class TauSwitch:
     """
 
     def __init__(self, presample_size: int, batch_size: int, device: torch.device,
-                 threshold: str | float = "measured", momentum: float = 0.9, sqrt: bool = False) -> None:  # fmt: skip
+                 threshold: str | float = "measured", momentum: float = 0.9, sqrt: bool = False,
+                 presample_cap: bool = False) -> None:  # fmt: skip
         self.presample_size, self.batch_size, self.device = presample_size, batch_size, device
+        self.presample_cap = bool(presample_cap)
         self.threshold, self.momentum, self.sqrt = threshold, float(momentum), bool(sqrt)
         b, big_b = batch_size, presample_size
         self.fixed_threshold = (big_b + 3 * b) / (3 * b)
@@ -109,6 +111,16 @@ class TauSwitch:
             event = torch.cuda.Event()
             event.record()
         self._ring[slot] = (host, event)
+
+    def switches_on(self, tau: float) -> bool:
+        """The rule at a τ the host has read: :math:`\tau > \tau_{th}`, or with ``presample_cap``
+        :math:`\tau_{\text{eff}} = 1/(1/\tau + b/B) > \tau_{th}` (what an importance step is worth
+        against the full gradient, :func:`ismod.tau.presample_increment`)."""
+        if self.presample_cap:
+            if tau <= 0:
+                return False
+            tau = 1.0 / (1.0 / tau + self.batch_size / self.presample_size)
+        return tau > self.tau_threshold
 
     def tau_for_decision(self, steps: int) -> float:
         """τ as the host may read it without waiting (on CUDA, ``_TAU_LAG`` steps old)."""
@@ -159,6 +171,8 @@ class Presample(Strategy):
             those very images (the authors' library scores and trains on the same augmented images);
             ``False`` scores the un-augmented images and trains on a new augmentation of those chosen,
             so a weight :math:`1/(Bg_i)` can meet a gradient its score did not predict (Chapter 5).
+        presample_cap: switch on when :math:`\tau_{\text{eff}} = 1/(1/\tau + b/B)` exceeds τ_th instead of
+            τ: the presample's own variance counted (Chapter 5, §5.6).
         max_weight: if set (≥ 1), g is mixed with uniform, :math:`g \\leftarrow (1-\\lambda)g + \\lambda/B`
             with the smallest λ that keeps every weight :math:`1/(B g_i)` at or below it (unbiased; τ
             is computed from the mixed g).
@@ -172,12 +186,17 @@ class Presample(Strategy):
 
     def __init__(self, presample: float = 3.0, score: str = "bound", threshold: str | float = "measured",
                  tau_momentum: float = 0.9, sqrt: bool = False, importance: bool = True, weighted: bool = True,
-                 max_weight: float | None = None, score_augmented: bool = False) -> None:  # fmt: skip
+                 max_weight: float | None = None, score_augmented: bool = False,
+                 presample_cap: bool = False) -> None:  # fmt: skip
         check_presample_options(presample, score, threshold, tau_momentum)
-        for name, flag in (("weighted", weighted), ("score_augmented", score_augmented)):
+        for name, flag in (
+            ("weighted", weighted),
+            ("score_augmented", score_augmented),
+            ("presample_cap", presample_cap),
+        ):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name} must be True or False, got {flag!r}")
-        self.score_augmented = score_augmented
+        self.score_augmented, self.presample_cap = score_augmented, presample_cap
         if max_weight is not None and not (
             isinstance(max_weight, (int, float)) and max_weight >= 1
         ):
@@ -200,7 +219,7 @@ class Presample(Strategy):
         if score_fn is None or labels is None:
             raise ValueError("Presample needs score_fn and labels; run it under ismod.train.fit")
         self.switch = TauSwitch(self.presample_size, batch_size, device, self.threshold,
-                                self.tau_momentum, self.sqrt)  # fmt: skip
+                                self.tau_momentum, self.sqrt, self.presample_cap)  # fmt: skip
         self.stream = torch.empty(0, dtype=torch.long, device=device)
         self.stream_position = 0
         self.steps = 0
@@ -280,8 +299,8 @@ class Presample(Strategy):
 
     def select(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         b = self.batch_size
-        use_importance = (
-            self.importance and self.switch.tau_for_decision(self.steps) > self.tau_threshold
+        use_importance = self.importance and self.switch.switches_on(
+            self.switch.tau_for_decision(self.steps)
         )
         if not use_importance:
             self._last_was_uniform = True

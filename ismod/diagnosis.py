@@ -1,0 +1,325 @@
+"""Chapter 5's diagnosis, read from saved runs: what the importance steps break (the dissection), what a
+bigger batch buys per step (the critical-batch test), the completed switch rule's inputs along a run,
+and whether its two predictions held. Every table and sentence here is computed from results; the
+grids that make them are :func:`ismod.suites.chapter5_dissection`, :func:`~ismod.suites.chapter5_critical_batch`,
+:func:`~ismod.suites.chapter5_prediction_pilot` and :func:`~ismod.suites.chapter5_prediction`.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+from .tau import presample_increment, required_increment
+from .verdicts import Comparison, exploratory, final_value, primary
+
+__all__ = [
+    "run_instruments",
+    "dissection_rows",
+    "dissection_markdown",
+    "dissection_findings",
+    "critical_batch_rows",
+    "critical_batch_markdown",
+    "rule_inputs",
+    "rule_inputs_markdown",
+    "PREDICTIONS",
+    "prediction_rows",
+    "prediction_findings",
+    "rule_check_markdown",
+    "probe_increments",
+]
+
+
+def _present(values: list[Any]) -> list[float]:
+    return [
+        float(v) for v in values if v is not None and not (isinstance(v, float) and math.isnan(v))
+    ]
+
+
+def run_instruments(result: Any) -> dict[str, float | None]:
+    """One run's instrumentation summarised: the largest weight any importance step applied, the mean
+    duplicate share over intervals with importance steps, the median gradient noise scale
+    :math:`B_{\\text{simple}}` over the evaluation points after the first, and the importance steps."""
+    h = result.history
+    weights = _present([r.get("max_weight") for r in h])
+    duplicates = _present([r.get("duplicate_fraction") for r in h])
+    noise = _present([(r.get("noise_scale") or {}).get("b_simple") for r in h[1:]])
+    return {"max_weight": max(weights) if weights else None,
+            "duplicate_fraction": statistics.fmean(duplicates) if duplicates else None,
+            "b_simple": statistics.median(noise) if noise else None,
+            "importance_steps": h[-1].get("importance_steps")}  # fmt: skip
+
+
+def dissection_rows(
+    results: dict[str, list[Any]], baseline: str = "uniform"
+) -> list[dict[str, Any]]:
+    """Per arm: seeds, mean final test accuracy and training loss (eval mode, fixed training subset),
+    the median over seeds of :func:`run_instruments`, and against ``baseline`` (paired by seed,
+    exploratory: unadjusted intervals) the test-accuracy difference and the log training-loss ratio."""
+    rows = []
+    for arm, runs in results.items():
+        inst = [run_instruments(r) for r in runs]
+
+        def med(key: str) -> float | None:
+            values = _present([i[key] for i in inst])
+            return statistics.median(values) if values else None
+
+        row: dict[str, Any] = {"arm": arm, "seeds": len(runs),
+                               "test_accuracy": statistics.fmean(final_value(r, "test_accuracy") for r in runs),
+                               "train_loss": statistics.fmean(final_value(r, "train_eval_loss") for r in runs),
+                               **{k: med(k) for k in ("max_weight", "duplicate_fraction", "b_simple", "importance_steps")}}  # fmt: skip
+        if arm != baseline:
+            acc, loss = exploratory(results, [Comparison(arm, baseline, "test_accuracy"),
+                                              Comparison(arm, baseline, "train_eval_loss", transform=math.log)])  # fmt: skip
+            row["accuracy_difference"], row["log_loss_ratio"] = acc, loss
+        rows.append(row)
+    return rows
+
+
+def _interval(d: dict[str, Any] | None, scale: float, digits: int) -> str:
+    if not d or "mean" not in d:
+        return "–"
+    return f"{scale * d['mean']:+.{digits}f} [{scale * d['low']:+.{digits}f}, {scale * d['high']:+.{digits}f}]"
+
+
+def _number(value: float | None, fmt: str) -> str:
+    return "–" if value is None else format(value, fmt)
+
+
+def dissection_markdown(rows: list[dict[str, Any]]) -> str:
+    """:func:`dissection_rows` as a table (accuracy differences in points, loss ratios as factors)."""
+    lines = ["| arm | seeds | test acc. | Δ test acc. vs uniform, points [95%] | training loss | ×loss vs uniform [95%] | "
+             "largest weight | duplicates | importance steps |", "|---|---:|---:|---|---:|---|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        ratio = r.get("log_loss_ratio")
+        factor = "–"
+        if ratio and "mean" in ratio:
+            factor = f"×{math.exp(ratio['mean']):.2f} [{math.exp(ratio['low']):.2f}, {math.exp(ratio['high']):.2f}]"
+        lines.append(f"| {r['arm']} | {r['seeds']} | {100 * r['test_accuracy']:.1f}% | "
+                     f"{_interval(r.get('accuracy_difference'), 100, 2)} | {r['train_loss']:.3f} | {factor} | "
+                     f"{_number(r['max_weight'], '.1f')} | {_number(r['duplicate_fraction'], '.2f')} | "
+                     f"{_number(r['importance_steps'], '.0f')} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+# the variants that leave every weight of the method in place, and those that bound it
+_KEEPS_WEIGHTS = ("forced, as is", "forced, BN ε = 1e-5", "forced, lr halved")
+_BOUNDS_WEIGHTS = ("forced, unweighted (w = 1)", "forced, weights ≤ 5")
+
+
+def dissection_findings(rows: list[dict[str, Any]]) -> list[str]:
+    """Sentences naming what the numbers of :func:`dissection_rows` separate: the arms that kept the
+    method's weights against those that bounded them, with their largest weights and their training
+    loss and accuracy against uniform, and the arm that scores what it trains on."""
+    by_arm = {r["arm"]: r for r in rows}
+
+    def describe(arm: str) -> str:
+        r = by_arm[arm]
+        ratio = r["log_loss_ratio"]
+        return (f"{arm}: largest weight {_number(r['max_weight'], '.0f')}, training loss ×{math.exp(ratio['mean']):.2f} "
+                f"[{math.exp(ratio['low']):.2f}, {math.exp(ratio['high']):.2f}] and test accuracy "
+                f"{_interval(r['accuracy_difference'], 100, 2)} points against uniform")  # fmt: skip
+
+    out = []
+    kept = [a for a in _KEEPS_WEIGHTS if a in by_arm and "mean" in by_arm[a]["log_loss_ratio"]]
+    bounded = [a for a in _BOUNDS_WEIGHTS if a in by_arm and "mean" in by_arm[a]["log_loss_ratio"]]
+    if kept:
+        out.append("- **The method's weights kept**: " + "; ".join(describe(a) for a in kept) + ".")
+    if bounded:
+        out.append("- **Weights bounded**: " + "; ".join(describe(a) for a in bounded) + ".")
+    faithful = "forced, scores what it trains on"
+    if faithful in by_arm and "mean" in by_arm[faithful]["log_loss_ratio"]:
+        out.append(
+            f"- **Scoring the augmented images it trains on** (the authors' library): {describe(faithful)}."
+        )
+    if kept and bounded:
+        worst_bounded = max(by_arm[a]["log_loss_ratio"]["mean"] for a in bounded)
+        best_kept = min(by_arm[a]["log_loss_ratio"]["mean"] for a in kept)
+        if worst_bounded < best_kept:
+            out.append(f"- Every arm that bounded the weights ended with a lower training loss than every arm that "
+                       f"kept them (×{math.exp(worst_bounded):.2f} at worst against ×{math.exp(best_kept):.2f} at "
+                       "best, relative to uniform): the harm goes with the weights, not with batch norm's ε or the "
+                       "step size.")  # fmt: skip
+        else:
+            out.append(
+                "- The arms that bounded the weights and those that kept them overlap in training loss: "
+                "the weights alone do not separate them."
+            )
+    return out
+
+
+def _steps_to(run: Any, target: float, key: str) -> float:
+    """The step at which ``run``'s ``key`` first falls to ``target``, interpolated linearly in log-loss
+    between evaluation points (``inf`` if it never does)."""
+    points = [(r["step"], r.get(key)) for r in run.history if r.get(key) is not None]
+    for (s0, v0), (s1, v1) in zip(points, points[1:]):
+        if v1 <= target < v0:
+            frac = (math.log(v0) - math.log(target)) / (math.log(v0) - math.log(v1))
+            return s0 + frac * (s1 - s0)
+        if v0 <= target:
+            return float(s0)
+    return math.inf
+
+
+def critical_batch_rows(
+    results: dict[str, list[Any]], key: str = "train_mode_loss"
+) -> list[dict[str, Any]]:
+    """For each batch size of the critical-batch grid (labels ``"b × k"``): the final ``key`` and test
+    accuracy (means), the steps each run needs to reach the loss the ``b × 1`` runs end at (median over
+    seeds), the measured speed-up per step over ``b``, and the speed-up McCandlish et al.'s
+    :math:`S(b) = S_{\\min}(1 + B_{\\text{noise}}/b)` predicts from the ``b`` runs' median measured
+    :math:`B_{\\text{simple}}`: :math:`(1 + B/b)/(1 + B/(kb))`."""
+    base_runs = results["b × 1"]
+    target = statistics.median(final_value(r, key) for r in base_runs)
+    b = base_runs[0].config["batch_size"]
+    noise = statistics.median(_present([run_instruments(r)["b_simple"] for r in base_runs]))
+    base_steps = statistics.median(_steps_to(r, target, key) for r in base_runs)
+    rows = []
+    for label, runs in results.items():
+        k = runs[0].config["batch_size"] // b
+        steps = statistics.median(_steps_to(r, target, key) for r in runs)
+        rows.append({"label": label, "batch_size": runs[0].config["batch_size"], "seeds": len(runs),
+                     "loss": statistics.fmean(final_value(r, key) for r in runs),
+                     "test_accuracy": statistics.fmean(final_value(r, "test_accuracy") for r in runs),
+                     "steps_to_target": steps, "speedup": base_steps / steps if steps else math.inf,
+                     "predicted_speedup": (1 + noise / b) / (1 + noise / (k * b)), "b_simple": noise,
+                     "target": target})  # fmt: skip
+    return rows
+
+
+def critical_batch_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["| batch | seeds | final train-mode loss | test acc. | steps to b's final loss | speed-up per step | "
+             "predicted from B_noise |", "|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        lines.append(f"| {r['batch_size']} | {r['seeds']} | {r['loss']:.3f} | {100 * r['test_accuracy']:.1f}% | "
+                     f"{r['steps_to_target']:.0f} | ×{r['speedup']:.2f} | ×{r['predicted_speedup']:.2f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def rule_inputs(
+    run: Any, presample_ratio: float, *, cost: float | None = None
+) -> list[dict[str, Any]]:
+    """The completed rule at each evaluation point of ``run`` (τ tracked, instrumented): τ, τ_eff
+    (:func:`ismod.tau.presample_increment` with B = ``presample_ratio`` · b), the run's τ_th (or
+    ``cost``, e.g. 1 for equal steps), the measured :math:`B_{\\text{simple}}`, the τ_eff needed
+    (:func:`ismod.tau.required_increment`), whether importance sampling would pay there, and
+    ``steps_ratio``, the importance steps per uniform step to a target under
+    :math:`S(b) = S_{\\min}(1 + B_{\\text{noise}}/b)`: :math:`(1 + B/(\\tau_{\\text{eff}} b))/(1 + B/b)`."""
+    b = run.config["batch_size"]
+    big = round(presample_ratio * b)
+    out = []
+    for r in run.history[1:]:
+        tau, noise = r.get("tau"), (r.get("noise_scale") or {}).get("b_simple")
+        if not tau or noise is None or tau <= 0:
+            continue
+        threshold = cost if cost is not None else r["tau_threshold"]
+        eff = presample_increment(tau, b, big)
+        need = required_increment(threshold, max(noise, 0.0), b)
+        ratio = (1 + max(noise, 0.0) / (eff * b)) / (1 + max(noise, 0.0) / b)
+        out.append({"epoch": r["epoch"], "tau": tau, "tau_eff": eff, "tau_threshold": threshold,
+                    "b_simple": noise, "required": need, "pays": eff > need, "steps_ratio": ratio})  # fmt: skip
+    return out
+
+
+def rule_inputs_markdown(points: list[dict[str, Any]]) -> str:
+    lines = ["| epoch | τ | τ_eff | B_simple | steps per uniform step | cost (τ_th) | τ_eff needed | pays? |",
+             "|---:|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    for p in points:
+        need = "∞" if math.isinf(p["required"]) else f"{p['required']:.2f}"
+        lines.append(f"| {p['epoch']:.1f} | {p['tau']:.2f} | {p['tau_eff']:.2f} | {p['b_simple']:.0f} | "
+                     f"{p['steps_ratio']:.2f} | {p['tau_threshold']:.2f} | {need} | {'yes' if p['pays'] else 'no'} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+# The predictions, declared before the runs: for each regime's comparison, the verdicts that would
+# bear it out. Margins: a point of test accuracy; 10% of training loss (log ratio log 1.1).
+_LOSS_MARGIN = math.log(1.1)
+PREDICTIONS: list[tuple[Comparison, tuple[str, ...], str]] = [
+    (Comparison("should not pay: τ switch", "should not pay: uniform", "train_eval_loss", _LOSS_MARGIN, math.log,
+                "τ switch − uniform, forward-pass budget"), ("higher", "equivalent"),
+     "no lower training loss than uniform"),
+    (Comparison("should not pay: τ switch", "should not pay: uniform", "test_accuracy", 0.01,
+                label="τ switch − uniform, forward-pass budget"), ("lower", "equivalent"),
+     "no higher test accuracy than uniform"),
+    (Comparison("should pay per step: forced", "should pay per step: uniform", "train_eval_loss", _LOSS_MARGIN,
+                math.log, "importance − uniform, equal steps, b = 64"), ("lower",),
+     "a lower training loss than uniform"),
+    (Comparison("should pay per step: forced", "should pay per step: uniform", "test_accuracy", 0.01,
+                label="importance − uniform, equal steps, b = 64"), (),
+     "nothing (the rule is about the training objective)"),
+]  # fmt: skip
+
+
+def prediction_rows(results: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    """:func:`ismod.verdicts.primary` over :data:`PREDICTIONS` (Holm over the four), each row with
+    ``predicted`` (the claim) and ``outcome``: ``"held"`` when the verdict is one that bears the
+    prediction out, ``"failed"`` when it is the opposite, ``"undecided"`` when inconclusive, and
+    ``"reported"`` for a comparison with no prediction."""
+    rows = primary(results, [c for c, _, _ in PREDICTIONS])
+    for row, (_, holds, claim) in zip(rows, PREDICTIONS):
+        row["predicted"] = claim
+        word = row["verdict"].split()[0]
+        if not holds:
+            row["outcome"] = "reported"
+        elif word in holds:
+            row["outcome"] = "held"
+        elif word == "inconclusive" or word == "not":
+            row["outcome"] = "undecided"
+        else:
+            row["outcome"] = "failed"
+    return rows
+
+
+def prediction_findings(rows: list[dict[str, Any]]) -> list[str]:
+    """One sentence per prediction: the claim, the verdict with its size, and whether it held."""
+    out = []
+    for r in rows:
+        c = r["comparison"]
+        if "mean" not in r:
+            out.append(f"- {c.label} ({c.metric}): not tested.")
+            continue
+        if c.transform is math.log:
+            size = (f"training loss ×{math.exp(r['mean']):.2f} [{math.exp(r['low']):.2f}, {math.exp(r['high']):.2f}], "
+                    f"margin ×{math.exp(c.margin):.2f}")  # fmt: skip
+        else:
+            size = (f"test accuracy {100 * r['mean']:+.2f} points [{100 * r['low']:+.2f}, {100 * r['high']:+.2f}], "
+                    f"margin ±{100 * c.margin:g}")  # fmt: skip
+        verdict = r["verdict"].replace(f"±{c.margin:g}", f"±{100 * c.margin:g} points" if c.transform is None
+                                       else f"×{math.exp(c.margin):.2f}")  # fmt: skip
+        out.append(f"- **{c.label}** — predicted: {r['predicted']}. Measured: {size}, {r['seeds']} seeds; "
+                   f"verdict *{verdict}* (Holm over the four). Prediction **{r['outcome']}**.")  # fmt: skip
+    return out
+
+
+def rule_check_markdown(check: Any) -> str:
+    """:func:`ismod.convex.rule_check` as a table of measured against predicted steps, with the fitted
+    and closed-form noise scales and τ, τ_eff above it."""
+    head = (f"Fitted to uniform SGD: $S_{{\\min}}$ = {check.s_min:.1f} steps, $B_{{\\text{{crit}}}}$ = {check.b_crit:.0f}; "
+            f"closed form at the target: $B_{{\\text{{simple}}}}$ = {check.b_simple:.0f}, "
+            f"$B_{{\\text{{noise}}}}$ = {check.b_noise:.0f}; τ = {check.tau:.2f} for $p \\propto \\lVert G_i\\rVert$ over "
+            f"all N, τ_eff = {check.tau_eff:.2f} from a presample of B = {check.presample_ratio}b.\n\n")  # fmt: skip
+    lines = ["| b | uniform: measured | predicted | importance, all N: measured | predicted (τ) | "
+             f"presample B = {check.presample_ratio}b: measured | predicted (τ_eff) | predicted with τ instead |",
+             "|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for i, b in enumerate(check.batch_sizes):
+        lines.append(f"| {b} | {check.steps_uniform[i]:.0f} | {check.predicted(1.0, b):.1f} | "
+                     f"{check.steps_importance[i]:.0f} | {check.predicted(check.tau, b):.1f} | "
+                     f"{check.steps_presample[i]:.0f} | {check.predicted(check.tau_eff, b):.1f} | "
+                     f"{check.predicted(check.tau, b):.1f} |")  # fmt: skip
+    return head + "\n".join(lines)
+
+
+def probe_increments(
+    points: list[dict[str, Any]], score: str = "bound"
+) -> dict[int, dict[str, float]]:
+    """For the τ probe's points (:func:`ismod.suites.tau_points`), per presample size B: the range of τ
+    and of τ_eff = 1/(1/τ + b/B) (b = B/3) for g ∝ ``score``, and of the measured variance ratio."""
+    out: dict[int, dict[str, float]] = {}
+    for size in sorted({p["B"] for p in points}):
+        entries = [p["entry"][score] for p in points if p["B"] == size]
+        effs = [presample_increment(e["tau"], size // 3, size) for e in entries]
+        out[size] = {"points": len(entries), "tau_min": min(e["tau"] for e in entries),
+                     "tau_max": max(e["tau"] for e in entries), "tau_eff_min": min(effs), "tau_eff_max": max(effs),
+                     "measured_max": max(e["measured"] for e in entries)}  # fmt: skip
+    return out

@@ -1,0 +1,144 @@
+"""The verdict vocabulary of declared primary comparisons (ismod.verdicts) and Chapter 5's readers of
+the diagnosis grids (ismod.diagnosis), on synthetic results whose answers are known."""
+
+import math
+
+import pytest
+
+from ismod import diagnosis
+from ismod.experiments import Result
+from ismod.stats import detectable_difference, paired_difference
+from ismod.verdicts import Comparison, exploratory, final_value, primary, primary_markdown
+
+
+def run(seed, final=None, history=None, **config):
+    config = {"seed": seed, "name": f"r{seed}", "batch_size": 100, **config}
+    history = history or [{"step": 0}, {"step": 1, **(final or {})}]
+    return Result(config, {}, history, {}, dict(final or {}))
+
+
+def arm(values, key="test_accuracy"):
+    return [run(k, {key: v}) for k, v in enumerate(values)]
+
+
+BASE = [0.60, 0.62, 0.61, 0.63, 0.59]
+
+
+def test_primary_verdicts_higher_equivalent_and_a_wide_loss_inconclusive():
+    results = {
+        "base": arm(BASE),
+        "win": arm([b + 0.05 + 0.002 * (-1) ** k for k, b in enumerate(BASE)]),
+        "same": arm([b + 0.001 * (-1) ** k for k, b in enumerate(BASE)]),
+        # a −40-point mean with a wide interval: never equivalent, never "the same"
+        "wide": arm([b + d for b, d in zip(BASE, (-0.9, 0.1, -0.4, -0.6, 0.0))]),
+    }
+    comparisons = [Comparison(a, "base", margin=0.01) for a in ("win", "same", "wide")]
+    rows = primary(results, comparisons)
+    assert [r["verdict"] for r in rows] == ["higher", "equivalent within ±0.01", "inconclusive"]
+    raw = paired_difference([r.final["test_accuracy"] for r in results["wide"]], BASE).p_value
+    assert rows[2]["p_difference"] >= raw  # Holm only raises p-values
+    spread = [r.final["test_accuracy"] - b for r, b in zip(results["wide"], BASE)]
+    mean = sum(spread) / 5
+    sd = math.sqrt(sum((x - mean) ** 2 for x in spread) / 4)
+    assert rows[2]["detectable"] == pytest.approx(detectable_difference(sd, 5, comparisons=3))
+    assert rows[2]["detectable"] > 0.4  # what five seeds of this spread could see: not 40 points
+    table = primary_markdown(rows, scale=100)
+    assert "equivalent within ±1" in table and "inconclusive" in table
+    assert all("verdict" not in r for r in exploratory(results, comparisons))
+    with pytest.raises(KeyError, match="nowhere"):
+        primary(results, [Comparison("nowhere", "base")])
+
+
+def test_final_value_reads_the_last_record_when_final_lacks_the_key():
+    r = run(0, history=[{"step": 0}, {"step": 5, "train_eval_loss": 0.25}])
+    assert final_value(r, "train_eval_loss") == 0.25
+    with pytest.raises(KeyError, match="no 'absent'"):
+        final_value(r, "absent")
+
+
+def _dissection_run(seed, loss, accuracy, max_weight=None):
+    h = [{"step": 0}, {"step": 300, "train_eval_loss": loss, "max_weight": max_weight, "duplicate_fraction":
+                       None if max_weight is None else 0.2, "importance_steps": 0 if max_weight is None else 280,
+                       "noise_scale": {"b_simple": 500.0}}]  # fmt: skip
+    return run(seed, {"test_accuracy": accuracy}, h)
+
+
+def _dissection(as_is_loss, bounded_loss):
+    jitter = (0.0, 0.01, -0.01)
+    return {
+        "uniform": [_dissection_run(k, 0.05 * (1 + j), 0.68 + j) for k, j in enumerate(jitter)],
+        "forced, as is": [_dissection_run(k, as_is_loss * (1 + j), 0.64 + j, 300.0) for k, j in enumerate(jitter)],
+        "forced, weights ≤ 5": [_dissection_run(k, bounded_loss * (1 - j), 0.68 - j, 5.0) for k, j in enumerate(jitter)],
+    }  # fmt: skip
+
+
+def test_dissection_findings_name_the_weights_only_when_the_numbers_separate_them():
+    rows = diagnosis.dissection_rows(_dissection(0.5, 0.06))
+    by_arm = {r["arm"]: r for r in rows}
+    assert by_arm["forced, as is"]["max_weight"] == 300.0
+    assert math.exp(by_arm["forced, as is"]["log_loss_ratio"]["mean"]) == pytest.approx(
+        10.0, rel=1e-3
+    )
+    found = "\n".join(diagnosis.dissection_findings(rows))
+    assert "the harm goes with the weights" in found and "largest weight 300" in found
+    reversed_rows = diagnosis.dissection_rows(_dissection(0.06, 0.5))
+    found = "\n".join(diagnosis.dissection_findings(reversed_rows))
+    assert "do not separate them" in found and "harm goes with the weights" not in found
+    assert "| forced, as is | 3 |" in diagnosis.dissection_markdown(rows)
+
+
+def _decaying(seed, rate, batch):
+    h = [{"step": s, "train_mode_loss": math.exp(-rate * s / 100), "noise_scale": {"b_simple": 1e6}}
+         for s in range(0, 301, 50)]  # fmt: skip
+    return run(seed, {"test_accuracy": 0.6}, h, batch_size=batch)
+
+
+def test_critical_batch_speedup_is_measured_in_steps_to_the_base_loss():
+    results = {"b × 1": [_decaying(k, 1.0, 100) for k in range(3)],
+               "b × 2": [_decaying(k, 2.0, 200) for k in range(3)]}  # fmt: skip
+    rows = diagnosis.critical_batch_rows(results)
+    assert rows[0]["steps_to_target"] == pytest.approx(300) and rows[1][
+        "steps_to_target"
+    ] == pytest.approx(150)
+    assert rows[1]["speedup"] == pytest.approx(2.0)
+    assert rows[1]["predicted_speedup"] == pytest.approx((1 + 1e4) / (1 + 5e3))
+
+
+def test_rule_inputs_apply_the_presample_cap_and_the_critical_batch():
+    h = [
+        {"step": 0},
+        {
+            "step": 10,
+            "epoch": 1.0,
+            "tau": 4.0,
+            "tau_threshold": 2.0,
+            "noise_scale": {"b_simple": 1000.0},
+        },
+    ]
+    point = diagnosis.rule_inputs(run(0, history=h), 3.0)[0]
+    assert point["tau_eff"] == pytest.approx(1 / (1 / 4 + 1 / 3))
+    assert point["required"] == pytest.approx(10 * 2 / (11 - 2)) and not point["pays"]
+    assert point["steps_ratio"] == pytest.approx((1 + 10 / point["tau_eff"]) / 11)
+    assert diagnosis.rule_inputs(run(0, history=h), 3.0, cost=1.0)[0]["pays"]
+
+
+def _prediction_results(lose_factor, pay_factor):
+    base = [0.1, 0.12, 0.11, 0.09, 0.1]
+    wobble = [0.01 * (-1) ** k for k in range(5)]
+
+    def losses(factor):
+        return [run(k, {"test_accuracy": 0.6 + w}, [{"step": 0}, {"step": 1, "train_eval_loss": b * factor * (1 + w)}])
+                for k, (b, w) in enumerate(zip(base, wobble))]  # fmt: skip
+
+    return {"should not pay: uniform": losses(1.0), "should not pay: τ switch": losses(lose_factor),
+            "should pay per step: uniform": losses(1.0), "should pay per step: forced": losses(pay_factor)}  # fmt: skip
+
+
+def test_prediction_outcomes_follow_the_verdicts():
+    rows = diagnosis.prediction_rows(_prediction_results(2.0, 0.5))
+    assert [r["outcome"] for r in rows] == ["held", "held", "held", "reported"]
+    assert rows[0]["verdict"] == "higher" and rows[2]["verdict"] == "lower"
+    rows = diagnosis.prediction_rows(_prediction_results(0.5, 2.0))
+    assert [r["outcome"] for r in rows][:3:2] == ["failed", "failed"]
+    text = "\n".join(diagnosis.prediction_findings(rows))
+    assert "Prediction **failed**" in text and "×0.50" in text
