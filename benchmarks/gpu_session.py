@@ -47,6 +47,11 @@ GRID_ORDER = (
     "chapter4",
     "chapter3",
     "chapter3_variants",
+    # Chapter 5's diagnosis (the τ switch's dissection, the critical batch, the rule's predictions)
+    "chapter5_prediction_pilot",
+    "chapter5_dissection",
+    "chapter5_critical_batch",
+    "chapter5_prediction",
 )
 
 

@@ -16,6 +16,7 @@ from .verdicts import Comparison, exploratory, final_value, primary
 
 __all__ = [
     "run_instruments",
+    "DISSECTION_CONTROLS",
     "dissection_rows",
     "dissection_markdown",
     "dissection_findings",
@@ -51,12 +52,18 @@ def run_instruments(result: Any) -> dict[str, float | None]:
             "importance_steps": h[-1].get("importance_steps")}  # fmt: skip
 
 
+# a variant that changes uniform training too is compared with uniform under the same change
+DISSECTION_CONTROLS: dict[str, str] = {"forced, BN ε = 1e-5": "uniform, BN ε = 1e-5",
+                                       "forced, lr halved": "uniform, lr halved"}  # fmt: skip
+
+
 def dissection_rows(
     results: dict[str, list[Any]], baseline: str = "uniform"
 ) -> list[dict[str, Any]]:
     """Per arm: seeds, mean final test accuracy and training loss (eval mode, fixed training subset),
-    the median over seeds of :func:`run_instruments`, and against ``baseline`` (paired by seed,
-    exploratory: unadjusted intervals) the test-accuracy difference and the log training-loss ratio."""
+    the median over seeds of :func:`run_instruments`, and against ``baseline`` — or the arm's control in
+    :data:`DISSECTION_CONTROLS`, uniform with the same change — (paired by seed, exploratory:
+    unadjusted intervals) the test-accuracy difference and the log training-loss ratio."""
     rows = []
     for arm, runs in results.items():
         inst = [run_instruments(r) for r in runs]
@@ -69,9 +76,11 @@ def dissection_rows(
                                "test_accuracy": statistics.fmean(final_value(r, "test_accuracy") for r in runs),
                                "train_loss": statistics.fmean(final_value(r, "train_eval_loss") for r in runs),
                                **{k: med(k) for k in ("max_weight", "duplicate_fraction", "b_simple", "importance_steps")}}  # fmt: skip
-        if arm != baseline:
-            acc, loss = exploratory(results, [Comparison(arm, baseline, "test_accuracy"),
-                                              Comparison(arm, baseline, "train_eval_loss", transform=math.log)])  # fmt: skip
+        control = DISSECTION_CONTROLS.get(arm, baseline)
+        row["control"] = control if control in results else baseline
+        if arm != baseline and not arm.startswith("uniform"):
+            acc, loss = exploratory(results, [Comparison(arm, row["control"], "test_accuracy"),
+                                              Comparison(arm, row["control"], "train_eval_loss", transform=math.log)])  # fmt: skip
             row["accuracy_difference"], row["log_loss_ratio"] = acc, loss
         rows.append(row)
     return rows
@@ -89,14 +98,15 @@ def _number(value: float | None, fmt: str) -> str:
 
 def dissection_markdown(rows: list[dict[str, Any]]) -> str:
     """:func:`dissection_rows` as a table (accuracy differences in points, loss ratios as factors)."""
-    lines = ["| arm | seeds | test acc. | Δ test acc. vs uniform, points [95%] | training loss | ×loss vs uniform [95%] | "
-             "largest weight | duplicates | importance steps |", "|---|---:|---:|---|---:|---|---:|---:|---:|"]  # fmt: skip
+    lines = ["| arm | seeds | test acc. | against | Δ test acc., points [95%] | training loss | ×loss [95%] | "
+             "largest weight | duplicates | importance steps |", "|---|---:|---:|---|---|---:|---|---:|---:|---:|"]  # fmt: skip
     for r in rows:
         ratio = r.get("log_loss_ratio")
         factor = "–"
         if ratio and "mean" in ratio:
             factor = f"×{math.exp(ratio['mean']):.2f} [{math.exp(ratio['low']):.2f}, {math.exp(ratio['high']):.2f}]"
-        lines.append(f"| {r['arm']} | {r['seeds']} | {100 * r['test_accuracy']:.1f}% | "
+        against = r["control"] if "accuracy_difference" in r else "–"
+        lines.append(f"| {r['arm']} | {r['seeds']} | {100 * r['test_accuracy']:.1f}% | {against} | "
                      f"{_interval(r.get('accuracy_difference'), 100, 2)} | {r['train_loss']:.3f} | {factor} | "
                      f"{_number(r['max_weight'], '.1f')} | {_number(r['duplicate_fraction'], '.2f')} | "
                      f"{_number(r['importance_steps'], '.0f')} |")  # fmt: skip
@@ -119,7 +129,7 @@ def dissection_findings(rows: list[dict[str, Any]]) -> list[str]:
         ratio = r["log_loss_ratio"]
         return (f"{arm}: largest weight {_number(r['max_weight'], '.0f')}, training loss ×{math.exp(ratio['mean']):.2f} "
                 f"[{math.exp(ratio['low']):.2f}, {math.exp(ratio['high']):.2f}] and test accuracy "
-                f"{_interval(r['accuracy_difference'], 100, 2)} points against uniform")  # fmt: skip
+                f"{_interval(r['accuracy_difference'], 100, 2)} points against {r['control']}")  # fmt: skip
 
     out = []
     kept = [a for a in _KEEPS_WEIGHTS if a in by_arm and "mean" in by_arm[a]["log_loss_ratio"]]
@@ -137,10 +147,9 @@ def dissection_findings(rows: list[dict[str, Any]]) -> list[str]:
         worst_bounded = max(by_arm[a]["log_loss_ratio"]["mean"] for a in bounded)
         best_kept = min(by_arm[a]["log_loss_ratio"]["mean"] for a in kept)
         if worst_bounded < best_kept:
-            out.append(f"- Every arm that bounded the weights ended with a lower training loss than every arm that "
-                       f"kept them (×{math.exp(worst_bounded):.2f} at worst against ×{math.exp(best_kept):.2f} at "
-                       "best, relative to uniform): the harm goes with the weights, not with batch norm's ε or the "
-                       "step size.")  # fmt: skip
+            out.append(f"- Every arm that bounded the weights ({', '.join(bounded)}) ended with a lower training loss, "
+                       f"against its control, than every arm that kept them ({', '.join(kept)}): ×{math.exp(worst_bounded):.2f} "
+                       f"at worst against ×{math.exp(best_kept):.2f} at best. The harm goes with the weights.")  # fmt: skip
         else:
             out.append(
                 "- The arms that bounded the weights and those that kept them overlap in training loss: "

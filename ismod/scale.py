@@ -3,7 +3,7 @@
 - ``"smoke"``: seconds; what the test suite runs.
 - ``"cpu"``: what the built book runs on a 2-core machine, minutes per chapter at most.
 - ``"gpu"``: the fast recipe (airbench94's network) on all of CIFAR-10, minutes per chapter on one GPU.
-- ``"paper"``: the sources' own settings (ResNet-18 for 45 or 200 epochs, WRN-28-2 for an hour):
+- ``"paper"``: the sources' own settings (ResNet-18 for 45 or 200 epochs, WRN-28-2 for 3 hours):
   GPU-days for a whole grid; chosen only by name, never by ``"auto"``.
 - ``"auto"``: ``"gpu"`` when CUDA is available, else ``"cpu"``.
 

@@ -709,15 +709,22 @@ class _Loop:
         so that a strategy can train on exactly what it scored (``Strategy.train_on_scored``)."""
         self.state["forward_passes"] += indices.numel()  # a host count: no sync
         if augmented:
-            if self.world is not None or self.augment.soft_targets:
-                raise ValueError("scoring augmented inputs needs one process and an augmentation without mixing "
-                                 "(mixup and RICAP outputs hold several samples); score un-augmented instead")  # fmt: skip
+            if self.augment.soft_targets:
+                raise ValueError("scoring augmented inputs needs an augmentation without mixing (a mixup or RICAP "
+                                 "output holds several samples): pass score_augmented=False to score clean images")  # fmt: skip
+            # the whole presample augmented, as every rank does alike (one generator state everywhere)
             x, y = self.augment(
                 self.train.images[indices], self.train.labels[indices], generator=self.gen
             )
             self.scored_inputs = (x, y)
-            return self._score_inputs(
-                lambda start, stop: (x[start:stop], y[start:stop]), indices.numel()
+            if self.world is None:
+                return self._score_inputs(lambda a, b: (x[a:b], y[a:b]), indices.numel())
+            positions = self.world.shard(torch.arange(indices.numel(), device=indices.device))
+            losses, logits = self._score_inputs(
+                lambda a, b: (x[positions[a:b]], y[positions[a:b]]), positions.numel()
+            )
+            return self.world.unshard(losses, indices.numel()), self.world.unshard(
+                logits, indices.numel()
             )
         if self.world is None:
             return self._score_local(indices)

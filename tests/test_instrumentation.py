@@ -263,7 +263,7 @@ def test_a_strategy_trains_on_the_augmented_inputs_it_scored():
         assert torch.equal(x_trained, x_scored[[3, 1]])
     clean, _ = Augment()(data.images[:4], data.labels[:4], train=False)
     assert not torch.equal(scored[0], clean)  # a training augmentation, not the clean images
-    with pytest.raises(ValueError, match="mixing"):
+    with pytest.raises(ValueError, match="score_augmented=False"):
         fit(build_model("small_cnn"), data, data, _ScoresAugmented(), Augment(mixup_alpha=0.3), settings,
             progress=False)  # fmt: skip
 
@@ -276,6 +276,7 @@ def test_the_presample_cap_switches_on_tau_eff_not_tau():
     # τ = 4: worth τ_eff = 1/(1/4 + 1/3) = 1.71 uniform batches, below τ_th = 2; τ = 7: 2.1, above
     assert plain.switches_on(4.0) and not capped.switches_on(4.0)
     assert capped.switches_on(7.0) and not capped.switches_on(0.0)
+
     def make(**options):
         s = Presample(threshold=1.1, tau_momentum=0.0, **options)
         s.setup(60, 4, CPU, torch.Generator().manual_seed(0), _Scorer(), torch.arange(60) % 3)

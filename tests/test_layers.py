@@ -25,7 +25,16 @@ LAYERS = {
     1: {"data", "augment", "models"},
     2: {"strategies"},
     3: {"train", "adapters"},
-    4: {"experiments", "suites", "plots", "widgets", "__main__", "distributed", "bench", "diagnosis"},
+    4: {
+        "experiments",
+        "suites",
+        "plots",
+        "widgets",
+        "__main__",
+        "distributed",
+        "bench",
+        "diagnosis",
+    },
 }
 
 

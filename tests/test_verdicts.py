@@ -80,11 +80,17 @@ def test_dissection_findings_name_the_weights_only_when_the_numbers_separate_the
         10.0, rel=1e-3
     )
     found = "\n".join(diagnosis.dissection_findings(rows))
-    assert "the harm goes with the weights" in found and "largest weight 300" in found
+    assert "The harm goes with the weights" in found and "largest weight 300" in found
     reversed_rows = diagnosis.dissection_rows(_dissection(0.06, 0.5))
     found = "\n".join(diagnosis.dissection_findings(reversed_rows))
     assert "do not separate them" in found and "harm goes with the weights" not in found
-    assert "| forced, as is | 3 |" in diagnosis.dissection_markdown(rows)
+    assert "| forced, as is | 3 | 64.0% | uniform |" in diagnosis.dissection_markdown(rows)
+    # a variant that changes uniform training too is compared with its uniform control
+    controlled = _dissection(0.5, 0.06)
+    controlled["forced, lr halved"] = controlled.pop("forced, as is")
+    controlled["uniform, lr halved"] = [_dissection_run(k, 0.5, 0.64) for k in range(3)]
+    row = {r["arm"]: r for r in diagnosis.dissection_rows(controlled)}["forced, lr halved"]
+    assert row["control"] == "uniform, lr halved" and abs(row["log_loss_ratio"]["mean"]) < 0.02
 
 
 def _decaying(seed, rate, batch):

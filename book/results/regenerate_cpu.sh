@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Regenerate the saved "cpu" results (about 100 minutes on two cores), suite by suite, in an order that
+# Regenerate the saved "cpu" results (about 190 minutes on two cores), suite by suite, in an order that
 # keeps compared arms together: the pilots first, then Chapters 5 and 6's seven equal-time arms
-# interleaved seed by seed (no other work on the machine meanwhile), then the epoch-budgeted grids.
+# interleaved seed by seed (no other work on the machine meanwhile), Chapter 5's diagnosis (its pilot,
+# the dissection and critical-batch grids at equal steps, the prediction grid: about 90 minutes), then
+# the epoch-budgeted grids.
 # Saved results with the same config, data and behaviour version are kept, so an interrupted run
 # resumes where it stopped. Run from a clean checkout (the commit goes into every result).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
 export ISMOD_GIT_COMMIT=${ISMOD_GIT_COMMIT:-$(git rev-parse HEAD)}
-for suite in ${SUITES:-pilots equal_time chapter5_tau chapter4 chapter4_resnet chapter3 chapter3_variants chapter7 harness}; do
+for suite in ${SUITES:-pilots equal_time chapter5_tau chapter5_prediction_pilot chapter5_dissection chapter5_critical_batch chapter5_prediction chapter4 chapter4_resnet chapter3 chapter3_variants chapter7 harness}; do
   command="python -m ismod suite $suite --scale cpu --out book/results/cpu"
   echo "== $command ($(date -u +%H:%M:%S))"
   ISMOD_COMMAND="$command" "$PY" -m ismod suite "$suite" --scale cpu --out book/results/cpu
