@@ -29,6 +29,7 @@ __all__ = [
     "prediction_findings",
     "rule_check_markdown",
     "probe_increments",
+    "pilot_summary",
 ]
 
 
@@ -332,3 +333,19 @@ def probe_increments(
                      "tau_max": max(e["tau"] for e in entries), "tau_eff_min": min(effs), "tau_eff_max": max(effs),
                      "measured_max": max(e["measured"] for e in entries)}  # fmt: skip
     return out
+
+
+def pilot_summary(label: str, points: list[dict[str, Any]]) -> str:
+    """One sentence of :func:`rule_inputs`' points: τ's peak, τ_eff's range against the cost, the noise
+    scale's range against b and what a step would be worth with scoring free."""
+    if not points:
+        return f"- {label}: no evaluation point with τ and a noise scale."
+    peak = max(points, key=lambda p: p["tau"])
+    pays = sum(p["pays"] for p in points)
+    return (f"- {label}: τ peaked at {peak['tau']:.2f} (epoch {peak['epoch']:.0f}); τ_eff "
+            f"{min(p['tau_eff'] for p in points):.2f}–{max(p['tau_eff'] for p in points):.2f} against a cost τ_th of "
+            f"{min(p['tau_threshold'] for p in points):.2f}–{max(p['tau_threshold'] for p in points):.2f}, so the completed "
+            f"rule says importance sampling pays in time at {pays} of {len(points)} points; B_simple "
+            f"{min(p['b_simple'] for p in points):.0f}–{max(p['b_simple'] for p in points):.0f}; with scoring free, "
+            f"{min(p['steps_ratio'] for p in points):.2f}–{max(p['steps_ratio'] for p in points):.2f} importance steps "
+            "per uniform step.")  # fmt: skip

@@ -801,10 +801,13 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, scale: str = "", 
     prediction printed. If it exceeds ``max_minutes`` (default :func:`default_max_minutes` of
     ``scale``; ``None`` for no limit), nothing is trained: with ``if_over_budget="saved"`` the saved
     results that exist are returned (any data source, each with its provenance) — :class:`GridOverBudget`
-    is raised when there are none, and always with ``"raise"``. A bar counts the grid's runs when ``progress`` is set (by default at
+    is raised when there are none, and always with ``"raise"``; ``"saved or none"`` returns the saved
+    results, or ``{}`` when there are none (for a page that reports "not measured" instead). A bar counts the grid's runs when ``progress`` is set (by default at
     ``"gpu"`` and ``"paper"`` scale, where a grid takes minutes or more)."""
-    if if_over_budget not in ("saved", "raise"):
-        raise ValueError(f"if_over_budget must be 'saved' or 'raise', got {if_over_budget!r}")
+    if if_over_budget not in ("saved", "raise", "saved or none"):
+        raise ValueError(
+            f"if_over_budget must be 'saved', 'saved or none' or 'raise', got {if_over_budget!r}"
+        )
     limit = default_max_minutes(scale) if max_minutes == "default" else max_minutes
     missing = missing_runs(suite, results_dir, run_kwargs.get("data_root"))
     if missing and scale in ("gpu", "paper") and not _cuda():
@@ -819,7 +822,10 @@ def run_suite(suite: Suite, results_dir: str | os.PathLike, *, scale: str = "", 
             message = (f"this grid would train {len(missing)} runs for about {seconds / 60:.0f} min on {device}, over the "
                        f"max_minutes={limit:g} limit; pass max_minutes=None (or set {MAX_MINUTES_ENV}=inf) to train "
                        f"it anyway, or run it ahead of time with `python -m ismod suite ... --scale {scale or '...'}`")  # fmt: skip
-            saved = load_suite(suite, results_dir) if if_over_budget == "saved" else {}
+            saved = load_suite(suite, results_dir) if if_over_budget != "raise" else {}
+            if not saved and if_over_budget == "saved or none":
+                print(message + "; nothing saved to show", flush=True)
+                return {}
             if not saved:
                 raise GridOverBudget(
                     message

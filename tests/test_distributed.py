@@ -22,8 +22,10 @@ STRATEGIES = {
     # the switch forced (τ_th = 1), so that presamples are scored, split over ranks and resampled
     "upper bound, τ": ("presample", {"score": "bound", "threshold": 1.0, "tau_momentum": 0.0}),
     # scoring the augmented presample and training on those images: augmented alike on every rank
-    "upper bound, τ, augmented scores": ("presample", {"score": "bound", "threshold": 1.0, "tau_momentum": 0.0,
-                                                       "score_augmented": True}),
+    "upper bound, τ, augmented scores": (
+        "presample",
+        {"score": "bound", "threshold": 1.0, "tau_momentum": 0.0, "score_augmented": True},
+    ),
 }
 # every other registered strategy with its defaults (small-data options where a default needs more data)
 SMALL = {"selective_backprop": {"history": 32}, "prediction_subset": {"kind": "p", "subset": 0.5}}

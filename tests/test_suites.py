@@ -248,6 +248,7 @@ def test_a_grid_over_its_time_limit_does_not_start(tmp_path, monkeypatch):
         suites.run_suite(suite, tmp_path, scale="gpu", if_over_budget="raise")
     with pytest.raises(suites.GridOverBudget, match="no saved results"):
         suites.run_suite(suite, tmp_path, scale="gpu")
+    assert suites.run_suite(suite, tmp_path, scale="gpu", if_over_budget="saved or none") == {}
     # with saved results, an over-budget grid shows them instead of training the rest
     first = suite["uniform"][0]
     experiments.Result(

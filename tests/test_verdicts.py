@@ -126,6 +126,9 @@ def test_rule_inputs_apply_the_presample_cap_and_the_critical_batch():
     assert point["required"] == pytest.approx(10 * 2 / (11 - 2)) and not point["pays"]
     assert point["steps_ratio"] == pytest.approx((1 + 10 / point["tau_eff"]) / 11)
     assert diagnosis.rule_inputs(run(0, history=h), 3.0, cost=1.0)[0]["pays"]
+    line = diagnosis.pilot_summary("pilot", diagnosis.rule_inputs(run(0, history=h), 3.0))
+    assert "τ peaked at 4.00" in line and "pays in time at 0 of 1 points" in line
+    assert "no evaluation point" in diagnosis.pilot_summary("empty", [])
 
 
 def _prediction_results(lose_factor, pay_factor):
