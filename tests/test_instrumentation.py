@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+from synthetic_data import synthetic_images
 
 from ismod.augment import Augment
-from ismod.data import ImageData
 from ismod.diagnostics import gradient_noise_scale
 from ismod.models import build_model
 from ismod.strategies import Presample, Uniform
@@ -18,12 +18,7 @@ from ismod.train import TRAINED_SAMPLE_FORWARDS, TrainSettings, fit, noise_scale
 CPU = torch.device("cpu")
 
 
-def _synthetic(n: int, seed: int = 0) -> ImageData:
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 10
-    images = torch.randint(0, 128, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    images[:, 0] += (labels * 12).to(torch.uint8)[:, None, None]
-    return ImageData(images, labels, [str(i) for i in range(10)], "synthetic")
+_synthetic = synthetic_images
 
 
 def _ce(logits, targets):

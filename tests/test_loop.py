@@ -6,20 +6,14 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from synthetic_data import synthetic_images
 
 from ismod.augment import Augment
-from ismod.data import ImageData
 from ismod.models import build_model
 from ismod.strategies import Uniform, build_strategy
 from ismod.train import TrainSettings, fit
 
-
-def _synthetic(n: int, seed: int = 0) -> ImageData:
-    g = torch.Generator().manual_seed(seed)
-    labels = torch.arange(n) % 10
-    images = torch.randint(0, 128, (n, 3, 32, 32), dtype=torch.uint8, generator=g)
-    images[:, 0] += (labels * 12).to(torch.uint8)[:, None, None]
-    return ImageData(images, labels, [str(i) for i in range(10)], "synthetic")
+_synthetic = synthetic_images
 
 
 SETTINGS = TrainSettings(batch_size=64, budget="steps", budget_amount=30, lr=0.01, schedule="constant", warmup=0.0,
