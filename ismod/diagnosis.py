@@ -11,6 +11,7 @@ import math
 import statistics
 from typing import Any
 
+from .suites import compare, summarize, verdict_table
 from .tau import presample_increment, required_increment
 from .verdicts import Comparison, exploratory, final_value, primary
 
@@ -30,6 +31,8 @@ __all__ = [
     "rule_check_markdown",
     "probe_increments",
     "pilot_summary",
+    "race_lines",
+    "recalibration_lines",
 ]
 
 
@@ -349,3 +352,72 @@ def pilot_summary(label: str, points: list[dict[str, Any]]) -> str:
             f"{min(p['b_simple'] for p in points):.0f}–{max(p['b_simple'] for p in points):.0f}; with scoring free, "
             f"{min(p['steps_ratio'] for p in points):.2f}–{max(p['steps_ratio'] for p in points):.2f} importance steps "
             "per uniform step.")  # fmt: skip
+
+
+# --- Chapter 5's race (§5.5), read ------------------------------------------------------------------
+
+
+def race_lines(race: dict[str, list[Any]], baseline: str = "uniform",
+               forced: str = "upper bound, always") -> list[str]:  # fmt: skip
+    """The race's lines: for each arm, when it switched, its share of importance steps, its steps
+    against the baseline's and its final τ against τ_th; training loss and test error relative to the
+    baseline; and the cost model checked on the forced arm (its share s of importance steps, each
+    costing τ_th = 1 + (B/b) t_f/(t_f + t_b) uniform steps from its measured times, predicts
+    1/(s τ_th + 1 − s) of the baseline's steps)."""
+    base = race[baseline]
+    uniform_steps = statistics.fmean(r.history[-1]["step"] for r in base)
+    lines = []
+    for label, runs in race.items():
+        if label == baseline:
+            continue
+        h = [r.history[-1] for r in runs]
+        share = statistics.fmean(x["importance_steps"] / max(x["steps"], 1) for x in h)
+        lines.append(f"- **{label}**: switched at steps {[x['switch_step'] for x in h]} (None: never); {share:.0%} of "
+                     f"its steps were importance steps; {statistics.fmean(x['steps'] for x in h):.0f} steps in the "
+                     f"budget against uniform's {uniform_steps:.0f}; final τ {statistics.fmean(x['tau'] for x in h):.2f} "
+                     f"vs τ_th {statistics.fmean(x['tau_threshold'] for x in h):.2f}.")  # fmt: skip
+    rows = {r["arm"]: r for r in summarize(race, baseline=baseline)}
+    for label in race:
+        if label != baseline:
+            r, u = rows[label], rows[baseline]
+            lines.append(f"- {label} vs uniform at equal time: training loss ×{r['train_loss'][0] / u['train_loss'][0]:.2f}, "
+                         f"test error ×{r['relative_test_error']:.2f}.")  # fmt: skip
+    if forced in race:
+        h = [r.history[-1] for r in race[forced]]
+        steps_ratio = statistics.fmean(x["steps"] for x in h) / uniform_steps
+        share = statistics.fmean(x["importance_steps"] / x["steps"] for x in h)
+        # the cost of an importance step in uniform steps is the τ_th of the measured times, whatever
+        # threshold the arm used
+        ratio = race[forced][0].config["strategy_options"].get("presample", 3.0)
+        threshold = statistics.fmean(
+            1 + ratio * x["t_forward"] / (x["t_forward"] + x["t_backward"]) for x in h
+        )
+        predicted = 1 / (share * threshold + (1 - share))
+        lines.append(f"- Cost model check, switch forced: {share:.0%} importance steps, each predicted to cost "
+                     f"{threshold:.2f} uniform steps (τ_th from the measured t_f, t_b), so {predicted:.2f}× uniform's "
+                     f"steps in the same time; measured {steps_ratio:.2f}× — the model "
+                     f"{'overstates' if steps_ratio > predicted else 'understates'} the cost of an importance step here "
+                     f"by {abs(steps_ratio / predicted - 1):.0%}.")  # fmt: skip
+    return lines
+
+
+def recalibration_lines(race: dict[str, list[Any]], baseline: str = "uniform") -> str | None:
+    """The race's test accuracy against the baseline with the running batch-norm statistics and with
+    statistics re-estimated on uniform batches (two verdict tables), and which arms' deficit
+    re-estimation closed by at least half; ``None`` if the runs have no re-estimated evaluation."""
+    if not all("test_accuracy_recalibrated" in r.final for runs in race.values() for r in runs):
+        return None
+    pairs = [(arm, baseline) for arm in race if arm != baseline]
+    plain, fixed = compare(race, pairs), compare(race, pairs, metric="test_accuracy_recalibrated")
+    shift = {arm: statistics.fmean(r.final["test_accuracy_recalibrated"] - r.final["test_accuracy"] for r in runs)
+             for arm, runs in race.items()}  # fmt: skip
+    closed = [row["arm"] for row, again in zip(plain, fixed)
+              if "mean" in row and row["mean"] < 0 and again["mean"] > row["mean"] / 2]  # fmt: skip
+    moved = ", ".join(f"{shift[arm]:+.1%} ({arm})" for arm in race)
+    reading = (f"It closed at least half of the deficit against uniform for {', '.join(closed)}: there the running "
+               "statistics, not the weights, carried the loss." if closed else
+               "It closed less than half of any arm's deficit against uniform: the deficit is in the weights (or in the "
+               "steps the arm could not take), not in the batch-norm statistics.")  # fmt: skip
+    return ("Test accuracy against uniform, with the running statistics:\n\n" + verdict_table(plain)
+            + "\n\nThe same weights with re-estimated statistics:\n\n" + verdict_table(fixed)
+            + f"\n\nRe-estimating the statistics moved test accuracy by {moved} on average. " + reading)  # fmt: skip

@@ -151,3 +151,39 @@ def test_prediction_outcomes_follow_the_verdicts():
     assert [r["outcome"] for r in rows][:3:2] == ["failed", "failed"]
     text = "\n".join(diagnosis.prediction_findings(rows))
     assert "Prediction **failed**" in text and "×0.50" in text
+
+
+def _race_run(seed, accuracy, recalibrated, done, **last):
+    history = [{"step": 0}, {"step": done, "train_eval_loss": 1.0 - accuracy, **last}]
+    final = {"test_accuracy": accuracy + 0.002 * seed, "test_accuracy_recalibrated": recalibrated + 0.002 * seed,
+             "train_time": 10.0}  # fmt: skip
+    return Result(
+        {"seed": seed, "name": f"r{seed}", "strategy_options": {}},
+        {},
+        history,
+        {"selection": 1.0},
+        final,
+    )
+
+
+def test_race_lines_check_the_cost_model_and_recalibration_names_the_arms_it_repairs():
+    forced = dict(importance_steps=40, steps=50, switch_step=10, tau=1.8, tau_threshold=1.0, t_forward=1.0,
+                  t_backward=2.0)  # fmt: skip
+    race = {"uniform": [_race_run(k, 0.70, 0.70, 100) for k in range(3)],
+            "upper bound, always": [_race_run(k, 0.60 + 0.001 * k * k, 0.68, 50, **forced) for k in range(3)]}  # fmt: skip
+    lines = diagnosis.race_lines(race)
+    # 80% importance steps at τ_th = 1 + 3·1/3 = 2 predict 1/(0.8·2 + 0.2) = 0.56 of uniform's steps; 0.50 measured
+    assert "switched at steps [10, 10, 10]" in lines[0] and "80% of its steps" in lines[0]
+    assert (
+        "so 0.56× uniform's steps" in lines[-1]
+        and "measured 0.50×" in lines[-1]
+        and "understates" in lines[-1]
+    )
+    text = diagnosis.recalibration_lines(race)
+    assert "closed at least half of the deficit against uniform for upper bound, always" in text
+    race["upper bound, always"] = [
+        _race_run(k, 0.60 + 0.001 * k * k, 0.61, 50, **forced) for k in range(3)
+    ]
+    assert "closed less than half" in diagnosis.recalibration_lines(race)
+    del race["uniform"][0].final["test_accuracy_recalibrated"]
+    assert diagnosis.recalibration_lines(race) is None
