@@ -40,6 +40,7 @@ __all__ = [
     "probability_settings",
     "tau_tradeoff",
     "loop_costs",
+    "tau_pilot_and_switch",
 ]
 
 
@@ -579,3 +580,34 @@ def loop_costs(
     accuracy_ax.barh(positions, [100 * runs[n]["accuracy"] for n in names], color="tab:blue")
     accuracy_ax.set_yticks(list(positions), names)
     accuracy_ax.set_xlabel("test accuracy (%)")
+
+
+def tau_pilot_and_switch(pilot: object, race: Mapping[str, Sequence], *, switching: str = "upper bound, τ switch",
+                         baseline: str = "uniform", axes: Sequence[Axes] | None = None) -> float | None:  # fmt: skip
+    """Chapter 5's GPU figure. Left: the pilot's τ (bound scores, tracked under uniform training, never
+    acted on) against its measured τ_th. Right: for seed 0 of ``baseline`` and of ``switching``, the
+    eval-mode loss on the fixed training subset, with the switching arm's first importance step
+    marked. Returns the epoch at which the pilot's τ first exceeded τ_th (``None``: never)."""
+    from .suites import tau_crossing, tau_log
+
+    if axes is None:
+        axes = panels(2)
+    x, tau, _ = tau_log(pilot)
+    threshold = pilot.history[-1]["tau_threshold"]  # type: ignore[attr-defined]
+    axes[0].plot(x, tau, lw=1, label="τ (bound scores), uniform training")
+    axes[0].axhline(threshold, color="C3", ls="--", label=f"τ_th measured = {threshold:.2f}")
+    axes[0].set(xlabel="epochs", ylabel="τ", title="pilot: τ tracked, never acted on")
+    axes[0].legend()
+    for label, colour in ((baseline, "C0"), (switching, "C1")):
+        r = race[label][0]
+        axes[1].plot([h["epoch"] for h in r.history], [h["train_eval_loss"] for h in r.history], "o-",
+                     color=colour, label=label)  # fmt: skip
+    switch = race[switching][0]
+    first = switch.history[-1]["switch_step"]
+    if first is not None:
+        axes[1].axvline(first * switch.config["batch_size"] / switch.provenance["train_size"], color="C1", ls=":",
+                        label="first importance step")  # fmt: skip
+    axes[1].set(xlabel="epochs", ylabel="loss on the fixed training subset (eval mode)", yscale="log",
+                title=f"seed {switch.config['seed']}")  # fmt: skip
+    axes[1].legend()
+    return tau_crossing(pilot)

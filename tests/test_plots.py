@@ -82,3 +82,23 @@ def test_time_accuracy_names_each_strategy_once():
     assert len(ax.lines) == 4
     assert [line.get_marker() for line in ax.lines] == ["o", "o", "s", "o"]  # one shape a budget
     plt.close("all")
+
+
+def test_tau_pilot_and_switch_marks_the_first_importance_step_and_returns_the_crossing():
+    from ismod.experiments import Result
+
+    log = [[10 * k, 1.0 + 0.5 * k, 0] for k in range(6)]  # τ 1.0 … 3.5 at steps 0 … 50
+    pilot = Result({"seed": 0, "batch_size": 100}, {"train_size": 1000},
+                   [{"step": 0, "epoch": 0.0, "tau_log": log[:3]}, {"step": 50, "epoch": 5.0, "tau_log": log[3:],
+                    "tau_threshold": 2.2}], {}, {})  # fmt: skip
+    history = [
+        {"epoch": e, "train_eval_loss": 1.0 / (1 + e), "switch_step": 20} for e in (0.0, 1.0, 2.0)
+    ]
+    race = {name: [Result({"seed": 0, "batch_size": 100}, {"train_size": 1000}, history, {}, {})]
+            for name in ("uniform", "upper bound, τ switch")}  # fmt: skip
+    axes = plots.panels(2)
+    crossed = plots.tau_pilot_and_switch(pilot, race, axes=axes)
+    assert crossed is not None and 2.9 < crossed <= 3.1  # the first τ above 2.2 is 2.5, at step 30
+    marks = [line for line in axes[1].get_lines() if line.get_label() == "first importance step"]
+    assert len(marks) == 1 and marks[0].get_xdata()[0] == pytest.approx(20 * 100 / 1000)
+    plt.close("all")

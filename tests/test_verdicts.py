@@ -187,3 +187,21 @@ def test_race_lines_check_the_cost_model_and_recalibration_names_the_arms_it_rep
     assert "closed less than half" in diagnosis.recalibration_lines(race)
     del race["uniform"][0].final["test_accuracy_recalibrated"]
     assert diagnosis.recalibration_lines(race) is None
+
+
+def _tau_point(seed, size, tau_plain, tau_root, measured):
+    entry = {"mean_grad_sq": 0.1, "mean_sq_norm": 1.0}
+    for score in ("bound", "loss", "exact"):
+        entry[score] = {"tau": tau_plain, "tau_sqrt": tau_root, "measured": measured}
+    entry["bound"].update(sampled=measured * 1.01, sampled_rel_se=0.02)
+    return {"seed": seed, "epoch": 1.0, "B": size, "entry": entry}
+
+
+def test_the_square_root_table_counts_which_formula_is_closer_seed_by_seed():
+    # τ = 4 against a measured 4: without the root exact; the root (2) off by log 2
+    points = [_tau_point(s, 96, 4.0, 2.0, 4.0) for s in range(3)]
+    text = diagnosis.sqrt_check_markdown(points)
+    assert "| bound | 96 | 0.000 | 0.693 | without the root in 3 of 3 |" in text
+    assert "for g ∝ bound, without the root of the 3 (B, seed) cases" in text and "10.0%" in text
+    rooted = [_tau_point(s, 96, 4.0, 2.0, 2.0) for s in range(3)]
+    assert "for g ∝ loss, with the root of the 3" in diagnosis.sqrt_check_markdown(rooted)
