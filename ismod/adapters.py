@@ -628,7 +628,7 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
         score: ``"bound"`` or ``"loss"`` (for losses other than softmax cross-entropy).
         threshold: ``"fixed"``, ``"measured"`` or a number. tau_momentum: :math:`a_\\tau`.
         sqrt: the authors' library's square root of τ (Chapter 5 shows the bound fits better without).
-        presample_cap: switch on when :math:`\tau_{\text{eff}} = 1/(1/\tau + b/B)` exceeds τ_th, not τ
+        presample_cap: switch on when :math:`\\tau_{\\text{eff}} = 1/(1/\\tau + b/B)` exceeds τ_th, not τ
             (Chapter 5, §5.6: the presample's own variance caps what a step is worth).
         loss_fn: per-sample loss, ``(logits, targets) -> (b,)``; softmax cross-entropy by default.
         dataset: optional; checked to have ``num_items`` items.

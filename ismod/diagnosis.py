@@ -152,8 +152,8 @@ def dissection_findings(rows: list[dict[str, Any]]) -> list[str]:
         worst_bounded = max(by_arm[a]["log_loss_ratio"]["mean"] for a in bounded)
         best_kept = min(by_arm[a]["log_loss_ratio"]["mean"] for a in kept)
         if worst_bounded < best_kept:
-            out.append(f"- Every arm that bounded the weights ({', '.join(bounded)}) ended with a lower training loss, "
-                       f"against its control, than every arm that kept them ({', '.join(kept)}): ×{math.exp(worst_bounded):.2f} "
+            out.append(f"- Every arm that bounded the weights ({'; '.join(bounded)}) ended with a lower training loss, "
+                       f"against its control, than every arm that kept them ({'; '.join(kept)}): ×{math.exp(worst_bounded):.2f} "
                        f"at worst against ×{math.exp(best_kept):.2f} at best. The harm goes with the weights.")  # fmt: skip
         else:
             out.append(

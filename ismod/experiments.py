@@ -162,6 +162,8 @@ _LATER_FIELDS: dict[str, Any] = {
 _LATER_STRATEGY_OPTIONS: dict[str, dict[str, Any]] = {
     "per": {"new_priority": "one"},
     "obs": {"rerank_every": 1},
+    # until Chapter 5's dissection, presamples were scored clean and trained on a fresh augmentation
+    "presample": {"score_augmented": False},
 }
 
 
@@ -354,7 +356,7 @@ def tau_probe(
     At each call, ``presamples`` fixed presamples of B = 3 ``batch`` training samples (un-augmented,
     the model in eval mode) get exact per-sample gradients; for g from the upper bound, from the loss and
     from the exact gradient norms it records τ (:func:`ismod.tau.equivalent_batch_increment`, with and
-    without the square root), the presample-capped ``tau_eff`` :math:`1/(1/\tau + b/B)`
+    without the square root), the presample-capped ``tau_eff`` :math:`1/(1/\\tau + b/B)`
     (:func:`ismod.tau.presample_increment`) and the measured ratio :func:`ismod.tau.variance_ratio`, and, for the
     bound, the same ratio from 2000 sampled minibatches each way (:func:`ismod.tau.sampled_sq_errors`).
     For each B' in ``sizes`` (each a multiple of 3 below B) the same is recorded under

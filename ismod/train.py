@@ -372,7 +372,7 @@ def noise_scale_at(model: nn.Module, images: torch.Tensor, targets: torch.Tensor
     Appendix A): the batch (already normalised) is split into ``chunks`` parts of :math:`b_s`; each
     part's mean-loss gradient :math:`G_k` is taken in train mode (batch statistics, as a training step
     sees them; running statistics untouched), and :func:`ismod.diagnostics.gradient_noise_scale`
-    is given :math:`\overline{|G_k|^2}` at :math:`b_s` and :math:`|ar G|^2` at :math:`b_s\cdot` ``chunks``.
+    is given :math:`\overline{|G_k|^2}` at :math:`b_s` and :math:`|\bar G|^2` at :math:`b_s\cdot` ``chunks``.
     Returns ``train_mode_loss``, ``grad_sq``, ``trace``, ``b_simple``, ``b_small``, ``b_big``."""
     from .diagnostics import gradient_noise_scale
 

@@ -20,7 +20,10 @@ STRATEGIES = {
     "uniform": ("uniform", {}),
     "loss": ("loss", {"score": "last", "subset": 0.5, "warmup_epochs": 1}),
     # the switch forced (τ_th = 1), so that presamples are scored, split over ranks and resampled
-    "upper bound, τ": ("presample", {"score": "bound", "threshold": 1.0, "tau_momentum": 0.0}),
+    "upper bound, τ": (
+        "presample",
+        {"score": "bound", "threshold": 1.0, "tau_momentum": 0.0, "score_augmented": False},
+    ),
     # scoring the augmented presample and training on those images: augmented alike on every rank
     "upper bound, τ, augmented scores": (
         "presample",

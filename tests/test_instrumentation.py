@@ -136,7 +136,7 @@ def test_the_forward_pass_budget_charges_three_per_trained_sample_and_one_per_sc
 class _Scorer:
     """Scores that grow with the index: a skewed g whose smallest weights bind any cap."""
 
-    def __call__(self, indices):
+    def __call__(self, indices, augmented=False):
         z = torch.zeros(indices.numel(), 3)
         z[torch.arange(indices.numel()), indices % 3] = 3 - indices.float() / 4
         return indices.float() / 10, z

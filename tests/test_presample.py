@@ -30,7 +30,7 @@ class Scorer:
         z[torch.arange(indices.numel()), labels()[indices]] = 3 - indices.float() / 4
         return z
 
-    def __call__(self, indices):
+    def __call__(self, indices, augmented=False):
         self.calls += 1
         self.sizes.append(indices.numel())
         return indices.float() / 10, self.logits(indices)

@@ -36,6 +36,15 @@ def test_seed_counts_follow_the_issues():
     assert all(len(c) == 3 for c in suites.chapter6("cpu").values())
     assert all(len(c) == 3 for c in suites.chapter7("cpu").values())
     assert len(suites.chapter3("cpu")) == 6  # three samplers, with and without augmentation
+    # Chapter 5's diagnosis: three seeds per dissection and critical-batch arm, five per prediction arm
+    assert all(len(c) == 3 for c in suites.chapter5_dissection("cpu").values())
+    assert all(len(c) == 3 for c in suites.chapter5_critical_batch("cpu").values())
+    assert all(len(c) == 5 for c in suites.chapter5_prediction("cpu").values())
+    # the critical-batch test's b arm is the dissection's uniform arm, config for config
+    assert (
+        suites.chapter5_critical_batch("cpu")["b × 1"]
+        == suites.chapter5_dissection("cpu")["uniform"]
+    )
 
 
 def test_report_settings_are_the_appendix():

@@ -113,7 +113,7 @@ class TauSwitch:
         self._ring[slot] = (host, event)
 
     def switches_on(self, tau: float) -> bool:
-        """The rule at a τ the host has read: :math:`\tau > \tau_{th}`, or with ``presample_cap``
+        r"""The rule at a τ the host has read: :math:`\tau > \tau_{th}`, or with ``presample_cap``
         :math:`\tau_{\text{eff}} = 1/(1/\tau + b/B) > \tau_{th}` (what an importance step is worth
         against the full gradient, :func:`ismod.tau.presample_increment`)."""
         if self.presample_cap:
@@ -167,11 +167,12 @@ class Presample(Strategy):
         importance: ``False`` never switches (scores and τ are still tracked): uniform with the τ log.
         weighted: ``False`` trains on the resampled batch with weights 1 instead of :math:`1/(B g_i)`
             (biased toward high scores: the dissection's variant, not the method).
-        score_augmented: ``True`` scores a fresh training augmentation of the presample and trains on
-            those very images (the authors' library scores and trains on the same augmented images);
-            ``False`` scores the un-augmented images and trains on a new augmentation of those chosen,
-            so a weight :math:`1/(Bg_i)` can meet a gradient its score did not predict (Chapter 5).
-        presample_cap: switch on when :math:`\tau_{\text{eff}} = 1/(1/\tau + b/B)` exceeds τ_th instead of
+        score_augmented: ``True`` (default) scores a fresh training augmentation of the presample and
+            trains on those very images, as the authors' library does; ``False`` scores the clean
+            images and trains on a new augmentation of those chosen, so a weight :math:`1/(Bg_i)` can
+            meet a gradient its score did not predict — Chapter 5's dissection found this behind the
+            importance steps' harm. Mixup and RICAP mix images after the draw: pass ``False`` there.
+        presample_cap: switch on when :math:`\\tau_{\\text{eff}} = 1/(1/\\tau + b/B)` exceeds τ_th instead of
             τ: the presample's own variance counted (Chapter 5, §5.6).
         max_weight: if set (≥ 1), g is mixed with uniform, :math:`g \\leftarrow (1-\\lambda)g + \\lambda/B`
             with the smallest λ that keeps every weight :math:`1/(B g_i)` at or below it (unbiased; τ
@@ -186,7 +187,7 @@ class Presample(Strategy):
 
     def __init__(self, presample: float = 3.0, score: str = "bound", threshold: str | float = "measured",
                  tau_momentum: float = 0.9, sqrt: bool = False, importance: bool = True, weighted: bool = True,
-                 max_weight: float | None = None, score_augmented: bool = False,
+                 max_weight: float | None = None, score_augmented: bool = True,
                  presample_cap: bool = False) -> None:  # fmt: skip
         check_presample_options(presample, score, threshold, tau_momentum)
         for name, flag in (
