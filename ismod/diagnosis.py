@@ -148,6 +148,13 @@ def dissection_findings(rows: list[dict[str, Any]]) -> list[str]:
         out.append(
             f"- **Scoring the augmented images it trains on** (the authors' library): {describe(faithful)}."
         )
+        if "forced, as is" in kept:
+            before, after = by_arm["forced, as is"], by_arm[faithful]
+            out.append(f"- Against *as is*, scoring what it trains on moved the training-loss ratio from "
+                       f"×{math.exp(before['log_loss_ratio']['mean']):.2f} to ×{math.exp(after['log_loss_ratio']['mean']):.2f} "
+                       f"and test accuracy from {100 * before['accuracy_difference']['mean']:+.2f} to "
+                       f"{100 * after['accuracy_difference']['mean']:+.2f} points, with weights as large as before "
+                       f"(largest {_number(after['max_weight'], '.0f')} against {_number(before['max_weight'], '.0f')}).")  # fmt: skip
     if kept and bounded:
         worst_bounded = max(by_arm[a]["log_loss_ratio"]["mean"] for a in bounded)
         best_kept = min(by_arm[a]["log_loss_ratio"]["mean"] for a in kept)

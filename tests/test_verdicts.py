@@ -81,6 +81,15 @@ def test_dissection_findings_name_the_weights_only_when_the_numbers_separate_the
     )
     found = "\n".join(diagnosis.dissection_findings(rows))
     assert "The harm goes with the weights" in found and "largest weight 300" in found
+    both = _dissection(0.5, 0.06)
+    both["forced, scores what it trains on"] = [
+        _dissection_run(k, 0.1, 0.68, 400.0) for k in range(3)
+    ]
+    found = "\n".join(diagnosis.dissection_findings(diagnosis.dissection_rows(both)))
+    assert (
+        "moved the training-loss ratio from ×10.00 to ×2.00" in found
+        and "largest 400 against 300" in found
+    )
     reversed_rows = diagnosis.dissection_rows(_dissection(0.06, 0.5))
     found = "\n".join(diagnosis.dissection_findings(reversed_rows))
     assert "do not separate them" in found and "harm goes with the weights" not in found
