@@ -526,6 +526,9 @@ def chapter5_prediction(scale: str) -> Suite:
                                          {"score": "bound", "threshold": "fixed", "score_augmented": True}, seeds),
         "should pay per step: uniform": _arm(pay, "pay-uniform", "uniform", {}, seeds),
         "should pay per step: forced": _arm(pay, "pay-forced", "presample", {**FORCED, "presample": 6.0}, seeds),
+        # exploratory, added after the forced arm's first seed spiked: the same with its weights bounded
+        "should pay per step: forced, weights ≤ 5": _arm(pay, "pay-forced-max-weight-5", "presample",
+            {**FORCED, "presample": 6.0, "max_weight": 5.0}, range(by_scale(scale, smoke=1, cpu=2, gpu=2))),
     }  # fmt: skip
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ismod import suites
+from ismod import diagnosis, suites
 from ismod.experiments import Result, config_hash, result_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +40,9 @@ def test_seed_counts_follow_the_issues():
     # prediction arm
     assert all(len(c) == 3 for c in suites.chapter5_dissection("cpu").values())
     assert all(len(c) == 2 for c in suites.chapter5_critical_batch("cpu").values())
-    assert all(len(c) == 5 for c in suites.chapter5_prediction("cpu").values())
+    predictions = suites.chapter5_prediction("cpu")
+    assert all(len(predictions[c.arm]) == 5 for c, _, _ in diagnosis.PREDICTIONS)
+    assert all(len(predictions[c.baseline]) == 5 for c, _, _ in diagnosis.PREDICTIONS)
     # the critical-batch test's b arm is the dissection's uniform arm, config for config
     critical, dissection = suites.chapter5_critical_batch("cpu"), suites.chapter5_dissection("cpu")
     assert critical["b × 1"] == dissection["uniform"][:2]
