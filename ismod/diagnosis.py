@@ -34,6 +34,7 @@ __all__ = [
     "race_lines",
     "recalibration_lines",
     "sqrt_check_markdown",
+    "exploratory_line",
 ]
 
 
@@ -468,3 +469,15 @@ def sqrt_check_markdown(points: list[dict[str, Any]]) -> str:
             "$\\lVert G_i\\rVert^2$ — the term §5.1 drops. Sampled minibatches confirm the closed form: sampled / "
             f"closed-form ratio {sum(sampled) / len(sampled):.3f} on average (range {min(sampled):.3f}–{max(sampled):.3f}; "
             f"relative standard error of one sampled ratio ≈ {rel_se:.3f}).")  # fmt: skip
+
+
+def exploratory_line(results: dict[str, list[Any]], arm: str, baseline: str) -> str:
+    """An exploratory comparison as a sentence: the training-loss ratio and the test-accuracy difference
+    against ``baseline`` with unadjusted 95% intervals, the seeds, and no verdict word."""
+    acc, loss = exploratory(results, [Comparison(arm, baseline, "test_accuracy"),
+                                      Comparison(arm, baseline, "train_eval_loss", transform=math.log)])  # fmt: skip
+    if "mean" not in loss:
+        return f"- {arm} against {baseline}: fewer than two shared seeds (exploratory)."
+    return (f"- {arm} against {baseline} (exploratory, {loss['seeds']} seeds, unadjusted 95% intervals): training loss "
+            f"×{math.exp(loss['mean']):.2f} [{math.exp(loss['low']):.2f}, {math.exp(loss['high']):.2f}], test accuracy "
+            f"{_interval(acc, 100, 2)} points.")  # fmt: skip

@@ -214,3 +214,17 @@ def test_the_square_root_table_counts_which_formula_is_closer_seed_by_seed():
     assert "for g ∝ bound, without the root of the 3 (B, seed) cases" in text and "10.0%" in text
     rooted = [_tau_point(s, 96, 4.0, 2.0, 2.0) for s in range(3)]
     assert "for g ∝ loss, with the root of the 3" in diagnosis.sqrt_check_markdown(rooted)
+
+
+def test_an_exploratory_line_gives_intervals_and_no_verdict():
+    results = _prediction_results(2.0, 0.5)
+    line = diagnosis.exploratory_line(
+        results, "should pay per step: forced", "should pay per step: uniform"
+    )
+    assert "training loss ×0.50 [" in line and "exploratory, 5 seeds" in line
+    assert not any(word in line for word in ("higher", "lower", "equivalent", "inconclusive"))
+    single = {
+        "a": results["should pay per step: forced"][:1],
+        "b": results["should pay per step: uniform"][:1],
+    }
+    assert "fewer than two shared seeds" in diagnosis.exploratory_line(single, "a", "b")
