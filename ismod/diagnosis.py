@@ -477,7 +477,16 @@ def exploratory_line(results: dict[str, list[Any]], arm: str, baseline: str) -> 
     acc, loss = exploratory(results, [Comparison(arm, baseline, "test_accuracy"),
                                       Comparison(arm, baseline, "train_eval_loss", transform=math.log)])  # fmt: skip
     if "mean" not in loss:
-        return f"- {arm} against {baseline}: fewer than two shared seeds (exploratory)."
+        shared = sorted(
+            {r.config["seed"] for r in results[arm]} & {r.config["seed"] for r in results[baseline]}
+        )
+        if not shared:
+            return f"- {arm} against {baseline}: no shared seed."
+        a = next(r for r in results[arm] if r.config["seed"] == shared[0])
+        u = next(r for r in results[baseline] if r.config["seed"] == shared[0])
+        return (f"- {arm} against {baseline} (exploratory, one seed — no interval): training loss "
+                f"{final_value(a, 'train_eval_loss'):.3f} against {final_value(u, 'train_eval_loss'):.3f}, test accuracy "
+                f"{100 * final_value(a, 'test_accuracy'):.1f}% against {100 * final_value(u, 'test_accuracy'):.1f}%.")  # fmt: skip
     return (f"- {arm} against {baseline} (exploratory, {loss['seeds']} seeds, unadjusted 95% intervals): training loss "
             f"×{math.exp(loss['mean']):.2f} [{math.exp(loss['low']):.2f}, {math.exp(loss['high']):.2f}], test accuracy "
             f"{_interval(acc, 100, 2)} points.")  # fmt: skip
