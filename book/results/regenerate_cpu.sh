@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Regenerate the saved "cpu" results (about 190 minutes on two cores), suite by suite, in an order that
+# Regenerate the saved "cpu" results (about 210 minutes on two cores), suite by suite, in an order that
 # keeps compared arms together: the pilots first, then Chapters 5 and 6's seven equal-time arms
 # interleaved seed by seed (no other work on the machine meanwhile), Chapter 5's diagnosis (its pilot,
-# the dissection and critical-batch grids at equal steps, the prediction grid: about 90 minutes), then
+# the dissection and critical-batch grids at equal steps, the prediction grid: about 110 minutes, the dissection 60 of them), then
 # the epoch-budgeted grids.
 # Saved results with the same config, data and behaviour version are kept, so an interrupted run
 # resumes where it stopped. Run from a clean checkout (the commit goes into every result).
