@@ -68,7 +68,7 @@ def dissection_rows(
 ) -> list[dict[str, Any]]:
     """Per arm: seeds, mean final test accuracy and training loss (eval mode, fixed training subset),
     the median over seeds of :func:`run_instruments`, and against ``baseline`` — or the arm's control in
-    :data:`DISSECTION_CONTROLS`, uniform with the same change — (paired by seed, exploratory:
+    ``DISSECTION_CONTROLS``, uniform with the same change — (paired by seed, exploratory:
     unadjusted intervals) the test-accuracy difference and the log training-loss ratio."""
     rows = []
     for arm, runs in results.items():
@@ -188,12 +188,12 @@ def critical_batch_rows(
     results: dict[str, list[Any]], key: str = "train_mode_loss"
 ) -> list[dict[str, Any]]:
     """For each batch size of the critical-batch grid (labels ``"b × k"``): the final ``key`` and test
-    accuracy (means), the steps each run needs to reach the loss the ``b × 1`` runs end at (median over
-    seeds), the measured speed-up per step over ``b``, and the speed-up McCandlish et al.'s
+    accuracy (means), the steps each run needs to reach the loss every ``b × 1`` run reaches by its end
+    (the largest of their final losses; median over seeds), the measured speed-up per step over ``b``, and the speed-up McCandlish et al.'s
     :math:`S(b) = S_{\\min}(1 + B_{\\text{noise}}/b)` predicts from the ``b`` runs' median measured
     :math:`B_{\\text{simple}}`: :math:`(1 + B/b)/(1 + B/(kb))`."""
     base_runs = results["b × 1"]
-    target = statistics.median(final_value(r, key) for r in base_runs)
+    target = max(final_value(r, key) for r in base_runs)  # a loss every b run reaches by its end
     b = base_runs[0].config["batch_size"]
     noise = statistics.median(_present([run_instruments(r)["b_simple"] for r in base_runs]))
     base_steps = statistics.median(_steps_to(r, target, key) for r in base_runs)
@@ -274,7 +274,7 @@ PREDICTIONS: list[tuple[Comparison, tuple[str, ...], str]] = [
 
 
 def prediction_rows(results: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """:func:`ismod.verdicts.primary` over :data:`PREDICTIONS` (Holm over the four), each row with
+    """:func:`ismod.verdicts.primary` over ``PREDICTIONS`` (Holm over the four), each row with
     ``predicted`` (the claim) and ``outcome``: ``"held"`` when the verdict is one that bears the
     prediction out, ``"failed"`` when it is the opposite, ``"undecided"`` when inconclusive, and
     ``"reported"`` for a comparison with no prediction."""
@@ -315,7 +315,7 @@ def prediction_findings(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def rule_check_markdown(check: Any) -> str:
-    """:func:`ismod.convex.rule_check` as a table of measured against predicted steps, with the fitted
+    """``ismod.convex.rule_check`` as a table of measured against predicted steps, with the fitted
     and closed-form noise scales and τ, τ_eff above it."""
     head = (f"Fitted to uniform SGD: $S_{{\\min}}$ = {check.s_min:.1f} steps, $B_{{\\text{{crit}}}}$ = {check.b_crit:.0f}; "
             f"closed form at the target: $B_{{\\text{{simple}}}}$ = {check.b_simple:.0f}, "

@@ -508,7 +508,7 @@ def chapter5_prediction(scale: str) -> Suite:
     """The completed rule's two predictions, each {uniform, importance sampling} × 5 seeds, instrumented.
 
     ``"should not pay"``: Chapter 5's regime (b = 256, B = 3b, crop+flip) under a budget of forward
-    passes (the cost model of :data:`ismod.train.TRAINED_SAMPLE_FORWARDS`: the steps' and the presamples'
+    passes (the cost model of ``ismod.train.TRAINED_SAMPLE_FORWARDS``: the steps' and the presamples'
     cost without the machine's load), uniform's 300 steps; the τ switch with τ_th = (B + 3b)/(3b), scoring
     the augmented images it trains on.
     ``"should pay per step"``: the pilot's regime (b = 64, B = 6b, no augmentation, 20 epochs) at equal
