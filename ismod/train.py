@@ -307,39 +307,34 @@ def recalibrated_batch_norm(
     running statistics and momenta are restored exactly. An importance sampler trains on non-uniform
     batches, so its running statistics describe those batches; comparing evaluations inside and
     outside the block separates that effect from what the weights learnt."""
-    norms = [
-        m
-        for m in model.modules()
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
-    ]
-    saved = [(m.momentum, {k: v.clone() for k, v in m.state_dict().items() if k.startswith("running") or k == "num_batches_tracked"})
-             for m in norms]  # fmt: skip
+    norms = _tracked_norms(model)
+    momenta = [m.momentum for m in norms]
     was_training = model.training
-    try:
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # a cumulative average over the batches below
-        generator = torch.Generator().manual_seed(seed)
-        device = data.labels.device
-        model.train()
-        with torch.no_grad():
-            for _ in range(batches):
-                index = torch.randint(
-                    len(data), (min(batch_size, len(data)),), generator=generator
-                ).to(device)
-                x, _ = augment(data.images[index], data.labels[index], train=False)
-                if channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
-                    model(x)
-        model.train(was_training)
-        yield
-    finally:
-        for m, (momentum, buffers) in zip(norms, saved):
-            m.momentum = momentum
-            for k, v in buffers.items():
-                getattr(m, k).copy_(v)
-        model.train(was_training)
+    # the running statistics come back through the one buffer-restoring mechanism; momenta here
+    with frozen_batch_norm_statistics(model):
+        try:
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None  # a cumulative average over the batches below
+            generator = torch.Generator().manual_seed(seed)
+            device = data.labels.device
+            model.train()
+            with torch.no_grad():
+                for _ in range(batches):
+                    index = torch.randint(
+                        len(data), (min(batch_size, len(data)),), generator=generator
+                    ).to(device)
+                    x, _ = augment(data.images[index], data.labels[index], train=False)
+                    if channels_last:
+                        x = x.contiguous(memory_format=torch.channels_last)
+                    with torch.autocast(device.type, dtype=amp_dtype(device), enabled=amp):
+                        model(x)
+            model.train(was_training)
+            yield
+        finally:
+            for m, momentum in zip(norms, momenta):
+                m.momentum = momentum
+            model.train(was_training)
 
 
 def _tracked_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
