@@ -37,7 +37,13 @@ from .bounds import _upper_bound
 from .sampling import _draw, check_scores
 from .strategies import STRATEGIES, Strategy, build_strategy
 from .strategies.budgeted import LossWindow, hardest
-from .strategies.presample import _TAU_LAG, TauSwitch, check_presample_options, normalize_scores
+from .strategies.presample import (
+    _TAU_LAG,
+    TauSwitch,
+    check_presample_options,
+    normalize_scores,
+    switches_on,
+)
 from .strategies.pruning import InfoBatch
 from .strategies.scored import LossSampling, ScoredStrategy
 from .strategies.uniform import Uniform
@@ -707,12 +713,19 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
         """Whether the next batch is a presample: τ (as the host can read it without waiting) > τ_th."""
         switch, restored = self.switch, self._restored
         if switch is None and restored is not None:  # resumed, before the first loss(): τ as saved
-            rule = TauSwitch(self.presample_size, self.batch_size, torch.device("cpu"), restored["tau_threshold"],
-                             presample_cap=self.presample_cap)  # fmt: skip
-            if restored.get("device_type") == "cuda":  # the lagged copy tau_for_decision would read
-                ring = restored["ring"]
-                return rule.switches_on(ring[(self.calls - _TAU_LAG) % len(ring)])
-            return rule.switches_on(float(restored["tau"]))
+            ring = restored["ring"]  # on CUDA, the lagged copy tau_for_decision would read
+            tau = (
+                ring[(self.calls - _TAU_LAG) % len(ring)]
+                if restored.get("device_type") == "cuda"
+                else float(restored["tau"])
+            )
+            return switches_on(
+                tau,
+                restored["tau_threshold"],
+                self.batch_size,
+                self.presample_size,
+                self.presample_cap,
+            )
         return switch is not None and switch.switches_on(switch.tau_for_decision(self.calls))
 
     def __iter__(self) -> Iterator[list[int]]:

@@ -59,6 +59,19 @@ def check_presample_options(
         raise ValueError(f"tau_momentum must lie in [0, 1), got {tau_momentum!r}")
 
 
+def switches_on(
+    tau: float, tau_threshold: float, batch_size: int, presample_size: int, presample_cap: bool
+) -> bool:
+    r"""Katharopoulos & Fleuret's rule :math:`\tau > \tau_{th}`, or with ``presample_cap``
+    :math:`\tau_{\text{eff}} = 1/(1/\tau + b/B) > \tau_{th}` (what an importance step is worth against the
+    full gradient, :func:`ismod.tau.presample_increment`)."""
+    if presample_cap:
+        if tau <= 0:
+            return False
+        tau = 1.0 / (1.0 / tau + batch_size / presample_size)
+    return tau > tau_threshold
+
+
 class TauSwitch:
     """The equivalent batch increment τ, smoothed, and the rule that switches importance sampling on.
 
@@ -113,14 +126,10 @@ class TauSwitch:
         self._ring[slot] = (host, event)
 
     def switches_on(self, tau: float) -> bool:
-        r"""The rule at a τ the host has read: :math:`\tau > \tau_{th}`, or with ``presample_cap``
-        :math:`\tau_{\text{eff}} = 1/(1/\tau + b/B) > \tau_{th}` (what an importance step is worth
-        against the full gradient, :func:`ismod.tau.presample_increment`)."""
-        if self.presample_cap:
-            if tau <= 0:
-                return False
-            tau = 1.0 / (1.0 / tau + self.batch_size / self.presample_size)
-        return tau > self.tau_threshold
+        """The rule at a τ the host has read (:func:`switches_on`)."""
+        return switches_on(
+            tau, self.tau_threshold, self.batch_size, self.presample_size, self.presample_cap
+        )
 
     def tau_for_decision(self, steps: int) -> float:
         """τ as the host may read it without waiting (on CUDA, ``_TAU_LAG`` steps old)."""
