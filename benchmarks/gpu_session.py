@@ -46,7 +46,10 @@ GRID_ORDER = (
     "chapter5_tau",
     "chapter4",
     "chapter3",
+    "chapter3_report",
     "chapter3_variants",
+    "chapter7_overfit_pilot",
+    "chapter7_overfit",
     # Chapter 5's diagnosis (the τ switch's dissection, the critical batch, the rule's predictions)
     "chapter5_prediction_pilot",
     "chapter5_dissection",

@@ -22,6 +22,7 @@ __all__ = [
     "SUITES",
     "chapter3",
     "chapter3_variants",
+    "chapter3_report",
     "chapter4",
     "chapter4_resnet",
     "chapter5",
@@ -37,6 +38,10 @@ __all__ = [
     "CHAPTER7_STRATEGIES",
     "CHAPTER7_AUGMENTATIONS",
     "CHAPTER7_BUDGETS",
+    "CHAPTER7_PRIMARY_ARMS",
+    "CHAPTER7_OVERFIT_EPOCHS",
+    "chapter7_overfit",
+    "chapter7_overfit_pilot",
     "run_suite",
     "summarize",
     "markdown_table",
@@ -222,6 +227,12 @@ def _seeds(scale: str) -> range:
     return range(by_scale(scale, smoke=1, cpu=3, gpu=5, paper=3))
 
 
+def _primary_seeds(scale: str) -> range:
+    """Seeds of the arms a chapter's declared primary comparisons read: five wherever a run costs
+    under a minute (cpu and gpu), so the paired test has 4 degrees of freedom."""
+    return range(by_scale(scale, smoke=1, cpu=5, gpu=5, paper=3))
+
+
 def _arm(
     base: Config, label: str, strategy: str, options: dict[str, Any], seeds: range, **changes: Any
 ) -> list[Config]:
@@ -247,12 +258,37 @@ def chapter3(scale: str) -> Suite:
         ("crop+flip", {"crop": True, "flip": True}),
         ("no augmentation", {"crop": False, "flip": False}),
     ):
-        suite[f"uniform, {aug}"] = _arm(base, f"uniform, {aug}", "uniform", {}, seeds, **changes)
+        # the uniform arms carry the primary comparison crop+flip vs none (the report's 84% → 91%)
+        suite[f"uniform, {aug}"] = _arm(base, f"uniform, {aug}", "uniform", {}, _primary_seeds(scale), **changes)
         for kind in ("last-loss", "running-loss"):
             suite[f"{kind}, {aug}"] = _arm(
                 base, f"{kind}, {aug}", "loss", _report_options(scale, kind), seeds, **changes
             )
     return suite
+
+
+def _chapter3_report_base(scale: str) -> Config:
+    """Chapter 3's network and data with the report's own optimiser: SGD lr 0.01, momentum 0.9,
+    weight decay 5e-4, batch 128, lr ×0.1 at 1/3 and 2/3 of the budget, crop+flip. At ``paper`` scale
+    this is :func:`_chapter3_base` itself."""
+    report = dict(batch_size=128, lr=0.01, momentum=0.9, nesterov=False, weight_decay=5e-4, schedule="step",
+                  milestones=(1 / 3, 2 / 3), gamma=0.1, warmup=0.0, crop=True, flip=True, bias_lr_scale=1.0)  # fmt: skip
+    if scale in ("paper", "smoke"):
+        return _chapter3_base(scale).replace(name="ch3r", crop=True, flip=True)
+    return _chapter3_base(scale).replace(name="ch3r", **report)
+
+
+def chapter3_report(scale: str) -> Suite:
+    """The report's comparison under the report's optimiser (its learning rate is 1/75 of the fast
+    schedule's, under which Algorithm 1 diverged): uniform, last-loss and running-loss, crop+flip,
+    five seeds at ``cpu`` and ``gpu`` (the chapter's primary comparisons)."""
+    base = _chapter3_report_base(scale)
+    seeds = _primary_seeds(scale)
+    return {
+        "uniform, report's optimiser": _arm(base, "uniform", "uniform", {}, seeds),
+        **{f"{kind}, report's optimiser": _arm(base, kind, "loss", _report_options(scale, kind), seeds)
+           for kind in ("last-loss", "running-loss")},
+    }  # fmt: skip
 
 
 def chapter3_variants(scale: str) -> Suite:
@@ -287,7 +323,8 @@ def chapter3_variants(scale: str) -> Suite:
 
 def chapter4(scale: str) -> Suite:
     """Chapter 4's gradient probes: per-sample losses, upper bounds and exact gradient norms of 1,024
-    fixed training samples recorded at each evaluation point. ``gpu``: the fast network without label
+    fixed training samples recorded at each evaluation point, with crop+flip (``"probe"``) and without
+    augmentation (``"probe, no augmentation"``, runs that fit their training set). ``gpu``: the fast network without label
     smoothing (its pilot is seed 0), three seeds; ``cpu``: the same on :func:`cpu_base`'s 5,000 images
     for 16 epochs (its pilot is seed 0), three seeds; ``smoke``: seconds."""
     base = by_scale(
@@ -299,7 +336,11 @@ def chapter4(scale: str) -> Suite:
         paper=CONFIGS["cifar10-small-probe"].replace(subset=None, budget_amount=20, evaluations=8),
     )  # fmt: skip
     seeds = by_scale(scale, smoke=1, cpu=3, gpu=3)
-    return {"probe": [base.replace(seed=k) for k in range(seeds)]}
+    # the same without augmentation: the network fits its training set (≥ 99% training accuracy at
+    # cpu scale, see the "full run, no augmentation" pilot), the regime the 85%-negligible claim is about
+    fitted = base.replace(name="ch4-probe-noaug", crop=False, flip=False)
+    return {"probe": [base.replace(seed=k) for k in range(seeds)],
+            "probe, no augmentation": [fitted.replace(seed=k) for k in range(seeds)]}  # fmt: skip
 
 
 def chapter4_resnet(scale: str) -> Suite:
@@ -343,9 +384,11 @@ def chapter5(scale: str) -> Suite:
     """Equal wall-clock time: uniform vs Algorithm 1 with the upper bound vs Algorithm 1 with the loss."""
     base = _chapter5_base(scale)
     seeds = _seeds(scale)
+    # uniform and the upper bound's τ switch carry Katharopoulos & Fleuret's headline comparison, a
+    # primary one (Chapter 6): five seeds
     return {
-        "uniform": _arm(base, "uniform", "uniform", {}, seeds),
-        "upper bound, τ switch": _arm(base, "bound-tau", "presample", {"score": "bound"}, seeds),
+        "uniform": _arm(base, "uniform", "uniform", {}, _primary_seeds(scale)),
+        "upper bound, τ switch": _arm(base, "bound-tau", "presample", {"score": "bound"}, _primary_seeds(scale)),
         "loss, τ switch": _arm(base, "loss-tau", "presample", {"score": "loss"}, seeds),
         # the switch forced (τ_th = 1: importance sampling from the first step τ exceeds 1), to test the
         # cost model's prediction where the rule would have stayed uniform
@@ -573,6 +616,13 @@ CHAPTER7_AUGMENTATIONS: dict[str, dict[str, float]] = {"crop+flip": {}, "mixup":
 CHAPTER7_BUDGETS: tuple[float, ...] = (0.2, 0.3, 0.5, 1.0)
 
 
+# The arms Chapter 7's primary comparisons read (five seeds at cpu and gpu scale): the full crop+flip
+# run, Arazo et al.'s RICAP at 30% (their headline), and p-SGD against the uniform subset at 30%.
+CHAPTER7_PRIMARY_ARMS: tuple[tuple[str, str, float], ...] = (
+    ("uniform subset", "crop+flip", 1.0), ("uniform subset", "RICAP", 0.3),
+    ("uniform subset", "crop+flip", 0.3), ("p-SGD", "crop+flip", 0.3))  # fmt: skip
+
+
 def chapter7_label(
     strategy: str, augmentation: str, fraction: float, dataset: str = "cifar10"
 ) -> str:
@@ -613,6 +663,7 @@ def chapter7(scale: str) -> Suite:
     the grid's time budget. At ``smoke`` scale mixup is run for the uniform subset only."""
     full = _chapter7_base(scale)
     seeds = _seeds(scale)
+    primary = {chapter7_label(*arm) for arm in CHAPTER7_PRIMARY_ARMS}
     datasets = ("cifar10", "cifar100") if scale == "paper" else ("cifar10",)
     suite: Suite = {}
     budgets = by_scale(scale, smoke=(0.3, 1.0), cpu=CHAPTER7_BUDGETS, gpu=CHAPTER7_BUDGETS)
@@ -620,6 +671,8 @@ def chapter7(scale: str) -> Suite:
     mixed = by_scale(scale, smoke={"mixup": ("uniform subset",)}, cpu=budgeted, gpu=budgeted,
                      paper={aug: ("uniform subset", "selective backprop") for aug in ("mixup", "RICAP")})  # fmt: skip
     strategies = [k for k in CHAPTER7_STRATEGIES if scale not in ("gpu", "cpu") or k != "c-SGD"]
+    if scale == "cpu":  # its τ never reached τ_th within these budgets (0 importance steps in 9 runs)
+        strategies.remove("upper bound, τ switch")
     for dataset in datasets:
         for aug, changes in CHAPTER7_AUGMENTATIONS.items():
             for f in budgets:
@@ -633,9 +686,38 @@ def chapter7(scale: str) -> Suite:
                     slug = (
                         arm.replace("%", "pct").replace("τ", "tau").replace(", CIFAR-100", ", c100")
                     )
-                    suite[arm] = _arm(full, slug, strategy, options(f), seeds, dataset=dataset,
+                    suite[arm] = _arm(full, slug, strategy, options(f), _primary_seeds(scale) if arm in primary else seeds,
+                                      dataset=dataset,
                                       budget_amount=full.budget_amount * f, **changes)  # fmt: skip
     return suite
+
+
+# The full run's length in epochs at which crop+flip fits its training set long before the end (cpu:
+# its 5,000 images; chosen by the pilot, the seed-0 full runs of :func:`chapter7_overfit`).
+CHAPTER7_OVERFIT_EPOCHS: dict[str, int] = {"smoke": 4, "cpu": 64, "gpu": 80, "paper": 200}
+
+
+def chapter7_overfit(scale: str) -> Suite:
+    """Arazo et al.'s RICAP test where the full run has room to overfit: the uniform subset with
+    crop+flip and with RICAP (β = 0.3) at 30% and 100% of a full run of
+    :data:`CHAPTER7_OVERFIT_EPOCHS` epochs (Chapter 7's 16-epoch full run fits only at its end),
+    evaluated 8 times, five seeds (``smoke``: one)."""
+    full = _chapter7_base(scale).replace(name="ch7o", budget_amount=CHAPTER7_OVERFIT_EPOCHS[scale],
+                                         evaluations=8, train_eval_size=by_scale(scale, smoke=128, cpu=2000, gpu=10_000))  # fmt: skip
+    strategy, options = CHAPTER7_STRATEGIES["uniform subset"]
+    suite: Suite = {}
+    for f in (1.0, 0.3):
+        for aug in ("crop+flip", "RICAP"):
+            arm = chapter7_label("uniform subset", aug, f)
+            suite[arm] = _arm(full, arm.replace("%", "pct"), strategy, options(f), _primary_seeds(scale),
+                              budget_amount=full.budget_amount * f, **CHAPTER7_AUGMENTATIONS[aug])  # fmt: skip
+    return suite
+
+
+def chapter7_overfit_pilot(scale: str) -> Suite:
+    """The pilot of :func:`chapter7_overfit`: its seed-0 full runs (the same configs), to check that
+    crop+flip fits its training set long before the end and to see whether RICAP beats it there."""
+    return {arm: configs[:1] for arm, configs in chapter7_overfit(scale).items() if arm.endswith("100%")}
 
 
 SUITES = {
@@ -643,6 +725,7 @@ SUITES = {
     "harness": harness,
     "chapter3": chapter3,
     "chapter3_variants": chapter3_variants,
+    "chapter3_report": chapter3_report,
     "chapter4": chapter4,
     "chapter4_resnet": chapter4_resnet,
     "chapter5": chapter5,
@@ -655,13 +738,15 @@ SUITES = {
     # Chapters 5 and 6's races as one grid, so that all seven arms run interleaved seed by seed
     "equal_time": lambda scale: {**chapter5(scale), **chapter6(scale)},
     "chapter7": chapter7,
+    "chapter7_overfit_pilot": chapter7_overfit_pilot,
+    "chapter7_overfit": chapter7_overfit,
 }
 
 
 # Which grids each page of the book reads (pages without any train nothing of the harness's).
 PAGE_SUITES: dict[str, tuple[str, ...]] = {
     "harness": ("harness",),
-    "ch03_loss_scores": ("pilots", "chapter3", "chapter3_variants"),
+    "ch03_loss_scores": ("pilots", "chapter3", "chapter3_report", "chapter3_variants"),
     "ch04_upper_bound": ("chapter4", "chapter4_resnet"),
     "ch05_tau_switch": (
         "chapter5",
@@ -670,7 +755,7 @@ PAGE_SUITES: dict[str, tuple[str, ...]] = {
         "chapter5_critical_batch",
     ),
     "ch06_wall_clock": ("chapter6",),
-    "ch07_budgeted": ("chapter7",),
+    "ch07_budgeted": ("chapter7", "chapter7_overfit_pilot", "chapter7_overfit"),
     "ch08_conclusions": ("chapter3", "chapter5_tau", "chapter6", "chapter7"),
 }
 
