@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ismod import suites  # noqa: E402
+from ismod import runner, suites  # noqa: E402
 from ismod.experiments import config_hash, load_saved  # noqa: E402
 
 
@@ -78,7 +78,7 @@ def main() -> None:
                     seconds += seconds_of(r)
                 else:
                     # t_b / t_f = 1.45, measured on the H200 for the fast network at b = 1024
-                    seconds += suites.seconds_from_rate(
+                    seconds += runner.seconds_from_rate(
                         c,
                         per_sample,
                         backward_ratio=1.45,

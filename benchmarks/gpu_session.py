@@ -33,7 +33,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ismod import bench, suites  # noqa: E402
+from ismod import bench, runner, suites  # noqa: E402
 from ismod.experiments import Config, get_config, load_saved, run_or_load  # noqa: E402
 from ismod.suites import fast_base  # noqa: E402
 
@@ -86,7 +86,7 @@ class Session:
         """Seconds a run should take, by the package's cost model at the rate of the runs before it,
         with a 30% margin and 3 s of start-up and evaluation."""
         rate = max(self.seconds_per_sample[-5:]) if self.seconds_per_sample else 2e-5
-        return 1.3 * suites.seconds_from_rate(config, rate, backward_ratio=1.45) + 3
+        return 1.3 * runner.seconds_from_rate(config, rate, backward_ratio=1.45) + 3
 
     def run(self, config: Config) -> Any:
         saved = load_saved(config, self.results)

@@ -16,7 +16,8 @@ from typing import Any
 
 from .distributed import init_from_env
 from .experiments import CONFIGS, Config, config_hash, get_config, run, run_or_load
-from .suites import SUITES, estimate_seconds, missing_runs
+from .suites import SUITES
+from .runner import estimate_seconds, missing_runs
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     if args.command == "pages":
-        from .suites import page_costs
+        from .runner import page_costs
 
         costs = page_costs(args.scale, Path(args.results) / args.scale, data_root=args.data)
         print(f"predicted training per page at {args.scale!r} scale (runs already saved are read):")

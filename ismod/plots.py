@@ -334,7 +334,7 @@ def variance_reduction(
 def seed_bands(results: Mapping[str, Sequence], key: str, *, x: str = "epoch", ax: Axes | None = None,
                ylabel: str | None = None) -> dict[str, list[float]]:  # fmt: skip
     """History ``key`` against ``x`` for each arm: the mean over seeds as a line, their range as a band.
-    ``results`` maps an arm's label to its seeds' results (as :func:`ismod.suites.run_suite` returns).
+    ``results`` maps an arm's label to its seeds' results (as :func:`ismod.runner.run_suite` returns).
     Returns the mean curve per arm."""
     ax = _axes(ax)
     means = {}
@@ -367,7 +367,7 @@ def score_quantiles(
     """The distribution of the strategy's scores at each epoch it logged (the report's Appendix B):
     median, 25–75% and 5–95% bands, and the maximum."""
     ax = _axes(ax)
-    from .suites import sampling_log
+    from .findings import sampling_log
 
     log = sampling_log(result)  # type: ignore[arg-type]
     n = result.provenance["train_size"]  # type: ignore[attr-defined]
@@ -387,7 +387,7 @@ def sampling_drift(
 ) -> None:
     """A per-epoch statistic of each arm's sampling distribution (``kl_from_uniform``, ``entropy``,
     ``effective_fraction`` or ``max_weight``), every seed drawn thin."""
-    from .suites import sampling_log
+    from .findings import sampling_log
 
     ax = _axes(ax)
     for i, (label, runs) in enumerate(results.items()):
@@ -455,7 +455,7 @@ def budget_accuracy(curves: Mapping[str, Mapping[str, Sequence[tuple[float, floa
                     axes: Sequence[Axes] | None = None) -> None:  # fmt: skip
     """Arazo et al.'s figure: test accuracy against the budget (percent of the full run), one panel per
     augmentation, a line per strategy with ± one standard deviation over seeds
-    (``curves`` from :func:`ismod.suites.budget_curves`). The full run is drawn as a horizontal line."""
+    (``curves`` from :func:`ismod.findings.budget_curves`). The full run is drawn as a horizontal line."""
     if axes is None:
         axes = panels(len(curves))
     # one colour and offset per strategy across all panels
@@ -588,7 +588,7 @@ def tau_pilot_and_switch(pilot: object, race: Mapping[str, Sequence], *, switchi
     acted on) against its measured τ_th. Right: for seed 0 of ``baseline`` and of ``switching``, the
     eval-mode loss on the fixed training subset, with the switching arm's first importance step
     marked. Returns the epoch at which the pilot's τ first exceeded τ_th (``None``: never)."""
-    from .suites import tau_crossing, tau_log
+    from .findings import tau_crossing, tau_log
 
     if axes is None:
         axes = panels(2)

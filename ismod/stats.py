@@ -1,7 +1,7 @@
 """The book's one rule for "significant": paired per-seed differences, a t-interval, Holm's correction.
 
-Every chapter that compares arms calls :func:`paired_difference` on the seeds two arms share and
-:func:`holm` over all of that chapter's comparisons, through :func:`ismod.suites.compare`. Student's t
+Every chapter that compares arms calls :func:`paired_difference` on the seeds two arms share, with
+:func:`holm` and :func:`tost` over its declared primary comparisons, through :mod:`ismod.verdicts`. Student's t
 distribution is computed here in closed form (integer degrees of freedom), so the package needs no
 SciPy.
 """

@@ -1,82 +1,56 @@
-"""The experiment grids behind the chapters: which configs a chapter runs at each scale.
+"""The experiment grids behind the chapters: which configs each chapter runs at each scale.
 
 A suite maps an arm's label (e.g. ``"last-loss, crop+flip"``) to the configs of its seeds. Chapters
-call :func:`run_suite`, which goes through :func:`ismod.experiments.run_or_load`, so the built book
-reuses saved results whose config matches exactly; the command line runs the same grid ahead of time
+run one through :func:`ismod.runner.run_suite` (saved results whose config matches exactly are
+reused) and read it with :mod:`ismod.findings`; the command line runs the same grid ahead of time
 (``python -m ismod suite chapter3 --scale cpu --out book/results/cpu``).
 """
 
 from __future__ import annotations
 
-import math
-import os
 from typing import Any
 
-from .data import data_source
-from .experiments import CONFIGS, Config, Result, config_hash, load_saved, run_or_load
+from .experiments import CONFIGS, Config
 from .scale import by_scale
-from .stats import holm, paired_difference
 from .train import TRAINED_SAMPLE_FORWARDS
 
 __all__ = [
-    "SUITES",
+    "REPORT_SETTINGS",
+    "OBS_AS_SAVED",
+    "PER_AS_SAVED",
+    "PRESAMPLE_AS_SAVED",
+    "fast_base",
+    "cpu_base",
+    "pilots",
+    "gpu_pilots",
+    "harness",
     "chapter3",
-    "chapter3_variants",
     "chapter3_report",
+    "chapter3_variants",
     "chapter4",
     "chapter4_resnet",
     "chapter5",
     "chapter5_tau",
+    "FORCED",
+    "DISSECTION_VARIANTS",
     "chapter5_dissection",
+    "CRITICAL_BATCH_FACTORS",
     "chapter5_critical_batch",
     "chapter5_prediction_pilot",
     "chapter5_prediction",
-    "DISSECTION_VARIANTS",
     "chapter6",
-    "chapter7",
-    "chapter7_label",
     "CHAPTER7_STRATEGIES",
     "CHAPTER7_AUGMENTATIONS",
     "CHAPTER7_BUDGETS",
     "CHAPTER7_PRIMARY_ARMS",
+    "chapter7_label",
+    "chapter7",
     "CHAPTER7_OVERFIT_EPOCHS",
     "chapter7_overfit",
     "chapter7_overfit_pilot",
-    "run_suite",
-    "summarize",
-    "markdown_table",
-    "budget_curves",
-    "accuracy_difference",
-    "compare",
-    "verdict_table",
-    "findings",
-    "fast_base",
-    "cpu_base",
-    "harness",
-    "tau_points",
-    "tau_crossing",
-    "tau_log_error",
-    "pilots",
-    "ALPHA",
-    "budget_time_ratios",
-    "budget_cost_markdown",
-    "importance_share",
-    "load_suite",
-    "provenance_summary",
-    "chapter7_pairs",
-    "gpu_pilots",
-    "estimate_seconds",
-    "seconds_from_rate",
-    "missing_runs",
-    "default_max_minutes",
+    "chapter7_overfit_label",
+    "SUITES",
     "PAGE_SUITES",
-    "page_costs",
-    "GridOverBudget",
-    "MAX_MINUTES_ENV",
-    "divergence_epoch",
-    "sampling_log",
-    "tau_log",
-    "REPORT_SETTINGS",
 ]
 
 Suite = dict[str, list[Config]]
@@ -259,7 +233,9 @@ def chapter3(scale: str) -> Suite:
         ("no augmentation", {"crop": False, "flip": False}),
     ):
         # the uniform arms carry the primary comparison crop+flip vs none (the report's 84% → 91%)
-        suite[f"uniform, {aug}"] = _arm(base, f"uniform, {aug}", "uniform", {}, _primary_seeds(scale), **changes)
+        suite[f"uniform, {aug}"] = _arm(
+            base, f"uniform, {aug}", "uniform", {}, _primary_seeds(scale), **changes
+        )
         for kind in ("last-loss", "running-loss"):
             suite[f"{kind}, {aug}"] = _arm(
                 base, f"{kind}, {aug}", "loss", _report_options(scale, kind), seeds, **changes
@@ -384,11 +360,11 @@ def chapter5(scale: str) -> Suite:
     """Equal wall-clock time: uniform vs Algorithm 1 with the upper bound vs Algorithm 1 with the loss."""
     base = _chapter5_base(scale)
     seeds = _seeds(scale)
-    # uniform and the upper bound's τ switch carry Katharopoulos & Fleuret's headline comparison, a
-    # primary one (Chapter 6): five seeds
+    # three seeds at cpu scale: a seconds budget pairs seeds only on one machine in one state, and the
+    # machine these ran on is gone (Chapter 6's primary comparisons add the cost-model grid's five)
     return {
-        "uniform": _arm(base, "uniform", "uniform", {}, _primary_seeds(scale)),
-        "upper bound, τ switch": _arm(base, "bound-tau", "presample", {"score": "bound"}, _primary_seeds(scale)),
+        "uniform": _arm(base, "uniform", "uniform", {}, seeds),
+        "upper bound, τ switch": _arm(base, "bound-tau", "presample", {"score": "bound"}, seeds),
         "loss, τ switch": _arm(base, "loss-tau", "presample", {"score": "loss"}, seeds),
         # the switch forced (τ_th = 1: importance sampling from the first step τ exceeds 1), to test the
         # cost model's prediction where the rule would have stayed uniform
@@ -413,46 +389,6 @@ def chapter5_tau(scale: str) -> Suite:
     )
     seeds = range(by_scale(scale, smoke=1, cpu=3, gpu=1))
     return {"τ probe": _arm(base, "tau-probe", "presample", {"importance": False}, seeds, **probe)}
-
-
-def tau_crossing(result: Result) -> float | None:
-    """The epoch at which τ, as :func:`tau_log` records it, first exceeded the run's τ_th (its last
-    recorded value); ``None`` if it never did."""
-    x, tau, _ = tau_log(result)
-    threshold = result.history[-1]["tau_threshold"]
-    return next((epoch for epoch, t in zip(x, tau) if t > threshold), None)
-
-
-def tau_points(runs: list[Result]) -> list[dict[str, Any]]:
-    """Every presample checked by :func:`chapter5_tau`'s runs, as ``{"seed", "epoch", "B", "entry"}``
-    (``entry`` as :func:`ismod.experiments.tau_probe` records it), smaller presamples included."""
-    points = []
-    for r in runs:
-        big = 3 * r.config["tau_probe_batch"]
-        for h in r.history:
-            for entry in (h.get("probe") or {}).get("tau", []):
-                points.append(
-                    {"seed": r.config["seed"], "epoch": h["epoch"], "B": big, "entry": entry}
-                )
-                for size, smaller in entry.get("smaller", {}).items():
-                    points.append(
-                        {
-                            "seed": r.config["seed"],
-                            "epoch": h["epoch"],
-                            "B": int(size),
-                            "entry": smaller,
-                        }
-                    )
-    return points
-
-
-def tau_log_error(points: list[dict[str, Any]], score: str, key: str = "tau") -> float:
-    """Mean ``abs(log(predicted τ / measured variance ratio))`` over ``points`` (:func:`tau_points`) for g ∝
-    ``score`` and τ as ``key`` (``"tau"`` = BΣg², ``"tau_sqrt"`` = its square root)."""
-    if not points:
-        raise ValueError("no τ points: the runs recorded no τ probe")
-    errors = [abs(math.log(p["entry"][score][key] / p["entry"][score]["measured"])) for p in points]
-    return sum(errors) / len(errors)
 
 
 # --- Chapter 5's diagnosis: what the importance steps break, and what a bigger batch buys -----------
@@ -671,7 +607,9 @@ def chapter7(scale: str) -> Suite:
     mixed = by_scale(scale, smoke={"mixup": ("uniform subset",)}, cpu=budgeted, gpu=budgeted,
                      paper={aug: ("uniform subset", "selective backprop") for aug in ("mixup", "RICAP")})  # fmt: skip
     strategies = [k for k in CHAPTER7_STRATEGIES if scale not in ("gpu", "cpu") or k != "c-SGD"]
-    if scale == "cpu":  # its τ never reached τ_th within these budgets (0 importance steps in 9 runs)
+    if (
+        scale == "cpu"
+    ):  # its τ never reached τ_th within these budgets (0 importance steps in 9 runs)
         strategies.remove("upper bound, τ switch")
     for dataset in datasets:
         for aug, changes in CHAPTER7_AUGMENTATIONS.items():
@@ -709,15 +647,24 @@ def chapter7_overfit(scale: str) -> Suite:
     for f in (1.0, 0.3):
         for aug in ("crop+flip", "RICAP"):
             arm = chapter7_label("uniform subset", aug, f)
-            suite[arm] = _arm(full, arm.replace("%", "pct"), strategy, options(f), _primary_seeds(scale),
-                              budget_amount=full.budget_amount * f, **CHAPTER7_AUGMENTATIONS[aug])  # fmt: skip
+            suite[chapter7_overfit_label(aug, f, scale)] = _arm(
+                full, arm.replace("%", "pct"), strategy, options(f), _primary_seeds(scale),
+                budget_amount=full.budget_amount * f, **CHAPTER7_AUGMENTATIONS[aug])  # fmt: skip
     return suite
+
+
+def chapter7_overfit_label(augmentation: str, fraction: float, scale: str) -> str:
+    """An arm label of :func:`chapter7_overfit`, e.g. ``"uniform subset, RICAP, 30% of 64 epochs"``."""
+    return f"{chapter7_label('uniform subset', augmentation, fraction)} of {CHAPTER7_OVERFIT_EPOCHS[scale]} epochs"
 
 
 def chapter7_overfit_pilot(scale: str) -> Suite:
     """The pilot of :func:`chapter7_overfit`: its seed-0 full runs (the same configs), to check that
     crop+flip fits its training set long before the end and to see whether RICAP beats it there."""
-    return {arm: configs[:1] for arm, configs in chapter7_overfit(scale).items() if arm.endswith("100%")}
+    full = chapter7_overfit_label("crop+flip", 1.0, scale).split(",")[-1]  # " 100% of L epochs"
+    return {
+        arm: configs[:1] for arm, configs in chapter7_overfit(scale).items() if arm.endswith(full)
+    }
 
 
 SUITES = {
@@ -758,505 +705,3 @@ PAGE_SUITES: dict[str, tuple[str, ...]] = {
     "ch07_budgeted": ("chapter7", "chapter7_overfit_pilot", "chapter7_overfit"),
     "ch08_conclusions": ("chapter3", "chapter5_tau", "chapter6", "chapter7"),
 }
-
-
-def page_costs(
-    scale: str, results_dir: str | os.PathLike, *, data_root: str | os.PathLike | None = None,
-    device: str | Any = None,
-) -> dict[str, dict[str, float]]:  # fmt: skip
-    """For each page of :data:`PAGE_SUITES`, at ``scale``: how many of its runs are saved, how many are
-    missing (what building the page would train) and the training seconds predicted for those
-    (:func:`estimate_seconds`, measured on ``device`` only when something is missing)."""
-    costs: dict[str, dict[str, float]] = {}
-    cache: dict = {}
-    for page, names in PAGE_SUITES.items():
-        configs = {
-            config_hash(c): c for n in names for runs in SUITES[n](scale).values() for c in runs
-        }
-        suite = {"all": list(configs.values())}
-        missing = missing_runs(suite, results_dir, data_root)
-        seconds = estimate_seconds(missing, device, step_times=cache) if missing else 0.0
-        costs[page] = {
-            "saved": len(configs) - len(missing),
-            "missing": len(missing),
-            "seconds": seconds,
-        }
-    return costs
-
-
-MAX_MINUTES_ENV = "ISMOD_MAX_MINUTES"
-# fwd + bwd from bench.forward_backward_times is most of a step; augmentation and the optimiser add about
-# 15% (measured on an H200 for fast_cnn at b = 1024: 5.9 ms of 6.8 ms per step)
-_STEP_OVERHEAD = 1.15
-
-
-class GridOverBudget(RuntimeError):
-    """A grid's predicted training time exceeds the time allowed for it (see :func:`run_suite`)."""
-
-
-def default_max_minutes(scale: str) -> float | None:
-    """The training time a chapter's grid may take without an explicit opt-in: ``$ISMOD_MAX_MINUTES``
-    when set (``inf`` for no limit), else 15 minutes at ``"gpu"`` scale (a Colab T4 session) and no
-    limit at ``"smoke"`` and ``"cpu"`` (the book's own build)."""
-    env = os.environ.get(MAX_MINUTES_ENV, "").strip()
-    if env:
-        try:
-            value = float(env)
-        except ValueError:
-            raise ValueError(
-                f"{MAX_MINUTES_ENV} must be a number of minutes or 'inf', got {env!r}"
-            ) from None
-        return None if math.isinf(value) else value
-    return 15.0 if scale == "gpu" else None
-
-
-def _step_cost_factor(config: Config, t_forward: float, t_backward: float) -> float:
-    """Training steps' cost relative to a uniform step, from the scoring passes a strategy adds:
-    selective backprop scores about β + 1 candidates per trained sample; the τ switch at most B/b
-    per sample (every step an importance step)."""
-    share = t_forward / (t_forward + t_backward)
-    if config.strategy == "selective_backprop":
-        return 1.0 + (config.strategy_options.get("beta", 3.0) + 1.0) * share
-    if config.strategy == "presample":
-        return 1.0 + config.strategy_options.get("presample", 3.0) * share
-    return 1.0
-
-
-def seconds_from_rate(config: Config, seconds_per_sample: float, *, backward_ratio: float,
-                      overhead_s: float = 0.0) -> float:  # fmt: skip
-    """Predicted seconds of one run from a measured training rate: the samples its budget trains on ×
-    ``seconds_per_sample`` (of a uniform step) × the strategy's scoring factor, for a network whose
-    backward pass takes ``backward_ratio`` times its forward pass, plus ``overhead_s`` (evaluation,
-    start-up); a seconds budget counts as itself plus the overhead. The one cost model behind
-    :func:`estimate_seconds` and the GPU session's scripts."""
-    if config.budget == "seconds":
-        return config.budget_amount + overhead_s
-    if config.budget == "forward_passes":  # the budget already holds the scoring passes
-        return config.budget_amount / TRAINED_SAMPLE_FORWARDS * seconds_per_sample + overhead_s
-    per_epoch = config.subset or 50_000
-    samples = config.budget_amount * (per_epoch if config.budget == "epochs" else config.batch_size)
-    return (
-        samples * seconds_per_sample * _step_cost_factor(config, 1.0, backward_ratio) + overhead_s
-    )
-
-
-def estimate_seconds(
-    configs: list[Config], device: str | Any = None, *, step_times: dict | None = None
-) -> float:
-    """Predicted training seconds of ``configs`` on ``device`` (default: CUDA if available), by
-    :func:`seconds_from_rate` with the rate measured here: forward + backward seconds of each model at
-    its batch size (one short measurement per (model, batch), :func:`ismod.bench.forward_backward_times`)
-    × 1.15 for augmentation and the optimiser, plus the evaluation passes. Probes are not counted.
-    ``step_times`` caches measurements between calls."""
-    import torch
-
-    from .bench import forward_backward_times
-
-    device = device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu")
-    cache = step_times if step_times is not None else {}
-    total = 0.0
-    for c in configs:
-        key = (c.model, c.batch_size, str(device))
-        if key not in cache:
-            cache[key] = forward_backward_times(
-                c.model, batch_size=c.batch_size, repeats=2, device=device
-            )
-        t = cache[key]
-        per_sample = (t["forward_s"] + t["backward_s"]) * _STEP_OVERHEAD / c.batch_size
-        evals = (
-            (c.evaluations + 1)
-            * ((c.test_subset or 10_000) + c.train_eval_size)
-            / c.batch_size
-            * t["scoring_s"]
-        )
-        total += seconds_from_rate(
-            c, per_sample, backward_ratio=t["backward_s"] / t["forward_s"], overhead_s=evals
-        )
-    return total
-
-
-def missing_runs(
-    suite: Suite, results_dir: str | os.PathLike, data_root: str | os.PathLike | None = None
-) -> list[Config]:
-    """The configs of ``suite`` with no saved result for this code and this data (see
-    :func:`ismod.experiments.load_saved`): what running the suite would train."""
-    sources: dict[str, str] = {}
-    missing = []
-    for configs in suite.values():
-        for c in configs:
-            if c.dataset not in sources:
-                sources[c.dataset] = data_source(c.dataset, data_root)
-            if load_saved(c, results_dir, data=sources[c.dataset]) is None:
-                missing.append(c)
-    return missing
-
-
-def run_suite(suite: Suite, results_dir: str | os.PathLike, *, scale: str = "", progress: bool | None = None,
-              max_minutes: float | None | str = "default", if_over_budget: str = "saved",
-              **run_kwargs: Any) -> dict[str, list[Result]]:  # fmt: skip
-    """Every config of ``suite`` through :func:`~ismod.experiments.run_or_load` (saved results reused).
-
-    Before training, the runs that have no saved result are costed (:func:`estimate_seconds`) and the
-    prediction printed. If it exceeds ``max_minutes`` (default :func:`default_max_minutes` of
-    ``scale``; ``None`` for no limit), nothing is trained: with ``if_over_budget="saved"`` the saved
-    results that exist are returned (any data source, each with its provenance) — :class:`GridOverBudget`
-    is raised when there are none, and always with ``"raise"``; ``"saved or none"`` returns the saved
-    results, or ``{}`` when there are none (for a page that reports "not measured" instead). A bar counts the grid's runs when ``progress`` is set (by default at
-    ``"gpu"`` and ``"paper"`` scale, where a grid takes minutes or more)."""
-    if if_over_budget not in ("saved", "raise", "saved or none"):
-        raise ValueError(
-            f"if_over_budget must be 'saved', 'saved or none' or 'raise', got {if_over_budget!r}"
-        )
-    limit = default_max_minutes(scale) if max_minutes == "default" else max_minutes
-    missing = missing_runs(suite, results_dir, run_kwargs.get("data_root"))
-    if missing and scale in ("gpu", "paper") and not _cuda():
-        print(f"scale {scale!r} asked for on a machine without CUDA: its runs would train on the CPU, slowly",
-              flush=True)  # fmt: skip
-    if missing and limit is not None:
-        seconds = estimate_seconds(missing, run_kwargs.get("device"))
-        device = run_kwargs.get("device") or _default_device()
-        print(f"{len(missing)} of {sum(len(v) for v in suite.values())} runs to train on {device}: about "
-              f"{seconds / 60:.1f} min predicted (limit {limit:g} min)", flush=True)  # fmt: skip
-        if seconds > 60 * limit:
-            message = (f"this grid would train {len(missing)} runs for about {seconds / 60:.0f} min on {device}, over the "
-                       f"max_minutes={limit:g} limit; pass max_minutes=None (or set {MAX_MINUTES_ENV}=inf) to train "
-                       f"it anyway, or run it ahead of time with `python -m ismod suite ... --scale {scale or '...'}`")  # fmt: skip
-            saved = load_suite(suite, results_dir) if if_over_budget != "raise" else {}
-            if not saved and if_over_budget == "saved or none":
-                print(message + "; nothing saved to show", flush=True)
-                return {}
-            if not saved:
-                raise GridOverBudget(
-                    message
-                    + ("" if if_over_budget == "raise" else "; no saved results to show either")
-                )
-            print(message + "; showing the saved results instead", flush=True)
-            return saved
-    bar = None
-    if progress if progress is not None else scale in ("gpu", "paper"):
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=sum(len(v) for v in suite.values()), desc="grid", unit="run")
-    out: dict[str, list[Result]] = {}
-    for label, configs in suite.items():
-        out[label] = []
-        for c in configs:
-            out[label].append(
-                run_or_load(c, results_dir, scale=scale, progress=False, **run_kwargs)
-            )
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
-    return out
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def _default_device() -> str:
-    import torch
-
-    return torch.cuda.get_device_name() if torch.cuda.is_available() else "this CPU"
-
-
-def load_suite(suite: Suite, results_dir: str | os.PathLike) -> dict[str, list[Result]]:
-    """The saved results of ``suite`` without training anything (arms with none are left out): how a
-    CPU build of the book shows runs made on a GPU. Results are matched by config and behaviour
-    version; their data source is in their provenance, printed beside the figures."""
-    found = {label: [r for r in (load_saved(c, results_dir) for c in configs) if r is not None]
-             for label, configs in suite.items()}  # fmt: skip
-    return {label: runs for label, runs in found.items() if runs}
-
-
-def provenance_summary(results: dict[str, list[Result]]) -> str:
-    """One paragraph of where a set of results comes from: devices, data, dates, commits, commands."""
-    runs = [r for rs in results.values() for r in rs]
-    if not runs:
-        return "no saved results"
-
-    def values(key: str) -> str:
-        return ", ".join(sorted({str(r.provenance.get(key, "?")) for r in runs}))
-
-    commits = sorted({str(r.provenance.get("git_commit", "?"))[:12] for r in runs})
-    commands = sorted({r.provenance.get("command") or "(not recorded)" for r in runs})
-    return (f"{len(runs)} runs on {values('device')}; data {values('data_source')}; "
-            f"dates {', '.join(sorted({str(r.provenance.get('date', '?'))[:10] for r in runs}))}; commit {', '.join(commits)}; "
-            f"torch {values('torch_version')}; command: {' / '.join(f'`{c}`' for c in commands)}")  # fmt: skip
-
-
-def chapter7_pairs(results: dict[str, list[Result]]) -> dict[str, list[tuple[str, str]]]:
-    """Chapter 7's families of comparisons among the arms present in ``results``, each an
-    ``(arm, baseline)`` at the same budget: ``"importance"`` — each strategy against the uniform subset
-    with the same augmentation; ``"augmentation"`` — the uniform subset with mixup or RICAP against it
-    with crop+flip (the 100% runs included)."""
-    pairs: dict[str, list[tuple[str, str]]] = {"importance": [], "augmentation": []}
-    for f in CHAPTER7_BUDGETS:
-        for aug in CHAPTER7_AUGMENTATIONS:
-            base = chapter7_label("uniform subset", aug, f)
-            if base not in results:
-                continue
-            for strategy in CHAPTER7_STRATEGIES:
-                arm = chapter7_label(strategy, aug, f)
-                if strategy != "uniform subset" and arm in results:
-                    pairs["importance"].append((arm, base))
-            plain = chapter7_label("uniform subset", "crop+flip", f)
-            if aug != "crop+flip" and plain in results:
-                pairs["augmentation"].append((base, plain))
-    return pairs
-
-
-def divergence_epoch(result: Result) -> float | None:
-    """The epoch of the first evaluation point whose training loss is NaN; ``None`` if the run never diverged."""
-    return next(
-        (
-            h["epoch"]
-            for h in result.history
-            if h["train_loss"] is not None and math.isnan(h["train_loss"])
-        ),
-        None,
-    )
-
-
-def sampling_log(result: Result) -> list[dict[str, Any]]:
-    """A scored strategy's per-epoch distribution log, gathered from the history records."""
-    return [entry for h in result.history for entry in h.get("sampling", [])]
-
-
-def tau_log(result: Result) -> tuple[list[float], list[float], list[int]]:
-    """The :class:`~ismod.strategies.presample.Presample` τ log: (epochs, τ, 1 for importance steps)."""
-    rows = [row for h in result.history for row in h.get("tau_log", [])]
-    n, b = result.provenance["train_size"], result.config["batch_size"]
-    return [s * b / n for s, _, _ in rows], [t for _, t, _ in rows], [p for _, _, p in rows]
-
-
-def _final(result: Result, key: str) -> float | None:
-    for h in reversed(result.history):
-        if h.get(key) is not None:
-            return float(h[key])
-    return None
-
-
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for one value); a diverged seed (nan) makes both nan, visibly."""
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, 0.0
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
-
-
-def _test_accuracy(runs: list[Result]) -> tuple[float, float]:
-    return _mean_sd([r.final["test_accuracy"] for r in runs])
-
-
-def summarize(
-    results: dict[str, list[Result]], baseline: str | None = None
-) -> list[dict[str, Any]]:
-    """One row per arm: mean and standard deviation over seeds of the final test accuracy, training
-    loss (on the fixed training subset when recorded, else the trained batches), training seconds,
-    and the share of training time spent selecting (scoring and sampling); with ``baseline``, the
-    test error and training loss relative to the baseline arm's (ratios of the seed means)."""
-    rows = []
-    for label, runs in results.items():
-        loss_key = (
-            "train_eval_loss" if _final(runs[0], "train_eval_loss") is not None else "train_loss"
-        )
-        acc = _test_accuracy(runs)
-        loss = _mean_sd([_final(r, loss_key) for r in runs])
-        secs = _mean_sd([r.final["train_time"] for r in runs])
-        share = _mean_sd([r.timing["selection"] / max(r.final["train_time"], 1e-9) for r in runs])
-        rows.append({"arm": label, "seeds": len(runs), "test_accuracy": acc, "train_loss": loss, "loss_kind": loss_key,
-                     "train_seconds": secs, "selection_share": share})  # fmt: skip
-    if baseline is not None:
-        base = next(r for r in rows if r["arm"] == baseline)
-        for r in rows:
-            r["relative_test_error"] = (1.0 - r["test_accuracy"][0]) / (
-                1.0 - base["test_accuracy"][0]
-            )
-            r["relative_train_loss"] = r["train_loss"][0] / base["train_loss"][0]
-    return rows
-
-
-def budget_curves(
-    results: dict[str, list[Result]], dataset: str = "cifar10"
-) -> dict[str, dict[str, list[tuple[float, float, float]]]]:
-    """Chapter 7's results as Arazo et al. plot them: for each augmentation and strategy, a list of
-    (budget fraction, mean, sample standard deviation) of the final test accuracy over seeds. The
-    uniform subset's 100% point is the full run, shared by every strategy's curve."""
-    out: dict[str, dict[str, list[tuple[float, float, float]]]] = {}
-    for aug in CHAPTER7_AUGMENTATIONS:
-        per_strategy = {}
-        for strategy in CHAPTER7_STRATEGIES:
-            points = []
-            for f in CHAPTER7_BUDGETS:
-                runs = results.get(chapter7_label(strategy, aug, f, dataset))
-                if runs:
-                    points.append((f, *_test_accuracy(runs)))
-            if points:
-                per_strategy[strategy] = points
-        if per_strategy:
-            out[aug] = per_strategy
-    return out
-
-
-def budget_time_ratios(
-    results: dict[str, list[Result]], augmentation: str = "crop+flip"
-) -> dict[str, dict[float, float]]:
-    """Chapter 7's wall-clock price outside the iteration budget: for each strategy and budget below
-    100%, its mean training seconds over seeds divided by the uniform subset's at the same budget and
-    augmentation (arms without runs are left out)."""
-
-    def mean_seconds(runs: list[Result]) -> float:
-        return sum(r.final["train_time"] for r in runs) / len(runs)
-
-    out: dict[str, dict[float, float]] = {}
-    for strategy in CHAPTER7_STRATEGIES:
-        for f in CHAPTER7_BUDGETS[:-1]:
-            runs = results.get(chapter7_label(strategy, augmentation, f))
-            base = results.get(chapter7_label("uniform subset", augmentation, f))
-            if runs and base:
-                out.setdefault(strategy, {})[f] = mean_seconds(runs) / mean_seconds(base)
-    return out
-
-
-def budget_cost_markdown(results: dict[str, list[Result]], augmentation: str = "crop+flip") -> str:
-    """Chapter 7's two records of what the iteration budget leaves out, as Markdown: the training-time
-    ratios of :func:`budget_time_ratios` (a τ arm that never switched is marked: its steps were
-    uniform, so its ratio is no price of importance sampling), and the extra forward passes of
-    selective backprop and the upper bound, which do not depend on how busy the machine was."""
-    partial = list(CHAPTER7_BUDGETS[:-1])
-    tau = "upper bound, τ switch"
-
-    def cell(strategy: str, f: float, ratio: float | None) -> str:
-        if ratio is None:
-            return ""
-        runs = results.get(chapter7_label(tau, augmentation, f)) if strategy == tau else None
-        never = bool(runs) and importance_share(runs) == 0
-        return f"×{ratio:.2f}" + (" (never switched)" if never else "")
-
-    table = ["| strategy | " + " | ".join(f"{f:.0%}" for f in partial) + " |",
-             "|" + "---|" * (1 + len(partial))]  # fmt: skip
-    for strategy, by_budget in budget_time_ratios(results, augmentation).items():
-        cells = " | ".join(cell(strategy, f, by_budget.get(f)) for f in partial)
-        table.append(f"| {strategy} | {cells} |")
-    extra = []
-    for f in partial:
-        sb = results.get(chapter7_label("selective backprop", augmentation, f)) or []
-        ub = results.get(chapter7_label(tau, augmentation, f))
-        if sb and ub:
-            scored = sum(r.history[-1]["scored_per_trained"] for r in sb) / len(sb)
-            extra.append(f"- {f:.0%}: selective backprop scored {scored:.2f} candidates per trained sample; "
-                         f"the upper bound presampled on {importance_share(ub):.0%} of its steps "
-                         "(3 scored samples per trained one there).")  # fmt: skip
-    return (f"Training time relative to the uniform subset ({augmentation}):\n\n" + "\n".join(table)
-            + "\n\nExtra forward passes, which do not depend on how busy the machine was:\n\n"
-            + "\n".join(extra))  # fmt: skip
-
-
-def importance_share(runs: list[Result]) -> float:
-    """The τ switch's share of importance steps (presample, score, resample), mean over seeds."""
-    last = [r.history[-1] for r in runs]
-    return sum(h.get("importance_steps", 0) / max(h.get("steps") or 1, 1) for h in last) / len(last)
-
-
-def accuracy_difference(runs: list[Result], baseline: list[Result]) -> tuple[float, float]:
-    """Mean final test accuracy of ``runs`` minus that of ``baseline``, and the standard error of that
-    difference from the two seed spreads, :math:`\\sqrt{s_a^2/n_a + s_b^2/n_b}` (0 with one seed each).
-    A difference beyond two standard errors is one the seeds do not explain."""
-    (ma, sa), (mb, sb) = _test_accuracy(runs), _test_accuracy(baseline)
-    return ma - mb, math.sqrt(sa**2 / len(runs) + sb**2 / len(baseline))
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """:func:`summarize`'s rows as a Markdown table (mean ± standard deviation over seeds)."""
-    rel = "relative_test_error" in rows[0]
-    head = "| arm | seeds | test accuracy | training loss | training s | selection share |" + (
-        " training loss / baseline | test error / baseline |" if rel else ""
-    )
-    lines = [head, "|" + "---|" * (head.count("|") - 1)]
-    for r in rows:
-        a, lo, s, sh = r["test_accuracy"], r["train_loss"], r["train_seconds"], r["selection_share"]
-        line = (f"| {r['arm']} | {r['seeds']} | {a[0]:.1%} ± {a[1]:.1%} | {lo[0]:.3f} ± {lo[1]:.3f} | "
-                f"{s[0]:.0f} ± {s[1]:.0f} | {sh[0]:.1%} |")  # fmt: skip
-        if rel:
-            line += f" {r['relative_train_loss']:.2f} | {r['relative_test_error']:.2f} |"
-        lines.append(line)
-    return "\n".join(lines)
-
-
-# The book's one threshold: a difference is "detected" when its Holm-adjusted p-value is below this.
-ALPHA = 0.05
-
-
-def compare(results: dict[str, list[Result]], pairs: list[tuple[str, str]], *, metric: str = "test_accuracy",
-            alpha: float = ALPHA) -> list[dict[str, Any]]:  # fmt: skip
-    """The book's verdicts: for each ``(arm, baseline)`` of ``pairs``, the final ``metric`` paired by
-    seed (:func:`ismod.stats.paired_difference` on the seeds both arms ran), with Holm's correction
-    over all the pairs given (one chapter's family of comparisons). A row's ``verdict`` is
-    ``"higher"`` or ``"lower"`` when the adjusted p-value is below ``alpha``, ``"no detected difference"``
-    otherwise, and ``"not tested"`` with fewer than two shared seeds (a diverged seed's NaN is kept, so
-    the comparison shows NaN rather than hiding it)."""
-    rows: list[dict[str, Any]] = []
-    for arm, baseline in pairs:
-        if arm not in results or baseline not in results:
-            raise KeyError(f"no results for {arm if arm not in results else baseline!r}")
-        a = {r.config["seed"]: r.final[metric] for r in results[arm]}
-        b = {r.config["seed"]: r.final[metric] for r in results[baseline]}
-        seeds = sorted(set(a) & set(b))
-        row: dict[str, Any] = {"arm": arm, "baseline": baseline, "seeds": len(seeds)}
-        if len(seeds) >= 2:
-            d = paired_difference([a[k] for k in seeds], [b[k] for k in seeds])
-            row.update(mean=d.mean, low=d.low, high=d.high, p_value=d.p_value)
-        rows.append(row)
-    tested = [r for r in rows if "p_value" in r and not math.isnan(r["p_value"])]
-    for r, adjusted in zip(tested, holm([r["p_value"] for r in tested])):
-        r["p_holm"] = adjusted
-        r["verdict"] = (
-            ("higher" if r["mean"] > 0 else "lower")
-            if adjusted < alpha
-            else "no detected difference"
-        )
-    for r in rows:
-        r.setdefault("verdict", "not tested")
-    return rows
-
-
-def findings(rows: list[dict[str, Any]], *, scale_name: str, metric: str = "test accuracy",
-             scale: float = 100.0, unit: str = "points") -> list[str]:  # fmt: skip
-    """:func:`compare`'s rows as sentences for a chapter's findings: the direction and size of each
-    difference with its interval, the seeds, the Holm-adjusted p-value and the scale it was measured
-    at. A difference the design did not detect is *inconclusive*, never "the same"."""
-    out = []
-    for r in rows:
-        head = f"**{r['arm']}** against {r['baseline']} ({metric}, {scale_name!r} scale, {r['seeds']} seeds)"
-        if "mean" not in r or r["verdict"] == "not tested":
-            out.append(f"- {head}: not tested (fewer than two shared seeds).")
-            continue
-        size = (f"{scale * r['mean']:+.2f} {unit} (unadjusted 95% interval "
-                f"[{scale * r['low']:+.2f}, {scale * r['high']:+.2f}])")  # fmt: skip
-        p = r.get("p_holm", float("nan"))
-        if r["verdict"] in ("higher", "lower"):
-            out.append(f"- {head}: **{r['verdict']}**, {size}, Holm-adjusted p = {p:.3f}.")
-        else:
-            out.append(f"- {head}: inconclusive, {size}: Holm-adjusted p = {p:.3f} over the "
-                       "comparisons, so no difference was detected, which does not make them equal.")  # fmt: skip
-    return out
-
-
-def verdict_table(rows: list[dict[str, Any]], *, scale: float = 100.0, unit: str = "points") -> str:
-    """:func:`compare`'s rows as a Markdown table (differences × ``scale``, e.g. accuracy in points)."""
-    lines = [f"| arm | against | seeds | difference ({unit}) | 95% interval | p (Holm) | verdict |",
-             "|---|---|---:|---:|---|---:|---|"]  # fmt: skip
-    for r in rows:
-        if "mean" in r:
-            lines.append(f"| {r['arm']} | {r['baseline']} | {r['seeds']} | {scale * r['mean']:+.2f} | "
-                         f"[{scale * r['low']:+.2f}, {scale * r['high']:+.2f}] | {r.get('p_holm', float('nan')):.3f} | "
-                         f"{r['verdict']} |")  # fmt: skip
-        else:
-            lines.append(
-                f"| {r['arm']} | {r['baseline']} | {r['seeds']} | – | – | – | {r['verdict']} |"
-            )
-    return "\n".join(lines)

@@ -4,7 +4,7 @@ and the result-reuse rules (data source, behaviour version). CPU-only; the CUDA 
 import pytest
 import torch
 
-from ismod import experiments, suites
+from ismod import experiments, runner, suites
 from ismod.augment import Augment
 from ismod.data import ImageData, data_source
 from ismod.experiments import BEHAVIOUR_VERSION, Config, Result, load_saved, result_path
@@ -207,5 +207,5 @@ def test_saved_results_are_found_from_a_colab_like_working_directory(tmp_path, m
     saved.save(result_path(config, book / "results" / "gpu"))
     monkeypatch.chdir(book)
     monkeypatch.delenv(experiments.RESULTS_ENV, raising=False)
-    found = suites.load_suite(suites.chapter5("gpu"), experiments.results_dir("results") / "gpu")
+    found = runner.load_suite(suites.chapter5("gpu"), experiments.results_dir("results") / "gpu")
     assert list(found) == ["uniform"] and found["uniform"][0].config == config.to_dict()

@@ -28,12 +28,15 @@ LAYERS = {
     4: {
         "experiments",
         "suites",
+        "runner",
+        "findings",
         "plots",
         "widgets",
         "__main__",
         "distributed",
         "bench",
         "diagnosis",
+        "conclusions",
     },
 }
 

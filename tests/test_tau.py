@@ -121,7 +121,7 @@ def test_tau_probe_checks_smaller_presamples_on_their_own_gradients():
     from ismod.data import ImageData
     from ismod.experiments import tau_probe
     from ismod.models import build_model
-    from ismod.suites import tau_log_error, tau_points
+    from ismod.findings import tau_log_error, tau_points
     from ismod.tau import variance_ratio
 
     g = torch.Generator().manual_seed(0)
