@@ -11,9 +11,9 @@ import math
 import statistics
 from typing import Any
 
-from .suites import compare, summarize, tau_log_error, verdict_table
+from .findings import summarize, tau_log_error
 from .tau import presample_increment, required_increment
-from .verdicts import Comparison, exploratory, final_value, primary
+from .verdicts import Comparison, exploratory, exploratory_markdown, final_value, pairs, primary
 
 __all__ = [
     "run_instruments",
@@ -335,7 +335,7 @@ def rule_check_markdown(check: Any) -> str:
 def probe_increments(
     points: list[dict[str, Any]], score: str = "bound"
 ) -> dict[int, dict[str, float]]:
-    """For the τ probe's points (:func:`ismod.suites.tau_points`), per presample size B: the range of τ
+    """For the τ probe's points (:func:`ismod.findings.tau_points`), per presample size B: the range of τ
     and of τ_eff = 1/(1/τ + b/B) (b = B/3) for g ∝ ``score``, and of the measured variance ratio."""
     out: dict[int, dict[str, float]] = {}
     for size in sorted({p["B"] for p in points}):
@@ -412,23 +412,25 @@ def race_lines(race: dict[str, list[Any]], baseline: str = "uniform",
 
 def recalibration_lines(race: dict[str, list[Any]], baseline: str = "uniform") -> str | None:
     """The race's test accuracy against the baseline with the running batch-norm statistics and with
-    statistics re-estimated on uniform batches (two verdict tables), and which arms' deficit
+    statistics re-estimated on uniform batches (two tables of intervals, exploratory), and which arms' deficit
     re-estimation closed by at least half; ``None`` if the runs have no re-estimated evaluation."""
     if not all("test_accuracy_recalibrated" in r.final for runs in race.values() for r in runs):
         return None
-    pairs = [(arm, baseline) for arm in race if arm != baseline]
-    plain, fixed = compare(race, pairs), compare(race, pairs, metric="test_accuracy_recalibrated")
+    against = [(arm, baseline) for arm in race if arm != baseline]
+    plain = exploratory(race, pairs(against))
+    fixed = exploratory(race, pairs(against, metric="test_accuracy_recalibrated"))
     shift = {arm: statistics.fmean(r.final["test_accuracy_recalibrated"] - r.final["test_accuracy"] for r in runs)
              for arm, runs in race.items()}  # fmt: skip
-    closed = [row["arm"] for row, again in zip(plain, fixed)
+    closed = [row["comparison"].arm for row, again in zip(plain, fixed)
               if "mean" in row and row["mean"] < 0 and again["mean"] > row["mean"] / 2]  # fmt: skip
     moved = ", ".join(f"{shift[arm]:+.1%} ({arm})" for arm in race)
     reading = (f"It closed at least half of the deficit against uniform for {', '.join(closed)}: there the running "
                "statistics, not the weights, carried the loss." if closed else
                "It closed less than half of any arm's deficit against uniform: the deficit is in the weights (or in the "
                "steps the arm could not take), not in the batch-norm statistics.")  # fmt: skip
-    return ("Test accuracy against uniform, with the running statistics:\n\n" + verdict_table(plain)
-            + "\n\nThe same weights with re-estimated statistics:\n\n" + verdict_table(fixed)
+    return ("Test accuracy against uniform, with the running statistics (exploratory):\n\n"
+            + exploratory_markdown(plain, scale=100, digits=2)
+            + "\n\nThe same weights with re-estimated statistics:\n\n" + exploratory_markdown(fixed, scale=100, digits=2)
             + f"\n\nRe-estimating the statistics moved test accuracy by {moved} on average. " + reading)  # fmt: skip
 
 

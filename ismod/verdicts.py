@@ -23,6 +23,9 @@ __all__ = [
     "exploratory",
     "primary_markdown",
     "exploratory_markdown",
+    "primary_lines",
+    "exploratory_lines",
+    "pairs",
 ]
 
 
@@ -62,11 +65,18 @@ def _paired(results: dict[str, list[Any]], c: Comparison) -> tuple[list[float], 
 
 
 def exploratory(
-    results: dict[str, list[Any]], comparisons: list[Comparison]
+    results: dict[str, list[Any]], comparisons: list[Comparison], *, missing: str = "raise"
 ) -> list[dict[str, Any]]:
-    """Each comparison's paired mean difference and unadjusted 95% interval: no verdict word."""
+    """Each comparison's paired mean difference and unadjusted 95% interval: no verdict word. An arm
+    absent from ``results`` raises a ``KeyError``, or with ``missing="not tested"`` gives a row with 0
+    seeds (a grid not run at this scale)."""
+    if missing not in ("raise", "not tested"):
+        raise ValueError(f"missing must be 'raise' or 'not tested', got {missing!r}")
     rows = []
     for c in comparisons:
+        if missing == "not tested" and (c.arm not in results or c.baseline not in results):
+            rows.append({"comparison": c, "seeds": 0})
+            continue
         a, b = _paired(results, c)
         row: dict[str, Any] = {"comparison": c, "seeds": len(a)}
         if len(a) >= 2:
@@ -76,13 +86,14 @@ def exploratory(
     return rows
 
 
-def primary(results: dict[str, list[Any]], comparisons: list[Comparison], *, alpha: float = 0.05
-            ) -> list[dict[str, Any]]:  # fmt: skip
+def primary(results: dict[str, list[Any]], comparisons: list[Comparison], *, alpha: float = 0.05,
+            missing: str = "raise") -> list[dict[str, Any]]:  # fmt: skip
     """The declared primary comparisons: Holm over the family for the difference test and, separately,
     for the TOST; each row's ``verdict``, its mean and unadjusted interval (``low``, ``high``), the
     adjusted p-values ``p_difference`` and ``p_equivalence``, and ``detectable``, the smallest true
-    difference the design detects with 80% power at the family's Bonferroni level."""
-    rows = exploratory(results, comparisons)
+    difference the design detects with 80% power at the family's Bonferroni level. ``missing`` as
+    in :func:`exploratory`; untested rows do not count in the family."""
+    rows = exploratory(results, comparisons, missing=missing)
     tested = [r for r in rows if "mean" in r and not math.isnan(r["mean"])]
     raw_diff, raw_equiv = [], []
     for r in tested:
@@ -93,9 +104,7 @@ def primary(results: dict[str, list[Any]], comparisons: list[Comparison], *, alp
         d = [x - y for x, y in zip(a, b)]
         mean = sum(d) / len(d)
         sd = math.sqrt(sum((x - mean) ** 2 for x in d) / (len(d) - 1))
-        r["detectable"] = detectable_difference(
-            sd, len(d), alpha=alpha, comparisons=len(comparisons)
-        )
+        r["detectable"] = detectable_difference(sd, len(d), alpha=alpha, comparisons=len(tested))
     for r, p_d, p_e in zip(tested, holm(raw_diff), holm(raw_equiv)):
         c = r["comparison"]
         r.update(p_difference=p_d, p_equivalence=p_e,
@@ -105,13 +114,25 @@ def primary(results: dict[str, list[Any]], comparisons: list[Comparison], *, alp
     return rows
 
 
+def _seeds(n: int) -> str:
+    return f"{n} seed" + ("" if n == 1 else "s")
+
+
 def _name(c: Comparison) -> str:
     return c.label or f"{c.arm} − {c.baseline}"
 
 
+def _formatter(c: Comparison, scale: float, digits: int) -> Callable[[float], str]:
+    """Differences × ``scale`` with a sign; a log-transformed metric as the ratio ×exp(value)."""
+    if c.transform is math.log:
+        return lambda x: f"×{math.exp(x):.2f}"
+    return lambda x: f"{scale * x:+.{digits}f}"
+
+
 def primary_markdown(rows: list[dict[str, Any]], *, scale: float = 1.0, digits: int = 3) -> str:
     """:func:`primary`'s rows as a table: difference, unadjusted interval, margin, what the design could
-    detect, adjusted p-values and the verdict (values × ``scale``, e.g. 100 for accuracy in points)."""
+    detect, adjusted p-values and the verdict (values × ``scale``, e.g. 100 for accuracy in points; a
+    log-transformed metric as a ratio)."""
     lines = ["| comparison (primary) | metric | seeds | difference | 95% interval (unadjusted) | margin | detectable | "
              "p (Holm) | p equiv. (Holm) | verdict |", "|---|---|---:|---:|---|---:|---:|---:|---:|---|"]  # fmt: skip
     for r in rows:
@@ -121,11 +142,16 @@ def primary_markdown(rows: list[dict[str, Any]], *, scale: float = 1.0, digits: 
                 f"| {_name(c)} | {c.metric} | {r['seeds']} | – | – | – | – | – | – | not tested |"
             )
             continue
-        v = lambda x: f"{scale * x:+.{digits}f}"  # noqa: E731
-        lines.append(f"| {_name(c)} | {c.metric}{' (log)' if c.transform is math.log else ''} | {r['seeds']} | "
-                     f"{v(r['mean'])} | [{v(r['low'])}, {v(r['high'])}] | ±{scale * c.margin:.{digits}g} | "
-                     f"{scale * r['detectable']:.{digits}g} | {r['p_difference']:.3f} | {r['p_equivalence']:.3f} | "
-                     f"{r['verdict'].replace(f'±{c.margin:g}', f'±{scale * c.margin:g}')} |")  # fmt: skip
+        v = _formatter(c, scale, digits)
+        log = c.transform is math.log
+        margin = f"×{math.exp(c.margin):.2f}" if log else f"{scale * c.margin:.{digits}g}"
+        detect = (
+            f"×{math.exp(r['detectable']):.2f}" if log else f"{scale * r['detectable']:.{digits}g}"
+        )
+        word = r["verdict"].replace(f"±{c.margin:g}", f"±{margin}")
+        lines.append(f"| {_name(c)} | {c.metric}{' (ratio)' if log else ''} | {r['seeds']} | {v(r['mean'])} | "
+                     f"[{v(r['low'])}, {v(r['high'])}] | ±{margin} | {detect} | {r['p_difference']:.3f} | "
+                     f"{r['p_equivalence']:.3f} | {word} |")  # fmt: skip
     return "\n".join(lines)
 
 
@@ -138,8 +164,65 @@ def exploratory_markdown(rows: list[dict[str, Any]], *, scale: float = 1.0, digi
         if "mean" not in r:
             lines.append(f"| {_name(c)} | {c.metric} | {r['seeds']} | – | – |")
             continue
-        v = lambda x: f"{scale * x:+.{digits}f}"  # noqa: E731
+        v = _formatter(c, scale, digits)
+        log = " (ratio)" if c.transform is math.log else ""
         lines.append(
-            f"| {_name(c)} | {c.metric} | {r['seeds']} | {v(r['mean'])} | [{v(r['low'])}, {v(r['high'])}] |"
+            f"| {_name(c)} | {c.metric}{log} | {r['seeds']} | {v(r['mean'])} | [{v(r['low'])}, {v(r['high'])}] |"
         )
     return "\n".join(lines)
+
+
+def _size(row: dict[str, Any], scale: float, unit: str, log: bool) -> str:
+    if log:
+        return (f"×{math.exp(row['mean']):.2f} (unadjusted 95% interval "
+                f"[×{math.exp(row['low']):.2f}, ×{math.exp(row['high']):.2f}])")  # fmt: skip
+    return (f"{scale * row['mean']:+.2f} {unit} (unadjusted 95% interval "
+            f"[{scale * row['low']:+.2f}, {scale * row['high']:+.2f}])")  # fmt: skip
+
+
+def primary_lines(
+    rows: list[dict[str, Any]], *, scale: float = 100.0, unit: str = "points"
+) -> list[str]:
+    """:func:`primary`'s rows as sentences: the verdict word, direction and size with its unadjusted
+    interval, the seeds, the Holm-adjusted p-values, and the smallest difference the design could
+    detect. A log-transformed metric (a ratio of losses) is stated as a ratio."""
+    out = []
+    for r in rows:
+        c = r["comparison"]
+        head = f"**{_name(c)}** ({c.metric}, {_seeds(r['seeds'])})"
+        if "mean" not in r:
+            out.append(f"- {head}: not tested (fewer than two seeds both arms ran).")
+            continue
+        log = c.transform is math.log
+        margin = f"×{math.exp(c.margin):.2f}" if log else f"{scale * c.margin:g} {unit}"
+        detect = (
+            f"×{math.exp(r['detectable']):.2f}" if log else f"{scale * r['detectable']:.2f} {unit}"
+        )
+        word = r["verdict"]
+        if word.startswith("equivalent"):
+            word = f"equivalent within ±{margin}"
+        what = (f"{_size(r, scale, unit, log)}; Holm-adjusted p = {r['p_difference']:.3f} (difference), "
+                f"{r['p_equivalence']:.3f} (equivalence within ±{margin}); the design detects {detect} "
+                "with 80% power")  # fmt: skip
+        out.append(f"- {head}: **{word}**, {what}.")
+    return out
+
+
+def exploratory_lines(
+    rows: list[dict[str, Any]], *, scale: float = 100.0, unit: str = "points"
+) -> list[str]:
+    """:func:`exploratory`'s rows as sentences: the size and its unadjusted interval, no verdict word."""
+    out = []
+    for r in rows:
+        c = r["comparison"]
+        head = f"{_name(c)} ({c.metric}, {_seeds(r['seeds'])}, exploratory)"
+        if "mean" not in r:
+            out.append(f"- {head}: fewer than two seeds — no interval.")
+            continue
+        out.append(f"- {head}: {_size(r, scale, unit, c.transform is math.log)}.")
+    return out
+
+
+def pairs(arm_baselines: list[tuple[str, str]], **fields: Any) -> list[Comparison]:
+    """``(arm, baseline)`` pairs as :class:`Comparison` objects sharing ``fields`` (metric, margin...)."""
+    return [Comparison(arm, baseline, **fields) for arm, baseline in arm_baselines]

@@ -22,3 +22,11 @@ def test_notebook_runs_at_smoke_scale(path, monkeypatch, tmp_path):
         o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
     )
     assert "scale: smoke" in printed, "the notebook must resolve and print its scale"
+
+
+def test_no_code_cell_is_longer_than_forty_lines():
+    """Short cells over ismod code: a longer one belongs in a tested function of the package."""
+    long = [(p.name, i, len(c.source.splitlines())) for p in toc_notebooks()
+            for i, c in enumerate(nbformat.read(p, 4).cells)
+            if c.cell_type == "code" and len(c.source.splitlines()) > 40]  # fmt: skip
+    assert not long, f"code cells over 40 lines (notebook, cell, lines): {long}"

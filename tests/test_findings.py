@@ -1,0 +1,205 @@
+"""Each chapter's findings (ismod.findings) on synthetic results whose answers are known: a clear win,
+an equivalence, a wide-interval loss, an arm that was never run; and the sentences of ismod.verdicts."""
+
+import math
+
+import pytest
+
+from ismod import findings, suites, verdicts
+from ismod.experiments import Result
+
+BASE = [0.60, 0.62, 0.61, 0.63, 0.59]
+WIDE = (-0.9, 0.1, -0.4, -0.6, 0.0)  # a −36-point mean with an interval from about −84 to +12
+
+
+def run(seed, final):
+    return Result(
+        {"seed": seed, "name": f"r{seed}"}, {}, [{"step": 0}, {"step": 1, **final}], {}, dict(final)
+    )
+
+
+def arm(shifts, base=BASE, key="test_accuracy", **extra):
+    return [run(k, {key: b + s, **extra}) for k, (b, s) in enumerate(zip(base, shifts))]
+
+
+def same(k=5):
+    return [0.001 * (-1) ** i for i in range(k)]
+
+
+def win(size):
+    return [size + 0.002 * (-1) ** i for i in range(5)]
+
+
+def test_chapter3_needs_equivalence_for_no_better_and_calls_a_wide_loss_unsettled():
+    uniform = "uniform, report's optimiser"
+    results = {
+        uniform: arm([0] * 5),
+        "last-loss, report's optimiser": arm(same()),
+        "running-loss, report's optimiser": arm(same()),
+        "uniform, no augmentation": arm([0] * 5),
+        "uniform, crop+flip": arm(win(0.07)),
+    }
+    text = "\n".join(findings.chapter3_findings(results))
+    assert "is reproduced: with the report's optimiser both samplers were equivalent" in text
+    assert 'lever that matters" is reproduced: crop+flip was higher' in text
+    assert text.count("**equivalent within ±1 points**") == 2
+
+    results["last-loss, report's optimiser"] = arm(WIDE)
+    text = "\n".join(findings.chapter3_findings(results))
+    assert "is not settled here: inconclusive" in text and "reproduced: with" not in text
+    assert "holds" not in text and "the same" not in text
+
+    results["last-loss, report's optimiser"] = arm(win(-0.05))
+    text = "\n".join(findings.chapter3_findings(results))
+    assert "*lower* than uniform" in text
+
+    del results[uniform]
+    assert "not tested at this scale" in "\n".join(findings.chapter3_findings(results))
+
+
+def test_chapter6_tests_the_headline_on_both_budgets_and_leaves_the_others_exploratory():
+    loss = [0.10, 0.12, 0.11, 0.09, 0.10]
+    race = {
+        "uniform": arm([0] * 3, base=BASE[:3], train_eval_loss=0.1),
+        "upper bound, τ switch": arm(same(3), base=BASE[:3], train_eval_loss=0.1),
+        "selective backprop": arm(win(-0.04)[:3], base=BASE[:3], train_eval_loss=0.2),
+    }
+    cost = {
+        "should not pay: uniform": [run(k, {"test_accuracy": b, "train_eval_loss": l})
+                                    for k, (b, l) in enumerate(zip(BASE, loss))],
+        "should not pay: τ switch": [run(k, {"test_accuracy": b - 0.05 + 0.002 * (-1) ** k,
+                                             "train_eval_loss": 2 * l}) for k, (b, l) in enumerate(zip(BASE, loss))],
+    }  # fmt: skip
+    lines = findings.chapter6_findings(race, cost)
+    primary, explore = lines[: lines.index("")], lines[lines.index("") + 2 :]
+    assert len(primary) == 4
+    assert "equal forward passes" in primary[2] and "**lower**" in primary[2]
+    assert "equal forward passes" in primary[3] and "**higher**, ×2.00" in primary[3]
+    assert all("exploratory" in line for line in explore) and len(explore) == 2
+    assert not any(
+        w in " ".join(explore) for w in ("higher", "lower", "equivalent", "inconclusive")
+    )
+    # without the cost-model grid those rows are not tested, and the family shrinks to two
+    lines = findings.chapter6_findings(race, {})
+    assert sum("not tested" in line for line in lines) == 2
+
+
+def test_chapter7_states_arazos_headline_and_the_direction_of_each_augmentation():
+    label = suites.chapter7_label
+    long = suites.chapter7_overfit_label
+    results = {
+        label("uniform subset", "crop+flip", 1.0): arm([0] * 5),
+        label("uniform subset", "RICAP", 0.3): arm(win(-0.05)),
+        label("uniform subset", "crop+flip", 0.3): arm(win(-0.03)),
+        label("p-SGD", "crop+flip", 0.3): arm([-0.03 + s for s in same()]),
+        long("crop+flip", 1.0, "cpu"): arm([0] * 5),
+        long("RICAP", 1.0, "cpu"): arm(win(0.02)),
+        long("RICAP", 0.3, "cpu"): arm(same()),
+    }
+    for aug, shift in (("mixup", -0.01), ("RICAP", -0.02)):
+        for f in (0.2, 0.5, 1.0):
+            results.setdefault(label("uniform subset", aug, f), arm(win(shift)))
+    results[label("uniform subset", "crop+flip", 0.2)] = arm([0] * 5)
+    results[label("uniform subset", "crop+flip", 0.5)] = arm([0] * 5)
+    text = "\n".join(findings.chapter7_findings(results, "cpu"))
+    assert (
+        "on the main grid, lower than the full crop+flip run by 5.0 points (not reproduced)" in text
+    )
+    assert (
+        "room to overfit, equivalent within ±1 point to the full crop+flip run (reproduced)" in text
+    )
+    assert "**RICAP − crop+flip at 100%, 64 epochs** (test_accuracy, 5 seeds): **higher**" in text
+    assert "p-SGD − uniform subset, 30%** (test_accuracy, 5 seeds): **equivalent" in text
+    assert "mixup was below crop+flip at every budget" in text
+    assert "RICAP was below crop+flip at every budget" in text
+    # at a scale without the overfitting grid, its two rows are not tested and Holm counts two
+    gpu = {k: v for k, v in results.items() if "epochs" not in k}
+    rows = verdicts.primary(gpu, list(findings.chapter7_primary("gpu")), missing="not tested")
+    assert [r["verdict"] for r in rows[2:]] == ["not tested", "not tested"]
+    assert rows[0]["detectable"] == pytest.approx(
+        verdicts.primary(gpu, list(findings.chapter7_primary("gpu"))[:2])[0]["detectable"]
+    )
+
+
+def test_primary_lines_state_ratios_for_log_metrics_and_the_detectable_size():
+    results = {
+        "base": arm([0] * 5, key="loss", base=[1.0] * 5),
+        "half": [run(k, {"loss": 0.5 * (1 + 0.01 * (-1) ** k)}) for k in range(5)],
+    }
+    c = verdicts.Comparison(
+        "half", "base", metric="loss", transform=math.log, margin=math.log(1.25)
+    )
+    rows = verdicts.primary(results, [c])
+    line = verdicts.primary_lines(rows)[0]
+    assert "**lower**, ×0.50 (unadjusted 95% interval [×0.49, ×0.51])" in line
+    assert "equivalence within ±×1.25" in line and "the design detects ×1.0" in line
+    table = verdicts.primary_markdown(rows, scale=100)
+    assert "| ×0.50 | [×0.49, ×0.51] | ±×1.25 |" in table
+    explore = verdicts.exploratory_lines(verdicts.exploratory(results, [c]))[0]
+    assert "×0.50" in explore and "lower" not in explore
+    with pytest.raises(ValueError, match="missing must be"):
+        verdicts.exploratory(results, [c], missing="skip")
+
+
+def test_the_overfitting_pilot_says_when_the_full_run_fits_and_when_it_never_does():
+    def long_run(accuracies, test):
+        history = [{"epoch": 8.0 * k, "train_eval_accuracy": a} for k, a in enumerate(accuracies)]
+        return Result({"seed": 0}, {}, history, {}, {"test_accuracy": test})
+
+    fits = {"crop+flip, 100%": [long_run([0.1, 0.7, 0.9, 0.985, 1.0], 0.76)],
+            "RICAP, 100%": [long_run([0.1, 0.5, 0.6, 0.7, 0.8], 0.78)]}  # fmt: skip
+    lines = findings.overfit_pilot_lines(fits)
+    assert "first ≥ 99% at epoch 32 of 32" in lines[0] and "never ≥ 99%" in lines[1]
+    assert "fits its training subset (≥ 99%) from epoch 32 of 32" in lines[2]
+    assert findings.fit_epoch(fits["crop+flip, 100%"][0], 0.9) == 16.0
+    fits["crop+flip, 100%"] = [long_run([0.1, 0.5, 0.9, 0.95, 0.97], 0.7)]
+    assert "does not fit its training subset" in findings.overfit_pilot_lines(fits)[2]
+
+
+def _race_run(seed, accuracy, loss, selection=0.0, steps=100, importance=0):
+    history = [{"step": 0}, {"step": steps, "steps": steps, "importance_steps": importance,
+                             "train_eval_loss": loss, "test_accuracy": accuracy}]  # fmt: skip
+    return Result({"seed": seed}, {}, history, {"selection": selection},
+                  {"test_accuracy": accuracy, "train_time": 45.0})  # fmt: skip
+
+
+def test_chapter8_reads_selection_costs_as_intervals_and_budgets_through_the_primaries():
+    from ismod import conclusions
+
+    race = {
+        "uniform": [_race_run(k, 0.68 + 0.01 * k, 0.1) for k in range(3)],
+        "upper bound, τ switch": [
+            _race_run(k, 0.67 + 0.01 * k, 0.1, importance=10) for k in range(3)
+        ],
+        "selective backprop": [_race_run(k, 0.62 + 0.01 * k, 0.3, selection=9.0) for k in range(3)],
+    }
+    e = conclusions.Evidence("cpu", race=race)
+    [line] = conclusions.selection_lines(e)
+    assert "**selective backprop**: 20% of training time selecting" in line
+    assert "test accuracy -6.0 points [-6.0, -6.0], exploratory" in line
+    assert not any(w in line for w in ("higher", "lower", "inconclusive"))
+
+    label = suites.chapter7_label
+    ch7 = {label("uniform subset", "crop+flip", 1.0): arm([0] * 5),
+           label("uniform subset", "RICAP", 0.3): arm(win(-0.05)),
+           label("uniform subset", "crop+flip", 0.3): arm(win(-0.03)),
+           label("p-SGD", "crop+flip", 0.3): arm(win(-0.04))}  # fmt: skip
+    lines = conclusions.budget_lines(conclusions.Evidence("cpu", ch7=ch7))
+    assert lines[0].startswith(
+        "- **RICAP 30% − crop+flip 100% (test accuracy): lower, -5.0 points ["
+    )
+    assert lines[1].startswith(
+        "- **p-SGD − uniform subset, 30% (test accuracy): lower, -1.0 points ["
+    )
+    assert "below it in 1 of 1 comparisons" in lines[2]
+
+    def ch3_arm(accuracy, first_loss=0.5):
+        return [Result({"seed": k}, {},
+                       [{"epoch": 0.0, "train_loss": None}, {"epoch": 2.0, "train_loss": first_loss if k == 0 else 0.5}],
+                       {"selection": 0.0}, {"test_accuracy": accuracy, "train_time": 1.0}) for k in range(5)]  # fmt: skip
+
+    ch3 = {"uniform, crop+flip": ch3_arm(0.7), "uniform, no augmentation": ch3_arm(0.6),
+           "last-loss, crop+flip": ch3_arm(0.5, first_loss=float("nan"))}  # fmt: skip
+    line = conclusions.fragile_weights_line(conclusions.Evidence("cpu", ch3=ch3))
+    assert line.startswith("- 1 of 5 Algorithm-1 runs of the fast schedule diverged")
+    assert "augmentation moved uniform's by +10.0%" in line and "by -20.0% against uniform" in line
