@@ -696,13 +696,10 @@ PAGE_SUITES: dict[str, tuple[str, ...]] = {
     "harness": ("harness",),
     "ch03_loss_scores": ("pilots", "chapter3", "chapter3_report", "chapter3_variants"),
     "ch04_upper_bound": ("chapter4", "chapter4_resnet"),
-    "ch05_tau_switch": (
-        "chapter5",
-        "chapter5_tau",
-        "chapter5_dissection",
-        "chapter5_critical_batch",
-    ),
-    "ch06_wall_clock": ("chapter6",),
+    "ch05_tau_switch": ("chapter5", "chapter5_tau", "chapter5_dissection", "chapter5_critical_batch",
+                        "chapter5_prediction_pilot", "chapter5_prediction"),
+    "ch06_wall_clock": ("chapter6", "chapter5_prediction"),
     "ch07_budgeted": ("chapter7", "chapter7_overfit_pilot", "chapter7_overfit"),
-    "ch08_conclusions": ("chapter3", "chapter5_tau", "chapter6", "chapter7"),
-}
+    "ch08_conclusions": ("chapter3", "chapter5_tau", "chapter6", "chapter5_prediction", "chapter7",
+                         "chapter7_overfit"),
+}  # fmt: skip
