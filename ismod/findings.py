@@ -61,7 +61,7 @@ def tau_crossing(result: Result) -> float | None:
 
 
 def tau_points(runs: list[Result]) -> list[dict[str, Any]]:
-    """Every presample checked by :func:`chapter5_tau`'s runs, as ``{"seed", "epoch", "B", "entry"}``
+    """Every presample checked by :func:`ismod.suites.chapter5_tau`'s runs, as ``{"seed", "epoch", "B", "entry"}``
     (``entry`` as :func:`ismod.experiments.tau_probe` records it), smaller presamples included."""
     points = []
     for r in runs:
@@ -370,7 +370,7 @@ def _word(row: dict[str, Any]) -> str:
 
 
 def chapter3_findings(results: dict[str, list[Result]]) -> list[str]:
-    """Chapter 3's verdicts on the report's two claims, from :data:`CHAPTER3_PRIMARY` over ``results``
+    """Chapter 3's verdicts on the report's two claims, from ``CHAPTER3_PRIMARY`` over ``results``
     (the main grid and the report's-optimiser grid together): the primary rows as sentences, then what
     they say of "importance sampling no better than uniform" (only *equivalent* supports it) and of
     "augmentation helps" (only *higher* does)."""
@@ -407,7 +407,7 @@ def chapter3_findings(results: dict[str, list[Result]]) -> list[str]:
 def chapter6_findings(
     race: dict[str, list[Result]], cost_model: dict[str, list[Result]]
 ) -> list[str]:
-    """Chapter 6's verdicts: :data:`CHAPTER6_PRIMARY` over the race and the cost-model grid, then every
+    """Chapter 6's verdicts: ``CHAPTER6_PRIMARY`` over the race and the cost-model grid, then every
     other arm of the race against uniform, exploratory (test accuracy, training-loss ratio)."""
     results = {**race, **cost_model}
     rows = primary(results, list(CHAPTER6_PRIMARY), missing="not tested")

@@ -30,7 +30,7 @@ def page_costs(
     scale: str, results_dir: str | os.PathLike, *, data_root: str | os.PathLike | None = None,
     device: str | Any = None,
 ) -> dict[str, dict[str, float]]:  # fmt: skip
-    """For each page of :data:`PAGE_SUITES`, at ``scale``: how many of its runs are saved, how many are
+    """For each page of ``ismod.suites.PAGE_SUITES``, at ``scale``: how many of its runs are saved, how many are
     missing (what building the page would train) and the training seconds predicted for those
     (:func:`estimate_seconds`, measured on ``device`` only when something is missing)."""
     costs: dict[str, dict[str, float]] = {}
