@@ -44,6 +44,10 @@ def test_chapter3_needs_equivalence_for_no_better_and_calls_a_wide_loss_unsettle
     assert 'lever that matters" is reproduced: crop+flip was higher' in text
     assert text.count("**equivalent within ±1 points**") == 2
 
+    assert "ended at" not in text  # no training-subset accuracy recorded: no regime sentence
+    results[uniform] = arm([0] * 5, train_eval_accuracy=0.45)
+    text = "\n".join(findings.chapter3_findings(results))
+    assert "ended at 45.0% on the fixed training subset" in text and "had not fitted" in text
     results["last-loss, report's optimiser"] = arm(WIDE)
     text = "\n".join(findings.chapter3_findings(results))
     assert "is not settled here: inconclusive" in text and "reproduced: with" not in text
