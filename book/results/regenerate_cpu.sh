@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Regenerate the saved "cpu" results (about 210 minutes on two cores), suite by suite, in an order that
-# keeps compared arms together: the pilots first, then Chapters 5 and 6's seven equal-time arms
-# interleaved seed by seed (no other work on the machine meanwhile), Chapter 5's diagnosis (its pilot,
-# the dissection and critical-batch grids at equal steps, the prediction grid: about 110 minutes, the dissection 60 of them), then
-# the epoch-budgeted grids.
+# Regenerate the saved "cpu" results (about 380 minutes of two-core machine time as saved), suite by
+# suite, in an order that keeps compared arms together: the pilots first, then Chapters 5 and 6's seven
+# equal-time arms interleaved seed by seed (no other work on the machine meanwhile: a seconds budget
+# pairs seeds only on one machine in one state), Chapter 5's diagnosis (its pilot, the dissection and
+# critical-batch grids at equal steps, the prediction grid: about 170 minutes, the dissection 86 of them),
+# then the epoch-budgeted grids (Chapter 3's with the report's optimiser about 34 minutes and Chapter 7's
+# 64-epoch pilot about 25, on a machine about 2.5x slower than the one that ran the rest).
 # Saved results with the same config, data and behaviour version are kept, so an interrupted run
 # resumes where it stopped. Run from a clean checkout (the commit goes into every result).
 set -euo pipefail
