@@ -500,9 +500,11 @@ def chapter3_summary(grid: dict[str, list[Result]], report: dict[str, list[Resul
         u = _test_accuracy(grid["uniform, crop+flip"])[0]
         fast = [f"{kind} {_test_accuracy(grid[f'{kind}, crop+flip'])[0] - u:+.1%}"
                 for kind in ("last-loss", "running-loss") if f"{kind}, crop+flip" in grid]  # fmt: skip
+        slow = sum(divergence_epoch(r) is not None for runs in report.values() for r in runs)
         lines.append(f"- Under the fast schedule (75× the report's learning rate), with crop and flip, against "
                      f"uniform (means over seeds, exploratory): {', '.join(fast)}; {diverged} of "
-                     f"{sum(len(v) for v in grid.values())} runs of that grid diverged (§3.4).")  # fmt: skip
+                     f"{sum(len(v) for v in grid.values())} runs of that grid diverged (§3.4), against {slow} of "
+                     f"{sum(len(v) for v in report.values())} under the report's optimiser.")  # fmt: skip
         seeds = {r.config["seed"] for r in next(iter(variants.values()), [])}
         base = [r for r in grid["uniform, crop+flip"] if r.config["seed"] in seeds]
         if variants and base:
@@ -522,16 +524,22 @@ def chapter4_negligible(probes: dict[str, list[Result]], relative: float = 0.01)
 
     from .diagnostics import negligible_fraction
 
-    lines = []
+    lines, means = [], {}
     for label, runs in probes.items():
         last = [r.history[-1] for r in runs]
         shares = [
             negligible_fraction(torch.tensor(h["probe"]["grad_norm"]), relative) for h in last
         ]
         accuracy = sum(h["train_accuracy"] for h in last) / len(last)
-        lines.append(f"- **{label}** ({len(runs)} seeds): training-batch accuracy {accuracy:.1%} at the end; "
-                     f"{sum(shares) / len(shares):.0%} of the probe set below {relative:.0%} of the largest "
-                     f"gradient norm (per seed {', '.join(f'{s:.0%}' for s in shares)}).")  # fmt: skip
+        means[label] = sum(shares) / len(shares)
+        lines.append(f"- **{label}** ({len(runs)} seed{'s' if len(runs) != 1 else ''}): training-batch accuracy "
+                     f"{accuracy:.1%} at the end; {means[label]:.0%} of the probe set below {relative:.0%} of the "
+                     f"largest gradient norm (per seed {', '.join(f'{s:.0%}' for s in shares)}).")  # fmt: skip
+    fitted, augmented = means.get("probe, no augmentation"), means.get("probe")
+    if fitted is not None and augmented is not None:
+        lines.append("- The runs that fit their training set ended with " + (
+            "fewer" if fitted < augmented else "more" if fitted > augmented else "as many") +
+            " negligible samples than the augmented runs (means over seeds, no test).")  # fmt: skip
     return lines
 
 

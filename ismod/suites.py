@@ -701,6 +701,6 @@ PAGE_SUITES: dict[str, tuple[str, ...]] = {
                         "chapter5_prediction_pilot", "chapter5_prediction"),
     "ch06_wall_clock": ("chapter6", "chapter5_prediction"),
     "ch07_budgeted": ("chapter7", "chapter7_overfit_pilot", "chapter7_overfit"),
-    "ch08_conclusions": ("chapter3", "chapter5_tau", "chapter6", "chapter5_prediction", "chapter7",
-                         "chapter7_overfit"),
+    "ch08_conclusions": ("chapter3", "chapter3_report", "chapter5_tau", "chapter6", "chapter5_prediction",
+                         "chapter7", "chapter7_overfit"),
 }  # fmt: skip

@@ -207,3 +207,33 @@ def test_chapter8_reads_selection_costs_as_intervals_and_budgets_through_the_pri
     line = conclusions.fragile_weights_line(conclusions.Evidence("cpu", ch3=ch3))
     assert line.startswith("- 1 of 5 Algorithm-1 runs of the fast schedule diverged")
     assert "augmentation moved uniform's by +10.0%" in line and "by -20.0% against uniform" in line
+    assert "report's own optimiser" not in line
+    report = {
+        "uniform, report's optimiser": ch3_arm(0.4),
+        "last-loss, report's optimiser": ch3_arm(0.4),
+    }
+    line = conclusions.fragile_weights_line(conclusions.Evidence("cpu", ch3=ch3, ch3_report=report))
+    assert (
+        "With the report's own optimiser (a learning rate 75 times lower) 0 of 5 diverged." in line
+    )
+
+
+def test_chapter4_reports_both_regimes_and_which_ended_with_more_negligible_samples():
+    def probe_run(seed, norms, accuracy):
+        history = [{"step": 0}, {"train_accuracy": accuracy, "probe": {"grad_norm": norms}}]
+        return Result({"seed": seed}, {}, history, {}, {})
+
+    probes = {
+        "probe": [probe_run(k, [1.0, 0.001, 0.002, 0.5], 0.87) for k in range(3)],
+        "probe, no augmentation": [probe_run(k, [1.0, 0.5, 0.4, 0.3], 1.0) for k in range(3)],
+    }
+    lines = findings.chapter4_negligible(probes)
+    assert (
+        "**probe** (3 seeds): training-batch accuracy 87.0% at the end; 50% of the probe set"
+        in lines[0]
+    )
+    assert "(per seed 50%, 50%, 50%)" in lines[0] and " 0% of the probe set" in lines[1]
+    assert "fit their training set ended with fewer negligible samples" in lines[2]
+    probes["probe"] = probes["probe"][:1]
+    del probes["probe, no augmentation"]
+    assert findings.chapter4_negligible(probes)[0].startswith("- **probe** (1 seed):")
