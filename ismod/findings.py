@@ -579,7 +579,7 @@ def overfit_pilot_lines(pilot: dict[str, list[Result]], threshold: float = 0.99)
         lines.append("- The full crop+flip run " + (
             f"fits its training subset (≥ {threshold:.0%}) from epoch {fit:g} of {end:g}: with the learning rate "
             "decaying to 0 the fit comes late in any run, and this one ends on a fitted training set, which "
-            "the chapter's 16-epoch run (about 86%) does not." if fit is not None else
+            "the chapter's 16-epoch run does not." if fit is not None else
             f"does not fit its training subset (≥ {threshold:.0%}) even at this length: the regime leaves "
             "RICAP little overfitting to prevent."))  # fmt: skip
     return lines
