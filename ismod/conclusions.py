@@ -32,6 +32,7 @@ __all__ = [
     "fragile_weights_line",
     "budget_lines",
     "decision_guide",
+    "load_evidence",
 ]
 
 Runs = dict[str, list[Result]]
@@ -267,3 +268,24 @@ def decision_guide(here: Evidence, gpu: Evidence | None = None) -> str:
     ]  # fmt: skip
     return "\n".join(f"{k}. **{rule}** Evidence — " + "; ".join(evidence) + "."
                      for k, (rule, evidence) in enumerate(rules, 1))  # fmt: skip
+
+
+def load_evidence(scale: str, results_dir: Any, *, train: bool = False) -> Evidence:
+    """The saved runs of one scale that Chapter 8 reads (grids with none saved come back empty). With
+    ``train``, missing runs are trained first, as the chapters' own pages do, unless the grid is over
+    the scale's time limit (:func:`ismod.runner.run_suite` with ``if_over_budget="saved or none"``)."""
+    from . import runner, suites
+    from .diagnosis import prediction_rows
+
+    def grid(name: str) -> Runs:
+        suite = getattr(suites, name)(scale)
+        if train:
+            return runner.run_suite(suite, results_dir, scale=scale, if_over_budget="saved or none")
+        return runner.load_suite(suite, results_dir)
+
+    predicted = grid("chapter5_prediction")
+    complete = len(predicted) == len(suites.chapter5_prediction(scale))
+    return Evidence(scale, tau_runs=grid("chapter5_tau").get("τ probe", []), race=grid("chapter6"),
+                    cost_model={k: v for k, v in predicted.items() if k.startswith("should not pay")},
+                    ch3=grid("chapter3"), ch3_report=grid("chapter3_report"), ch7=grid("chapter7"),
+                    long7=grid("chapter7_overfit"), outcomes=prediction_rows(predicted) if complete else [])  # fmt: skip
