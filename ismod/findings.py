@@ -501,10 +501,11 @@ def chapter3_summary(grid: dict[str, list[Result]], report: dict[str, list[Resul
         fast = [f"{kind} {_test_accuracy(grid[f'{kind}, crop+flip'])[0] - u:+.1%}"
                 for kind in ("last-loss", "running-loss") if f"{kind}, crop+flip" in grid]  # fmt: skip
         slow = sum(divergence_epoch(r) is not None for runs in report.values() for r in runs)
+        against = (f", against {slow} of {sum(len(v) for v in report.values())} under the report's optimiser"
+                   if report else "")  # fmt: skip
         lines.append(f"- Under the fast schedule (75× the report's learning rate), with crop and flip, against "
                      f"uniform (means over seeds, exploratory): {', '.join(fast)}; {diverged} of "
-                     f"{sum(len(v) for v in grid.values())} runs of that grid diverged (§3.4), against {slow} of "
-                     f"{sum(len(v) for v in report.values())} under the report's optimiser.")  # fmt: skip
+                     f"{sum(len(v) for v in grid.values())} runs of that grid diverged (§3.4){against}.")  # fmt: skip
         seeds = {r.config["seed"] for r in next(iter(variants.values()), [])}
         base = [r for r in grid["uniform, crop+flip"] if r.config["seed"] in seeds]
         if variants and base:

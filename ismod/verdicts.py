@@ -194,7 +194,12 @@ def primary_lines(
             out.append(f"- {head}: not tested (fewer than two seeds both arms ran).")
             continue
         log = c.transform is math.log
-        margin = f"×{math.exp(c.margin):.2f}" if log else f"{scale * c.margin:g} {unit}"
+        points = scale * c.margin
+        margin = (
+            f"×{math.exp(c.margin):.2f}"
+            if log
+            else f"{points:g} {unit.rstrip('s') if points == 1 else unit}"
+        )
         detect = (
             f"×{math.exp(r['detectable']):.2f}" if log else f"{scale * r['detectable']:.2f} {unit}"
         )

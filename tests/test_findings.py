@@ -42,7 +42,7 @@ def test_chapter3_needs_equivalence_for_no_better_and_calls_a_wide_loss_unsettle
     text = "\n".join(findings.chapter3_findings(results))
     assert "is reproduced: with the report's optimiser both samplers were equivalent" in text
     assert 'lever that matters" is reproduced: crop+flip was higher' in text
-    assert text.count("**equivalent within ±1 points**") == 2
+    assert text.count("**equivalent within ±1 point**") == 2
 
     assert "ended at" not in text  # no training-subset accuracy recorded: no regime sentence
     results[uniform] = arm([0] * 5, train_eval_accuracy=0.45)
