@@ -5,7 +5,6 @@ decision guide, each rule with the evidence of every scale that measured it (the
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,17 +12,18 @@ from .diagnosis import probe_increments
 from .experiments import Result
 from .findings import (
     CHAPTER6_PRIMARY,
+    algorithm1_divergences,
+    chapter6_exploratory,
     budget_directions,
     chapter7_pairs,
     chapter7_primary,
-    divergence_epoch,
     summarize,
     tau_crossing,
     tau_log,
     tau_log_error,
     tau_points,
 )
-from .verdicts import exploratory, pairs, primary
+from .verdicts import exploratory, interval_text, pairs, primary
 
 __all__ = [
     "Evidence",
@@ -104,15 +104,10 @@ def switch_rule_lines(e: Evidence) -> list[str]:
     ]  # fmt: skip
 
 
-def _interval(row: dict[str, Any], scale: float = 100.0) -> str:
+def _interval(row: dict[str, Any]) -> str:
     if "mean" not in row:
         return "not tested"
-    c = row["comparison"]
-    if c.transform is math.log:
-        return f"×{math.exp(row['mean']):.2f} [×{math.exp(row['low']):.2f}, ×{math.exp(row['high']):.2f}]"
-    return (
-        f"{scale * row['mean']:+.1f} points [{scale * row['low']:+.1f}, {scale * row['high']:+.1f}]"
-    )
+    return interval_text(row, digits=1, label=" ", close="")
 
 
 def selection_lines(e: Evidence) -> list[str]:
@@ -132,20 +127,15 @@ def selection_lines(e: Evidence) -> list[str]:
     return lines
 
 
-def _diverged(ch3: Runs) -> tuple[int, int]:
-    runs = [r for k, v in ch3.items() if not k.startswith("uniform") for r in v]
-    return sum(divergence_epoch(r) is not None for r in runs), len(runs)
-
-
 def fragile_weights_line(e: Evidence) -> str:
     """§8.3: how many of Chapter 3's Algorithm-1 runs diverged, and the two effects (means over seeds)."""
     rows = {r["arm"]: r["test_accuracy"][0] for r in summarize(e.ch3)}
-    diverged, total = _diverged(e.ch3)
+    diverged, total = algorithm1_divergences(e.ch3)
     aug = rows["uniform, crop+flip"] - rows["uniform, no augmentation"]
     gap = rows["last-loss, crop+flip"] - rows["uniform, crop+flip"]
     report = ""
     if e.ch3_report:
-        slow, runs = _diverged(e.ch3_report)
+        slow, runs = algorithm1_divergences(e.ch3_report)
         report = f" With the report's own optimiser (a learning rate 75 times lower) {slow} of {runs} diverged."
     return (f"- {diverged} of {total} Algorithm-1 runs of the fast schedule diverged; with crop+flip, last-loss "
             f"sampling moved test accuracy by {gap:+.1%} against uniform, and augmentation moved uniform's by "
@@ -195,9 +185,8 @@ def budget_lines(e: Evidence) -> list[str]:
 def _equal_time(e: Evidence) -> str:
     rows = primary({**e.race, **e.cost_model}, list(CHAPTER6_PRIMARY), missing="not tested")
     said = [_said(r) for r in rows if "mean" in r]
-    others = [a for a in e.race if a not in ("uniform", "upper bound, τ switch")]
-    said += [f"{r['comparison'].arm} {_interval(r)} (exploratory)" for r in exploratory(e.race, pairs(
-        [(a, "uniform") for a in others])) if "mean" in r]  # fmt: skip
+    said += [f"{r['comparison'].arm} {_interval(r)} (exploratory)" for r in chapter6_exploratory(e.race)
+             if "mean" in r and r["comparison"].metric == "test_accuracy"]  # fmt: skip
     return "; ".join(said) or "not tested (fewer than two seeds)"
 
 
@@ -224,7 +213,7 @@ def decision_guide(here: Evidence, gpu: Evidence | None = None) -> str:
                 f"{e.tau_runs[0].history[-1]['tau_threshold']:.2f}")  # fmt: skip
 
     def weights(e: Evidence) -> str:
-        diverged, total = _diverged(e.ch3)
+        diverged, total = algorithm1_divergences(e.ch3)
         return (
             f"{diverged} of {total} runs of the report's Algorithm 1 on the fast schedule diverged"
         )

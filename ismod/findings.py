@@ -47,6 +47,9 @@ __all__ = [
     "fit_epoch",
     "overfit_pilot_lines",
     "chapter6_findings",
+    "chapter6_exploratory",
+    "chapter7_exploratory",
+    "algorithm1_divergences",
     "chapter7_findings",
     "budget_directions",
 ]
@@ -417,6 +420,27 @@ def chapter3_findings(results: dict[str, list[Result]]) -> list[str]:
     )
 
 
+def chapter6_exploratory(race: dict[str, list[Result]]) -> list[dict[str, Any]]:
+    """Every race arm but the declared ones against uniform, exploratory: test accuracy, then the
+    training-loss ratio."""
+    others = [(a, "uniform") for a in race if a not in ("uniform", "upper bound, τ switch")]
+    comparisons = pairs(others) + pairs(others, metric="train_eval_loss", transform=math.log)
+    return exploratory(race, comparisons)
+
+
+def chapter7_exploratory(results: dict[str, list[Result]]) -> list[dict[str, Any]]:
+    """Chapter 7's two exploratory families (:func:`chapter7_pairs`): each strategy against the uniform
+    subset, and mixup and RICAP against crop+flip, at the same budget."""
+    family = chapter7_pairs(results)
+    return exploratory(results, pairs(family["importance"] + family["augmentation"]))
+
+
+def algorithm1_divergences(grid: dict[str, list[Result]]) -> tuple[int, int]:
+    """How many of a Chapter 3 grid's importance-sampled runs (every arm but uniform) diverged, of how many."""
+    runs = [r for arm, v in grid.items() if not arm.startswith("uniform") for r in v]
+    return sum(divergence_epoch(r) is not None for r in runs), len(runs)
+
+
 def chapter6_findings(
     race: dict[str, list[Result]], cost_model: dict[str, list[Result]]
 ) -> list[str]:
@@ -424,9 +448,7 @@ def chapter6_findings(
     other arm of the race against uniform, exploratory (test accuracy, training-loss ratio)."""
     results = {**race, **cost_model}
     rows = primary(results, list(CHAPTER6_PRIMARY), missing="not tested")
-    others = [a for a in race if a not in ("uniform", "upper bound, τ switch")]
-    explore = exploratory(race, pairs([(a, "uniform") for a in others]) + pairs(
-        [(a, "uniform") for a in others], metric="train_eval_loss", transform=math.log))  # fmt: skip
+    explore = chapter6_exploratory(race)
     return (
         primary_lines(rows)
         + ["", "Exploratory (unadjusted intervals, no verdict):"]
@@ -494,18 +516,17 @@ def chapter3_summary(grid: dict[str, list[Result]], report: dict[str, list[Resul
     samplers against uniform (means over seeds, exploratory) with their diverged runs, and the best
     variant against uniform on the seeds both ran."""
     verdict = chapter3_findings({**grid, **report})[-1]
-    diverged = sum(divergence_epoch(r) is not None for runs in grid.values() for r in runs)
+    diverged, total = algorithm1_divergences(grid)
     lines = [f"- {verdict}"]
     if "uniform, crop+flip" in grid:
         u = _test_accuracy(grid["uniform, crop+flip"])[0]
         fast = [f"{kind} {_test_accuracy(grid[f'{kind}, crop+flip'])[0] - u:+.1%}"
                 for kind in ("last-loss", "running-loss") if f"{kind}, crop+flip" in grid]  # fmt: skip
-        slow = sum(divergence_epoch(r) is not None for runs in report.values() for r in runs)
-        against = (f", against {slow} of {sum(len(v) for v in report.values())} under the report's optimiser"
-                   if report else "")  # fmt: skip
+        slow, runs = algorithm1_divergences(report)
+        against = f", against {slow} of {runs} under the report's optimiser" if report else ""
         lines.append(f"- Under the fast schedule (75× the report's learning rate), with crop and flip, against "
-                     f"uniform (means over seeds, exploratory): {', '.join(fast)}; {diverged} of "
-                     f"{sum(len(v) for v in grid.values())} runs of that grid diverged (§3.4){against}.")  # fmt: skip
+                     f"uniform (means over seeds, exploratory): {', '.join(fast)}; {diverged} of {total} "
+                     f"Algorithm-1 runs of that grid diverged (§3.4){against}.")  # fmt: skip
         seeds = {r.config["seed"] for r in next(iter(variants.values()), [])}
         base = [r for r in grid["uniform, crop+flip"] if r.config["seed"] in seeds]
         if variants and base:

@@ -26,6 +26,7 @@ __all__ = [
     "primary_lines",
     "exploratory_lines",
     "pairs",
+    "interval_text",
 ]
 
 
@@ -172,12 +173,13 @@ def exploratory_markdown(rows: list[dict[str, Any]], *, scale: float = 1.0, digi
     return "\n".join(lines)
 
 
-def _size(row: dict[str, Any], scale: float, unit: str, log: bool) -> str:
-    if log:
-        return (f"×{math.exp(row['mean']):.2f} (unadjusted 95% interval "
-                f"[×{math.exp(row['low']):.2f}, ×{math.exp(row['high']):.2f}])")  # fmt: skip
-    return (f"{scale * row['mean']:+.2f} {unit} (unadjusted 95% interval "
-            f"[{scale * row['low']:+.2f}, {scale * row['high']:+.2f}])")  # fmt: skip
+def interval_text(row: dict[str, Any], *, scale: float = 100.0, unit: str = "points", digits: int = 2,
+                  label: str = " (unadjusted 95% interval ", close: str = ")") -> str:  # fmt: skip
+    """A row's mean difference and its interval as text, × ``scale`` with ``unit``, or as a ratio
+    ×exp(value) for a log-transformed metric; ``label`` and ``close`` frame the interval."""
+    v = _formatter(row["comparison"], scale, digits)
+    unit = "" if row["comparison"].transform is math.log else f" {unit}"
+    return f"{v(row['mean'])}{unit}{label}[{v(row['low'])}, {v(row['high'])}]{close}"
 
 
 def primary_lines(
@@ -206,7 +208,7 @@ def primary_lines(
         word = r["verdict"]
         if word.startswith("equivalent"):
             word = f"equivalent within ±{margin}"
-        what = (f"{_size(r, scale, unit, log)}; Holm-adjusted p = {r['p_difference']:.3f} (difference), "
+        what = (f"{interval_text(r, scale=scale, unit=unit)}; Holm-adjusted p = {r['p_difference']:.3f} (difference), "
                 f"{r['p_equivalence']:.3f} (equivalence within ±{margin}); the design detects {detect} "
                 "with 80% power")  # fmt: skip
         out.append(f"- {head}: **{word}**, {what}.")
@@ -224,7 +226,7 @@ def exploratory_lines(
         if "mean" not in r:
             out.append(f"- {head}: fewer than two seeds — no interval.")
             continue
-        out.append(f"- {head}: {_size(r, scale, unit, c.transform is math.log)}.")
+        out.append(f"- {head}: {interval_text(r, scale=scale, unit=unit)}.")
     return out
 
 

@@ -80,6 +80,11 @@ def test_chapter6_tests_the_headline_on_both_budgets_and_leaves_the_others_explo
     assert "equal forward passes" in primary[2] and "**lower**" in primary[2]
     assert "equal forward passes" in primary[3] and "**higher**, ×2.00" in primary[3]
     assert all("exploratory" in line for line in explore) and len(explore) == 2
+    rows = findings.chapter6_exploratory(race)
+    assert [(r["comparison"].arm, r["comparison"].metric) for r in rows] == [
+        ("selective backprop", "test_accuracy"),
+        ("selective backprop", "train_eval_loss"),
+    ]
     assert not any(
         w in " ".join(explore) for w in ("higher", "lower", "equivalent", "inconclusive")
     )
@@ -116,6 +121,15 @@ def test_chapter7_states_arazos_headline_and_the_direction_of_each_augmentation(
     assert "p-SGD − uniform subset, 30%** (test_accuracy, 5 seeds): **equivalent" in text
     assert "mixup was below crop+flip at every budget" in text
     assert "RICAP was below crop+flip at every budget" in text
+    explored = {
+        (r["comparison"].arm, r["comparison"].baseline)
+        for r in findings.chapter7_exploratory(results)
+    }
+    assert (label("p-SGD", "crop+flip", 0.3), label("uniform subset", "crop+flip", 0.3)) in explored
+    assert (
+        label("uniform subset", "RICAP", 1.0),
+        label("uniform subset", "crop+flip", 1.0),
+    ) in explored
     # at a scale without the overfitting grid, its two rows are not tested and Holm counts two
     gpu = {k: v for k, v in results.items() if "epochs" not in k}
     rows = verdicts.primary(gpu, list(findings.chapter7_primary("gpu")), missing="not tested")
@@ -206,6 +220,7 @@ def test_chapter8_reads_selection_costs_as_intervals_and_budgets_through_the_pri
            "last-loss, crop+flip": ch3_arm(0.5, first_loss=float("nan"))}  # fmt: skip
     line = conclusions.fragile_weights_line(conclusions.Evidence("cpu", ch3=ch3))
     assert line.startswith("- 1 of 5 Algorithm-1 runs of the fast schedule diverged")
+    assert findings.algorithm1_divergences(ch3) == (1, 5)  # uniform arms are not counted
     assert "augmentation moved uniform's by +10.0%" in line and "by -20.0% against uniform" in line
     assert "report's own optimiser" not in line
     report = {
