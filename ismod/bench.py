@@ -10,6 +10,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -593,3 +594,46 @@ def session_tables(paths: list[str]) -> str:
                     for m, v in costs]  # fmt: skip
         out.append("")
     return "\n".join(out)
+
+
+def step_costs(
+    configs: dict[str, Any],
+    *,
+    steps: int = 30,
+    rounds: int = 2,
+    device: str | torch.device = "cpu",
+    data_root: str | None = None,
+) -> dict[str, Any]:
+    """The cost model of a ``"modelled_seconds"`` budget, measured here: ``score_seconds`` (one sample
+    scored without autograd, from :func:`forward_backward_times` at the scoring chunk of 1024) and, for
+    each arm of ``configs`` (label → :class:`~ismod.experiments.Config`), ``step_seconds``: its
+    training seconds per step with the scoring passes taken out,
+    ``(T(2k) − T(k) − score_seconds·(S(2k) − S(k))) / k`` for runs of k and 2k steps (``steps`` = k)
+    with S samples scored, so that start-up costs cancel. Arms alternate ``rounds`` times, so drift
+    hits all of them; medians over rounds. Run it with nothing else on the machine."""
+    from .experiments import run
+    from .train import TRAINED_SAMPLE_FORWARDS
+
+    models = {c.model for c in configs.values()}
+    score = {m: forward_backward_times(m, batch_size=1024, repeats=5, device=device)["scoring_s"] / 1024
+             for m in models}  # fmt: skip
+    per_round: dict[str, list[float]] = {label: [] for label in configs}
+    for _ in range(rounds):
+        for label, config in configs.items():
+            spent = []
+            for k in (steps, 2 * steps):
+                short = config.replace(budget="steps", budget_amount=k, evaluations=1, train_eval_size=0,
+                                       test_subset=256, tau_probe=0, checkpoint_every_seconds=1e9)  # fmt: skip
+                final = run(short, device=device, data_root=data_root, progress=False).final
+                scored = final["forward_passes"] - TRAINED_SAMPLE_FORWARDS * config.batch_size * k
+                spent.append((final["train_time"], scored))
+            (t1, s1), (t2, s2) = spent
+            per_round[label].append((t2 - t1 - score[config.model] * (s2 - s1)) / steps)
+    return {
+        "score_seconds": {m: v for m, v in score.items()},
+        "step_seconds": {label: statistics.median(v) for label, v in per_round.items()},
+        "step_seconds_rounds": per_round,
+        "steps": steps,
+        "rounds": rounds,
+        "machine": machine(),
+    }

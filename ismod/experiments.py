@@ -139,6 +139,8 @@ class Config(TrainSettings):
 # Fields added after results were saved: left out of the hash while at their default, so that
 # adding a field does not orphan every saved result.
 _LATER_FIELDS: dict[str, Any] = {
+    "step_seconds": 0.0,
+    "score_seconds": 0.0,
     "tau_probe": 0,
     "tau_probe_batch": 32,
     "train_eval_size": 0,

@@ -93,9 +93,9 @@ def seconds_from_rate(config: Config, seconds_per_sample: float, *, backward_rat
     """Predicted seconds of one run from a measured training rate: the samples its budget trains on ×
     ``seconds_per_sample`` (of a uniform step) × the strategy's scoring factor, for a network whose
     backward pass takes ``backward_ratio`` times its forward pass, plus ``overhead_s`` (evaluation,
-    start-up); a seconds budget counts as itself plus the overhead. The one cost model behind
+    start-up); a seconds (or modelled-seconds) budget counts as itself plus the overhead. The one cost model behind
     :func:`estimate_seconds` and the GPU session's scripts."""
-    if config.budget == "seconds":
+    if config.budget in ("seconds", "modelled_seconds"):  # modelled on a machine like this one
         return config.budget_amount + overhead_s
     if config.budget == "forward_passes":  # the budget already holds the scoring passes
         return config.budget_amount / TRAINED_SAMPLE_FORWARDS * seconds_per_sample + overhead_s

@@ -43,10 +43,11 @@ __all__ = [
     "noise_scale_at",
     "NOISE_SCALE_CHUNKS",
     "TRAINED_SAMPLE_FORWARDS",
+    "modelled_seconds",
 ]
 
 SCHEDULES: tuple[str, ...] = ("constant", "step", "linear", "onecycle")
-BUDGETS: tuple[str, ...] = ("epochs", "steps", "seconds", "forward_passes")
+BUDGETS: tuple[str, ...] = ("epochs", "steps", "seconds", "forward_passes", "modelled_seconds")
 # The cost model of the "forward_passes" budget: a trained sample costs a forward and a backward
 # pass, the backward counted as two forwards (the t_b = 2 t_f behind Katharopoulos & Fleuret's fixed
 # τ_th = (B + 3b)/(3b)); a scored sample (a presample, candidates) costs one forward pass.
@@ -65,8 +66,9 @@ class TrainSettings:
     """How to train: batch, budget, optimiser, schedule, evaluation and checkpoint cadence."""
 
     batch_size: int = 512
-    # "epochs", "steps", "seconds" (of training time) or "forward_passes" (the cost model above:
-    # wall-clock time without the machine's load in it)
+    # "epochs", "steps", "seconds" (of training time), "forward_passes" (the cost model above:
+    # wall-clock time without the machine's load in it) or "modelled_seconds" (seconds from step costs
+    # measured in isolation: step_seconds per training step + score_seconds per scored sample)
     budget: str = "epochs"
     budget_amount: float = 4.0
     lr: float = 0.2
@@ -106,6 +108,10 @@ class TrainSettings:
     instrument: bool = False
     checkpoint_every_steps: int = 250
     checkpoint_every_seconds: float = 300.0
+    # the cost model of a "modelled_seconds" budget, measured with nothing else on the machine
+    # (ismod.bench.step_costs): seconds of one training step of b samples, and of scoring one sample
+    step_seconds: float = 0.0
+    score_seconds: float = 0.0
 
     def validate(self, num_items: int) -> None:
         """Fail before any training, naming the field: its type first (a value from the command line
@@ -152,6 +158,20 @@ class TrainSettings:
             (
                 self.bn_recalibration >= 0,
                 f"bn_recalibration must be >= 0 batches, got {self.bn_recalibration}",
+            ),
+            (
+                self.budget != "modelled_seconds" or self.step_seconds > 0,
+                "a modelled_seconds budget needs step_seconds > 0 (seconds of one training step, measured in "
+                f"isolation: ismod.bench.step_costs), got {self.step_seconds}",
+            ),
+            (
+                self.score_seconds >= 0,
+                f"score_seconds (seconds to score one sample) must be >= 0, got {self.score_seconds}",
+            ),
+            (
+                self.budget != "modelled_seconds" or self.step_seconds > self.score_seconds * self.batch_size,
+                f"step_seconds ({self.step_seconds}) must exceed the scoring of a batch, score_seconds × "
+                f"batch_size ({self.score_seconds * self.batch_size}): a step holds a forward and a backward pass",
             ),
             (
                 not self.lookahead or self.budget in ("epochs", "steps"),
@@ -231,6 +251,14 @@ def lr_factor(settings: TrainSettings, progress: float) -> float:
     if settings.warmup > 0:
         return (1.0 - p) / (1.0 - settings.warmup)
     return 1.0 - p
+
+
+def modelled_seconds(steps: int, forward_passes: float, settings: TrainSettings) -> float:
+    """Seconds of a run by the cost model of a ``"modelled_seconds"`` budget:
+    ``steps × step_seconds + scored × score_seconds``, where the samples scored outside the training
+    steps are the forward passes less the :data:`TRAINED_SAMPLE_FORWARDS` × b each step counts."""
+    scored = forward_passes - TRAINED_SAMPLE_FORWARDS * settings.batch_size * steps
+    return steps * settings.step_seconds + scored * settings.score_seconds
 
 
 def amp_dtype(device: torch.device) -> torch.dtype:
@@ -668,9 +696,11 @@ class _Loop:
         return None  # seconds or forward passes: what the steps spend decides
 
     def _spent(self) -> float:
-        """What a seconds or forward-pass budget has used so far."""
-        key = "forward_passes" if self.settings.budget == "forward_passes" else "train_time"
-        return self.state[key]
+        """What a seconds, forward-pass or modelled-seconds budget has used so far."""
+        s = self.settings
+        if s.budget == "modelled_seconds":
+            return modelled_seconds(self.state["step"], self.state["forward_passes"], s)
+        return self.state["forward_passes" if s.budget == "forward_passes" else "train_time"]
 
     def progress_of(self, step: int) -> float:
         if self.total_steps is not None:
@@ -885,6 +915,13 @@ class _Loop:
         return out
 
     def tell_step_times(self) -> None:
+        s = self.settings
+        if s.budget == "modelled_seconds":
+            # the modelled costs, not the clock's: τ_th = 1 + B·score_seconds/step_seconds, the same on
+            # a busy machine as on an idle one (a batch's scoring pass stands for t_f, the rest of a step for t_b)
+            forward = s.score_seconds * s.batch_size
+            self.strategy.set_step_times(forward, s.step_seconds - forward)
+            return
         done = self.state["step"]
         if done:
             totals = self.clock.settle()
@@ -1009,7 +1046,7 @@ class _Loop:
         from tqdm.auto import tqdm
 
         steps = self.total_steps
-        if steps is None and self.settings.budget == "forward_passes":
+        if steps is None and self.settings.budget in ("forward_passes", "modelled_seconds"):
             return tqdm(total=100, leave=False, unit="%", desc=self.tag[:8] or "train")
         return tqdm(total=steps if steps is not None else round(self.settings.budget_amount),
                     initial=self.state["step"] if steps is not None else 0, leave=False,
@@ -1020,7 +1057,9 @@ class _Loop:
             bar.update(1)
         else:
             done = self._spent() * (
-                100 / self.settings.budget_amount if self.settings.budget == "forward_passes" else 1
+                100 / self.settings.budget_amount
+                if self.settings.budget in ("forward_passes", "modelled_seconds")
+                else 1
             )
             bar.n = min(round(done), bar.total)
             bar.refresh()
@@ -1035,7 +1074,10 @@ class _Loop:
             "train_time": state["train_time"], "test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"],
             "train_loss": last["train_loss"],
             "images_per_second": state["step"] * self.settings.batch_size / max(state["train_time"], 1e-9),
+            "forward_passes": state["forward_passes"],
         }  # fmt: skip
+        if self.settings.budget == "modelled_seconds":
+            final["modelled_seconds"] = self._spent()
         final.update(self.recalibrated_evaluation())
         timing_out = {
             **timing,
