@@ -285,3 +285,47 @@ def test_the_presample_cap_switches_on_tau_eff_not_tau():
     assert on.importance_steps > 0 and off.importance_steps == 0
     with pytest.raises(ValueError, match="presample_cap"):
         Presample(presample_cap=1)
+
+
+def test_the_modelled_seconds_budget_charges_the_measured_step_and_score_costs():
+    data = _synthetic(512)
+    b, step_s, score_s = 32, 0.5, 0.01
+    settings = TrainSettings(batch_size=b, budget="modelled_seconds", budget_amount=step_s * 10 + 0.1,
+                             step_seconds=step_s, score_seconds=score_s, lr=0.01, schedule="constant",
+                             warmup=0.0, evaluations=1)  # fmt: skip
+    torch.manual_seed(0)
+    out = fit(build_model("small_cnn"), data, data, Uniform(), Augment(), settings, progress=False)
+    assert out["final"]["steps"] == 11 and out["final"]["modelled_seconds"] == pytest.approx(5.5)
+    torch.manual_seed(0)
+    forced = Presample(threshold=1.0, tau_momentum=0.0)  # importance from the second step
+    big = dataclasses.replace(settings, budget_amount=step_s * 20)
+    out = fit(build_model("small_cnn"), data, data, forced, Augment(), big, progress=False)
+    steps, importance = out["final"]["steps"], out["history"][-1]["importance_steps"]
+    spent = step_s * steps + score_s * 3 * b * importance  # a presample of B = 3b scored per importance step
+    assert importance > 0 and steps < 20
+    assert out["final"]["modelled_seconds"] == pytest.approx(spent)
+    assert spent >= big.budget_amount > spent - step_s - score_s * 3 * b
+
+
+def test_a_modelled_budget_sets_the_switch_threshold_from_its_costs_not_the_clock():
+    data = _synthetic(512)
+    b, step_s, score_s = 32, 0.5, 0.002
+    settings = TrainSettings(batch_size=b, budget="modelled_seconds", budget_amount=step_s * 12,
+                             step_seconds=step_s, score_seconds=score_s, lr=0.01, schedule="constant",
+                             warmup=0.0, evaluations=1)  # fmt: skip
+    rule = Presample()  # threshold "measured": τ_th = 1 + B t_f / (b (t_f + t_b))
+    torch.manual_seed(0)
+    fit(build_model("small_cnn"), data, data, rule, Augment(), settings, progress=False)
+    assert rule.switch.tau_threshold == pytest.approx(1 + 3 * b * score_s / step_s)
+
+
+@pytest.mark.parametrize(
+    "changes, named",
+    [({"step_seconds": 0.0}, "step_seconds"), ({"score_seconds": -1.0}, "score_seconds"),
+     ({"score_seconds": 1.0}, "step_seconds")],
+)  # fmt: skip
+def test_a_modelled_budget_without_a_usable_cost_model_fails_naming_it(changes, named):
+    settings = TrainSettings(batch_size=32, budget="modelled_seconds", budget_amount=5.0,
+                             step_seconds=0.5, score_seconds=0.001)  # fmt: skip
+    with pytest.raises(ValueError, match=named):
+        dataclasses.replace(settings, **changes).validate(512)
