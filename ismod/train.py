@@ -256,7 +256,7 @@ def lr_factor(settings: TrainSettings, progress: float) -> float:
 def modelled_seconds(steps: int, forward_passes: float, settings: TrainSettings) -> float:
     """Seconds of a run by the cost model of a ``"modelled_seconds"`` budget:
     ``steps × step_seconds + scored × score_seconds``, where the samples scored outside the training
-    steps are the forward passes less the :data:`TRAINED_SAMPLE_FORWARDS` × b each step counts."""
+    steps are the forward passes less the ``TRAINED_SAMPLE_FORWARDS`` × b each step counts."""
     scored = forward_passes - TRAINED_SAMPLE_FORWARDS * settings.batch_size * steps
     return steps * settings.step_seconds + scored * settings.score_seconds
 
