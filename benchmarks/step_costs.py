@@ -31,7 +31,9 @@ parser.add_argument("--out", required=True)
 args = parser.parse_args()
 
 arms = {label: configs[0] for label, configs in SUITES["equal_time"](args.scale).items()}
-costs = step_costs(arms, steps=args.steps, rounds=args.rounds, data_root=os.environ.get("ISMOD_DATA"))
+costs = step_costs(
+    arms, steps=args.steps, rounds=args.rounds, data_root=os.environ.get("ISMOD_DATA")
+)
 commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 costs["provenance"] = {
     "command": f"python benchmarks/step_costs.py --scale {args.scale} --steps {args.steps} "
@@ -42,4 +44,8 @@ costs["provenance"] = {
     "cores": os.cpu_count(),
 }
 Path(args.out).write_text(json.dumps(costs, indent=1, ensure_ascii=False) + "\n")
-print(json.dumps({k: costs[k] for k in ("score_seconds", "step_seconds")}, indent=1, ensure_ascii=False))
+print(
+    json.dumps(
+        {k: costs[k] for k in ("score_seconds", "step_seconds")}, indent=1, ensure_ascii=False
+    )
+)

@@ -169,7 +169,8 @@ class TrainSettings:
                 f"score_seconds (seconds to score one sample) must be >= 0, got {self.score_seconds}",
             ),
             (
-                self.budget != "modelled_seconds" or self.step_seconds > self.score_seconds * self.batch_size,
+                self.budget != "modelled_seconds"
+                or self.step_seconds > self.score_seconds * self.batch_size,
                 f"step_seconds ({self.step_seconds}) must exceed the scoring of a batch, score_seconds × "
                 f"batch_size ({self.score_seconds * self.batch_size}): a step holds a forward and a backward pass",
             ),
