@@ -5,8 +5,7 @@ to score one sample.
     .venv/bin/python benchmarks/step_costs.py --scale cpu --out benchmarks/results/step-costs-cpu.json
 
 The arms are those of ``python -m ismod suite equal_time`` at ``--scale`` (seed 0). Run it alone: a
-busy machine inflates every number (what the cost model is for). ``ismod.suites.CPU_STEP_COSTS`` holds
-the numbers the cpu grid uses; ``tests/test_suites.py`` checks that they equal this file's.
+busy machine inflates every number (what the cost model is for). No grid reads the file yet.
 """
 
 from __future__ import annotations

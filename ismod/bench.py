@@ -630,7 +630,7 @@ def step_costs(
             (t1, s1), (t2, s2) = spent
             per_round[label].append((t2 - t1 - score[config.model] * (s2 - s1)) / steps)
     return {
-        "score_seconds": {m: v for m, v in score.items()},
+        "score_seconds": score,
         "step_seconds": {label: statistics.median(v) for label, v in per_round.items()},
         "step_seconds_rounds": per_round,
         "steps": steps,

@@ -48,6 +48,8 @@ __all__ = [
 
 SCHEDULES: tuple[str, ...] = ("constant", "step", "linear", "onecycle")
 BUDGETS: tuple[str, ...] = ("epochs", "steps", "seconds", "forward_passes", "modelled_seconds")
+# budgets counted in units of a cost model (a progress bar shows them as a percentage)
+_MODELLED_BUDGETS: tuple[str, ...] = ("forward_passes", "modelled_seconds")
 # The cost model of the "forward_passes" budget: a trained sample costs a forward and a backward
 # pass, the backward counted as two forwards (the t_b = 2 t_f behind Katharopoulos & Fleuret's fixed
 # τ_th = (B + 3b)/(3b)); a scored sample (a presample, candidates) costs one forward pass.
@@ -1047,7 +1049,7 @@ class _Loop:
         from tqdm.auto import tqdm
 
         steps = self.total_steps
-        if steps is None and self.settings.budget in ("forward_passes", "modelled_seconds"):
+        if steps is None and self.settings.budget in _MODELLED_BUDGETS:
             return tqdm(total=100, leave=False, unit="%", desc=self.tag[:8] or "train")
         return tqdm(total=steps if steps is not None else round(self.settings.budget_amount),
                     initial=self.state["step"] if steps is not None else 0, leave=False,
@@ -1059,7 +1061,7 @@ class _Loop:
         else:
             done = self._spent() * (
                 100 / self.settings.budget_amount
-                if self.settings.budget in ("forward_passes", "modelled_seconds")
+                if self.settings.budget in _MODELLED_BUDGETS
                 else 1
             )
             bar.n = min(round(done), bar.total)

@@ -301,9 +301,8 @@ def test_the_modelled_seconds_budget_charges_the_measured_step_and_score_costs()
     big = dataclasses.replace(settings, budget_amount=step_s * 20)
     out = fit(build_model("small_cnn"), data, data, forced, Augment(), big, progress=False)
     steps, importance = out["final"]["steps"], out["history"][-1]["importance_steps"]
-    spent = (
-        step_s * steps + score_s * 3 * b * importance
-    )  # a presample of B = 3b scored per importance step
+    # a presample of B = 3b is scored per importance step
+    spent = step_s * steps + score_s * 3 * b * importance
     assert importance > 0 and steps < 20
     assert out["final"]["modelled_seconds"] == pytest.approx(spent)
     assert spent >= big.budget_amount > spent - step_s - score_s * 3 * b
