@@ -30,8 +30,18 @@ parser.add_argument("--out", required=True)
 args = parser.parse_args()
 
 arms = {label: configs[0] for label, configs in SUITES["equal_time"](args.scale).items()}
+# the τ switches score nothing before they switch; once switched they score presamples as the
+# forced switch does from its first step
+score_like = {
+    "upper bound, τ switch": "upper bound, always",
+    "loss, τ switch": "upper bound, always",
+}
 costs = step_costs(
-    arms, steps=args.steps, rounds=args.rounds, data_root=os.environ.get("ISMOD_DATA")
+    arms,
+    score_like=score_like,
+    steps=args.steps,
+    rounds=args.rounds,
+    data_root=os.environ.get("ISMOD_DATA"),
 )
 commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
 costs["provenance"] = {
@@ -45,6 +55,8 @@ costs["provenance"] = {
 Path(args.out).write_text(json.dumps(costs, indent=1, ensure_ascii=False) + "\n")
 print(
     json.dumps(
-        {k: costs[k] for k in ("score_seconds", "step_seconds")}, indent=1, ensure_ascii=False
+        {k: costs[k] for k in ("score_seconds", "step_seconds", "scored_per_step")},
+        indent=1,
+        ensure_ascii=False,
     )
 )

@@ -599,40 +599,64 @@ def session_tables(paths: list[str]) -> str:
 def step_costs(
     configs: dict[str, Any],
     *,
+    score_like: dict[str, str] | None = None,
     steps: int = 30,
     rounds: int = 2,
     device: str | torch.device = "cpu",
     data_root: str | None = None,
 ) -> dict[str, Any]:
-    """The cost model of a ``"modelled_seconds"`` budget, measured here: ``score_seconds`` (one sample
-    scored without autograd, from :func:`forward_backward_times` at the scoring chunk of 1024) and, for
-    each arm of ``configs`` (label → :class:`~ismod.experiments.Config`), ``step_seconds``: its
-    training seconds per step with the scoring passes taken out,
-    ``(T(2k) − T(k) − score_seconds·(S(2k) − S(k))) / k`` for runs of k and 2k steps (``steps`` = k)
-    with S samples scored, so that start-up costs cancel. Arms alternate ``rounds`` times, so drift
-    hits all of them; medians over rounds. Run it with nothing else on the machine."""
+    """The cost model of a ``"modelled_seconds"`` budget, measured here for each arm of ``configs``
+    (label → :class:`~ismod.experiments.Config`) from runs of k and 2k steps (``steps`` = k), so that
+    start-up costs cancel. ``score_seconds``: seconds of the selection phase per scored sample,
+    ``ΔT_selection / ΔS`` (S samples scored), as the arm itself scores (its chunk size and inputs);
+    an arm that scores nothing in 2k steps (a τ switch before it switches) takes the figure of the arm
+    ``score_like[label]`` names, which scores the same way. ``step_seconds``: training seconds per
+    step with the scoring taken out, ``(ΔT − score_seconds·ΔS) / k``. Arms alternate ``rounds`` times,
+    so drift hits all of them; medians over rounds. Run it with nothing else on the machine."""
     from .experiments import run
     from .train import TRAINED_SAMPLE_FORWARDS
 
-    models = {c.model for c in configs.values()}
-    score = {m: forward_backward_times(m, batch_size=1024, repeats=5, device=device)["scoring_s"] / 1024
-             for m in models}  # fmt: skip
-    per_round: dict[str, list[float]] = {label: [] for label in configs}
+    score_like = dict(score_like or {})
+    unknown = sorted(set(score_like) - set(configs)) + sorted(
+        set(score_like.values()) - set(configs)
+    )
+    if unknown:
+        raise ValueError(
+            f"score_like names arms that configs lacks: {unknown}; use labels of configs"
+        )
+    deltas: dict[str, list[tuple[float, float, float]]] = {label: [] for label in configs}
     for _ in range(rounds):
         for label, config in configs.items():
             spent = []
             for k in (steps, 2 * steps):
                 short = config.replace(budget="steps", budget_amount=k, evaluations=1, train_eval_size=0,
                                        test_subset=256, tau_probe=0, checkpoint_every_seconds=1e9)  # fmt: skip
-                final = run(short, device=device, data_root=data_root, progress=False).final
-                scored = final["forward_passes"] - TRAINED_SAMPLE_FORWARDS * config.batch_size * k
-                spent.append((final["train_time"], scored))
-            (t1, s1), (t2, s2) = spent
-            per_round[label].append((t2 - t1 - score[config.model] * (s2 - s1)) / steps)
+                out = run(short, device=device, data_root=data_root, progress=False)
+                scored = (
+                    out.final["forward_passes"] - TRAINED_SAMPLE_FORWARDS * config.batch_size * k
+                )
+                spent.append((out.final["train_time"], out.timing["selection"], scored))
+            (t1, sel1, s1), (t2, sel2, s2) = spent
+            deltas[label].append((t2 - t1, sel2 - sel1, s2 - s1))
+    score = {label: statistics.median(sel / n for _, sel, n in d) for label, d in deltas.items()
+             if all(n > 0 for _, _, n in d)}  # fmt: skip
+    for label, like in score_like.items():
+        if label in score:
+            raise ValueError(
+                f"score_like[{label!r}]: that arm scores samples itself; drop it from score_like"
+            )
+        if like not in score:
+            raise ValueError(f"score_like[{label!r}] = {like!r}: that arm scores nothing either")
+        score[label] = score[like]
+    per_round = {label: [(dt - score.get(label, 0.0) * n) / steps for dt, _, n in d]
+                 for label, d in deltas.items()}  # fmt: skip
     return {
         "score_seconds": score,
         "step_seconds": {label: statistics.median(v) for label, v in per_round.items()},
         "step_seconds_rounds": per_round,
+        "scored_per_step": {
+            label: statistics.median(n for _, _, n in d) / steps for label, d in deltas.items()
+        },
         "steps": steps,
         "rounds": rounds,
         "machine": machine(),
