@@ -11,10 +11,10 @@ from typing import Any
 from .diagnosis import probe_increments
 from .experiments import Result
 from .findings import (
-    CHAPTER6_PRIMARY,
     algorithm1_divergences,
-    chapter6_exploratory,
     budget_directions,
+    chapter6_exploratory,
+    chapter6_primary,
     chapter7_pairs,
     chapter7_primary,
     summarize,
@@ -45,6 +45,7 @@ class Evidence:
     scale: str
     tau_runs: list[Result] = field(default_factory=list)  # Chapter 5's τ probe
     race: Runs = field(default_factory=dict)  # Chapter 6
+    modelled: Runs = field(default_factory=dict)  # Chapter 6's race under measured step costs
     cost_model: Runs = field(default_factory=dict)  # Chapter 5's "should not pay" arms
     ch3: Runs = field(default_factory=dict)
     ch3_report: Runs = field(default_factory=dict)  # Chapter 3 under the report's optimiser
@@ -183,9 +184,10 @@ def budget_lines(e: Evidence) -> list[str]:
 
 
 def _equal_time(e: Evidence) -> str:
-    rows = primary({**e.race, **e.cost_model}, list(CHAPTER6_PRIMARY), missing="not tested")
+    results = {**e.race, **e.modelled, **e.cost_model}
+    rows = primary(results, list(chapter6_primary(e.scale)), missing="not tested")
     said = [_said(r) for r in rows if "mean" in r]
-    said += [f"{r['comparison'].arm} {_interval(r)} (exploratory)" for r in chapter6_exploratory(e.race)
+    said += [f"{r['comparison'].arm} {_interval(r)} (exploratory)" for r in chapter6_exploratory(results, e.scale)
              if "mean" in r and r["comparison"].metric == "test_accuracy"]  # fmt: skip
     return "; ".join(said) or "not tested (fewer than two seeds)"
 
@@ -248,7 +250,7 @@ def decision_guide(here: Evidence, gpu: Evidence | None = None) -> str:
          each(lambda e: f"{_ratio(tau_run(e)):.2f}", tau_run)),
         ("Bound the importance weights, or train unweighted (§8.3).", each(weights, lambda e: e.ch3)),
         ("Charge selection to the clock: at equal time a strategy must beat uniform by more than its selection "
-         "costs.", each(_equal_time, lambda e: e.race)),
+         "costs.", each(_equal_time, lambda e: e.race or e.modelled)),
         ("Under a budget of iterations, a uniform subset is the baseline to beat.", each(importance, lambda e: e.ch7)),
         (("Strong augmentation can recover a short budget's accuracy; try it before importance sampling."
           if helps else "Do not count on strong augmentation to rescue a short budget: where measured here, "
@@ -275,6 +277,7 @@ def load_evidence(scale: str, results_dir: Any, *, train: bool = False) -> Evide
     predicted = grid("chapter5_prediction")
     complete = len(predicted) == len(suites.chapter5_prediction(scale))
     return Evidence(scale, tau_runs=grid("chapter5_tau").get("τ probe", []), race=grid("chapter6"),
+                    modelled=grid("chapter6_modelled"),
                     cost_model={k: v for k, v in predicted.items() if k.startswith("should not pay")},
                     ch3=grid("chapter3"), ch3_report=grid("chapter3_report"), ch7=grid("chapter7"),
                     long7=grid("chapter7_overfit"), outcomes=prediction_rows(predicted) if complete else [])  # fmt: skip

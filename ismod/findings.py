@@ -15,8 +15,11 @@ from .suites import (
     CHAPTER7_OVERFIT_EPOCHS,
     CHAPTER7_PRIMARY_ARMS,
     CHAPTER7_STRATEGIES,
+    chapter5,
+    chapter6,
     chapter7_label,
     chapter7_overfit_label,
+    modelled_label,
 )
 from .verdicts import Comparison, exploratory, exploratory_lines, pairs, primary, primary_lines
 
@@ -39,7 +42,7 @@ __all__ = [
     "ACCURACY_MARGIN",
     "LOSS_RATIO_MARGIN",
     "CHAPTER3_PRIMARY",
-    "CHAPTER6_PRIMARY",
+    "chapter6_primary",
     "chapter7_primary",
     "chapter3_findings",
     "chapter3_summary",
@@ -328,18 +331,31 @@ CHAPTER3_PRIMARY: tuple[Comparison, ...] = (
                label="crop+flip − no augmentation, uniform"),
 )  # fmt: skip
 
-# Katharopoulos & Fleuret's headline, on the race (a seconds budget) and under the cost model of a
-# forward-pass budget (Chapter 5's "should not pay" grid: machine load cannot move it).
-CHAPTER6_PRIMARY: tuple[Comparison, ...] = (
-    Comparison("upper bound, τ switch", "uniform", margin=ACCURACY_MARGIN,
-               label="τ switch − uniform, equal time"),
-    Comparison("upper bound, τ switch", "uniform", metric="train_eval_loss", transform=math.log,
-               margin=LOSS_RATIO_MARGIN, label="τ switch / uniform, equal time"),
-    Comparison("should not pay: τ switch", "should not pay: uniform", margin=ACCURACY_MARGIN,
-               label="τ switch − uniform, equal forward passes"),
-    Comparison("should not pay: τ switch", "should not pay: uniform", metric="train_eval_loss",
-               transform=math.log, margin=LOSS_RATIO_MARGIN, label="τ switch / uniform, equal forward passes"),
-)  # fmt: skip
+# The race's arms (Chapters 5 and 6's equal-time grid), whatever the scale.
+RACE_ARMS: tuple[str, ...] = tuple({**chapter5("smoke"), **chapter6("smoke")})
+
+
+def chapter6_primary(scale: str) -> tuple[Comparison, ...]:
+    """Chapter 6's primary comparisons: Katharopoulos & Fleuret's headline, the upper bound's τ switch
+    against uniform on test accuracy and on the training-loss ratio, (1–2) at equal time and (3–4)
+    under the cost model of a forward-pass budget (Chapter 5's "should not pay" grid). Equal time is
+    the seconds race on a GPU, which has its machine to itself; at ``cpu`` and ``smoke`` scale it is
+    the race under measured step costs (:func:`ismod.suites.chapter6_modelled`), so that the load of
+    a shared machine cannot decide the verdict, and the seconds race is exploratory."""
+    arm, uniform = "upper bound, τ switch", "uniform"
+    if scale in ("cpu", "smoke"):
+        arm, uniform, where = modelled_label(arm), modelled_label(uniform), "equal modelled time"
+    else:
+        where = "equal time"
+    return (
+        Comparison(arm, uniform, margin=ACCURACY_MARGIN, label=f"τ switch − uniform, {where}"),
+        Comparison(arm, uniform, metric="train_eval_loss", transform=math.log, margin=LOSS_RATIO_MARGIN,
+                   label=f"τ switch / uniform, {where}"),
+        Comparison("should not pay: τ switch", "should not pay: uniform", margin=ACCURACY_MARGIN,
+                   label="τ switch − uniform, equal forward passes"),
+        Comparison("should not pay: τ switch", "should not pay: uniform", metric="train_eval_loss",
+                   transform=math.log, margin=LOSS_RATIO_MARGIN, label="τ switch / uniform, equal forward passes"),
+    )  # fmt: skip
 
 
 def chapter7_primary(scale: str) -> tuple[Comparison, ...]:
@@ -420,12 +436,20 @@ def chapter3_findings(results: dict[str, list[Result]]) -> list[str]:
     )
 
 
-def chapter6_exploratory(race: dict[str, list[Result]]) -> list[dict[str, Any]]:
-    """Every race arm but the declared ones against uniform, exploratory: test accuracy, then the
-    training-loss ratio."""
-    others = [(a, "uniform") for a in race if a not in ("uniform", "upper bound, τ switch")]
+def chapter6_exploratory(results: dict[str, list[Result]], scale: str) -> list[dict[str, Any]]:
+    """Every race arm against its race's uniform (the seconds race, and the cost-model race where
+    ``results`` holds it), test accuracy then the training-loss ratio, except the pairs
+    :func:`chapter6_primary` declares: exploratory."""
+    declared = {(c.arm, c.baseline) for c in chapter6_primary(scale)}
+    others = []
+    for uniform in ("uniform", modelled_label("uniform")):
+        if uniform not in results:
+            continue
+        suffix = uniform[len("uniform") :]
+        arms = [a for a in RACE_ARMS if a != "uniform"]
+        others += [(a + suffix, uniform) for a in arms if a + suffix in results and (a + suffix, uniform) not in declared]  # fmt: skip
     comparisons = pairs(others) + pairs(others, metric="train_eval_loss", transform=math.log)
-    return exploratory(race, comparisons)
+    return exploratory(results, comparisons)
 
 
 def chapter7_exploratory(results: dict[str, list[Result]]) -> list[dict[str, Any]]:
@@ -441,14 +465,12 @@ def algorithm1_divergences(grid: dict[str, list[Result]]) -> tuple[int, int]:
     return sum(divergence_epoch(r) is not None for r in runs), len(runs)
 
 
-def chapter6_findings(
-    race: dict[str, list[Result]], cost_model: dict[str, list[Result]]
-) -> list[str]:
-    """Chapter 6's verdicts: ``CHAPTER6_PRIMARY`` over the race and the cost-model grid, then every
-    other arm of the race against uniform, exploratory (test accuracy, training-loss ratio)."""
-    results = {**race, **cost_model}
-    rows = primary(results, list(CHAPTER6_PRIMARY), missing="not tested")
-    explore = chapter6_exploratory(race)
+def chapter6_findings(results: dict[str, list[Result]], scale: str) -> list[str]:
+    """Chapter 6's verdicts: :func:`chapter6_primary` over ``results`` (the race, the cost-model race
+    and the forward-pass grid together, whichever are saved), then every other race arm against
+    uniform, exploratory (:func:`chapter6_exploratory`)."""
+    rows = primary(results, list(chapter6_primary(scale)), missing="not tested")
+    explore = chapter6_exploratory(results, scale)
     return (
         primary_lines(rows)
         + ["", "Exploratory (unadjusted intervals, no verdict):"]

@@ -39,6 +39,9 @@ __all__ = [
     "chapter5_prediction_pilot",
     "chapter5_prediction",
     "chapter6",
+    "MODELLED_STEP_COSTS",
+    "chapter6_modelled",
+    "modelled_label",
     "CHAPTER7_STRATEGIES",
     "CHAPTER7_AUGMENTATIONS",
     "CHAPTER7_BUDGETS",
@@ -535,6 +538,49 @@ def chapter6(scale: str) -> Suite:
     }
 
 
+# The cpu cost model of ``chapter6_modelled``: arm → (step_seconds, score_seconds), measured alone on
+# two cores by ``benchmarks/step_costs.py`` (``benchmarks/results/step-costs-cpu.json``, which a test
+# checks these against; commit 9339e65, medians of 5 rounds of runs of 40 and 80 steps, whose spread
+# on the shared machine was ±20–40%). Uniform never scores; the τ switches score as the forced
+# switch does (a presample of 3b, in chunks of 1024, then sampled from), selective backprop its
+# candidates b at a time.
+MODELLED_STEP_COSTS: dict[str, tuple[float, float]] = {
+    "uniform": (0.1377, 0.0),
+    "upper bound, τ switch": (0.1439, 0.000281),
+    "loss, τ switch": (0.166, 0.000281),
+    "upper bound, always": (0.1477, 0.000281),
+    "online batch selection": (0.1614, 0.0),
+    "prioritised replay": (0.1519, 0.0),
+    "selective backprop": (0.1649, 0.0002018),
+}
+
+
+def chapter6_modelled(scale: str) -> Suite:
+    """Chapter 6's race under a cost model (``budget="modelled_seconds"``): the same seven arms and
+    45 s, but each arm is charged its step time and scoring time measured in isolation
+    (``MODELLED_STEP_COSTS``), so the steps an arm gets, and its τ_th, cannot depend on how busy the
+    machine was. Uniform and the upper-bound τ switch (the declared comparison) have five seeds, the
+    others three. Only at ``cpu`` (and ``smoke``, with the cpu costs): a gpu run is alone on its
+    machine, and its race is the seconds one."""
+    if scale not in ("cpu", "smoke"):
+        return {}
+    race = {**chapter5(scale), **chapter6(scale)}
+    suite: Suite = {}
+    for label, configs in race.items():
+        step_s, score_s = MODELLED_STEP_COSTS[label]
+        declared = label in ("uniform", "upper bound, τ switch")
+        base = configs[0].replace(name="ch6m", budget="modelled_seconds", step_seconds=step_s,
+                                  score_seconds=score_s)  # fmt: skip
+        suite[modelled_label(label)] = _arm(base, label, configs[0].strategy, configs[0].strategy_options,
+                                            _primary_seeds(scale) if declared else _seeds(scale))  # fmt: skip
+    return suite
+
+
+def modelled_label(arm: str) -> str:
+    """The label of a race arm in :func:`chapter6_modelled`, e.g. ``"uniform, cost model"``."""
+    return f"{arm}, cost model"
+
+
 # Chapter 7 (Arazo et al. 2021): strategy label → (strategy, options given the budget fraction f).
 CHAPTER7_STRATEGIES: dict[str, tuple[str, Any]] = {
     "uniform subset": (
@@ -684,6 +730,7 @@ SUITES = {
     "chapter5_prediction_pilot": chapter5_prediction_pilot,
     "chapter5_prediction": chapter5_prediction,
     "chapter6": chapter6,
+    "chapter6_modelled": chapter6_modelled,
     # Chapters 5 and 6's races as one grid, so that all seven arms run interleaved seed by seed
     "equal_time": lambda scale: {**chapter5(scale), **chapter6(scale)},
     "chapter7": chapter7,
@@ -699,7 +746,7 @@ PAGE_SUITES: dict[str, tuple[str, ...]] = {
     "ch04_upper_bound": ("chapter4", "chapter4_resnet"),
     "ch05_tau_switch": ("chapter5", "chapter5_tau", "chapter5_dissection", "chapter5_critical_batch",
                         "chapter5_prediction_pilot", "chapter5_prediction"),
-    "ch06_wall_clock": ("chapter6", "chapter5_prediction"),
+    "ch06_wall_clock": ("chapter6", "chapter6_modelled", "chapter5_prediction"),
     "ch07_budgeted": ("chapter7", "chapter7_overfit_pilot", "chapter7_overfit"),
     "ch08_conclusions": ("chapter3", "chapter3_report", "chapter5_tau", "chapter6", "chapter5_prediction",
                          "chapter7", "chapter7_overfit"),

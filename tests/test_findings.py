@@ -74,13 +74,15 @@ def test_chapter6_tests_the_headline_on_both_budgets_and_leaves_the_others_explo
         "should not pay: τ switch": [run(k, {"test_accuracy": b - 0.05 + 0.002 * (-1) ** k,
                                              "train_eval_loss": 2 * l}) for k, (b, l) in enumerate(zip(BASE, loss))],
     }  # fmt: skip
-    lines = findings.chapter6_findings(race, cost)
+    # on a GPU the seconds race is the equal-time primary pair
+    lines = findings.chapter6_findings({**race, **cost}, "gpu")
     primary, explore = lines[: lines.index("")], lines[lines.index("") + 2 :]
     assert len(primary) == 4
+    assert "equal time" in primary[0] and "**equivalent within ±1 point**" in primary[0]
     assert "equal forward passes" in primary[2] and "**lower**" in primary[2]
     assert "equal forward passes" in primary[3] and "**higher**, ×2.00" in primary[3]
     assert all("exploratory" in line for line in explore) and len(explore) == 2
-    rows = findings.chapter6_exploratory(race)
+    rows = findings.chapter6_exploratory(race, "gpu")
     assert [(r["comparison"].arm, r["comparison"].metric) for r in rows] == [
         ("selective backprop", "test_accuracy"),
         ("selective backprop", "train_eval_loss"),
@@ -89,8 +91,32 @@ def test_chapter6_tests_the_headline_on_both_budgets_and_leaves_the_others_explo
         w in " ".join(explore) for w in ("higher", "lower", "equivalent", "inconclusive")
     )
     # without the cost-model grid those rows are not tested, and the family shrinks to two
-    lines = findings.chapter6_findings(race, {})
+    lines = findings.chapter6_findings(race, "gpu")
     assert sum("not tested" in line for line in lines) == 2
+
+    # at cpu scale the equal-time pair is the cost-model race, and the seconds race is exploratory
+    m = suites.modelled_label
+    modelled = {
+        m("uniform"): arm([0] * 5, train_eval_loss=0.1),
+        m("upper bound, τ switch"): arm(win(-0.03), train_eval_loss=0.3),
+        m("selective backprop"): arm(same(3), base=BASE[:3], train_eval_loss=0.1),
+    }
+    lines = findings.chapter6_findings({**race, **modelled, **cost}, "cpu")
+    primary, explore = lines[: lines.index("")], lines[lines.index("") + 2 :]
+    assert "equal modelled time" in primary[0] and "**lower**" in primary[0]
+    assert "equal modelled time" in primary[1] and "**higher**, ×3.00" in primary[1]
+    arms = [
+        (r["comparison"].arm, r["comparison"].baseline)
+        for r in findings.chapter6_exploratory({**race, **modelled}, "cpu")
+    ]
+    assert arms[:3] == [("upper bound, τ switch", "uniform"), ("selective backprop", "uniform"),
+                        (m("selective backprop"), m("uniform"))]  # fmt: skip
+    assert (m("upper bound, τ switch"), m("uniform")) not in arms
+    # the cpu primaries read only the cost-model race: without it, those rows are not tested
+    assert (
+        sum("not tested" in line for line in findings.chapter6_findings({**race, **cost}, "cpu"))
+        == 2
+    )
 
 
 def test_chapter7_states_arazos_headline_and_the_direction_of_each_augmentation():

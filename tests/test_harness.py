@@ -220,6 +220,28 @@ def tiny_config(**changes) -> Config:
     return experiments.get_config("smoke-uniform", **{**base, **changes})
 
 
+def test_step_costs_charge_each_arm_its_own_scoring_and_borrow_only_for_an_arm_that_scores_nothing(
+    tree,
+):
+    from ismod.bench import step_costs
+
+    sb = tiny_config(strategy="selective_backprop", strategy_options={"beta": 3.0})
+    arms = {"uniform": tiny_config(), "selective backprop": sb}
+    with pytest.raises(ValueError, match="score_like names arms that configs lacks"):
+        step_costs(arms, score_like={"uniform": "prioritised replay"}, data_root=tree)
+    with pytest.raises(ValueError, match="scores samples itself"):
+        step_costs(
+            arms, score_like={"selective backprop": "uniform"}, steps=2, rounds=1, data_root=tree
+        )
+    costs = step_costs(
+        arms, score_like={"uniform": "selective backprop"}, steps=2, rounds=1, data_root=tree
+    )
+    # selective backprop scores its candidates (about β + 1 per trained sample), uniform none
+    assert costs["scored_per_step"]["uniform"] == 0
+    assert costs["scored_per_step"]["selective backprop"] >= sb.batch_size
+    assert costs["score_seconds"]["uniform"] == costs["score_seconds"]["selective backprop"] > 0
+
+
 def test_result_round_trip_and_provenance(tree, tmp_path):
     result = run(tiny_config(), data_root=tree, progress=False)
     assert [h["step"] for h in result.history] == [0, 4, 8, 12]

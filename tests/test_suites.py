@@ -32,14 +32,15 @@ def test_every_suite_is_valid_and_its_runs_are_distinct(scale):
 
 def test_seed_counts_follow_the_issues():
     # five seeds for every arm a declared primary comparison reads, where a cpu run costs under a
-    # minute; the race's seconds budget keeps its three (a fourth seed on another day's machine
-    # would not pair), and Chapter 6 adds the cost-model grid's five
+    # minute; the seconds race keeps its three (a fourth seed on another day's machine would not
+    # pair) and is exploratory at cpu scale, where Chapter 6 declares its cost-model race instead
     grids = {**suites.chapter3("cpu"), **suites.chapter3_report("cpu"), **suites.chapter7("cpu"),
-             **suites.chapter7_overfit("cpu"), **suites.chapter5_prediction("cpu")}  # fmt: skip
+             **suites.chapter7_overfit("cpu"), **suites.chapter5_prediction("cpu"),
+             **suites.chapter6_modelled("cpu")}  # fmt: skip
     race = suites.chapter6("cpu")
     declared = [
         *findings.CHAPTER3_PRIMARY,
-        *findings.CHAPTER6_PRIMARY,
+        *findings.chapter6_primary("cpu"),
         *findings.chapter7_primary("cpu"),
     ]
     for c in declared:
@@ -53,6 +54,7 @@ def test_seed_counts_follow_the_issues():
         suites.chapter3("cpu"),
         suites.chapter5("cpu"),
         suites.chapter6("cpu"),
+        suites.chapter6_modelled("cpu"),
         suites.chapter7("cpu"),
     ):
         assert all(len(c) == 3 for name, c in grid.items() if name not in primary_arms)
@@ -376,3 +378,27 @@ def test_budget_cost_marks_a_tau_arm_that_never_switched_and_counts_extra_passes
         "- 50%: selective backprop scored 4.00 candidates per trained sample; the upper bound presampled on 50%"
         in text
     )
+
+
+def test_the_cost_model_race_charges_the_step_costs_measured_alone():
+    # the constants in ismod.suites are the saved measurement's (benchmarks/step_costs.py), and every
+    # arm of the grid is charged its own: the race's arms and seeds, a modelled-seconds budget
+    import json
+
+    saved = json.loads((ROOT / "benchmarks/results/step-costs-cpu.json").read_text())
+    race = {**suites.chapter5("cpu"), **suites.chapter6("cpu")}
+    assert set(suites.MODELLED_STEP_COSTS) == set(saved["step_seconds"]) == set(race)
+    grid = suites.chapter6_modelled("cpu")
+    assert set(grid) == {suites.modelled_label(a) for a in race}
+    for arm, (step_s, score_s) in suites.MODELLED_STEP_COSTS.items():
+        assert step_s == pytest.approx(saved["step_seconds"][arm], rel=5e-3), arm
+        assert score_s == pytest.approx(saved["score_seconds"].get(arm, 0.0), rel=5e-3), arm
+        for c, raced in zip(grid[suites.modelled_label(arm)], race[arm]):
+            assert (c.budget, c.budget_amount) == ("modelled_seconds", raced.budget_amount)
+            assert (c.step_seconds, c.score_seconds) == (step_s, score_s)
+            assert (c.strategy, c.strategy_options, c.seed) == (
+                raced.strategy,
+                raced.strategy_options,
+                raced.seed,
+            )
+    assert suites.chapter6_modelled("gpu") == {}  # a GPU run has its machine to itself
