@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from ismod.bench import step_costs
-from ismod.suites import SUITES
+from ismod.suites import equal_time
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--scale", default="cpu", choices=["smoke", "cpu"])
@@ -29,7 +29,7 @@ parser.add_argument("--rounds", type=int, default=2)
 parser.add_argument("--out", required=True)
 args = parser.parse_args()
 
-arms = {label: configs[0] for label, configs in SUITES["equal_time"](args.scale).items()}
+arms = {label: configs[0] for label, configs in equal_time(args.scale).items()}
 # the τ switches score nothing before they switch; once switched they score presamples as the
 # forced switch does from its first step
 score_like = {

@@ -15,10 +15,9 @@ from .suites import (
     CHAPTER7_OVERFIT_EPOCHS,
     CHAPTER7_PRIMARY_ARMS,
     CHAPTER7_STRATEGIES,
-    chapter5,
-    chapter6,
     chapter7_label,
     chapter7_overfit_label,
+    equal_time,
     modelled_label,
 )
 from .verdicts import Comparison, exploratory, exploratory_lines, pairs, primary, primary_lines
@@ -332,7 +331,7 @@ CHAPTER3_PRIMARY: tuple[Comparison, ...] = (
 )  # fmt: skip
 
 # The race's arms (Chapters 5 and 6's equal-time grid), whatever the scale.
-RACE_ARMS: tuple[str, ...] = tuple({**chapter5("smoke"), **chapter6("smoke")})
+RACE_ARMS: tuple[str, ...] = tuple(equal_time("smoke"))
 
 
 def chapter6_primary(scale: str) -> tuple[Comparison, ...]:

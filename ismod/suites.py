@@ -39,6 +39,7 @@ __all__ = [
     "chapter5_prediction_pilot",
     "chapter5_prediction",
     "chapter6",
+    "equal_time",
     "MODELLED_STEP_COSTS",
     "chapter6_modelled",
     "modelled_label",
@@ -538,6 +539,12 @@ def chapter6(scale: str) -> Suite:
     }
 
 
+def equal_time(scale: str) -> Suite:
+    """Chapters 5 and 6's races as one grid (:func:`chapter5` and :func:`chapter6`, the seven
+    equal-time arms), so that all of them run interleaved seed by seed."""
+    return {**chapter5(scale), **chapter6(scale)}
+
+
 # The cpu cost model of ``chapter6_modelled``: arm → (step_seconds, score_seconds), measured alone on
 # two cores by ``benchmarks/step_costs.py`` (``benchmarks/results/step-costs-cpu.json``, which a test
 # checks these against; commit 9339e65, medians of 5 rounds of runs of 40 and 80 steps, whose spread
@@ -564,7 +571,7 @@ def chapter6_modelled(scale: str) -> Suite:
     machine, and its race is the seconds one."""
     if scale not in ("cpu", "smoke"):
         return {}
-    race = {**chapter5(scale), **chapter6(scale)}
+    race = equal_time(scale)
     suite: Suite = {}
     for label, configs in race.items():
         step_s, score_s = MODELLED_STEP_COSTS[label]
@@ -731,8 +738,7 @@ SUITES = {
     "chapter5_prediction": chapter5_prediction,
     "chapter6": chapter6,
     "chapter6_modelled": chapter6_modelled,
-    # Chapters 5 and 6's races as one grid, so that all seven arms run interleaved seed by seed
-    "equal_time": lambda scale: {**chapter5(scale), **chapter6(scale)},
+    "equal_time": equal_time,
     "chapter7": chapter7,
     "chapter7_overfit_pilot": chapter7_overfit_pilot,
     "chapter7_overfit": chapter7_overfit,
@@ -748,6 +754,6 @@ PAGE_SUITES: dict[str, tuple[str, ...]] = {
                         "chapter5_prediction_pilot", "chapter5_prediction"),
     "ch06_wall_clock": ("chapter6", "chapter6_modelled", "chapter5_prediction"),
     "ch07_budgeted": ("chapter7", "chapter7_overfit_pilot", "chapter7_overfit"),
-    "ch08_conclusions": ("chapter3", "chapter3_report", "chapter5_tau", "chapter6", "chapter5_prediction",
+    "ch08_conclusions": ("chapter3", "chapter3_report", "chapter5_tau", "chapter6", "chapter6_modelled", "chapter5_prediction",
                          "chapter7", "chapter7_overfit"),
 }  # fmt: skip

@@ -386,7 +386,7 @@ def test_the_cost_model_race_charges_the_step_costs_measured_alone():
     import json
 
     saved = json.loads((ROOT / "benchmarks/results/step-costs-cpu.json").read_text())
-    race = {**suites.chapter5("cpu"), **suites.chapter6("cpu")}
+    race = suites.equal_time("cpu")
     assert set(suites.MODELLED_STEP_COSTS) == set(saved["step_seconds"]) == set(race)
     grid = suites.chapter6_modelled("cpu")
     assert set(grid) == {suites.modelled_label(a) for a in race}
