@@ -187,7 +187,10 @@ def _equal_time(e: Evidence) -> str:
     results = {**e.race, **e.modelled, **e.cost_model}
     rows = primary(results, list(chapter6_primary(e.scale)), missing="not tested")
     said = [_said(r) for r in rows if "mean" in r]
-    said += [f"{r['comparison'].arm} {_interval(r)} (exploratory)" for r in chapter6_exploratory(results, e.scale)
+    # where the cost-model race is the primary one, say which race an exploratory row is from
+    seconds = " in the seconds race" if e.modelled else ""
+    said += [f"{r['comparison'].arm}{seconds if r['comparison'].baseline == 'uniform' else ''} {_interval(r)} "
+             "(exploratory)" for r in chapter6_exploratory(results, e.scale)
              if "mean" in r and r["comparison"].metric == "test_accuracy"]  # fmt: skip
     return "; ".join(said) or "not tested (fewer than two seeds)"
 

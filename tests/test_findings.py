@@ -117,6 +117,22 @@ def test_chapter6_tests_the_headline_on_both_budgets_and_leaves_the_others_explo
         sum("not tested" in line for line in findings.chapter6_findings({**race, **cost}, "cpu"))
         == 2
     )
+    # Chapter 8's guide reads the same primaries, and says which race an exploratory row is from
+    from ismod import conclusions
+
+    said = conclusions._equal_time(
+        conclusions.Evidence("cpu", race=race, modelled=modelled, cost_model=cost)
+    )
+    assert said.startswith("τ switch − uniform, equal modelled time (test accuracy): lower")
+    assert (
+        "selective backprop in the seconds race" in said
+        and "selective backprop, cost model +0.0 points" in said
+    )
+    said = conclusions._equal_time(conclusions.Evidence("gpu", race=race, cost_model=cost))
+    assert (
+        said.startswith("τ switch − uniform, equal time (test accuracy): equivalent")
+        and "seconds race" not in said
+    )
 
 
 def test_chapter7_states_arazos_headline_and_the_direction_of_each_augmentation():
