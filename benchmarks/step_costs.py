@@ -1,11 +1,12 @@
-"""The cost model of Chapters 5 and 6's equal-modelled-time grid, measured with nothing else on the
-machine: seconds per training step of each equal-time arm (its scoring passes taken out) and seconds
-to score one sample.
+"""The cost model of Chapter 6's equal-modelled-time race, measured with nothing else on the machine:
+seconds per training step of each equal-time arm (its scoring passes taken out) and, for each arm
+that scores, seconds per scored sample from its own selection clock.
 
     .venv/bin/python benchmarks/step_costs.py --scale cpu --out benchmarks/results/step-costs-cpu.json
 
 The arms are those of ``python -m ismod suite equal_time`` at ``--scale`` (seed 0). Run it alone: a
-busy machine inflates every number (what the cost model is for). No grid reads the file yet.
+busy machine inflates every number (what the cost model is for). ``ismod.suites.MODELLED_STEP_COSTS``
+holds its figures for ``ismod.suites.chapter6_modelled``; a test checks they agree with the saved file.
 """
 
 from __future__ import annotations

@@ -614,7 +614,7 @@ def step_costs(
     step with the scoring taken out, ``(ΔT − score_seconds·ΔS) / k``. Arms alternate ``rounds`` times,
     so drift hits all of them; medians over rounds. Run it with nothing else on the machine."""
     from .experiments import run
-    from .train import TRAINED_SAMPLE_FORWARDS
+    from .train import scored_samples
 
     score_like = dict(score_like or {})
     unknown = sorted(set(score_like) - set(configs)) + sorted(
@@ -632,9 +632,7 @@ def step_costs(
                 short = config.replace(budget="steps", budget_amount=k, evaluations=1, train_eval_size=0,
                                        test_subset=256, tau_probe=0, checkpoint_every_seconds=1e9)  # fmt: skip
                 out = run(short, device=device, data_root=data_root, progress=False)
-                scored = (
-                    out.final["forward_passes"] - TRAINED_SAMPLE_FORWARDS * config.batch_size * k
-                )
+                scored = scored_samples(k, out.final["forward_passes"], config.batch_size)
                 spent.append((out.final["train_time"], out.timing["selection"], scored))
             (t1, sel1, s1), (t2, sel2, s2) = spent
             deltas[label].append((t2 - t1, sel2 - sel1, s2 - s1))

@@ -10,6 +10,7 @@ from typing import Any
 
 from .experiments import Result
 from .suites import (
+    CHAPTER6_PRIMARY_ARMS,
     CHAPTER7_AUGMENTATIONS,
     CHAPTER7_BUDGETS,
     CHAPTER7_OVERFIT_EPOCHS,
@@ -341,7 +342,7 @@ def chapter6_primary(scale: str) -> tuple[Comparison, ...]:
     the seconds race on a GPU, which has its machine to itself; at ``cpu`` and ``smoke`` scale it is
     the race under measured step costs (:func:`ismod.suites.chapter6_modelled`), so that the load of
     a shared machine cannot decide the verdict, and the seconds race is exploratory."""
-    arm, uniform = "upper bound, τ switch", "uniform"
+    arm, uniform = CHAPTER6_PRIMARY_ARMS
     if scale in ("cpu", "smoke"):
         arm, uniform, where = modelled_label(arm), modelled_label(uniform), "equal modelled time"
     else:
@@ -441,12 +442,10 @@ def chapter6_exploratory(results: dict[str, list[Result]], scale: str) -> list[d
     :func:`chapter6_primary` declares: exploratory."""
     declared = {(c.arm, c.baseline) for c in chapter6_primary(scale)}
     others = []
-    for uniform in ("uniform", modelled_label("uniform")):
-        if uniform not in results:
-            continue
-        suffix = uniform[len("uniform") :]
-        arms = [a for a in RACE_ARMS if a != "uniform"]
-        others += [(a + suffix, uniform) for a in arms if a + suffix in results and (a + suffix, uniform) not in declared]  # fmt: skip
+    for label in (str, modelled_label):  # the seconds race's labels, then the cost-model race's
+        uniform = label("uniform")
+        others += [(label(a), uniform) for a in RACE_ARMS if a != "uniform" and uniform in results
+                   and label(a) in results and (label(a), uniform) not in declared]  # fmt: skip
     comparisons = pairs(others) + pairs(others, metric="train_eval_loss", transform=math.log)
     return exploratory(results, comparisons)
 

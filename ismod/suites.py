@@ -40,6 +40,7 @@ __all__ = [
     "chapter5_prediction",
     "chapter6",
     "equal_time",
+    "CHAPTER6_PRIMARY_ARMS",
     "MODELLED_STEP_COSTS",
     "chapter6_modelled",
     "modelled_label",
@@ -562,6 +563,11 @@ MODELLED_STEP_COSTS: dict[str, tuple[float, float]] = {
 }
 
 
+# The race arms Chapter 6's declared comparisons read (ismod.findings.chapter6_primary): the upper
+# bound's τ switch and its baseline.
+CHAPTER6_PRIMARY_ARMS: tuple[str, str] = ("upper bound, τ switch", "uniform")
+
+
 def chapter6_modelled(scale: str) -> Suite:
     """Chapter 6's race under a cost model (``budget="modelled_seconds"``): the same seven arms and
     45 s, but each arm is charged its step time and scoring time measured in isolation
@@ -575,7 +581,7 @@ def chapter6_modelled(scale: str) -> Suite:
     suite: Suite = {}
     for label, configs in race.items():
         step_s, score_s = MODELLED_STEP_COSTS[label]
-        declared = label in ("uniform", "upper bound, τ switch")
+        declared = label in CHAPTER6_PRIMARY_ARMS
         base = configs[0].replace(name="ch6m", budget="modelled_seconds", step_seconds=step_s,
                                   score_seconds=score_s)  # fmt: skip
         suite[modelled_label(label)] = _arm(base, label, configs[0].strategy, configs[0].strategy_options,

@@ -44,6 +44,7 @@ __all__ = [
     "NOISE_SCALE_CHUNKS",
     "TRAINED_SAMPLE_FORWARDS",
     "modelled_seconds",
+    "scored_samples",
 ]
 
 SCHEDULES: tuple[str, ...] = ("constant", "step", "linear", "onecycle")
@@ -256,11 +257,16 @@ def lr_factor(settings: TrainSettings, progress: float) -> float:
     return 1.0 - p
 
 
+def scored_samples(steps: int, forward_passes: float, batch_size: int) -> float:
+    """Samples scored outside the training steps (presamples, candidates): the forward passes less the
+    ``TRAINED_SAMPLE_FORWARDS`` × b that each training step counts."""
+    return forward_passes - TRAINED_SAMPLE_FORWARDS * batch_size * steps
+
+
 def modelled_seconds(steps: int, forward_passes: float, settings: TrainSettings) -> float:
     """Seconds of a run by the cost model of a ``"modelled_seconds"`` budget:
-    ``steps × step_seconds + scored × score_seconds``, where the samples scored outside the training
-    steps are the forward passes less the ``TRAINED_SAMPLE_FORWARDS`` × b each step counts."""
-    scored = forward_passes - TRAINED_SAMPLE_FORWARDS * settings.batch_size * steps
+    ``steps × step_seconds + scored × score_seconds`` (scored: :func:`scored_samples`)."""
+    scored = scored_samples(steps, forward_passes, settings.batch_size)
     return steps * settings.step_seconds + scored * settings.score_seconds
 
 
