@@ -70,7 +70,8 @@ def sampler_step_costs(
 ) -> list[dict[str, float | int | str]]:
     """Per-step cost of "draw ``batch_size`` indices with weights, then update their scores".
 
-    Compared at each N: :class:`~ismod.sampling.ImportanceSampler` (sum tree), torchrl's compiled
+    Compared at each N: :class:`~ismod.sampling.ImportanceSampler` (its default sum tree, and its
+    other :class:`~ismod.sampling.SumTree` forms: ``"tensor"`` on the CPU, ``"cumsum"``), torchrl's compiled
     C++ sum segment tree (when torchrl is installed; torch tensors in and out, as the sampler), PyTorch's
     ``WeightedRandomSampler`` rebuilt on the updated weights, ``torch.multinomial`` on the full vector
     (refuses N > 2^24), and ``numpy.random.Generator.choice``. All use proportional probabilities so
@@ -98,6 +99,19 @@ def sampler_step_costs(
             sampler.update(idx, new)
 
         candidates: dict[str, Callable[[], object]] = {"ismod ImportanceSampler": ismod_step}
+        # the sampler's other SumTree forms, the same job (the candidates for CUDA's default)
+        for backend in ("tensor", "cumsum"):
+            if backend == "tensor" and device.type != "cpu":
+                continue  # the default there
+            other = ImportanceSampler(n, method="proportional", smoothing=0.0, generator=draw_gen,
+                                      device=device, backend=backend)  # fmt: skip
+            other.update(torch.arange(n, device=device), scores)
+
+            def other_step(other: ImportanceSampler = other) -> None:
+                idx, _ = other.sample(batch_size)
+                other.update(idx, new)
+
+            candidates[f"ismod ImportanceSampler, {backend} form"] = other_step
         if n <= ismod_only_above:
             weights = scores.clone()
             idx0 = torch.randint(n, (batch_size,), generator=draw_gen, device=device)

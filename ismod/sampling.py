@@ -44,6 +44,9 @@ METHODS: tuple[str, ...] = ("softmax", "proportional", "rank")
 # exponent is capped here so float64 cannot overflow (exp(700) ~ 1e304).
 _MAX_EXPONENT = 700.0
 
+# The forms of SumTree (None: compiled on the CPU, tensor elsewhere).
+SUM_TREE_BACKENDS: tuple[str | None, ...] = (None, "compiled", "tensor", "cumsum")
+
 # Children per tree node at most: wider rows mean fewer levels but more work per level.
 _MAX_CHILDREN = 128
 
@@ -272,13 +275,18 @@ class SumTree:
       until at most ``top_size`` sums are left; a top row shared by every draw (one cumulative sum, one
       1-D search) and each level below a search within ``k`` rows of children. A draw or an update is a
       fixed number of batched tensor operations and never synchronises with the host.
+    - ``backend="cumsum"``: no tree, the leaves alone. An update writes ``k`` leaves; the next draw takes
+      one cumulative sum over all N and one search for its ``k`` targets. O(N) per draw, but three or four
+      kernels in all where the tensor tree launches a few per level: the candidate for a GPU at CIFAR's
+      N, where launches, not memory traffic, set the cost. Never synchronises with the host either.
 
     Args:
         masses: the initial non-negative masses, 1-D.
         branching: children per node; by default 4 (compiled) or chosen from N so that the tensor tree
             is as shallow as possible.
         top_size: the largest top row of the tensor tree.
-        backend: ``"compiled"`` (CPU only) or ``"tensor"``; default: compiled on the CPU.
+        backend: ``"compiled"`` (CPU only), ``"tensor"`` or ``"cumsum"``; default: compiled on the CPU,
+            tensor on CUDA.
     """
 
     def __init__(
@@ -293,8 +301,8 @@ class SumTree:
             raise ValueError(f"branching must be at least 2, got {branching}")
         if top_size < 1:
             raise ValueError(f"top_size must be at least 1, got {top_size}")
-        if backend not in (None, "compiled", "tensor"):
-            raise ValueError(f"backend must be 'compiled', 'tensor' or None, got {backend!r}")
+        if backend not in SUM_TREE_BACKENDS:
+            raise ValueError(f"backend must be one of {SUM_TREE_BACKENDS}, got {backend!r}")
         self._branching_arg, self.top_size, self._backend_arg = branching, int(top_size), backend
         self.rebuild(masses)
 
@@ -321,7 +329,8 @@ class SumTree:
         self._device = m.device
         if self._backend_arg == "compiled" and m.device.type != "cpu":
             raise ValueError("backend='compiled' runs on the CPU; use backend='tensor' on CUDA")
-        self.compiled = m.device.type == "cpu" and self._backend_arg != "tensor"
+        self.compiled = m.device.type == "cpu" and self._backend_arg in (None, "compiled")
+        self.cumsum_only = self._backend_arg == "cumsum"
         if self.compiled:
             from . import _sumtree_kernels as kernels
 
@@ -331,6 +340,11 @@ class SumTree:
             self.nodes[: self.n] = m.detach().to(torch.float64).numpy()
             kernels.build(self.nodes, self.offsets, self.depth, self.branching)
             self._leaves = torch.from_numpy(self.nodes[: self.n])  # a view: masses() costs nothing
+            return
+        if self.cumsum_only:
+            self.branching = self.n  # one row of N leaves
+            self.levels, self._rows = [m.to(torch.float64).clone()], []
+            self._cumulative = None  # recomputed by the next draw after an update
             return
         self.branching, depth = self._shape(self.n)
         b = self.branching
@@ -353,6 +367,10 @@ class SumTree:
         """Sum of all masses (a 0-d float64 tensor on the tree's device)."""
         if self.compiled:
             return torch.tensor(self.nodes[self.offsets[self.depth]], dtype=torch.float64)
+        if (
+            self.cumsum_only and self._cumulative is not None
+        ):  # the draw's prefix: no second O(N) pass
+            return self._cumulative[0][-1]
         return self.levels[-1].sum()
 
     def masses(self, indices: torch.Tensor | None = None) -> torch.Tensor:
@@ -372,6 +390,9 @@ class SumTree:
         b = self.branching
         node = indices.to(device=self.device, dtype=torch.long)
         self.levels[0].index_put_((node,), masses.to(device=self.device, dtype=torch.float64))
+        if self.cumsum_only:
+            self._cumulative = None
+            return
         for lower, upper in zip(self._rows, self.levels[1:]):
             node = node.div(b, rounding_mode="floor")
             upper.index_put_((node,), lower.index_select(0, node).sum(1))
@@ -391,6 +412,8 @@ class SumTree:
             idx, mass = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.float64)
             kernels.sample(self.nodes, self.offsets, self.depth, self.branching, u, idx, mass)
             return torch.from_numpy(idx), torch.from_numpy(mass)
+        if self.cumsum_only:
+            return self._sample_cumsum(k, generator)
         b = self.branching
         # v is where each draw falls inside its current node, as a fraction of that node's mass, so
         # rounding differences between a parent and the sum of its children cannot pick an empty child.
@@ -411,6 +434,25 @@ class SumTree:
             v = (target - cum.gather(1, child)).add_(mass).div_(mass).clamp_(0.0, 1.0 - 1e-12)
             node = node.mul_(b).add_(child.view(-1))
         return node, mass.view(-1)
+
+    def _sample_cumsum(
+        self, k: int, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The draw of ``backend="cumsum"``: the leaf whose prefix interval holds ``u·total``."""
+        leaves = self.levels[0]
+        if self._cumulative is None:
+            cum = leaves.cumsum(0)
+            # the last leaf with mass: where the prefix first reaches the total. A target rounded onto
+            # the total, or a parallel scan's prefix a rounding step out of order, could otherwise
+            # land past it or on an empty leaf, whose weight would be infinite.
+            self._cumulative = cum, torch.searchsorted(cum, cum[-1:])
+        cum, last = self._cumulative
+        target = torch.rand(k, dtype=torch.float64, device=self.device, generator=generator)
+        node = torch.searchsorted(cum, target.mul_(cum[-1]), right=True)
+        node = torch.minimum(node, last)
+        mass = leaves[node]
+        node = torch.where(mass > 0, node, last)
+        return node, leaves[node]
 
 
 class ImportanceSampler(Sampler[int]):
@@ -455,6 +497,9 @@ class ImportanceSampler(Sampler[int]):
         num_replicas, rank: the distributed layout (default: the initialised process group, else 1, 0);
             ``num_samples`` then counts one replica's indices per epoch.
         seed: seeds the per-epoch generator in distributed mode (``generator`` must then be None).
+        backend: the :class:`SumTree` form (``"compiled"``, ``"tensor"`` or ``"cumsum"``); default:
+            compiled on the CPU, tensor on CUDA. The forms draw the same distribution; a resumed sampler
+            draws bit for bit as the saved one when it is built with the same backend.
     """
 
     def __init__(
@@ -474,7 +519,13 @@ class ImportanceSampler(Sampler[int]):
         num_replicas: int | None = None,
         rank: int | None = None,
         seed: int = 0,
+        backend: str | None = None,
     ) -> None:
+        if backend not in SUM_TREE_BACKENDS:
+            raise ValueError(
+                f"backend must be one of {SUM_TREE_BACKENDS} (the SumTree form), got {backend!r}"
+            )
+        self.backend = backend
         if (
             isinstance(num_items, bool)
             or not isinstance(num_items, numbers.Integral)
@@ -546,7 +597,7 @@ class ImportanceSampler(Sampler[int]):
         if self.method == "proportional" and self._reference == 0:
             raise ValueError("scores are all zero: method='proportional' needs a positive score")
         masses = self._masses(self.scores) if leaves is None else leaves.to(self.device)
-        self._tree = SumTree(masses)  # O(N), once per rebuild_every updates
+        self._tree = SumTree(masses, backend=self.backend)  # O(N), once per rebuild_every updates
         self._updated = 0
         # On the CPU a step is two compiled calls on numpy views of the sampler's tensors.
         self._compiled = self._tree.compiled and self.dtype in (torch.float32, torch.float64)

@@ -218,7 +218,7 @@ def test_draw_errors(probs, k, kwargs, match):
         (40_000, None, 100),
     ],
 )
-@pytest.mark.parametrize("backend", ["compiled", "tensor"])
+@pytest.mark.parametrize("backend", ["compiled", "tensor", "cumsum"])
 def test_sum_tree_goodness_of_fit_and_updates(n, branching, top_size, backend):
     g = torch.Generator().manual_seed(n)
     masses = torch.rand(n, generator=g, dtype=torch.float64)
@@ -244,7 +244,7 @@ def test_sum_tree_goodness_of_fit_and_updates(n, branching, top_size, backend):
         assert stat < chi2_threshold(df)
 
 
-@pytest.mark.parametrize("backend", ["compiled", "tensor"])
+@pytest.mark.parametrize("backend", ["compiled", "tensor", "cumsum"])
 def test_sum_tree_beyond_multinomial_limit(backend):
     n = 2**24 + 10
     tree = SumTree(torch.zeros(n, dtype=torch.float64), backend=backend)
@@ -256,6 +256,55 @@ def test_sum_tree_beyond_multinomial_limit(backend):
     assert float((idx == n - 1).double().mean()) == pytest.approx(
         0.75, abs=4 * math.sqrt(0.1875 / 4000)
     )
+
+
+def test_cumsum_tree_never_draws_an_empty_leaf_at_the_edges(monkeypatch):
+    masses = torch.tensor([0.0, 1e-300, 3.0, 0.0, 0.0], dtype=torch.float64)
+    tree = SumTree(masses, backend="cumsum")
+    idx, mass = tree.sample_with_masses(10_000, generator=torch.Generator().manual_seed(0))
+    assert set(idx.tolist()) <= {1, 2} and bool((mass > 0).all())
+    real_rand = torch.rand
+    for u, expected in (
+        (1.0, 2),
+        (0.0, 1),
+    ):  # a target on the total (past the last leaf with mass), and 0
+        monkeypatch.setattr(
+            torch, "rand", lambda k, u=u, **kw: torch.full((k,), u, dtype=torch.float64)
+        )
+        assert tree.sample(3).tolist() == [expected] * 3
+    monkeypatch.setattr(torch, "rand", real_rand)
+    # a parallel scan whose prefix steps out of order by a rounding error gives an empty leaf an interval
+    tree = SumTree(torch.tensor([0.0, 1.0, 0.0, 1.0], dtype=torch.float64), backend="cumsum")
+    tree.sample(1)
+    cum = torch.tensor([0.0, 1.0, 1.0 + 1e-9, 2.0], dtype=torch.float64)
+    tree._cumulative = cum, torch.searchsorted(cum, cum[-1:])
+    monkeypatch.setattr(
+        torch, "rand", lambda k, **kw: torch.full((k,), (1.0 + 5e-10) / 2.0, dtype=torch.float64)
+    )
+    idx, mass = tree.sample_with_masses(2)
+    assert idx.tolist() == [3, 3] and mass.tolist() == [1.0, 1.0]
+
+
+def test_cumsum_tree_draws_again_after_an_update_and_the_sampler_takes_the_backend():
+    tree = SumTree(torch.ones(4, dtype=torch.float64), backend="cumsum")
+    tree.update(torch.tensor([0, 1, 2]), torch.zeros(3, dtype=torch.float64))
+    assert set(tree.sample(200, generator=torch.Generator().manual_seed(0)).tolist()) == {3}
+    g = torch.Generator().manual_seed(3)
+    scores = torch.rand(200, generator=g, dtype=torch.float64) + 0.01
+    for backend in ("compiled", "tensor", "cumsum"):
+        s = ImportanceSampler(
+            200, smoothing=0.1, backend=backend, generator=torch.Generator().manual_seed(1)
+        )
+        s.update(torch.arange(200), scores)
+        assert s._tree.compiled == (backend == "compiled")
+        idx, w = s.sample(50_000)
+        stat, df = chi2_statistic(idx, s.probabilities())
+        assert stat < chi2_threshold(df), backend
+        assert torch.allclose(w, (1 / (200 * s.probabilities()[idx])).float())
+    with pytest.raises(ValueError, match="backend must be one of"):
+        ImportanceSampler(10, backend="flat")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        SumTree(torch.ones(3), backend="tree")
 
 
 # --- ImportanceSampler --------------------------------------------------------------------------
