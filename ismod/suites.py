@@ -398,16 +398,17 @@ def chapter5_tau(scale: str) -> Suite:
 
 # --- Chapter 5's diagnosis: what the importance steps break, and what a bigger batch buys -----------
 
-# The steps of the equal-step grids at cpu scale: about 31 epochs of the 2,500-image subset at b = 256,
-# the uniform race arm's step count in 45 s (317–412 steps).
-_DISSECTION_STEPS = 300
+# The steps of the equal-step grids, each the uniform race arm's step count in its time budget: at cpu
+# scale about 31 epochs of the 2,500-image subset at b = 256 (317–412 steps in 45 s); at gpu scale about
+# 20 epochs of CIFAR-10 at b = 1024 (951–1054 steps in 6 s on an H200, the saved gpu race).
+_DISSECTION_STEPS = {"cpu": 300, "gpu": 1000}
 
 
 def _dissection_base(scale: str) -> Config:
     """Chapter 5's base (:func:`_chapter5_base`) at equal *steps* (machine load cannot move a step
     count), instrumented (``instrument``: gradient norms, the noise scale and the train-mode loss at
     each evaluation point), without the re-estimated evaluation."""
-    steps = by_scale(scale, smoke=12, cpu=_DISSECTION_STEPS, gpu=2000, paper=20_000)
+    steps = by_scale(scale, smoke=12, cpu=_DISSECTION_STEPS["cpu"], gpu=_DISSECTION_STEPS["gpu"], paper=20_000)
     return _chapter5_base(scale).replace(name="ch5d", budget="steps", budget_amount=steps, instrument=True,
                                          bn_recalibration=0)  # fmt: skip
 
