@@ -408,7 +408,9 @@ def _dissection_base(scale: str) -> Config:
     """Chapter 5's base (:func:`_chapter5_base`) at equal *steps* (machine load cannot move a step
     count), instrumented (``instrument``: gradient norms, the noise scale and the train-mode loss at
     each evaluation point), without the re-estimated evaluation."""
-    steps = by_scale(scale, smoke=12, cpu=_DISSECTION_STEPS["cpu"], gpu=_DISSECTION_STEPS["gpu"], paper=20_000)
+    steps = by_scale(
+        scale, smoke=12, cpu=_DISSECTION_STEPS["cpu"], gpu=_DISSECTION_STEPS["gpu"], paper=20_000
+    )
     return _chapter5_base(scale).replace(name="ch5d", budget="steps", budget_amount=steps, instrument=True,
                                          bn_recalibration=0)  # fmt: skip
 

@@ -409,6 +409,17 @@ def test_sampler_state_dict_round_trip():
         ImportanceSampler(31).load_state_dict(a.state_dict())
 
 
+@pytest.mark.parametrize("backend", ["compiled", "tensor", "cumsum"])
+def test_sampler_resumed_with_its_backend_draws_as_the_saved_one(backend):
+    a = ImportanceSampler(40, backend=backend, generator=torch.Generator().manual_seed(0))
+    a.update(torch.arange(40), torch.rand(40, generator=torch.Generator().manual_seed(1)) + 0.1)
+    a.update(*a.sample(16))  # an incremental update after the rebuild, then save
+    b = ImportanceSampler(40, backend=backend)
+    b.load_state_dict(a.state_dict())
+    drawn = [s.sample(64, generator=torch.Generator().manual_seed(5)) for s in (a, b)]
+    assert torch.equal(drawn[0][0], drawn[1][0]) and torch.equal(drawn[0][1], drawn[1][1])
+
+
 def test_sampler_large_n():
     n = 2**24 + 10
     s = ImportanceSampler(n, method="proportional", initial_score=1e-12, smoothing=0.0)
