@@ -701,9 +701,10 @@ def chapter7_overfit(scale: str) -> Suite:
     """Arazo et al.'s RICAP test where the full run has room to overfit: the uniform subset with
     crop+flip and with RICAP (β = 0.3) at 30% and 100% of a full run of
     ``CHAPTER7_OVERFIT_EPOCHS`` epochs (Chapter 7's 16-epoch full run fits only at its end),
-    evaluated 8 times; five seeds at ``gpu`` scale, one at ``cpu`` and ``smoke`` (at ``cpu`` a 64-epoch
-    run took about six minutes on the two cores that ran it: five seeds of the grid would take about 80,
-    over a chapter's hour, so only the pilot's seed is run there)."""
+    evaluated 8 times; five seeds at ``gpu`` and ``cpu`` scale, one at ``smoke``. At ``cpu`` a 64-epoch
+    crop+flip run took 277 s on two cores with nothing else running (2026-12-03; the pilot's 358 s and
+    1,127 s were on a busy machine), so a seed of the four arms takes about 12 minutes and the grid
+    about an hour."""
     full = _chapter7_base(scale).replace(name="ch7o", budget_amount=CHAPTER7_OVERFIT_EPOCHS[scale],
                                          evaluations=8, train_eval_size=by_scale(scale, smoke=128, cpu=2000, gpu=10_000))  # fmt: skip
     strategy, options = CHAPTER7_STRATEGIES["uniform subset"]
@@ -712,7 +713,7 @@ def chapter7_overfit(scale: str) -> Suite:
         for aug in ("crop+flip", "RICAP"):
             arm = chapter7_label("uniform subset", aug, f)
             suite[chapter7_overfit_label(aug, f, scale)] = _arm(
-                full, arm.replace("%", "pct"), strategy, options(f), range(by_scale(scale, smoke=1, cpu=1, gpu=5)),
+                full, arm.replace("%", "pct"), strategy, options(f), range(by_scale(scale, smoke=1, cpu=5, gpu=5)),
                 budget_amount=full.budget_amount * f, **CHAPTER7_AUGMENTATIONS[aug])  # fmt: skip
     return suite
 

@@ -45,9 +45,8 @@ def test_seed_counts_follow_the_issues():
     ]
     for c in declared:
         for name in (c.arm, c.baseline):
-            # the exceptions, each stated with its reason: the race (above), and Chapter 7's
-            # room-to-overfit grid, only its pilot's seed at cpu scale (a run takes about six minutes)
-            expected = 3 if name in race else 1 if name.endswith("epochs") else 5
+            # the exception, stated with its reason: the race (above)
+            expected = 3 if name in race else 5
             assert len(grids.get(name, race.get(name, ()))) == expected, name
     primary_arms = {name for c in declared for name in (c.arm, c.baseline)}
     for grid in (
