@@ -276,9 +276,11 @@ class SumTree:
       1-D search) and each level below a search within ``k`` rows of children. A draw or an update is a
       fixed number of batched tensor operations and never synchronises with the host.
     - ``backend="cumsum"``: no tree, the leaves alone. An update writes ``k`` leaves; the next draw takes
-      one cumulative sum over all N and one search for its ``k`` targets. O(N) per draw, but three or four
-      kernels in all where the tensor tree launches a few per level: the candidate for a GPU at CIFAR's
-      N, where launches, not memory traffic, set the cost. Never synchronises with the host either.
+      one cumulative sum over all N and one search for its ``k`` targets. O(N) per draw, but a fixed
+      handful of kernels whatever N, where the tensor tree launches several per level for a draw and
+      for an update: a candidate for a GPU at CIFAR's N, if kernel launches rather than memory traffic
+      set the cost there (``benchmarks/sampler_step.py`` measures both forms). Never synchronises with
+      the host either.
 
     Args:
         masses: the initial non-negative masses, 1-D.
@@ -367,9 +369,8 @@ class SumTree:
         """Sum of all masses (a 0-d float64 tensor on the tree's device)."""
         if self.compiled:
             return torch.tensor(self.nodes[self.offsets[self.depth]], dtype=torch.float64)
-        if (
-            self.cumsum_only and self._cumulative is not None
-        ):  # the draw's prefix: no second O(N) pass
+        # after a draw, the total is the end of its prefix sums: no second O(N) pass
+        if self.cumsum_only and self._cumulative is not None:
             return self._cumulative[0][-1]
         return self.levels[-1].sum()
 

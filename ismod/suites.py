@@ -33,7 +33,10 @@ __all__ = [
     "chapter5_tau",
     "FORCED",
     "DISSECTION_VARIANTS",
+    "DISSECTION_PARTS",
     "chapter5_dissection",
+    "chapter5_dissection_weights",
+    "chapter5_dissection_changes",
     "CRITICAL_BATCH_FACTORS",
     "chapter5_critical_batch",
     "chapter5_prediction_pilot",
@@ -456,6 +459,30 @@ def chapter5_dissection(scale: str) -> Suite:
     return suite
 
 
+# The dissection in two grids of about half an hour each at cpu scale (runs are saved one by one, but a
+# regeneration goes grid by grid): does the weighting do the harm, and do the implementation's choices?
+DISSECTION_PARTS: dict[str, tuple[str, ...]] = {
+    "weights": ("uniform", "forced, as is", "forced, unweighted (w = 1)", "forced, weights ≤ 5",
+                "τ switch, √τ (library)"),
+    "changes": ("forced, BN ε = 1e-5", "forced, lr halved", "forced, scores what it trains on",
+                "uniform, BN ε = 1e-5", "uniform, lr halved"),
+}  # fmt: skip
+
+
+def chapter5_dissection_weights(scale: str) -> Suite:
+    """The arms of :func:`chapter5_dissection` that ask whether the weights do the harm: uniform, the
+    forced switch as is, unweighted and with weights ≤ 5, and the library's √τ switch."""
+    whole = chapter5_dissection(scale)
+    return {label: whole[label] for label in DISSECTION_PARTS["weights"]}
+
+
+def chapter5_dissection_changes(scale: str) -> Suite:
+    """The arms of :func:`chapter5_dissection` that change the implementation: batch norm's ε, the
+    learning rate (each with its uniform control) and scoring the images trained on."""
+    whole = chapter5_dissection(scale)
+    return {label: whole[label] for label in DISSECTION_PARTS["changes"]}
+
+
 CRITICAL_BATCH_FACTORS: tuple[int, ...] = (1, 2, 4)
 
 
@@ -743,6 +770,8 @@ SUITES = {
     "chapter5": chapter5,
     "chapter5_tau": chapter5_tau,
     "chapter5_dissection": chapter5_dissection,
+    "chapter5_dissection_weights": chapter5_dissection_weights,
+    "chapter5_dissection_changes": chapter5_dissection_changes,
     "chapter5_critical_batch": chapter5_critical_batch,
     "chapter5_prediction_pilot": chapter5_prediction_pilot,
     "chapter5_prediction": chapter5_prediction,

@@ -72,6 +72,14 @@ def test_seed_counts_follow_the_issues():
     # the critical-batch test's b arm is the dissection's uniform arm, config for config
     critical, dissection = suites.chapter5_critical_batch("cpu"), suites.chapter5_dissection("cpu")
     assert critical["b × 1"] == dissection["uniform"][:2]
+    # its two regeneration grids hold every arm once
+    parts = {
+        **suites.chapter5_dissection_weights("cpu"),
+        **suites.chapter5_dissection_changes("cpu"),
+    }
+    assert parts == dissection and sum(map(len, suites.DISSECTION_PARTS.values())) == len(
+        dissection
+    )
 
 
 def test_report_settings_are_the_appendix():

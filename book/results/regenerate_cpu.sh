@@ -13,7 +13,7 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PYTHON:-python3}
 export ISMOD_GIT_COMMIT=${ISMOD_GIT_COMMIT:-$(git rev-parse HEAD)}
-for suite in ${SUITES:-pilots equal_time chapter6_modelled chapter5_tau chapter5_prediction_pilot chapter5_dissection chapter5_critical_batch chapter5_prediction chapter4 chapter4_resnet chapter3 chapter3_report chapter3_variants chapter7 chapter7_overfit_pilot chapter7_overfit harness}; do
+for suite in ${SUITES:-pilots equal_time chapter6_modelled chapter5_tau chapter5_prediction_pilot chapter5_dissection_weights chapter5_dissection_changes chapter5_critical_batch chapter5_prediction chapter4 chapter4_resnet chapter3 chapter3_report chapter3_variants chapter7 chapter7_overfit_pilot chapter7_overfit harness}; do
   command="python -m ismod suite $suite --scale cpu --out book/results/cpu"
   echo "== $command ($(date -u +%H:%M:%S))"
   ISMOD_COMMAND="$command" "$PY" -m ismod suite "$suite" --scale cpu --out book/results/cpu
