@@ -23,7 +23,7 @@ from .findings import (
     tau_log_error,
     tau_points,
 )
-from .verdicts import exploratory, interval_text, pairs, primary
+from .verdicts import exploratory, interval_text, pairs, primary, verdict_text
 
 __all__ = [
     "Evidence",
@@ -157,7 +157,7 @@ def _said(row: dict[str, Any]) -> str:
     what = f"{c.label} ({_METRICS.get(c.metric, c.metric)})"
     if "mean" not in row:
         return f"{what}: not tested"
-    return f"{what}: {row['verdict']}, {_interval(row)}"
+    return f"{what}: {verdict_text(row)}, {_interval(row)}"
 
 
 def budget_lines(e: Evidence) -> list[str]:

@@ -27,6 +27,8 @@ __all__ = [
     "exploratory_lines",
     "pairs",
     "interval_text",
+    "margin_text",
+    "verdict_text",
 ]
 
 
@@ -182,6 +184,24 @@ def interval_text(row: dict[str, Any], *, scale: float = 100.0, unit: str = "poi
     return f"{v(row['mean'])}{unit}{label}[{v(row['low'])}, {v(row['high'])}]{close}"
 
 
+def margin_text(c: Comparison, *, scale: float = 100.0, unit: str = "points") -> str:
+    """The equivalence margin as a reader reads it: ``"1 point"`` (× ``scale``, in ``unit``), or the
+    ratio ``"×1.25"`` for a log-transformed metric."""
+    if c.transform is math.log:
+        return f"×{math.exp(c.margin):.2f}"
+    points = scale * c.margin
+    return f"{points:g} {unit.rstrip('s') if points == 1 else unit}"
+
+
+def verdict_text(row: dict[str, Any], *, scale: float = 100.0, unit: str = "points") -> str:
+    """A :func:`primary` row's verdict word, an equivalence stated with its margin in ``unit``
+    (:func:`margin_text`) rather than in the metric's raw scale."""
+    word = row.get("verdict", "not tested")
+    if word.startswith("equivalent"):
+        return f"equivalent within ±{margin_text(row['comparison'], scale=scale, unit=unit)}"
+    return word
+
+
 def primary_lines(
     rows: list[dict[str, Any]], *, scale: float = 100.0, unit: str = "points"
 ) -> list[str]:
@@ -196,18 +216,11 @@ def primary_lines(
             out.append(f"- {head}: not tested (fewer than two seeds both arms ran).")
             continue
         log = c.transform is math.log
-        points = scale * c.margin
-        margin = (
-            f"×{math.exp(c.margin):.2f}"
-            if log
-            else f"{points:g} {unit.rstrip('s') if points == 1 else unit}"
-        )
+        margin = margin_text(c, scale=scale, unit=unit)
         detect = (
             f"×{math.exp(r['detectable']):.2f}" if log else f"{scale * r['detectable']:.2f} {unit}"
         )
-        word = r["verdict"]
-        if word.startswith("equivalent"):
-            word = f"equivalent within ±{margin}"
+        word = verdict_text(r, scale=scale, unit=unit)
         what = (f"{interval_text(r, scale=scale, unit=unit)}; Holm-adjusted p = {r['p_difference']:.3f} (difference), "
                 f"{r['p_equivalence']:.3f} (equivalence within ±{margin}); the design detects {detect} "
                 "with 80% power")  # fmt: skip

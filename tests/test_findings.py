@@ -252,6 +252,10 @@ def test_chapter8_reads_selection_costs_as_intervals_and_budgets_through_the_pri
         "- **p-SGD − uniform subset, 30% (test accuracy): lower, -1.0 points ["
     )
     assert "below it in 1 of 1 comparisons" in lines[2]
+    # an equivalence states its margin in points, as Chapter 7 does, not in the metric's raw scale
+    ch7[label("uniform subset", "RICAP", 0.3)] = arm([0.0002, -0.0001, 0.0001, -0.0002, 0.0])
+    line = conclusions.budget_lines(conclusions.Evidence("cpu", ch7=ch7))[0]
+    assert "equivalent within ±1 point, +0.0 points [" in line, line
 
     def ch3_arm(accuracy, first_loss=0.5):
         return [Result({"seed": k}, {},
