@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
-# Regenerate the saved "cpu" results (about 410 minutes of two-core machine time as saved), suite by
-# suite, in an order that keeps compared arms together: the pilots first, then Chapters 5 and 6's seven
-# equal-time arms interleaved seed by seed (no other work on the machine meanwhile: a seconds budget
-# pairs seeds only on one machine in one state), Chapter 6's race under a cost model (about 31
-# minutes; its modelled budget does not mind a busy machine), Chapter 5's diagnosis (its pilot, the dissection and
-# critical-batch grids at equal steps, the prediction grid: about 170 minutes, the dissection 86 of them),
-# then the epoch-budgeted grids (Chapter 3's with the report's optimiser about 34 minutes and Chapter 7's
-# 64-epoch pilot about 25, on a machine about 2.5x slower than the one that ran the rest).
+# Regenerate the saved "cpu" results, suite by suite: about 450 minutes of two-core machine time as
+# saved, about 360 counting each arm's least-loaded seed for all its seeds (the saved timings mix days
+# on which the shared machine ran 1.3-1.4x apart, and runs made under load). By that count every grid
+# takes at most about 45 minutes (Chapter 5's dissection is two grids, chapter5_dissection_weights and
+# _changes, for that reason), except Chapter 7's room-to-overfit grid: its 16 runs beyond the pilot
+# took 47 minutes on 2026-12-03. The order keeps compared arms together: the pilots first, then
+# Chapters 5 and 6's seven equal-time arms interleaved seed by seed (no other work on the machine
+# meanwhile: a seconds budget pairs seeds only on one machine in one state), Chapter 6's race under a
+# cost model (its modelled budget does not mind a busy machine), Chapter 5's diagnosis at equal steps
+# and forward passes, then the epoch-budgeted grids of Chapters 4, 3 and 7.
 # Saved results with the same config, data and behaviour version are kept, so an interrupted run
 # resumes where it stopped. Run from a clean checkout (the commit goes into every result).
 set -euo pipefail
