@@ -503,8 +503,9 @@ def _device_name(device: torch.device) -> str:
 
     # the vector instructions torch dispatches to, so that a reader can tell machines apart: the same
     # code, config and seed agree across machines only to rounding, which training amplifies (Chapter
-    # 3's uniform seed 0 at commit 0892d10: 74.0% saved on 2026-11-30, 74.2% re-run on 2026-12-03, its
-    # step-0 evaluation already 0.02 points apart, so the machine or its libraries, not the code)
+    # 3's uniform seed 0: 74.0% saved on 2026-11-30 at commit 0892d10, 74.2% re-run on 2026-12-03; that
+    # commit's code gave the re-run's step-0 evaluation, 0.02 points off the saved one: the machine or
+    # its libraries differed, not the code)
     capability = torch.backends.cpu.get_cpu_capability()
     return (f"CPU ({platform.machine()}, {capability}, {os.cpu_count()} cores, "
             f"{torch.get_num_threads()} torch threads)")  # fmt: skip
