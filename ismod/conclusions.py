@@ -234,7 +234,9 @@ def decision_guide(here: Evidence, gpu: Evidence | None = None) -> str:
             + budget_directions(e.ch7)
         )
 
-    gains = [r for e in scales if e.ch7 for i, r in enumerate(_primary7(e)) if i in (0, 2, 3)]
+    # the short-budget claims alone (RICAP at 30% against the full crop+flip run, on either grid):
+    # RICAP level with crop+flip at 100% says the regime rewards it, not that it rescues a budget
+    gains = [r for e in scales if e.ch7 for i, r in enumerate(_primary7(e)) if i in (0, 2)]
     helps = any(
         r.get("verdict") == "higher" or r.get("verdict", "").startswith("equivalent") for r in gains
     )

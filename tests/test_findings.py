@@ -223,6 +223,24 @@ def _race_run(seed, accuracy, loss, selection=0.0, steps=100, importance=0):
                   {"test_accuracy": accuracy, "train_time": 45.0})  # fmt: skip
 
 
+def test_chapter8_guide_says_augmentation_rescues_a_budget_only_on_the_30_percent_rows():
+    from ismod import conclusions
+
+    label, long = suites.chapter7_label, suites.chapter7_overfit_label
+    ch7 = {label("uniform subset", "crop+flip", 1.0): arm([0] * 5),
+           label("uniform subset", "RICAP", 0.3): arm(win(-0.05))}  # fmt: skip
+    long7 = {long("crop+flip", 1.0, "cpu"): arm([0] * 5),
+             long("RICAP", 1.0, "cpu"): arm(same()),  # level at 100%: equivalent
+             long("RICAP", 0.3, "cpu"): arm(win(-0.04))}  # fmt: skip
+    guide = conclusions.decision_guide(conclusions.Evidence("cpu", ch7=ch7, long7=long7))
+    rule = guide.splitlines()[-1]
+    assert "**Do not count on strong augmentation to rescue a short budget" in rule, rule
+    assert "at 100%, 64 epochs (test accuracy): equivalent within ±1 point" in rule
+    ch7[label("uniform subset", "RICAP", 0.3)] = arm(same())
+    guide = conclusions.decision_guide(conclusions.Evidence("cpu", ch7=ch7, long7=long7))
+    assert "**Strong augmentation can recover a short budget's accuracy" in guide.splitlines()[-1]
+
+
 def test_chapter8_reads_selection_costs_as_intervals_and_budgets_through_the_primaries():
     from ismod import conclusions
 
