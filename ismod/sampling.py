@@ -522,11 +522,7 @@ class ImportanceSampler(Sampler[int]):
         seed: int = 0,
         backend: str | None = None,
     ) -> None:
-        if backend not in SUM_TREE_BACKENDS:
-            raise ValueError(
-                f"backend must be one of {SUM_TREE_BACKENDS} (the SumTree form), got {backend!r}"
-            )
-        self.backend = backend
+        self.backend = backend  # checked by SumTree when _rebuild below builds the first tree
         if (
             isinstance(num_items, bool)
             or not isinstance(num_items, numbers.Integral)

@@ -404,16 +404,14 @@ def chapter5_tau(scale: str) -> Suite:
 # The steps of the equal-step grids, each the uniform race arm's step count in its time budget: at cpu
 # scale about 31 epochs of the 2,500-image subset at b = 256 (317–412 steps in 45 s); at gpu scale about
 # 20 epochs of CIFAR-10 at b = 1024 (951–1054 steps in 6 s on an H200, the saved gpu race).
-_DISSECTION_STEPS = {"cpu": 300, "gpu": 1000}
+_DISSECTION_STEPS = {"smoke": 12, "cpu": 300, "gpu": 1000, "paper": 20_000}
 
 
 def _dissection_base(scale: str) -> Config:
     """Chapter 5's base (:func:`_chapter5_base`) at equal *steps* (machine load cannot move a step
     count), instrumented (``instrument``: gradient norms, the noise scale and the train-mode loss at
     each evaluation point), without the re-estimated evaluation."""
-    steps = by_scale(
-        scale, smoke=12, cpu=_DISSECTION_STEPS["cpu"], gpu=_DISSECTION_STEPS["gpu"], paper=20_000
-    )
+    steps = by_scale(scale, **_DISSECTION_STEPS)
     return _chapter5_base(scale).replace(name="ch5d", budget="steps", budget_amount=steps, instrument=True,
                                          bn_recalibration=0)  # fmt: skip
 
@@ -469,18 +467,21 @@ DISSECTION_PARTS: dict[str, tuple[str, ...]] = {
 }  # fmt: skip
 
 
+def _dissection_part(scale: str, part: str) -> Suite:
+    whole = chapter5_dissection(scale)
+    return {label: whole[label] for label in DISSECTION_PARTS[part]}
+
+
 def chapter5_dissection_weights(scale: str) -> Suite:
     """The arms of :func:`chapter5_dissection` that ask whether the weights do the harm: uniform, the
     forced switch as is, unweighted and with weights ≤ 5, and the library's √τ switch."""
-    whole = chapter5_dissection(scale)
-    return {label: whole[label] for label in DISSECTION_PARTS["weights"]}
+    return _dissection_part(scale, "weights")
 
 
 def chapter5_dissection_changes(scale: str) -> Suite:
     """The arms of :func:`chapter5_dissection` that change the implementation: batch norm's ε, the
     learning rate (each with its uniform control) and scoring the images trained on."""
-    whole = chapter5_dissection(scale)
-    return {label: whole[label] for label in DISSECTION_PARTS["changes"]}
+    return _dissection_part(scale, "changes")
 
 
 CRITICAL_BATCH_FACTORS: tuple[int, ...] = (1, 2, 4)

@@ -151,7 +151,7 @@ def primary_markdown(rows: list[dict[str, Any]], *, scale: float = 1.0, digits: 
         detect = (
             f"×{math.exp(r['detectable']):.2f}" if log else f"{scale * r['detectable']:.{digits}g}"
         )
-        word = r["verdict"].replace(f"±{c.margin:g}", f"±{margin}")
+        word = verdict_text(r, scale=scale, unit="")
         lines.append(f"| {_name(c)} | {c.metric}{' (ratio)' if log else ''} | {r['seeds']} | {v(r['mean'])} | "
                      f"[{v(r['low'])}, {v(r['high'])}] | ±{margin} | {detect} | {r['p_difference']:.3f} | "
                      f"{r['p_equivalence']:.3f} | {word} |")  # fmt: skip
@@ -190,6 +190,8 @@ def margin_text(c: Comparison, *, scale: float = 100.0, unit: str = "points") ->
     if c.transform is math.log:
         return f"×{math.exp(c.margin):.2f}"
     points = scale * c.margin
+    if not unit:
+        return f"{points:g}"
     return f"{points:g} {unit.rstrip('s') if points == 1 else unit}"
 
 
