@@ -9,6 +9,7 @@ from __future__ import annotations
 import platform
 import statistics
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -610,6 +611,19 @@ def session_tables(paths: list[str]) -> str:
     return "\n".join(out)
 
 
+def _at_least_zero(seconds: float, label: str, name: str) -> float:
+    """A measured cost, or 0 with a warning where the measured difference came out ≤ 0."""
+    if seconds > 0:
+        return seconds
+    warnings.warn(
+        f"step_costs: {name} of {label!r} measured {seconds:.3g} s (≤ 0: timing noise exceeded the "
+        "cost); set to 0. Re-run with more steps, or with nothing else on the machine.",
+        RuntimeWarning,
+        stacklevel=3,
+    )
+    return 0.0
+
+
 def step_costs(
     configs: dict[str, Any],
     *,
@@ -626,7 +640,10 @@ def step_costs(
     an arm that scores nothing in 2k steps (a τ switch before it switches) takes the figure of the arm
     ``score_like[label]`` names, which scores the same way. ``step_seconds``: training seconds per
     step with the scoring taken out, ``(ΔT − score_seconds·ΔS) / k``. Arms alternate ``rounds`` times,
-    so drift hits all of them; medians over rounds. Run it with nothing else on the machine."""
+    so drift hits all of them; medians over rounds. Run it with nothing else on the machine: both
+    figures are differences of measured times, so on a busy machine (or with few ``steps``) noise can
+    exceed the cost and a median come out ≤ 0; such a figure is set to 0 with a ``RuntimeWarning``
+    naming the arm, since a cost cannot be negative and a re-run with more steps is the fix."""
     from .experiments import run
     from .train import scored_samples
 
@@ -650,8 +667,8 @@ def step_costs(
                 spent.append((out.final["train_time"], out.timing["selection"], scored))
             (t1, sel1, s1), (t2, sel2, s2) = spent
             deltas[label].append((t2 - t1, sel2 - sel1, s2 - s1))
-    score = {label: statistics.median(sel / n for _, sel, n in d) for label, d in deltas.items()
-             if all(n > 0 for _, _, n in d)}  # fmt: skip
+    score = {label: _at_least_zero(statistics.median(sel / n for _, sel, n in d), label, "score_seconds")
+             for label, d in deltas.items() if all(n > 0 for _, _, n in d)}  # fmt: skip
     for label, like in score_like.items():
         if label in score:
             raise ValueError(
@@ -664,7 +681,8 @@ def step_costs(
                  for label, d in deltas.items()}  # fmt: skip
     return {
         "score_seconds": score,
-        "step_seconds": {label: statistics.median(v) for label, v in per_round.items()},
+        "step_seconds": {label: _at_least_zero(statistics.median(v), label, "step_seconds")
+                         for label, v in per_round.items()},  # fmt: skip
         "step_seconds_rounds": per_round,
         "scored_per_step": {
             label: statistics.median(n for _, _, n in d) / steps for label, d in deltas.items()
