@@ -21,11 +21,12 @@ finished, so a step never waits for the device. Under ``torch.distributed`` the 
 
 from __future__ import annotations
 
+import copy
 import numbers
 import statistics
 import time
 import warnings
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterator
 from typing import Any
 
@@ -154,6 +155,92 @@ def _cloned(state: Any) -> Any:
 
 _LOSSES = "loss() losses"
 
+STATE_FORMAT = 2
+"""The version of the samplers' :meth:`state_dict` layout. 2: the class, ``num_items``, ``batch_size``
+and the strategy are checked on load, and the state the losses change is read when it is saved
+(:class:`_AsSaved`). States without a ``"format"`` key (version 1) still load."""
+
+
+class _AsSaved:
+    """The part of a sampler's state that training keeps changing (scores, the epoch in progress, the
+    generators), read when the state is saved (pickled, ``torch.save``) or copied (``copy.deepcopy``),
+    not when :meth:`state_dict` was called.
+
+    Why: torchdata's ``StatefulDataLoader`` with workers asks the batch sampler for its state when it
+    *prefetches* a batch, a few batches before the loop trains it, and hands that state out at the
+    checkpoint. Read then, it would list the prefetched batches as untrained (a resumed run trains them
+    twice) and miss their losses; and it would copy O(N) scores at every prefetch. Like the tensors of
+    ``nn.Module.state_dict``, which are the live ones, it is frozen by saving or copying it."""
+
+    def __init__(self, read: Any) -> None:
+        self._read = read
+
+    def value(self) -> dict[str, Any]:
+        return self._read()
+
+    def __reduce__(self) -> Any:
+        # pickled as the plain OrderedDict it stands for, which torch.load(weights_only=True) accepts
+        return OrderedDict(self.value()).__reduce__()
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return copy.deepcopy(dict(self.value()), memo)
+
+    def __repr__(self) -> str:
+        return "<sampler state, read when saved or copied>"
+
+
+def _wrapped_state(sampler: Any, identity: dict[str, Any], read: Any) -> dict[str, Any]:
+    """A sampler's :meth:`state_dict`: what it must match to be loaded, the epoch when the state was asked
+    for, and the rest read when saved (:class:`_AsSaved`)."""
+    return {"format": STATE_FORMAT, "class": type(sampler).__name__, **identity,
+            "epoch_asked": sampler.epoch, "saved": _AsSaved(read)}  # fmt: skip
+
+
+def _unwrapped_state(sampler: Any, state: Any, identity: dict[str, Any]) -> dict[str, Any]:
+    """The saved part of ``state``, after checking it was made by a sampler like this one; a state of
+    format 1 (before the check existed) is returned as it is, after the same check on what it holds."""
+    where = f"{type(sampler).__name__}.load_state_dict"
+    if isinstance(state, _AsSaved) or not isinstance(state, dict):
+        raise TypeError(
+            f"{where} takes the dict that state_dict() returned, got {type(state).__name__}"
+        )
+    version = state.get("format", 1)
+    if version not in (1, STATE_FORMAT):
+        raise ValueError(
+            f"{where}: the state has format {version!r}, this ismod reads formats 1 and {STATE_FORMAT}: "
+            "load it with the ismod version that saved it"
+        )
+    if version == 1:
+        return dict(state)
+    made_by = {"class": state.get("class"), **{k: state.get(k) for k in identity}}
+    mine = {"class": type(sampler).__name__, **identity}
+    wrong = [
+        f"{k} {made_by[k]!r} (this sampler: {v!r})" for k, v in mine.items() if made_by[k] != v
+    ]
+    if wrong:
+        raise ValueError(
+            f"{where}: the state belongs to another sampler: {'; '.join(wrong)}. Build the sampler as "
+            "the saved run built it (same class, num_items, batch_size and method), then load"
+        )
+    saved = state["saved"]
+    saved = saved.value() if isinstance(saved, _AsSaved) else dict(saved)
+    asked = state.get("epoch_asked")
+    if asked is not None and int(saved["epoch"]) > int(asked) and saved.get("in_epoch") is None:
+        # asked for while prefetching an epoch's last batches, saved once the loop had trained them: the
+        # loader that asked is still in that epoch, with nothing left to yield in it
+        saved["epoch"] = int(asked)
+        saved["in_epoch"] = {"count": 0, "length": 0, "epoch": int(asked), "pending": []}
+    return saved
+
+
+def _required(state: dict[str, Any], keys: tuple[str, ...], where: str) -> None:
+    missing = [k for k in keys if k not in state]
+    if missing:
+        raise ValueError(
+            f"{where}: the state lacks {missing}: pass the dict that this sampler's state_dict() "
+            "returned (or that a StatefulDataLoader saved), not a part of it"
+        )
+
 
 class _HostScoreCheck:
     """:func:`ismod.sampling.check_scores` without a host synchronisation: CPU scores are checked at
@@ -231,12 +318,17 @@ class _Pairing:
 class _EpochPosition:
     """Where a batch sampler stands in its epoch, for :meth:`state_dict`: how many batches it has
     yielded of how many, and the batches yielded but not yet trained on (``_pairing``). ``epoch`` is
-    the epoch of the next batch: it moves on once the last batch of an epoch has had its ``loss()``."""
+    the epoch of the next batch: it moves on once the epoch's iteration has ended and its last batch
+    has had its ``loss()``. The iteration ends when the loader asks for a batch past the last one, as
+    a loader's own epoch does: a checkpoint taken inside the loop after the last batch resumes in that
+    epoch, with nothing left to yield in it (as torchdata's ``StatefulDataLoader`` does for any
+    sampler)."""
 
     epoch: int
     _pairing: _Pairing
     _in_epoch: dict[str, int] | None  # count, length (-1 until known) of the epoch being yielded
     _resume: dict[str, Any] | None
+    _iteration_over = False  # the epoch's iterator has returned
 
     def _set_epoch(self, epoch: int) -> None:
         """After :meth:`load_state_dict`, the resumed epoch's own number keeps the resume; another
@@ -255,6 +347,7 @@ class _EpochPosition:
         epoch = self._in_epoch
         if (
             epoch is not None
+            and self._iteration_over
             and epoch["count"] >= epoch["length"] >= 0
             and not self._pairing.batches
         ):
@@ -401,6 +494,7 @@ class StrategyBatchSampler(_EpochPosition, Sampler[list[int]]):
         strategy, mine = self.strategy, slice(self.rank, None, self.num_replicas)
         resume, self._resume = self._resume, None
         self._pairing.new_epoch()
+        self._iteration_over = False
         if resume is None:
             if isinstance(strategy, ScoredStrategy):
                 strategy.position = (
@@ -431,7 +525,7 @@ class StrategyBatchSampler(_EpochPosition, Sampler[list[int]]):
             if count == length:
                 self._pairing.exhausted = True
             yield indices[mine].tolist()
-        self._pairing.exhausted = True
+        self._pairing.exhausted = self._iteration_over = True
         self._end_epoch_if_done()
 
     def __len__(self) -> int:
@@ -474,20 +568,32 @@ class StrategyBatchSampler(_EpochPosition, Sampler[list[int]]):
             mine = mine.pin_memory()
         return (mine.to(losses.device, non_blocking=True) * losses).mean()
 
-    def state_dict(self) -> dict[str, Any]:
-        """The strategy, its generator, the epoch and step, and the epoch in progress: how far it has
-        been yielded and the batches yielded but not yet trained on (losses in flight are recorded
-        first)."""
+    def _identity(self) -> dict[str, Any]:
+        return {"num_items": self.num_items, "batch_size": self.batch_size,
+                "strategy": self.strategy.name}  # fmt: skip
+
+    def _saved_state(self) -> dict[str, Any]:
+        """The strategy, its generator, the epoch and step, and the epoch in progress (losses in flight
+        recorded first): read when the state is saved."""
         self._observe_ready(wait=True)
-        in_epoch = self._epoch_state()
-        return _cloned({
-            "strategy": self.strategy.state_dict(), "generator": self._generator.get_state(),
-            "epoch": self.epoch, "step": self.step, "in_epoch": in_epoch,
-        })  # fmt: skip
+        return {"strategy": self.strategy.state_dict(), "generator": self._generator.get_state(),
+                "epoch": self.epoch, "step": self.step, "in_epoch": self._epoch_state()}  # fmt: skip
+
+    def state_dict(self) -> dict[str, Any]:
+        """The sampler's state: its class, N, b and method (checked on load), and, read when the state
+        is saved or copied, the strategy, its generator, the epoch and step and the epoch in progress
+        (how far it has been yielded and the batches yielded but not yet trained on).
+
+        Costs O(1): torchdata's ``StatefulDataLoader`` calls it at every prefetch. As with
+        ``nn.Module.state_dict``, save (``torch.save``) or copy (``copy.deepcopy``) it at the
+        checkpoint; that is when its contents are read (see :class:`_AsSaved` for why)."""
+        return _wrapped_state(self, self._identity(), self._saved_state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore :meth:`state_dict`; the next iteration finishes the interrupted epoch, if any."""
-        state = _cloned(state)
+        """Restore :meth:`state_dict`; the next iteration finishes the interrupted epoch, if any. A state
+        made by another sampler class, N, b or method is refused, naming what differs."""
+        state = _cloned(_unwrapped_state(self, state, self._identity()))
+        _required(state, ("strategy", "epoch", "step"), f"{type(self).__name__}.load_state_dict")
         self.strategy.load_state_dict(state["strategy"])
         if "generator" in state:
             self._generator.set_state(state["generator"])
@@ -733,6 +839,7 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
         self._pairing.warn_if_unused(self.epoch)
         resume, self._resume = self._resume, None
         self._pairing.new_epoch()
+        self._iteration_over = False
         count = 0
         if resume is None:
             self._stream_position, self._passes = self._stream.numel(), 0  # a fresh permutation
@@ -741,7 +848,7 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
             for batch in resume["pending"]:
                 self._pairing.yielded(batch)
                 yield batch
-        length = len(self)
+        length = len(self) if resume is None else resume["length"]
         self._in_epoch = {"count": count, "length": length}
         while count < length:
             batch = self._take(self.presample_size if self.importance_on() else self.batch_size)
@@ -751,7 +858,7 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
             if count == length:
                 self._pairing.exhausted = True
             yield batch
-        self._pairing.exhausted = True
+        self._pairing.exhausted = self._iteration_over = True
         self._end_epoch_if_done()
 
     def __len__(self) -> int:
@@ -851,9 +958,19 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
     def tau_threshold(self) -> float:
         return (self.presample_size + 3 * self.batch_size) / (3 * self.batch_size) if self.switch is None else self.switch.tau_threshold  # fmt: skip
 
+    def _identity(self) -> dict[str, Any]:
+        return {"num_items": self.num_items, "batch_size": self.batch_size,
+                "presample_size": self.presample_size, "num_replicas": self.num_replicas}  # fmt: skip
+
     def state_dict(self) -> dict[str, Any]:
-        """τ and its lagged copies, the threshold and probes, the counters, the permutation, the
-        resampling generator and the epoch in progress (batches yielded but not yet trained on)."""
+        """The sampler's state: its class, N, b, B and replicas (checked on load), and, read when the
+        state is saved or copied, τ and its lagged copies, the threshold and probes, the counters, the
+        permutation, the resampling generator and the epoch in progress (batches yielded but not yet
+        trained on). Costs O(1), as ``StatefulDataLoader`` calls it at every prefetch: save or copy it
+        at the checkpoint (see :meth:`StrategyBatchSampler.state_dict`)."""
+        return _wrapped_state(self, self._identity(), self._saved_state)
+
+    def _saved_state(self) -> dict[str, Any]:
         self._check.raise_if_bad(wait=True)
         switch, gen = self.switch, self._generator
         if self._restored is not None:  # loaded, not yet applied: pass it on as it is
@@ -864,17 +981,28 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
             switch_state = {"tau": switch.tau, "ring": switch.ring_values(), "tau_threshold": switch.tau_threshold,
                             "measured_times": switch.measured_times, "generator": None if gen is None else gen.get_state(),
                             "device_type": switch.device.type}  # fmt: skip
-        in_epoch = self._epoch_state()
-        return _cloned({
+        return {
             **switch_state, "calls": self.calls, "importance_steps": self.importance_steps,
             "epoch": self.epoch, "probes": list(self.probes), "stream": self._stream,
-            "stream_position": self._stream_position, "passes": self._passes, "in_epoch": in_epoch,
-        })  # fmt: skip
+            "stream_position": self._stream_position, "passes": self._passes,
+            "in_epoch": self._epoch_state(),
+        }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`; τ takes effect at the next :meth:`loss` (on its device), and the
-        next iteration finishes the interrupted epoch, if any."""
-        state = _cloned(state)
+        next iteration finishes the interrupted epoch, if any. A state made by another sampler class, N,
+        b, B or number of replicas is refused, naming what differs."""
+        state = _cloned(_unwrapped_state(self, state, self._identity()))
+        _required(
+            state, ("tau", "calls", "importance_steps", "epoch"), "TauSwitchSampler.load_state_dict"
+        )
+        mine = len(range(self.rank, self.num_items, self.num_replicas))
+        if "stream" in state and state["stream"].numel() not in (0, mine):
+            raise ValueError(
+                f"TauSwitchSampler.load_state_dict: the state's permutation has "
+                f"{state['stream'].numel()} items, this replica's share of num_items {mine}: build "
+                "the sampler with the saved run's num_items and num_replicas"
+            )
         self.calls, self.importance_steps = int(state["calls"]), int(state["importance_steps"])
         self.epoch = int(state["epoch"])
         self.probes = [tuple(p) for p in state.get("probes", [])]

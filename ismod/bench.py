@@ -681,8 +681,10 @@ def step_costs(
                  for label, d in deltas.items()}  # fmt: skip
     return {
         "score_seconds": score,
-        "step_seconds": {label: _at_least_zero(statistics.median(v), label, "step_seconds")
-                         for label, v in per_round.items()},  # fmt: skip
+        "step_seconds": {
+            label: _at_least_zero(statistics.median(v), label, "step_seconds")
+            for label, v in per_round.items()
+        },  # fmt: skip
         "step_seconds_rounds": per_round,
         "scored_per_step": {
             label: statistics.median(n for _, _, n in d) / steps for label, d in deltas.items()

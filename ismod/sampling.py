@@ -491,13 +491,15 @@ class ImportanceSampler(Sampler[int]):
             no weight exceeds 5 (unbounded softmax weights diverged there at a fast learning rate).
         initial_score: every item's score before its first update (equal scores: uniform).
         device: where scores and the tree live.
-        generator: the random generator for draws (on ``device``).
+        generator: the random generator for draws (on ``device``); default, on one process: the
+            sampler's own, seeded with ``seed``. torch's global RNG is never drawn from.
         rebuild_every: recompute the tree exactly (and check all scores) after this many updated
             entries; default N, so the O(N) rebuild costs O(1) per updated entry on average.
         dtype: the dtype of the weights returned (float32 by default, to multiply float32 losses).
         num_replicas, rank: the distributed layout (default: the initialised process group, else 1, 0);
             ``num_samples`` then counts one replica's indices per epoch.
-        seed: seeds the per-epoch generator in distributed mode (``generator`` must then be None).
+        seed: seeds the sampler's own generator (one process, ``generator`` None), or the per-epoch
+            generator in distributed mode (``generator`` must then be None).
         backend: the :class:`SumTree` form (``"compiled"``, ``"tensor"`` or ``"cumsum"``); default:
             compiled on the CPU, tensor on CUDA. The forms draw the same distribution; a resumed sampler
             draws bit for bit as the saved one when it is built with the same backend.
@@ -571,6 +573,10 @@ class ImportanceSampler(Sampler[int]):
         self.method, self.temperature, self.smoothing = method, float(temperature), float(smoothing)
         self.pressure = float(pressure)
         self.device = torch.device(device)
+        # one process draws from its own generator, seeded by ``seed`` (never from torch's global RNG,
+        # so runs with different seeds differ and a resumed sampler needs nothing but its state)
+        if generator is None and self.num_replicas == 1:
+            generator = torch.Generator(device=self.device).manual_seed(self.seed)
         self.generator = generator
         self.rebuild_every = int(rebuild_every) if rebuild_every else self.num_items
         self.dtype = dtype

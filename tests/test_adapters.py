@@ -504,12 +504,18 @@ def make_sampler(kind: str, model: nn.Module):
     return ismod.HardExampleLoss(model, keep=0.5)
 
 
-def run_loop(kind, *, stop_after=None, checkpoint=None, workers=0):
+def run_loop(kind, *, stop_after=None, checkpoint=None, workers=0, stateful=False):
     """Train a small classifier with ``kind``; stop after ``stop_after`` steps and return a checkpoint,
     or start from ``checkpoint``. Returns the trained-on index batches, the weights and the checkpoint.
     Selective backprop and hard examples take the loader's batches (a seeded shuffle per epoch, which a
-    user's loader resumes on its own; here the loop skips the batches already done)."""
+    user's loader resumes on its own; here the loop skips the batches already done). ``stateful``:
+    torchdata's StatefulDataLoader, whose own state_dict() holds the sampler's, as its users save it."""
     import io
+
+    if stateful:
+        return _run_stateful_loop(
+            kind, stop_after=stop_after, checkpoint=checkpoint, workers=workers
+        )
 
     in_loop = kind in ("selective_backprop", "hard_example")
     model = small_classifier(0)
@@ -560,6 +566,42 @@ def run_loop(kind, *, stop_after=None, checkpoint=None, workers=0):
     return seen, model, None
 
 
+def _run_stateful_loop(kind, *, stop_after, checkpoint, workers):
+    import io
+
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    model = small_classifier(0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    method = make_sampler(kind, model)
+    loader = StatefulDataLoader(indexed_blobs(), batch_sampler=method, num_workers=workers)
+    done, start_epoch, seen = 0, 0, []
+    if checkpoint is not None:
+        state = torch.load(io.BytesIO(checkpoint), weights_only=True)  # plain tensors and dicts
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        loader.load_state_dict(state["loader"])  # the sampler's state travels inside the loader's
+        done, start_epoch = state["done"], state["epoch"]
+    for epoch in range(start_epoch, RESUME_EPOCHS):
+        for x, y, idx in loader:
+            if kind == "tau":
+                loss = method.loss(x, y)
+                seen.append((idx.tolist(), method.importance_steps))
+            else:
+                loss = method.loss(F.cross_entropy(model(x), y, reduction="none"))
+                seen.append(idx.tolist())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            done += 1
+            if stop_after is not None and done == stop_after:
+                buffer = io.BytesIO()
+                torch.save({"model": model.state_dict(), "opt": opt.state_dict(), "epoch": epoch,
+                            "loader": loader.state_dict(), "done": done}, buffer)  # fmt: skip
+                return seen, model, buffer.getvalue()
+    return seen, model, None
+
+
 RESUMED = ["loss", "infobatch", "per", "obs", "tau", "selective_backprop", "hard_example"]
 
 
@@ -590,6 +632,97 @@ def test_resume_through_prefetching_workers(kind):
         assert torch.equal(a, b)
 
 
+@pytest.mark.parametrize("kind", ["loss", "infobatch", "per", "obs", "tau"])
+@pytest.mark.parametrize("workers", [0, 2])
+@pytest.mark.parametrize("stop_after", [20, 15], ids=["mid-epoch", "epoch-boundary"])
+def test_resume_through_torchdatas_stateful_dataloader(kind, workers, stop_after):
+    """StatefulDataLoader asks the sampler for its state when it prefetches a batch, ahead of the loop;
+    a run resumed from the loader's state still trains on exactly the uninterrupted run's batches."""
+    if workers and stop_after == 15 and kind not in ("loss", "tau"):
+        pytest.skip(
+            "the epoch boundary with workers is checked on one batch sampler and the τ sampler"
+        )
+    full, full_model, _ = run_loop(kind, workers=workers, stateful=True)
+    first, _, checkpoint = run_loop(kind, stop_after=stop_after, workers=workers, stateful=True)
+    rest, resumed_model, _ = run_loop(kind, checkpoint=checkpoint, workers=workers, stateful=True)
+    assert len(first + rest) == len(full) and first + rest == full
+    for a, b in zip(full_model.state_dict().values(), resumed_model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_a_state_is_read_when_saved_and_costs_no_copy_when_asked_for():
+    """state_dict() copies nothing (a StatefulDataLoader calls it at every prefetch); what it holds is
+    read when it is saved or deep-copied, so losses recorded after the call are in the saved state."""
+    import copy
+    import io
+
+    sampler = ismod.LossSampler(64, 8, seed=0)
+    loader = DataLoader(index_data(64), batch_sampler=sampler)
+    batches = iter(loader)
+    x, _ = next(batches)
+    state = sampler.state_dict()
+    sampler.loss(fixed_loss(x))  # after the call, before the save
+    frozen = copy.deepcopy(state)
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    scores = sampler.strategy.state_dict()["scores"]
+    for saved in (frozen["saved"], loaded["saved"]):
+        assert (
+            torch.equal(saved["strategy"]["scores"], scores) and saved["in_epoch"]["pending"] == []
+        )
+    next(batches)
+    assert (
+        frozen["saved"]["in_epoch"]["count"] == 1
+    )  # frozen at the copy, not moving on with the sampler
+
+
+def _saved(sampler) -> dict:
+    import copy
+
+    return copy.deepcopy(sampler.state_dict())
+
+
+@pytest.mark.parametrize(
+    "saved_by, loaded_by, named",
+    [
+        (lambda: ismod.LossSampler(200, 16), lambda: ismod.LossSampler(100, 16), "num_items 200"),
+        (lambda: ismod.LossSampler(100, 16), lambda: ismod.LossSampler(200, 16), "num_items 100"),
+        (lambda: ismod.LossSampler(100, 16), lambda: ismod.LossSampler(100, 32), "batch_size 16"),
+        (lambda: ismod.InfoBatchSampler(100, 16, 3), lambda: ismod.LossSampler(100, 16),
+         "class 'InfoBatchSampler'"),
+        (lambda: StrategyBatchSampler("per", 100, 16), lambda: StrategyBatchSampler("obs", 100, 16),
+         "strategy 'per'"),
+        (lambda: ismod.TauSwitchSampler(small_classifier(), 100, 8),
+         lambda: ismod.TauSwitchSampler(small_classifier(), 50, 8), "num_items 100"),
+    ],
+    ids=["fewer-items", "more-items", "batch-size", "class", "method", "tau-items"],
+)  # fmt: skip
+def test_a_state_of_another_sampler_is_refused_naming_what_differs(saved_by, loaded_by, named):
+    state = _saved(saved_by())
+    with pytest.raises(ValueError, match=f"belongs to another sampler: .*{named}"):
+        loaded_by().load_state_dict(state)
+
+
+def test_an_old_state_still_loads_and_a_partial_one_is_refused_naming_the_missing_keys():
+    sampler = ismod.LossSampler(240, 16, seed=3)
+    loader = DataLoader(indexed_blobs(), batch_sampler=sampler)
+    for k, (x, _, _) in zip(range(5), loader):
+        sampler.loss(x.norm(dim=1))
+    old = _saved(sampler)["saved"]  # format 1 was this dict, at the top level
+    assert "format" not in old
+    resumed = ismod.LossSampler(240, 16, seed=3)
+    resumed.load_state_dict(old)
+    assert resumed.step == sampler.step and resumed.epoch == sampler.epoch
+    with pytest.raises(ValueError, match=r"lacks \['step'\]"):
+        resumed.load_state_dict({k: v for k, v in old.items() if k != "step"})
+    with pytest.raises(ValueError, match="format 7"):
+        resumed.load_state_dict({**_saved(sampler), "format": 7})
+    with pytest.raises(TypeError, match="takes the dict that state_dict"):
+        resumed.load_state_dict([old])
+
+
 def test_identically_seeded_tau_runs_make_the_same_switch_decisions():
     a, model_a, _ = run_loop("tau")
     b, model_b, _ = run_loop("tau")
@@ -597,29 +730,38 @@ def test_identically_seeded_tau_runs_make_the_same_switch_decisions():
     assert all(torch.equal(p, q) for p, q in zip(model_a.parameters(), model_b.parameters()))
 
 
-def test_importance_sampler_resumes_mid_pass_with_the_global_rng():
-    """ImportanceSampler without a generator draws from torch's global RNG: restoring both continues
-    the run exactly, mid-pass and at a pass boundary."""
-    from ismod.sampling import IndexedDataset
+def test_importance_sampler_draws_from_its_seed_and_leaves_the_global_rng_alone():
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    draws = {seed: ismod.ImportanceSampler(500, seed=seed).sample(64)[0] for seed in (0, 1, 0)}
+    assert torch.equal(torch.get_rng_state(), before)
+    assert not torch.equal(draws[0], draws[1])
+    assert torch.equal(draws[0], ismod.ImportanceSampler(500, seed=0).sample(64)[0])
+
+
+def test_importance_sampler_resumes_mid_pass_from_its_state_alone():
+    """ImportanceSampler without a generator draws from its own, seeded one: its state continues the
+    run exactly, mid-pass, at a pass boundary and past the buffer of uniforms it had fetched (batch 256
+    of 32 draws 16,384 uniforms), whatever the global RNG did in between."""
+    from ismod.sampling import _UNIFORM_BUFFER, IndexedDataset
 
     data = IndexedDataset(TensorDataset(torch.arange(200.0)))
+    passes = 2 + 2 * _UNIFORM_BUFFER // 200  # past the first refill of the uniforms
 
     def loop(stop=None, state=None):
-        sampler = ismod.ImportanceSampler(200)
+        sampler = ismod.ImportanceSampler(200, seed=5)
         start = 0
         if state is not None:
-            torch.set_rng_state(state["rng"])
+            torch.manual_seed(123)  # another global RNG than the saved run's
             sampler.load_state_dict(state["sampler"])
             start = state["epoch"] + (0 if sampler.resumes_mid_pass else 1)
-        else:
-            torch.manual_seed(5)
         seen = []
-        for epoch in range(start, 3):
+        for epoch in range(start, passes):
             for k, (x, idx) in enumerate(DataLoader(data, batch_size=32, sampler=sampler)):
                 seen.append(idx.tolist())
                 sampler.update(idx, 1.0 + x % 5)
                 if (epoch, k) == stop:
-                    return seen, {"rng": torch.get_rng_state(), "sampler": sampler.state_dict(), "epoch": epoch}  # fmt: skip
+                    return seen, {"sampler": sampler.state_dict(), "epoch": epoch}
         return seen, None
 
     full, _ = loop()
