@@ -18,7 +18,7 @@ imports only from layers below it (function-level imports included), and there i
   (the last two need the ``book`` extra).
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # CHANGELOG.md says what each version changed
 
 # What a training loop of your own needs, importable from the top: ``from ismod import LossSampler``.
 from .adapters import (
