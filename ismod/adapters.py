@@ -23,9 +23,12 @@ from __future__ import annotations
 
 import copy
 import numbers
+import os
+import sys
 import statistics
 import time
 import warnings
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Iterator
 from typing import Any
@@ -278,10 +281,13 @@ class _Pairing:
         self.yields_since_loss = 0
         self.exhausted = False  # every batch of the epoch has been yielded
         self.losses_this_epoch = 0
+        self.epoch = 0  # the epoch being paired, for the warning
+        self.warned = False
 
-    def new_epoch(self) -> None:
+    def new_epoch(self, epoch: int = 0) -> None:
         self.batches.clear()  # batches of an abandoned epoch are never trained on
         self.yields_since_loss, self.exhausted, self.losses_this_epoch = 0, False, 0
+        self.epoch, self.warned = epoch, False
 
     def yielded(self, batch: Any) -> None:
         self.batches.append(batch)
@@ -305,14 +311,46 @@ class _Pairing:
         self.batches.popleft()
         self.yields_since_loss, self.losses_this_epoch = 0, self.losses_this_epoch + 1
 
-    def warn_if_unused(self, epoch: int) -> None:
-        if self.exhausted and self.losses_this_epoch == 0:
+    def warn_if_unused(self) -> None:
+        """Warn once if the epoch was yielded whole with no ``loss()`` call: when the next epoch starts,
+        or when the sampler is garbage-collected or the program ends (a one-epoch run)."""
+        if self.exhausted and self.losses_this_epoch == 0 and not self.warned:
+            self.warned = True
             warnings.warn(
-                f"epoch {epoch} ended with no loss() call: the sampler learnt nothing and stays uniform. "
-                "Return sampler.loss(...) from each step (the per-sample losses, or x and y)",
+                f"epoch {self.epoch} ended with no loss() call: the sampler learnt nothing and stays "
+                "uniform. Return sampler.loss(...) from each step (the per-sample losses, or x and y)",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=_user_stacklevel(),
             )
+
+
+def _user_stacklevel() -> int:
+    """The ``stacklevel`` of the first caller outside this module and ``torch.utils.data``, so that a
+    warning points at the user's loop rather than into the DataLoader."""
+    frame, level = sys._getframe(1), 1
+    inside = (__file__, os.path.join("torch", "utils", "data"))
+    while frame.f_back is not None and any(p in frame.f_code.co_filename for p in inside):
+        frame, level = frame.f_back, level + 1
+    return level
+
+
+def _as_epoch(epoch: Any) -> int:
+    if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+        raise ValueError(f"set_epoch takes the epoch's number, an integer >= 0, got {epoch!r}")
+    return int(epoch)
+
+
+def _refuse_batch_sampler_as_sampler(sampler: Any) -> None:
+    """A batch sampler passed as ``DataLoader(sampler=...)`` is iterated by torch's ``BatchSampler``,
+    which would group whole batches into batches of batches: refuse it, naming the fix."""
+    from torch.utils.data import BatchSampler
+
+    caller = sys._getframe(2)  # the frame that called iter() on this sampler
+    if isinstance(caller.f_locals.get("self"), BatchSampler):
+        raise TypeError(
+            f"{type(sampler).__name__} yields whole batches: pass it as "
+            "DataLoader(dataset, batch_sampler=sampler), not sampler=sampler"
+        )
 
 
 class _EpochPosition:
@@ -333,7 +371,7 @@ class _EpochPosition:
     def _set_epoch(self, epoch: int) -> None:
         """After :meth:`load_state_dict`, the resumed epoch's own number keeps the resume; another
         drops it (as DistributedSampler.set_epoch, the caller chooses the epoch)."""
-        self.epoch = int(epoch)
+        self.epoch = _as_epoch(epoch)
         if self._resume is not None and self._resume["epoch"] != self.epoch:
             self._resume = None
 
@@ -463,16 +501,26 @@ class StrategyBatchSampler(_EpochPosition, Sampler[list[int]]):
         if isinstance(strategy, InfoBatch):  # the authors' annealing epoch needs E
             strategy.num_epochs = self.num_epochs
         self._pairing = _Pairing()
+        weakref.finalize(self, self._pairing.warn_if_unused)  # a one-epoch run that never called loss()
         self._losses = _HostCopies()
         self._in_epoch: dict[str, int] | None = None  # count, length of the epoch being yielded
         self._resume: dict[str, Any] | None = None
+        # the next epoch, started early by len(): its length, and what to restore if set_epoch renames it
+        self._next_length: int | None = None
+        self._before_next: tuple[int, dict[str, Any], torch.Tensor] | None = None
 
     # --- the epoch -----------------------------------------------------------------------------------
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch about to start (as ``DistributedSampler.set_epoch``): sets the strategies' progress.
-        After :meth:`load_state_dict`, the resumed epoch's own number keeps the resume; another drops it."""
+        After :meth:`load_state_dict`, the resumed epoch's own number keeps the resume; another drops it.
+        An epoch that ``len()`` started early under another number is drawn again under this one."""
         self._set_epoch(epoch)
+        before = self._before_next
+        if before is not None and before[0] != self.epoch:
+            self.strategy.load_state_dict(before[1])
+            self._generator.set_state(before[2])
+            self._next_length = self._before_next = None
 
     def _observe_ready(self, wait: bool = False) -> None:
         for indices, losses in self._losses.ready(wait):
@@ -489,35 +537,58 @@ class StrategyBatchSampler(_EpochPosition, Sampler[list[int]]):
         if isinstance(strategy, InfoBatch):
             strategy.current_epoch = self.epoch
 
+    def _begin_epoch(self) -> int:
+        """Start the epoch about to be yielded, once, and return its length in batches: a scored
+        strategy draws its queue now, as the epoch's first ``select`` would have (same scores, progress
+        and generator), so that ``len()`` before an epoch is that epoch's (InfoBatch's pruned one)."""
+        if self._next_length is not None:
+            return self._next_length
+        strategy = self.strategy
+        if isinstance(strategy, ScoredStrategy):
+            self._observe_ready()
+            self._before_next = (self.epoch, strategy.state_dict(), self._generator.get_state())
+            self._set_progress(0, self._queued_length())
+            strategy.start_epoch(self.step)
+            queued, b = strategy.queue.numel(), strategy.batch_size
+            self._next_length = -(-queued // b) if not self.drop_last else queued // b
+        else:
+            self._set_progress(0, self.num_items // strategy.batch_size)
+            self._next_length = self.num_items // strategy.batch_size
+        return self._next_length
+
+    def _queued_length(self) -> int:
+        """Batches in the strategy's current queue (the epoch being yielded or just ended)."""
+        strategy = self.strategy
+        if isinstance(strategy, ScoredStrategy) and strategy.queue.numel():
+            queued, b = strategy.queue.numel(), strategy.batch_size
+            return max(queued // b if self.drop_last else -(-queued // b), 1)
+        return self.num_items // (self.batch_size * self.num_replicas)
+
     def __iter__(self) -> Iterator[list[int]]:
-        self._pairing.warn_if_unused(self.epoch - 1)
+        _refuse_batch_sampler_as_sampler(self)
+        return self._batches()
+
+    def _batches(self) -> Iterator[list[int]]:
+        self._pairing.warn_if_unused()
         strategy, mine = self.strategy, slice(self.rank, None, self.num_replicas)
         resume, self._resume = self._resume, None
-        self._pairing.new_epoch()
+        self._pairing.new_epoch(self.epoch)
         self._iteration_over = False
-        if resume is None:
-            if isinstance(strategy, ScoredStrategy):
-                strategy.position = (
-                    strategy.queue.numel()
-                )  # the next select starts a new epoch queue
-                length = -1  # known after that select
-            else:
-                length = self.num_items // strategy.batch_size
-            count = 0
+        fresh = resume is None or resume["length"] < 0  # (a format-1 state saved before its first batch)
+        if fresh:
+            count, length = 0, self._begin_epoch()
+            self._next_length = self._before_next = None
         else:
             count, length = resume["count"], resume["length"]
             for indices, weights in resume["pending"]:
                 self._pairing.yielded((indices, weights))
                 yield indices[mine].tolist()
         self._in_epoch = {"count": count, "length": length}
-        while length < 0 or count < length:
+        while count < length:
             self._observe_ready()
-            self._set_progress(count, length if length > 0 else len(self))
+            if count or not fresh:  # the first one's progress was set when the epoch began
+                self._set_progress(count, length)
             indices, weights = strategy.select(self.step)
-            if length < 0:
-                b = strategy.batch_size
-                queued = strategy.queue.numel()
-                length = -(-queued // b) if not self.drop_last else queued // b
             self.step += 1
             count += 1
             self._in_epoch = {"count": count, "length": length}
@@ -529,11 +600,13 @@ class StrategyBatchSampler(_EpochPosition, Sampler[list[int]]):
         self._end_epoch_if_done()
 
     def __len__(self) -> int:
-        strategy = self.strategy
-        if isinstance(strategy, ScoredStrategy) and strategy.queue.numel():
-            queued, b = strategy.queue.numel(), strategy.batch_size
-            return max(queued // b if self.drop_last else -(-queued // b), 1)
-        return self.num_items // (self.batch_size * self.num_replicas)
+        """Batches in the epoch being yielded or, between epochs, in the next one (started early:
+        :meth:`_begin_epoch`), so that a progress bar or a step-based schedule gets its true length."""
+        if self._resume is not None and self._resume["length"] >= 0:
+            return int(self._resume["length"])
+        if self._in_epoch is not None and self._in_epoch["length"] >= 0:
+            return int(self._in_epoch["length"])
+        return self._begin_epoch()
 
     # --- the loss ------------------------------------------------------------------------------------
 
@@ -577,7 +650,8 @@ class StrategyBatchSampler(_EpochPosition, Sampler[list[int]]):
         recorded first): read when the state is saved."""
         self._observe_ready(wait=True)
         return {"strategy": self.strategy.state_dict(), "generator": self._generator.get_state(),
-                "epoch": self.epoch, "step": self.step, "in_epoch": self._epoch_state()}  # fmt: skip
+                "epoch": self.epoch, "step": self.step, "in_epoch": self._epoch_state(),
+                "next_length": self._next_length}  # fmt: skip
 
     def state_dict(self) -> dict[str, Any]:
         """The sampler's state: its class, N, b and method (checked on load), and, read when the state
@@ -600,7 +674,8 @@ class StrategyBatchSampler(_EpochPosition, Sampler[list[int]]):
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self._resume = state.get("in_epoch")
         self._in_epoch = None
-        self._pairing.new_epoch()
+        self._next_length, self._before_next = state.get("next_length"), None
+        self._pairing.new_epoch(self.epoch)
 
 
 class LossSampler(StrategyBatchSampler):
@@ -722,6 +797,11 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
     backward pass of the batch, in inference mode and without touching the gradients): a cost model of
     this machine, which timing noise can move between runs. A number fixes τ_th.
 
+    Which batches are presamples is decided when the loader takes a batch from the sampler, from τ as
+    it stands then: a loader with workers takes batches ahead of the loop (``prefetch_factor`` ×
+    ``num_workers`` of them), so the decisions, and the run, depend on ``num_workers``; identically
+    configured runs decide alike.
+
     An epoch is N/b steps, as with uniform batches, so schedules keep their length. A sampler that is
     never iterated scores batches of the caller's own (b or B samples) in :meth:`loss`. Under
     ``torch.distributed`` each replica draws from its share of a permutation seeded by
@@ -794,6 +874,7 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
         self._passes = 0
         self._generator: torch.Generator | None = None
         self._pairing = _Pairing()
+        weakref.finalize(self, self._pairing.warn_if_unused)  # a one-epoch run that never called loss()
         self._iterated = False  # loss() pairs its batch with a yielded one once the loader iterates
         self._check = _HostScoreCheck("loss() scores")
         self._in_epoch: dict[str, int] | None = None
@@ -835,10 +916,14 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
         return switch is not None and switch.switches_on(switch.tau_for_decision(self.calls))
 
     def __iter__(self) -> Iterator[list[int]]:
+        _refuse_batch_sampler_as_sampler(self)
+        return self._batches()
+
+    def _batches(self) -> Iterator[list[int]]:
         self._iterated = True
-        self._pairing.warn_if_unused(self.epoch)
+        self._pairing.warn_if_unused()
         resume, self._resume = self._resume, None
-        self._pairing.new_epoch()
+        self._pairing.new_epoch(self.epoch)
         self._iteration_over = False
         count = 0
         if resume is None:
@@ -951,7 +1036,9 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
 
     @property
     def tau(self) -> float:
-        """The current τ (synchronises on CUDA; for logging)."""
+        """The current τ, a running mean of each batch's τ (each at least 1) with momentum
+        ``tau_momentum``, started at 0 as in the authors' library: it reads below 1 for the first few
+        dozen steps while it rises (synchronises on CUDA; for logging)."""
         return 0.0 if self.switch is None else float(self.switch.tau)
 
     @property
@@ -1014,7 +1101,7 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
             )
         self._resume = state.get("in_epoch")
         self._in_epoch = None
-        self._pairing.new_epoch()
+        self._pairing.new_epoch(self.epoch)
         self._restored = state if state["tau"] is not None else None
         if self.switch is not None and self._restored is not None:
             self._restore(self.switch)

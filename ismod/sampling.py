@@ -771,6 +771,8 @@ class ImportanceSampler(Sampler[int]):
 
     def set_epoch(self, epoch: int) -> None:
         """Seed the next pass with ``seed + epoch`` (distributed mode), as ``DistributedSampler.set_epoch``."""
+        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+            raise ValueError(f"set_epoch takes the epoch's number, an integer >= 0, got {epoch!r}")
         self.epoch = int(epoch)
 
     def __iter__(self) -> Iterator[int]:

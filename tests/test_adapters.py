@@ -978,3 +978,71 @@ def test_tau_switch_sampler_under_ddp_needs_the_wrapped_model_and_keeps_replicas
     assert ranks[0]["importance_steps"] > 0 and ranks[1]["importance_steps"] > 0
     for a, b in zip(ranks[0]["params"], ranks[1]["params"]):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+# --- the smaller conventions a PyTorch user relies on -----------------------------------------------
+
+
+def test_an_epoch_without_loss_calls_warns_with_its_own_number_at_the_users_line_and_in_a_one_epoch_run():
+    import gc
+
+    sampler = ismod.LossSampler(64, 16)
+    loader = DataLoader(index_data(64), batch_sampler=sampler)
+    for _ in loader:  # no loss() call
+        pass
+    with pytest.warns(RuntimeWarning, match="epoch 0 ended with no loss") as caught:
+        for _ in loader:
+            break
+    assert caught[0].filename == __file__  # this loop's line, not torch's dataloader.py
+    one_epoch = ismod.TauSwitchSampler(small_classifier(), 64, 16)
+    for _ in DataLoader(blobs(64), batch_sampler=one_epoch):
+        pass
+    with pytest.warns(RuntimeWarning, match="epoch 0 ended with no loss"):
+        del one_epoch
+        gc.collect()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_len_before_an_infobatch_epoch_is_that_epochs_and_asking_changes_nothing(workers):
+    def run(ask: bool, rename: bool = False):
+        sampler = ismod.InfoBatchSampler(RESUME_N, RESUME_B, num_epochs=RESUME_EPOCHS, delta=0.7, seed=3)
+        loader = DataLoader(indexed_blobs(), batch_sampler=sampler, num_workers=workers)
+        lengths, batches = [], []
+        for epoch in range(RESUME_EPOCHS):
+            if ask:
+                lengths.append(len(loader))
+                if rename:  # set_epoch after len() with another number than len() assumed, then back
+                    sampler.set_epoch(epoch + 7)
+                    len(loader)
+                    sampler.set_epoch(epoch)
+            seen = 0
+            for x, _, idx in loader:
+                sampler.loss(x.norm(dim=1))
+                batches.append(idx.tolist())
+                seen += 1
+            lengths.append(seen)
+        return lengths, batches
+
+    lengths, asked = run(ask=True)
+    assert lengths[0::2] == lengths[1::2] and lengths[2] < lengths[4]  # epoch 1 pruned, epoch 2 whole
+    assert asked == run(ask=False)[1] == run(ask=True, rename=True)[1]
+
+
+@pytest.mark.parametrize("bad", [-1, 2.7, "3", True])
+def test_set_epoch_takes_a_non_negative_integer(bad):
+    for sampler in (ismod.LossSampler(64, 16), ismod.TauSwitchSampler(small_classifier(), 64, 16),
+                    ismod.ImportanceSampler(64)):  # fmt: skip
+        with pytest.raises(ValueError, match="set_epoch takes the epoch's number, an integer >= 0"):
+            sampler.set_epoch(bad)
+
+
+def test_a_batch_sampler_passed_as_sampler_is_refused_naming_batch_sampler():
+    for sampler in (ismod.LossSampler(64, 16), ismod.TauSwitchSampler(small_classifier(), 64, 16)):
+        with pytest.raises(TypeError, match=r"batch_sampler=sampler\), not sampler=sampler"):
+            next(iter(DataLoader(blobs(64), sampler=sampler, batch_size=4)))
+
+
+def test_a_threshold_below_one_is_refused_with_the_reason_and_tau_is_documented_to_start_at_zero():
+    with pytest.raises(ValueError, match="each batch's τ is at least 1"):
+        ismod.TauSwitchSampler(small_classifier(), 64, 16, threshold=0.9)
+    assert "started at 0" in ismod.TauSwitchSampler.tau.__doc__

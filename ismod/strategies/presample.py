@@ -54,7 +54,10 @@ def check_presample_options(
                 f"threshold must be one of {THRESHOLDS} or a number, got {threshold!r}"
             )
     elif not (isinstance(threshold, (int, float)) and threshold >= 1):
-        raise ValueError(f"a numeric threshold must be >= 1 (τ is at least 1), got {threshold!r}")
+        raise ValueError(
+            f"a numeric threshold must be >= 1, got {threshold!r}: each batch's τ is at least 1, so a "
+            "threshold below 1 would switch importance sampling on from the first step"
+        )
     if not (isinstance(tau_momentum, (int, float)) and 0 <= tau_momentum < 1):
         raise ValueError(f"tau_momentum must lie in [0, 1), got {tau_momentum!r}")
 

@@ -154,17 +154,23 @@ class ScoredStrategy(Strategy):
         ]
         return indices[order], (None if weights is None else weights[order])
 
+    def start_epoch(self, step: int) -> None:
+        """Draw the next epoch's queue now (a uniform one while warming up), as the first
+        :meth:`select` after the current queue runs out would: a batch sampler calls it before an epoch,
+        so that the epoch's length is known before its first batch."""
+        self._in_warmup_queue = self.epochs_started < self.warmup_epochs
+        if self._in_warmup_queue:
+            self.queue, self.queue_weights = self._uniform_epoch()
+        else:
+            self.queue, self.queue_weights = self.epoch_queue(step)
+        self.position = 0
+        self.epochs_started += 1
+
     def select(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         b = self.batch_size
         queued = self.queue.numel()
         if self.position >= queued or (self.position + b > queued and not self.keep_partial_batch):
-            self._in_warmup_queue = self.epochs_started < self.warmup_epochs
-            if self._in_warmup_queue:
-                self.queue, self.queue_weights = self._uniform_epoch()
-            else:
-                self.queue, self.queue_weights = self.epoch_queue(step)
-            self.position = 0
-            self.epochs_started += 1
+            self.start_epoch(step)
         if not self._in_warmup_queue:
             drawn = self.per_step()
             if drawn is not None:
