@@ -28,6 +28,7 @@ from .adapters import (
     SelectiveBackpropLoss,
     StrategyBatchSampler,
     TauSwitchSampler,
+    select_by_loss,
 )
 from .bounds import upper_bound
 from .process_group import all_gather_cat
@@ -42,6 +43,7 @@ __all__ = [
     "SelectiveBackpropLoss",
     "HardExampleLoss",
     "StrategyBatchSampler",
+    "select_by_loss",
     "ImportanceSampler",
     "IndexedDataset",
     "probabilities",

@@ -30,7 +30,7 @@ import time
 import warnings
 import weakref
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -60,6 +60,7 @@ __all__ = [
     "TauSwitchSampler",
     "SelectiveBackpropLoss",
     "HardExampleLoss",
+    "select_by_loss",
 ]
 
 # --- checks shared by every adapter ------------------------------------------------------------------
@@ -501,7 +502,9 @@ class StrategyBatchSampler(_EpochPosition, Sampler[list[int]]):
         if isinstance(strategy, InfoBatch):  # the authors' annealing epoch needs E
             strategy.num_epochs = self.num_epochs
         self._pairing = _Pairing()
-        weakref.finalize(self, self._pairing.warn_if_unused)  # a one-epoch run that never called loss()
+        weakref.finalize(
+            self, self._pairing.warn_if_unused
+        )  # a one-epoch run that never called loss()
         self._losses = _HostCopies()
         self._in_epoch: dict[str, int] | None = None  # count, length of the epoch being yielded
         self._resume: dict[str, Any] | None = None
@@ -574,7 +577,9 @@ class StrategyBatchSampler(_EpochPosition, Sampler[list[int]]):
         resume, self._resume = self._resume, None
         self._pairing.new_epoch(self.epoch)
         self._iteration_over = False
-        fresh = resume is None or resume["length"] < 0  # (a format-1 state saved before its first batch)
+        fresh = (
+            resume is None or resume["length"] < 0
+        )  # (a format-1 state saved before its first batch)
         if fresh:
             count, length = 0, self._begin_epoch()
             self._next_length = self._before_next = None
@@ -687,6 +692,20 @@ class LossSampler(StrategyBatchSampler):
     keeps the gradient unbiased and every weight at most :math:`1/\\text{smoothing}` (5 by default).
     Unbounded softmax weights at a fast learning rate diverged in Chapter 3; these do not. It is
     :class:`~ismod.strategies.LossSampling` (the loss-sampling report's Algorithm 1 and variants).
+    Everything else (``loss()``, ``set_epoch``, ``state_dict``, resuming) is
+    :class:`StrategyBatchSampler`'s.
+
+    Args:
+        num_items: N, the dataset's length. batch_size: b per replica.
+        method: ``"proportional"`` (:math:`p_i \propto s_i`) or ``"softmax"``
+            (:math:`p_i \propto e^{s_i/T}`, the report's Algorithm 1).
+        temperature: T of the softmax.
+        smoothing: ε, the share of uniform mixed in, :math:`p = (1-ε)p_s + ε/N`; weights stay
+            at most :math:`1/ε`.
+        score: ``"last"`` (each sample's last loss) or ``"running"`` (an exponential average of them).
+        warmup_epochs: uniform epochs first, which record every sample's loss.
+        replacement: draw each epoch's N indices with replacement (unbiased with the weights).
+        drop_last, dataset, seed, num_replicas, rank: as :class:`StrategyBatchSampler`.
     """
 
     def __init__(
@@ -718,7 +737,19 @@ class InfoBatchSampler(StrategyBatchSampler):
     the authors' code bounds it) and scales the kept ones' losses by :math:`1/(1 - r)`; epoch e (from 0)
     trains on everything once :math:`e + 1 > E\\delta` (the authors' rule: with E = 6 and δ = 0.875,
     the last epoch). Like the authors' sampler it keeps each epoch's last partial batch
-    (``drop_last=False``). It is :class:`~ismod.strategies.InfoBatch`."""
+    (``drop_last=False``). It is :class:`~ismod.strategies.InfoBatch`. Everything else (``loss()``,
+    ``set_epoch``, ``state_dict``, resuming) is :class:`StrategyBatchSampler`'s; ``len()`` before an
+    epoch is that epoch's pruned length.
+
+    Args:
+        num_items: N, the dataset's length. batch_size: b per replica.
+        num_epochs: E, the planned epochs; the last :math:`E(1-δ)` of them train on everything.
+        prune_ratio: r, the chance that a well-learned sample is left out of an epoch (at most 0.9).
+        delta: δ, the share of the epochs that prune (the authors' 0.875).
+        drop_last: default ``False`` on one process (the authors' sampler keeps the last partial
+            batch), ``True`` under ``torch.distributed`` (replicas need equal batches).
+        dataset, seed, num_replicas, rank: as :class:`StrategyBatchSampler`.
+    """
 
     def __init__(
         self,
@@ -756,18 +787,96 @@ def _check_batch(x: Any, y: Any, where: str) -> None:
         raise ValueError(f"{where}: inputs are on {x.device} but targets on {y.device}; move both to the model's device")  # fmt: skip
 
 
-def _score(model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-           loss_fn: PerSampleLoss) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+Logits = str | int | Callable[[Any], torch.Tensor] | None
+"""Where the logits are in a model's output: ``None`` (the output is the logits), a key (a dict
+output, e.g. ``"logits"``), an index (a tuple or list output, e.g. ``0``) or a function of the output."""
+
+
+def _check_logits_option(logits: Any) -> Logits:
+    if logits is None or isinstance(logits, (str, int)) or callable(logits):
+        return logits
+    raise TypeError(
+        f"logits must be None, a key, an index or a function of the model's output, got {logits!r}"
+    )
+
+
+def _pick_logits(output: Any, logits: Logits, where: str) -> torch.Tensor:
+    """The logits in ``output`` as ``logits`` says (:data:`Logits`), or an error naming the fix."""
+    if logits is None:
+        picked = output
+    elif callable(logits):
+        picked = logits(output)
+    else:
+        try:
+            picked = output[logits]
+        except (KeyError, IndexError, TypeError) as err:
+            raise ValueError(
+                f"{where}: logits={logits!r} picks nothing in the model's {type(output).__name__} "
+                f"output ({err!r}): name a key or an index it has"
+            ) from err
+    if not isinstance(picked, torch.Tensor):
+        raise TypeError(
+            f"{where}: the model's output {'' if logits is None else f'at logits={logits!r} '}is a "
+            f"{type(picked).__name__}, not a tensor of logits: pass logits= a key (a dict output, e.g. "
+            "logits='logits'), an index (a tuple output, e.g. logits=0) or a function of the output"
+        )
+    return picked
+
+
+def _score(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: PerSampleLoss,
+           logits: Logits = None, where: str = "loss()") -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Logits and per-sample losses without autograd, in inference mode (BatchNorm's running statistics,
     as the harness scores): no buffer moves and a sample's score does not depend on its batch."""
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            logits = model(x)
-            return logits, per_sample_losses(loss_fn, logits, y)
+            out = _pick_logits(model(x), logits, where)
+            return out, per_sample_losses(loss_fn, out, y)
     finally:
         model.train(was_training)
+
+
+def select_by_loss(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    keep: float = 0.5,
+    *,
+    sample: bool = False,
+    loss_fn: PerSampleLoss | None = None,
+    logits: Logits = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Which samples of the batch ``x, y`` to train on, for any forward pass: scores the batch without
+    autograd (inference mode, as the adapters score) and returns ``(positions, weights)`` in the batch.
+
+    - ``sample=False``: the ``max(1, round(keep · n))`` samples with the highest loss, weights 1
+      (hard-example selection as airbench96; biased on purpose).
+    - ``sample=True``: that many drawn with replacement with :math:`p_i \propto L_i`, weights
+      :math:`1/(n p_i)`, so that :math:`\frac1k\sum_j w_j L_j` is an unbiased estimate of the batch's
+      mean loss (Katharopoulos & Fleuret 2018, with the loss as the score).
+
+    Then train on the subset::
+
+        pos, w = ismod.select_by_loss(model, x, y, keep=0.5)
+        loss = (w * F.cross_entropy(model(x[pos]), y[pos], reduction="none")).mean()
+
+    ``logits`` says where the logits are in the model's output (:data:`Logits`); ``generator`` draws
+    when ``sample`` (default: torch's global RNG, as torch's own random functions)."""
+    _check_batch(x, y, "select_by_loss")
+    if not (isinstance(keep, (int, float)) and 0 < keep <= 1):
+        raise ValueError(
+            f"keep (the fraction of the batch trained on) must lie in (0, 1], got {keep!r}"
+        )
+    _, losses = _score(model, x, y, loss_fn or cross_entropy_loss(), _check_logits_option(logits),
+                       "select_by_loss")  # fmt: skip
+    check_scores(losses.detach().reshape(-1), "select_by_loss losses")
+    k = max(1, round(keep * losses.shape[0]))
+    if not sample:
+        positions = hardest(losses, k)
+        return positions, torch.ones(k, dtype=torch.float32, device=losses.device)
+    return _draw(normalize_scores(losses.float()), k, True, generator)
 
 
 # Calls of TauSwitchSampler.loss, on uniform steps, whose batch also times a forward and a backward
@@ -823,6 +932,8 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
         presample_cap: switch on when :math:`\\tau_{\\text{eff}} = 1/(1/\\tau + b/B)` exceeds τ_th, not τ
             (Chapter 5, §5.6: the presample's own variance caps what a step is worth).
         loss_fn: per-sample loss, ``(logits, targets) -> (b,)``; softmax cross-entropy by default.
+        logits: where the logits are in the model's output, for models that return a tuple or a dict:
+            a key, an index or a function of the output (default: the output is the logits).
         dataset: optional; checked to have ``num_items`` items.
         seed, num_replicas, rank: as ``DistributedSampler``.
     """
@@ -840,6 +951,7 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
         sqrt: bool = False,
         presample_cap: bool = False,
         loss_fn: PerSampleLoss | None = None,
+        logits: Logits = None,
         dataset: Any = None,
         seed: int = 0,
         num_replicas: int | None = None,
@@ -858,6 +970,7 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
         if self.presample_size > self.shard_size:
             raise ValueError(f"presample B = {self.presample_size} exceeds the {self.shard_size} samples of a replica")  # fmt: skip
         self.model, self.score, self.loss_fn = model, score, loss_fn or cross_entropy_loss()
+        self.logits = _check_logits_option(logits)
         self.threshold, self.tau_momentum, self.sqrt = threshold, float(tau_momentum), bool(sqrt)
         if not isinstance(presample_cap, bool):
             raise ValueError(f"presample_cap must be True or False, got {presample_cap!r}")
@@ -874,7 +987,9 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
         self._passes = 0
         self._generator: torch.Generator | None = None
         self._pairing = _Pairing()
-        weakref.finalize(self, self._pairing.warn_if_unused)  # a one-epoch run that never called loss()
+        weakref.finalize(
+            self, self._pairing.warn_if_unused
+        )  # a one-epoch run that never called loss()
         self._iterated = False  # loss() pairs its batch with a yielded one once the loader iterates
         self._check = _HostScoreCheck("loss() scores")
         self._in_epoch: dict[str, int] | None = None
@@ -970,14 +1085,14 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
             self._restore(self.switch)
         step, b = self.calls, self.batch_size
         if x.shape[0] > b:  # a presample: score, resample b, weight 1/(B g)
-            logits, losses = _score(self.model, x, y, self.loss_fn)
+            logits, losses = _score(self.model, x, y, self.loss_fn, self.logits)
             scores = self._scores(logits, y, losses)
             self._check(scores)
             g = normalize_scores(scores)
             chosen, weights = _draw(g, b, True, self._generator)
             self.switch.update(g, step)
             x, y = x[chosen], y[chosen]
-            logits = self.model(x)
+            logits = _pick_logits(self.model(x), self.logits, "loss()")
             loss = (
                 weights.to(logits.device, torch.float32)
                 * per_sample_losses(self.loss_fn, logits, y)
@@ -990,7 +1105,7 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
                 and len(self.probes) < len(_PROBE_CALLS)
             ):
                 self._probe(x, y)
-            logits = self.model(x)
+            logits = _pick_logits(self.model(x), self.logits, "loss()")
             losses = per_sample_losses(self.loss_fn, logits, y)
             scores = self._scores(logits.detach(), y, losses.detach())
             self._check(scores)
@@ -1020,7 +1135,8 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
                 module(x)
             _synchronize(x.device)
             t1 = time.perf_counter()
-            loss = per_sample_losses(self.loss_fn, module(x), y).mean()
+            logits = _pick_logits(module(x), self.logits, "loss()")
+            loss = per_sample_losses(self.loss_fn, logits, y).mean()
             _synchronize(x.device)
             t2 = time.perf_counter()
             torch.autograd.grad(loss, [p for p in module.parameters() if p.requires_grad])
@@ -1146,14 +1262,17 @@ def _check_replicated(model: nn.Module) -> None:
 
 class _ScoredSubsetLoss:
     """Score a batch without autograd, keep some of it, train on those (selective backprop, hard
-    selection). The loader's batch is the candidate batch."""
+    selection). The loader's batch is the candidate batch. For a model whose output is a tuple or a
+    dict, ``logits=`` names where its logits are (a key, an index or a function of the output)."""
 
     where = "loss()"
 
-    def __init__(self, model: nn.Module, loss_fn: PerSampleLoss | None, seed: int) -> None:
+    def __init__(self, model: nn.Module, loss_fn: PerSampleLoss | None, seed: int,
+                 logits: Logits = None) -> None:  # fmt: skip
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.model, self.loss_fn, self.seed = model, loss_fn or cross_entropy_loss(), int(seed)
+        self.logits = _check_logits_option(logits)
         self.last_logits: torch.Tensor | None = None
         self.last_targets: torch.Tensor | None = None
         self.candidates = 0
@@ -1170,16 +1289,21 @@ class _ScoredSubsetLoss:
         return {"candidates": self.candidates, "trained": self.trained}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`: the counters (and, for selective backprop, the window and the
+        generator, applied at the next ``loss()``)."""
+        _required(state, ("candidates", "trained"), f"{type(self).__name__}.load_state_dict")
         self.candidates, self.trained = int(state["candidates"]), int(state["trained"])
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Score the batch ``x, y``, forward the samples kept, return their mean loss."""
         _check_batch(x, y, self.where)
-        _, losses = _score(self.score_model, x, y, self.loss_fn)
+        scoring_model = self.model if self.score_model is self.model else None
+        _, losses = _score(self.score_model, x, y, self.loss_fn,
+                           self.logits if scoring_model is not None else None)  # fmt: skip
         self._check(losses)
         keep = self._positions(losses)
         x, y = x[keep], y[keep]
-        logits = self.model(x)
+        logits = _pick_logits(self.model(x), self.logits, self.where)
         self.last_logits, self.last_targets = logits.detach(), y
         self.candidates += losses.shape[0]
         self.trained += keep.shape[0]
@@ -1203,8 +1327,8 @@ class SelectiveBackpropLoss(_ScoredSubsetLoss):
     """
 
     def __init__(self, model: nn.Module, *, beta: float = 3.0, history: int = 1024,
-                 loss_fn: PerSampleLoss | None = None, seed: int = 0) -> None:  # fmt: skip
-        super().__init__(model, loss_fn, seed)
+                 loss_fn: PerSampleLoss | None = None, seed: int = 0, logits: Logits = None) -> None:  # fmt: skip
+        super().__init__(model, loss_fn, seed, logits)
         if not (isinstance(beta, (int, float)) and beta > 0):
             raise ValueError(f"beta must be > 0, got {beta!r}")
         self.beta, self.history = float(beta), LossWindow.check_size(history)
@@ -1213,6 +1337,8 @@ class SelectiveBackpropLoss(_ScoredSubsetLoss):
         self._restored: dict[str, Any] | None = None
 
     def state_dict(self) -> dict[str, Any]:
+        """The counters, the loss window of the last ``history`` losses and the keep-draw generator
+        (a copy: later steps do not change it)."""
         state = super().state_dict()
         if self._restored is not None:  # loaded, not yet applied
             return {**state, **{k: self._restored[k] for k in ("window", "generator")}}
@@ -1248,8 +1374,8 @@ class HardExampleLoss(_ScoredSubsetLoss):
     same :func:`~ismod.strategies.budgeted.hardest` as the harness's ``HardSelection``."""
 
     def __init__(self, model: nn.Module, *, keep: float = 0.5, proxy: nn.Module | None = None,
-                 loss_fn: PerSampleLoss | None = None) -> None:  # fmt: skip
-        super().__init__(model, loss_fn, 0)
+                 loss_fn: PerSampleLoss | None = None, logits: Logits = None) -> None:  # fmt: skip
+        super().__init__(model, loss_fn, 0, logits)
         if not (isinstance(keep, (int, float)) and 0 < keep <= 1):
             raise ValueError(
                 f"keep (the fraction of each batch trained on) must lie in (0, 1], got {keep!r}"

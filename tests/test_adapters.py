@@ -1005,13 +1005,17 @@ def test_an_epoch_without_loss_calls_warns_with_its_own_number_at_the_users_line
 @pytest.mark.parametrize("workers", [0, 2])
 def test_len_before_an_infobatch_epoch_is_that_epochs_and_asking_changes_nothing(workers):
     def run(ask: bool, rename: bool = False):
-        sampler = ismod.InfoBatchSampler(RESUME_N, RESUME_B, num_epochs=RESUME_EPOCHS, delta=0.7, seed=3)
+        sampler = ismod.InfoBatchSampler(
+            RESUME_N, RESUME_B, num_epochs=RESUME_EPOCHS, delta=0.7, seed=3
+        )
         loader = DataLoader(indexed_blobs(), batch_sampler=sampler, num_workers=workers)
         lengths, batches = [], []
         for epoch in range(RESUME_EPOCHS):
             if ask:
                 lengths.append(len(loader))
-                if rename:  # set_epoch after len() with another number than len() assumed, then back
+                if (
+                    rename
+                ):  # set_epoch after len() with another number than len() assumed, then back
                     sampler.set_epoch(epoch + 7)
                     len(loader)
                     sampler.set_epoch(epoch)
@@ -1024,7 +1028,9 @@ def test_len_before_an_infobatch_epoch_is_that_epochs_and_asking_changes_nothing
         return lengths, batches
 
     lengths, asked = run(ask=True)
-    assert lengths[0::2] == lengths[1::2] and lengths[2] < lengths[4]  # epoch 1 pruned, epoch 2 whole
+    assert (
+        lengths[0::2] == lengths[1::2] and lengths[2] < lengths[4]
+    )  # epoch 1 pruned, epoch 2 whole
     assert asked == run(ask=False)[1] == run(ask=True, rename=True)[1]
 
 
@@ -1046,3 +1052,71 @@ def test_a_threshold_below_one_is_refused_with_the_reason_and_tau_is_documented_
     with pytest.raises(ValueError, match="each batch's τ is at least 1"):
         ismod.TauSwitchSampler(small_classifier(), 64, 16, threshold=0.9)
     assert "started at 0" in ismod.TauSwitchSampler.tau.__doc__
+
+
+# --- any model output --------------------------------------------------------------------------------
+
+
+class DictOutput(nn.Module):
+    """A model whose forward returns a dict (as Hugging Face models do) or a tuple."""
+
+    def __init__(self, as_tuple: bool = False) -> None:
+        super().__init__()
+        self.net, self.as_tuple = small_classifier(0), as_tuple
+
+    def forward(self, x):
+        z = self.net(x)
+        return (z, x.sum(1)) if self.as_tuple else {"logits": z, "aux": x.sum(1)}
+
+
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda m, logits: ismod.TauSwitchSampler(m, 96, 16, threshold=1.0, logits=logits),
+        lambda m, logits: ismod.SelectiveBackpropLoss(m, beta=1.0, logits=logits),
+        lambda m, logits: ismod.HardExampleLoss(m, logits=logits),
+    ],
+    ids=["tau", "selective_backprop", "hard_example"],
+)
+def test_models_returning_a_dict_or_a_tuple_train_once_the_logits_are_named(make):
+    x, y = blobs(96).tensors
+    plain = make(small_classifier(0), None).loss(x[:32], y[:32])
+    for model, logits in ((DictOutput(), "logits"), (DictOutput(True), 0),
+                          (DictOutput(), lambda out: out["logits"])):  # fmt: skip
+        with pytest.raises(TypeError, match="not a tensor of logits: pass logits="):
+            make(model, None).loss(x[:32], y[:32])
+        loss = make(model, logits).loss(x[:32], y[:32])
+        loss.backward()
+        assert torch.equal(
+            loss.detach(), plain.detach()
+        )  # the same network and batch as the plain one
+    with pytest.raises(ValueError, match="logits='scores' picks nothing"):
+        make(DictOutput(), "scores").loss(x[:32], y[:32])
+
+
+def test_select_by_loss_keeps_the_hardest_or_samples_by_loss_without_bias():
+    from ismod.train import per_sample_losses
+
+    model, (x, y) = small_classifier(0), blobs(64).tensors
+    model.eval()
+    with torch.no_grad():
+        losses = per_sample_losses(ismod.cross_entropy_loss(), model(x), y)
+    model.train()
+    positions, weights = ismod.select_by_loss(model, x, y, keep=0.25)
+    assert set(positions.tolist()) == set(losses.topk(16).indices.tolist()) and weights.eq(1).all()
+    assert model.training  # scored in inference mode, handed back in training mode
+    # sampled, p ∝ L: (1/k) Σ w_j f_j is unbiased for the batch mean of any f (4,000 draws, 4 standard
+    # errors), and for f = L itself it is exact, the zero-variance case of importance sampling
+    gen = torch.Generator().manual_seed(0)
+    f = x[:, 0].double()
+    estimates = []
+    for _ in range(4000):
+        pos, w = ismod.select_by_loss(DictOutput(), x, y, keep=0.25, sample=True, logits="logits",
+                                      generator=gen)  # fmt: skip
+        estimates.append(float((w * f[pos]).mean()))
+        assert float((w * losses[pos]).mean()) == pytest.approx(float(losses.mean()), rel=1e-5)
+    estimates = torch.tensor(estimates, dtype=torch.float64)
+    se = estimates.std() / len(estimates) ** 0.5
+    assert se > 0 and abs(estimates.mean() - f.mean()) < 4 * se
+    with pytest.raises(ValueError, match=r"keep .* must lie in \(0, 1\]"):
+        ismod.select_by_loss(model, x, y, keep=0)
