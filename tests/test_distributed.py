@@ -127,11 +127,11 @@ def test_a_two_process_checkpoint_resumes_in_one_process(tmp_path):
 
 
 def test_a_dead_rank_fails_the_others_within_the_timeout(tmp_path):
-    start = time.monotonic()
+    # spawn fails the test if a rank is still running after the timeout (a hang), so no clock is read
+    # here: rank 0's own error, not the timeout, must be what ended it
     ranks = spawn(tmp_path, timeout=90, strategy_name="uniform", options={}, steps=14, die_at=3)
     assert 1 not in ranks  # it died without a word
     assert isinstance(ranks[0], str) and "another rank died" in ranks[0], ranks.get(0)
-    assert time.monotonic() - start < 90
 
 
 def test_a_seconds_budget_ends_on_the_same_step_on_every_rank(tmp_path):

@@ -357,6 +357,12 @@ def test_run_or_load_reuses_only_exact_matches(tree, tmp_path, monkeypatch):
 # --- checkpoint and resume ---------------------------------------------------------------------
 
 
+def _process_state(pid: int) -> str:
+    """The state letter of a process in /proc (``T``: stopped)."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return stat[stat.rindex(")") + 2]
+
+
 def _cli(tree: Path, out: Path, *extra: str) -> list[str]:
     sets = ["subset=None", "test_subset=None", "batch_size=4", "budget='steps'", "budget_amount=300",
             "evaluations=3", "lr=0.05", "checkpoint_every_steps=10", "checkpoint_every_seconds=1e9"]  # fmt: skip
@@ -386,18 +392,29 @@ def test_killed_run_resumes_to_the_same_state(tree, tmp_path):
 
     killed = tmp_path / "killed.json"
     ckpt = killed.with_suffix(".ckpt.pt")
-    proc = subprocess.Popen(_cli(tree, killed), env=env, cwd=ROOT)
-    deadline = time.time() + 300
-    step = 0
-    while time.time() < deadline and proc.poll() is None:
-        if ckpt.exists():
-            step = torch.load(ckpt, weights_only=False)["loop"]["step"]
-            if step >= 100:
-                break
+    # The run stops itself (SIGSTOP) right after writing its checkpoint at step 100, and is killed
+    # there: no race between the run and this test's polling, however busy the machine is.
+    stop_at_100 = (
+        "import os, runpy, signal, sys\n"
+        "import ismod.train as t\n"
+        "save = t._Loop.save_checkpoint\n"
+        "def save_then_stop(self):\n"
+        "    save(self)\n"
+        "    if self.state['step'] >= 100:\n"
+        "        os.kill(os.getpid(), signal.SIGSTOP)\n"
+        "t._Loop.save_checkpoint = save_then_stop\n"
+        "sys.argv = ['ismod', *sys.argv[1:]]\n"
+        "runpy.run_module('ismod', run_name='__main__')\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", stop_at_100, *_cli(tree, killed)[3:]], env=env,
+                            cwd=ROOT)  # fmt: skip
+    deadline = time.monotonic() + 600  # a bound on a hang, not on the machine's speed
+    while proc.poll() is None and _process_state(proc.pid) != "T" and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert proc.poll() is None, "the run finished before it could be killed; make it longer"
+    assert proc.poll() is None, "the run ended before its checkpoint at step 100"
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    step = torch.load(ckpt, weights_only=False)["loop"]["step"]
     assert not killed.exists() and 100 <= step < 300
     subprocess.run(_cli(tree, killed, "--resume"), check=True, env=env, cwd=ROOT, timeout=600)
 
