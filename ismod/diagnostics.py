@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 from .sampling import _check_probs, draw
 
@@ -21,6 +23,10 @@ __all__ = [
     "negligible_fraction",
     "NoiseScale",
     "gradient_noise_scale",
+    "NORM_MODES",
+    "GradientError",
+    "batch_gradient",
+    "batch_gradient_error",
 ]
 
 STAT_NAMES: tuple[str, ...] = ("entropy", "kl_from_uniform", "effective_fraction", "max_weight")
@@ -223,3 +229,117 @@ def gradient_noise_scale(
     trace = (small - big) / (1.0 / b_small - 1.0 / b_big)
     b_simple = trace / grad_sq if grad_sq > 0 else math.inf
     return NoiseScale(grad_sq, trace, b_simple)
+
+
+# --- the error of a batch gradient, in the normalisation mode training uses (Chapter 5) -------------
+
+NORM_MODES = ("train", "eval")
+"""How a batch is normalised when its gradient is taken: ``"train"``, with the batch's own statistics
+(what a training step with batch norm does; a sample's gradient then depends on its batch), or
+``"eval"``, with the running statistics (a sample's gradient is its own)."""
+
+PerSampleLossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+BatchRule = Callable[[torch.Generator], "tuple[torch.Tensor, torch.Tensor | None]"]
+
+
+@dataclass(frozen=True)
+class GradientError:
+    """:func:`batch_gradient_error`'s answer: ``mse`` :math:`\mathbb{E}\lVert\hat g - \bar g\rVert^2`
+    estimated from ``draws`` batches, its ``standard_error`` (the squared errors' standard deviation
+    over :math:`\sqrt{R}`), and ``reference_sq_norm`` :math:`\lVert\bar g\rVert^2`, to compare against."""
+
+    mse: float
+    standard_error: float
+    draws: int
+    reference_sq_norm: float
+
+
+def batch_gradient(
+    model: nn.Module,
+    loss_fn: PerSampleLossFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    indices: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    *,
+    mode: str = "train",
+) -> torch.Tensor:
+    """The flattened gradient of :math:`\frac1b\sum_j w_j L_{i_j}` over the model's trainable
+    parameters, for the batch ``x[indices]`` normalised as ``mode`` says (:data:`NORM_MODES`).
+
+    The model is left as it was: its train/eval flag, its buffers (batch norm's running statistics,
+    which a train-mode forward pass would move) and its parameters' ``.grad``."""
+    if mode not in NORM_MODES:
+        raise ValueError(f"mode must be one of {NORM_MODES}, got {mode!r}")
+    params = [p for p in model.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("model has no trainable parameters: there is no gradient to measure")
+    buffers = [b.detach().clone() for b in model.buffers()]
+    was_training = model.training
+    model.train(mode == "train")
+    try:
+        losses = loss_fn(model(x[indices]), y[indices])
+        if losses.dim() != 1 or losses.shape[0] != indices.numel():
+            raise ValueError(
+                f"loss_fn must return one loss per sample (reduction='none'), got shape "
+                f"{tuple(losses.shape)} for a batch of {indices.numel()}"
+            )
+        if weights is not None:
+            losses = losses * weights.to(losses.device, losses.dtype)
+        grads = torch.autograd.grad(losses.mean(), params)
+    finally:
+        model.train(was_training)
+        with torch.no_grad():
+            for live, saved in zip(model.buffers(), buffers):
+                live.copy_(saved)
+    return torch.cat([g.reshape(-1) for g in grads]).double()
+
+
+def batch_gradient_error(
+    model: nn.Module,
+    loss_fn: PerSampleLossFn,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    rule: BatchRule,
+    *,
+    reference: torch.Tensor,
+    draws: int = 12,
+    mode: str = "train",
+    generator: torch.Generator | None = None,
+) -> GradientError:
+    """The mean squared error of a batch gradient against a reference gradient,
+    :math:`\mathbb{E}\lVert\hat g - \bar g\rVert^2`, over ``draws`` batches drawn by ``rule``.
+
+    ``rule(generator)`` returns a batch's ``(indices, weights)`` into ``x, y`` (weights ``None`` for
+    1), e.g. a uniform batch, or b draws with :math:`p_i \propto s_i` and :math:`w_i = 1/(N p_i)`
+    (:func:`ismod.sampling.draw`). Each batch's gradient is :func:`batch_gradient` in ``mode``.
+    ``reference`` is :math:`\bar g`: the full data's mean gradient where a sample's gradient does not
+    depend on its batch (``mode="eval"``, or a network without batch norm), or, in ``"train"`` mode,
+    the mean gradient of many uniform batches (:func:`batch_gradient` averaged), since no other
+    "full gradient" exists there.
+
+    Importance sampling's theory (Chapter 2, Chapter 5's §5.1) predicts, for b draws with replacement
+    and per-sample gradients :math:`G_i` that do not depend on the batch,
+    :math:`\frac1b\bigl(\sum_i \lVert G_i\rVert^2/(N^2 p_i) - \lVert\bar g\rVert^2\bigr)`:
+    lowest at :math:`p_i \propto \lVert G_i\rVert`. With batch norm in train mode a sample's gradient
+    depends on its batch, and that prediction need not hold; this function measures what does."""
+    if isinstance(draws, bool) or not isinstance(draws, int) or draws < 2:
+        raise ValueError(
+            f"draws must be an integer >= 2 (a standard error needs two), got {draws!r}"
+        )
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
+    reference = reference.detach().reshape(-1).double()
+    errors = []
+    for _ in range(draws):
+        indices, weights = rule(generator)
+        g = batch_gradient(model, loss_fn, x, y, indices, weights, mode=mode)
+        if g.shape != reference.shape:
+            raise ValueError(
+                f"reference has {reference.numel()} entries, the model's gradient {g.numel()}: pass the "
+                "flattened gradient of the same model (batch_gradient)"
+            )
+        errors.append(float(((g - reference.to(g.device)) ** 2).sum()))
+    sq = torch.tensor(errors, dtype=torch.float64)
+    return GradientError(float(sq.mean()), float(sq.std() / math.sqrt(draws)), draws,
+                         float((reference**2).sum()))  # fmt: skip
