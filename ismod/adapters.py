@@ -42,7 +42,7 @@ from .sampling import _draw, check_scores
 from .strategies import STRATEGIES, Strategy, build_strategy
 from .strategies.budgeted import LossWindow, hardest
 from .strategies.presample import (
-    _TAU_LAG,
+    TAU_LAG,
     TauSwitch,
     check_presample_options,
     normalize_scores,
@@ -50,7 +50,6 @@ from .strategies.presample import (
 )
 from .strategies.pruning import InfoBatch
 from .strategies.scored import LossSampling, ScoredStrategy
-from .strategies.uniform import Uniform
 from .train import PerSampleLoss, cross_entropy_loss, per_sample_losses
 
 __all__ = [
@@ -459,18 +458,14 @@ class StrategyBatchSampler(_EpochPosition, Sampler[list[int]]):
             )
         if not isinstance(strategy, Strategy):
             raise TypeError(f"strategy must be a Strategy or one of {sorted(STRATEGIES)}, got {type(strategy).__name__}")  # fmt: skip
-        if (
-            not isinstance(strategy, (ScoredStrategy, Uniform))
-            or strategy.name == "selective_backprop"
-        ):
+        # what the strategy declares, never its name, says whether a batch sampler can run it
+        if strategy.scoring_passes_per_sample > 0 or strategy.observes_logits:
+            need = ("scores samples with extra forward passes" if strategy.scoring_passes_per_sample > 0
+                    else "needs the logits of what was trained on, which loss() does not see")  # fmt: skip
+            fix = (f"use ismod.{strategy.own_loop_adapter}" if strategy.own_loop_adapter
+                   else "run it under ismod.train.fit")  # fmt: skip
             raise ValueError(
-                f"strategy {strategy.name!r} scores samples with extra forward passes, which a batch sampler "
-                "cannot do: use TauSwitchSampler (presample), SelectiveBackpropLoss or HardExampleLoss"
-            )
-        if strategy.name == "prediction_subset":
-            raise ValueError(
-                "p-SGD and c-SGD ('prediction_subset') need each sample's true-class probability, which "
-                "loss() does not see: run them under ismod.train.fit"
+                f"strategy {strategy.name!r} {need}, which a batch sampler cannot do: {fix}"
             )
         self.num_items = _positive_int("num_items", num_items)
         _check_dataset(dataset, self.num_items)
@@ -479,7 +474,7 @@ class StrategyBatchSampler(_EpochPosition, Sampler[list[int]]):
         self.num_replicas, self.rank = _distributed_layout(num_replicas, rank)
         self.drop_last = bool(drop_last)
         if not self.drop_last:
-            if strategy.name not in ("loss", "infobatch"):
+            if not strategy.cuts_epochs_into_batches:
                 raise ValueError(
                     f"drop_last=False keeps an epoch's last partial batch, which strategy {strategy.name!r} "
                     "does not have (it draws whole batches): leave drop_last=True"
@@ -1017,7 +1012,7 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
         if switch is None and restored is not None:  # resumed, before the first loss(): τ as saved
             ring = restored["ring"]  # on CUDA, the lagged copy tau_for_decision would read
             tau = (
-                ring[(self.calls - _TAU_LAG) % len(ring)]
+                ring[(self.calls - TAU_LAG) % len(ring)]
                 if restored.get("device_type") == "cuda"
                 else float(restored["tau"])
             )

@@ -12,6 +12,7 @@ import statistics
 from typing import Any
 
 from .findings import summarize, tau_log_error
+from .strategies import build_strategy
 from .tau import presample_increment, required_increment
 from .verdicts import Comparison, exploratory, exploratory_markdown, final_value, pairs, primary
 
@@ -397,7 +398,10 @@ def race_lines(race: dict[str, list[Any]], baseline: str = "uniform",
         share = statistics.fmean(x["importance_steps"] / x["steps"] for x in h)
         # the cost of an importance step in uniform steps is the τ_th of the measured times, whatever
         # threshold the arm used
-        ratio = race[forced][0].config["strategy_options"].get("presample", 3.0)
+        saved = race[forced][0].config
+        ratio = build_strategy(
+            saved["strategy"], saved["strategy_options"]
+        ).scoring_passes_per_sample
         threshold = statistics.fmean(
             1 + ratio * x["t_forward"] / (x["t_forward"] + x["t_backward"]) for x in h
         )

@@ -10,6 +10,7 @@ from typing import Any
 
 from .data import data_source
 from .experiments import Config, Result, config_hash, load_saved, run_or_load
+from .strategies import build_strategy
 from .suites import PAGE_SUITES, SUITES, Suite
 from .train import TRAINED_SAMPLE_FORWARDS
 
@@ -77,15 +78,12 @@ def default_max_minutes(scale: str) -> float | None:
 
 
 def _step_cost_factor(config: Config, t_forward: float, t_backward: float) -> float:
-    """Training steps' cost relative to a uniform step, from the scoring passes a strategy adds:
-    selective backprop scores about β + 1 candidates per trained sample; the τ switch at most B/b
-    per sample (every step an importance step)."""
+    """Training steps' cost relative to a uniform step, from the scoring passes the strategy declares
+    per trained sample (``Strategy.scoring_passes_per_sample``: selective backprop about β + 1, the τ
+    switch at most B/b, hard selection 1/keep), each a forward pass."""
     share = t_forward / (t_forward + t_backward)
-    if config.strategy == "selective_backprop":
-        return 1.0 + (config.strategy_options.get("beta", 3.0) + 1.0) * share
-    if config.strategy == "presample":
-        return 1.0 + config.strategy_options.get("presample", 3.0) * share
-    return 1.0
+    strategy = build_strategy(config.strategy, config.strategy_options)
+    return 1.0 + strategy.scoring_passes_per_sample * share
 
 
 def seconds_from_rate(config: Config, seconds_per_sample: float, *, backward_ratio: float,

@@ -25,7 +25,7 @@ from ._io import replace_atomically
 from .augment import Augment
 from .data import ImageData
 from .process_group import World
-from .strategies.base import Strategy
+from .strategies.base import Selection, Strategy
 
 __all__ = [
     "TrainSettings",
@@ -739,8 +739,9 @@ class _Loop:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Losses and logits of ``indices`` without autograd, in chunks of ``_SCORE_CHUNK`` (split over
         ranks and gathered, when distributed): the strategies' ``score_fn``. Un-augmented by default;
-        ``augmented=True`` scores a fresh training augmentation of each sample and keeps those inputs,
-        so that a strategy can train on exactly what it scored (``Strategy.train_on_scored``)."""
+        ``augmented=True`` scores a fresh training augmentation of each sample and returns those inputs
+        ``(x, y)`` as a third value, so that a strategy can train on exactly what it scored
+        (:class:`~ismod.strategies.base.Selection`'s ``inputs``)."""
         self.state["forward_passes"] += indices.numel()  # a host count: no sync
         if augmented:
             if self.augment.soft_targets:
@@ -750,16 +751,14 @@ class _Loop:
             x, y = self.augment(
                 self.train.images[indices], self.train.labels[indices], generator=self.gen
             )
-            self.scored_inputs = (x, y)
             if self.world is None:
-                return self._score_inputs(lambda a, b: (x[a:b], y[a:b]), indices.numel())
+                return (*self._score_inputs(lambda a, b: (x[a:b], y[a:b]), indices.numel()), (x, y))
             positions = self.world.shard(torch.arange(indices.numel(), device=indices.device))
             losses, logits = self._score_inputs(
                 lambda a, b: (x[positions[a:b]], y[positions[a:b]]), positions.numel()
             )
-            return self.world.unshard(losses, indices.numel()), self.world.unshard(
-                logits, indices.numel()
-            )
+            return (self.world.unshard(losses, indices.numel()),
+                    self.world.unshard(logits, indices.numel()), (x, y))  # fmt: skip
         if self.world is None:
             return self._score_local(indices)
         losses, logits = self._score_local(self.world.shard(indices))
@@ -812,12 +811,13 @@ class _Loop:
         self.set_learning_rate(progress)
         strategy.progress = progress
         t0 = clock.mark()
-        indices, weights = strategy.select(step)
+        selection = Selection.of(strategy.select(step))
+        indices, weights = selection
         t1 = clock.mark()
-        positions = strategy.train_on_scored
-        if positions is not None:  # the very inputs the strategy scored (and weighted) this step
-            strategy.train_on_scored = None
-            x, y = self.scored_inputs[0][positions], self.scored_inputs[1][positions]
+        if (
+            selection.inputs is not None
+        ):  # the very inputs the strategy scored (and weighted) this step
+            x, y = selection.inputs
         else:
             x, y = self.augment(
                 self.train.images[indices], self.train.labels[indices], generator=self.gen

@@ -139,14 +139,20 @@ def test_loss_sampler_bad_arguments(kwargs, match):
         ismod.LossSampler(**kwargs)
 
 
-@pytest.mark.parametrize("name", ["presample", "selective_backprop", "hard_selection"])
-def test_strategies_that_need_the_model_point_to_the_in_loop_objects(name):
-    with pytest.raises(ValueError, match="TauSwitchSampler"):
+@pytest.mark.parametrize(
+    "name, adapter",
+    [("presample", "TauSwitchSampler"), ("selective_backprop", "SelectiveBackpropLoss"),
+     ("hard_selection", "HardExampleLoss")],
+)  # fmt: skip
+def test_strategies_that_need_the_model_point_to_their_in_loop_objects(name, adapter):
+    with pytest.raises(
+        ValueError, match=f"scores samples with extra forward passes.*ismod.{adapter}"
+    ):
         StrategyBatchSampler(name, 100, 10)
 
 
 def test_prediction_subset_is_refused_with_a_reason():
-    with pytest.raises(ValueError, match="true-class probability"):
+    with pytest.raises(ValueError, match="needs the logits of what was trained on.*train.fit"):
         StrategyBatchSampler("prediction_subset", 100, 10)
 
 

@@ -139,7 +139,8 @@ class _Scorer:
     def __call__(self, indices, augmented=False):
         z = torch.zeros(indices.numel(), 3)
         z[torch.arange(indices.numel()), indices % 3] = 3 - indices.float() / 4
-        return indices.float() / 10, z
+        out = (indices.float() / 10, z)
+        return (*out, (indices.float()[:, None], indices % 3)) if augmented else out
 
 
 def _forced(**options) -> Presample:
@@ -235,10 +236,12 @@ class _ScoresAugmented(Uniform):
     """Scores four fresh augmentations and trains on two of them, by position."""
 
     def select(self, step):
+        from ismod.strategies import Selection
+
         idx = torch.arange(4 * step, 4 * step + 4, device=self.device)
-        self.score_fn(idx, augmented=True)
-        self.train_on_scored = torch.tensor([3, 1], device=self.device)
-        return idx[self.train_on_scored], None
+        _, _, (x, y) = self.score_fn(idx, augmented=True)
+        chosen = torch.tensor([3, 1], device=self.device)
+        return Selection(idx[chosen], None, inputs=(x[chosen], y[chosen]))
 
 
 def test_a_strategy_trains_on_the_augmented_inputs_it_scored():

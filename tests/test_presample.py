@@ -33,7 +33,9 @@ class Scorer:
     def __call__(self, indices, augmented=False):
         self.calls += 1
         self.sizes.append(indices.numel())
-        return indices.float() / 10, self.logits(indices)
+        out = (indices.float() / 10, self.logits(indices))
+        # augmented: the scored inputs come back too (the trainer's contract), here the indices as x
+        return (*out, (indices.float()[:, None], labels()[indices])) if augmented else out
 
 
 def make(scorer, **options) -> Presample:

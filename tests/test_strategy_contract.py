@@ -135,3 +135,45 @@ def test_a_new_strategy_is_one_class_and_one_registry_line(monkeypatch, tmp_path
 
     result = run(config, data_root=make_tree(tmp_path), progress=False)
     assert result.final["steps"] == 3
+    # the same class in a user's own loop, as a batch sampler: no edit anywhere else
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from ismod.adapters import StrategyBatchSampler
+
+    sampler = StrategyBatchSampler("every_third", 48, 8)
+    loader = DataLoader(TensorDataset(torch.arange(48.0)), batch_sampler=sampler)
+    steps = 0
+    for (x,) in loader:
+        sampler.loss(x + 1.0)
+        steps += 1
+    assert steps == 6 and sampler.epoch == 1
+
+
+def test_the_cost_model_and_the_batch_sampler_read_what_a_strategy_declares(monkeypatch):
+    """A strategy that scores 2 samples per trained sample says so once, in its class: the runner's
+    estimate charges 2 forward passes per sample, and a batch sampler refuses it, naming the harness."""
+    from ismod import strategies
+    from ismod.adapters import StrategyBatchSampler
+    from ismod.experiments import Config
+    from ismod.runner import seconds_from_rate
+
+    class ScoresTwice(Strategy):
+        name = "scores_twice"
+        stateless = True
+        scoring_passes_per_sample = 2.0  # a declaration: no name is checked anywhere
+
+        def select(self, step):
+            return torch.arange(self.batch_size, device=self.device), None
+
+    monkeypatch.setitem(strategies.STRATEGIES, ScoresTwice.name, ScoresTwice)
+    plain = Config(
+        strategy="uniform", subset=1000, batch_size=10, budget="steps", budget_amount=100
+    )
+    scoring = plain.replace(strategy="scores_twice")
+    ratio = 1.5  # backward pass / forward pass: a forward pass is 1/2.5 of a uniform step
+    cost = {c.strategy: seconds_from_rate(c, 1e-3, backward_ratio=ratio) for c in (plain, scoring)}
+    assert cost["scores_twice"] / cost["uniform"] == pytest.approx(1 + 2.0 / (1 + ratio))
+    with pytest.raises(
+        ValueError, match="'scores_twice' scores samples with extra forward passes.*train.fit"
+    ):
+        StrategyBatchSampler("scores_twice", 100, 10)

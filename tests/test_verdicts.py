@@ -167,7 +167,12 @@ def _race_run(seed, accuracy, recalibrated, done, **last):
     final = {"test_accuracy": accuracy + 0.002 * seed, "test_accuracy_recalibrated": recalibrated + 0.002 * seed,
              "train_time": 10.0}  # fmt: skip
     return Result(
-        {"seed": seed, "name": f"r{seed}", "strategy_options": {}},
+        {
+            "seed": seed,
+            "name": f"r{seed}",
+            "strategy": "presample" if last else "uniform",
+            "strategy_options": {},
+        },  # fmt: skip
         {},
         history,
         {"selection": 1.0},

@@ -9,9 +9,44 @@ from typing import Any
 import torch
 
 # (indices) -> (per-sample losses, logits), computed without autograd, of the un-augmented samples;
-# the trainer's also accepts ``augmented=True`` (see ``Strategy.train_on_scored``). Time spent in it
-# is counted as scoring by the trainer.
-ScoreFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+# with ``augmented=True``, of a fresh training augmentation of them, returned as a third value, the
+# inputs (x, y) scored, so that a strategy can train on those very inputs (``Selection.inputs``).
+# Time spent in it is counted as scoring by the trainer.
+ScoreFn = Callable[..., tuple[torch.Tensor, ...]]
+
+
+class Selection(tuple):
+    """What :meth:`Strategy.select` returns: ``(indices, weights)``, unpacked as a pair, and
+    ``inputs``, the ``(x, y)`` to train on where the strategy trained on the very inputs it scored
+    (``score_fn(..., augmented=True)``), else ``None`` (the trainer augments ``indices`` afresh).
+
+    One value object, so nothing passes between a strategy and the trainer by the side. A plain
+    ``(indices, weights)`` pair is accepted too (:meth:`of`)."""
+
+    def __new__(cls, indices: torch.Tensor, weights: torch.Tensor | None = None,
+                inputs: tuple[torch.Tensor, torch.Tensor] | None = None) -> Selection:  # fmt: skip
+        self = super().__new__(cls, (indices, weights))
+        self.inputs = inputs
+        return self
+
+    @property
+    def indices(self) -> torch.Tensor:
+        return self[0]
+
+    @property
+    def weights(self) -> torch.Tensor | None:
+        return self[1]
+
+    @classmethod
+    def of(cls, value: Any) -> Selection:
+        """``value`` as a :class:`Selection` (a strategy may return a plain pair)."""
+        if isinstance(value, Selection):
+            return value
+        if not (isinstance(value, tuple) and len(value) == 2):
+            raise TypeError(
+                f"select() must return a Selection or an (indices, weights) pair, got {value!r:.80}"
+            )
+        return cls(*value)
 
 
 class Strategy(ABC):
@@ -31,11 +66,6 @@ class Strategy(ABC):
     # once more, un-mixed and without autograd, and passes those: each recorded score then comes
     # from the sample itself (the "clean pass" attribution), at the cost of one forward pass per step.
     uses_observations: bool = True
-    # Set by select() to positions within the inputs of this step's ``score_fn(..., augmented=True)``
-    # call: the trainer then trains on those augmented inputs, the ones the strategy scored, instead of
-    # augmenting the selected indices afresh (Katharopoulos & Fleuret's library trains on the images it
-    # scored). The trainer resets it to None.
-    train_on_scored: torch.Tensor | None = None
 
     def setup(self, num_items: int, batch_size: int, device: torch.device, generator: torch.Generator,
               score_fn: ScoreFn | None = None, labels: torch.Tensor | None = None) -> None:  # fmt: skip
@@ -45,8 +75,9 @@ class Strategy(ABC):
         self.generator, self.score_fn, self.labels = generator, score_fn, labels
 
     @abstractmethod
-    def select(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Indices (int64, on the device) to train on at ``step``, and their loss weights or ``None``."""
+    def select(self, step: int) -> Selection | tuple[torch.Tensor, torch.Tensor | None]:
+        """Indices (int64, on the device) to train on at ``step``, their loss weights or ``None``, and,
+        where the strategy trains on the inputs it scored, those (a :class:`Selection`)."""
 
     def observe(self, indices: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor) -> None:  # noqa: B027
         """See the per-sample losses (unweighted, detached) and logits of the samples ``indices`` just
@@ -56,6 +87,25 @@ class Strategy(ABC):
     def set_step_times(self, forward: float, backward: float) -> None:  # noqa: B027
         """Hear the trainer's measured seconds per step of the forward and the backward pass (at step 10
         and at every evaluation point), for strategies whose decisions weigh cost."""
+
+    # --- what the rest of the package asks of a strategy: declared here, never read off its name ----
+
+    @property
+    def scoring_passes_per_sample(self) -> float:
+        """Forward passes it spends scoring, per trained sample, at most (0: it scores only what it
+        trains on, from the training pass itself). The cost model charges them
+        (:func:`ismod.runner.estimate_seconds`), and a batch sampler, which cannot score, refuses a
+        strategy that spends any."""
+        return 0.0
+
+    # Whether observe() needs the logits of what was trained on (a batch sampler sees only losses).
+    observes_logits: bool = False
+    # The own-loop adapter (a name in ismod) that runs it where a plain batch sampler cannot, named in
+    # the batch sampler's refusal; None: only the harness (ismod.train.fit) runs it.
+    own_loop_adapter: str | None = None
+    # Whether it cuts a drawn epoch into batches, so that an epoch's last partial batch can be kept
+    # (a batch sampler's drop_last=False); strategies that draw each batch afresh cannot.
+    cuts_epochs_into_batches: bool = False
 
     # A strategy without state between steps says so; any other must implement state_dict() and
     # load_state_dict(), or checkpointing it fails loudly instead of resuming into a different run.

@@ -37,6 +37,7 @@ class PredictionSubset(ScoredStrategy):
     """
 
     name = "prediction_subset"
+    observes_logits = True  # each sample's true-class probability
 
     def __init__(
         self, kind: str = "p", subset: float = 0.5, smoothing: float = 0.1, warmup_epochs: int = 1
@@ -171,6 +172,13 @@ class SelectiveBackprop(ScoredStrategy):
     """
 
     name = "selective_backprop"
+    own_loop_adapter = "SelectiveBackpropLoss"
+
+    @property
+    def scoring_passes_per_sample(self) -> float:
+        """About β + 1 candidates scored per trained sample: a candidate is kept with probability
+        percentile^β, whose mean over a uniform percentile is 1/(β + 1)."""
+        return self.beta + 1.0
 
     def __init__(self, beta: float = 3.0, history: int = 1024) -> None:
         super().__init__("last", 0.0, 0)
@@ -247,6 +255,12 @@ class HardSelection(Strategy):
 
     name = "hard_selection"
     uses_observations = False
+    own_loop_adapter = "HardExampleLoss"
+
+    @property
+    def scoring_passes_per_sample(self) -> float:
+        """round(b / keep) candidates scored per step of b: about 1/keep per trained sample."""
+        return 1.0 / self.keep
 
     def __init__(self, keep: float = 0.5) -> None:
         if not (isinstance(keep, (int, float)) and 0 < keep <= 1):

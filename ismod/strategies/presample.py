@@ -20,7 +20,7 @@ import torch
 from ..bounds import _upper_bound
 from ..sampling import _draw
 from ..tau import switch_threshold
-from .base import Strategy
+from .base import Selection, Strategy
 
 __all__ = [
     "Presample",
@@ -34,7 +34,7 @@ THRESHOLDS: tuple[str, ...] = ("measured", "fixed")
 
 # On CUDA the phase decision reads τ as it was this many steps ago, so the host never waits for the
 # step in flight (the copy of an older value has long finished).
-_TAU_LAG = 2
+TAU_LAG = 2
 
 
 def check_presample_options(
@@ -82,7 +82,7 @@ class TauSwitch:
     batch) g; importance sampling is used while :math:`\\tau > \\tau_{th}`. The threshold is
     :math:`(B + 3b)/(3b)` (``"fixed"``: :math:`t_b = 2t_f`), a number, or, once costs are measured
     (``"measured"``), :math:`1 + B t_f/(b(t_f + t_b))` (Katharopoulos & Fleuret 2018, Algorithm 1, §3.3).
-    On CUDA the decision reads τ as it was ``_TAU_LAG`` updates ago from pinned memory, so the host
+    On CUDA the decision reads τ as it was ``TAU_LAG`` updates ago from pinned memory, so the host
     never waits for the device. Shared by the harness's :class:`~ismod.strategies.Presample` and
     :class:`ismod.adapters.TauSwitchSampler`.
     """
@@ -101,7 +101,7 @@ class TauSwitch:
         self.measured_times: tuple[float, float] | None = None
         self.tau = torch.zeros((), dtype=torch.float64, device=device)
         self._ring = [(torch.zeros((), dtype=torch.float64, pin_memory=device.type == "cuda"), None)
-                      for _ in range(_TAU_LAG + 1)]  # fmt: skip
+                      for _ in range(TAU_LAG + 1)]  # fmt: skip
 
     def set_step_times(self, forward: float, backward: float) -> None:
         """Measured seconds of a batch's forward and backward pass (``"measured"`` thresholds)."""
@@ -114,7 +114,7 @@ class TauSwitch:
 
     def update(self, g: torch.Tensor, step: int) -> None:
         """Fold in :math:`\\tau_{new} = |g|\\sum_i g_i^2` (its root with ``sqrt``) of a distribution ``g``
-        made at ``step`` (one update a step; the host reads it back ``_TAU_LAG`` steps later)."""
+        made at ``step`` (one update a step; the host reads it back ``TAU_LAG`` steps later)."""
         tau_new = g.numel() * (g * g).sum()
         if self.sqrt:
             tau_new = tau_new.sqrt()
@@ -135,13 +135,13 @@ class TauSwitch:
         )
 
     def tau_for_decision(self, steps: int) -> float:
-        """τ as the host may read it without waiting (on CUDA, ``_TAU_LAG`` steps old)."""
+        """τ as the host may read it without waiting (on CUDA, ``TAU_LAG`` steps old)."""
         if self.device.type != "cuda":
             return float(self.tau)
-        host, event = self._ring[(steps - _TAU_LAG) % len(self._ring)]
+        host, event = self._ring[(steps - TAU_LAG) % len(self._ring)]
         if event is None:
             return 0.0
-        if not event.query():  # rarely: the device is more than _TAU_LAG steps behind
+        if not event.query():  # rarely: the device is more than TAU_LAG steps behind
             event.synchronize()
         return float(host)
 
@@ -196,6 +196,13 @@ class Presample(Strategy):
     """
 
     name = "presample"
+    observes_logits = True  # the bound of a uniform batch comes from its own logits
+    own_loop_adapter = "TauSwitchSampler"
+
+    @property
+    def scoring_passes_per_sample(self) -> float:
+        """B/b presample forward passes per trained sample, when every step is an importance step."""
+        return self.ratio
 
     def __init__(self, presample: float = 3.0, score: str = "bound", threshold: str | float = "measured",
                  tau_momentum: float = 0.9, sqrt: bool = False, importance: bool = True, weighted: bool = True,
@@ -310,19 +317,21 @@ class Presample(Strategy):
     def set_step_times(self, forward: float, backward: float) -> None:
         self.switch.set_step_times(forward, backward)
 
-    def select(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def select(self, step: int) -> Selection:
         b = self.batch_size
         use_importance = self.importance and self.switch.switches_on(
             self.switch.tau_for_decision(self.steps)
         )
+        inputs = None  # the scored inputs to train on, from an augmented presample
         if not use_importance:
             self._last_was_uniform = True
             idx, weights = self._take(b), None
         else:
             self._last_was_uniform = False
             presample = self._take(self.presample_size)
-            if self.score_augmented:
-                losses, logits = self.score_fn(presample, augmented=True)
+            scored = None
+            if self.score_augmented:  # the authors' library trains on the images it scored
+                losses, logits, scored = self.score_fn(presample, augmented=True)
             else:
                 losses, logits = self.score_fn(presample)
             g = self.capped(self.normalize(self.scores_of(logits, presample, losses)))
@@ -332,15 +341,14 @@ class Presample(Strategy):
                 weights.float() if self.weighted else torch.ones_like(weights, dtype=torch.float32)
             )
             idx = presample[chosen]
-            if self.score_augmented:
-                self.train_on_scored = chosen
+            inputs = None if scored is None else (scored[0][chosen], scored[1][chosen])
             self._instrument(chosen, weights)
             self.importance_steps += 1
             if self.switch_step is None:
                 self.switch_step = step
         if step % self.log_every == 0:
             self._pending_log = step
-        return idx, weights
+        return Selection(idx, weights, inputs)
 
     def _instrument(self, chosen: torch.Tensor, weights: torch.Tensor) -> None:
         drawn = torch.zeros(self.presample_size, dtype=torch.float64, device=self.device)

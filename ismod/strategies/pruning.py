@@ -59,6 +59,7 @@ class InfoBatch(ScoredStrategy):
     """
 
     name = "infobatch"
+    cuts_epochs_into_batches = True
 
     def __init__(self, prune_ratio: float = 0.5, delta: float = 0.875) -> None:
         super().__init__("last", 0.0, 0)

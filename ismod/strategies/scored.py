@@ -245,6 +245,7 @@ class LossSampling(ScoredStrategy):
     """
 
     name = "loss"
+    cuts_epochs_into_batches = True
 
     def __init__(
         self,
