@@ -660,7 +660,8 @@ class StrategyBatchSampler(_EpochPosition, Sampler[list[int]]):
 
         Costs O(1): torchdata's ``StatefulDataLoader`` calls it at every prefetch. As with
         ``nn.Module.state_dict``, save (``torch.save``) or copy (``copy.deepcopy``) it at the
-        checkpoint; that is when its contents are read (see :class:`_AsSaved` for why)."""
+        checkpoint; that is when its contents are read, since the loader asks at every prefetch, a few
+        batches before the loop trains them."""
         return _wrapped_state(self, self._identity(), self._saved_state)
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -782,9 +783,9 @@ def _check_batch(x: Any, y: Any, where: str) -> None:
         raise ValueError(f"{where}: inputs are on {x.device} but targets on {y.device}; move both to the model's device")  # fmt: skip
 
 
+# Where the logits are in a model's output: None (the output is the logits), a key (a dict output,
+# e.g. "logits"), an index (a tuple or list output, e.g. 0) or a function of the output.
 Logits = str | int | Callable[[Any], torch.Tensor] | None
-"""Where the logits are in a model's output: ``None`` (the output is the logits), a key (a dict
-output, e.g. ``"logits"``), an index (a tuple or list output, e.g. ``0``) or a function of the output."""
 
 
 def _check_logits_option(logits: Any) -> Logits:
@@ -796,7 +797,7 @@ def _check_logits_option(logits: Any) -> Logits:
 
 
 def _pick_logits(output: Any, logits: Logits, where: str) -> torch.Tensor:
-    """The logits in ``output`` as ``logits`` says (:data:`Logits`), or an error naming the fix."""
+    """The logits in ``output`` as ``logits`` says, or an error naming the fix."""
     if logits is None:
         picked = output
     elif callable(logits):
@@ -848,8 +849,8 @@ def select_by_loss(
 
     - ``sample=False``: the ``max(1, round(keep · n))`` samples with the highest loss, weights 1
       (hard-example selection as airbench96; biased on purpose).
-    - ``sample=True``: that many drawn with replacement with :math:`p_i \propto L_i`, weights
-      :math:`1/(n p_i)`, so that :math:`\frac1k\sum_j w_j L_j` is an unbiased estimate of the batch's
+    - ``sample=True``: that many drawn with replacement with :math:`p_i \\propto L_i`, weights
+      :math:`1/(n p_i)`, so that :math:`\\frac1k\\sum_j w_j L_j` is an unbiased estimate of the batch's
       mean loss (Katharopoulos & Fleuret 2018, with the loss as the score).
 
     Then train on the subset::
@@ -857,7 +858,8 @@ def select_by_loss(
         pos, w = ismod.select_by_loss(model, x, y, keep=0.5)
         loss = (w * F.cross_entropy(model(x[pos]), y[pos], reduction="none")).mean()
 
-    ``logits`` says where the logits are in the model's output (:data:`Logits`); ``generator`` draws
+    ``logits`` says where the logits are in the model's output: a key, an index or a function of the
+    output (default: the output is the logits); ``generator`` draws
     when ``sample`` (default: torch's global RNG, as torch's own random functions)."""
     _check_batch(x, y, "select_by_loss")
     if not (isinstance(keep, (int, float)) and 0 < keep <= 1):

@@ -234,19 +234,19 @@ def gradient_noise_scale(
 # --- the error of a batch gradient, in the normalisation mode training uses (Chapter 5) -------------
 
 NORM_MODES = ("train", "eval")
-"""How a batch is normalised when its gradient is taken: ``"train"``, with the batch's own statistics
+"""The two ways a batch can be normalised when its gradient is taken. ``"train"`` uses the batch's own statistics
 (what a training step with batch norm does; a sample's gradient then depends on its batch), or
 ``"eval"``, with the running statistics (a sample's gradient is its own)."""
 
-PerSampleLossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 BatchRule = Callable[[torch.Generator], "tuple[torch.Tensor, torch.Tensor | None]"]
 
 
 @dataclass(frozen=True)
 class GradientError:
-    """:func:`batch_gradient_error`'s answer: ``mse`` :math:`\mathbb{E}\lVert\hat g - \bar g\rVert^2`
+    """:func:`batch_gradient_error`'s answer: ``mse`` :math:`\\mathbb{E}\\lVert\\hat g - \\bar g\\rVert^2`
     estimated from ``draws`` batches, its ``standard_error`` (the squared errors' standard deviation
-    over :math:`\sqrt{R}`), and ``reference_sq_norm`` :math:`\lVert\bar g\rVert^2`, to compare against."""
+    over :math:`\\sqrt{R}`), and ``reference_sq_norm`` :math:`\\lVert\\bar g\\rVert^2`, to compare against."""
 
     mse: float
     standard_error: float
@@ -256,7 +256,7 @@ class GradientError:
 
 def batch_gradient(
     model: nn.Module,
-    loss_fn: PerSampleLossFn,
+    loss_fn: PerSampleLoss,
     x: torch.Tensor,
     y: torch.Tensor,
     indices: torch.Tensor,
@@ -264,7 +264,7 @@ def batch_gradient(
     *,
     mode: str = "train",
 ) -> torch.Tensor:
-    """The flattened gradient of :math:`\frac1b\sum_j w_j L_{i_j}` over the model's trainable
+    """The flattened gradient of :math:`\\frac1b\\sum_j w_j L_{i_j}` over the model's trainable
     parameters, for the batch ``x[indices]`` normalised as ``mode`` says (:data:`NORM_MODES`).
 
     The model is left as it was: its train/eval flag, its buffers (batch norm's running statistics,
@@ -297,7 +297,7 @@ def batch_gradient(
 
 def batch_gradient_error(
     model: nn.Module,
-    loss_fn: PerSampleLossFn,
+    loss_fn: PerSampleLoss,
     x: torch.Tensor,
     y: torch.Tensor,
     rule: BatchRule,
@@ -308,20 +308,20 @@ def batch_gradient_error(
     generator: torch.Generator | None = None,
 ) -> GradientError:
     """The mean squared error of a batch gradient against a reference gradient,
-    :math:`\mathbb{E}\lVert\hat g - \bar g\rVert^2`, over ``draws`` batches drawn by ``rule``.
+    :math:`\\mathbb{E}\\lVert\\hat g - \\bar g\\rVert^2`, over ``draws`` batches drawn by ``rule``.
 
     ``rule(generator)`` returns a batch's ``(indices, weights)`` into ``x, y`` (weights ``None`` for
-    1), e.g. a uniform batch, or b draws with :math:`p_i \propto s_i` and :math:`w_i = 1/(N p_i)`
+    1), e.g. a uniform batch, or b draws with :math:`p_i \\propto s_i` and :math:`w_i = 1/(N p_i)`
     (:func:`ismod.sampling.draw`). Each batch's gradient is :func:`batch_gradient` in ``mode``.
-    ``reference`` is :math:`\bar g`: the full data's mean gradient where a sample's gradient does not
+    ``reference`` is :math:`\\bar g`: the full data's mean gradient where a sample's gradient does not
     depend on its batch (``mode="eval"``, or a network without batch norm), or, in ``"train"`` mode,
     the mean gradient of many uniform batches (:func:`batch_gradient` averaged), since no other
     "full gradient" exists there.
 
     Importance sampling's theory (Chapter 2, Chapter 5's §5.1) predicts, for b draws with replacement
     and per-sample gradients :math:`G_i` that do not depend on the batch,
-    :math:`\frac1b\bigl(\sum_i \lVert G_i\rVert^2/(N^2 p_i) - \lVert\bar g\rVert^2\bigr)`:
-    lowest at :math:`p_i \propto \lVert G_i\rVert`. With batch norm in train mode a sample's gradient
+    :math:`\\frac1b\\bigl(\\sum_i \\lVert G_i\\rVert^2/(N^2 p_i) - \\lVert\\bar g\\rVert^2\\bigr)`:
+    lowest at :math:`p_i \\propto \\lVert G_i\\rVert`. With batch norm in train mode a sample's gradient
     depends on its batch, and that prediction need not hold; this function measures what does."""
     if isinstance(draws, bool) or not isinstance(draws, int) or draws < 2:
         raise ValueError(

@@ -16,7 +16,7 @@ ScoreFn = Callable[..., tuple[torch.Tensor, ...]]
 
 
 class Selection(tuple):
-    """What :meth:`Strategy.select` returns: ``(indices, weights)``, unpacked as a pair, and
+    """What a strategy's ``select`` returns, ``(indices, weights)`` unpacked as a pair, and
     ``inputs``, the ``(x, y)`` to train on where the strategy trained on the very inputs it scored
     (``score_fn(..., augmented=True)``), else ``None`` (the trainer augments ``indices`` afresh).
 
@@ -92,8 +92,8 @@ class Strategy(ABC):
 
     @property
     def scoring_passes_per_sample(self) -> float:
-        """Forward passes it spends scoring, per trained sample, at most (0: it scores only what it
-        trains on, from the training pass itself). The cost model charges them
+        """The forward passes it spends scoring per trained sample, at most (none for a strategy
+        that scores only what it trains on, from the training pass itself). The cost model charges them
         (:func:`ismod.runner.estimate_seconds`), and a batch sampler, which cannot score, refuses a
         strategy that spends any."""
         return 0.0

@@ -176,8 +176,8 @@ class SelectiveBackprop(ScoredStrategy):
 
     @property
     def scoring_passes_per_sample(self) -> float:
-        """About β + 1 candidates scored per trained sample: a candidate is kept with probability
-        percentile^β, whose mean over a uniform percentile is 1/(β + 1)."""
+        """About β + 1 candidates scored per trained sample, since a candidate is kept with
+        probability percentile^β, whose mean over a uniform percentile is 1/(β + 1)."""
         return self.beta + 1.0
 
     def __init__(self, beta: float = 3.0, history: int = 1024) -> None:
@@ -259,7 +259,7 @@ class HardSelection(Strategy):
 
     @property
     def scoring_passes_per_sample(self) -> float:
-        """round(b / keep) candidates scored per step of b: about 1/keep per trained sample."""
+        """About 1/keep candidates scored per trained sample (round(b / keep) for each step of b)."""
         return 1.0 / self.keep
 
     def __init__(self, keep: float = 0.5) -> None:
