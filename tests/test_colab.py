@@ -26,7 +26,7 @@ import sys
 import nbformat
 from nbclient import NotebookClient
 nb = nbformat.read(sys.argv[1], as_version=4)
-NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": sys.argv[2]}}).execute()
+NotebookClient(nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": sys.argv[2]}}).execute()
 nbformat.write(nb, sys.argv[3])
 """
 
@@ -76,7 +76,8 @@ def test_a_chapter_runs_as_in_colab(tmp_path):
     source, executed = tmp_path / "in.ipynb", tmp_path / "out.ipynb"
     nbformat.write(nb, source)
     run = subprocess.run([str(python), "-c", RUNNER, str(source), str(workdir), str(executed)],
-                         env=env, cwd=workdir, capture_output=True, text=True, timeout=1500)  # fmt: skip
+                         env=env, cwd=workdir, capture_output=True, text=True, timeout=3600)  # fmt: skip
+    # (timeout: a hang bound for an install and a chapter on a machine that may be busy)
     assert run.returncode == 0, (
         f"the chapter failed as in Colab:\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
     )
