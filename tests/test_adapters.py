@@ -510,6 +510,19 @@ def make_sampler(kind: str, model: nn.Module):
     return ismod.HardExampleLoss(model, keep=0.5)
 
 
+def _train_step(kind, method, model, opt, x, y, idx, seen) -> None:
+    """One step of the resume tests' loop with ``method``, recording what it trained on."""
+    if kind in ("tau", "selective_backprop", "hard_example"):
+        loss = method.loss(x, y)
+        seen.append(idx.tolist() if kind != "tau" else (idx.tolist(), method.importance_steps))
+    else:
+        loss = method.loss(F.cross_entropy(model(x), y, reduction="none"))
+        seen.append(idx.tolist())
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+
+
 def run_loop(kind, *, stop_after=None, checkpoint=None, workers=0, stateful=False):
     """Train a small classifier with ``kind``; stop after ``stop_after`` steps and return a checkpoint,
     or start from ``checkpoint``. Returns the trained-on index batches, the weights and the checkpoint.
@@ -550,17 +563,7 @@ def run_loop(kind, *, stop_after=None, checkpoint=None, workers=0, stateful=Fals
         else:
             loader = DataLoader(data, batch_sampler=method, num_workers=workers)
         for x, y, idx in loader:
-            if kind in ("tau", "selective_backprop", "hard_example"):
-                loss = method.loss(x, y)
-                seen.append(
-                    idx.tolist() if kind != "tau" else (idx.tolist(), method.importance_steps)
-                )
-            else:
-                loss = method.loss(F.cross_entropy(model(x), y, reduction="none"))
-                seen.append(idx.tolist())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            _train_step(kind, method, model, opt, x, y, idx, seen)
             done += 1
             if stop_after is not None and done == stop_after:
                 buffer = io.BytesIO()
@@ -590,15 +593,7 @@ def _run_stateful_loop(kind, *, stop_after, checkpoint, workers):
         done, start_epoch = state["done"], state["epoch"]
     for epoch in range(start_epoch, RESUME_EPOCHS):
         for x, y, idx in loader:
-            if kind == "tau":
-                loss = method.loss(x, y)
-                seen.append((idx.tolist(), method.importance_steps))
-            else:
-                loss = method.loss(F.cross_entropy(model(x), y, reduction="none"))
-                seen.append(idx.tolist())
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            _train_step(kind, method, model, opt, x, y, idx, seen)
             done += 1
             if stop_after is not None and done == stop_after:
                 buffer = io.BytesIO()
