@@ -72,7 +72,7 @@ def main() -> None:
                                 text=True).stdout.strip()  # fmt: skip
         args.out.write_text(json.dumps({"rows": rows, "steps": args.steps, "workers": args.workers,
                                         "batch_size": args.batch_size, "commit": commit,
-                                        "ismod": ismod.__file__, "torch": torch.__version__,
+                                        "ismod": ismod.__version__, "torch": torch.__version__,
                                         "machine": machine()}, indent=1))  # fmt: skip
 
 

@@ -38,7 +38,7 @@ from torch import nn
 from torch.utils.data import Sampler
 
 from .bounds import _upper_bound
-from .sampling import _draw, check_scores
+from .sampling import _draw, check_epoch, check_scores
 from .strategies import STRATEGIES, Strategy, build_strategy
 from .strategies.budgeted import LossWindow, hardest
 from .strategies.presample import (
@@ -334,12 +334,6 @@ def _user_stacklevel() -> int:
     return level
 
 
-def _as_epoch(epoch: Any) -> int:
-    if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
-        raise ValueError(f"set_epoch takes the epoch's number, an integer >= 0, got {epoch!r}")
-    return int(epoch)
-
-
 def _refuse_batch_sampler_as_sampler(sampler: Any) -> None:
     """A batch sampler passed as ``DataLoader(sampler=...)`` is iterated by torch's ``BatchSampler``,
     which would group whole batches into batches of batches: refuse it, naming the fix."""
@@ -368,10 +362,17 @@ class _EpochPosition:
     _resume: dict[str, Any] | None
     _iteration_over = False  # the epoch's iterator has returned
 
+    def __iter__(self) -> Iterator[list[int]]:
+        _refuse_batch_sampler_as_sampler(self)
+        return self._batches()
+
+    def _batches(self) -> Iterator[list[int]]:
+        raise NotImplementedError
+
     def _set_epoch(self, epoch: int) -> None:
         """After :meth:`load_state_dict`, the resumed epoch's own number keeps the resume; another
         drops it (as DistributedSampler.set_epoch, the caller chooses the epoch)."""
-        self.epoch = _as_epoch(epoch)
+        self.epoch = check_epoch(epoch)
         if self._resume is not None and self._resume["epoch"] != self.epoch:
             self._resume = None
 
@@ -561,10 +562,6 @@ class StrategyBatchSampler(_EpochPosition, Sampler[list[int]]):
             queued, b = strategy.queue.numel(), strategy.batch_size
             return max(queued // b if self.drop_last else -(-queued // b), 1)
         return self.num_items // (self.batch_size * self.num_replicas)
-
-    def __iter__(self) -> Iterator[list[int]]:
-        _refuse_batch_sampler_as_sampler(self)
-        return self._batches()
 
     def _batches(self) -> Iterator[list[int]]:
         self._pairing.warn_if_unused()
@@ -1026,10 +1023,6 @@ class TauSwitchSampler(_EpochPosition, Sampler[list[int]]):
                 self.presample_cap,
             )
         return switch is not None and switch.switches_on(switch.tau_for_decision(self.calls))
-
-    def __iter__(self) -> Iterator[list[int]]:
-        _refuse_batch_sampler_as_sampler(self)
-        return self._batches()
 
     def _batches(self) -> Iterator[list[int]]:
         self._iterated = True

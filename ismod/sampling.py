@@ -456,6 +456,13 @@ class SumTree:
         return node, leaves[node]
 
 
+def check_epoch(epoch: Any) -> int:
+    """``epoch`` as an int, for a sampler's ``set_epoch``, or an error naming what it takes."""
+    if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
+        raise ValueError(f"set_epoch takes the epoch's number, an integer >= 0, got {epoch!r}")
+    return int(epoch)
+
+
 class ImportanceSampler(Sampler[int]):
     """A :class:`~torch.utils.data.Sampler` drawing indices with probabilities from per-sample scores.
 
@@ -771,9 +778,7 @@ class ImportanceSampler(Sampler[int]):
 
     def set_epoch(self, epoch: int) -> None:
         """Seed the next pass with ``seed + epoch`` (distributed mode), as ``DistributedSampler.set_epoch``."""
-        if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
-            raise ValueError(f"set_epoch takes the epoch's number, an integer >= 0, got {epoch!r}")
-        self.epoch = int(epoch)
+        self.epoch = check_epoch(epoch)
 
     def __iter__(self) -> Iterator[int]:
         """One pass of ``num_samples`` indices (this replica's share). After :meth:`load_state_dict`
