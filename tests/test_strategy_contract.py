@@ -177,3 +177,21 @@ def test_the_cost_model_and_the_batch_sampler_read_what_a_strategy_declares(monk
         ValueError, match="'scores_twice' scores samples with extra forward passes.*train.fit"
     ):
         StrategyBatchSampler("scores_twice", 100, 10)
+
+
+def test_a_selection_survives_pickling_and_copying():
+    """A selection crosses processes (the DDP tests send one back) and may be deep-copied: its
+    indices, weights and inputs come back as they were, still a Selection."""
+    import pickle
+
+    from ismod.strategies import Selection
+
+    x, y = torch.randn(3, 2), torch.tensor([0, 1, 0])
+    sel = Selection(torch.tensor([4, 1, 7]), torch.tensor([0.5, 1.0, 2.0]), inputs=(x, y))
+    for back in (pickle.loads(pickle.dumps(sel)), copy.deepcopy(sel)):
+        assert isinstance(back, Selection)
+        idx, w = back
+        assert torch.equal(idx, sel.indices) and torch.equal(w, sel.weights)
+        assert torch.equal(back.inputs[0], x) and torch.equal(back.inputs[1], y)
+    plain = pickle.loads(pickle.dumps(Selection(torch.tensor([2]))))
+    assert plain.weights is None and plain.inputs is None

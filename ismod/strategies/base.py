@@ -29,6 +29,11 @@ class Selection(tuple):
         self.inputs = inputs
         return self
 
+    def __reduce__(self) -> tuple[type[Selection], tuple[Any, ...]]:
+        # tuple's own reduction would rebuild from tuple(self) alone, as Selection((i, w)): wrong
+        # arguments, and `inputs` lost (a selection sent between processes, or deep-copied)
+        return (type(self), (self[0], self[1], self.inputs))
+
     @property
     def indices(self) -> torch.Tensor:
         return self[0]
