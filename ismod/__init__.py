@@ -6,16 +6,20 @@ imports only from layers below it (function-level imports included), and there i
 
 - layer 0, estimators and formulas: :mod:`ismod.mc`, :mod:`ismod.sampling`, :mod:`ismod.diagnostics`,
   :mod:`ismod.convex`, :mod:`ismod.bounds`, :mod:`ismod.tau`, :mod:`ismod.stats`, :mod:`ismod.verdicts`,
-  :mod:`ismod.scale`,
-  and the process-group primitives :mod:`ismod.process_group` (torch and the standard library only);
+  :mod:`ismod.scale`, and the process-group primitives :mod:`ismod.process_group` (torch and the
+  standard library only);
 - layer 1, training parts: :mod:`ismod.data`, :mod:`ismod.augment`, :mod:`ismod.models`;
 - layer 2, strategies: :mod:`ismod.strategies` (one class per strategy, one registry line);
 - layer 3, the loop: :mod:`ismod.train` (budget and schedule, scoring, the step, recording and
   checkpoints, each a method of its loop; optimiser and per-sample loss injectable), and
   :mod:`ismod.adapters` (the same strategies in your own ``DataLoader`` loop);
-- layer 4, experiments and presentation: :mod:`ismod.experiments`, :mod:`ismod.suites`,
-  :mod:`ismod.diagnosis`, :mod:`ismod.bench`, :mod:`ismod.distributed` (launchers), :mod:`ismod.plots`, :mod:`ismod.widgets`
-  (the last two need the ``book`` extra).
+- layer 4, experiments and the book's readers: :mod:`ismod.experiments`, :mod:`ismod.suites`,
+  :mod:`ismod.runner`, :mod:`ismod.findings`, :mod:`ismod.conclusions`, :mod:`ismod.diagnosis`,
+  :mod:`ismod.bench`, :mod:`ismod.distributed` (launchers), the command line ``ismod.__main__``,
+  :mod:`ismod.plots` and :mod:`ismod.widgets` (the last two need the ``book`` extra).
+
+Private helpers (a leading underscore) sit in their user's layer; ``tests/test_layers.py`` holds the one
+list, and this docstring and the architecture notes are checked against it.
 """
 
 __version__ = "0.2.0"  # CHANGELOG.md says what each version changed
@@ -25,6 +29,7 @@ from .adapters import (
     HardExampleLoss,
     InfoBatchSampler,
     LossSampler,
+    ReducibleLossSelection,
     SelectiveBackpropLoss,
     StrategyBatchSampler,
     TauSwitchSampler,
@@ -42,6 +47,7 @@ __all__ = [
     "TauSwitchSampler",
     "SelectiveBackpropLoss",
     "HardExampleLoss",
+    "ReducibleLossSelection",
     "StrategyBatchSampler",
     "select_by_loss",
     "ImportanceSampler",

@@ -158,7 +158,7 @@ def sampler_update(
     for i in range(idx.shape[0]):
         scores[idx[i]] = new[i]
     masses = np.empty(idx.shape[0])
-    # the masses of ismod.sampling._unnormalized (its definition), per entry; a test compares the
+    # the masses of ismod.sampling.unnormalized_masses (its definition), per entry; a test compares the
     # two (test_sampler_probabilities_match_function, on incremental updates)
     for i in range(idx.shape[0]):
         s = scores[idx[i]]  # the stored value: with a repeated index, the last one

@@ -49,10 +49,10 @@ def upper_bound(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     RICAP, label smoothing). Computed in float32 whatever the logits' dtype, without autograd.
     """
     _check_targets(logits, targets)
-    return _upper_bound(logits, targets)
+    return upper_bound_unchecked(logits, targets)
 
 
-def _upper_bound(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def upper_bound_unchecked(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """:func:`upper_bound` without the checks (no host synchronisation), for the training step."""
     with torch.no_grad():
         residual = torch.softmax(logits.detach().float(), dim=1)

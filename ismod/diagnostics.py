@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .sampling import _check_probs, draw
+from .sampling import check_probs, draw
 
 __all__ = [
     "distribution_summary",
@@ -40,7 +40,7 @@ def distribution_summary(probs: torch.Tensor) -> dict[str, float]:
     distribution effectively uses; 1 for uniform), ``entropy`` :math:`-\\sum_i p_i\\log p_i` in nats, and
     ``kl_from_uniform`` :math:`\\mathrm{KL}(p\\,\\|\\,u) = \\log N - \\text{entropy}`.
     """
-    stats = distribution_stats(_check_probs(probs)).tolist()
+    stats = distribution_stats(check_probs(probs)).tolist()
     return dict(zip(STAT_NAMES, stats))
 
 

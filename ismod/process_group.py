@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import numbers
 import os
 import socket
 from collections.abc import Callable
@@ -45,6 +46,24 @@ def _all_gather_single(out: torch.Tensor, local: torch.Tensor) -> None:
     deprecated there), else ``all_gather_into_tensor``, the same collective under its older name."""
     gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
     gather(out, local)
+
+
+def replica_layout(num_replicas: int | None, rank: int | None) -> tuple[int, int]:
+    """``(num_replicas, rank)`` as ``DistributedSampler`` takes them: each given value checked, each
+    missing one read from the initialised process group (1 replica, rank 0 without one). The one
+    helper of every sampler that shards by rank."""
+    grouped = dist.is_available() and dist.is_initialized()
+    replicas = (
+        num_replicas if num_replicas is not None else (dist.get_world_size() if grouped else 1)
+    )
+    this_rank = rank if rank is not None else (dist.get_rank() if grouped else 0)
+    if isinstance(replicas, bool) or not isinstance(replicas, numbers.Integral) or replicas < 1:
+        raise ValueError(f"num_replicas must be a positive integer, got {replicas!r}")
+    if isinstance(this_rank, bool) or not (
+        isinstance(this_rank, numbers.Integral) and 0 <= this_rank < replicas
+    ):
+        raise ValueError(f"rank must lie in [0, num_replicas={replicas}), got {this_rank!r}")
+    return int(replicas), int(this_rank)
 
 
 @dataclass(frozen=True)

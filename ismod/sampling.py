@@ -20,13 +20,15 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import Sampler
+
+from .process_group import replica_layout
 
 __all__ = [
     "METHODS",
@@ -117,7 +119,7 @@ def _check_k(k: Any) -> int:
     return int(k)
 
 
-def _check_probs(probs: Any) -> torch.Tensor:
+def check_probs(probs: Any) -> torch.Tensor:
     p = torch.as_tensor(probs)
     if not p.is_floating_point():
         raise ValueError(f"probs must be a floating-point tensor, got dtype {p.dtype}")
@@ -137,7 +139,7 @@ def _check_probs(probs: Any) -> torch.Tensor:
 # --- scores to probabilities ------------------------------------------------------------------------
 
 
-def _unnormalized(
+def unnormalized_masses(
     scores: torch.Tensor,
     method: str,
     temperature: float,
@@ -194,7 +196,7 @@ def probabilities(
         raise ValueError(f"pressure must be a number >= 1 for method='rank', got {pressure!r}")
     if method == "proportional" and not (s > 0).any():
         raise ValueError("scores are all zero: method='proportional' needs a positive score")
-    masses = _unnormalized(
+    masses = unnormalized_masses(
         s, method, float(temperature), float(pressure), s.max().to(torch.float64)
     )
     p = masses / masses.sum()
@@ -227,7 +229,7 @@ def draw(
     Works for any N (no :math:`2^{24}` limit) on the device of ``probs``; indices are int64, weights
     float64.
     """
-    p = _check_probs(probs)
+    p = check_probs(probs)
     k = _check_k(k)
     n = p.numel()
     if not replacement:
@@ -238,10 +240,10 @@ def draw(
             raise ValueError(
                 f"k = {k} draws without replacement, but probs has only {support} positive entries"
             )
-    return _draw(p, k, replacement, generator)
+    return draw_unchecked(p, k, replacement, generator)
 
 
-def _draw(
+def draw_unchecked(
     probs: torch.Tensor, k: int, replacement: bool, generator: torch.Generator | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`draw` without the checks, so a training step never waits for the device to validate."""
@@ -456,6 +458,38 @@ class SumTree:
         return node, leaves[node]
 
 
+class EpochStream:
+    """Indices from a stream of shuffled epochs: :meth:`take` returns the next ``k`` of the current
+    permutation, and when fewer than ``k`` remain it skips them and draws a fresh permutation, so ``k``
+    indices never straddle two epochs. Each index appears at most once in ``k``, and over a
+    permutation every index is equally likely at every position (a uniform presample or batch).
+
+    ``permutation(refill)`` makes each permutation, ``refill`` counting those made since the stream
+    started or :meth:`restart` (a seeded sampler derives its seed from it). The one shuffled stream of
+    the uniform strategy, the presample strategy, :class:`ismod.adapters.TauSwitchSampler` and hard
+    selection's candidates.
+    """
+
+    def __init__(self, permutation: Callable[[int], torch.Tensor],
+                 device: torch.device | str | None = None) -> None:  # fmt: skip
+        self.permutation = permutation
+        self.order = torch.empty(0, dtype=torch.long, device=device)
+        self.position = 0
+        self.refills = 0
+
+    def take(self, k: int) -> torch.Tensor:
+        """The next ``k`` indices (a view of the current permutation)."""
+        if self.position + k > self.order.numel():
+            self.order, self.position = self.permutation(self.refills), 0
+            self.refills += 1
+        start, self.position = self.position, self.position + k
+        return self.order[start : start + k]
+
+    def restart(self) -> None:
+        """Start afresh: the next :meth:`take` draws a new permutation, counted as the first."""
+        self.position, self.refills = self.order.numel(), 0
+
+
 def check_epoch(epoch: Any) -> int:
     """``epoch`` as an int, for a sampler's ``set_epoch``, or an error naming what it takes."""
     if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
@@ -552,17 +586,7 @@ class ImportanceSampler(Sampler[int]):
                 "initial_score=0 with method='proportional' gives all-zero probabilities; "
                 "start from a small positive score"
             )
-        import torch.distributed as dist
-
-        grouped = dist.is_available() and dist.is_initialized()
-        replicas = (
-            num_replicas if num_replicas is not None else (dist.get_world_size() if grouped else 1)
-        )
-        this_rank = rank if rank is not None else (dist.get_rank() if grouped else 0)
-        if isinstance(replicas, bool) or not isinstance(replicas, numbers.Integral) or replicas < 1:
-            raise ValueError(f"num_replicas must be a positive integer, got {replicas!r}")
-        if not (isinstance(this_rank, numbers.Integral) and 0 <= this_rank < replicas):
-            raise ValueError(f"rank must lie in [0, num_replicas={replicas}), got {this_rank!r}")
+        replicas, this_rank = replica_layout(num_replicas, rank)
         if replicas > 1 and generator is not None:
             raise ValueError("in distributed mode (num_replicas > 1) the sampler seeds its own generator from "
                              "seed + epoch so that every replica draws alike; pass seed=..., not generator=")  # fmt: skip
@@ -622,7 +646,9 @@ class ImportanceSampler(Sampler[int]):
             self._reference_value = float(self._reference)
 
     def _masses(self, scores: torch.Tensor) -> torch.Tensor:
-        return _unnormalized(scores, self.method, self.temperature, self.pressure, self._reference)
+        return unnormalized_masses(
+            scores, self.method, self.temperature, self.pressure, self._reference
+        )
 
     def probabilities(self) -> torch.Tensor:
         """The current probability of every index (float64, length N)."""

@@ -9,6 +9,7 @@ for the device: losses accumulate on it and are read at evaluation points.
 from __future__ import annotations
 
 import contextlib
+import copy
 import dataclasses
 import os
 import time
@@ -674,6 +675,7 @@ class _Loop:
         self.seed = seed
         self.gen = torch.Generator(device=device).manual_seed(seed)
         strategy.setup(self.n, settings.batch_size, device, self.gen, self.score, train.labels)
+        strategy.set_reference_trainer(self.train_reference)
         self.optimizer = (optimizer or sgd(settings))(_param_groups(model, settings))
         self.lookahead = _Lookahead(model) if settings.lookahead else None
         self.total_steps = self._total_steps()
@@ -775,11 +777,11 @@ class _Loop:
 
         return self._score_inputs(chunk, indices.numel())
 
-    def _score_inputs(self, chunk: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]], count: int
-                      ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def _score_inputs(self, chunk: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]], count: int,
+                      model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         # inference mode (BatchNorm's running statistics, as Katharopoulos & Fleuret's library scores):
         # a sample's score does not depend on the chunk it is scored with, and no buffer moves
-        model = self.model
+        model = self.model if model is None else model
         was_training = model.training
         model.eval()
         losses, logits = [], []
@@ -799,6 +801,47 @@ class _Loop:
 
     def _per_sample_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return per_sample_losses(self.loss, logits, targets)
+
+    # --- a reference model (RHO-LOSS's irreducible-loss model) -----------------------------------------
+
+    def train_reference(
+        self, indices: torch.Tensor, epochs: float
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The strategies' :data:`~ismod.strategies.base.ReferenceTrainer`: a copy of the model as it
+        is before the first update (so a fresh model of the run's architecture and initialisation),
+        trained by :func:`fit` with uniform batches on the training samples ``indices`` for ``epochs``
+        epochs under the run's settings (the batch at most ``len(indices)``, one evaluation). Its
+        trained samples' passes are added to the run's forward passes, and its time, spent inside the
+        step that asks, to the run's. Returns the per-sample losses of training indices under it,
+        un-augmented and in inference mode, each scored sample counted as a forward pass."""
+        from .strategies.uniform import Uniform
+
+        if self.state["step"] > 0:
+            raise RuntimeError("train_reference must be called before the first update (in the first select): "
+                               "the copy it trains starts from the model's initialisation")  # fmt: skip
+        reference = copy.deepcopy(self.model)
+        held = dataclasses.replace(
+            self.train, images=self.train.images[indices], labels=self.train.labels[indices]
+        )
+        settings = dataclasses.replace(self.settings, budget="epochs", budget_amount=float(epochs),
+                                       batch_size=min(self.settings.batch_size, len(held)),
+                                       evaluations=1, instrument=False, compile=False)  # fmt: skip
+        fit(reference, held, self.test, Uniform(), self.augment, settings,
+            seed=self.seed + 104_729, progress=False, loss=self.loss)  # fmt: skip
+        steps = max(1, round(settings.budget_amount * len(held) / settings.batch_size))  # as fit's
+        self.state["forward_passes"] += TRAINED_SAMPLE_FORWARDS * settings.batch_size * steps
+
+        def losses_of(idx: torch.Tensor) -> torch.Tensor:
+            self.state["forward_passes"] += idx.numel()
+            images, labels = self.train.images, self.train.labels
+
+            def chunk(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+                part = idx[start:stop]
+                return self.augment(images[part], labels[part], train=False)
+
+            return self._score_inputs(chunk, idx.numel(), reference)[0]
+
+        return losses_of
 
     # --- one step -------------------------------------------------------------------------------------
 

@@ -45,6 +45,7 @@ def test_every_method_imports_from_the_top():
     from ismod import (  # noqa: F401
         HardExampleLoss,
         ImportanceSampler,
+        ReducibleLossSelection,
         InfoBatchSampler,
         LossSampler,
         SelectiveBackpropLoss,
@@ -142,7 +143,7 @@ def test_loss_sampler_bad_arguments(kwargs, match):
 @pytest.mark.parametrize(
     "name, adapter",
     [("presample", "TauSwitchSampler"), ("selective_backprop", "SelectiveBackpropLoss"),
-     ("hard_selection", "HardExampleLoss")],
+     ("hard_selection", "HardExampleLoss"), ("rho_loss", "ReducibleLossSelection")],
 )  # fmt: skip
 def test_strategies_that_need_the_model_point_to_their_in_loop_objects(name, adapter):
     with pytest.raises(
@@ -310,7 +311,7 @@ def test_scoring_leaves_batch_norm_statistics_alone():
     x, y = blobs(48).tensors
     sampler = ismod.TauSwitchSampler(model, 600, 16)
     before = model[1].running_mean.clone()
-    ismod.adapters._score(model, x, y, ismod.cross_entropy_loss())
+    ismod.adapters._common.score_without_grad(model, x, y, ismod.cross_entropy_loss())
     torch.testing.assert_close(model[1].running_mean, before)
     assert model.training
     sampler.loss(x, y)  # presample: scored (no change), then 16 trained on (one change)
@@ -383,7 +384,9 @@ def test_selective_backprop_trains_on_exactly_the_kept_candidates():
     method = ismod.SelectiveBackpropLoss(model, beta=1.0, history=64, seed=5)
     window, gen = LossWindow(64, torch.device("cpu")), torch.Generator().manual_seed(5)
     for _ in range(3):
-        _, losses = ismod.adapters._score(model, x, y, ismod.cross_entropy_loss())
+        _, losses = ismod.adapters._common.score_without_grad(
+            model, x, y, ismod.cross_entropy_loss()
+        )
         kept = window.keep(losses, 1.0, gen).nonzero().squeeze(1)
         loss = method.loss(x, y)
         assert 0 < kept.numel() < 64
@@ -396,7 +399,7 @@ def test_hard_example_loss_trains_on_the_highest_losses():
     model = small_classifier()
     x, y = blobs(64).tensors
     method = ismod.HardExampleLoss(model, keep=0.25)
-    _, losses = ismod.adapters._score(model, x, y, ismod.cross_entropy_loss())
+    _, losses = ismod.adapters._common.score_without_grad(model, x, y, ismod.cross_entropy_loss())
     method.loss(x, y)
     top = torch.topk(losses, 16).indices
     assert sorted(method.last_targets.tolist()) == sorted(y[top].tolist())
@@ -407,11 +410,28 @@ def test_hard_example_loss_scores_with_the_proxy():
     model, proxy = small_classifier(0), small_classifier(1)
     x, y = blobs(64).tensors
     method = ismod.HardExampleLoss(model, keep=0.5, proxy=proxy)
-    _, losses = ismod.adapters._score(proxy, x, y, ismod.cross_entropy_loss())
+    _, losses = ismod.adapters._common.score_without_grad(proxy, x, y, ismod.cross_entropy_loss())
     method.loss(x, y)
     assert sorted(method.last_targets.tolist()) == sorted(
         y[torch.topk(losses, 32).indices].tolist()
     )
+
+
+def test_reducible_loss_selection_trains_on_the_largest_reducible_losses():
+    """RHO-LOSS in one's own loop against a brute-force reference: the kept samples are those of
+    largest model loss minus irreducible-model loss."""
+    model, irreducible = small_classifier(0), small_classifier(1)
+    x, y = blobs(64).tensors
+    method = ismod.ReducibleLossSelection(model, irreducible, keep=0.25)
+    _, current = ismod.adapters._common.score_without_grad(model, x, y, ismod.cross_entropy_loss())
+    _, floor = ismod.adapters._common.score_without_grad(
+        irreducible, x, y, ismod.cross_entropy_loss()
+    )
+    method.loss(x, y)
+    brute = sorted(range(64), key=lambda i: float(current[i] - floor[i]), reverse=True)[:16]
+    assert sorted(method.last_targets.tolist()) == sorted(y[brute].tolist())
+    assert method.trained == 16 and method.candidates == 64
+    assert set(brute) != set(torch.topk(current, 16).indices.tolist())  # not the plain hardest
 
 
 @pytest.mark.parametrize(
@@ -421,6 +441,11 @@ def test_hard_example_loss_scores_with_the_proxy():
         (lambda m: ismod.SelectiveBackpropLoss(m, history=0), "history must be a positive"),
         (lambda m: ismod.HardExampleLoss(m, keep=0), "keep"),
         (lambda m: ismod.HardExampleLoss("model"), "torch.nn.Module"),
+        (lambda m: ismod.ReducibleLossSelection(m, m, keep=1.5), "keep"),
+        (
+            lambda m: ismod.ReducibleLossSelection(m, "model"),
+            "irreducible_model must be a torch.nn.Module",
+        ),
     ],
 )
 def test_in_loop_methods_bad_arguments(make, match):
@@ -507,12 +532,17 @@ def make_sampler(kind: str, model: nn.Module):
         return ismod.TauSwitchSampler(model, n, b, threshold=1.02, seed=3)
     if kind == "selective_backprop":
         return ismod.SelectiveBackpropLoss(model, beta=1.0, seed=3)  # about half kept: BN needs 2+
+    if kind == "reducible":
+        with torch.random.fork_rng():
+            torch.manual_seed(7)  # an irreducible-loss model of its own, the same in every run
+            irreducible = nn.Sequential(nn.Linear(10, 3))
+        return ismod.ReducibleLossSelection(model, irreducible, keep=0.5)
     return ismod.HardExampleLoss(model, keep=0.5)
 
 
 def _train_step(kind, method, model, opt, x, y, idx, seen) -> None:
     """One step of the resume tests' loop with ``method``, recording what it trained on."""
-    if kind in ("tau", "selective_backprop", "hard_example"):
+    if kind in ("tau", "selective_backprop", "hard_example", "reducible"):
         loss = method.loss(x, y)
         seen.append(idx.tolist() if kind != "tau" else (idx.tolist(), method.importance_steps))
     else:
@@ -536,7 +566,7 @@ def run_loop(kind, *, stop_after=None, checkpoint=None, workers=0, stateful=Fals
             kind, stop_after=stop_after, checkpoint=checkpoint, workers=workers
         )
 
-    in_loop = kind in ("selective_backprop", "hard_example")
+    in_loop = kind in ("selective_backprop", "hard_example", "reducible")
     model = small_classifier(0)
     if in_loop:  # a step may keep a single candidate, which BatchNorm cannot train on
         torch.manual_seed(0)
@@ -603,15 +633,24 @@ def _run_stateful_loop(kind, *, stop_after, checkpoint, workers):
     return seen, model, None
 
 
-RESUMED = ["loss", "infobatch", "per", "obs", "tau", "selective_backprop", "hard_example"]
+RESUMED = [
+    "loss",
+    "infobatch",
+    "per",
+    "obs",
+    "tau",
+    "selective_backprop",
+    "hard_example",
+    "reducible",
+]
 
 
 @pytest.mark.parametrize("kind", RESUMED)
 @pytest.mark.parametrize("stop_after", [22, 15], ids=["mid-epoch", "epoch-boundary"])
 def test_a_resumed_run_trains_on_the_batches_of_the_uninterrupted_one(kind, stop_after):
-    if kind in ("selective_backprop", "hard_example") and stop_after == 22:
+    if kind in ("selective_backprop", "hard_example", "reducible") and stop_after == 22:
         stop_after = 11  # 8 candidate batches an epoch: mid-epoch of the second
-    if kind in ("selective_backprop", "hard_example") and stop_after == 15:
+    if kind in ("selective_backprop", "hard_example", "reducible") and stop_after == 15:
         stop_after = 8
     full, full_model, _ = run_loop(kind)
     first, _, checkpoint = run_loop(kind, stop_after=stop_after)
@@ -787,7 +826,7 @@ def test_batch_samplers_refuse_bad_losses(kind, bad):
         sampler.loss(losses)
 
 
-@pytest.mark.parametrize("kind", ["tau", "selective_backprop", "hard_example"])
+@pytest.mark.parametrize("kind", ["tau", "selective_backprop", "hard_example", "reducible"])
 def test_in_loop_methods_refuse_bad_scores(kind):
     model = small_classifier()
     method = make_sampler(kind, model)

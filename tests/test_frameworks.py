@@ -19,7 +19,7 @@ PAGE = Path(__file__).resolve().parents[1] / "book" / "own_loop.ipynb"
 def recipe(name: str) -> str:
     cells = json.loads(PAGE.read_text())["cells"]
     markdown = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
-    blocks = re.findall(r"```python\n(# recipe: (\w+)\n.*?)```", markdown, re.DOTALL)
+    blocks = re.findall(r"```python\n(# recipe: ([\w-]+)\n.*?)```", markdown, re.DOTALL)
     found = {title: code for code, title in blocks}
     assert name in found, f"the own-loop page has no '# recipe: {name}' block"
     return found[name]
@@ -76,3 +76,17 @@ def test_the_accelerate_recipe_trains_with_the_batch_sampler_it_was_given():
     exec(recipe("Accelerate"), space)
     sampler = space["sampler"]
     assert sampler.epoch == space["EPOCHS"] and learnt(sampler)
+
+
+def test_the_rho_loss_recipe_trains_the_irreducible_model_then_selects_from_the_rest():
+    space = {**setting(), "BATCH": 4}  # candidate batches of 40 from the 96 samples not held out
+    start = [p.detach().clone() for p in space["model"].parameters()]
+    exec(recipe("RHO-LOSS"), space)
+    method, irreducible = space["method"], space["irreducible"]
+    assert (
+        isinstance(method, ismod.ReducibleLossSelection) and method.irreducible_model is irreducible
+    )
+    assert method.candidates == 2 * 2 * 40 and method.trained == 2 * 2 * 4  # 2 epochs of 2 batches
+    moved = [not torch.equal(a, p) for a, p in zip(start, irreducible.parameters())]
+    assert all(moved) and irreducible is not space["model"]  # trained, and a model of its own
+    assert not set(space["holdout"].indices) & set(space["rest"].indices)

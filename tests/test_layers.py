@@ -109,3 +109,35 @@ def test_no_import_cycles():
         if node not in state:
             visit(node, [node])
     assert not cycles, f"import cycles: {cycles}"
+
+
+def test_the_package_docstring_lists_the_same_layers():
+    """The layers as ``ismod/__init__``'s docstring tells a reader, module for module."""
+    import re
+
+    import ismod
+
+    told: dict[int, set[str]] = {}
+    for block in re.split(r"\n- layer ", ismod.__doc__)[1:]:
+        number = int(block.split(",", 1)[0])
+        told[number] = set(re.findall(r"(?::mod:`|``)ismod\.(\w+)(?:`|``)", block))
+    public = {
+        k: {m for m in ms if not m.startswith("_") or m == "__main__"} for k, ms in LAYERS.items()
+    }
+    assert told == public
+
+
+def test_no_module_imports_another_modules_private_name():
+    """What one module uses of another is public (perhaps internal, outside ``__all__``): a private
+    name stays in its module, where it can change without a search through the package."""
+    bad = []
+    for path in PACKAGE.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (
+                node.level or (node.module or "").startswith("ismod")
+            ):
+                # a private module whole (the compiled kernels, the file helpers) is its layer's own
+                bad += [f"{path.relative_to(PACKAGE)} imports {a.name}" for a in node.names
+                        if a.name.startswith("_") and not a.name.startswith("__")
+                        and not (PACKAGE / f"{a.name}.py").exists()]  # fmt: skip
+    assert not bad, "\n".join(bad)

@@ -104,8 +104,8 @@ def test_after_the_switch_weights_are_one_over_b_g():
         assert k < 50
     assert s.switch_step == k - 1 and scorer.sizes == [12]
     # check one importance step by hand: rebuild g from the presample the strategy scored
-    position = s.stream_position
-    presample = s.stream[position : position + 12] if position + 12 <= N else None
+    position = s.stream.position
+    presample = s.stream.order[position : position + 12] if position + 12 <= N else None
     idx, w = s.select(k)
     assert scorer.sizes[-1] == 12 and presample is not None
     g = upper_bound(scorer.logits(presample), labels()[presample]).double()
@@ -163,3 +163,54 @@ def test_resume_preserves_tau_and_phase():
 
 def test_registered():
     assert isinstance(build_strategy("presample", {"score": "loss"}), Presample)
+
+
+@pytest.mark.parametrize("score", ["bound", "loss"])
+def test_the_harness_strategy_and_the_own_loop_sampler_decide_alike_on_the_same_stream(score):
+    """Presample and TauSwitchSampler share one core (the score, the draw, the τ update): fed the same
+    batches, and drawing from the same generator state, they switch at the same step, train on the
+    same samples with the same loss and keep the same τ, step by step."""
+    import torch.nn.functional as F
+
+    from ismod import TauSwitchSampler
+
+    torch.manual_seed(0)
+    n, b, dim = 200, 8, 5
+    x, y = torch.randn(n, dim), torch.randint(0, C, (n,))
+    model = torch.nn.Linear(dim, C)  # fixed weights: a sample's score does not change over the run
+    with torch.no_grad():
+        model.weight.mul_(4.0)  # confident on some samples, wrong on others: scores far from equal
+    scored: list[tuple[torch.Tensor, torch.Tensor]] = []  # (presample, the generator's state then)
+
+    def forward(indices):
+        with torch.no_grad():
+            logits = model(x[indices])
+        return F.cross_entropy(logits, y[indices], reduction="none"), logits
+
+    def score_fn(indices, augmented=False):
+        scored.append((indices.clone(), harness.generator.get_state()))  # just before the draw
+        return forward(indices)
+
+    options = {"presample": 3, "score": score, "threshold": 1.15, "tau_momentum": 0.5}
+    harness = Presample(**options, score_augmented=False)
+    harness.setup(n, b, CPU, torch.Generator().manual_seed(1), score_fn, y)
+    own = TauSwitchSampler(model, n, b, **options)  # never iterated: it trains on what it is given
+    importance_steps = 0
+    for k in range(60):
+        decides = own.importance_on()
+        idx, w = harness.select(k)
+        assert (w is not None) == decides, f"step {k}: the two switched differently"
+        losses, logits = forward(idx)
+        if w is None:  # a uniform batch: each folds the batch's own scores into τ
+            loss = own.loss(x[idx], y[idx])
+            torch.testing.assert_close(loss, losses.mean(), rtol=0, atol=0)
+        else:  # the same presample, drawn from the same generator state
+            importance_steps += 1
+            presample, state = scored[-1]
+            own._generator.set_state(state)
+            loss = own.loss(x[presample], y[presample])
+            torch.testing.assert_close(own.last_logits, logits, rtol=0, atol=0)  # the same draws
+            torch.testing.assert_close(loss, (w * losses).mean(), rtol=1e-6, atol=0)
+        harness.observe(idx, losses, logits)
+        assert own.tau == pytest.approx(float(harness.tau), rel=1e-12), f"step {k}"
+    assert 5 <= importance_steps < 60  # both phases were compared

@@ -414,7 +414,9 @@ def test_hard_selection_trains_on_the_highest_scored_candidates():
     s.setup(400, 20, torch.device("cpu"), torch.Generator().manual_seed(1), score_fn)
     for step in range(10):
         idx, weights = s.select(step)
-        candidates = s.stream[s.position - 80 : s.position]  # the 80 candidates just scored
+        candidates = s.stream.order[
+            s.stream.position - 80 : s.stream.position
+        ]  # the 80 candidates just scored
         assert weights is None and idx.numel() == 20
         assert set(idx.tolist()) == set(
             candidates[torch.topk(losses_of[candidates], 20).indices].tolist()
@@ -444,3 +446,90 @@ def test_infobatch_epochs_prune_well_learned_samples_and_weigh_the_kept():
     s.position = s.queue.numel()
     s.select(2 * n // b)
     assert s.queue_weights is None and s.queue.numel() == n - n % b
+
+
+def test_rho_loss_trains_on_the_largest_reducible_losses_of_each_candidate_batch():
+    """RHO-LOSS (Mindermann et al. 2022) against a brute-force reference: the trainer's reference model
+    is trained once, on the holdout alone; each step's candidates are uniform draws from the other
+    points; the b trained on are those of largest loss minus irreducible loss; held-out points are
+    never trained on."""
+    from ismod.strategies import ReducibleHoldoutLoss
+
+    n, b = 100, 4
+    current = torch.rand(n, generator=torch.Generator().manual_seed(1))  # the model's loss of each
+    irreducible = torch.rand(n, generator=torch.Generator().manual_seed(2))  # the reference model's
+    calls, candidates = [], []
+
+    def score_fn(idx, augmented=False):
+        candidates.append(idx.clone())
+        return current[idx], torch.zeros(idx.numel(), 3)
+
+    def trainer(indices, epochs):
+        calls.append((indices.clone(), epochs))
+        return lambda idx: irreducible[idx]
+
+    s = ReducibleHoldoutLoss(keep=0.2, holdout=0.3, reference_epochs=4)
+    s.setup(
+        n,
+        b,
+        torch.device("cpu"),
+        torch.Generator().manual_seed(0),
+        score_fn,
+        torch.zeros(n, dtype=torch.long),
+    )
+    s.set_reference_trainer(trainer)
+    trained = []
+    for step in range(30):
+        idx, w = s.select(step)
+        assert w is None and idx.numel() == b
+        cand = candidates[-1]
+        assert cand.numel() == 20 and cand.unique().numel() == 20  # b / keep, without repeats
+        brute = sorted(
+            cand.tolist(), key=lambda i: float(current[i] - irreducible[i]), reverse=True
+        )[:b]
+        assert sorted(idx.tolist()) == sorted(brute)
+        trained += idx.tolist()
+    ((held, epochs),) = calls  # trained once, on the holdout, for the epochs asked
+    assert epochs == 4 and held.numel() == 30 and held.unique().numel() == 30
+    seen = torch.cat(candidates)
+    assert not set(held.tolist()) & set(seen.tolist())  # the holdout is neither scored nor trained
+    assert set(seen.tolist()) == set(range(n)) - set(held.tolist())  # 600 draws cover the other 70
+    with pytest.raises(ValueError, match="holdout"):
+        ReducibleHoldoutLoss(holdout=1.0)
+    with pytest.raises(ValueError, match="leaves 2 to train on"):
+        ReducibleHoldoutLoss(holdout=0.8).setup(
+            10,
+            4,
+            torch.device("cpu"),
+            torch.Generator(),
+            score_fn,
+            torch.zeros(10, dtype=torch.long),
+        )
+    unready = ReducibleHoldoutLoss()
+    unready.setup(
+        n, b, torch.device("cpu"), torch.Generator(), score_fn, torch.zeros(n, dtype=torch.long)
+    )
+    with pytest.raises(ValueError, match="reference model"):
+        unready.select(0)
+
+
+def test_rho_loss_in_the_harness_charges_its_reference_model_to_the_run(tmp_path):
+    """Under fit, RHO-LOSS's irreducible-loss model is trained inside the first step: its trained
+    samples, its scoring of the remaining points and the candidates all count as forward passes."""
+    from test_harness import make_tree
+
+    from ismod.experiments import Config, run
+    from ismod.train import TRAINED_SAMPLE_FORWARDS
+
+    config = Config(strategy="rho_loss", strategy_options={"keep": 0.5, "holdout": 0.25, "reference_epochs": 2},
+                    subset=None, batch_size=4, budget="steps", budget_amount=3, evaluations=1)  # fmt: skip
+    result = run(config, data_root=make_tree(tmp_path), progress=False)
+    n = 36  # make_tree's training set
+    held, reference_steps = 9, round(2 * 9 / 4)
+    expected = (
+        TRAINED_SAMPLE_FORWARDS * 4 * reference_steps  # the reference model's training
+        + (n - held)  # its irreducible loss of each remaining point
+        + 3 * (8 + TRAINED_SAMPLE_FORWARDS * 4)
+    )  # 3 steps: 8 candidates scored, 4 trained
+    assert result.final["steps"] == 3
+    assert result.final["forward_passes"] == pytest.approx(expected)

@@ -20,10 +20,16 @@ def _score_fn(indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return losses, logits
 
 
+def _reference_trainer(indices: torch.Tensor, epochs: float):
+    """A stand-in for the trainer's reference model: losses that depend only on the index."""
+    return lambda idx: (idx % 3).float() / 3
+
+
 def _setup(name: str, seed: int) -> Strategy:
     s = build_strategy(name)
     gen = torch.Generator().manual_seed(seed)
     s.setup(N, B, torch.device("cpu"), gen, _score_fn, torch.arange(N) % 10)
+    s.set_reference_trainer(_reference_trainer)
     s.set_step_times(0.01, 0.02)
     return s
 

@@ -17,6 +17,7 @@ from .base import Selection, Strategy
 from .budgeted import HardSelection, PredictionSubset, SelectiveBackprop
 from .presample import Presample
 from .pruning import InfoBatch
+from .reducible import ReducibleHoldoutLoss
 from .scored import LossSampling, OnlineBatchSelection, PrioritizedReplay, ScoredStrategy
 from .uniform import Uniform
 
@@ -32,6 +33,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
         Presample,
         InfoBatch,
         HardSelection,
+        ReducibleHoldoutLoss,
     )
 }
 

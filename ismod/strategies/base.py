@@ -14,6 +14,11 @@ import torch
 # Time spent in it is counted as scoring by the trainer.
 ScoreFn = Callable[..., tuple[torch.Tensor, ...]]
 
+# (indices, epochs) -> a function of training indices giving their per-sample losses under a fresh
+# model of the run's architecture trained, uniformly, on the training samples ``indices`` for
+# ``epochs`` epochs (without autograd, un-augmented). The trainer charges its passes to the run.
+ReferenceTrainer = Callable[[torch.Tensor, float], Callable[[torch.Tensor], torch.Tensor]]
+
 
 class Selection(tuple):
     """What a strategy's ``select`` returns, ``(indices, weights)`` unpacked as a pair, and
@@ -88,6 +93,13 @@ class Strategy(ABC):
         """See the per-sample losses (unweighted, detached) and logits of the samples ``indices`` just
         trained on: those of the training pass, or, when the batch was mixed, of a clean scoring pass of
         the same samples (see ``uses_observations``)."""
+
+    def set_reference_trainer(self, train_reference: ReferenceTrainer) -> None:  # noqa: B027
+        """Hear how to train a reference model on part of the training set (called once, after
+        :meth:`setup`): ``train_reference(indices, epochs)`` trains a fresh model of the run's
+        architecture and settings on those samples and returns a function giving the per-sample loss
+        of any training indices under it. RHO-LOSS's irreducible-loss model is one; the other
+        strategies ignore it. Its passes count in the run's budget, so call it from :meth:`select`."""
 
     def set_step_times(self, forward: float, backward: float) -> None:  # noqa: B027
         """Hear the trainer's measured seconds per step of the forward and the backward pass (at step 10

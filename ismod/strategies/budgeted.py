@@ -10,9 +10,9 @@ from typing import Any
 
 import torch
 
-from ..sampling import _draw
+from ..sampling import EpochStream, draw_unchecked
 from .base import Strategy
-from .scored import ScoredStrategy, _fraction, score_probabilities
+from .scored import ScoredStrategy, check_fraction, score_probabilities
 
 __all__ = [
     "PredictionSubset",
@@ -51,7 +51,7 @@ class PredictionSubset(ScoredStrategy):
             raise ValueError(f"subset must lie in (0, 1], got {subset!r}")
         self.kind, self.subset = kind, float(subset)
         self.uses_observations = kind != "uniform"  # unif-SGD's subsets ignore the scores
-        self.smoothing = _fraction("smoothing", smoothing)
+        self.smoothing = check_fraction("smoothing", smoothing)
 
     def setup(self, num_items, batch_size, device, generator, score_fn=None, labels=None) -> None:
         super().setup(num_items, batch_size, device, generator, score_fn, labels)
@@ -80,7 +80,7 @@ class PredictionSubset(ScoredStrategy):
     def epoch_queue(self, step: int) -> tuple[torch.Tensor, None]:
         p = self.probabilities()
         self.log_distribution(step, p)
-        idx, _ = _draw(p, self.subset_size, False, self.generator)
+        idx, _ = draw_unchecked(p, self.subset_size, False, self.generator)
         return self._in_batches(idx, None)
 
     def state_dict(self) -> dict[str, Any]:
@@ -272,23 +272,18 @@ class HardSelection(Strategy):
         if score_fn is None:
             raise ValueError("HardSelection needs score_fn (a forward pass of the candidates); run it under ismod.train.fit")  # fmt: skip
         self.candidates = min(num_items, round(batch_size / self.keep))
-        self.stream = torch.empty(0, dtype=torch.long, device=device)
-        self.position = 0
+        self.stream = EpochStream(
+            lambda _: torch.randperm(num_items, device=device, generator=generator), device
+        )
 
     def select(self, step: int) -> tuple[torch.Tensor, None]:
-        if self.position + self.candidates > self.stream.numel():
-            self.stream = torch.randperm(
-                self.num_items, device=self.device, generator=self.generator
-            )
-            self.position = 0
-        start, self.position = self.position, self.position + self.candidates
-        idx = self.stream[start : start + self.candidates]
+        idx = self.stream.take(self.candidates)
         losses, _ = self.score_fn(idx)
         return idx[hardest(losses, self.batch_size)], None
 
     def state_dict(self) -> dict[str, Any]:
-        return {"stream": self.stream, "position": self.position}
+        return {"stream": self.stream.order, "position": self.stream.position}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.stream = state["stream"].to(self.device)
-        self.position = int(state["position"])
+        self.stream.order = state["stream"].to(self.device)
+        self.stream.position = int(state["position"])

@@ -17,13 +17,14 @@ from typing import Any
 
 import torch
 
-from ..bounds import _upper_bound
-from ..sampling import _draw
+from ..bounds import upper_bound_unchecked
+from ..sampling import EpochStream, draw_unchecked
 from ..tau import switch_threshold
 from .base import Selection, Strategy
 
 __all__ = [
     "Presample",
+    "PresampleCore",
     "TauSwitch",
     "THRESHOLDS",
     "normalize_scores",
@@ -165,6 +166,78 @@ def normalize_scores(scores: torch.Tensor) -> torch.Tensor:
     return torch.where(total > 0, s / total.clamp_min(1e-300), torch.full_like(s, 1.0 / s.numel()))
 
 
+class PresampleCore:
+    """One step of Algorithm 1 (Katharopoulos & Fleuret 2018), shared by the harness's
+    :class:`Presample` and :class:`ismod.adapters.TauSwitchSampler`, so the two cannot drift apart.
+
+    - :meth:`importance_next`: whether the next step is an importance step, :math:`\\tau > \\tau_{th}`
+      (the :class:`TauSwitch` rule, τ read without waiting for the device);
+    - :meth:`scores`: each sample's score, the upper bound
+      :math:`\\lVert\\mathrm{softmax}(z_i) - t_i\\rVert` or the loss;
+    - :meth:`resample`: from a scored presample of B, :math:`g_i = s_i/\\sum_j s_j` (mixed with uniform
+      where ``max_weight`` caps :math:`1/(Bg_i)`), b draws with replacement with probabilities g and
+      weights :math:`1/(Bg_i)`, and the τ update from g;
+    - :meth:`observe_uniform`: the τ update from a uniform batch's own scores.
+
+    Its state (τ, its lagged copies, the threshold and the measured times) is :meth:`state_dict`.
+    """
+
+    def __init__(self, presample_size: int, batch_size: int, device: torch.device, *,
+                 score: str = "bound", threshold: str | float = "measured", momentum: float = 0.9,
+                 sqrt: bool = False, presample_cap: bool = False,
+                 max_weight: float | None = None) -> None:  # fmt: skip
+        self.switch = TauSwitch(presample_size, batch_size, device, threshold, momentum, sqrt,
+                                presample_cap)  # fmt: skip
+        self.presample_size, self.batch_size, self.device = presample_size, batch_size, device
+        self.score, self.max_weight = score, max_weight
+
+    def importance_next(self, steps: int) -> bool:
+        """Whether step number ``steps`` (updates so far) is an importance step."""
+        return self.switch.switches_on(self.switch.tau_for_decision(steps))
+
+    def scores(
+        self, logits: torch.Tensor, targets: torch.Tensor, losses: torch.Tensor
+    ) -> torch.Tensor:
+        """Each sample's score: the bound from the logits, or the loss."""
+        return upper_bound_unchecked(logits, targets) if self.score == "bound" else losses.float()
+
+    def capped(self, g: torch.Tensor) -> torch.Tensor:
+        """g mixed with uniform just enough that no weight :math:`1/(B g_i)` exceeds ``max_weight``."""
+        if self.max_weight is None:
+            return g
+        n = g.numel()
+        floor, smallest = 1.0 / (self.max_weight * n), g.min()
+        share = ((floor - smallest) / (1.0 / n - smallest).clamp_min(1e-300)).clamp(0.0, 1.0)
+        return (1.0 - share) * g + share / n
+
+    def resample(self, scores: torch.Tensor, generator: torch.Generator | None,
+                 step: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Positions of the b draws in the presample, and their weights :math:`1/(Bg_i)` (float64);
+        folds g into τ as update number ``step``."""
+        g = self.capped(normalize_scores(scores))
+        chosen, weights = draw_unchecked(g, self.batch_size, True, generator)
+        self.switch.update(g, step)
+        return chosen, weights
+
+    def observe_uniform(self, scores: torch.Tensor, step: int) -> None:
+        """Fold a uniform batch's own scores into τ as update number ``step``."""
+        self.switch.update(normalize_scores(scores), step)
+
+    def state_dict(self) -> dict[str, Any]:
+        """τ, its lagged copies, the threshold and the measured forward and backward times."""
+        switch = self.switch
+        return {"tau": switch.tau, "ring": switch.ring_values(), "tau_threshold": switch.tau_threshold,
+                "measured_times": switch.measured_times}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        switch = self.switch
+        tau = torch.as_tensor(state["tau"], dtype=torch.float64)
+        switch.tau = tau.to(self.device)
+        switch.tau_threshold = float(state["tau_threshold"])
+        switch.measured_times = state["measured_times"]
+        switch.restore_ring(state.get("ring") or [float(tau)] * len(switch.ring_values()))
+
+
 class Presample(Strategy):
     """Algorithm 1 of Katharopoulos & Fleuret (2018).
 
@@ -238,10 +311,12 @@ class Presample(Strategy):
             )
         if score_fn is None or labels is None:
             raise ValueError("Presample needs score_fn and labels; run it under ismod.train.fit")
-        self.switch = TauSwitch(self.presample_size, batch_size, device, self.threshold,
-                                self.tau_momentum, self.sqrt, self.presample_cap)  # fmt: skip
-        self.stream = torch.empty(0, dtype=torch.long, device=device)
-        self.stream_position = 0
+        self.core = PresampleCore(self.presample_size, batch_size, device, score=self.score,
+                                  threshold=self.threshold, momentum=self.tau_momentum, sqrt=self.sqrt,
+                                  presample_cap=self.presample_cap, max_weight=self.max_weight)  # fmt: skip
+        self.stream = EpochStream(
+            lambda _: torch.randperm(num_items, device=device, generator=generator), device
+        )
         self.steps = 0
         self.importance_steps = 0
         self.switch_step: int | None = None
@@ -258,7 +333,11 @@ class Presample(Strategy):
         self.interval_duplicates = torch.zeros((), dtype=torch.float64, device=self.device)
         self.interval_importance_steps = 0
 
-    # τ, its threshold and the measured times live in the shared switch
+    # τ, its threshold and the measured times live in the shared core's switch
+    @property
+    def switch(self) -> TauSwitch:
+        return self.core.switch
+
     @property
     def tau(self) -> torch.Tensor:
         return self.switch.tau
@@ -279,38 +358,9 @@ class Presample(Strategy):
     def measured_times(self) -> tuple[float, float] | None:
         return self.switch.measured_times
 
-    # --- pieces ------------------------------------------------------------------------------------
-
-    def _take(self, k: int) -> torch.Tensor:
-        """The next k indices of a uniformly shuffled stream of epochs (a presample is drawn uniformly)."""
-        if self.stream_position + k > self.stream.numel():
-            self.stream = torch.randperm(
-                self.num_items, device=self.device, generator=self.generator
-            )
-            self.stream_position = 0
-        start, self.stream_position = self.stream_position, self.stream_position + k
-        return self.stream[start : start + k]
-
-    def scores_of(
-        self, logits: torch.Tensor, indices: torch.Tensor, losses: torch.Tensor
-    ) -> torch.Tensor:
-        return (
-            _upper_bound(logits, self.labels[indices]) if self.score == "bound" else losses.float()
-        )
-
-    normalize = staticmethod(normalize_scores)
-
     def capped(self, g: torch.Tensor) -> torch.Tensor:
-        """g mixed with uniform just enough that no weight :math:`1/(B g_i)` exceeds ``max_weight``."""
-        if self.max_weight is None:
-            return g
-        n = g.numel()
-        floor, smallest = 1.0 / (self.max_weight * n), g.min()
-        share = ((floor - smallest) / (1.0 / n - smallest).clamp_min(1e-300)).clamp(0.0, 1.0)
-        return (1.0 - share) * g + share / n
-
-    def _update_tau(self, g: torch.Tensor) -> None:
-        self.switch.update(g, self.steps)
+        """:meth:`~ismod.strategies.presample.PresampleCore.capped`."""
+        return self.core.capped(g)
 
     # --- the strategy ------------------------------------------------------------------------------
 
@@ -319,24 +369,21 @@ class Presample(Strategy):
 
     def select(self, step: int) -> Selection:
         b = self.batch_size
-        use_importance = self.importance and self.switch.switches_on(
-            self.switch.tau_for_decision(self.steps)
-        )
+        use_importance = self.importance and self.core.importance_next(self.steps)
         inputs = None  # the scored inputs to train on, from an augmented presample
         if not use_importance:
             self._last_was_uniform = True
-            idx, weights = self._take(b), None
+            idx, weights = self.stream.take(b), None
         else:
             self._last_was_uniform = False
-            presample = self._take(self.presample_size)
+            presample = self.stream.take(self.presample_size)
             scored = None
             if self.score_augmented:  # the authors' library trains on the images it scored
                 losses, logits, scored = self.score_fn(presample, augmented=True)
             else:
                 losses, logits = self.score_fn(presample)
-            g = self.capped(self.normalize(self.scores_of(logits, presample, losses)))
-            chosen, weights = _draw(g, b, True, self.generator)  # weights 1/(B g_i)
-            self._update_tau(g)
+            scores = self.core.scores(logits, self.labels[presample], losses)
+            chosen, weights = self.core.resample(scores, self.generator, self.steps)  # 1/(B g_i)
             weights = (
                 weights.float() if self.weighted else torch.ones_like(weights, dtype=torch.float32)
             )
@@ -359,7 +406,9 @@ class Presample(Strategy):
 
     def observe(self, indices: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor) -> None:
         if self._last_was_uniform:  # score the uniform batch for free, from its own forward pass
-            self._update_tau(self.normalize(self.scores_of(logits, indices, losses)))
+            self.core.observe_uniform(
+                self.core.scores(logits, self.labels[indices], losses), self.steps
+            )
         self.visits.index_add_(0, indices, torch.ones_like(indices))
         pending = self._pending_log
         if pending is not None:
@@ -388,7 +437,7 @@ class Presample(Strategy):
     def state_dict(self) -> dict[str, Any]:
         return {
             "tau": self.tau, "tau_threshold": self.tau_threshold, "measured_times": self.measured_times,
-            "stream": self.stream, "stream_position": self.stream_position, "steps": self.steps,
+            "stream": self.stream.order, "stream_position": self.stream.position, "steps": self.steps,
             "importance_steps": self.importance_steps, "switch_step": self.switch_step, "visits": self.visits,
             "log": list(self.log), "ring": self.switch.ring_values(),
             "interval": (self.interval_max_weight, self.interval_duplicates, self.interval_importance_steps),
@@ -398,8 +447,8 @@ class Presample(Strategy):
         self.switch.tau = state["tau"].to(self.device)
         self.switch.tau_threshold = float(state["tau_threshold"])
         self.switch.measured_times = state["measured_times"]
-        self.stream = state["stream"].to(self.device)
-        self.stream_position = int(state["stream_position"])
+        self.stream.order = state["stream"].to(self.device)
+        self.stream.position = int(state["stream_position"])
         self.steps, self.importance_steps = int(state["steps"]), int(state["importance_steps"])
         self.switch_step = state["switch_step"]
         self.visits = state["visits"].to(self.device)

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .scored import ScoredStrategy, _fraction
+from .scored import ScoredStrategy, check_fraction
 
 __all__ = ["InfoBatch", "prune_epoch", "MAX_PRUNE_RATIO"]
 
@@ -63,7 +63,7 @@ class InfoBatch(ScoredStrategy):
 
     def __init__(self, prune_ratio: float = 0.5, delta: float = 0.875) -> None:
         super().__init__("last", 0.0, 0)
-        self.prune_ratio = _fraction("prune_ratio", prune_ratio)
+        self.prune_ratio = check_fraction("prune_ratio", prune_ratio)
         if self.prune_ratio > MAX_PRUNE_RATIO:
             raise ValueError(
                 f"prune_ratio must be at most {MAX_PRUNE_RATIO} (InfoBatch keeps at least 10% of the "

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from ..diagnostics import STAT_NAMES, coverage, distribution_stats
-from ..sampling import METHODS, SumTree, _draw, _unnormalized
+from ..sampling import METHODS, SumTree, draw_unchecked, unnormalized_masses
 from .base import Strategy
 
 __all__ = [
@@ -46,7 +46,7 @@ def _positive(name: str, value: float, *, allow_zero: bool = False) -> float:
     return float(value)
 
 
-def _fraction(name: str, value: float) -> float:
+def check_fraction(name: str, value: float) -> float:
     if not (isinstance(value, (int, float)) and 0 <= value < 1):
         raise ValueError(f"{name} must lie in [0, 1), got {value!r}")
     return float(value)
@@ -59,7 +59,7 @@ def score_probabilities(
 
     All-zero scores (nothing observed yet) give the uniform distribution, for every method."""
     s = scores.to(torch.float64)
-    masses = _unnormalized(s, method, temperature, pressure, s.max().clamp_min(1e-30))
+    masses = unnormalized_masses(s, method, temperature, pressure, s.max().clamp_min(1e-30))
     total = masses.sum()
     p = torch.where(
         total > 0, masses / total.clamp_min(1e-300), torch.full_like(masses, 1.0 / s.numel())
@@ -267,7 +267,7 @@ class LossSampling(ScoredStrategy):
             raise ValueError(f"method must be one of {METHODS}, got {method!r}")
         self.subset, self.replacement, self.method = float(subset), bool(replacement), method
         self.temperature = _positive("temperature", temperature)
-        self.smoothing = _fraction("smoothing", smoothing)
+        self.smoothing = check_fraction("smoothing", smoothing)
         self.pressure = _positive("pressure", pressure)
         self.reweight = bool(reweight)
 
@@ -289,7 +289,7 @@ class LossSampling(ScoredStrategy):
     def epoch_queue(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         p = self.probabilities()
         self.log_distribution(step, p)
-        idx, w = _draw(p, self.subset_size, self.replacement, self.generator)
+        idx, w = draw_unchecked(p, self.subset_size, self.replacement, self.generator)
         return self._in_batches(idx, w.float() if self.reweight else None)
 
 
@@ -343,7 +343,7 @@ class OnlineBatchSelection(ScoredStrategy):
         if self.ranked is None or self.draws_since_rerank >= self.rerank_steps:
             self.ranked, self.draws_since_rerank = self.probabilities(), 0
         self.draws_since_rerank += 1
-        idx, w = _draw(self.ranked, self.batch_size, True, self.generator)
+        idx, w = draw_unchecked(self.ranked, self.batch_size, True, self.generator)
         return idx, (w.float() if self.reweight else None)
 
     def state_dict(self) -> dict[str, Any]:

@@ -13,6 +13,9 @@ class Uniform(Strategy):
     """Plain SGD's choice: a fresh permutation each epoch, cut into consecutive batches.
 
     An epoch has ``N // batch_size`` steps (the last partial batch is dropped, as ``drop_last=True``).
+    Step ``t``'s batch is a function of ``t`` and the epoch's permutation (random access, which its
+    tests and resume rely on), so it cuts the permutation by position instead of reading the
+    presample strategies' ``EpochStream`` (:mod:`ismod.sampling`).
     """
 
     name = "uniform"
