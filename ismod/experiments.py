@@ -100,6 +100,9 @@ class Config(TrainSettings):
             raise ValueError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {self.strategy!r}")
+        # the strategy's own constructor is where its options' defaults and checks live: an unknown
+        # option or a bad value fails here, before data is loaded, not at the first step
+        build_strategy(self.strategy, self.strategy_options)
         for name in ("subset", "test_subset"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -201,6 +201,15 @@ def test_lr_schedules(kwargs, points):
         ({"budget": "hours"}, "budget must be one of"),
         ({"batch_size": 10_000, "subset": 100}, "batch_size 10000 exceeds subset 100"),
         ({"lr": -1.0}, "lr must be > 0"),
+        # a strategy's options are checked by its constructor before any data is loaded
+        (
+            {"strategy": "presample", "strategy_options": {"presample": 0.5}},
+            "presample .* must be >= 1",
+        ),
+        (
+            {"strategy": "loss", "strategy_options": {"temprature": 2.0}},
+            "strategy_options for 'loss'",
+        ),
     ],
 )
 def test_bad_configs_fail_before_training(changes, match, tree):
