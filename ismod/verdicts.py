@@ -29,6 +29,10 @@ __all__ = [
     "interval_text",
     "margin_text",
     "verdict_text",
+    "Crossing",
+    "time_to_target",
+    "Speedup",
+    "speedups",
 ]
 
 
@@ -248,3 +252,108 @@ def exploratory_lines(
 def pairs(arm_baselines: list[tuple[str, str]], **fields: Any) -> list[Comparison]:
     """``(arm, baseline)`` pairs as :class:`Comparison` objects sharing ``fields`` (metric, margin...)."""
     return [Comparison(arm, baseline, **fields) for arm, baseline in arm_baselines]
+
+
+# --- time to a target ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Crossing:
+    """When a run first reached a target: training ``seconds`` (the run's own clock, evaluation
+    excluded) and ``step``, both interpolated between the two evaluation records that bracket the
+    crossing; ``None`` for both when it never did."""
+
+    seconds: float | None
+    step: float | None
+
+    @property
+    def reached(self) -> bool:
+        return self.seconds is not None
+
+
+def time_to_target(history: list[dict[str, Any]], metric: str, target: float, *,
+                   lower_is_better: bool) -> Crossing:  # fmt: skip
+    """The first time a run's ``metric`` reaches ``target`` (at or below it when
+    ``lower_is_better``, else at or above it).
+
+    Between the last record short of the target and the first at or past it, ``metric`` is taken to
+    move linearly in training time, so the crossing is
+    :math:`t_0 + (t_1 - t_0)\,(v_0 - \text{target}) / (v_0 - v_1)` (and the step alike). A run whose
+    first record with a value already reaches the target reaches it then. Records without the metric
+    (``None``, as ``train_loss`` before any step) are skipped. The measure InfoBatch, airbench and
+    selective backprop report (time to the baseline's accuracy or loss)."""
+    sign = 1.0 if lower_is_better else -1.0
+    previous: dict[str, Any] | None = None
+    for record in history:
+        value = record.get(metric)
+        if value is None:
+            continue
+        if sign * (float(value) - target) <= 0:
+            if previous is None:
+                return Crossing(float(record["wall_time"]), float(record["step"]))
+            v0, v1 = float(previous[metric]), float(value)
+            share = (v0 - target) / (v0 - v1)  # in (0, 1]: v0 is short of the target, v1 is not
+            t0, t1 = float(previous["wall_time"]), float(record["wall_time"])
+            s0, s1 = float(previous["step"]), float(record["step"])
+            return Crossing(t0 + share * (t1 - t0), s0 + share * (s1 - s0))
+        previous = record
+    return Crossing(None, None)
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """``arm`` against ``baseline`` in time to the baseline's final ``metric``, seed by seed:
+    ``ratios[seed]`` is the baseline's time to its own final value over the arm's time to it (above 1:
+    the arm got there sooner), ``None`` where the arm never got there. ``mean``, ``low`` and ``high``
+    are the geometric mean and its t-interval over the seeds where both reached it (a paired interval
+    of log ratios; ``None`` with fewer than 2 such seeds)."""
+
+    arm: str
+    baseline: str
+    metric: str
+    ratios: dict[int, float | None]
+    mean: float | None
+    low: float | None
+    high: float | None
+
+    @property
+    def not_reached(self) -> list[int]:
+        return sorted(seed for seed, r in self.ratios.items() if r is None)
+
+
+def speedups(results: dict[str, list[Any]], arm: str, baseline: str, metric: str, *,
+             lower_is_better: bool, confidence: float = 0.95) -> Speedup:  # fmt: skip
+    """Paired speed-up of ``arm`` over ``baseline`` to the baseline's final ``metric``.
+
+    For each seed both arms ran, the target is the baseline run's last recorded ``metric`` (its final
+    training loss or test accuracy, say), the baseline's time is the time it first reached that value
+    (:func:`time_to_target`, at most its whole run) and the arm's time is the time it first reached the
+    same value. Runs pair by ``config["seed"]``, never by position."""
+    for name in (arm, baseline):
+        if name not in results:
+            raise KeyError(f"no results for {name!r}; known arms: {sorted(results)}")
+
+    def last(history: list[dict[str, Any]]) -> float:
+        values = [r[metric] for r in history if r.get(metric) is not None]
+        if not values:
+            raise KeyError(f"a {baseline!r} run recorded no {metric!r}")
+        return float(values[-1])
+
+    base = {r.config["seed"]: r for r in results[baseline]}
+    ratios: dict[int, float | None] = {}
+    for run in results[arm]:
+        seed = run.config["seed"]
+        if seed not in base:
+            continue
+        reference = base[seed].history
+        target = last(reference)
+        own = time_to_target(reference, metric, target, lower_is_better=lower_is_better)
+        other = time_to_target(run.history, metric, target, lower_is_better=lower_is_better)
+        assert own.seconds is not None  # a run reaches its own last value
+        ratios[seed] = None if other.seconds is None else own.seconds / max(other.seconds, 1e-12)
+    logs = [math.log(r) for r in ratios.values() if r is not None and r > 0]
+    mean = low = high = None
+    if len(logs) >= 2:
+        d = paired_difference(logs, [0.0] * len(logs), confidence=confidence)
+        mean, low, high = math.exp(d.mean), math.exp(d.low), math.exp(d.high)
+    return Speedup(arm, baseline, metric, dict(sorted(ratios.items())), mean, low, high)

@@ -234,3 +234,58 @@ def test_an_exploratory_line_gives_intervals_and_no_verdict():
     }
     line = diagnosis.exploratory_line(single, "a", "b")
     assert "one seed — no interval" in line and "training loss 0.051 against 0.101" in line
+
+
+def _history(points, metric="test_accuracy"):
+    """Records at steps 0, 10, 20, … with wall_time 2 s a step and ``metric`` as given."""
+    return [{"step": 10 * k, "wall_time": 20.0 * k, metric: v} for k, v in enumerate(points)]
+
+
+def test_time_to_target_interpolates_between_the_records_that_bracket_the_crossing():
+    from ismod.verdicts import time_to_target
+
+    h = _history([None, 0.40, 0.60, 0.70, 0.65])
+    c = time_to_target(h, "test_accuracy", 0.55, lower_is_better=False)
+    # crossed between step 10 (0.40) and 20 (0.60), three quarters of the way
+    assert c.reached and c.step == pytest.approx(17.5) and c.seconds == pytest.approx(35.0)
+    assert time_to_target(h, "test_accuracy", 0.60, lower_is_better=False).step == pytest.approx(20)
+    assert not time_to_target(h, "test_accuracy", 0.71, lower_is_better=False).reached
+    # the first value already past the target: reached at that record, not before it
+    assert time_to_target(h, "test_accuracy", 0.30, lower_is_better=False).step == 10
+    losses = _history([2.0, 1.0, 0.5, 0.6], "train_loss")
+    c = time_to_target(losses, "train_loss", 0.8, lower_is_better=True)
+    assert c.step == pytest.approx(14.0) and c.seconds == pytest.approx(28.0)
+
+
+def test_speedups_pair_seeds_and_say_which_never_reached_the_target():
+    from ismod.verdicts import speedups
+
+    def result(seed, points, time_scale=1.0):
+        h = [{**r, "wall_time": r["wall_time"] * time_scale} for r in _history(points)]
+        return Result({"seed": seed, "name": f"s{seed}"}, {}, h, {}, {})
+
+    baseline = [result(s, [0.1, 0.3, 0.5, 0.6]) for s in (0, 1, 2)]  # reaches its final 0.6 at 60 s
+    arm = [
+        result(2, [0.1, 0.6, 0.6, 0.6], 1.0),  # listed first: pairing must go by seed
+        result(0, [0.1, 0.3, 0.5, 0.6], 0.5),  # the same curve in half the time: ×2
+        result(1, [0.1, 0.6, 0.6, 0.6], 2.0),  # 0.6 at step 10 but 2 s per step: 40 s, ×1.5
+        result(3, [0.9], 1.0),  # a seed the baseline lacks: not paired
+    ]
+    s = speedups(
+        {"uniform": baseline, "fast": arm},
+        "fast",
+        "uniform",
+        "test_accuracy",
+        lower_is_better=False,
+    )
+    assert s.ratios == pytest.approx({0: 2.0, 1: 1.5, 2: 3.0})
+    assert s.mean == pytest.approx((2.0 * 1.5 * 3.0) ** (1 / 3)) and s.low < s.mean < s.high
+    slow = [result(s, [0.1, 0.2, 0.3, 0.4]) for s in (0, 1, 2)]
+    t = speedups(
+        {"uniform": baseline, "slow": slow},
+        "slow",
+        "uniform",
+        "test_accuracy",
+        lower_is_better=False,
+    )
+    assert t.not_reached == [0, 1, 2] and t.mean is None
