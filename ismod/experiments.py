@@ -28,7 +28,7 @@ from .augment import Augment
 from .augment import normalize
 from .data import ImageData, data_source, load_cifar
 from .process_group import World
-from .models import MODELS, build_model, initialize_from_data
+from .models import MODELS, NORMS, build_model, initialize_from_data
 from .strategies import STRATEGIES, build_strategy
 from .train import TrainSettings, check_field_types, fit
 
@@ -90,6 +90,9 @@ class Config(TrainSettings):
     train_eval_size: int = 0  # training samples evaluated (un-augmented) at each evaluation point
     # > 0: every batch-norm layer's ε (the fast networks use airbench's 1e-12; PyTorch's default is 1e-5)
     batch_norm_eps: float = 0.0
+    # the network's normalisation: "batch" as defined, or "group" / "layer", which do not couple a
+    # batch's samples (ismod.models.replace_batch_norm; Chapter 5's batch-norm test)
+    norm: str = "batch"
 
     def validate(self, num_items: int | None = None) -> None:
         """Fail before any training, naming the field (its type, then its range)."""
@@ -98,6 +101,8 @@ class Config(TrainSettings):
             raise ValueError(f"dataset must be 'cifar10' or 'cifar100', got {self.dataset!r}")
         if self.model not in MODELS:
             raise ValueError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
+        if self.norm not in NORMS:
+            raise ValueError(f"norm must be one of {NORMS}, got {self.norm!r}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"strategy must be one of {sorted(STRATEGIES)}, got {self.strategy!r}")
         # the strategy's own constructor is where its options' defaults and checks live: an unknown
@@ -157,6 +162,7 @@ _LATER_FIELDS: dict[str, Any] = {
     "tau_probe_sizes": [],
     "instrument": False,
     "batch_norm_eps": 0.0,
+    "norm": "batch",
 }
 
 
@@ -542,7 +548,7 @@ def run(
     train = load_cifar(config.dataset, "train", subset=config.subset, **load)
     test = load_cifar(config.dataset, "test", subset=config.test_subset, **load)
     torch.manual_seed(config.seed)
-    model = build_model(config.model, train.num_classes).to(device)
+    model = build_model(config.model, train.num_classes, config.norm).to(device)
     if config.batch_norm_eps:
         for m in model.modules():
             if isinstance(m, torch.nn.modules.batchnorm._NormBase):

@@ -24,7 +24,9 @@ from torch import nn
 
 __all__ = [
     "MODELS",
+    "NORMS",
     "build_model",
+    "replace_batch_norm",
     "initialize_from_data",
     "FastCNN",
     "fast_cnn",
@@ -246,8 +248,42 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def build_model(name: str, num_classes: int = 10) -> nn.Module:
-    """The model registered under ``name`` (see ``MODELS``)."""
+# How a network normalises its activations: "batch" (each layer as defined, batch norm), or one that
+# does not couple a batch's samples: "group" (GroupNorm with 8 groups) or "layer" (one group).
+NORMS: tuple[str, ...] = ("batch", "group", "layer")
+GROUPS = 8
+
+
+def replace_batch_norm(model: nn.Module, norm: str) -> nn.Module:
+    """``model`` with every ``BatchNorm2d`` replaced in place by a normalisation that does not
+    couple a batch's samples, so that a sample's output and gradient do not depend on the others in
+    its batch (Chapter 5: importance sampling's variance argument assumes they do not).
+
+    ``"group"``: ``GroupNorm(8, C)`` (Wu & He 2018); ``"layer"``: ``GroupNorm(1, C)``, layer norm over
+    channels and positions. Each keeps the replaced layer's ε and whether its scale learns (the fast
+    networks freeze it); ``"batch"`` leaves the model as it is."""
+    if norm not in NORMS:
+        raise ValueError(f"norm must be one of {NORMS}, got {norm!r}")
+    if norm == "batch":
+        return model
+    for parent in list(model.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.BatchNorm2d):
+                channels = child.num_features
+                groups = 1 if norm == "layer" else GROUPS
+                if channels % groups:
+                    raise ValueError(
+                        f"norm {norm!r} needs channels divisible by {groups}, got {channels}"
+                    )
+                replacement = nn.GroupNorm(groups, channels, eps=child.eps, affine=True)
+                replacement.weight.requires_grad_(child.weight.requires_grad)
+                setattr(parent, name, replacement.to(child.weight.device))
+    return model
+
+
+def build_model(name: str, num_classes: int = 10, norm: str = "batch") -> nn.Module:
+    """The model registered under ``name`` (see ``MODELS``), with its batch norm replaced as ``norm``
+    says (:func:`replace_batch_norm`)."""
     if name not in MODELS:
         raise ValueError(f"model must be one of {sorted(MODELS)}, got {name!r}")
-    return MODELS[name](num_classes=num_classes)
+    return replace_batch_norm(MODELS[name](num_classes=num_classes), norm)

@@ -108,6 +108,35 @@ def test_models_give_logits(name):
     assert isinstance(model.classifier, torch.nn.Linear)
 
 
+@pytest.mark.parametrize("norm", ["group", "layer"])
+@pytest.mark.parametrize("name", ["small_cnn", "fast_cnn_narrow"])
+def test_a_network_without_batch_norm_does_not_couple_its_batch(name, norm):
+    """With group or layer norm in place of every batch norm, a sample's training-mode output and
+    gradient are the same whichever batch it is in (with batch norm they are not)."""
+    torch.manual_seed(0)
+    x = torch.randn(6, 3, 32, 32)
+    coupled = build_model(name)
+    model = build_model(name, norm=norm)
+    coupled.load_state_dict(model.state_dict(), strict=False)  # the shared convolutions and head
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    frozen = [n for n, p in build_model(name).named_parameters() if not p.requires_grad]
+    assert frozen == [
+        n for n, p in model.named_parameters() if not p.requires_grad
+    ]  # γ frozen alike
+    model.train(), coupled.train()
+    assert torch.allclose(model(x)[:3], model(x[:3]), atol=1e-5)
+    assert not torch.allclose(coupled(x)[:3], coupled(x[:3]), atol=1e-3)
+
+    def grad_of_first(batch):
+        model.zero_grad()
+        model(batch)[0].sum().backward()
+        return torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+
+    torch.testing.assert_close(
+        grad_of_first(x), grad_of_first(torch.cat([x[:1], x[3:]])), atol=1e-5, rtol=1e-4
+    )
+
+
 def test_unknown_model():
     with pytest.raises(ValueError, match="model must be one of"):
         build_model("vgg")
@@ -201,6 +230,7 @@ def test_lr_schedules(kwargs, points):
         ({"budget": "hours"}, "budget must be one of"),
         ({"batch_size": 10_000, "subset": 100}, "batch_size 10000 exceeds subset 100"),
         ({"lr": -1.0}, "lr must be > 0"),
+        ({"norm": "instance"}, "norm must be one of"),
         # a strategy's options are checked by its constructor before any data is loaded
         (
             {"strategy": "presample", "strategy_options": {"presample": 0.5}},
@@ -566,3 +596,23 @@ def test_saved_or_measured_reuses_only_the_same_identity(tmp_path):
     assert fresh == {"accuracy": 3.5}
     path.write_text("{not json")
     assert saved_or_measured(path, {"epochs": 6, "code": "b"}, measure)[0] == {"accuracy": 4.5}
+
+
+def test_a_group_norm_run_trains_and_is_a_run_of_its_own(tree, monkeypatch):
+    """Config.norm reaches the network and the run's identity. (That the field left every saved
+    batch-norm run's hash as it was is checked by test_suites against the saved runs.)"""
+    built = []
+
+    def spy(*args, **kwargs):
+        built.append(experiments.build_model.__wrapped__(*args, **kwargs))
+        return built[-1]
+
+    spy.__wrapped__ = experiments.build_model
+    monkeypatch.setattr(experiments, "build_model", spy)
+    result = run(tiny_config(norm="group", budget_amount=4), data_root=tree, progress=False)
+    (model,) = built
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in model.modules())
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    assert result.final["steps"] == 4 and result.final["train_loss"] > 0
+    plain = tiny_config()
+    assert experiments.config_hash(plain) != experiments.config_hash(plain.replace(norm="group"))
