@@ -41,6 +41,7 @@ __all__ = [
     "cross_entropy_loss",
     "check_field_types",
     "frozen_batch_norm_statistics",
+    "normalized_by",
     "noise_scale_at",
     "NOISE_SCALE_CHUNKS",
     "TRAINED_SAMPLE_FORWARDS",
@@ -392,6 +393,46 @@ def frozen_batch_norm_statistics(model: nn.Module) -> Iterator[None]:
         for m, buffers in zip(_tracked_norms(model), saved):
             for k, v in buffers.items():
                 getattr(m, k).copy_(v)
+
+
+@contextlib.contextmanager
+def normalized_by(model: nn.Module, inputs: torch.Tensor) -> Iterator[None]:
+    """Inside the ``with`` block, every batch-norm layer normalises with the statistics of ``inputs``
+    (a uniform presample) instead of those of the batch being trained, so that a sample's output and
+    gradient do not depend on which other samples were drawn with it (Chapter 5's batch-norm test).
+
+    The statistics are those a train-mode forward pass of ``inputs`` computes, layer after layer
+    (one extra forward pass, without autograd); the block's forward and backward passes then use them
+    as constants, as in inference mode. On leaving, each layer's running statistics are updated from
+    ``inputs`` with the layer's own momentum, as if ``inputs`` had been the training batch, and not
+    from the trained, importance-drawn batch. Other layers (dropout) keep their mode."""
+    norms = _tracked_norms(model)
+    saved = [(m.running_mean.clone(), m.running_var.clone(), m.momentum, m.training) for m in norms]
+    presample: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    try:
+        for m in norms:
+            m.momentum = 1.0  # the running statistics become this forward pass's batch statistics
+            m.train()
+        with torch.no_grad():
+            model(inputs)
+        presample = [(m.running_mean.clone(), m.running_var.clone()) for m in norms]
+        for m in norms:
+            m.eval()
+        yield
+    finally:
+        for m, (mean, var, momentum, training) in zip(norms, saved):
+            m.momentum, m.training = momentum, training
+        if presample is not None:
+            for m, (mean, var, momentum, _), (p_mean, p_var) in zip(norms, saved, presample):
+                share = (
+                    0.1 if momentum is None else momentum
+                )  # PyTorch's default for a cumulative one
+                # new tensors, not in place: the block's autograd graph holds the ones it used
+                m.running_mean = (1 - share) * mean + share * p_mean
+                m.running_var = (1 - share) * var + share * p_var
+        else:
+            for m, (mean, var, _, _) in zip(norms, saved):
+                m.running_mean, m.running_var = mean, var
 
 
 # parts the fixed batch of the noise-scale measurement is split into (McCandlish et al. average
@@ -874,13 +915,25 @@ class _Loop:
         if self.settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         t2 = clock.mark()
-        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.use_amp):
-            logits = self.train_model(x)
-        losses = self._per_sample_loss(logits.float(), y)
-        loss = (losses * weights).mean() if weights is not None else losses.mean()
-        t_forward = clock.mark()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        norm_inputs = selection.norm_inputs
+        if (
+            norm_inputs is not None
+        ):  # one more forward pass, of the presample whose statistics it uses
+            state["forward_passes"] += norm_inputs.shape[0]
+            if self.settings.channels_last:
+                norm_inputs = norm_inputs.contiguous(memory_format=torch.channels_last)
+        with (
+            normalized_by(self.model, norm_inputs)
+            if norm_inputs is not None
+            else contextlib.nullcontext()
+        ):
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.use_amp):
+                logits = self.train_model(x)
+            losses = self._per_sample_loss(logits.float(), y)
+            loss = (losses * weights).mean() if weights is not None else losses.mean()
+            t_forward = clock.mark()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
         t3 = clock.mark()
         if world is not None:
             world.average_([p.grad for p in self.model.parameters() if p.grad is not None])

@@ -616,3 +616,17 @@ def test_a_group_norm_run_trains_and_is_a_run_of_its_own(tree, monkeypatch):
     assert result.final["steps"] == 4 and result.final["train_loss"] > 0
     plain = tiny_config()
     assert experiments.config_hash(plain) != experiments.config_hash(plain.replace(norm="group"))
+
+
+def test_presample_batch_norm_trains_and_counts_its_extra_pass(tree):
+    """Presample(batch_norm="presample") under fit: each importance step scores the presample of B
+    and runs it once more for its batch-norm statistics; both are counted as forward passes."""
+    options = {"threshold": 1.0, "tau_momentum": 0.0, "batch_norm": "presample"}
+    result = run(tiny_config(strategy="presample", strategy_options=options, budget_amount=6), data_root=tree,
+                 progress=False)  # fmt: skip
+    b, steps = 8, 6
+    importance = result.history[-1]["importance_steps"]
+    assert 0 < importance <= steps and result.final["train_loss"] > 0
+    assert result.final["forward_passes"] == pytest.approx(
+        3.0 * b * steps + importance * 2 * (3 * b)
+    )

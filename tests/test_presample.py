@@ -214,3 +214,74 @@ def test_the_harness_strategy_and_the_own_loop_sampler_decide_alike_on_the_same_
         harness.observe(idx, losses, logits)
         assert own.tau == pytest.approx(float(harness.tau), rel=1e-12), f"step {k}"
     assert 5 <= importance_steps < 60  # both phases were compared
+
+
+def test_presample_normalisation_decouples_the_batch_and_moves_the_running_statistics_with_the_presample():
+    """Inside normalized_by, batch norm uses the presample's train-mode statistics: a sample's output
+    and gradient no longer depend on the batch it is trained in, and equal those of the network whose
+    batch norm holds the presample's statistics; afterwards the running statistics have moved as if
+    the presample had been the training batch, and every layer is back in its mode."""
+    import copy
+
+    from ismod.models import build_model
+    from ismod.train import normalized_by
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn").train()
+    presample, x = torch.randn(24, 3, 32, 32), torch.randn(6, 3, 32, 32)
+    with torch.no_grad():
+        model(torch.randn(32, 3, 32, 32))  # running statistics away from their initial values
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [(m.running_mean.clone(), m.running_var.clone(), m.momentum) for m in norms]
+
+    reference = copy.deepcopy(model)  # batch norm holding the presample's statistics, by hand
+    for m in reference.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = 1.0
+    with torch.no_grad():
+        reference(presample)
+    reference.eval()
+    expected = reference(x)
+
+    with normalized_by(model, presample):
+        out = model(x)
+        torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model(x[:2]), out[:2], rtol=1e-4, atol=1e-5)  # batch-independent
+        out.sum().backward()  # the block's backward runs on the statistics it used
+    assert model.training and all(m.training for m in norms)
+    stats = [m for m in reference.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    for m, (mean, var, momentum), r in zip(norms, before, stats):
+        assert m.momentum == momentum
+        torch.testing.assert_close(
+            m.running_mean, (1 - momentum) * mean + momentum * r.running_mean
+        )
+        torch.testing.assert_close(m.running_var, (1 - momentum) * var + momentum * r.running_var)
+
+
+def test_the_presample_batch_norm_option():
+    """batch_norm="presample" hands the trainer the augmented presample's inputs at importance steps,
+    costs one more presample pass (declared), and needs scored augmented inputs."""
+    with pytest.raises(ValueError, match="batch_norm must be one of"):
+        Presample(batch_norm="eval")
+    with pytest.raises(ValueError, match="needs score_augmented=True"):
+        Presample(batch_norm="presample", score_augmented=False)
+    assert (
+        Presample(batch_norm="presample").scoring_passes_per_sample
+        == 2 * Presample().scoring_passes_per_sample
+    )
+    scorer = Scorer()
+    s = make(scorer, threshold=1.0, tau_momentum=0.0, batch_norm="presample")
+    for k in range(20):
+        selection = s.select(k)
+        if selection.weights is None:
+            assert selection.norm_inputs is None
+        else:
+            assert selection.norm_inputs.shape[0] == 12  # the presample of B = 3b, as scored
+            # what it trains on was drawn from those very inputs (the stand-in's x is the index)
+            assert set(selection.inputs[0].flatten().tolist()) <= set(
+                selection.norm_inputs.flatten().tolist()
+            )
+        s.observe(
+            selection.indices, selection.indices.float() / 10, scorer.logits(selection.indices)
+        )
+    assert s.importance_steps > 0

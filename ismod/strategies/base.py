@@ -23,21 +23,24 @@ ReferenceTrainer = Callable[[torch.Tensor, float], Callable[[torch.Tensor], torc
 class Selection(tuple):
     """What a strategy's ``select`` returns, ``(indices, weights)`` unpacked as a pair, and
     ``inputs``, the ``(x, y)`` to train on where the strategy trained on the very inputs it scored
-    (``score_fn(..., augmented=True)``), else ``None`` (the trainer augments ``indices`` afresh).
+    (``score_fn(..., augmented=True)``), else ``None`` (the trainer augments ``indices`` afresh);
+    and ``norm_inputs``, inputs whose batch-norm statistics the step's forward and backward passes
+    use instead of the trained batch's own (:func:`ismod.train.normalized_by`), else ``None``.
 
     One value object, so nothing passes between a strategy and the trainer by the side. A plain
     ``(indices, weights)`` pair is accepted too (:meth:`of`)."""
 
     def __new__(cls, indices: torch.Tensor, weights: torch.Tensor | None = None,
-                inputs: tuple[torch.Tensor, torch.Tensor] | None = None) -> Selection:  # fmt: skip
+                inputs: tuple[torch.Tensor, torch.Tensor] | None = None,
+                norm_inputs: torch.Tensor | None = None) -> Selection:  # fmt: skip
         self = super().__new__(cls, (indices, weights))
-        self.inputs = inputs
+        self.inputs, self.norm_inputs = inputs, norm_inputs
         return self
 
     def __reduce__(self) -> tuple[type[Selection], tuple[Any, ...]]:
         # tuple's own reduction would rebuild from tuple(self) alone, as Selection((i, w)): wrong
         # arguments, and `inputs` lost (a selection sent between processes, or deep-copied)
-        return (type(self), (self[0], self[1], self.inputs))
+        return (type(self), (self[0], self[1], self.inputs, self.norm_inputs))
 
     @property
     def indices(self) -> torch.Tensor:

@@ -32,6 +32,9 @@ __all__ = [
 ]
 
 THRESHOLDS: tuple[str, ...] = ("measured", "fixed")
+# How an importance step's batch norm is computed: from the trained (importance-drawn) batch, as any
+# train-mode step does, or from the uniform presample it was drawn from (ismod.train.normalized_by).
+BATCH_NORM_MODES: tuple[str, ...] = ("train", "presample")
 
 # On CUDA the phase decision reads τ as it was this many steps ago, so the host never waits for the
 # step in flight (the copy of an older value has long finished).
@@ -259,6 +262,11 @@ class Presample(Strategy):
             importance steps' harm. Mixup and RICAP mix images after the draw: pass ``False`` there.
         presample_cap: switch on when :math:`\\tau_{\\text{eff}} = 1/(1/\\tau + b/B)` exceeds τ_th instead of
             τ: the presample's own variance counted (Chapter 5, §5.6).
+        batch_norm: ``"train"`` normalises an importance step's batch with its own statistics, as
+            any train-mode step does; ``"presample"`` with those of the uniform presample it was drawn
+            from (one more forward pass of the presample), so that a sample's gradient does not depend
+            on the skewed batch it was drawn into, and the running statistics move with the presample
+            (:func:`ismod.train.normalized_by`; Chapter 5's batch-norm test).
         max_weight: if set (≥ 1), g is mixed with uniform, :math:`g \\leftarrow (1-\\lambda)g + \\lambda/B`
             with the smallest λ that keeps every weight :math:`1/(B g_i)` at or below it (unbiased; τ
             is computed from the mixed g).
@@ -274,13 +282,14 @@ class Presample(Strategy):
 
     @property
     def scoring_passes_per_sample(self) -> float:
-        """B/b presample forward passes per trained sample, when every step is an importance step."""
-        return self.ratio
+        """B/b presample forward passes per trained sample, when every step is an importance step
+        (2B/b with ``batch_norm="presample"``: one more pass of the presample, for its statistics)."""
+        return self.ratio * (2 if self.batch_norm == "presample" else 1)
 
     def __init__(self, presample: float = 3.0, score: str = "bound", threshold: str | float = "measured",
                  tau_momentum: float = 0.9, sqrt: bool = False, importance: bool = True, weighted: bool = True,
                  max_weight: float | None = None, score_augmented: bool = True,
-                 presample_cap: bool = False) -> None:  # fmt: skip
+                 presample_cap: bool = False, batch_norm: str = "train") -> None:  # fmt: skip
         check_presample_options(presample, score, threshold, tau_momentum)
         for name, flag in (
             ("weighted", weighted),
@@ -290,6 +299,12 @@ class Presample(Strategy):
             if not isinstance(flag, bool):
                 raise ValueError(f"{name} must be True or False, got {flag!r}")
         self.score_augmented, self.presample_cap = score_augmented, presample_cap
+        if batch_norm not in BATCH_NORM_MODES:
+            raise ValueError(f"batch_norm must be one of {BATCH_NORM_MODES}, got {batch_norm!r}")
+        if batch_norm == "presample" and not score_augmented:
+            raise ValueError("batch_norm='presample' takes its statistics from the augmented presample it "
+                             "scores: it needs score_augmented=True")  # fmt: skip
+        self.batch_norm = batch_norm
         if max_weight is not None and not (
             isinstance(max_weight, (int, float)) and max_weight >= 1
         ):
@@ -370,7 +385,7 @@ class Presample(Strategy):
     def select(self, step: int) -> Selection:
         b = self.batch_size
         use_importance = self.importance and self.core.importance_next(self.steps)
-        inputs = None  # the scored inputs to train on, from an augmented presample
+        inputs = norm_inputs = None  # the scored inputs to train on, from an augmented presample
         if not use_importance:
             self._last_was_uniform = True
             idx, weights = self.stream.take(b), None
@@ -389,13 +404,16 @@ class Presample(Strategy):
             )
             idx = presample[chosen]
             inputs = None if scored is None else (scored[0][chosen], scored[1][chosen])
+            norm_inputs = (
+                scored[0] if self.batch_norm == "presample" and scored is not None else None
+            )
             self._instrument(chosen, weights)
             self.importance_steps += 1
             if self.switch_step is None:
                 self.switch_step = step
         if step % self.log_every == 0:
             self._pending_log = step
-        return Selection(idx, weights, inputs)
+        return Selection(idx, weights, inputs, norm_inputs)
 
     def _instrument(self, chosen: torch.Tensor, weights: torch.Tensor) -> None:
         drawn = torch.zeros(self.presample_size, dtype=torch.float64, device=self.device)
