@@ -62,16 +62,16 @@ def test_seed_counts_follow_the_issues():
     assert not any("τ" in name for name in suites.chapter7("cpu")) and any(
         "τ" in n for n in suites.chapter7("gpu")
     )
-    # Chapter 5's diagnosis: three seeds per dissection arm, 2/2/1 per critical-batch arm, five per
-    # prediction arm
+    # Chapter 5's diagnosis: three seeds per dissection arm, 3/2/1 per critical-batch arm (the b arm
+    # is the dissection's uniform arm, all its seeds), five per prediction arm
     assert all(len(c) == 3 for c in suites.chapter5_dissection("cpu").values())
-    assert [len(c) for c in suites.chapter5_critical_batch("cpu").values()] == [2, 2, 1]
+    assert [len(c) for c in suites.chapter5_critical_batch("cpu").values()] == [3, 2, 1]
     predictions = suites.chapter5_prediction("cpu")
     assert all(len(predictions[c.arm]) == 5 for c, _, _ in diagnosis.PREDICTIONS)
     assert all(len(predictions[c.baseline]) == 5 for c, _, _ in diagnosis.PREDICTIONS)
     # the critical-batch test's b arm is the dissection's uniform arm, config for config
     critical, dissection = suites.chapter5_critical_batch("cpu"), suites.chapter5_dissection("cpu")
-    assert critical["b × 1"] == dissection["uniform"][:2]
+    assert critical["b × 1"] == dissection["uniform"]
     # its two regeneration grids hold every arm once
     parts = {
         **suites.chapter5_dissection_weights("cpu"),
