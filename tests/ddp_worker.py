@@ -60,9 +60,10 @@ def train(strategy_name: str, options: dict[str, Any], steps: int, *, batch_size
     def recording_select(step: int):
         if die_at is not None and step == die_at and world is not None and world.rank == 1:
             os._exit(3)  # a rank that dies without a word
-        idx, w = select(step)
+        selection = select(step)
+        idx, w = selection
         selected.append((idx.clone(), None if w is None else w.clone()))
-        return idx, w
+        return selection  # whole: the scored inputs and batch-norm inputs it may carry go to the trainer
 
     strategy.select = recording_select  # type: ignore[method-assign]
     budget = (

@@ -31,7 +31,8 @@ STRATEGIES = {
     ),
 }
 # every other registered strategy with its defaults (small-data options where a default needs more data)
-SMALL = {"selective_backprop": {"history": 32}, "prediction_subset": {"kind": "p", "subset": 0.5}}
+SMALL = {"selective_backprop": {"history": 32}, "prediction_subset": {"kind": "p", "subset": 0.5},
+         "rho_loss": {"reference_epochs": 1}}  # fmt: skip
 STRATEGIES.update(
     {
         name: (name, SMALL.get(name, {}))
