@@ -809,14 +809,15 @@ class _Loop:
             logits, indices.numel()
         )
 
-    def _score_local(self, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _score_local(self, indices: torch.Tensor, model: nn.Module | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         images, labels = self.train.images, self.train.labels
 
         def chunk(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
             part = indices[start:stop]
             return self.augment(images[part], labels[part], train=False)
 
-        return self._score_inputs(chunk, indices.numel())
+        return self._score_inputs(chunk, indices.numel(), model)
 
     def _score_inputs(self, chunk: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]], count: int,
                       model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
@@ -867,20 +868,14 @@ class _Loop:
         settings = dataclasses.replace(self.settings, budget="epochs", budget_amount=float(epochs),
                                        batch_size=min(self.settings.batch_size, len(held)),
                                        evaluations=1, instrument=False, compile=False)  # fmt: skip
-        fit(reference, held, self.test, Uniform(), self.augment, settings,
-            seed=self.seed + 104_729, progress=False, loss=self.loss)  # fmt: skip
-        steps = max(1, round(settings.budget_amount * len(held) / settings.batch_size))  # as fit's
-        self.state["forward_passes"] += TRAINED_SAMPLE_FORWARDS * settings.batch_size * steps
+        out = fit(reference, held, self.test, Uniform(), self.augment, settings,
+                  seed=self.seed + 104_729, progress=False, loss=self.loss)  # fmt: skip
+        # the reference run's own count of its forward passes, charged to this run
+        self.state["forward_passes"] += out["final"]["forward_passes"]
 
         def losses_of(idx: torch.Tensor) -> torch.Tensor:
             self.state["forward_passes"] += idx.numel()
-            images, labels = self.train.images, self.train.labels
-
-            def chunk(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-                part = idx[start:stop]
-                return self.augment(images[part], labels[part], train=False)
-
-            return self._score_inputs(chunk, idx.numel(), reference)[0]
+            return self._score_local(idx, reference)[0]
 
         return losses_of
 
