@@ -273,7 +273,7 @@ class Crossing:
 
 def time_to_target(history: list[dict[str, Any]], metric: str, target: float, *,
                    lower_is_better: bool) -> Crossing:  # fmt: skip
-    """The first time a run's ``metric`` reaches ``target`` (at or below it when
+    r"""The first time a run's ``metric`` reaches ``target`` (at or below it when
     ``lower_is_better``, else at or above it).
 
     Between the last record short of the target and the first at or past it, ``metric`` is taken to

@@ -1,4 +1,5 @@
-"""Build the whole book from scratch at smoke scale, warnings as errors (the CI's book check), then read
+"""Build the whole book from scratch at smoke scale, warnings as errors (the CI's book check), from the
+chapters the notebook tests executed (each alone, once a session; tests/executed_book.py), then read
 every page in headless Chromium as a reader would: formulas rendered, nothing wider than the page,
 figures loaded, links resolving, Colab buttons pointing at the repository, search working."""
 
@@ -18,6 +19,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import pytest
+import yaml
 
 from book_files import ROOT, config, toc_files, toc_notebooks
 
@@ -28,17 +30,22 @@ RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\\(?:frac|sum|lVert|mathrm|opera
 
 
 @pytest.fixture(scope="module")
-def smoke_book(tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
-    out = tmp_path_factory.mktemp("book")
+def smoke_book(executed_book) -> tuple[subprocess.CompletedProcess, Path]:
+    # the chapters executed once, alone each (tests/executed_book.py), shared with the notebook tests;
+    # the build renders those outputs rather than executing every chapter a second time
+    for notebook in toc_notebooks():
+        executed_book.execute(notebook)
+    settings = config()
+    settings["execute"]["execute_notebooks"] = "off"
+    out = executed_book.root
+    (out / "_config.yml").write_text(yaml.safe_dump(settings, sort_keys=False))
     jupyter_book = Path(sys.executable).parent / "jupyter-book"
-    env = dict(os.environ, ISMOD_SCALE="smoke", ISMOD_RESULTS=str(out / "results"))
     cmd = [
-        str(jupyter_book), "build", "book", "--config", str(ROOT / "_config.yml"), "--toc", str(ROOT / "_toc.yml"),
-        "--path-output", str(out), "--all", "-W", "-n", "--keep-going",
+        str(jupyter_book), "build", str(executed_book.source), "--config", str(out / "_config.yml"),
+        "--toc", str(ROOT / "_toc.yml"), "--path-output", str(out), "--all", "-W", "-n", "--keep-going",
     ]  # fmt: skip
-    # a hang bound, not a speed test: the build took 19 minutes on a 2-core machine while another
-    # build and tests ran beside it (the old 20-minute bound nearly failed it)
-    run = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+    # a hang bound, not a speed test
+    run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
     return run, out / "_build" / "html"
 
 

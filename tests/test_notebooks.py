@@ -1,25 +1,16 @@
-"""Execute every notebook in _toc.yml at smoke scale; any cell error fails the test."""
+"""Execute every notebook in _toc.yml at smoke scale, each alone; any cell error fails the test."""
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
-from book_files import BOOK, toc_notebooks
+from book_files import toc_notebooks
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", toc_notebooks(), ids=lambda p: p.name)
-def test_notebook_runs_at_smoke_scale(path, monkeypatch, tmp_path):
-    monkeypatch.setenv("ISMOD_SCALE", "smoke")
-    monkeypatch.setenv(
-        "ISMOD_RESULTS", str(tmp_path / "results")
-    )  # never write into the repository
-    nb = nbformat.read(path, as_version=4)
-    # the timeout bounds a hang, not the machine's speed: a cell that reads many saved runs took over
-    # 600 s on a 2-core machine busy with other work, where it takes about a minute alone
-    NotebookClient(
-        nb, timeout=1800, kernel_name="python3", resources={"metadata": {"path": str(BOOK)}}
-    ).execute()  # raises CellExecutionError naming the cell on any error
+def test_notebook_runs_at_smoke_scale(path, executed_book):
+    nb = executed_book.execute(path)  # alone, in a fresh kernel with an empty results folder
+    assert executed_book.errors[path.name] is None, executed_book.errors[path.name]
     printed = "".join(
         o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
     )

@@ -253,7 +253,7 @@ class StrategyBatchSampler(EpochPosition, Sampler[list[int]]):
             check_scores(losses.detach(), LOSSES_ARGUMENT)
         self._pairing.done()
         if self.num_replicas > 1:
-            from .process_group import World
+            from ..process_group import World
 
             world = World.current()
             if world is None or world.size != self.num_replicas:
