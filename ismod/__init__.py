@@ -16,7 +16,8 @@ imports only from layers below it (function-level imports included), and there i
 - layer 4, experiments and the book's readers: :mod:`ismod.experiments`, :mod:`ismod.suites`,
   :mod:`ismod.runner`, :mod:`ismod.findings`, :mod:`ismod.conclusions`, :mod:`ismod.diagnosis`,
   :mod:`ismod.bench`, :mod:`ismod.distributed` (launchers), the command line ``ismod.__main__``,
-  :mod:`ismod.plots` and :mod:`ismod.widgets` (the last two need the ``book`` extra).
+  :mod:`ismod.plots` and :mod:`ismod.widgets` (the last two need the ``book`` extra), and
+  :mod:`ismod.glue` (run numbers into a page's prose).
 
 Private helpers (a leading underscore) sit in their user's layer; ``tests/test_layers.py`` holds the one
 list, and this docstring and the architecture notes are checked against it.

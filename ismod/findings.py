@@ -44,8 +44,8 @@ __all__ = [
     "CHAPTER3_PRIMARY",
     "chapter6_primary",
     "chapter7_primary",
-    "chapter3_findings",
-    "chapter3_summary",
+    "claim_verdict",
+    "chapter3_numbers",
     "chapter4_negligible",
     "fit_epoch",
     "overfit_pilot_lines",
@@ -141,7 +141,7 @@ def divergence_epoch(result: Result) -> float | None:
         (
             h["epoch"]
             for h in result.history
-            if h["train_loss"] is not None and math.isnan(h["train_loss"])
+            if h.get("train_loss") is not None and math.isnan(h["train_loss"])
         ),
         None,
     )
@@ -182,7 +182,8 @@ def summarize(
     results: dict[str, list[Result]], baseline: str | None = None
 ) -> list[dict[str, Any]]:
     """One row per arm: mean and standard deviation over seeds of the final test accuracy, training
-    loss (on the fixed training subset when recorded, else the trained batches), training seconds,
+    loss (on the fixed training subset when recorded, else the trained batches; over the seeds that did
+    not diverge, whose number is ``diverged``), training seconds,
     and the share of training time spent selecting (scoring and sampling); with ``baseline``, the
     test error and training loss relative to the baseline arm's (ratios of the seed means)."""
     rows = []
@@ -191,11 +192,13 @@ def summarize(
             "train_eval_loss" if _final(runs[0], "train_eval_loss") is not None else "train_loss"
         )
         acc = _test_accuracy(runs)
-        loss = _mean_sd([_final(r, loss_key) for r in runs])
+        losses = [_final(r, loss_key) for r in runs]
+        finite = [v for v in losses if v is not None and not math.isnan(v)]  # diverged: nan
+        loss = _mean_sd(finite) if finite else (math.nan, math.nan)
         secs = _mean_sd([r.final["train_time"] for r in runs])
         share = _mean_sd([r.timing["selection"] / max(r.final["train_time"], 1e-9) for r in runs])
         rows.append({"arm": label, "seeds": len(runs), "test_accuracy": acc, "train_loss": loss, "loss_kind": loss_key,
-                     "train_seconds": secs, "selection_share": share})  # fmt: skip
+                     "diverged": sum(v is not None and math.isnan(v) for v in losses), "train_seconds": secs, "selection_share": share})  # fmt: skip
     if baseline is not None:
         base = next(r for r in rows if r["arm"] == baseline)
         for r in rows:
@@ -299,7 +302,8 @@ def accuracy_difference(runs: list[Result], baseline: list[Result]) -> tuple[flo
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """:func:`summarize`'s rows as a Markdown table (mean ± standard deviation over seeds)."""
+    """:func:`summarize`'s rows as a Markdown table (mean ± standard deviation over seeds; a training
+    loss over the seeds that did not diverge, their number said, never ``nan ± nan``)."""
     rel = "relative_test_error" in rows[0]
     head = "| arm | seeds | test accuracy | training loss | training s | selection share |" + (
         " training loss / baseline | test error / baseline |" if rel else ""
@@ -307,7 +311,13 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         a, lo, s, sh = r["test_accuracy"], r["train_loss"], r["train_seconds"], r["selection_share"]
-        line = (f"| {r['arm']} | {r['seeds']} | {a[0]:.1%} ± {a[1]:.1%} | {lo[0]:.3f} ± {lo[1]:.3f} | "
+        k = r.get("diverged", 0)
+        loss = (
+            "diverged"
+            if k == r["seeds"]
+            else f"{lo[0]:.3f} ± {lo[1]:.3f}" + (f" ({k} diverged)" if k else "")
+        )
+        line = (f"| {r['arm']} | {r['seeds']} | {a[0]:.1%} ± {a[1]:.1%} | {loss} | "
                 f"{s[0]:.0f} ± {s[1]:.0f} | {sh[0]:.1%} |")  # fmt: skip
         if rel:
             line += f" {r['relative_train_loss']:.2f} | {r['relative_test_error']:.2f} |"
@@ -388,52 +398,68 @@ def _word(row: dict[str, Any]) -> str:
     return row.get("verdict", "not tested")
 
 
-def chapter3_findings(results: dict[str, list[Result]]) -> list[str]:
-    """Chapter 3's verdicts on the report's two claims, from ``CHAPTER3_PRIMARY`` over ``results``
-    (the main grid and the report's-optimiser grid together): the primary rows as sentences, then what
-    they say of "importance sampling no better than uniform" (only *equivalent* supports it) and of
-    "augmentation helps" (only *higher* does)."""
-    rows = primary(results, list(CHAPTER3_PRIMARY), missing="not tested")
-    lines = primary_lines(rows)
+def claim_verdict(rows: list[dict[str, Any]]) -> str:
+    """One verdict word for a claim that several primary rows test together ("each sampler is no
+    better than uniform"): ``"equivalent"`` only if every row is equivalent within its margin, else
+    ``"higher"`` or ``"lower"`` if any row is (higher first), else ``"not tested"`` if any row was not
+    run, else ``"inconclusive"``."""
+    words = [_word(r) for r in rows]
+    if words and all(w.startswith("equivalent") for w in words):
+        return "equivalent"
+    for word in ("higher", "lower", "not tested"):
+        if word in words:
+            return word
+    return "inconclusive"
+
+
+def chapter3_numbers(grid: dict[str, list[Result]], report: dict[str, list[Result]],
+                     variants: dict[str, list[Result]]) -> dict[str, Any]:  # fmt: skip
+    """What Chapter 3's prose states, as numbers and verdict words (the sentences are the chapter's):
+
+    - ``primary``: :data:`CHAPTER3_PRIMARY`'s rows over the main and the report's-optimiser grids
+      (:func:`ismod.verdicts.primary`; differences in accuracy, not points);
+    - ``samplers_verdict``: :func:`claim_verdict` of the two sampler rows, the report's "no better than
+      uniform"; ``augmentation_verdict``: the crop+flip row's word; ``detectable``: the larger of the two
+      sampler rows' detectable differences (``nan`` if not tested);
+    - ``report_fit``: uniform's mean accuracy on the fixed training subset with the report's optimiser
+      (``None`` if not recorded);
+    - ``fast``: last-loss and running-loss minus uniform (mean test accuracy, crop+flip, fast schedule);
+      ``diverged`` and ``diverged_report``: ``(diverged, runs)`` of Algorithm 1 in each grid;
+    - ``best_variant``, ``best_variant_difference`` and ``variant_seeds``: the variant of §3.5 with the
+      highest mean test accuracy against uniform on the same seeds (``None`` without variants).
+    """
+    rows = primary({**grid, **report}, list(CHAPTER3_PRIMARY), missing="not tested")
     samplers = rows[:2]
-    words = [_word(r) for r in samplers]
-    if all(w.startswith("equivalent") for w in words):
-        said = ("reproduced: with the report's optimiser both samplers were equivalent to uniform within "
-                f"±{100 * ACCURACY_MARGIN:g} point")  # fmt: skip
-    elif any(w == "higher" for w in words):
-        said = "contradicted: an importance sampler was higher than uniform"
-    elif any(w == "lower" for w in words):
-        said = ("not reproduced as stated: an importance sampler was *lower* than uniform (worse, not "
-                "merely no better)")  # fmt: skip
-    elif any(w == "not tested" for w in words):
-        said = "not tested at this scale"
-    else:
-        detect = max(r.get("detectable", float("nan")) for r in samplers)
-        said = (f"not settled here: inconclusive, the design detects differences of about {100 * detect:.1f} "
-                "points, and an equivalence needs the whole interval inside the margin")  # fmt: skip
-    aug = _word(rows[2])
-    aug_said = {"higher": "reproduced: crop+flip was higher than no augmentation",
-                "lower": "contradicted: crop+flip was lower than no augmentation",
-                "not tested": "not tested at this scale"}.get(
-        aug, "not settled here: the augmentation effect was " + aug)  # fmt: skip
-    regime = []
-    uniform = results.get("uniform, report's optimiser", [])
-    fitted = [r.history[-1].get("train_eval_accuracy") for r in uniform]
-    if fitted and None not in fitted:
-        mean = sum(fitted) / len(fitted)
-        regime = ["", f"With the report's optimiser uniform sampling ended at {mean:.1%} on the fixed training "
-                  "subset (the report's runs reached about 99%)" + (
-                      ": this regime had not fitted its training images, so its verdicts are about a slower "
-                      "start of training than the report's." if mean < 0.9 else ".")]  # fmt: skip
-    return (
-        lines
-        + regime
-        + [
-            "",
-            f'**The report\'s "importance sampling no better than uniform" is {said}.** '
-            f'**Its "augmentation is the lever that matters" is {aug_said}.**',
-        ]
-    )
+    fitted = [
+        r.history[-1].get("train_eval_accuracy")
+        for r in report.get("uniform, report's optimiser", [])
+    ]
+    numbers: dict[str, Any] = {
+        "primary": rows,
+        "samplers_verdict": claim_verdict(samplers),
+        "augmentation_verdict": _word(rows[2]),
+        "detectable": max((r.get("detectable", math.nan) for r in samplers), default=math.nan),
+        "report_fit": sum(fitted) / len(fitted) if fitted and None not in fitted else None,
+        "fast": {},
+        "diverged": algorithm1_divergences(grid),
+        "diverged_report": algorithm1_divergences(report),
+        "best_variant": None,
+        "best_variant_difference": None,
+        "variant_seeds": 0,
+    }
+    if "uniform, crop+flip" in grid:
+        u = _test_accuracy(grid["uniform, crop+flip"])[0]
+        numbers["fast"] = {kind: _test_accuracy(grid[f"{kind}, crop+flip"])[0] - u
+                           for kind in ("last-loss", "running-loss") if f"{kind}, crop+flip" in grid}  # fmt: skip
+        seeds = {r.config["seed"] for r in next(iter(variants.values()), [])}
+        base = [r for r in grid["uniform, crop+flip"] if r.config["seed"] in seeds]
+        if variants and base:
+            diffs = {k: _test_accuracy(v)[0] - _test_accuracy(base)[0] for k, v in variants.items()}
+            best = max(diffs, key=diffs.get)
+            numbers.update(
+                best_variant=best, best_variant_difference=diffs[best], variant_seeds=len(base)
+            )
+    return numbers
 
 
 def chapter6_exploratory(results: dict[str, list[Result]], scale: str) -> list[dict[str, Any]]:
@@ -527,33 +553,6 @@ def chapter7_findings(results: dict[str, list[Result]], scale: str) -> list[str]
             "",
             '**Arazo et al.\'s headline, "at 30% RICAP keeps accuracy": ' + "; ".join(said) + ".**",
         ]
-    return lines
-
-
-def chapter3_summary(grid: dict[str, list[Result]], report: dict[str, list[Result]],
-                     variants: dict[str, list[Result]]) -> list[str]:  # fmt: skip
-    """Chapter 3's summary: the two verdicts of :func:`chapter3_findings`, the fast schedule's
-    samplers against uniform (means over seeds, exploratory) with their diverged runs, and the best
-    variant against uniform on the seeds both ran."""
-    verdict = chapter3_findings({**grid, **report})[-1]
-    diverged, total = algorithm1_divergences(grid)
-    lines = [f"- {verdict}"]
-    if "uniform, crop+flip" in grid:
-        u = _test_accuracy(grid["uniform, crop+flip"])[0]
-        fast = [f"{kind} {_test_accuracy(grid[f'{kind}, crop+flip'])[0] - u:+.1%}"
-                for kind in ("last-loss", "running-loss") if f"{kind}, crop+flip" in grid]  # fmt: skip
-        slow, runs = algorithm1_divergences(report)
-        against = f", against {slow} of {runs} under the report's optimiser" if report else ""
-        lines.append(f"- Under the fast schedule (75× the report's learning rate), with crop and flip, against "
-                     f"uniform (means over seeds, exploratory): {', '.join(fast)}; {diverged} of {total} "
-                     f"Algorithm-1 runs of that grid diverged (§3.4){against}.")  # fmt: skip
-        seeds = {r.config["seed"] for r in next(iter(variants.values()), [])}
-        base = [r for r in grid["uniform, crop+flip"] if r.config["seed"] in seeds]
-        if variants and base:
-            diffs = {k: _test_accuracy(v)[0] - _test_accuracy(base)[0] for k, v in variants.items()}
-            best = max(diffs, key=diffs.get)
-            lines.append(f"- The best of the stronger variants was {best}, at {diffs[best]:+.1%} against uniform "
-                         f"on the same {len(base)} seeds (mean, exploratory; §3.5).")  # fmt: skip
     return lines
 
 

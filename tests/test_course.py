@@ -10,7 +10,13 @@ from book_files import ROOT
 
 BOOK = ROOT / "book"
 # chapters rewritten as course pages; each chapter joins this list when it is converted
-COURSE_PAGES = ["ch01_monte_carlo", "ch02_sgd_monte_carlo"]
+COURSE_PAGES = [
+    "ch01_monte_carlo",
+    "ch02_sgd_monte_carlo",
+    "ch03_loss_scores",
+    "ch04_upper_bound",
+    "ch06_wall_clock",
+]
 # the words a reader meets in the experiments, which the glossary must define
 TERMS = ["arm", "grid", "pilot", "scale", "presample", "resample", "τ", "τ_th", "τ_eff", "B_noise",
          "primary comparison", "exploratory comparison", "Holm", "TOST", "equivalence margin",

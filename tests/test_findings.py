@@ -30,35 +30,61 @@ def win(size):
     return [size + 0.002 * (-1) ** i for i in range(5)]
 
 
-def test_chapter3_needs_equivalence_for_no_better_and_calls_a_wide_loss_unsettled():
+def test_chapter3_needs_equivalence_for_no_better_and_calls_a_wide_loss_inconclusive():
     uniform = "uniform, report's optimiser"
-    results = {
+    report = {
         uniform: arm([0] * 5),
         "last-loss, report's optimiser": arm(same()),
         "running-loss, report's optimiser": arm(same()),
-        "uniform, no augmentation": arm([0] * 5),
-        "uniform, crop+flip": arm(win(0.07)),
     }
-    text = "\n".join(findings.chapter3_findings(results))
-    assert "is reproduced: with the report's optimiser both samplers were equivalent" in text
-    assert 'lever that matters" is reproduced: crop+flip was higher' in text
-    assert text.count("**equivalent within ±1 point**") == 2
+    grid = {"uniform, no augmentation": arm([0] * 5), "uniform, crop+flip": arm(win(0.07))}
+    n = findings.chapter3_numbers(grid, report, {})
+    assert n["samplers_verdict"] == "equivalent" and n["augmentation_verdict"] == "higher"
+    assert [r["verdict"] for r in n["primary"][:2]] == ["equivalent within ±0.01"] * 2
+    assert n["report_fit"] is None  # no training-subset accuracy recorded
+    assert n["best_variant"] is None and n["variant_seeds"] == 0
 
-    assert "ended at" not in text  # no training-subset accuracy recorded: no regime sentence
-    results[uniform] = arm([0] * 5, train_eval_accuracy=0.45)
-    text = "\n".join(findings.chapter3_findings(results))
-    assert "ended at 45.0% on the fixed training subset" in text and "had not fitted" in text
-    results["last-loss, report's optimiser"] = arm(WIDE)
-    text = "\n".join(findings.chapter3_findings(results))
-    assert "is not settled here: inconclusive" in text and "reproduced: with" not in text
-    assert "holds" not in text and "the same" not in text
+    report[uniform] = arm([0] * 5, train_eval_accuracy=0.45)
+    assert findings.chapter3_numbers(grid, report, {})["report_fit"] == pytest.approx(0.45)
+    report["last-loss, report's optimiser"] = arm(WIDE)
+    n = findings.chapter3_numbers(grid, report, {})
+    assert (
+        n["samplers_verdict"] == "inconclusive" and n["detectable"] > 0.3
+    )  # the wide row's spread
 
-    results["last-loss, report's optimiser"] = arm(win(-0.05))
-    text = "\n".join(findings.chapter3_findings(results))
-    assert "*lower* than uniform" in text
+    report["last-loss, report's optimiser"] = arm(win(-0.05))
+    assert findings.chapter3_numbers(grid, report, {})["samplers_verdict"] == "lower"
+    del report[uniform]
+    assert findings.chapter3_numbers(grid, report, {})["samplers_verdict"] == "not tested"
 
-    del results[uniform]
-    assert "not tested at this scale" in "\n".join(findings.chapter3_findings(results))
+
+def test_chapter3_numbers_read_the_fast_grid_and_the_best_variant_on_the_same_seeds():
+    grid = {
+        "uniform, crop+flip": arm([0] * 5),
+        "last-loss, crop+flip": arm([-0.4] * 5),
+        "uniform, no augmentation": arm([0] * 5),
+    }
+    variants = {"c-SGD": arm([0.01] * 3, base=BASE[:3]), "p-SGD": arm([-0.02] * 3, base=BASE[:3])}
+    n = findings.chapter3_numbers(grid, {}, variants)
+    assert n["fast"] == {"last-loss": pytest.approx(-0.4)}
+    assert n["diverged"] == (0, 5) and n["diverged_report"] == (0, 0)
+    assert n["best_variant"] == "c-SGD" and n["variant_seeds"] == 3
+    # against uniform's first three seeds (mean 0.61), not all five
+    assert n["best_variant_difference"] == pytest.approx(0.01)
+
+
+@pytest.mark.parametrize(
+    "words, claim",
+    [
+        (["equivalent within ±0.01", "equivalent within ±0.01"], "equivalent"),
+        (["equivalent within ±0.01", "inconclusive"], "inconclusive"),
+        (["lower", "higher"], "higher"),
+        (["inconclusive", "lower"], "lower"),
+        (["not tested", "inconclusive"], "not tested"),
+    ],
+)
+def test_a_claim_tested_by_several_rows_takes_one_word(words, claim):
+    assert findings.claim_verdict([{"verdict": w} for w in words]) == claim
 
 
 def test_chapter6_tests_the_headline_on_both_budgets_and_leaves_the_others_exploratory():

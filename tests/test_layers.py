@@ -37,6 +37,7 @@ LAYERS = {
         "bench",
         "diagnosis",
         "conclusions",
+        "glue",
     },
 }
 

@@ -1,5 +1,7 @@
 """Execute every notebook in _toc.yml at smoke scale, each alone; any cell error fails the test."""
 
+import re
+
 import nbformat
 import pytest
 
@@ -15,6 +17,12 @@ def test_notebook_runs_at_smoke_scale(path, executed_book):
         o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
     )
     assert "scale: smoke" in printed, "the notebook must resolve and print its scale"
+    # every number the prose quotes from the runs ({glue:text}`key` ...) was glued by a cell
+    glued = {o["metadata"]["scrapbook"]["name"] for c in nb.cells if c.cell_type == "code"
+             for o in c.outputs if "scrapbook" in o.get("metadata", {})}  # fmt: skip
+    quoted = {key for c in nb.cells if c.cell_type == "markdown"
+              for key in re.findall(r"\{glue:?\w*\}`(\w+)", c.source)}  # fmt: skip
+    assert quoted <= glued, f"the prose quotes keys no cell glued: {sorted(quoted - glued)}"
 
 
 def test_no_code_cell_is_longer_than_forty_lines():

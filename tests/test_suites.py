@@ -119,6 +119,18 @@ def test_summarize_means_spreads_and_relative_error():
     assert "| other | 2 | 90.0% ± 0.0% | 0.500 ± 0.000 |" in table and "| 0.50 | 0.33 |" in table
 
 
+def test_a_diverged_seed_is_counted_not_averaged_into_nan():
+    _, runs = _row("sampler", [0.5, 0.1, 0.1])
+    runs[1].history[-1]["train_loss"] = float("nan")
+    runs[2].history[-1]["train_loss"] = float("nan")
+    (row,) = findings.summarize({"sampler": runs})
+    assert row["diverged"] == 2 and row["train_loss"][0] == pytest.approx(1.0)
+    table = findings.markdown_table([row])
+    assert "1.000 ± 0.000 (2 diverged)" in table and "nan" not in table
+    runs[0].history[-1]["train_loss"] = float("nan")
+    assert "| diverged |" in findings.markdown_table(findings.summarize({"sampler": runs}))
+
+
 def test_cli_suite_rejects_unknown_names():
     out = subprocess.run([sys.executable, "-m", "ismod", "suite", "nonsense", "--scale", "smoke", "--out", "x"],
                          capture_output=True, text=True, cwd=ROOT)  # fmt: skip
