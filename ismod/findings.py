@@ -416,7 +416,7 @@ def chapter3_numbers(grid: dict[str, list[Result]], report: dict[str, list[Resul
                      variants: dict[str, list[Result]]) -> dict[str, Any]:  # fmt: skip
     """What Chapter 3's prose states, as numbers and verdict words (the sentences are the chapter's):
 
-    - ``primary``: :data:`CHAPTER3_PRIMARY`'s rows over the main and the report's-optimiser grids
+    - ``primary``: the rows of ``CHAPTER3_PRIMARY`` over the main and the report's-optimiser grids
       (:func:`ismod.verdicts.primary`; differences in accuracy, not points);
     - ``samplers_verdict``: :func:`claim_verdict` of the two sampler rows, the report's "no better than
       uniform"; ``augmentation_verdict``: the crop+flip row's word; ``detectable``: the larger of the two

@@ -26,6 +26,11 @@ from book_files import ROOT, config, toc_files, toc_notebooks
 CHROMIUM, CHROMEDRIVER = shutil.which("chromium"), shutil.which("chromedriver")
 # screenshots of two pages, for a person to look at; CI keeps _build/ of its clone
 ARTIFACTS = Path(os.environ.get("ISMOD_ARTIFACTS", ROOT / "_build" / "browser"))
+UNREADABLE = [
+    (r"\{(?:&#39;|')\w+(?:&#39;|'): ", "a raw dict"),
+    (r"\d{16,}", "a float printed in full"),
+    (r"nan ± nan", "'nan ± nan'"),
+]
 RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\\(?:frac|sum|lVert|mathrm|operatorname|tau)\b")
 
 
@@ -68,6 +73,11 @@ def test_book_builds_clean_at_smoke_scale(smoke_book):
             f"{notebook.stem}: no Colab launch button"
         )
         assert 'src="_images/' in page, f"{notebook.stem}: the executed chapter shows no figures"
+        # output a learner cannot use, never on a page, not even behind a button (#40)
+        text = re.sub(r"<script.*?</script>|<[^>]+>", " ", page, flags=re.DOTALL)
+        for pattern, what in UNREADABLE:
+            found = re.search(pattern, text)
+            assert not found, f"{notebook.stem}: {what} on the page: {found.group(0)[:80]!r}"
     # formulas render without internet: MathJax is served from the book itself, not a CDN
     intro = (html_dir / "intro.html").read_text()
     assert 'src="_static/mathjax/tex-chtml.js"' in intro and "cdn.jsdelivr" not in intro
