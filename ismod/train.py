@@ -424,9 +424,9 @@ def normalized_by(model: nn.Module, inputs: torch.Tensor) -> Iterator[None]:
             m.momentum, m.training = momentum, training
         if presample is not None:
             for m, (mean, var, momentum, _), (p_mean, p_var) in zip(norms, saved, presample):
-                share = (
-                    0.1 if momentum is None else momentum
-                )  # PyTorch's default for a cumulative one
+                # the layer's own update: its momentum, or with momentum=None PyTorch's cumulative
+                # average, 1/(batches seen), the presample's pass counted in num_batches_tracked
+                share = momentum if momentum is not None else 1.0 / float(m.num_batches_tracked)
                 # new tensors, not in place: the block's autograd graph holds the ones it used
                 m.running_mean = (1 - share) * mean + share * p_mean
                 m.running_var = (1 - share) * var + share * p_var
@@ -910,18 +910,15 @@ class _Loop:
         if self.settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         t2 = clock.mark()
-        norm_inputs = selection.norm_inputs
-        if (
-            norm_inputs is not None
-        ):  # one more forward pass, of the presample whose statistics it uses
-            state["forward_passes"] += norm_inputs.shape[0]
-            if self.settings.channels_last:
-                norm_inputs = norm_inputs.contiguous(memory_format=torch.channels_last)
-        with (
-            normalized_by(self.model, norm_inputs)
-            if norm_inputs is not None
-            else contextlib.nullcontext()
-        ):
+        with contextlib.ExitStack() as normalisation:
+            norm_inputs = selection.norm_inputs
+            if norm_inputs is not None:  # one more forward pass: the presample's statistics
+                state["forward_passes"] += norm_inputs.shape[0]
+                if self.settings.channels_last:
+                    norm_inputs = norm_inputs.contiguous(memory_format=torch.channels_last)
+                # under the step's autocast, so the statistics are those its forward pass would see
+                with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.use_amp):
+                    normalisation.enter_context(normalized_by(self.model, norm_inputs))
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.use_amp):
                 logits = self.train_model(x)
             losses = self._per_sample_loss(logits.float(), y)

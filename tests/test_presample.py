@@ -285,3 +285,36 @@ def test_the_presample_batch_norm_option():
             selection.indices, selection.indices.float() / 10, scorer.logits(selection.indices)
         )
     assert s.importance_steps > 0
+
+
+def test_presample_normalisation_keeps_a_cumulative_average_layer_cumulative():
+    """A batch-norm layer with momentum=None keeps a cumulative average (PyTorch's 1/batches seen);
+    after normalized_by its running statistics are those a train-mode pass of the presample would
+    leave, not a blend with a made-up momentum."""
+    import copy
+
+    from ismod.models import build_model
+    from ismod.train import normalized_by
+
+    torch.manual_seed(0)
+    model = build_model("small_cnn").train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.momentum = None
+    presample = torch.randn(24, 3, 32, 32)
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(16, 3, 32, 32))  # three batches seen
+    expected = copy.deepcopy(model)
+    with torch.no_grad():
+        expected(presample)  # the fourth: the presample, as a training batch
+    with normalized_by(model, presample):
+        model(torch.randn(6, 3, 32, 32)).sum().backward()
+    pairs = zip(
+        [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)],
+        [m for m in expected.modules() if isinstance(m, torch.nn.BatchNorm2d)],
+    )
+    for m, e in pairs:
+        assert m.momentum is None and int(m.num_batches_tracked) == 4
+        torch.testing.assert_close(m.running_mean, e.running_mean)
+        torch.testing.assert_close(m.running_var, e.running_var)
