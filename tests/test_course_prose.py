@@ -77,3 +77,19 @@ def test_chapter7_reads_its_verdicts_as_the_prose_does(cpu, gpu):
         uniform = cpu.ch7[suites.chapter7_label("uniform subset", "crop+flip", f)]
         mean = lambda runs: sum(r.final["test_accuracy"] for r in runs) / len(runs)
         assert mean(sb) < mean(uniform)
+
+
+def test_chapter8_reads_the_tau_formulas_as_the_prose_does(cpu, gpu):
+    from ismod import experiments
+
+    gpu.tau_pilot = experiments.load_saved(
+        suites.pilots("gpu")["tau crosses threshold (ch5)"], RESULTS / "gpu"
+    )
+    here, there = conclusions.chapter8_numbers(cpu), conclusions.chapter8_numbers(gpu)
+    # "Compute τ from the upper bound, without the square root" (both scales)
+    assert here["tau_err_bound"] < here["tau_err_bound_sqrt"]
+    assert there["tau_err_bound"] < there["tau_err_bound_sqrt"]
+    # "For the loss it was the other way round"
+    assert here["tau_err_loss_sqrt"] < here["tau_err_loss"]
+    # "crossed τ_th only at epoch …": late in the run on the CPU, and it did cross on both
+    assert here["tau_cross_epoch"] > here["tau_epochs"] / 2 and there["tau_cross_epoch"] > 0

@@ -143,22 +143,6 @@ def test_chapter6_tests_the_headline_on_both_budgets_and_leaves_the_others_explo
         sum("not tested" in line for line in findings.chapter6_findings({**race, **cost}, "cpu"))
         == 2
     )
-    # Chapter 8's guide reads the same primaries, and says which race an exploratory row is from
-    from ismod import conclusions
-
-    said = conclusions._equal_time(
-        conclusions.Evidence("cpu", race=race, modelled=modelled, cost_model=cost)
-    )
-    assert said.startswith("τ switch − uniform, equal modelled time (test accuracy): lower")
-    assert (
-        "selective backprop in the seconds race" in said
-        and "selective backprop, cost model +0.0 points" in said
-    )
-    said = conclusions._equal_time(conclusions.Evidence("gpu", race=race, cost_model=cost))
-    assert (
-        said.startswith("τ switch − uniform, equal time (test accuracy): equivalent")
-        and "seconds race" not in said
-    )
 
 
 def test_chapter7_states_arazos_headline_and_the_direction_of_each_augmentation():
@@ -249,25 +233,9 @@ def _race_run(seed, accuracy, loss, selection=0.0, steps=100, importance=0):
                   {"test_accuracy": accuracy, "train_time": 45.0})  # fmt: skip
 
 
-def test_chapter8_guide_says_augmentation_rescues_a_budget_only_on_the_30_percent_rows():
-    from ismod import conclusions
+def test_chapter8_numbers_read_selection_costs_budgets_and_divergences():
+    import math
 
-    label, long = suites.chapter7_label, suites.chapter7_overfit_label
-    ch7 = {label("uniform subset", "crop+flip", 1.0): arm([0] * 5),
-           label("uniform subset", "RICAP", 0.3): arm(win(-0.05))}  # fmt: skip
-    long7 = {long("crop+flip", 1.0, "cpu"): arm([0] * 5),
-             long("RICAP", 1.0, "cpu"): arm(same()),  # level at 100%: equivalent
-             long("RICAP", 0.3, "cpu"): arm(win(-0.04))}  # fmt: skip
-    guide = conclusions.decision_guide(conclusions.Evidence("cpu", ch7=ch7, long7=long7))
-    rule = guide.splitlines()[-1]
-    assert "**Do not count on strong augmentation to rescue a short budget" in rule, rule
-    assert "at 100%, 64 epochs (test accuracy): equivalent within ±1 point" in rule
-    ch7[label("uniform subset", "RICAP", 0.3)] = arm(same())
-    guide = conclusions.decision_guide(conclusions.Evidence("cpu", ch7=ch7, long7=long7))
-    assert "**Strong augmentation can recover a short budget's accuracy" in guide.splitlines()[-1]
-
-
-def test_chapter8_reads_selection_costs_as_intervals_and_budgets_through_the_primaries():
     from ismod import conclusions
 
     race = {
@@ -277,29 +245,19 @@ def test_chapter8_reads_selection_costs_as_intervals_and_budgets_through_the_pri
         ],
         "selective backprop": [_race_run(k, 0.62 + 0.01 * k, 0.3, selection=9.0) for k in range(3)],
     }
-    e = conclusions.Evidence("cpu", race=race)
-    [line] = conclusions.selection_lines(e)
-    assert "**selective backprop**: 20% of training time selecting" in line
-    assert "test accuracy -6.0 points [-6.0, -6.0], exploratory" in line
-    assert not any(w in line for w in ("higher", "lower", "inconclusive"))
+    n = conclusions.chapter8_numbers(conclusions.Evidence("cpu", race=race))
+    assert n["sb_share"] == pytest.approx(0.2)  # 9 of 45 seconds selecting
+    assert n["sb_acc"] == pytest.approx(-6.0) and n["sb_low"] == pytest.approx(-6.0)
+    assert n["sb_loss"] == pytest.approx(3.0) and n["race_share"] == pytest.approx(0.1)
+    assert math.isnan(n["obs_share"]) and math.isnan(n["tau_th"])  # not run: nan, not an error
 
     label = suites.chapter7_label
     ch7 = {label("uniform subset", "crop+flip", 1.0): arm([0] * 5),
            label("uniform subset", "RICAP", 0.3): arm(win(-0.05)),
            label("uniform subset", "crop+flip", 0.3): arm(win(-0.03)),
            label("p-SGD", "crop+flip", 0.3): arm(win(-0.04))}  # fmt: skip
-    lines = conclusions.budget_lines(conclusions.Evidence("cpu", ch7=ch7))
-    assert lines[0].startswith(
-        "- **RICAP 30% − crop+flip 100% (test accuracy): lower, -5.0 points ["
-    )
-    assert lines[1].startswith(
-        "- **p-SGD − uniform subset, 30% (test accuracy): lower, -1.0 points ["
-    )
-    assert "below it in 1 of 1 comparisons" in lines[2]
-    # an equivalence states its margin in points, as Chapter 7 does, not in the metric's raw scale
-    ch7[label("uniform subset", "RICAP", 0.3)] = arm([0.0002, -0.0001, 0.0001, -0.0002, 0.0])
-    line = conclusions.budget_lines(conclusions.Evidence("cpu", ch7=ch7))[0]
-    assert "equivalent within ±1 point, +0.0 points [" in line, line
+    n = conclusions.chapter8_numbers(conclusions.Evidence("cpu", ch7=ch7))
+    assert (n["ch7_below"], n["ch7_compared"]) == (1, 1)
 
     def ch3_arm(accuracy, first_loss=0.5):
         return [Result({"seed": k}, {},
@@ -308,19 +266,19 @@ def test_chapter8_reads_selection_costs_as_intervals_and_budgets_through_the_pri
 
     ch3 = {"uniform, crop+flip": ch3_arm(0.7), "uniform, no augmentation": ch3_arm(0.6),
            "last-loss, crop+flip": ch3_arm(0.5, first_loss=float("nan"))}  # fmt: skip
-    line = conclusions.fragile_weights_line(conclusions.Evidence("cpu", ch3=ch3))
-    assert line.startswith("- 1 of 5 Algorithm-1 runs of the fast schedule diverged")
+    n = conclusions.chapter8_numbers(conclusions.Evidence("cpu", ch3=ch3))
+    assert (n["ch3_diverged"], n["ch3_runs"]) == (1, 5)
     assert findings.algorithm1_divergences(ch3) == (1, 5)  # uniform arms are not counted
-    assert "augmentation moved uniform's by +10.0%" in line and "by -20.0% against uniform" in line
-    assert "report's own optimiser" not in line
+    assert n["ch3_augmentation"] == pytest.approx(10.0) and n["ch3_last_loss"] == pytest.approx(
+        -20.0
+    )
+    assert (n["ch3_report_diverged"], n["ch3_report_runs"]) == (0, 0)
     report = {
         "uniform, report's optimiser": ch3_arm(0.4),
         "last-loss, report's optimiser": ch3_arm(0.4),
     }
-    line = conclusions.fragile_weights_line(conclusions.Evidence("cpu", ch3=ch3, ch3_report=report))
-    assert (
-        "With the report's own optimiser (a learning rate 75 times lower) 0 of 5 diverged." in line
-    )
+    n = conclusions.chapter8_numbers(conclusions.Evidence("cpu", ch3=ch3, ch3_report=report))
+    assert (n["ch3_report_diverged"], n["ch3_report_runs"]) == (0, 5)
 
 
 def test_chapter4_reports_both_regimes_and_which_ended_with_more_negligible_samples():
