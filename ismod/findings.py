@@ -21,7 +21,7 @@ from .suites import (
     equal_time,
     modelled_label,
 )
-from .verdicts import Comparison, exploratory, exploratory_lines, pairs, primary, primary_lines
+from .verdicts import Comparison, exploratory, pairs, primary
 
 __all__ = [
     "tau_crossing",
@@ -46,15 +46,11 @@ __all__ = [
     "chapter7_primary",
     "claim_verdict",
     "chapter3_numbers",
-    "chapter4_negligible",
     "fit_epoch",
     "overfit_pilot_lines",
-    "chapter6_findings",
     "chapter6_exploratory",
     "chapter7_exploratory",
     "algorithm1_divergences",
-    "chapter7_findings",
-    "budget_directions",
 ]
 
 
@@ -487,101 +483,6 @@ def algorithm1_divergences(grid: dict[str, list[Result]]) -> tuple[int, int]:
     """How many of a Chapter 3 grid's importance-sampled runs (every arm but uniform) diverged, of how many."""
     runs = [r for arm, v in grid.items() if not arm.startswith("uniform") for r in v]
     return sum(divergence_epoch(r) is not None for r in runs), len(runs)
-
-
-def chapter6_findings(results: dict[str, list[Result]], scale: str) -> list[str]:
-    """Chapter 6's verdicts: :func:`chapter6_primary` over ``results`` (the race, the cost-model race
-    and the forward-pass grid together, whichever are saved), then every other race arm against
-    uniform, exploratory (:func:`chapter6_exploratory`)."""
-    rows = primary(results, list(chapter6_primary(scale)), missing="not tested")
-    explore = chapter6_exploratory(results, scale)
-    return (
-        primary_lines(rows)
-        + ["", "Exploratory (unadjusted intervals, no verdict):"]
-        + exploratory_lines(explore)
-    )
-
-
-def budget_directions(results: dict[str, list[Result]]) -> list[str]:
-    """For mixup and RICAP: at how many budgets the uniform subset's mean test accuracy was below its
-    crop+flip counterpart's, and the range of the differences (means over seeds, no test)."""
-    out = []
-    for aug in [a for a in CHAPTER7_AUGMENTATIONS if a != "crop+flip"]:
-        diffs = []
-        for f in CHAPTER7_BUDGETS:
-            arm, base = (chapter7_label("uniform subset", a, f) for a in (aug, "crop+flip"))
-            if arm in results and base in results:
-                diffs.append(_test_accuracy(results[arm])[0] - _test_accuracy(results[base])[0])
-        if not diffs:
-            continue
-        below = sum(d < 0 for d in diffs)
-        where = ("below crop+flip at every budget" if below == len(diffs) else
-                 "above crop+flip at every budget" if below == 0 else
-                 f"below crop+flip at {below} of {len(diffs)} budgets")  # fmt: skip
-        out.append(f"{aug} was {where} ({100 * min(diffs):+.1f} to {100 * max(diffs):+.1f} points, "
-                   f"{len(diffs)} budgets)")  # fmt: skip
-    return out
-
-
-def chapter7_findings(results: dict[str, list[Result]], scale: str) -> list[str]:
-    """Chapter 7's verdicts: :func:`chapter7_primary` over ``results`` (the main grid and the
-    overfitting grid together), the direction of mixup and RICAP against crop+flip, and what the rows
-    say of Arazo et al.'s "at 30% RICAP keeps accuracy" (only *equivalent* supports it)."""
-    rows = primary(results, list(chapter7_primary(scale)), missing="not tested")
-    lines = primary_lines(rows)
-    directions = budget_directions(results)
-    if directions:
-        lines += ["", "Direction, uniform subset, means over seeds: " + "; ".join(directions) + "."]
-    said = []
-    for row, where in (
-        (rows[0], "on the main grid"),
-        (rows[2], "where the full run has room to overfit"),
-    ):
-        w = _word(row)
-        if w == "not tested":
-            continue
-        if w.startswith("equivalent"):
-            said.append(f"{where}, equivalent within ±{100 * ACCURACY_MARGIN:g} point to the full crop+flip run "
-                        "(reproduced)")  # fmt: skip
-        elif w in ("higher", "lower"):
-            said.append(f"{where}, {w} than the full crop+flip run by {abs(100 * row['mean']):.1f} points"
-                        + (" (not reproduced)" if w == "lower" else ""))  # fmt: skip
-        else:
-            said.append(f"{where}, inconclusive against the full crop+flip run")
-    if said:
-        lines += [
-            "",
-            '**Arazo et al.\'s headline, "at 30% RICAP keeps accuracy": ' + "; ".join(said) + ".**",
-        ]
-    return lines
-
-
-def chapter4_negligible(probes: dict[str, list[Result]], relative: float = 0.01) -> list[str]:
-    """Chapter 4's test of the slides' "most gradients become negligible", arm by arm (with crop+flip;
-    without augmentation, where the network fits its training set): the training-batch accuracy of
-    the last interval and, per seed, the fraction of the probe set whose exact gradient norm ends below
-    ``relative`` × the largest (:func:`ismod.diagnostics.negligible_fraction`); means, no test."""
-    import torch
-
-    from .diagnostics import negligible_fraction
-
-    lines, means = [], {}
-    for label, runs in probes.items():
-        last = [r.history[-1] for r in runs]
-        shares = [
-            negligible_fraction(torch.tensor(h["probe"]["grad_norm"]), relative) for h in last
-        ]
-        accuracy = sum(h["train_accuracy"] for h in last) / len(last)
-        means[label] = sum(shares) / len(shares)
-        lines.append(f"- **{label}** ({len(runs)} seed{'s' if len(runs) != 1 else ''}): training-batch accuracy "
-                     f"{accuracy:.1%} at the end; {means[label]:.0%} of the probe set below {relative:.0%} of the "
-                     f"largest gradient norm (per seed {', '.join(f'{s:.0%}' for s in shares)}).")  # fmt: skip
-    fitted, augmented = means.get("probe, no augmentation"), means.get("probe")
-    if fitted is not None and augmented is not None:
-        lines.append("- The runs that fit their training set ended with " + (
-            "fewer" if fitted < augmented else "more" if fitted > augmented else "as many") +
-            " negligible samples than the augmented runs (means over seeds, no test).")  # fmt: skip
-    return lines
 
 
 def fit_epoch(result: Result, threshold: float = 0.99) -> float | None:

@@ -100,25 +100,34 @@ def test_chapter6_tests_the_headline_on_both_budgets_and_leaves_the_others_explo
         "should not pay: τ switch": [run(k, {"test_accuracy": b - 0.05 + 0.002 * (-1) ** k,
                                              "train_eval_loss": 2 * l}) for k, (b, l) in enumerate(zip(BASE, loss))],
     }  # fmt: skip
+
+    def read(results, scale):
+        rows = verdicts.primary(
+            results, list(findings.chapter6_primary(scale)), missing="not tested"
+        )
+        return rows, findings.chapter6_exploratory(results, scale)
+
     # on a GPU the seconds race is the equal-time primary pair
-    lines = findings.chapter6_findings({**race, **cost}, "gpu")
-    primary, explore = lines[: lines.index("")], lines[lines.index("") + 2 :]
+    primary, explore = read({**race, **cost}, "gpu")
     assert len(primary) == 4
-    assert "equal time" in primary[0] and "**equivalent within ±1 point**" in primary[0]
-    assert "equal forward passes" in primary[2] and "**lower**" in primary[2]
-    assert "equal forward passes" in primary[3] and "**higher**, ×2.00" in primary[3]
-    assert all("exploratory" in line for line in explore) and len(explore) == 2
+    assert "equal time" in primary[0]["comparison"].label
+    assert verdicts.verdict_text(primary[0]) == "equivalent within ±1 point"
+    assert "equal forward passes" in primary[2]["comparison"].label
+    assert primary[2]["verdict"] == "lower"
+    assert "equal forward passes" in primary[3]["comparison"].label
+    assert primary[3]["verdict"] == "higher" and math.exp(primary[3]["mean"]) == pytest.approx(
+        2.0, abs=0.005
+    )
+    assert len(explore) == 2
     rows = findings.chapter6_exploratory(race, "gpu")
     assert [(r["comparison"].arm, r["comparison"].metric) for r in rows] == [
         ("selective backprop", "test_accuracy"),
         ("selective backprop", "train_eval_loss"),
     ]
-    assert not any(
-        w in " ".join(explore) for w in ("higher", "lower", "equivalent", "inconclusive")
-    )
+    assert not any("verdict" in r for r in explore)  # exploratory: intervals, no verdict word
     # without the cost-model grid those rows are not tested, and the family shrinks to two
-    lines = findings.chapter6_findings(race, "gpu")
-    assert sum("not tested" in line for line in lines) == 2
+    primary, _ = read(race, "gpu")
+    assert sum(r["verdict"] == "not tested" for r in primary) == 2
 
     # at cpu scale the equal-time pair is the cost-model race, and the seconds race is exploratory
     m = suites.modelled_label
@@ -127,10 +136,14 @@ def test_chapter6_tests_the_headline_on_both_budgets_and_leaves_the_others_explo
         m("upper bound, τ switch"): arm(win(-0.03), train_eval_loss=0.3),
         m("selective backprop"): arm(same(3), base=BASE[:3], train_eval_loss=0.1),
     }
-    lines = findings.chapter6_findings({**race, **modelled, **cost}, "cpu")
-    primary, explore = lines[: lines.index("")], lines[lines.index("") + 2 :]
-    assert "equal modelled time" in primary[0] and "**lower**" in primary[0]
-    assert "equal modelled time" in primary[1] and "**higher**, ×3.00" in primary[1]
+    primary, explore = read({**race, **modelled, **cost}, "cpu")
+    assert (
+        "equal modelled time" in primary[0]["comparison"].label and primary[0]["verdict"] == "lower"
+    )
+    assert "equal modelled time" in primary[1]["comparison"].label
+    assert primary[1]["verdict"] == "higher" and math.exp(primary[1]["mean"]) == pytest.approx(
+        3.0, abs=0.005
+    )
     arms = [
         (r["comparison"].arm, r["comparison"].baseline)
         for r in findings.chapter6_exploratory({**race, **modelled}, "cpu")
@@ -139,10 +152,8 @@ def test_chapter6_tests_the_headline_on_both_budgets_and_leaves_the_others_explo
                         (m("selective backprop"), m("uniform"))]  # fmt: skip
     assert (m("upper bound, τ switch"), m("uniform")) not in arms
     # the cpu primaries read only the cost-model race: without it, those rows are not tested
-    assert (
-        sum("not tested" in line for line in findings.chapter6_findings({**race, **cost}, "cpu"))
-        == 2
-    )
+    primary, _ = read({**race, **cost}, "cpu")
+    assert sum(r["verdict"] == "not tested" for r in primary) == 2
 
 
 def test_chapter7_states_arazos_headline_and_the_direction_of_each_augmentation():
@@ -162,17 +173,15 @@ def test_chapter7_states_arazos_headline_and_the_direction_of_each_augmentation(
             results.setdefault(label("uniform subset", aug, f), arm(win(shift)))
     results[label("uniform subset", "crop+flip", 0.2)] = arm([0] * 5)
     results[label("uniform subset", "crop+flip", 0.5)] = arm([0] * 5)
-    text = "\n".join(findings.chapter7_findings(results, "cpu"))
-    assert (
-        "on the main grid, lower than the full crop+flip run by 5.0 points (not reproduced)" in text
-    )
-    assert (
-        "room to overfit, equivalent within ±1 point to the full crop+flip run (reproduced)" in text
-    )
-    assert "**RICAP − crop+flip at 100%, 64 epochs** (test_accuracy, 5 seeds): **higher**" in text
-    assert "p-SGD − uniform subset, 30%** (test_accuracy, 5 seeds): **equivalent" in text
-    assert "mixup was below crop+flip at every budget" in text
-    assert "RICAP was below crop+flip at every budget" in text
+    rows = verdicts.primary(results, list(findings.chapter7_primary("cpu")))
+    short, psgd, long_short, long_full = rows
+    assert short["comparison"].label == "RICAP 30% − crop+flip 100%"
+    assert short["verdict"] == "lower" and 100 * short["mean"] == pytest.approx(-5.0, abs=0.05)
+    assert verdicts.verdict_text(long_short) == "equivalent within ±1 point"
+    assert long_full["comparison"].label == "RICAP − crop+flip at 100%, 64 epochs"
+    assert long_full["verdict"] == "higher" and long_full["seeds"] == 5
+    assert psgd["comparison"].label == "p-SGD − uniform subset, 30%"
+    assert psgd["verdict"].startswith("equivalent")
     explored = {
         (r["comparison"].arm, r["comparison"].baseline)
         for r in findings.chapter7_exploratory(results)
@@ -279,24 +288,3 @@ def test_chapter8_numbers_read_selection_costs_budgets_and_divergences():
     }
     n = conclusions.chapter8_numbers(conclusions.Evidence("cpu", ch3=ch3, ch3_report=report))
     assert (n["ch3_report_diverged"], n["ch3_report_runs"]) == (0, 5)
-
-
-def test_chapter4_reports_both_regimes_and_which_ended_with_more_negligible_samples():
-    def probe_run(seed, norms, accuracy):
-        history = [{"step": 0}, {"train_accuracy": accuracy, "probe": {"grad_norm": norms}}]
-        return Result({"seed": seed}, {}, history, {}, {})
-
-    probes = {
-        "probe": [probe_run(k, [1.0, 0.001, 0.002, 0.5], 0.87) for k in range(3)],
-        "probe, no augmentation": [probe_run(k, [1.0, 0.5, 0.4, 0.3], 1.0) for k in range(3)],
-    }
-    lines = findings.chapter4_negligible(probes)
-    assert (
-        "**probe** (3 seeds): training-batch accuracy 87.0% at the end; 50% of the probe set"
-        in lines[0]
-    )
-    assert "(per seed 50%, 50%, 50%)" in lines[0] and " 0% of the probe set" in lines[1]
-    assert "fit their training set ended with fewer negligible samples" in lines[2]
-    probes["probe"] = probes["probe"][:1]
-    del probes["probe, no augmentation"]
-    assert findings.chapter4_negligible(probes)[0].startswith("- **probe** (1 seed):")
