@@ -64,7 +64,7 @@ def chapter8_numbers(e: Evidence) -> dict[str, float]:
 
     - ``tau_err_{bound,exact,loss}`` and ``…_sqrt``: the mean factor by which τ = BΣg² (or its square
       root, the authors' library's form) misses the variance ratio measured with exact per-sample
-      gradients, e^(mean |log error|) (:func:`ismod.findings.tau_log_error`); ``tau_points``, ``tau_seeds``;
+      gradients, e to the mean absolute log error (:func:`ismod.findings.tau_log_error`); ``tau_points``, ``tau_seeds``;
     - ``tb_tf``, ``tau_th``, ``tau_end``, ``tau_above`` (share of logged steps with τ > τ_th),
       ``tau_cross_epoch`` and ``tau_epochs`` of the τ run under uniform training;
     - ``tau_eff_max``: the largest τ_eff = 1/(1/τ + b/B) over the probe's presamples;
