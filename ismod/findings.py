@@ -5,6 +5,8 @@ budget and τ readers, and the sentences a chapter states from them (Chapter 5's
 
 from __future__ import annotations
 
+import bisect
+import dataclasses
 import math
 from typing import Any
 
@@ -16,12 +18,15 @@ from .suites import (
     CHAPTER7_OVERFIT_EPOCHS,
     CHAPTER7_PRIMARY_ARMS,
     CHAPTER7_STRATEGIES,
+    SPEED_PRIMARY_ARM,
     chapter7_label,
     chapter7_overfit_label,
     equal_time,
     modelled_label,
 )
-from .verdicts import Comparison, exploratory, pairs, primary
+from .train import scored_samples
+from .stats import holm, paired_difference, verdict
+from .verdicts import Comparison, Speedup, exploratory, pairs, primary, speedups
 
 __all__ = [
     "tau_crossing",
@@ -49,6 +54,10 @@ __all__ = [
     "fit_epoch",
     "overfit_pilot_lines",
     "chapter6_exploratory",
+    "with_modelled_clock",
+    "chapter6_speed_primary",
+    "speed_rows",
+    "chapter6_speed_verdicts",
     "chapter7_exploratory",
     "algorithm1_divergences",
 ]
@@ -525,3 +534,114 @@ def overfit_pilot_lines(pilot: dict[str, list[Result]], threshold: float = 0.99)
             f"does not fit its training subset (≥ {threshold:.0%}) even at this length: the regime leaves "
             "RICAP little overfitting to prevent."))  # fmt: skip
     return lines
+
+
+def with_modelled_clock(runs: dict[str, list[Result]]) -> dict[str, list[Result]]:
+    """The runs of a cost-model race with every history record carrying ``modelled_seconds``, the
+    budget's clock (:func:`ismod.train.modelled_seconds`), so that time to a target can be read in it.
+
+    Runs recorded since records carry it keep theirs. For a run saved before, a record's clock is
+    ``step × step_seconds + scored × score_seconds`` with the samples scored by then spread evenly over
+    the steps that score: all of them for an arm that scores at a steady rate, the importance steps of
+    its τ log for a τ switch. The last record's clock is then the run's own ``modelled_seconds``.
+    Runs without a cost model (``step_seconds`` 0) are returned as they are."""
+
+    def clocked(r: Result) -> Result:
+        step_s, score_s = r.config.get("step_seconds", 0.0), r.config.get("score_seconds", 0.0)
+        if step_s <= 0 or all("modelled_seconds" in h for h in r.history):
+            return r
+        steps = r.final["steps"]
+        scored = scored_samples(steps, r.final["forward_passes"], r.config["batch_size"])
+        log = [(int(k), bool(imp)) for h in r.history for k, _, imp in h.get("tau_log") or []]
+        scoring = sorted(k for k, imp in log if imp) if log else None
+        total = len(scoring) if scoring is not None else steps
+
+        def before(step: int) -> int:  # the scoring steps done by the record at ``step``
+            return bisect.bisect_left(scoring, step) if scoring is not None else step
+
+        history = [{**h, "modelled_seconds": h["step"] * step_s
+                    + (scored * before(h["step"]) / total if total else 0.0) * score_s}
+                   for h in r.history]  # fmt: skip
+        return dataclasses.replace(r, history=history)
+
+    return {arm: [clocked(r) for r in rs] for arm, rs in runs.items()}
+
+
+def chapter6_speed_primary(scale: str) -> tuple[Comparison, ...]:
+    """The accuracy half of Chapter 6's declared speed comparison (§6.6): InfoBatch run for as many of
+    its own epochs as uniform's cost-model run has (``ismod.suites.SPEED_PRIMARY_ARM``, fewer steps)
+    against that uniform run, test accuracy, equivalence margin ±1 point. Its time half is the same
+    arm's speed-up to uniform's final training loss; :func:`chapter6_speed_verdicts` tests both, with
+    Holm's correction over the two."""
+    return (
+        Comparison(SPEED_PRIMARY_ARM, modelled_label("uniform"), margin=ACCURACY_MARGIN,
+                   label="InfoBatch (uniform's epochs) − uniform, test accuracy"),
+    )  # fmt: skip
+
+
+# the speed-up read for each metric: (record key, lower is better, words)
+SPEED_METRICS: tuple[tuple[str, bool, str], ...] = (
+    ("train_eval_loss", True, "training loss"), ("test_accuracy", False, "test accuracy"))  # fmt: skip
+
+
+def speed_rows(results: dict[str, list[Result]], *, alpha: float = 0.05) -> list[dict[str, Any]]:
+    """Every arm's speed-up over uniform's cost-model run (``modelled_label("uniform")``) to uniform's
+    final training loss (fixed training subset) and final test accuracy, in modelled seconds
+    (:func:`with_modelled_clock`, :func:`ismod.verdicts.speedups`), one row per arm and metric.
+
+    A row's ``verdict``: *not reached* if any seed never reached uniform's value (there is no time at
+    which it matched uniform, so no speed-up to report); otherwise *higher* or *lower* when the paired
+    t-test of the log speed-ups against 0 (``p_value``) rejects at ``alpha``, else *inconclusive*.
+    Unadjusted: :func:`chapter6_speed_verdicts` adjusts the declared row."""
+    uniform = modelled_label("uniform")
+    clocked = with_modelled_clock(results)
+    rows = []
+    for arm in clocked:
+        if arm == uniform or uniform not in clocked:
+            continue
+        for metric, lower, words in SPEED_METRICS:
+            s = speedups(
+                clocked, arm, uniform, metric, lower_is_better=lower, clock="modelled_seconds"
+            )
+            logs = [math.log(r) for r in s.ratios.values() if r is not None]
+            p = None
+            if not s.not_reached and len(logs) >= 2:
+                p = paired_difference(logs, [0.0] * len(logs)).p_value
+            rows.append({"arm": arm, "metric": words, "speedup": s, "p_value": p,
+                         "verdict": _speed_verdict(s, p, alpha)})  # fmt: skip
+    return rows
+
+
+def _speed_verdict(s: Speedup, p: float | None, alpha: float) -> str:
+    if not s.ratios:
+        return "not tested"
+    if s.not_reached:
+        return "not reached"
+    if p is not None and p < alpha:
+        return "higher" if s.mean > 1 else "lower"
+    return "inconclusive"
+
+
+def chapter6_speed_verdicts(
+    results: dict[str, list[Result]], *, alpha: float = 0.05
+) -> list[dict[str, Any]]:
+    """Chapter 6's two declared speed comparisons (§6.6), Holm's correction over the pair: InfoBatch
+    run for uniform's epochs (``SPEED_PRIMARY_ARM``), (1) its speed-up to uniform's final training
+    loss (a :func:`speed_rows` row) and (2) its test accuracy against uniform's
+    (:func:`chapter6_speed_primary`, a :func:`ismod.verdicts.primary` row). Empty when either arm is
+    missing."""
+    uniform = modelled_label("uniform")
+    if SPEED_PRIMARY_ARM not in results or uniform not in results:
+        return []
+    loss = next(r for r in speed_rows({k: results[k] for k in (SPEED_PRIMARY_ARM, uniform)}, alpha=alpha)
+                if r["metric"] == "training loss")  # fmt: skip
+    (accuracy,) = primary(results, list(chapter6_speed_primary("cpu")), alpha=alpha)
+    raw = [loss["p_value"], accuracy.get("p_difference")]
+    tested = [p for p in raw if p is not None]
+    adjusted = iter(holm(tested))
+    p_loss, p_acc = (next(adjusted) if p is not None else None for p in raw)
+    loss.update(p_value=p_loss, verdict=_speed_verdict(loss["speedup"], p_loss, alpha))
+    if p_acc is not None:
+        accuracy.update(p_difference=p_acc, verdict=verdict(p_acc, accuracy["mean"], accuracy["p_equivalence"],
+                                                            ACCURACY_MARGIN, alpha=alpha))  # fmt: skip
+    return [loss, accuracy]

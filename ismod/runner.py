@@ -98,7 +98,9 @@ def seconds_from_rate(config: Config, seconds_per_sample: float, *, backward_rat
     if config.budget == "forward_passes":  # the budget already holds the scoring passes
         return config.budget_amount / TRAINED_SAMPLE_FORWARDS * seconds_per_sample + overhead_s
     per_epoch = config.subset or 50_000
-    samples = config.budget_amount * (per_epoch if config.budget == "epochs" else config.batch_size)
+    # a strategy's own (pruned) epochs are at most N samples each: an upper bound
+    epochs = config.budget in ("epochs", "strategy_epochs")
+    samples = config.budget_amount * (per_epoch if epochs else config.batch_size)
     return (
         samples * seconds_per_sample * _step_cost_factor(config, 1.0, backward_ratio) + overhead_s
     )

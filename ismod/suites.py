@@ -8,6 +8,7 @@ reused) and read it with :mod:`ismod.findings`; the command line runs the same g
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .experiments import CONFIGS, Config
@@ -46,6 +47,11 @@ __all__ = [
     "CHAPTER6_PRIMARY_ARMS",
     "MODELLED_STEP_COSTS",
     "chapter6_modelled",
+    "chapter6_speed",
+    "SPEED_ARMS",
+    "SPEED_STEP_COSTS",
+    "SPEED_UNIFORM_FRACTIONS",
+    "SPEED_PRIMARY_ARM",
     "modelled_label",
     "CHAPTER7_STRATEGIES",
     "CHAPTER7_AUGMENTATIONS",
@@ -620,6 +626,67 @@ def chapter6_modelled(scale: str) -> Suite:
     return suite
 
 
+# The descendants' race (Chapter 6, §6.6): each arm's cost model, borrowed from the measured arm whose
+# step it repeats (``MODELLED_STEP_COSTS``): InfoBatch's step is uniform's (its scores are the training
+# losses, so it scores nothing extra); hard selection and RHO-LOSS score a uniform candidate batch
+# without autograd and train on part of it, as selective backprop does. They score larger chunks than
+# selective backprop (2b and up to 10b at once, against b), so the borrowed per-sample figure is, if
+# anything, an over-charge.
+SPEED_STEP_COSTS: dict[str, tuple[float, float]] = {
+    "InfoBatch": MODELLED_STEP_COSTS["uniform"],
+    "hard selection": MODELLED_STEP_COSTS["selective backprop"],
+    "RHO-LOSS": MODELLED_STEP_COSTS["selective backprop"],
+}
+# Each descendant with its authors' defaults: InfoBatch's prune ratio 0.5 and annealing from 87.5% of
+# training (Qin et al. 2024), airbench96's top half by loss, RHO-LOSS's 10% of each candidate batch
+# with half the training set held out for its irreducible-loss model (Mindermann et al. 2022).
+SPEED_ARMS: dict[str, tuple[str, dict[str, Any]]] = {
+    "InfoBatch": ("infobatch", {"prune_ratio": 0.5, "delta": 0.875}),
+    "hard selection": ("hard_selection", {"keep": 0.5}),
+    "RHO-LOSS": ("rho_loss", {"keep": 0.1, "holdout": 0.5, "reference_epochs": 10.0}),
+}
+# Uniform with a shorter schedule: what stopping early alone buys (the baseline of Okanovic et al.'s RS2)
+SPEED_UNIFORM_FRACTIONS: tuple[float, ...] = (0.6, 0.8)
+# The arm Chapter 6's declared speed comparison reads (ismod.findings.chapter6_speed_primary)
+SPEED_PRIMARY_ARM = "InfoBatch, uniform's epochs"
+
+
+def chapter6_speed(scale: str) -> Suite:
+    """Which method reaches uniform's result sooner: the descendants in the cost-model race of
+    :func:`chapter6_modelled` (same base, costs ``SPEED_STEP_COSTS``, 12 evaluation points so that a
+    crossing can be located), each with its authors' defaults (``SPEED_ARMS``), three seeds each:
+
+    - ``"InfoBatch, uniform's epochs"``: InfoBatch's own claim, as many of its epochs as uniform's run
+      has (``budget="strategy_epochs"``), in fewer steps since its pruned epochs are shorter, five
+      seeds (the declared comparison);
+    - ``"InfoBatch"``, ``"hard selection"``, ``"RHO-LOSS"``: the same 45 modelled seconds as uniform;
+    - ``"uniform, 60% of the time"`` and ``"… 80% …"``: uniform with a shorter schedule, the control
+      for any method that saves time by training less (``SPEED_UNIFORM_FRACTIONS``).
+
+    Only at ``cpu`` and ``smoke`` scale, as :func:`chapter6_modelled`."""
+    if scale not in ("cpu", "smoke"):
+        return {}
+    uniform = chapter6_modelled(scale)[modelled_label("uniform")][0]
+    base = uniform.replace(name="ch6s", evaluations=12 if scale == "cpu" else 3)
+    seeds = _seeds(scale)
+    suite: Suite = {}
+    for label, (strategy, options) in SPEED_ARMS.items():
+        step_s, score_s = SPEED_STEP_COSTS[label]
+        costed = base.replace(step_seconds=step_s, score_seconds=score_s)
+        suite[label] = _arm(costed, label, strategy, options, seeds)
+    # uniform's run lasts the first whole step past the budget: the same number of steps, as epochs
+    uniform_steps = math.ceil(uniform.budget_amount / uniform.step_seconds - 1e-9)
+    epochs = uniform_steps * uniform.batch_size / uniform.subset
+    strategy, options = SPEED_ARMS["InfoBatch"]
+    suite[SPEED_PRIMARY_ARM] = _arm(base, "InfoBatch-uniform-epochs", strategy, options, _primary_seeds(scale),
+                                    budget="strategy_epochs", budget_amount=epochs)  # fmt: skip
+    for f in SPEED_UNIFORM_FRACTIONS:
+        label = f"uniform, {f:.0%} of the time"
+        suite[label] = _arm(base, f"uniform-{f:.0%}".replace("%", "pct"), "uniform", {}, seeds,
+                            budget_amount=f * uniform.budget_amount)  # fmt: skip
+    return suite
+
+
 def modelled_label(arm: str) -> str:
     """The label of a race arm in :func:`chapter6_modelled`, e.g. ``"uniform, cost model"``."""
     return f"{arm}, cost model"
@@ -778,6 +845,7 @@ SUITES = {
     "chapter5_prediction": chapter5_prediction,
     "chapter6": chapter6,
     "chapter6_modelled": chapter6_modelled,
+    "chapter6_speed": chapter6_speed,
     "equal_time": equal_time,
     "chapter7": chapter7,
     "chapter7_overfit_pilot": chapter7_overfit_pilot,

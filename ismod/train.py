@@ -50,9 +50,16 @@ __all__ = [
 ]
 
 SCHEDULES: tuple[str, ...] = ("constant", "step", "linear", "onecycle")
-BUDGETS: tuple[str, ...] = ("epochs", "steps", "seconds", "forward_passes", "modelled_seconds")
-# budgets counted in units of a cost model (a progress bar shows them as a percentage)
-_MODELLED_BUDGETS: tuple[str, ...] = ("forward_passes", "modelled_seconds")
+BUDGETS: tuple[str, ...] = (
+    "epochs",
+    "steps",
+    "seconds",
+    "forward_passes",
+    "modelled_seconds",
+    "strategy_epochs",
+)
+# budgets whose steps are not known in advance, shown by a progress bar as a percentage
+_MODELLED_BUDGETS: tuple[str, ...] = ("forward_passes", "modelled_seconds", "strategy_epochs")
 # The cost model of the "forward_passes" budget: a trained sample costs a forward and a backward
 # pass, the backward counted as two forwards (the t_b = 2 t_f behind Katharopoulos & Fleuret's fixed
 # τ_th = (B + 3b)/(3b)); a scored sample (a presample, candidates) costs one forward pass.
@@ -73,7 +80,8 @@ class TrainSettings:
     batch_size: int = 512
     # "epochs", "steps", "seconds" (of training time), "forward_passes" (the cost model above:
     # wall-clock time without the machine's load in it) or "modelled_seconds" (seconds from step costs
-    # measured in isolation: step_seconds per training step + score_seconds per scored sample)
+    # measured in isolation: step_seconds per training step + score_seconds per scored sample) or
+    # "strategy_epochs" (the strategy's own epochs, Strategy.epochs_done: InfoBatch's pruned epochs)
     budget: str = "epochs"
     budget_amount: float = 4.0
     lr: float = 0.2
@@ -645,7 +653,8 @@ def fit(
     History records (at the start and at ``settings.evaluations`` points): ``step``, ``epoch``
     (samples seen / N), ``wall_time`` (training seconds, evaluation excluded), ``samples_seen``,
     ``train_loss`` (mean per-sample loss since the previous record), ``test_accuracy``, ``test_loss``,
-    ``lr`` and the strategy's summary, ``train_accuracy`` (of the trained batches since the previous
+    ``lr`` and the strategy's summary, ``forward_passes`` (so far; with ``settings.step_seconds`` set,
+    also ``modelled_seconds``, the cost model's clock: :func:`modelled_seconds`), ``train_accuracy`` (of the trained batches since the previous
     record, against their labels' argmax), and with ``train_eval`` (a fixed set of training samples)
     ``train_eval_loss`` and ``train_eval_accuracy`` on it, un-augmented. With ``checkpoint``, the full
     state is written there atomically every ``checkpoint_every_steps`` steps or
@@ -717,6 +726,14 @@ class _Loop:
         self.gen = torch.Generator(device=device).manual_seed(seed)
         strategy.setup(self.n, settings.batch_size, device, self.gen, self.score, train.labels)
         strategy.set_reference_trainer(self.train_reference)
+        if settings.budget == "strategy_epochs" and (
+            strategy.epochs_done() is None or self.world is not None
+        ):
+            raise ValueError(
+                f"budget='strategy_epochs' counts the strategy's own epochs, which {strategy.name!r} "
+                "does not cut (Strategy.epochs_done is None), or the run has several processes; use "
+                "budget='epochs' (samples seen / N) or an epoch-cutting strategy in one process"
+            )
         self.optimizer = (optimizer or sgd(settings))(_param_groups(model, settings))
         self.lookahead = _Lookahead(model) if settings.lookahead else None
         self.total_steps = self._total_steps()
@@ -752,6 +769,8 @@ class _Loop:
         s = self.settings
         if s.budget == "modelled_seconds":
             return modelled_seconds(self.state["step"], self.state["forward_passes"], s)
+        if s.budget == "strategy_epochs":
+            return float(self.strategy.epochs_done())
         return self.state["forward_passes" if s.budget == "forward_passes" else "train_time"]
 
     def progress_of(self, step: int) -> float:
@@ -1051,7 +1070,12 @@ class _Loop:
             "train_accuracy": float(state["correct_sum"]) / count if count else None,
             "test_accuracy": accuracy, "test_loss": test_loss,
             "lr": settings.lr * lr_factor(settings, self.progress_of(step)), **self.strategy.summary(),
+            "forward_passes": state["forward_passes"],
         })  # fmt: skip
+        if settings.step_seconds > 0:  # the cost model's clock, so time to a target can read it
+            state["history"][-1]["modelled_seconds"] = modelled_seconds(
+                step, state["forward_passes"], settings
+            )
         if self.train_eval is not None:
             acc, loss = evaluate(self.model, self.train_eval, self.augment, **kwargs)
             state["history"][-1].update(train_eval_accuracy=acc, train_eval_loss=loss)
@@ -1173,8 +1197,10 @@ class _Loop:
             "images_per_second": state["step"] * self.settings.batch_size / max(state["train_time"], 1e-9),
             "forward_passes": state["forward_passes"],
         }  # fmt: skip
-        if self.settings.budget == "modelled_seconds":
-            final["modelled_seconds"] = self._spent()
+        if self.settings.step_seconds > 0:
+            final["modelled_seconds"] = modelled_seconds(
+                state["step"], state["forward_passes"], self.settings
+            )
         final.update(self.recalibrated_evaluation())
         timing_out = {
             **timing,

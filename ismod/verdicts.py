@@ -272,9 +272,11 @@ class Crossing:
 
 
 def time_to_target(history: list[dict[str, Any]], metric: str, target: float, *,
-                   lower_is_better: bool) -> Crossing:  # fmt: skip
+                   lower_is_better: bool, clock: str = "wall_time") -> Crossing:  # fmt: skip
     r"""The first time a run's ``metric`` reaches ``target`` (at or below it when
-    ``lower_is_better``, else at or above it).
+    ``lower_is_better``, else at or above it), in the records' ``clock``: ``"wall_time"`` (training
+    seconds of the run's own clock) or ``"modelled_seconds"`` (a cost model's, which the load of the
+    machine cannot move).
 
     Between the last record short of the target and the first at or past it, ``metric`` is taken to
     move linearly in training time, so the crossing is
@@ -290,10 +292,10 @@ def time_to_target(history: list[dict[str, Any]], metric: str, target: float, *,
             continue
         if sign * (float(value) - target) <= 0:
             if previous is None:
-                return Crossing(float(record["wall_time"]), float(record["step"]))
+                return Crossing(float(record[clock]), float(record["step"]))
             v0, v1 = float(previous[metric]), float(value)
             share = (v0 - target) / (v0 - v1)  # in (0, 1]: v0 is short of the target, v1 is not
-            t0, t1 = float(previous["wall_time"]), float(record["wall_time"])
+            t0, t1 = float(previous[clock]), float(record[clock])
             s0, s1 = float(previous["step"]), float(record["step"])
             return Crossing(t0 + share * (t1 - t0), s0 + share * (s1 - s0))
         previous = record
@@ -322,8 +324,9 @@ class Speedup:
 
 
 def speedups(results: dict[str, list[Any]], arm: str, baseline: str, metric: str, *,
-             lower_is_better: bool, confidence: float = 0.95) -> Speedup:  # fmt: skip
-    """Paired speed-up of ``arm`` over ``baseline`` to the baseline's final ``metric``.
+             lower_is_better: bool, confidence: float = 0.95, clock: str = "wall_time") -> Speedup:  # fmt: skip
+    """Paired speed-up of ``arm`` over ``baseline`` to the baseline's final ``metric``, in ``clock``
+    (as :func:`time_to_target`).
 
     For each seed both arms ran, the target is the baseline run's last recorded ``metric`` (its final
     training loss or test accuracy, say), the baseline's time is the time it first reached that value
@@ -347,8 +350,12 @@ def speedups(results: dict[str, list[Any]], arm: str, baseline: str, metric: str
             continue
         reference = base[seed].history
         target = last(reference)
-        own = time_to_target(reference, metric, target, lower_is_better=lower_is_better)
-        other = time_to_target(run.history, metric, target, lower_is_better=lower_is_better)
+        own = time_to_target(
+            reference, metric, target, lower_is_better=lower_is_better, clock=clock
+        )
+        other = time_to_target(
+            run.history, metric, target, lower_is_better=lower_is_better, clock=clock
+        )
         assert own.seconds is not None  # a run reaches its own last value
         ratios[seed] = None if other.seconds is None else own.seconds / max(other.seconds, 1e-12)
     logs = [math.log(r) for r in ratios.values() if r is not None and r > 0]

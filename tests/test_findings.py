@@ -288,3 +288,57 @@ def test_chapter8_numbers_read_selection_costs_budgets_and_divergences():
     }
     n = conclusions.chapter8_numbers(conclusions.Evidence("cpu", ch3=ch3, ch3_report=report))
     assert (n["ch3_report_diverged"], n["ch3_report_runs"]) == (0, 5)
+
+
+def _clocked_run(seed, losses, accuracies, seconds_per_step, name="r"):
+    """A cost-model run evaluated every 10 steps, its clock in the records."""
+    history = [{"step": 10 * k, "modelled_seconds": seconds_per_step * 10 * k, "train_eval_loss": v,
+                "test_accuracy": a} for k, (v, a) in enumerate(zip(losses, accuracies))]  # fmt: skip
+    final = {"test_accuracy": accuracies[-1], "train_eval_loss": losses[-1]}
+    return Result({"seed": seed, "name": f"{name}{seed}", "step_seconds": seconds_per_step}, {},
+                  history, {}, final)  # fmt: skip
+
+
+def test_the_declared_speed_comparison_reads_the_cost_models_clock_and_holds_not_reached_apart():
+    u, arm = suites.modelled_label("uniform"), suites.SPEED_PRIMARY_ARM
+    losses, acc = [2.0, 1.0, 0.5, 0.2], [0.1, 0.5, 0.6, 0.65]
+    uniform = [_clocked_run(s, losses, [a + 0.001 * s for a in acc], 1.0) for s in range(5)]
+    # the same curves at 0.7 and 0.72 s per step: uniform's final loss 1/0.7 and 1/0.72 times sooner
+    faster = [_clocked_run(s, losses, [a + 0.001 * s for a in acc], 0.7 + 0.02 * (s % 2), "f")
+              for s in range(5)]  # fmt: skip
+    rows = findings.chapter6_speed_verdicts({u: uniform, arm: faster})
+    loss, accuracy = rows
+    assert loss["verdict"] == "higher" and loss["speedup"].mean == pytest.approx(
+        1 / 0.708, rel=0.01
+    )
+    assert accuracy["verdict"] == "equivalent within ±0.01"  # ±1 point, as a fraction
+    # one seed that stops short of uniform's final loss: no speed-up to report, whatever the others
+    short = faster[:4] + [_clocked_run(4, [2.0, 1.0, 0.5, 0.25], acc, 0.7, "f")]
+    loss, _ = findings.chapter6_speed_verdicts({u: uniform, arm: short})
+    assert loss["verdict"] == "not reached" and loss["speedup"].not_reached == [4]
+    # exploratory rows for every other arm, both metrics
+    rows = findings.speed_rows({u: uniform, "hard selection": faster[:3]})
+    assert [(r["arm"], r["metric"]) for r in rows] == [
+        ("hard selection", "training loss"), ("hard selection", "test accuracy")]  # fmt: skip
+
+
+def test_a_saved_cost_model_run_gets_a_clock_that_ends_at_its_own_modelled_seconds():
+    from pathlib import Path
+
+    from ismod import runner
+
+    root = Path(__file__).resolve().parents[1] / "book" / "results" / "cpu"
+    race = runner.load_suite(suites.chapter6_modelled("cpu"), root)
+    if not race:
+        pytest.skip("no saved cpu race")
+    clocked = findings.with_modelled_clock(race)
+    for label, runs in clocked.items():
+        for r in runs:
+            times = [h["modelled_seconds"] for h in r.history]
+            assert times[0] == 0 and all(a < b for a, b in zip(times, times[1:])), label
+            assert times[-1] == pytest.approx(r.final["modelled_seconds"], rel=1e-9), label
+    # a τ switch scores only on its importance steps: its clock runs at uniform's rate before them
+    tau = clocked[suites.modelled_label("upper bound, τ switch")][0]
+    first = next(h["step"] for h in tau.history for k, _, imp in h.get("tau_log") or [] if imp)
+    early = [h for h in tau.history if 0 < h["step"] < first]
+    assert early and all(h["modelled_seconds"] == pytest.approx(h["step"] * 0.1439) for h in early)

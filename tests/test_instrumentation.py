@@ -333,3 +333,43 @@ def test_a_modelled_budget_without_a_usable_cost_model_fails_naming_it(changes, 
                              step_seconds=0.5, score_seconds=0.001)  # fmt: skip
     with pytest.raises(ValueError, match=named):
         dataclasses.replace(settings, **changes).validate(512)
+
+
+def test_each_record_carries_the_cost_models_clock_and_the_last_one_equals_the_runs_total():
+    data = _synthetic(512)
+    b, step_s, score_s = 32, 0.5, 0.01
+    settings = TrainSettings(batch_size=b, budget="steps", budget_amount=12, step_seconds=step_s,
+                             score_seconds=score_s, lr=0.01, schedule="constant", warmup=0.0,
+                             evaluations=3)  # fmt: skip
+    torch.manual_seed(0)
+    forced = Presample(threshold=1.0, tau_momentum=0.0)  # scores a presample from the second step
+    out = fit(build_model("small_cnn"), data, data, forced, Augment(), settings, progress=False)
+    records = out["history"]
+    assert [r["step"] for r in records] == [0, 4, 8, 12]
+    for r in records:  # each record's clock is the cost model of its own step and passes
+        scored = r["forward_passes"] - 3 * b * r["step"]
+        assert r["modelled_seconds"] == pytest.approx(step_s * r["step"] + score_s * scored)
+    assert records[-1]["forward_passes"] == out["final"]["forward_passes"]
+    assert records[-1]["modelled_seconds"] == pytest.approx(out["final"]["modelled_seconds"])
+    assert records[-1]["forward_passes"] > 3 * b * 12  # presamples were scored
+    no_model = dataclasses.replace(settings, step_seconds=0.0, score_seconds=0.0)
+    out = fit(build_model("small_cnn"), data, data, Uniform(), Augment(), no_model, progress=False)
+    assert "modelled_seconds" not in out["history"][-1] and "modelled_seconds" not in out["final"]
+
+
+def test_a_strategy_epochs_budget_ends_after_the_strategys_own_pruned_epochs():
+    from ismod.strategies import InfoBatch
+
+    data = _synthetic(512)
+    b = 32  # 16 steps per full epoch
+    settings = TrainSettings(batch_size=b, budget="strategy_epochs", budget_amount=6, lr=0.01,
+                             schedule="onecycle", warmup=0.2, evaluations=2)  # fmt: skip
+    torch.manual_seed(0)
+    strategy = InfoBatch(prune_ratio=0.9, delta=1.0)
+    out = fit(build_model("small_cnn"), data, data, strategy, Augment(), settings, progress=False)
+    # epoch 0 trains on everything (nothing seen yet); later epochs leave out well-learned samples,
+    # so six of InfoBatch's epochs take fewer than six full epochs' 96 steps
+    assert strategy.epochs_done() == pytest.approx(6.0) and strategy.epochs_started == 6
+    assert 16 < out["final"]["steps"] < 6 * 16
+    with pytest.raises(ValueError, match="strategy_epochs.*Strategy.epochs_done is None"):
+        fit(build_model("small_cnn"), data, data, Uniform(), Augment(), settings, progress=False)

@@ -421,3 +421,26 @@ def test_the_cost_model_race_charges_the_step_costs_measured_alone():
                 raced.seed,
             )
     assert suites.chapter6_modelled("gpu") == {}  # a GPU run has its machine to itself
+
+
+def test_the_descendants_race_charges_borrowed_costs_and_gives_infobatch_uniforms_epochs():
+    grid = suites.chapter6_speed("cpu")
+    uniform = suites.chapter6_modelled("cpu")[suites.modelled_label("uniform")][0]
+    for label, (strategy, options) in suites.SPEED_ARMS.items():
+        step_s, score_s = suites.SPEED_STEP_COSTS[label]
+        assert (step_s, score_s) in suites.MODELLED_STEP_COSTS.values(), label  # measured, borrowed
+        for c in grid[label]:
+            assert (c.strategy, c.strategy_options) == (strategy, options)
+            assert (c.budget, c.budget_amount) == ("modelled_seconds", uniform.budget_amount)
+            assert (c.step_seconds, c.score_seconds, c.evaluations) == (step_s, score_s, 12)
+        assert len(grid[label]) == 3
+    declared = grid[suites.SPEED_PRIMARY_ARM]
+    assert len(declared) == 5 and {c.seed for c in declared} == {0, 1, 2, 3, 4}
+    # InfoBatch's claim: uniform's epochs (327 steps of 256 of 2,500 images), its own, pruned
+    assert declared[0].budget == "strategy_epochs"
+    assert declared[0].budget_amount == pytest.approx(327 * 256 / 2500)
+    for f in suites.SPEED_UNIFORM_FRACTIONS:
+        short = grid[f"uniform, {f:.0%} of the time"]
+        assert [c.budget_amount for c in short] == [pytest.approx(f * 45.0)] * 3
+    assert len({c.name for runs in grid.values() for c in runs}) == sum(map(len, grid.values()))
+    assert suites.chapter6_speed("gpu") == {}

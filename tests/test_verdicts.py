@@ -255,6 +255,11 @@ def test_time_to_target_interpolates_between_the_records_that_bracket_the_crossi
     losses = _history([2.0, 1.0, 0.5, 0.6], "train_loss")
     c = time_to_target(losses, "train_loss", 0.8, lower_is_better=True)
     assert c.step == pytest.approx(14.0) and c.seconds == pytest.approx(28.0)
+    # in another clock (a cost model's): the same crossing, read off that clock's records
+    modelled = [{**r, "modelled_seconds": 3.0 * r["step"] + (50.0 if r["step"] >= 20 else 0.0)}
+                for r in losses]  # fmt: skip
+    c = time_to_target(modelled, "train_loss", 0.8, lower_is_better=True, clock="modelled_seconds")
+    assert c.step == pytest.approx(14.0) and c.seconds == pytest.approx(30.0 + 0.4 * (110.0 - 30.0))
 
 
 def test_speedups_pair_seeds_and_say_which_never_reached_the_target():

@@ -118,6 +118,13 @@ class Strategy(ABC):
         strategy that spends any."""
         return 0.0
 
+    def epochs_done(self) -> float | None:
+        """Passes through its own epochs so far, the current one's done fraction included, for a
+        strategy that queues epochs (an InfoBatch epoch, pruned, is shorter than N samples); ``None``
+        for one that does not. A ``"strategy_epochs"`` budget ends on it: InfoBatch's claim is the
+        same epochs as uniform's in fewer steps."""
+        return None
+
     # Whether observe() needs the logits of what was trained on (a batch sampler sees only losses).
     observes_logits: bool = False
     # The own-loop adapter (a name in ismod) that runs it where a plain batch sampler cannot, named in

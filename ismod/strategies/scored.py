@@ -166,6 +166,12 @@ class ScoredStrategy(Strategy):
         self.position = 0
         self.epochs_started += 1
 
+    def epochs_done(self) -> float:
+        """Epochs started, less the part of the current one still queued (host integers: no sync)."""
+        if self.epochs_started == 0:
+            return 0.0
+        return self.epochs_started - 1 + min(self.position / max(self.queue.numel(), 1), 1.0)
+
     def select(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         b = self.batch_size
         queued = self.queue.numel()
