@@ -41,6 +41,7 @@ __all__ = [
     "tau_tradeoff",
     "loop_costs",
     "tau_pilot_and_switch",
+    "speedup_intervals",
 ]
 
 
@@ -355,7 +356,11 @@ def seed_bands(results: Mapping[str, Sequence], key: str, *, x: str = "epoch", a
             )
         means[label] = mean.tolist()
     ax.set(
-        xlabel={"epoch": "epochs (samples seen / N)", "wall_time": "training seconds"}.get(x, x),
+        xlabel={
+            "epoch": "epochs (samples seen / N)",
+            "wall_time": "training seconds",
+            "modelled_seconds": "modelled seconds",
+        }.get(x, x),
         ylabel=ylabel or key,
     )
     return means
@@ -611,3 +616,27 @@ def tau_pilot_and_switch(pilot: object, race: Mapping[str, Sequence], *, switchi
                 title=f"seed {switch.config['seed']}")  # fmt: skip
     axes[1].legend()
     return tau_crossing(pilot)
+
+
+def speedup_intervals(rows: Sequence[Mapping], *, ax: Axes | None = None, title: str = "") -> None:
+    """Speed-ups to a target, one line per row (:func:`ismod.findings.speed_rows`, one metric): each
+    seed's ratio as a dot, the geometric mean over the seeds that reached the target with its 95%
+    interval as a bar, and the seeds that never reached it counted at the right. Log scale; right of
+    the dashed line at 1 is faster than uniform."""
+    ax = _axes(ax)
+    for y, row in enumerate(rows):
+        s = row["speedup"]
+        reached = [r for r in s.ratios.values() if r is not None]
+        ax.plot(reached, [y] * len(reached), "o", color="C0", alpha=0.6, ms=5)
+        if s.mean is not None:
+            ax.plot([s.low, s.high], [y, y], "-", color="C1", lw=3, alpha=0.8)
+            ax.plot([s.mean], [y], "|", color="C1", ms=14, mew=2)
+        if s.not_reached:
+            ax.annotate(f"{len(s.not_reached)} of {len(s.ratios)} not reached", (1.0, y),
+                        xycoords=("axes fraction", "data"), xytext=(-4, 0), textcoords="offset points",
+                        ha="right", va="center", color="C3")  # fmt: skip
+    ax.axvline(1.0, color="k", ls="--", lw=1)
+    ax.set_xscale("log")
+    ax.set_yticks(range(len(rows)), [row["arm"].replace(", cost model", "") for row in rows])
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    ax.set(xlabel="speed-up: uniform's time / the arm's", title=title)
