@@ -860,8 +860,9 @@ PAGE_SUITES: dict[str, tuple[str, ...]] = {
     "ch04_upper_bound": ("chapter4", "chapter4_resnet"),
     "ch05_tau_switch": ("chapter5", "chapter5_tau", "chapter5_dissection", "chapter5_critical_batch",
                         "chapter5_prediction_pilot", "chapter5_prediction"),
-    "ch06_wall_clock": ("chapter6", "chapter6_modelled", "chapter5_prediction"),
+    "ch06_wall_clock": ("chapter6", "chapter6_modelled", "chapter6_speed", "chapter5_prediction"),
     "ch07_budgeted": ("chapter7", "chapter7_overfit_pilot", "chapter7_overfit"),
-    "ch08_conclusions": ("chapter3", "chapter3_report", "chapter5_tau", "chapter6", "chapter6_modelled", "chapter5_prediction",
+    "ch08_conclusions": ("chapter3", "chapter3_report", "chapter5_tau", "chapter6", "chapter6_modelled", "chapter6_speed",
+                         "chapter5_prediction",
                          "chapter7", "chapter7_overfit"),
 }  # fmt: skip
