@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.axes import Axes
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 from torch.distributions import Distribution, Normal
 
 from . import mc
@@ -637,6 +638,12 @@ def speedup_intervals(rows: Sequence[Mapping], *, ax: Axes | None = None, title:
                         ha="right", va="center", color="C3")  # fmt: skip
     ax.axvline(1.0, color="k", ls="--", lw=1)
     ax.set_xscale("log")
+    # a fixed range with room on the right for the counts, and plain ×-ticks (no 10^0 labels)
+    seen = [r for row in rows for r in row["speedup"].ratios.values() if r is not None]
+    ax.set_xlim(min([0.5, *(0.8 * r for r in seen)]), max([4.0, *(2.5 * r for r in seen)]))
+    ax.xaxis.set_major_locator(FixedLocator([0.25, 0.5, 1, 2, 4, 8]))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"×{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yticks(range(len(rows)), [row["arm"].replace(", cost model", "") for row in rows])
     ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set(xlabel="speed-up: uniform's time / the arm's", title=title)

@@ -102,3 +102,25 @@ def test_tau_pilot_and_switch_marks_the_first_importance_step_and_returns_the_cr
     marks = [line for line in axes[1].get_lines() if line.get_label() == "first importance step"]
     assert len(marks) == 1 and marks[0].get_xdata()[0] == pytest.approx(20 * 100 / 1000)
     plt.close("all")
+
+
+def test_speedup_intervals_counts_the_seeds_that_never_reached_and_draws_the_rest():
+    from ismod.verdicts import Speedup
+
+    def row(arm, ratios):
+        reached = [r for r in ratios.values() if r is not None]
+        mean = (reached[0] * reached[1]) ** 0.5 if len(reached) == 2 else None
+        s = Speedup(arm, "uniform", "train_eval_loss", ratios, mean, mean and mean * 0.9,
+                    mean and mean * 1.1)  # fmt: skip
+        return {"arm": arm, "speedup": s}
+
+    ax = plots.panels(1)[0]
+    plots.speedup_intervals([row("fast, cost model", {0: 1.2, 1: 1.5}),
+                             row("slow", {0: None, 1: None, 2: 0.9})], ax=ax)  # fmt: skip
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["fast", "slow"]
+    assert [t.get_text() for t in ax.texts] == ["2 of 3 not reached"]
+    dots = [line for line in ax.lines if line.get_marker() == "o"]
+    assert [list(d.get_xdata()) for d in dots] == [[1.2, 1.5], [0.9]]
+    low, high = ax.get_xlim()
+    assert low <= 0.5 and high >= 4.0 and all(t.get_text() == "" for t in ax.get_xminorticklabels())
+    plt.close("all")
