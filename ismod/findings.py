@@ -603,7 +603,9 @@ def speed_rows(results: dict[str, list[Result]], *, alpha: float = 0.05) -> list
             s = speedups(
                 clocked, arm, uniform, metric, lower_is_better=lower, clock="modelled_seconds"
             )
-            logs = [math.log(r) for r in s.ratios.values() if r is not None]
+            # a ratio of 0: uniform met its own final value at its first record (a run too short
+            # to move it), so there is no time to compare; speedups() leaves it out of its mean too
+            logs = [math.log(r) for r in s.ratios.values() if r is not None and r > 0]
             p = None
             if not s.not_reached and len(logs) >= 2:
                 p = paired_difference(logs, [0.0] * len(logs)).p_value

@@ -342,3 +342,11 @@ def test_a_saved_cost_model_run_gets_a_clock_that_ends_at_its_own_modelled_secon
     first = next(h["step"] for h in tau.history for k, _, imp in h.get("tau_log") or [] if imp)
     early = [h for h in tau.history if 0 < h["step"] < first]
     assert early and all(h["modelled_seconds"] == pytest.approx(h["step"] * 0.1439) for h in early)
+
+
+def test_speed_rows_take_a_baseline_that_met_its_target_at_once_without_failing():
+    # a smoke-length run whose loss ends above its first value: uniform "reached" it at time 0
+    u, arm = suites.modelled_label("uniform"), "hard selection"
+    flat = [_clocked_run(s, [1.0, 1.2, 1.1], [0.1, 0.1, 0.1], 1.0) for s in range(3)]
+    rows = findings.speed_rows({u: flat, arm: flat})
+    assert [r["verdict"] for r in rows] == ["inconclusive", "inconclusive"]
