@@ -627,7 +627,8 @@ def speedup_intervals(rows: Sequence[Mapping], *, ax: Axes | None = None, title:
     ax = _axes(ax)
     for y, row in enumerate(rows):
         s = row["speedup"]
-        reached = [r for r in s.ratios.values() if r is not None]
+        # a ratio of 0 (uniform met its target at its first record) has no place on a log scale
+        reached = [r for r in s.ratios.values() if r is not None and r > 0]
         ax.plot(reached, [y] * len(reached), "o", color="C0", alpha=0.6, ms=5)
         if s.mean is not None:
             ax.plot([s.low, s.high], [y, y], "-", color="C1", lw=3, alpha=0.8)
@@ -639,7 +640,7 @@ def speedup_intervals(rows: Sequence[Mapping], *, ax: Axes | None = None, title:
     ax.axvline(1.0, color="k", ls="--", lw=1)
     ax.set_xscale("log")
     # a fixed range with room on the right for the counts, and plain ×-ticks (no 10^0 labels)
-    seen = [r for row in rows for r in row["speedup"].ratios.values() if r is not None]
+    seen = [r for row in rows for r in row["speedup"].ratios.values() if r is not None and r > 0]
     ax.set_xlim(min([0.5, *(0.8 * r for r in seen)]), max([4.0, *(2.5 * r for r in seen)]))
     ax.xaxis.set_major_locator(FixedLocator([0.25, 0.5, 1, 2, 4, 8]))
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"×{v:g}"))
