@@ -233,10 +233,12 @@ def gradient_noise_scale(
 
 # --- the error of a batch gradient, in the normalisation mode training uses (Chapter 5) -------------
 
-NORM_MODES = ("train", "eval")
-"""The two ways a batch can be normalised when its gradient is taken. ``"train"`` uses the batch's own statistics
-(what a training step with batch norm does; a sample's gradient then depends on its batch), or
-``"eval"``, with the running statistics (a sample's gradient is its own)."""
+NORM_MODES = ("train", "eval", "presample")
+"""The ways a batch can be normalised when its gradient is taken. ``"train"`` uses the batch's own
+statistics (what a training step with batch norm does; a sample's gradient then depends on its batch);
+``"eval"`` the running statistics (a sample's gradient is its own); ``"presample"`` the statistics of
+the uniform presample the batch was drawn from, as ``Presample(batch_norm="presample")`` trains (a
+sample's gradient depends on its presample, not on which of its members were drawn with it)."""
 
 PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 BatchRule = Callable[[torch.Generator], "tuple[torch.Tensor, torch.Tensor | None]"]
@@ -263,14 +265,23 @@ def batch_gradient(
     weights: torch.Tensor | None = None,
     *,
     mode: str = "train",
+    presample: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The flattened gradient of :math:`\\frac1b\\sum_j w_j L_{i_j}` over the model's trainable
-    parameters, for the batch ``x[indices]`` normalised as ``mode`` says (:data:`NORM_MODES`).
+    parameters, for the batch ``x[indices]`` normalised as ``mode`` says (:data:`NORM_MODES`);
+    ``mode="presample"`` needs ``presample``, the indices into ``x`` of the presample whose statistics
+    normalise the batch.
 
     The model is left as it was: its train/eval flag, its buffers (batch norm's running statistics,
     which a train-mode forward pass would move) and its parameters' ``.grad``."""
     if mode not in NORM_MODES:
         raise ValueError(f"mode must be one of {NORM_MODES}, got {mode!r}")
+    if (mode == "presample") != (presample is not None):
+        raise ValueError(
+            "presample (the indices of the presample whose statistics normalise the batch) is "
+            f"needed with mode='presample' and only then; got mode={mode!r}, presample="
+            f"{'None' if presample is None else 'given'}"
+        )
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError("model has no trainable parameters: there is no gradient to measure")
@@ -278,6 +289,8 @@ def batch_gradient(
     was_training = model.training
     model.train(mode == "train")
     try:
+        if presample is not None:
+            _hold_statistics_of(model, x[presample])
         losses = loss_fn(model(x[indices]), y[indices])
         if losses.dim() != 1 or losses.shape[0] != indices.numel():
             raise ValueError(
@@ -293,6 +306,25 @@ def batch_gradient(
             for live, saved in zip(model.buffers(), buffers):
                 live.copy_(saved)
     return torch.cat([g.reshape(-1) for g in grads]).double()
+
+
+def _hold_statistics_of(model: nn.Module, inputs: torch.Tensor) -> None:
+    """Make every batch-norm layer's running statistics those of a train-mode pass of ``inputs`` and
+    put the model in eval mode, so that the next forward pass normalises with them as constants (the
+    caller restores the buffers)."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
+             and m.track_running_stats]  # fmt: skip
+    momenta = [m.momentum for m in norms]
+    try:
+        for m in norms:
+            m.momentum = 1.0  # the running statistics become this pass's batch statistics
+        model.train()
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        model.eval()
 
 
 def batch_gradient_error(
@@ -312,7 +344,8 @@ def batch_gradient_error(
 
     ``rule(generator)`` returns a batch's ``(indices, weights)`` into ``x, y`` (weights ``None`` for
     1), e.g. a uniform batch, or b draws with :math:`p_i \\propto s_i` and :math:`w_i = 1/(N p_i)`
-    (:func:`ismod.sampling.draw`). Each batch's gradient is :func:`batch_gradient` in ``mode``.
+    (:func:`ismod.sampling.draw`), and, for ``mode="presample"``, a third value: the indices of the
+    presample the batch was drawn from. Each batch's gradient is :func:`batch_gradient` in ``mode``.
     ``reference`` is :math:`\\bar g`: the full data's mean gradient where a sample's gradient does not
     depend on its batch (``mode="eval"``, or a network without batch norm), or, in ``"train"`` mode,
     the mean gradient of many uniform batches (:func:`batch_gradient` averaged), since no other
@@ -332,8 +365,13 @@ def batch_gradient_error(
     reference = reference.detach().reshape(-1).double()
     errors = []
     for _ in range(draws):
-        indices, weights = rule(generator)
-        g = batch_gradient(model, loss_fn, x, y, indices, weights, mode=mode)
+        indices, weights, *presample = rule(generator)
+        if mode == "presample" and not presample:
+            raise ValueError(
+                "with mode='presample' the rule must return (indices, weights, presample indices)"
+            )
+        g = batch_gradient(model, loss_fn, x, y, indices, weights, mode=mode,
+                           presample=presample[0] if mode == "presample" else None)  # fmt: skip
         if g.shape != reference.shape:
             raise ValueError(
                 f"reference has {reference.numel()} entries, the model's gradient {g.numel()}: pass the "

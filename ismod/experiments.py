@@ -163,6 +163,7 @@ _LATER_FIELDS: dict[str, Any] = {
     "instrument": False,
     "batch_norm_eps": 0.0,
     "norm": "batch",
+    "gradient_error_draws": 0,
 }
 
 

@@ -119,6 +119,9 @@ class TrainSettings:
     # per evaluation interval, and at each evaluation point the train-mode loss on a fixed uniform
     # batch and the gradient noise scale (see :func:`noise_scale_at`)
     instrument: bool = False
+    # > 0, with instrument: at each evaluation point, the error of importance-drawn against uniform
+    # batch gradients in each normalisation mode, over this many draws each (gradient_error_at)
+    gradient_error_draws: int = 0
     checkpoint_every_steps: int = 250
     checkpoint_every_seconds: float = 300.0
     # the cost model of a "modelled_seconds" budget, measured with nothing else on the machine
@@ -167,6 +170,12 @@ class TrainSettings:
             (
                 self.tta in (0, 1, 2),
                 f"tta must be 0 (none), 1 (mirror) or 2 (mirror + shifts), got {self.tta}",
+            ),
+            (
+                self.gradient_error_draws == 0
+                or (self.gradient_error_draws >= 2 and self.instrument),
+                "gradient_error_draws must be 0 (off) or >= 2 with instrument=True (the probe runs "
+                f"with the instrumentation), got {self.gradient_error_draws}",
             ),
             (
                 self.bn_recalibration >= 0,
@@ -492,6 +501,75 @@ def noise_scale_at(model: nn.Module, images: torch.Tensor, targets: torch.Tensor
     return {"train_mode_loss": float(torch.stack(losses).mean()), "grad_sq": estimate.grad_sq,
             "trace": estimate.trace, "b_simple": estimate.b_simple, "b_small": b_small,
             "b_big": b_small * chunks}  # fmt: skip
+
+
+# the probe's presample, in batches: B = 6b, the regime of Chapter 5's batch-norm test
+GRADIENT_ERROR_PRESAMPLE = 6
+
+
+def gradient_error_at(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, loss: PerSampleLoss, *,
+                      batch_size: int, draws: int, generator: torch.Generator,
+                      presample: int = GRADIENT_ERROR_PRESAMPLE) -> dict[str, Any]:  # fmt: skip
+    r"""How far an importance-drawn batch gradient lands from the mean gradient, against a uniform one,
+    in each normalisation mode a step can use (Chapter 5's batch-norm test): importance sampling's
+    theory holds a sample's gradient fixed whatever its batch, which batch norm in train mode breaks.
+
+    On the fixed batch ``images`` (the pool), each draw takes a uniform presample of
+    :math:`B` = ``presample`` · b, scores it with the upper bound :math:`\hat G_i` in eval mode, and
+    draws b with :math:`p_i \propto \hat G_i` and :math:`w_i = 1/(B p_i)` (importance), or b of it
+    uniformly (uniform). For each mode of :data:`ismod.diagnostics.NORM_MODES` (only ``"train"`` for a
+    network without batch norm, where they coincide) :func:`ismod.diagnostics.batch_gradient_error`
+    gives each rule's mean squared error against the mode's mean gradient: in eval mode the pool's
+    gradient; otherwise the mean of 2·``draws`` uniform batches' gradients (no other full gradient
+    exists there; its own noise pulls the ratio slightly toward 1). Returns, per mode, ``uniform``,
+    ``importance`` (each with ``_se``) and ``ratio`` (importance / uniform: below 1, the method removes
+    variance), and ``tau``, the presamples' mean :math:`	au = B\sum_i g_i^2` (:func:`ismod.tau.tau`).
+    The model is left as it was."""
+    from .bounds import upper_bound_unchecked
+    from .diagnostics import batch_gradient, batch_gradient_error
+    from .sampling import draw_unchecked
+
+    n, b = targets.shape[0], batch_size
+    size = min(presample * b, n)
+    if size < b or draws < 2:
+        raise ValueError(f"the probe needs a pool of at least b = {b} samples and draws >= 2, got {n} and {draws}")  # fmt: skip
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        # on the host, with the host generator: a probe, not a training step
+        scores = upper_bound_unchecked(model(images), targets).double().clamp_min(1e-12).cpu()
+    model.train(was_training)
+    device, taus = images.device, []
+
+    def uniform(gen: torch.Generator) -> tuple[torch.Tensor, None, torch.Tensor]:
+        pre = torch.randperm(n, generator=gen)[:size]
+        return pre[torch.randperm(size, generator=gen)[:b]].to(device), None, pre.to(device)
+
+    def importance(gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        pre = torch.randperm(n, generator=gen)[:size]
+        p = scores[pre] / scores[pre].sum()
+        taus.append(size * (p**2).sum())
+        picked, weights = draw_unchecked(p, b, True, gen)  # weights 1/(B p)
+        return pre[picked].to(device), weights.float().to(device), pre.to(device)
+
+    has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    out: dict[str, Any] = {}
+    for mode in ("train", "eval", "presample") if has_batch_norm else ("train",):
+        if mode == "eval":
+            reference = batch_gradient(model, loss, images, targets, torch.arange(n, device=images.device), mode="eval")  # fmt: skip
+        else:
+            reference = torch.stack([batch_gradient(model, loss, images, targets, i, w, mode=mode,
+                                                    presample=pre if mode == "presample" else None)
+                                     for i, w, pre in (uniform(generator) for _ in range(2 * draws))]).mean(0)  # fmt: skip
+        errors = {name: batch_gradient_error(model, loss, images, targets, rule, reference=reference,
+                                             draws=draws, mode=mode, generator=generator)
+                  for name, rule in (("uniform", uniform), ("importance", importance))}  # fmt: skip
+        out[mode] = {"uniform": errors["uniform"].mse, "uniform_se": errors["uniform"].standard_error,
+                     "importance": errors["importance"].mse,
+                     "importance_se": errors["importance"].standard_error,
+                     "ratio": errors["importance"].mse / max(errors["uniform"].mse, 1e-300)}  # fmt: skip
+    out["tau"] = float(torch.stack(taus).mean())
+    return out
 
 
 class _Lookahead:
@@ -1027,6 +1105,13 @@ class _Loop:
                                channels_last=self.settings.channels_last)  # fmt: skip
         out["train_mode_loss"] = noise.pop("train_mode_loss")
         out["noise_scale"] = noise
+        draws = self.settings.gradient_error_draws
+        if draws:
+            # seeded by the step, so that a resumed run probes as the uninterrupted one did
+            probe = torch.Generator().manual_seed(self.seed * 100_003 + state["step"])
+            out["gradient_error"] = gradient_error_at(self.model, images, labels, self.loss,
+                                                      batch_size=self.settings.batch_size, draws=draws,
+                                                      generator=probe)  # fmt: skip
         state.update(self._fresh_interval())
         return out
 

@@ -1,3 +1,4 @@
+import copy
 import math
 
 import pytest
@@ -200,3 +201,39 @@ def test_batch_gradient_leaves_the_model_as_it_was_and_couples_the_batch_only_in
         batch_gradient_error(
             model, _per_sample_ce, x, y, lambda g: (one, None), reference=pair["eval"], draws=1
         )
+
+
+def test_presample_mode_normalises_with_the_presample_and_decouples_the_batch():
+    """mode='presample': the batch normalised with the statistics of a train-mode pass of its presample.
+    A sample's share of the gradient then does not depend on the rest of its batch, and equals the
+    eval-mode gradient of a network whose running statistics are the presample's."""
+    from ismod.diagnostics import batch_gradient
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(5, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3)
+    )
+    x, y = torch.randn(32, 5), torch.randint(3, (32,))
+    pre = torch.arange(8, 32)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def grad(indices):
+        return batch_gradient(
+            model, _per_sample_ce, x, y, torch.tensor(indices), mode="presample", presample=pre
+        )
+
+    share = grad([8, 9, 10, 11]) * 4 - grad([9, 10, 11]) * 3
+    share2 = grad([8, 20, 21, 22]) * 4 - grad([20, 21, 22]) * 3
+    assert torch.allclose(share, share2, atol=1e-5)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and model.training
+    held = copy.deepcopy(model)
+    held[1].momentum = 1.0
+    with torch.no_grad():
+        held(x[pre])
+    held.eval()
+    expected = batch_gradient(held, _per_sample_ce, x, y, torch.tensor([8, 9, 10, 11]), mode="eval")
+    assert torch.allclose(grad([8, 9, 10, 11]), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="presample .* is needed with mode='presample'"):
+        batch_gradient(model, _per_sample_ce, x, y, torch.arange(4), mode="presample")
+    with pytest.raises(ValueError, match="presample .* is needed with mode='presample'"):
+        batch_gradient(model, _per_sample_ce, x, y, torch.arange(4), mode="train", presample=pre)
