@@ -44,6 +44,8 @@ __all__ = [
     "normalized_by",
     "noise_scale_at",
     "NOISE_SCALE_CHUNKS",
+    "gradient_error_at",
+    "GRADIENT_ERROR_PRESAMPLE",
     "TRAINED_SAMPLE_FORWARDS",
     "modelled_seconds",
     "scored_samples",

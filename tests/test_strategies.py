@@ -214,6 +214,43 @@ def test_prioritized_probabilities_and_weights():
     assert (w <= 1).all() and idx.shape == (b,)
 
 
+# --- the upper bound with free, stale scores ------------------------------------------------------
+
+
+def test_stale_bound_draws_from_the_defensive_mixture_with_unbiased_weights():
+    """Scores are the training step's bound ||softmax(z) − e_y||; the draws follow
+    p = (1 − λ) G/ΣG + λ/N (a chi-square-free check: each index's frequency within 5 SE over 4,000
+    draws), each weighted 1/(N p); a sample is re-scored when it is trained on again."""
+    from ismod.bounds import upper_bound
+    from ismod.strategies import StaleBoundSampling
+
+    n, b, lam = 12, 4, 0.25
+    labels = labels_for(n)
+    s = StaleBoundSampling(mixture=lam, warmup_epochs=0)
+    s.setup(n, b, CPU, torch.Generator().manual_seed(0), None, labels)
+    logits = torch.randn(n, 3, generator=torch.Generator().manual_seed(1)) * 3
+    s.observe(torch.arange(n), torch.zeros(n), logits)
+    bound = upper_bound(logits, labels).double()
+    p = (1 - lam) * bound / bound.sum() + lam / n
+    assert torch.allclose(s.probabilities(), p)
+    counts = torch.zeros(n, dtype=torch.float64)
+    for k in range(1000):
+        idx, w = s.select(k)
+        assert torch.allclose(w.double(), 1.0 / (n * p[idx]), rtol=1e-5)
+        counts += torch.bincount(idx, minlength=n).double()
+    draws = 1000 * b
+    se = (p * (1 - p) / draws).sqrt()
+    assert ((counts / draws - p).abs() < 5 * se).all()
+    s.observe(
+        torch.tensor([0]), torch.zeros(1), torch.zeros(1, 3)
+    )  # a uniform output: bound sqrt(2/3)
+    assert float(s.scores[0]) == pytest.approx((2 / 3) ** 0.5, rel=1e-5)
+    with pytest.raises(ValueError, match="mixture"):
+        StaleBoundSampling(mixture=0.0)
+    with pytest.raises(ValueError, match="labels"):
+        StaleBoundSampling().setup(n, b, CPU, torch.Generator())
+
+
 # --- p-SGD, c-SGD ----------------------------------------------------------------------------------
 
 

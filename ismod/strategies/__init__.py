@@ -18,7 +18,13 @@ from .budgeted import HardSelection, PredictionSubset, SelectiveBackprop
 from .presample import Presample
 from .pruning import InfoBatch
 from .reducible import ReducibleHoldoutLoss
-from .scored import LossSampling, OnlineBatchSelection, PrioritizedReplay, ScoredStrategy
+from .scored import (
+    LossSampling,
+    OnlineBatchSelection,
+    PrioritizedReplay,
+    ScoredStrategy,
+    StaleBoundSampling,
+)
 from .uniform import Uniform
 
 STRATEGIES: dict[str, type[Strategy]] = {
@@ -34,6 +40,7 @@ STRATEGIES: dict[str, type[Strategy]] = {
         InfoBatch,
         HardSelection,
         ReducibleHoldoutLoss,
+        StaleBoundSampling,
     )
 }
 

@@ -8,6 +8,8 @@
   selection pressure.
 - :class:`PrioritizedReplay`: Schaul et al. (2015), :math:`P \\propto s^\\alpha`, weights
   :math:`(N P)^{-\\beta}` normalised by their maximum, :math:`\\beta` annealed to 1.
+- :class:`StaleBoundSampling`: Katharopoulos & Fleuret's (2018) upper bound as the score, taken free
+  from the training step and kept over all N, drawn from a defensive mixture with uniform.
 
 All keep their state in tensors on the training device; a step never waits for the device. Each logs,
 once per epoch, how far its distribution is from uniform (:func:`ismod.diagnostics.distribution_stats`)
@@ -21,6 +23,7 @@ from typing import Any
 
 import torch
 
+from ..bounds import upper_bound_unchecked
 from ..diagnostics import STAT_NAMES, coverage, distribution_stats
 from ..sampling import METHODS, SumTree, draw_unchecked, unnormalized_masses
 from .base import Strategy
@@ -30,6 +33,7 @@ __all__ = [
     "LossSampling",
     "OnlineBatchSelection",
     "PrioritizedReplay",
+    "StaleBoundSampling",
     "SCORE_QUANTILES",
 ]
 
@@ -456,3 +460,78 @@ class PrioritizedReplay(ScoredStrategy):
             self.device
         )
         self.draws_since_refresh = int(state.get("draws_since_refresh", 0))
+
+
+class StaleBoundSampling(ScoredStrategy):
+    """Importance sampling by the upper bound with free scores (Chapter 5's equal-time race).
+
+    Katharopoulos & Fleuret (2018) score a presample with an extra forward pass, which is why their
+    method needs :math:`\\tau > \\tau_{th} > 1` to pay in time. Here each trained sample's bound
+    :math:`\\hat G_i = \\lVert \\mathrm{softmax}(z_i) - e_{y_i} \\rVert` is read off the training step's own
+    logits and kept over all N in a :class:`~ismod.sampling.SumTree`: the scores of samples not drawn
+    since are stale, but cost nothing, so :math:`\\tau_{th} = 1`. Each step draws b with replacement
+    from the defensive mixture :math:`p_i = (1-\\lambda)\\,\\hat G_i/\\sum_k \\hat G_k + \\lambda/N`
+    (Hesterberg 1995: every sample keeps a chance of being drawn, and so of having its score renewed)
+    and weights it by :math:`w_i = 1/(N p_i) \\le 1/\\lambda`, which keeps the gradient unbiased for the
+    scores held when it was drawn.
+
+    Args:
+        mixture: :math:`\\lambda`, the uniform share (0.2: weights at most 5, the cap Chapter 5's
+            dissection tried).
+        warmup_epochs: uniform epochs first, which give every sample a score (default 1; an unscored
+            sample holds a mass of 1, within the bound's range :math:`[0, \\sqrt 2]`).
+    """
+
+    name = "stale_bound"
+    observes_logits = True
+
+    def __init__(self, mixture: float = 0.2, warmup_epochs: int = 1) -> None:
+        super().__init__("last", 0.0, warmup_epochs)
+        if not (
+            isinstance(mixture, (int, float)) and not isinstance(mixture, bool) and 0 < mixture <= 1
+        ):
+            raise ValueError(f"mixture (the uniform share λ) must lie in (0, 1], got {mixture!r}")
+        self.mixture = float(mixture)
+
+    def setup(self, num_items, batch_size, device, generator, score_fn=None, labels=None) -> None:
+        super().setup(num_items, batch_size, device, generator, score_fn, labels)
+        if labels is None:
+            raise ValueError(
+                "StaleBoundSampling needs the training labels (setup's labels=) to take the bound"
+            )
+        self.tree = SumTree(
+            torch.ones(num_items, dtype=torch.float64, device=device), backend="tensor"
+        )
+
+    def probabilities(self) -> torch.Tensor:
+        lam = self.mixture
+        return (1 - lam) * self.tree.masses() / self.tree.total + lam / self.num_items
+
+    def observe(self, indices: torch.Tensor, losses: torch.Tensor, logits: torch.Tensor) -> None:
+        bound = upper_bound_unchecked(logits, self.labels[indices])
+        self.scores.index_put_((indices,), bound.to(self.scores.dtype))
+        self.visits.index_add_(0, indices, torch.ones_like(indices))
+        # a floor keeps the tree's total positive once every sample is fitted (then p is uniform-like)
+        self.tree.update(indices, bound.double().clamp_min(1e-6))
+
+    def epoch_queue(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        self.log_distribution(
+            step, self.probabilities()
+        )  # once per epoch (O(N)); the draws are per step
+        return self._uniform_epoch()
+
+    def per_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        b, n, lam = self.batch_size, self.num_items, self.mixture
+        drawn = self.tree.sample(b, generator=self.generator)
+        uniform = torch.randint(n, (b,), device=self.device, generator=self.generator)
+        take_uniform = torch.rand(b, device=self.device, generator=self.generator) < lam
+        idx = torch.where(take_uniform, uniform, drawn)
+        p = (1 - lam) * self.tree.masses(idx) / self.tree.total + lam / n
+        return idx, (1.0 / (n * p)).float()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "tree_masses": self.tree.masses().clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.tree = SumTree(state["tree_masses"].to(self.device), backend="tensor")
