@@ -42,6 +42,11 @@ __all__ = [
     "chapter5_critical_batch",
     "chapter5_prediction_pilot",
     "chapter5_prediction",
+    "chapter5_norm_pilot",
+    "chapter5_batch_norm",
+    "NORM_PILOT_NORMS",
+    "UNCOUPLED_NORM",
+    "GRADIENT_ERROR_DRAWS",
     "chapter6",
     "equal_time",
     "CHAPTER6_PRIMARY_ARMS",
@@ -554,6 +559,71 @@ def chapter5_prediction(scale: str) -> Suite:
     }  # fmt: skip
 
 
+# the normalisations of Chapter 5's batch-norm test: what a step of each arm normalises with
+NORM_PILOT_NORMS: tuple[str, ...] = ("batch", "group", "layer")
+# draws per rule, mode and evaluation point of the gradient-error probe (TrainSettings.gradient_error_draws)
+GRADIENT_ERROR_DRAWS = 8
+
+
+def _should_pay_base(scale: str) -> Config:
+    """The "should pay per step" regime of :func:`chapter5_prediction` (b = 64, B = 6b, no
+    augmentation, 20 epochs, uniform), with the gradient-error probe at each evaluation point."""
+    pay = chapter5_prediction(scale)["should pay per step: uniform"][0]
+    return pay.replace(name="ch5b", gradient_error_draws=GRADIENT_ERROR_DRAWS)
+
+
+def chapter5_norm_pilot(scale: str) -> Suite:
+    """Before the batch-norm test: does a network without batch coupling train as well here? Uniform in
+    the "should pay per step" regime with each of :data:`NORM_PILOT_NORMS` (GroupNorm with 8 groups,
+    LayerNorm as one group), one seed, probed; the test takes the one within about a point of batch
+    norm's test accuracy, or the better if neither is."""
+    base = _should_pay_base(scale).replace(name="ch5n")
+    return {f"uniform, {norm}": _arm(base, f"pilot-{norm}", "uniform", {}, range(1), norm=norm)
+            for norm in NORM_PILOT_NORMS}  # fmt: skip
+
+
+# the normalisation without batch coupling the pilot chose (chapter5_norm_pilot)
+UNCOUPLED_NORM = "group"
+
+
+def chapter5_batch_norm(scale: str) -> Suite:
+    """Chapter 5's batch-norm test, declared before its runs: uniform and forced importance sampling
+    (the upper bound over B = 6b, τ_th = 1) in the "should pay per step" regime at equal steps, with
+    batch norm normalising the importance batch with its own statistics (``"train"``, as every saved
+    run did) or its presample's (``Presample(batch_norm="presample")``), and with
+    :data:`UNCOUPLED_NORM` in place of batch norm; without augmentation and with crop+flip (scoring
+    the augmented images it trains on). The gradient-error probe runs at each evaluation point."""
+    seeds = range(by_scale(scale, smoke=1, cpu=5, gpu=5))
+    base = _should_pay_base(scale)
+    forced = {**FORCED, "presample": 6.0}
+    suite: Suite = {}
+    for aug, crop in (("no augmentation", False), ("crop+flip", True)):
+        config = base.replace(crop=crop, flip=crop)
+        tag = "cropflip" if crop else "noaug"
+        scored = {"score_augmented": True}
+        suite[f"{aug}: uniform, batch norm"] = _arm(
+            config, f"uniform-batch-{tag}", "uniform", {}, seeds
+        )
+        suite[f"{aug}: forced, batch norm (batch statistics)"] = _arm(
+            config, f"forced-batch-train-{tag}", "presample", {**forced, **scored}, seeds
+        )
+        suite[f"{aug}: forced, batch norm (presample statistics)"] = _arm(
+            config,
+            f"forced-batch-presample-{tag}",
+            "presample",
+            {**forced, **scored, "batch_norm": "presample"},
+            seeds,
+        )
+        uncoupled = config.replace(norm=UNCOUPLED_NORM)
+        suite[f"{aug}: uniform, {UNCOUPLED_NORM} norm"] = _arm(
+            uncoupled, f"uniform-{UNCOUPLED_NORM}-{tag}", "uniform", {}, seeds
+        )
+        suite[f"{aug}: forced, {UNCOUPLED_NORM} norm"] = _arm(
+            uncoupled, f"forced-{UNCOUPLED_NORM}-{tag}", "presample", {**forced, **scored}, seeds
+        )
+    return suite  # fmt: skip
+
+
 def chapter6(scale: str) -> Suite:
     """Equal wall-clock time, every strategy of the course (Katharopoulos & Fleuret's setting, Chapter 5's base):
     uniform, Algorithm 1 with the loss and with the upper bound (τ switch), online batch selection,
@@ -843,6 +913,8 @@ SUITES = {
     "chapter5_critical_batch": chapter5_critical_batch,
     "chapter5_prediction_pilot": chapter5_prediction_pilot,
     "chapter5_prediction": chapter5_prediction,
+    "chapter5_norm_pilot": chapter5_norm_pilot,
+    "chapter5_batch_norm": chapter5_batch_norm,
     "chapter6": chapter6,
     "chapter6_modelled": chapter6_modelled,
     "chapter6_speed": chapter6_speed,
