@@ -27,6 +27,7 @@ __all__ = [
     "rule_inputs",
     "rule_inputs_markdown",
     "PREDICTIONS",
+    "BATCH_NORM_TEST",
     "prediction_rows",
     "prediction_findings",
     "rule_check_markdown",
@@ -274,13 +275,43 @@ PREDICTIONS: list[tuple[Comparison, tuple[str, ...], str]] = [
 ]  # fmt: skip
 
 
-def prediction_rows(results: dict[str, list[Any]]) -> list[dict[str, Any]]:
-    """:func:`ismod.verdicts.primary` over ``PREDICTIONS`` (Holm over the four), each row with
-    ``predicted`` (the claim) and ``outcome``: ``"held"`` when the verdict is one that bears the
-    prediction out, ``"failed"`` when it is the opposite, ``"undecided"`` when inconclusive, and
-    ``"reported"`` for a comparison with no prediction."""
-    rows = primary(results, [c for c, _, _ in PREDICTIONS])
-    for row, (_, holds, claim) in zip(rows, PREDICTIONS):
+def _batch_norm_test() -> list[tuple[Comparison, tuple[str, ...], str]]:
+    """Chapter 5's batch-norm test (:func:`ismod.suites.chapter5_batch_norm`), declared before its
+    runs: within each normalisation and augmentation, forced importance − uniform in training loss
+    (un-augmented training samples, running statistics; log ratio, margin 10%), the six primaries.
+
+    The predictions follow the gradient-error probe of the saved "should pay per step" runs: with the
+    batch's own statistics an importance batch's gradient error grew to 8–18 times a uniform one's once
+    the network fit, so **higher**; normalised with its presample's statistics it behaves as in eval
+    mode, where the error fell to 0.5–0.85 of uniform's, so **lower**, as §5.1 derives; without batch
+    norm the probe found no harm and τ near 1.2, so **equivalent** within 10%."""
+    from .suites import UNCOUPLED_NORM
+
+    arms = (("batch norm (batch statistics)", "batch norm", ("higher",), "a higher training loss than uniform"),
+            ("batch norm (presample statistics)", "batch norm", ("lower",), "a lower training loss than uniform"),
+            (f"{UNCOUPLED_NORM} norm", f"{UNCOUPLED_NORM} norm", ("equivalent",),
+             "a training loss equivalent to uniform's within 10%"))  # fmt: skip
+    declared = []
+    for aug in ("no augmentation", "crop+flip"):
+        for forced, uniform, holds, claim in arms:
+            comparison = Comparison(f"{aug}: forced, {forced}", f"{aug}: uniform, {uniform}", "train_eval_loss",
+                                    _LOSS_MARGIN, math.log, f"importance − uniform, {forced}, {aug}")  # fmt: skip
+            declared.append((comparison, holds, claim))
+    return declared
+
+
+BATCH_NORM_TEST: list[tuple[Comparison, tuple[str, ...], str]] = _batch_norm_test()
+
+
+def prediction_rows(results: dict[str, list[Any]],
+                    declared: list[tuple[Comparison, tuple[str, ...], str]] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """:func:`ismod.verdicts.primary` over ``declared`` (by default ``PREDICTIONS``; Holm over the
+    family), each row with ``predicted`` (the claim) and ``outcome``: ``"held"`` when the verdict is
+    one that bears the prediction out, ``"failed"`` when it is the opposite, ``"undecided"`` when
+    inconclusive, and ``"reported"`` for a comparison with no prediction."""
+    declared = PREDICTIONS if declared is None else declared
+    rows = primary(results, [c for c, _, _ in declared])
+    for row, (_, holds, claim) in zip(rows, declared):
         row["predicted"] = claim
         word = row["verdict"].split()[0]
         if not holds:

@@ -164,6 +164,20 @@ def tau_log(result: Result) -> tuple[list[float], list[float], list[int]]:
     return [s * b / n for s, _, _ in rows], [t for _, t, _ in rows], [p for _, _, p in rows]
 
 
+def gradient_error_log(result: Result) -> dict[str, tuple[list[float], list[float]]]:
+    """The gradient-error probe of a run (``gradient_error_draws``): for each normalisation mode it
+    measured, (epochs, importance / uniform error ratios) over the evaluation points. Empty for a
+    run without the probe."""
+    out: dict[str, tuple[list[float], list[float]]] = {}
+    for h in result.history:
+        for mode, entry in (h.get("gradient_error") or {}).items():
+            if isinstance(entry, dict):
+                epochs, ratios = out.setdefault(mode, ([], []))
+                epochs.append(h["epoch"])
+                ratios.append(entry["ratio"])
+    return out
+
+
 def _final(result: Result, key: str) -> float | None:
     for h in reversed(result.history):
         if h.get(key) is not None:

@@ -648,3 +648,41 @@ def speedup_intervals(rows: Sequence[Mapping], *, ax: Axes | None = None, title:
     ax.set_yticks(range(len(rows)), [row["arm"].replace(", cost model", "") for row in rows])
     ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set(xlabel="speed-up: uniform's time / the arm's", title=title)
+
+
+# how each normalisation mode of the gradient-error probe reads in a legend
+NORM_MODE_LABELS: dict[str, str] = {"train": "batch statistics", "eval": "running statistics",
+                                    "presample": "presample statistics"}  # fmt: skip
+
+
+def gradient_error_ratios(results: Mapping[str, Sequence], *, modes: Sequence[str] = ("train", "eval", "presample"),
+                          ax: Axes | None = None) -> dict[str, list[float]]:  # fmt: skip
+    """The gradient-error probe (:func:`ismod.train.gradient_error_at`) along training: for each arm and
+    each normalisation mode it measured, the importance batches' error over the uniform ones', the
+    geometric mean over seeds as a line and their range as a band. Log scale; below the dashed line at
+    1 importance sampling removes variance, above it adds error. Returns the mean curve per line."""
+    from .findings import gradient_error_log
+
+    ax = _axes(ax)
+    curves = {}
+    for label, runs in results.items():
+        logs = [gradient_error_log(r) for r in runs]
+        for mode in modes:
+            if not all(mode in log for log in logs):
+                continue
+            n = min(len(log[mode][1]) for log in logs)
+            xs = torch.tensor([log[mode][0][:n] for log in logs], dtype=torch.float64).mean(0)
+            ys = torch.tensor([log[mode][1][:n] for log in logs], dtype=torch.float64).log()
+            # a network without batch norm has one mode, which needs no name
+            name = label if len(logs[0]) == 1 else f"{label}, {NORM_MODE_LABELS[mode]}"
+            line = ax.plot(xs.numpy(), ys.mean(0).exp().numpy(), "o-", ms=3, label=name)[0]
+            if len(runs) > 1:
+                ax.fill_between(xs.numpy(), ys.min(0).values.exp().numpy(), ys.max(0).values.exp().numpy(),
+                                alpha=0.15, color=line.get_color())  # fmt: skip
+            curves[name] = ys.mean(0).exp().tolist()
+    ax.axhline(1.0, color="k", ls="--", lw=1)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"×{v:g}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+    ax.set(xlabel="epochs (samples seen / N)", ylabel="gradient error, importance / uniform")
+    return curves

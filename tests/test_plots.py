@@ -124,3 +124,24 @@ def test_speedup_intervals_counts_the_seeds_that_never_reached_and_draws_the_res
     low, high = ax.get_xlim()
     assert low <= 0.5 and high >= 4.0 and all(t.get_text() == "" for t in ax.get_xminorticklabels())
     plt.close("all")
+
+
+def test_gradient_error_ratios_draws_one_line_per_arm_and_mode_as_geometric_means():
+    from types import SimpleNamespace
+
+    def run(ratios_by_mode):
+        history = [{"epoch": e, "gradient_error": {**{m: {"ratio": r[i]} for m, r in ratios_by_mode.items()}, "tau": 2.0}}
+                   for i, e in enumerate((1.0, 2.0))]  # fmt: skip
+        return SimpleNamespace(history=history)
+
+    batch = [run({"train": [2.0, 8.0], "eval": [0.5, 0.5], "presample": [0.5, 0.8]}),
+             run({"train": [8.0, 2.0], "eval": [0.5, 0.5], "presample": [0.5, 0.8]})]  # fmt: skip
+    group = [run({"train": [1.0, 1.0]})]
+    ax = plots.panels(1)[0]
+    curves = plots.gradient_error_ratios({"batch norm": batch, "group norm": group}, ax=ax)
+    assert list(curves) == ["batch norm, batch statistics", "batch norm, running statistics",
+                            "batch norm, presample statistics", "group norm"]  # fmt: skip
+    assert curves["batch norm, batch statistics"] == pytest.approx([4.0, 4.0])  # geometric means
+    assert curves["group norm"] == pytest.approx([1.0, 1.0])
+    assert ax.get_yscale() == "log"
+    plt.close("all")
