@@ -759,6 +759,113 @@ def fit(
     return loop.run(progress)
 
 
+@dataclass
+class LoopState:
+    """What a run has done so far: the loop's part of a checkpoint."""
+
+    step: int = 0
+    train_time: float = 0.0  # seconds of training steps (evaluation and probes excluded)
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    next_eval: int = 0  # the next evaluation point, k of settings.evaluations
+    # forward passes spent: 3 per trained sample, 1 per scored one (a host count: no sync)
+    forward_passes: float = 0.0
+    # the current evaluation interval's sums of training loss and correct predictions (on the device)
+    loss_sum: torch.Tensor | float = 0.0
+    correct_sum: torch.Tensor | float = 0.0
+    loss_count: int = 0
+
+    def start_interval(self, device: torch.device) -> None:
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct_sum = torch.zeros((), device=device)
+        self.loss_count = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, Any]) -> LoopState:
+        return cls(**{f.name: state[f.name] for f in dataclasses.fields(cls)})
+
+
+class _Instruments:
+    """Chapter 5's instrumentation of a run: the gradient norm of every step, summed over the evaluation
+    interval on the device, and at each evaluation point the train-mode loss and the gradient noise
+    scale on a fixed uniform batch (:func:`noise_scale_at`) and, with ``gradient_error_draws``, the
+    gradient-error probe (:func:`gradient_error_at`)."""
+
+    def __init__(self, train: ImageData, augment: Augment, seed: int) -> None:
+        n = len(train)
+        # the fixed uniform batch of the noise-scale measurement: 8 parts of min(128, N/8)
+        size = NOISE_SCALE_CHUNKS * min(128, n // NOISE_SCALE_CHUNKS)
+        index = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 999))[:size]
+        index = index.to(train.images.device)
+        self.batch = augment(train.images[index], train.labels[index], train=False)
+        self.seed = seed
+        self._fresh_interval()
+
+    def _fresh_interval(self) -> None:
+        self.grad_norm_sum: torch.Tensor | float = 0.0
+        self.grad_norm_count = 0
+        self.grad_norm_importance_sum: torch.Tensor | float = 0.0
+        self.grad_norm_importance_count = 0
+
+    def add_step(self, model: nn.Module, scaler: torch.amp.GradScaler, importance: bool) -> None:
+        """Add this step's gradient norm (of the weighted mean loss, unscaled) to the interval's sums,
+        on the device: read only at the next evaluation point."""
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).double())
+        if scaler.is_enabled():
+            norm = norm / scaler._get_scale_async().double()
+        self.grad_norm_sum = self.grad_norm_sum + norm
+        self.grad_norm_count += 1
+        if importance:
+            self.grad_norm_importance_sum = self.grad_norm_importance_sum + norm
+            self.grad_norm_importance_count += 1
+
+    def read(self, model: nn.Module, loss: PerSampleLoss, settings: TrainSettings, step: int, *,
+             amp: bool) -> dict[str, Any]:  # fmt: skip
+        """The record's instrumentation, and a fresh interval: ``grad_norm`` (mean over the interval's
+        steps), ``grad_norm_importance`` (over its weighted steps; None if none), ``train_mode_loss``,
+        ``noise_scale`` and, with ``gradient_error_draws``, ``gradient_error``."""
+
+        def mean(total: torch.Tensor | float, count: int) -> float | None:
+            return float(total) / count if count else None
+
+        out: dict[str, Any] = {
+            "grad_norm": mean(self.grad_norm_sum, self.grad_norm_count),
+            "grad_norm_importance": mean(
+                self.grad_norm_importance_sum, self.grad_norm_importance_count
+            ),
+        }
+        images, labels = self.batch
+        noise = noise_scale_at(
+            model, images, labels, loss, amp=amp, channels_last=settings.channels_last
+        )
+        out["train_mode_loss"] = noise.pop("train_mode_loss")
+        out["noise_scale"] = noise
+        if settings.gradient_error_draws:
+            # seeded by the step, so that a resumed run probes as the uninterrupted one did
+            probe = torch.Generator().manual_seed(self.seed * 100_003 + step)
+            out["gradient_error"] = gradient_error_at(model, images, labels, loss, batch_size=settings.batch_size,
+                                                      draws=settings.gradient_error_draws, generator=probe)  # fmt: skip
+        self._fresh_interval()
+        return out
+
+    _STATE = (
+        "grad_norm_sum",
+        "grad_norm_count",
+        "grad_norm_importance_sum",
+        "grad_norm_importance_count",
+    )
+
+    def state_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self._STATE}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for k in self._STATE:
+            setattr(self, k, state[k])
+
+
 class _Loop:
     """One training run in named parts: budget and schedule, scoring, the step, recording, checkpoints."""
 
@@ -817,18 +924,9 @@ class _Loop:
         self.optimizer = (optimizer or sgd(settings))(_param_groups(model, settings))
         self.lookahead = _Lookahead(model) if settings.lookahead else None
         self.total_steps = self._total_steps()
-        self.state: dict[str, Any] = {"step": 0, "train_time": 0.0, "history": [], "next_eval": 0,
-                                      "loss_sum": torch.zeros((), device=device), "loss_count": 0,
-                                      "correct_sum": torch.zeros((), device=device), "forward_passes": 0.0}  # fmt: skip
-        if settings.instrument:
-            self.state.update(self._fresh_interval())
-            # the fixed uniform batch of the noise-scale measurement: 8 parts of min(128, N/8)
-            size = NOISE_SCALE_CHUNKS * min(128, self.n // NOISE_SCALE_CHUNKS)
-            index = torch.randperm(self.n, generator=torch.Generator().manual_seed(seed + 999))[
-                :size
-            ]
-            index = index.to(device)
-            self.noise_batch = augment(train.images[index], train.labels[index], train=False)
+        self.state = LoopState()
+        self.state.start_interval(device)
+        self.instruments = _Instruments(train, augment, seed) if settings.instrument else None
         self.clock = _Clock(device)
         self.ckpt_path = Path(checkpoint) if checkpoint is not None else None
         if self.ckpt_path is not None:
@@ -848,10 +946,10 @@ class _Loop:
         """What a seconds, forward-pass or modelled-seconds budget has used so far."""
         s = self.settings
         if s.budget == "modelled_seconds":
-            return modelled_seconds(self.state["step"], self.state["forward_passes"], s)
+            return modelled_seconds(self.state.step, self.state.forward_passes, s)
         if s.budget == "strategy_epochs":
             return float(self.strategy.epochs_done())
-        return self.state["forward_passes" if s.budget == "forward_passes" else "train_time"]
+        return self.state.forward_passes if s.budget == "forward_passes" else self.state.train_time
 
     def progress_of(self, step: int) -> float:
         if self.total_steps is not None:
@@ -864,7 +962,7 @@ class _Loop:
         return self._spent() >= self.settings.budget_amount
 
     def due_for_eval(self, step: int) -> bool:
-        k = self.state["next_eval"]
+        k = self.state.next_eval
         if k > self.settings.evaluations:
             return False
         return self.progress_of(step) >= k / self.settings.evaluations - 1e-12
@@ -884,7 +982,7 @@ class _Loop:
         ``augmented=True`` scores a fresh training augmentation of each sample and returns those inputs
         ``(x, y)`` as a third value, so that a strategy can train on exactly what it scored
         (:class:`~ismod.strategies.base.Selection`'s ``inputs``)."""
-        self.state["forward_passes"] += indices.numel()  # a host count: no sync
+        self.state.forward_passes += indices.numel()  # a host count: no sync
         if augmented:
             if self.augment.soft_targets:
                 raise ValueError("scoring augmented inputs needs an augmentation without mixing (a mixup or RICAP "
@@ -957,7 +1055,7 @@ class _Loop:
         un-augmented and in inference mode, each scored sample counted as a forward pass."""
         from .strategies.uniform import Uniform
 
-        if self.state["step"] > 0:
+        if self.state.step > 0:
             raise RuntimeError("train_reference must be called before the first update (in the first select): "
                                "the copy it trains starts from the model's initialisation")  # fmt: skip
         reference = copy.deepcopy(self.model)
@@ -970,10 +1068,10 @@ class _Loop:
         out = fit(reference, held, self.test, Uniform(), self.augment, settings,
                   seed=self.seed + 104_729, progress=False, loss=self.loss)  # fmt: skip
         # the reference run's own count of its forward passes, charged to this run
-        self.state["forward_passes"] += out["final"]["forward_passes"]
+        self.state.forward_passes += out["final"]["forward_passes"]
 
         def losses_of(idx: torch.Tensor) -> torch.Tensor:
-            self.state["forward_passes"] += idx.numel()
+            self.state.forward_passes += idx.numel()
             return self._score_local(idx, reference)[0]
 
         return losses_of
@@ -983,7 +1081,7 @@ class _Loop:
     def step(self) -> None:
         """Select, augment, forward, weight, backward, (all-reduce), update, observe; time each phase."""
         state, clock, world, strategy = self.state, self.clock, self.world, self.strategy
-        step = state["step"]
+        step = state.step
         wall_start = time.perf_counter()
         progress = self.progress_of(step)
         self.set_learning_rate(progress)
@@ -1012,7 +1110,7 @@ class _Loop:
         with contextlib.ExitStack() as normalisation:
             norm_inputs = selection.norm_inputs
             if norm_inputs is not None:  # one more forward pass: the presample's statistics
-                state["forward_passes"] += norm_inputs.shape[0]
+                state.forward_passes += norm_inputs.shape[0]
                 if self.settings.channels_last:
                     norm_inputs = norm_inputs.contiguous(memory_format=torch.channels_last)
                 # under the step's autocast, so the statistics are those its forward pass would see
@@ -1033,8 +1131,8 @@ class _Loop:
         self.scaler.update()
         if self.lookahead is not None:
             self.lookahead.step(step + 1, self.total_steps)
-        if self.settings.instrument:
-            self._record_grad_norm(importance=weights is not None)
+        if self.instruments is not None:
+            self.instruments.add_step(self.model, self.scaler, importance=weights is not None)
         t4 = clock.mark()
         detached, seen_logits = losses.detach(), logits.detach()
         if world is not None:  # every rank's strategy observes the whole global batch
@@ -1049,73 +1147,25 @@ class _Loop:
         else:
             strategy.observe(indices, detached, seen_logits)
         t5 = clock.mark()
-        state["loss_sum"] += detached.sum()
+        state.loss_sum += detached.sum()
         labels = y_global if y_global.dim() == 1 else y_global.argmax(1)
-        state["correct_sum"] += (seen_logits.argmax(1) == labels).sum()
-        state["loss_count"] += detached.numel()
+        state.correct_sum += (seen_logits.argmax(1) == labels).sum()
+        state.loss_count += detached.numel()
         for phase, a, b in (("selection", t0, t1), ("data", t1, t2), ("forward_backward", t2, t3),
                             ("communication", t3, t_reduced), ("optimizer", t_reduced, t4),
                             ("communication", t4, t_gathered), ("selection", t_gathered, t5),
                             ("forward", t2, t_forward), ("backward", t_forward, t3)):  # fmt: skip
             clock.add(phase, a, b)
-        state["step"] = step + 1
-        state["forward_passes"] += TRAINED_SAMPLE_FORWARDS * self.settings.batch_size
-        if state["step"] == _FIRST_TIMING_STEP:
+        state.step = step + 1
+        state.forward_passes += TRAINED_SAMPLE_FORWARDS * self.settings.batch_size
+        if state.step == _FIRST_TIMING_STEP:
             self.tell_step_times()
         elapsed = time.perf_counter() - wall_start
         if (
             world is not None and self.total_steps is None
         ):  # a seconds budget ends on the same step everywhere
             elapsed = world.reduce_floats([elapsed], "max")[0]
-        state["train_time"] += elapsed
-
-    @staticmethod
-    def _fresh_interval() -> dict[str, Any]:
-        return {"grad_norm_sum": 0.0, "grad_norm_count": 0, "grad_norm_importance_sum": 0.0,
-                "grad_norm_importance_count": 0}  # fmt: skip
-
-    def _record_grad_norm(self, importance: bool) -> None:
-        """Add this step's gradient norm (of the weighted mean loss, unscaled) to the interval's sums,
-        on the device: read only at the next evaluation point."""
-        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)).double())
-        if self.scaler.is_enabled():
-            norm = norm / self.scaler._get_scale_async().double()
-        state = self.state
-        state["grad_norm_sum"] = state["grad_norm_sum"] + norm
-        state["grad_norm_count"] += 1
-        if importance:
-            state["grad_norm_importance_sum"] = state["grad_norm_importance_sum"] + norm
-            state["grad_norm_importance_count"] += 1
-
-    def instrumentation(self) -> dict[str, Any]:
-        """The record's instrumentation: ``grad_norm`` (mean over the interval's steps),
-        ``grad_norm_importance`` (over its weighted steps; None if none) and ``noise_scale``
-        (:func:`noise_scale_at` on the fixed batch, whose ``train_mode_loss`` is also a key)."""
-        state = self.state
-
-        def mean(prefix: str) -> float | None:
-            count = state[f"{prefix}_count"]
-            return float(state[f"{prefix}_sum"]) / count if count else None
-
-        out: dict[str, Any] = {
-            "grad_norm": mean("grad_norm"),
-            "grad_norm_importance": mean("grad_norm_importance"),
-        }
-        images, labels = self.noise_batch
-        noise = noise_scale_at(self.model, images, labels, self.loss, amp=self.use_amp,
-                               channels_last=self.settings.channels_last)  # fmt: skip
-        out["train_mode_loss"] = noise.pop("train_mode_loss")
-        out["noise_scale"] = noise
-        draws = self.settings.gradient_error_draws
-        if draws:
-            # seeded by the step, so that a resumed run probes as the uninterrupted one did
-            probe = torch.Generator().manual_seed(self.seed * 100_003 + state["step"])
-            out["gradient_error"] = gradient_error_at(self.model, images, labels, self.loss,
-                                                      batch_size=self.settings.batch_size, draws=draws,
-                                                      generator=probe)  # fmt: skip
-        state.update(self._fresh_interval())
-        return out
+        state.train_time += elapsed
 
     def tell_step_times(self) -> None:
         s = self.settings
@@ -1125,7 +1175,7 @@ class _Loop:
             forward = s.score_seconds * s.batch_size
             self.strategy.set_step_times(forward, s.step_seconds - forward)
             return
-        done = self.state["step"]
+        done = self.state.step
         if done:
             totals = self.clock.settle()
             times = [totals["forward"] / done, totals["backward"] / done]
@@ -1143,41 +1193,41 @@ class _Loop:
         ):  # the steps still queued on the device belong to training time
             start = time.perf_counter()
             torch.cuda.synchronize(self.device)
-            state["train_time"] += time.perf_counter() - start
+            state.train_time += time.perf_counter() - start
         start = time.perf_counter()
         kwargs = dict(amp=self.use_amp, channels_last=settings.channels_last, world=self.world)
         accuracy, test_loss = evaluate(
             self.model, self.test, self.augment, tta=settings.tta, **kwargs
         )
-        count = state["loss_count"]
-        state["history"].append({
-            "step": step, "epoch": step * settings.batch_size / self.n, "wall_time": state["train_time"],
+        count = state.loss_count
+        state.history.append({
+            "step": step, "epoch": step * settings.batch_size / self.n, "wall_time": state.train_time,
             "samples_seen": step * settings.batch_size,
-            "train_loss": float(state["loss_sum"]) / count if count else None,  # None: nothing trained yet
-            "train_accuracy": float(state["correct_sum"]) / count if count else None,
+            "train_loss": float(state.loss_sum) / count if count else None,  # None: nothing trained yet
+            "train_accuracy": float(state.correct_sum) / count if count else None,
             "test_accuracy": accuracy, "test_loss": test_loss,
             "lr": settings.lr * lr_factor(settings, self.progress_of(step)), **self.strategy.summary(),
-            "forward_passes": state["forward_passes"],
+            "forward_passes": state.forward_passes,
         })  # fmt: skip
         if settings.step_seconds > 0:  # the cost model's clock, so time to a target can read it
-            state["history"][-1]["modelled_seconds"] = modelled_seconds(
-                step, state["forward_passes"], settings
+            state.history[-1]["modelled_seconds"] = modelled_seconds(
+                step, state.forward_passes, settings
             )
         if self.train_eval is not None:
             acc, loss = evaluate(self.model, self.train_eval, self.augment, **kwargs)
-            state["history"][-1].update(train_eval_accuracy=acc, train_eval_loss=loss)
-        if settings.instrument and self.world is None:
-            state["history"][-1].update(self.instrumentation())
+            state.history[-1].update(train_eval_accuracy=acc, train_eval_loss=loss)
+        if self.instruments is not None and self.world is None:
+            state.history[-1].update(
+                self.instruments.read(self.model, self.loss, settings, step, amp=self.use_amp)
+            )
         totals = self.clock.totals
         totals["evaluation"] = totals.get("evaluation", 0.0) + time.perf_counter() - start
         if self.probe is not None:
             start = time.perf_counter()
-            state["history"][-1]["probe"] = self.probe(self.model)
+            state.history[-1]["probe"] = self.probe(self.model)
             totals["probe"] = totals.get("probe", 0.0) + time.perf_counter() - start
-        state["loss_sum"] = torch.zeros((), device=self.device)
-        state["correct_sum"] = torch.zeros((), device=self.device)
-        state["loss_count"] = 0
-        state["next_eval"] += 1
+        state.start_interval(self.device)
+        state.next_eval += 1
         self.tell_step_times()
 
     # --- checkpoints --------------------------------------------------------------------------------------
@@ -1188,7 +1238,8 @@ class _Loop:
         blob = {
             "tag": self.tag, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "strategy": self.strategy.state_dict(), "augment": self.augment.state_dict(),
-            "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "loop": self.state,
+            "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "loop": self.state.state_dict(),
+            "instruments": self.instruments.state_dict() if self.instruments is not None else None,
             "timing": self.clock.settle(), "scaler": self.scaler.state_dict(),
             "lookahead": self.lookahead.slow if self.lookahead is not None else None,
         }  # fmt: skip
@@ -1212,7 +1263,9 @@ class _Loop:
         self.scaler.load_state_dict(saved["scaler"])
         if self.lookahead is not None:
             self.lookahead.load(saved["lookahead"])
-        self.state.update(saved["loop"])
+        self.state = LoopState.from_state_dict(saved["loop"])
+        if self.instruments is not None:
+            self.instruments.load_state_dict(saved["instruments"])
         self.clock.totals.update(saved["timing"])
 
     # --- the loop -------------------------------------------------------------------------------------------
@@ -1220,19 +1273,19 @@ class _Loop:
     def run(self, progress: bool) -> dict[str, Any]:
         bar = self._progress_bar() if progress else None
         self.model.train()
-        last_save_time, last_save_step = time.perf_counter(), self.state["step"]
+        last_save_time, last_save_step = time.perf_counter(), self.state.step
         while True:
-            step = self.state["step"]
+            step = self.state.step
             finished = self.finished(step)
             if finished and self.lookahead is not None:
                 self.lookahead.finish()  # the weights take the slow copy before the last evaluation
             if self.due_for_eval(step):
                 self.record(step)
                 if bar is not None:
-                    bar.set_postfix(test_acc=f"{self.state['history'][-1]['test_accuracy']:.3f}")
+                    bar.set_postfix(test_acc=f"{self.state.history[-1]['test_accuracy']:.3f}")
             if finished:
                 while (
-                    self.state["next_eval"] <= self.settings.evaluations
+                    self.state.next_eval <= self.settings.evaluations
                 ):  # a seconds budget can end between points
                     self.record(step)
                 break
@@ -1240,11 +1293,11 @@ class _Loop:
             if bar is not None:
                 self._advance(bar)
             if self.ckpt_path is not None and (
-                self.state["step"] - last_save_step >= self.settings.checkpoint_every_steps
+                self.state.step - last_save_step >= self.settings.checkpoint_every_steps
                 or time.perf_counter() - last_save_time >= self.settings.checkpoint_every_seconds
             ):
                 self.save_checkpoint()
-                last_save_time, last_save_step = time.perf_counter(), self.state["step"]
+                last_save_time, last_save_step = time.perf_counter(), self.state.step
         if bar is not None:
             bar.close()
         self.save_checkpoint()
@@ -1257,7 +1310,7 @@ class _Loop:
         if steps is None and self.settings.budget in _MODELLED_BUDGETS:
             return tqdm(total=100, leave=False, unit="%", desc=self.tag[:8] or "train")
         return tqdm(total=steps if steps is not None else round(self.settings.budget_amount),
-                    initial=self.state["step"] if steps is not None else 0, leave=False,
+                    initial=self.state.step if steps is not None else 0, leave=False,
                     unit="step" if steps is not None else "s", desc=self.tag[:8] or "train")  # fmt: skip
 
     def _advance(self, bar: Any) -> None:
@@ -1275,25 +1328,25 @@ class _Loop:
     def _output(self) -> dict[str, Any]:
         state = self.state
         timing = self.clock.settle()
-        steps = max(state["step"], 1)
-        last = state["history"][-1]
+        steps = max(state.step, 1)
+        last = state.history[-1]
         final = {
-            "steps": state["step"], "epochs": state["step"] * self.settings.batch_size / self.n,
-            "train_time": state["train_time"], "test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"],
+            "steps": state.step, "epochs": state.step * self.settings.batch_size / self.n,
+            "train_time": state.train_time, "test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"],
             "train_loss": last["train_loss"],
-            "images_per_second": state["step"] * self.settings.batch_size / max(state["train_time"], 1e-9),
-            "forward_passes": state["forward_passes"],
+            "images_per_second": state.step * self.settings.batch_size / max(state.train_time, 1e-9),
+            "forward_passes": state.forward_passes,
         }  # fmt: skip
         if self.settings.step_seconds > 0:
             final["modelled_seconds"] = modelled_seconds(
-                state["step"], state["forward_passes"], self.settings
+                state.step, state.forward_passes, self.settings
             )
         final.update(self.recalibrated_evaluation())
         timing_out = {
             **timing,
             "per_step": {k: v / steps for k, v in timing.items() if k in PHASES + SUBPHASES},
         }
-        return {"history": state["history"], "timing": timing_out, "final": final}
+        return {"history": state.history, "timing": timing_out, "final": final}
 
     def recalibrated_evaluation(self) -> dict[str, float]:
         """With ``settings.bn_recalibration`` batches: test (and training-subset) accuracy and loss of the

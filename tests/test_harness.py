@@ -439,7 +439,7 @@ def test_killed_run_resumes_to_the_same_state(tree, tmp_path):
         "save = t._Loop.save_checkpoint\n"
         "def save_then_stop(self):\n"
         "    save(self)\n"
-        "    if self.state['step'] >= 100:\n"
+        "    if self.state.step >= 100:\n"
         "        os.kill(os.getpid(), signal.SIGSTOP)\n"
         "t._Loop.save_checkpoint = save_then_stop\n"
         "sys.argv = ['ismod', *sys.argv[1:]]\n"
