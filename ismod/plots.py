@@ -682,6 +682,7 @@ def gradient_error_ratios(results: Mapping[str, Sequence], *, modes: Sequence[st
             curves[name] = ys.mean(0).exp().tolist()
     ax.axhline(1.0, color="k", ls="--", lw=1)
     ax.set_yscale("log")
+    ax.yaxis.set_major_locator(FixedLocator([0.125, 0.25, 0.5, 1, 2, 4, 8, 16, 32]))
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"×{v:g}"))
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set(xlabel="epochs (samples seen / N)", ylabel="gradient error, importance / uniform")
