@@ -866,6 +866,190 @@ class _Instruments:
             setattr(self, k, state[k])
 
 
+class _Budget:
+    """When a run ends and where it stands: by steps (an epoch or step budget, known ahead) or by what
+    the steps spend (seconds, forward passes, modelled seconds, the strategy's own epochs)."""
+
+    def __init__(
+        self, settings: TrainSettings, n: int, strategy: Strategy, state: LoopState
+    ) -> None:
+        self.settings, self.n, self.strategy, self.state = settings, n, strategy, state
+        s = settings
+        if s.budget == "epochs":
+            self.total_steps: int | None = max(1, round(s.budget_amount * n / s.batch_size))
+        elif s.budget == "steps":
+            self.total_steps = int(s.budget_amount)
+        else:
+            self.total_steps = None  # seconds or forward passes: what the steps spend decides
+
+    def spent(self) -> float:
+        """What a seconds, forward-pass or modelled-seconds budget has used so far."""
+        s, state = self.settings, self.state
+        if s.budget == "modelled_seconds":
+            return modelled_seconds(state.step, state.forward_passes, s)
+        if s.budget == "strategy_epochs":
+            return float(self.strategy.epochs_done())
+        return state.forward_passes if s.budget == "forward_passes" else state.train_time
+
+    def progress_of(self, step: int) -> float:
+        if self.total_steps is not None:
+            return step / self.total_steps
+        return self.spent() / self.settings.budget_amount
+
+    def finished(self, step: int) -> bool:
+        if self.total_steps is not None:
+            return step >= self.total_steps
+        return self.spent() >= self.settings.budget_amount
+
+    def due_for_eval(self, step: int) -> bool:
+        k = self.state.next_eval
+        if k > self.settings.evaluations:
+            return False
+        return self.progress_of(step) >= k / self.settings.evaluations - 1e-12
+
+    def progress_bar(self, tag: str) -> Any:
+        from tqdm.auto import tqdm
+
+        steps = self.total_steps
+        if steps is None and self.settings.budget in _MODELLED_BUDGETS:
+            return tqdm(total=100, leave=False, unit="%", desc=tag[:8] or "train")
+        return tqdm(total=steps if steps is not None else round(self.settings.budget_amount),
+                    initial=self.state.step if steps is not None else 0, leave=False,
+                    unit="step" if steps is not None else "s", desc=tag[:8] or "train")  # fmt: skip
+
+    def advance(self, bar: Any) -> None:
+        if self.total_steps is not None:
+            bar.update(1)
+        else:
+            scale = (
+                100 / self.settings.budget_amount
+                if self.settings.budget in _MODELLED_BUDGETS
+                else 1
+            )
+            bar.n = min(round(self.spent() * scale), bar.total)
+            bar.refresh()
+
+
+class _Scorer:
+    """The strategies' ``score_fn``: per-sample losses and logits of training indices, without autograd
+    and in inference mode, each scored sample counted as a forward pass of the run; and their
+    reference trainer (:meth:`train_reference`), whose model is scored the same way."""
+
+    def __init__(self, model: nn.Module, train: ImageData, test: ImageData, augment: Augment,
+                 settings: TrainSettings, loss: PerSampleLoss, generator: torch.Generator, world: World | None,
+                 state: LoopState, seed: int) -> None:  # fmt: skip
+        self.model, self.train, self.test, self.augment, self.settings = (
+            model,
+            train,
+            test,
+            augment,
+            settings,
+        )
+        self.seed = seed
+        self.loss, self.gen, self.world, self.state = loss, generator, world, state
+        self.device = train.images.device
+        self.use_amp = settings.amp and self.device.type == "cuda"
+        self.dtype = amp_dtype(self.device)
+
+    def __call__(
+        self, indices: torch.Tensor, *, augmented: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Losses and logits of ``indices`` without autograd, in chunks of ``_SCORE_CHUNK`` (split over
+        ranks and gathered, when distributed). Un-augmented by default; ``augmented=True`` scores a
+        fresh training augmentation of each sample and returns those inputs ``(x, y)`` as a third
+        value, so that a strategy can train on exactly what it scored
+        (:class:`~ismod.strategies.base.Selection`'s ``inputs``)."""
+        self.state.forward_passes += indices.numel()  # a host count: no sync
+        if augmented:
+            if self.augment.soft_targets:
+                raise ValueError("scoring augmented inputs needs an augmentation without mixing (a mixup or RICAP "
+                                 "output holds several samples): pass score_augmented=False to score clean images")  # fmt: skip
+            # the whole presample augmented, as every rank does alike (one generator state everywhere)
+            x, y = self.augment(
+                self.train.images[indices], self.train.labels[indices], generator=self.gen
+            )
+            if self.world is None:
+                return (*self.inputs(lambda a, b: (x[a:b], y[a:b]), indices.numel()), (x, y))
+            positions = self.world.shard(torch.arange(indices.numel(), device=indices.device))
+            losses, logits = self.inputs(
+                lambda a, b: (x[positions[a:b]], y[positions[a:b]]), positions.numel()
+            )
+            return (self.world.unshard(losses, indices.numel()),
+                    self.world.unshard(logits, indices.numel()), (x, y))  # fmt: skip
+        if self.world is None:
+            return self.local(indices)
+        losses, logits = self.local(self.world.shard(indices))
+        return self.world.unshard(losses, indices.numel()), self.world.unshard(
+            logits, indices.numel()
+        )
+
+    def local(self, indices: torch.Tensor, model: nn.Module | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        """Scores of ``indices`` on this process alone, un-augmented (by ``model``, by default the run's)."""
+        images, labels = self.train.images, self.train.labels
+
+        def chunk(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
+            part = indices[start:stop]
+            return self.augment(images[part], labels[part], train=False)
+
+        return self.inputs(chunk, indices.numel(), model)
+
+    def inputs(self, chunk: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]], count: int,
+               model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+        # inference mode (BatchNorm's running statistics, as Katharopoulos & Fleuret's library scores):
+        # a sample's score does not depend on the chunk it is scored with, and no buffer moves
+        model = self.model if model is None else model
+        was_training = model.training
+        model.eval()
+        losses, logits = [], []
+        for start in range(0, count, _SCORE_CHUNK):
+            x, y = chunk(start, min(start + _SCORE_CHUNK, count))
+            if self.settings.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with (
+                torch.no_grad(),
+                torch.autocast(self.device.type, dtype=self.dtype, enabled=self.use_amp),
+            ):
+                z = model(x).float()
+            losses.append(per_sample_losses(self.loss, z, y))
+            logits.append(z)
+        model.train(was_training)
+        return torch.cat(losses), torch.cat(logits)
+
+    def train_reference(
+        self, indices: torch.Tensor, epochs: float
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The strategies' :data:`~ismod.strategies.base.ReferenceTrainer`: a copy of the model as it
+        is before the first update (so a fresh model of the run's architecture and initialisation),
+        trained by :func:`fit` with uniform batches on the training samples ``indices`` for ``epochs``
+        epochs under the run's settings (the batch at most ``len(indices)``, one evaluation). Its
+        trained samples' passes are added to the run's forward passes, and its time, spent inside the
+        step that asks, to the run's. Returns the per-sample losses of training indices under it,
+        un-augmented and in inference mode, each scored sample counted as a forward pass."""
+        from .strategies.uniform import Uniform
+
+        if self.state.step > 0:
+            raise RuntimeError("train_reference must be called before the first update (in the first select): "
+                               "the copy it trains starts from the model's initialisation")  # fmt: skip
+        reference = copy.deepcopy(self.model)
+        held = dataclasses.replace(
+            self.train, images=self.train.images[indices], labels=self.train.labels[indices]
+        )
+        settings = dataclasses.replace(self.settings, budget="epochs", budget_amount=float(epochs),
+                                       batch_size=min(self.settings.batch_size, len(held)),
+                                       evaluations=1, instrument=False, compile=False)  # fmt: skip
+        out = fit(reference, held, self.test, Uniform(), self.augment, settings,
+                  seed=self.seed + 104_729, progress=False, loss=self.loss)  # fmt: skip
+        # the reference run's own count of its forward passes, charged to this run
+        self.state.forward_passes += out["final"]["forward_passes"]
+
+        def losses_of(idx: torch.Tensor) -> torch.Tensor:
+            self.state.forward_passes += idx.numel()
+            return self.local(idx, reference)[0]
+
+        return losses_of
+
+
 class _Loop:
     """One training run in named parts: budget and schedule, scoring, the step, recording, checkpoints."""
 
@@ -911,8 +1095,12 @@ class _Loop:
         self.loss = loss if loss is not None else cross_entropy_loss(settings.label_smoothing)
         self.seed = seed
         self.gen = torch.Generator(device=device).manual_seed(seed)
+        self.state = LoopState()
+        self.state.start_interval(device)
+        self.score = _Scorer(model, train, test, augment, settings, self.loss, self.gen, self.world, self.state,
+                             seed)  # fmt: skip
         strategy.setup(self.n, settings.batch_size, device, self.gen, self.score, train.labels)
-        strategy.set_reference_trainer(self.train_reference)
+        strategy.set_reference_trainer(self.score.train_reference)
         if settings.budget == "strategy_epochs" and (
             strategy.epochs_done() is None or self.world is not None
         ):
@@ -923,9 +1111,8 @@ class _Loop:
             )
         self.optimizer = (optimizer or sgd(settings))(_param_groups(model, settings))
         self.lookahead = _Lookahead(model) if settings.lookahead else None
-        self.total_steps = self._total_steps()
-        self.state = LoopState()
-        self.state.start_interval(device)
+        self.budget = _Budget(settings, self.n, strategy, self.state)
+        self.total_steps = self.budget.total_steps
         self.instruments = _Instruments(train, augment, seed) if settings.instrument else None
         self.clock = _Clock(device)
         self.ckpt_path = Path(checkpoint) if checkpoint is not None else None
@@ -934,147 +1121,13 @@ class _Loop:
 
     # --- budget and schedule ----------------------------------------------------------------------
 
-    def _total_steps(self) -> int | None:
-        s = self.settings
-        if s.budget == "epochs":
-            return max(1, round(s.budget_amount * self.n / s.batch_size))
-        if s.budget == "steps":
-            return int(s.budget_amount)
-        return None  # seconds or forward passes: what the steps spend decides
-
-    def _spent(self) -> float:
-        """What a seconds, forward-pass or modelled-seconds budget has used so far."""
-        s = self.settings
-        if s.budget == "modelled_seconds":
-            return modelled_seconds(self.state.step, self.state.forward_passes, s)
-        if s.budget == "strategy_epochs":
-            return float(self.strategy.epochs_done())
-        return self.state.forward_passes if s.budget == "forward_passes" else self.state.train_time
-
     def progress_of(self, step: int) -> float:
-        if self.total_steps is not None:
-            return step / self.total_steps
-        return self._spent() / self.settings.budget_amount
-
-    def finished(self, step: int) -> bool:
-        if self.total_steps is not None:
-            return step >= self.total_steps
-        return self._spent() >= self.settings.budget_amount
-
-    def due_for_eval(self, step: int) -> bool:
-        k = self.state.next_eval
-        if k > self.settings.evaluations:
-            return False
-        return self.progress_of(step) >= k / self.settings.evaluations - 1e-12
+        return self.budget.progress_of(step)
 
     def set_learning_rate(self, progress: float) -> None:
         factor = lr_factor(self.settings, progress)
         for group in self.optimizer.param_groups:
             group["lr"] = self.settings.lr * factor * group["lr_scale"]
-
-    # --- scoring ------------------------------------------------------------------------------------
-
-    def score(
-        self, indices: torch.Tensor, *, augmented: bool = False
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Losses and logits of ``indices`` without autograd, in chunks of ``_SCORE_CHUNK`` (split over
-        ranks and gathered, when distributed): the strategies' ``score_fn``. Un-augmented by default;
-        ``augmented=True`` scores a fresh training augmentation of each sample and returns those inputs
-        ``(x, y)`` as a third value, so that a strategy can train on exactly what it scored
-        (:class:`~ismod.strategies.base.Selection`'s ``inputs``)."""
-        self.state.forward_passes += indices.numel()  # a host count: no sync
-        if augmented:
-            if self.augment.soft_targets:
-                raise ValueError("scoring augmented inputs needs an augmentation without mixing (a mixup or RICAP "
-                                 "output holds several samples): pass score_augmented=False to score clean images")  # fmt: skip
-            # the whole presample augmented, as every rank does alike (one generator state everywhere)
-            x, y = self.augment(
-                self.train.images[indices], self.train.labels[indices], generator=self.gen
-            )
-            if self.world is None:
-                return (*self._score_inputs(lambda a, b: (x[a:b], y[a:b]), indices.numel()), (x, y))
-            positions = self.world.shard(torch.arange(indices.numel(), device=indices.device))
-            losses, logits = self._score_inputs(
-                lambda a, b: (x[positions[a:b]], y[positions[a:b]]), positions.numel()
-            )
-            return (self.world.unshard(losses, indices.numel()),
-                    self.world.unshard(logits, indices.numel()), (x, y))  # fmt: skip
-        if self.world is None:
-            return self._score_local(indices)
-        losses, logits = self._score_local(self.world.shard(indices))
-        return self.world.unshard(losses, indices.numel()), self.world.unshard(
-            logits, indices.numel()
-        )
-
-    def _score_local(self, indices: torch.Tensor, model: nn.Module | None = None
-                     ) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        images, labels = self.train.images, self.train.labels
-
-        def chunk(start: int, stop: int) -> tuple[torch.Tensor, torch.Tensor]:
-            part = indices[start:stop]
-            return self.augment(images[part], labels[part], train=False)
-
-        return self._score_inputs(chunk, indices.numel(), model)
-
-    def _score_inputs(self, chunk: Callable[[int, int], tuple[torch.Tensor, torch.Tensor]], count: int,
-                      model: nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-        # inference mode (BatchNorm's running statistics, as Katharopoulos & Fleuret's library scores):
-        # a sample's score does not depend on the chunk it is scored with, and no buffer moves
-        model = self.model if model is None else model
-        was_training = model.training
-        model.eval()
-        losses, logits = [], []
-        for start in range(0, count, _SCORE_CHUNK):
-            x, y = chunk(start, min(start + _SCORE_CHUNK, count))
-            if self.settings.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with (
-                torch.no_grad(),
-                torch.autocast(self.device.type, dtype=self.dtype, enabled=self.use_amp),
-            ):
-                z = model(x).float()
-            losses.append(self._per_sample_loss(z, y))
-            logits.append(z)
-        model.train(was_training)
-        return torch.cat(losses), torch.cat(logits)
-
-    def _per_sample_loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return per_sample_losses(self.loss, logits, targets)
-
-    # --- a reference model (RHO-LOSS's irreducible-loss model) -----------------------------------------
-
-    def train_reference(
-        self, indices: torch.Tensor, epochs: float
-    ) -> Callable[[torch.Tensor], torch.Tensor]:
-        """The strategies' :data:`~ismod.strategies.base.ReferenceTrainer`: a copy of the model as it
-        is before the first update (so a fresh model of the run's architecture and initialisation),
-        trained by :func:`fit` with uniform batches on the training samples ``indices`` for ``epochs``
-        epochs under the run's settings (the batch at most ``len(indices)``, one evaluation). Its
-        trained samples' passes are added to the run's forward passes, and its time, spent inside the
-        step that asks, to the run's. Returns the per-sample losses of training indices under it,
-        un-augmented and in inference mode, each scored sample counted as a forward pass."""
-        from .strategies.uniform import Uniform
-
-        if self.state.step > 0:
-            raise RuntimeError("train_reference must be called before the first update (in the first select): "
-                               "the copy it trains starts from the model's initialisation")  # fmt: skip
-        reference = copy.deepcopy(self.model)
-        held = dataclasses.replace(
-            self.train, images=self.train.images[indices], labels=self.train.labels[indices]
-        )
-        settings = dataclasses.replace(self.settings, budget="epochs", budget_amount=float(epochs),
-                                       batch_size=min(self.settings.batch_size, len(held)),
-                                       evaluations=1, instrument=False, compile=False)  # fmt: skip
-        out = fit(reference, held, self.test, Uniform(), self.augment, settings,
-                  seed=self.seed + 104_729, progress=False, loss=self.loss)  # fmt: skip
-        # the reference run's own count of its forward passes, charged to this run
-        self.state.forward_passes += out["final"]["forward_passes"]
-
-        def losses_of(idx: torch.Tensor) -> torch.Tensor:
-            self.state.forward_passes += idx.numel()
-            return self._score_local(idx, reference)[0]
-
-        return losses_of
 
     # --- one step -------------------------------------------------------------------------------------
 
@@ -1118,7 +1171,7 @@ class _Loop:
                     normalisation.enter_context(normalized_by(self.model, norm_inputs))
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.use_amp):
                 logits = self.train_model(x)
-            losses = self._per_sample_loss(logits.float(), y)
+            losses = per_sample_losses(self.loss, logits.float(), y)
             loss = (losses * weights).mean() if weights is not None else losses.mean()
             t_forward = clock.mark()
             self.optimizer.zero_grad(set_to_none=True)
@@ -1263,7 +1316,9 @@ class _Loop:
         self.scaler.load_state_dict(saved["scaler"])
         if self.lookahead is not None:
             self.lookahead.load(saved["lookahead"])
-        self.state = LoopState.from_state_dict(saved["loop"])
+        restored = LoopState.from_state_dict(saved["loop"])
+        for name, value in restored.state_dict().items():  # in place: the budget and scorer hold it
+            setattr(self.state, name, value)
         if self.instruments is not None:
             self.instruments.load_state_dict(saved["instruments"])
         self.clock.totals.update(saved["timing"])
@@ -1271,15 +1326,15 @@ class _Loop:
     # --- the loop -------------------------------------------------------------------------------------------
 
     def run(self, progress: bool) -> dict[str, Any]:
-        bar = self._progress_bar() if progress else None
+        bar = self.budget.progress_bar(self.tag) if progress else None
         self.model.train()
         last_save_time, last_save_step = time.perf_counter(), self.state.step
         while True:
             step = self.state.step
-            finished = self.finished(step)
+            finished = self.budget.finished(step)
             if finished and self.lookahead is not None:
                 self.lookahead.finish()  # the weights take the slow copy before the last evaluation
-            if self.due_for_eval(step):
+            if self.budget.due_for_eval(step):
                 self.record(step)
                 if bar is not None:
                     bar.set_postfix(test_acc=f"{self.state.history[-1]['test_accuracy']:.3f}")
@@ -1291,7 +1346,7 @@ class _Loop:
                 break
             self.step()
             if bar is not None:
-                self._advance(bar)
+                self.budget.advance(bar)
             if self.ckpt_path is not None and (
                 self.state.step - last_save_step >= self.settings.checkpoint_every_steps
                 or time.perf_counter() - last_save_time >= self.settings.checkpoint_every_seconds
@@ -1303,71 +1358,54 @@ class _Loop:
         self.save_checkpoint()
         return self._output()
 
-    def _progress_bar(self) -> Any:
-        from tqdm.auto import tqdm
-
-        steps = self.total_steps
-        if steps is None and self.settings.budget in _MODELLED_BUDGETS:
-            return tqdm(total=100, leave=False, unit="%", desc=self.tag[:8] or "train")
-        return tqdm(total=steps if steps is not None else round(self.settings.budget_amount),
-                    initial=self.state.step if steps is not None else 0, leave=False,
-                    unit="step" if steps is not None else "s", desc=self.tag[:8] or "train")  # fmt: skip
-
-    def _advance(self, bar: Any) -> None:
-        if self.total_steps is not None:
-            bar.update(1)
-        else:
-            done = self._spent() * (
-                100 / self.settings.budget_amount
-                if self.settings.budget in _MODELLED_BUDGETS
-                else 1
-            )
-            bar.n = min(round(done), bar.total)
-            bar.refresh()
-
     def _output(self) -> dict[str, Any]:
-        state = self.state
         timing = self.clock.settle()
-        steps = max(state.step, 1)
-        last = state.history[-1]
         final = {
-            "steps": state.step, "epochs": state.step * self.settings.batch_size / self.n,
-            "train_time": state.train_time, "test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"],
-            "train_loss": last["train_loss"],
-            "images_per_second": state.step * self.settings.batch_size / max(state.train_time, 1e-9),
-            "forward_passes": state.forward_passes,
-        }  # fmt: skip
-        if self.settings.step_seconds > 0:
-            final["modelled_seconds"] = modelled_seconds(
-                state.step, state.forward_passes, self.settings
-            )
-        final.update(self.recalibrated_evaluation())
-        timing_out = {
-            **timing,
-            "per_step": {k: v / steps for k, v in timing.items() if k in PHASES + SUBPHASES},
+            **_final_summary(self.state, self.settings, self.n),
+            **self.recalibrated_evaluation(),
         }
-        return {"history": state.history, "timing": timing_out, "final": final}
+        steps = max(self.state.step, 1)
+        per_step = {k: v / steps for k, v in timing.items() if k in PHASES + SUBPHASES}
+        return {
+            "history": self.state.history,
+            "timing": {**timing, "per_step": per_step},
+            "final": final,
+        }
 
     def recalibrated_evaluation(self) -> dict[str, float]:
-        """With ``settings.bn_recalibration`` batches: test (and training-subset) accuracy and loss of the
-        final model with batch-norm statistics re-estimated on uniform batches (single process only)."""
-        settings = self.settings
-        if not settings.bn_recalibration or self.world is not None:
+        """With ``settings.bn_recalibration`` batches (single process only): :func:`evaluate_recalibrated`."""
+        if not self.settings.bn_recalibration or self.world is not None:
             return {}
-        kwargs = dict(amp=self.use_amp, channels_last=settings.channels_last)
-        with recalibrated_batch_norm(self.model, self.train, self.augment, batches=settings.bn_recalibration,
-                                     batch_size=settings.batch_size, seed=self.seed + 4321, **kwargs):  # fmt: skip
-            out = dict(
-                zip(
-                    ("test_accuracy_recalibrated", "test_loss_recalibrated"),
-                    evaluate(self.model, self.test, self.augment, tta=settings.tta, **kwargs),
-                )
-            )
-            if self.train_eval is not None:
-                out.update(
-                    zip(
-                        ("train_eval_accuracy_recalibrated", "train_eval_loss_recalibrated"),
-                        evaluate(self.model, self.train_eval, self.augment, **kwargs),
-                    )
-                )
-        return out
+        return evaluate_recalibrated(self.model, self.train, self.test, self.train_eval, self.augment,
+                                     self.settings, seed=self.seed, amp=self.use_amp)  # fmt: skip
+
+
+def _final_summary(state: LoopState, settings: TrainSettings, n: int) -> dict[str, Any]:
+    """A run's ``final`` record: its totals, and the last evaluation's accuracy and losses."""
+    last = state.history[-1]
+    final = {
+        "steps": state.step, "epochs": state.step * settings.batch_size / n,
+        "train_time": state.train_time, "test_accuracy": last["test_accuracy"], "test_loss": last["test_loss"],
+        "train_loss": last["train_loss"],
+        "images_per_second": state.step * settings.batch_size / max(state.train_time, 1e-9),
+        "forward_passes": state.forward_passes,
+    }  # fmt: skip
+    if settings.step_seconds > 0:
+        final["modelled_seconds"] = modelled_seconds(state.step, state.forward_passes, settings)
+    return final
+
+
+def evaluate_recalibrated(model: nn.Module, train: ImageData, test: ImageData, train_eval: ImageData | None,
+                          augment: Augment, settings: TrainSettings, *, seed: int, amp: bool) -> dict[str, float]:  # fmt: skip
+    """Test (and training-subset) accuracy and loss of ``model`` with its batch-norm statistics
+    re-estimated on ``settings.bn_recalibration`` uniform batches of training images, and restored
+    after (:func:`recalibrated_batch_norm`)."""
+    kwargs = dict(amp=amp, channels_last=settings.channels_last)
+    with recalibrated_batch_norm(model, train, augment, batches=settings.bn_recalibration,
+                                 batch_size=settings.batch_size, seed=seed + 4321, **kwargs):  # fmt: skip
+        out = dict(zip(("test_accuracy_recalibrated", "test_loss_recalibrated"),
+                       evaluate(model, test, augment, tta=settings.tta, **kwargs)))  # fmt: skip
+        if train_eval is not None:
+            out.update(zip(("train_eval_accuracy_recalibrated", "train_eval_loss_recalibrated"),
+                           evaluate(model, train_eval, augment, **kwargs)))  # fmt: skip
+    return out
