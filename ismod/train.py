@@ -1115,8 +1115,8 @@ class _Loop:
         self.total_steps = self.budget.total_steps
         self.instruments = _Instruments(train, augment, seed) if settings.instrument else None
         self.clock = _Clock(device)
-        self.ckpt_path = Path(checkpoint) if checkpoint is not None else None
-        if self.ckpt_path is not None:
+        self.checkpoint = _Checkpoint(Path(checkpoint), tag) if checkpoint is not None else None
+        if self.checkpoint is not None:
             strategy.state_dict()  # a strategy that cannot be checkpointed fails now, not at the first save
 
     # --- budget and schedule ----------------------------------------------------------------------
@@ -1143,6 +1143,43 @@ class _Loop:
         selection = Selection.of(strategy.select(step))
         indices, weights = selection
         t1 = clock.mark()
+        x, y, y_global, weights = self._inputs(selection)
+        t2 = clock.mark()
+        logits, losses, t_forward = self._forward_backward(x, y, weights, selection.norm_inputs)
+        t3 = clock.mark()
+        if world is not None:
+            world.average_([p.grad for p in self.model.parameters() if p.grad is not None])
+        t_reduced = clock.mark()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.lookahead is not None:
+            self.lookahead.step(step + 1, self.total_steps)
+        if self.instruments is not None:
+            self.instruments.add_step(self.model, self.scaler, importance=weights is not None)
+        t4 = clock.mark()
+        t_gathered = self._observe(indices, losses, logits, y_global)
+        t5 = clock.mark()
+        for phase, a, b in (("selection", t0, t1), ("data", t1, t2), ("forward_backward", t2, t3),
+                            ("communication", t3, t_reduced), ("optimizer", t_reduced, t4),
+                            ("communication", t4, t_gathered), ("selection", t_gathered, t5),
+                            ("forward", t2, t_forward), ("backward", t_forward, t3)):  # fmt: skip
+            clock.add(phase, a, b)
+        state.step = step + 1
+        state.forward_passes += TRAINED_SAMPLE_FORWARDS * self.settings.batch_size
+        if state.step == _FIRST_TIMING_STEP:
+            self.tell_step_times()
+        elapsed = time.perf_counter() - wall_start
+        if (
+            world is not None and self.total_steps is None
+        ):  # a seconds budget ends on the same step everywhere
+            elapsed = world.reduce_floats([elapsed], "max")[0]
+        state.train_time += elapsed
+
+    def _inputs(
+        self, selection: Selection
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """The step's inputs ``x, y`` (this process's part), the global batch's targets and the weights."""
+        indices, weights = selection
         if (
             selection.inputs is not None
         ):  # the very inputs the strategy scored (and weighted) this step
@@ -1159,11 +1196,21 @@ class _Loop:
             weights = weights[self.local] if weights is not None else None
         if self.settings.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        t2 = clock.mark()
+        return x, y, y_global, weights
+
+    def _forward_backward(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        weights: torch.Tensor | None,
+        norm_inputs: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """The weighted loss's forward and backward passes, normalised by ``norm_inputs``' batch-norm
+        statistics where the strategy gave them; the logits, per-sample losses and the clock's mark
+        between the two passes."""
         with contextlib.ExitStack() as normalisation:
-            norm_inputs = selection.norm_inputs
             if norm_inputs is not None:  # one more forward pass: the presample's statistics
-                state.forward_passes += norm_inputs.shape[0]
+                self.state.forward_passes += norm_inputs.shape[0]
                 if self.settings.channels_last:
                     norm_inputs = norm_inputs.contiguous(memory_format=torch.channels_last)
                 # under the step's autocast, so the statistics are those its forward pass would see
@@ -1173,52 +1220,38 @@ class _Loop:
                 logits = self.train_model(x)
             losses = per_sample_losses(self.loss, logits.float(), y)
             loss = (losses * weights).mean() if weights is not None else losses.mean()
-            t_forward = clock.mark()
+            t_forward = self.clock.mark()
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
-        t3 = clock.mark()
-        if world is not None:
-            world.average_([p.grad for p in self.model.parameters() if p.grad is not None])
-        t_reduced = clock.mark()
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        if self.lookahead is not None:
-            self.lookahead.step(step + 1, self.total_steps)
-        if self.instruments is not None:
-            self.instruments.add_step(self.model, self.scaler, importance=weights is not None)
-        t4 = clock.mark()
+        return logits, losses, t_forward
+
+    def _observe(
+        self,
+        indices: torch.Tensor,
+        losses: torch.Tensor,
+        logits: torch.Tensor,
+        y_global: torch.Tensor,
+    ) -> Any:
+        """The strategy observes the whole global batch; the interval's loss and accuracy sums grow.
+        Returns the clock's mark after gathering the batch from every rank."""
         detached, seen_logits = losses.detach(), logits.detach()
-        if world is not None:  # every rank's strategy observes the whole global batch
+        if self.world is not None:  # every rank's strategy observes the whole global batch
             detached, seen_logits = (
-                world.all_gather_cat(detached),
-                world.all_gather_cat(seen_logits),
+                self.world.all_gather_cat(detached),
+                self.world.all_gather_cat(seen_logits),
             )
-        t_gathered = clock.mark()
-        if self.augment.soft_targets and strategy.uses_observations:
+        t_gathered = self.clock.mark()
+        if self.augment.soft_targets and self.strategy.uses_observations:
             # a mixed output holds several samples: the strategy observes each sample's own clean score
-            strategy.observe(indices, *self.score(indices))
+            self.strategy.observe(indices, *self.score(indices))
         else:
-            strategy.observe(indices, detached, seen_logits)
-        t5 = clock.mark()
+            self.strategy.observe(indices, detached, seen_logits)
+        state = self.state
         state.loss_sum += detached.sum()
         labels = y_global if y_global.dim() == 1 else y_global.argmax(1)
         state.correct_sum += (seen_logits.argmax(1) == labels).sum()
         state.loss_count += detached.numel()
-        for phase, a, b in (("selection", t0, t1), ("data", t1, t2), ("forward_backward", t2, t3),
-                            ("communication", t3, t_reduced), ("optimizer", t_reduced, t4),
-                            ("communication", t4, t_gathered), ("selection", t_gathered, t5),
-                            ("forward", t2, t_forward), ("backward", t_forward, t3)):  # fmt: skip
-            clock.add(phase, a, b)
-        state.step = step + 1
-        state.forward_passes += TRAINED_SAMPLE_FORWARDS * self.settings.batch_size
-        if state.step == _FIRST_TIMING_STEP:
-            self.tell_step_times()
-        elapsed = time.perf_counter() - wall_start
-        if (
-            world is not None and self.total_steps is None
-        ):  # a seconds budget ends on the same step everywhere
-            elapsed = world.reduce_floats([elapsed], "max")[0]
-        state.train_time += elapsed
+        return t_gathered
 
     def tell_step_times(self) -> None:
         s = self.settings
@@ -1286,42 +1319,13 @@ class _Loop:
     # --- checkpoints --------------------------------------------------------------------------------------
 
     def save_checkpoint(self) -> None:
-        if self.ckpt_path is None or (self.world is not None and self.world.rank != 0):
-            return
-        blob = {
-            "tag": self.tag, "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-            "strategy": self.strategy.state_dict(), "augment": self.augment.state_dict(),
-            "generator": self.gen.get_state(), "torch_rng": torch.get_rng_state(), "loop": self.state.state_dict(),
-            "instruments": self.instruments.state_dict() if self.instruments is not None else None,
-            "timing": self.clock.settle(), "scaler": self.scaler.state_dict(),
-            "lookahead": self.lookahead.slow if self.lookahead is not None else None,
-        }  # fmt: skip
-        replace_atomically(self.ckpt_path, lambda tmp: torch.save(blob, tmp))
+        if self.checkpoint is not None and (self.world is None or self.world.rank == 0):
+            self.checkpoint.save(self)
 
     def restore(self) -> None:
         """Continue from the checkpoint, if there is one (it must carry this run's tag)."""
-        if self.ckpt_path is None or not self.ckpt_path.exists():
-            return
-        saved = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
-        if saved["tag"] != self.tag:
-            raise ValueError(
-                f"checkpoint {self.ckpt_path} belongs to another config (hash {saved['tag']}, not {self.tag})"
-            )
-        self.model.load_state_dict(saved["model"])
-        self.optimizer.load_state_dict(saved["optimizer"])
-        self.strategy.load_state_dict(saved["strategy"])
-        self.augment.load_state_dict(saved["augment"])
-        self.gen.set_state(saved["generator"].cpu())
-        torch.set_rng_state(saved["torch_rng"].cpu())
-        self.scaler.load_state_dict(saved["scaler"])
-        if self.lookahead is not None:
-            self.lookahead.load(saved["lookahead"])
-        restored = LoopState.from_state_dict(saved["loop"])
-        for name, value in restored.state_dict().items():  # in place: the budget and scorer hold it
-            setattr(self.state, name, value)
-        if self.instruments is not None:
-            self.instruments.load_state_dict(saved["instruments"])
-        self.clock.totals.update(saved["timing"])
+        if self.checkpoint is not None:
+            self.checkpoint.restore(self)
 
     # --- the loop -------------------------------------------------------------------------------------------
 
@@ -1347,7 +1351,7 @@ class _Loop:
             self.step()
             if bar is not None:
                 self.budget.advance(bar)
-            if self.ckpt_path is not None and (
+            if self.checkpoint is not None and (
                 self.state.step - last_save_step >= self.settings.checkpoint_every_steps
                 or time.perf_counter() - last_save_time >= self.settings.checkpoint_every_seconds
             ):
@@ -1378,6 +1382,49 @@ class _Loop:
             return {}
         return evaluate_recalibrated(self.model, self.train, self.test, self.train_eval, self.augment,
                                      self.settings, seed=self.seed, amp=self.use_amp)  # fmt: skip
+
+
+class _Checkpoint:
+    """A run's checkpoint file: everything that decides what the run does next, written atomically,
+    and restored only into the run whose tag (its config hash) it carries."""
+
+    def __init__(self, path: Path, tag: str) -> None:
+        self.path, self.tag = path, tag
+
+    def save(self, loop: _Loop) -> None:
+        blob = {
+            "tag": self.tag, "model": loop.model.state_dict(), "optimizer": loop.optimizer.state_dict(),
+            "strategy": loop.strategy.state_dict(), "augment": loop.augment.state_dict(),
+            "generator": loop.gen.get_state(), "torch_rng": torch.get_rng_state(), "loop": loop.state.state_dict(),
+            "instruments": loop.instruments.state_dict() if loop.instruments is not None else None,
+            "timing": loop.clock.settle(), "scaler": loop.scaler.state_dict(),
+            "lookahead": loop.lookahead.slow if loop.lookahead is not None else None,
+        }  # fmt: skip
+        replace_atomically(self.path, lambda tmp: torch.save(blob, tmp))
+
+    def restore(self, loop: _Loop) -> None:
+        if not self.path.exists():
+            return
+        saved = torch.load(self.path, map_location=loop.device, weights_only=False)
+        if saved["tag"] != self.tag:
+            raise ValueError(
+                f"checkpoint {self.path} belongs to another config (hash {saved['tag']}, not {self.tag})"
+            )
+        loop.model.load_state_dict(saved["model"])
+        loop.optimizer.load_state_dict(saved["optimizer"])
+        loop.strategy.load_state_dict(saved["strategy"])
+        loop.augment.load_state_dict(saved["augment"])
+        loop.gen.set_state(saved["generator"].cpu())
+        torch.set_rng_state(saved["torch_rng"].cpu())
+        loop.scaler.load_state_dict(saved["scaler"])
+        if loop.lookahead is not None:
+            loop.lookahead.load(saved["lookahead"])
+        restored = LoopState.from_state_dict(saved["loop"])
+        for name, value in restored.state_dict().items():  # in place: the budget and scorer hold it
+            setattr(loop.state, name, value)
+        if loop.instruments is not None:
+            loop.instruments.load_state_dict(saved["instruments"])
+        loop.clock.totals.update(saved["timing"])
 
 
 def _final_summary(state: LoopState, settings: TrainSettings, n: int) -> dict[str, Any]:
