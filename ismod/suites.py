@@ -44,6 +44,7 @@ __all__ = [
     "chapter5_prediction",
     "chapter5_norm_pilot",
     "chapter5_batch_norm",
+    "chapter5_free_scores_pilot",
     "NORM_PILOT_NORMS",
     "UNCOUPLED_NORM",
     "PROBED_SEEDS",
@@ -631,6 +632,16 @@ def chapter5_batch_norm(scale: str) -> Suite:
             for label, runs in suite.items()}  # fmt: skip
 
 
+def chapter5_free_scores_pilot(scale: str) -> Suite:
+    """Before the free-score race: ``StaleBoundSampling`` (the upper bound from the training step,
+    kept over all N, a defensive mixture with λ = 0.2) in the "should pay per step" regime without
+    augmentation, one seed, with :data:`UNCOUPLED_NORM` and with batch norm, probed as the batch-norm
+    test's arms are; its uniform baselines are the batch-norm test's first seeds."""
+    base = _should_pay_base(scale).replace(name="ch5f", crop=False, flip=False)
+    return {f"stale bound, {norm} norm": _arm(base, f"pilot-stale-bound-{norm}", "stale_bound", {}, range(1), norm=norm)
+            for norm in (UNCOUPLED_NORM, "batch")}  # fmt: skip
+
+
 def chapter6(scale: str) -> Suite:
     """Equal wall-clock time, every strategy of the course (Katharopoulos & Fleuret's setting, Chapter 5's base):
     uniform, Algorithm 1 with the loss and with the upper bound (τ switch), online batch selection,
@@ -922,6 +933,7 @@ SUITES = {
     "chapter5_prediction": chapter5_prediction,
     "chapter5_norm_pilot": chapter5_norm_pilot,
     "chapter5_batch_norm": chapter5_batch_norm,
+    "chapter5_free_scores_pilot": chapter5_free_scores_pilot,
     "chapter6": chapter6,
     "chapter6_modelled": chapter6_modelled,
     "chapter6_speed": chapter6_speed,
