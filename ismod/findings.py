@@ -40,7 +40,8 @@ __all__ = [
     "summarize",
     "budget_curves",
     "budget_time_ratios",
-    "budget_cost_markdown",
+    "budget_cost_table",
+    "scored_per_trained",
     "importance_share",
     "accuracy_difference",
     "markdown_table",
@@ -52,7 +53,7 @@ __all__ = [
     "claim_verdict",
     "chapter3_numbers",
     "fit_epoch",
-    "overfit_pilot_lines",
+    "overfit_pilot_table",
     "chapter6_exploratory",
     "with_modelled_clock",
     "chapter6_speed_primary",
@@ -270,11 +271,10 @@ def budget_time_ratios(
     return out
 
 
-def budget_cost_markdown(results: dict[str, list[Result]], augmentation: str = "crop+flip") -> str:
-    """Chapter 7's two records of what the iteration budget leaves out, as Markdown: the training-time
-    ratios of :func:`budget_time_ratios` (a τ arm that never switched is marked: its steps were
-    uniform, so its ratio is no price of importance sampling), and the extra forward passes of
-    selective backprop and the upper bound, which do not depend on how busy the machine was."""
+def budget_cost_table(results: dict[str, list[Result]], augmentation: str = "crop+flip") -> str:
+    """Chapter 7's training-time ratios (:func:`budget_time_ratios`) against the uniform subset, one row
+    per strategy and a column per partial budget, as a Markdown table; a τ arm that never switched is
+    marked, since its steps were uniform and its ratio is no price of importance sampling."""
     partial = list(CHAPTER7_BUDGETS[:-1])
     tau = "upper bound, τ switch"
 
@@ -288,22 +288,23 @@ def budget_cost_markdown(results: dict[str, list[Result]], augmentation: str = "
     table = ["| strategy | " + " | ".join(f"{f:.0%}" for f in partial) + " |",
              "|" + "---|" * (1 + len(partial))]  # fmt: skip
     for strategy, by_budget in budget_time_ratios(results, augmentation).items():
-        cells = " | ".join(cell(strategy, f, by_budget.get(f)) for f in partial)
-        table.append(f"| {strategy} | {cells} |")
-    extra = []
-    for f in partial:
-        sb = results.get(chapter7_label("selective backprop", augmentation, f)) or []
-        ub = results.get(chapter7_label(tau, augmentation, f))
-        if sb:
-            scored = sum(r.history[-1]["scored_per_trained"] for r in sb) / len(sb)
-            tau_part = (f"; the upper bound presampled on {importance_share(ub):.0%} of its steps (3 scored samples "
-                        "per trained one there)") if ub else ""  # fmt: skip
-            extra.append(
-                f"- {f:.0%}: selective backprop scored {scored:.2f} candidates per trained sample{tau_part}."
-            )
-    return (f"Training time relative to the uniform subset ({augmentation}):\n\n" + "\n".join(table)
-            + "\n\nExtra forward passes, which do not depend on how busy the machine was:\n\n"
-            + "\n".join(extra))  # fmt: skip
+        table.append(
+            f"| {strategy} | "
+            + " | ".join(cell(strategy, f, by_budget.get(f)) for f in partial)
+            + " |"
+        )
+    return "\n".join(table)
+
+
+def scored_per_trained(results: dict[str, list[Result]], strategy: str, augmentation: str = "crop+flip") -> dict[float, float]:  # fmt: skip
+    """For each partial budget, the samples ``strategy`` scored per sample it trained on (mean over
+    seeds): its extra forward passes, which do not depend on how busy the machine was."""
+    out = {}
+    for f in CHAPTER7_BUDGETS[:-1]:
+        runs = results.get(chapter7_label(strategy, augmentation, f)) or []
+        if runs:
+            out[f] = sum(r.history[-1]["scored_per_trained"] for r in runs) / len(runs)
+    return out
 
 
 def importance_share(runs: list[Result]) -> float:
@@ -517,37 +518,21 @@ def fit_epoch(result: Result, threshold: float = 0.99) -> float | None:
     )
 
 
-def overfit_pilot_lines(pilot: dict[str, list[Result]], threshold: float = 0.99) -> list[str]:
-    """The pilot of :func:`ismod.suites.chapter7_overfit` as sentences: per full run, its accuracy on the
-    fixed training subset along training, when it first reached ``threshold``, and its test accuracy;
-    and whether the full crop+flip run fits its training subset at all (else RICAP has no overfitting
-    to prevent)."""
-    lines = []
+def overfit_pilot_table(pilot: dict[str, list[Result]], threshold: float = 0.99) -> str:
+    """The pilot of :func:`ismod.suites.chapter7_overfit` as a Markdown table: per full run, its accuracy
+    on the fixed training subset at each evaluation point, the epoch it first reached ``threshold``, and
+    its test accuracy."""
+    lines = [f"| run (seed 0) | training-subset accuracy at the evaluation points | first ≥ {threshold:.0%} "
+             "| test accuracy |", "|---|---|---:|---:|"]  # fmt: skip
     for label, runs in pilot.items():
         r = runs[0]
         path = ", ".join(
             f"{h['train_eval_accuracy']:.0%}" for h in r.history[1:] if "train_eval_accuracy" in h
         )
         fit = fit_epoch(r, threshold)
-        end = r.history[-1]["epoch"]
-        when = (
-            f"first ≥ {threshold:.0%} at epoch {fit:g} of {end:g}"
-            if fit is not None
-            else f"never ≥ {threshold:.0%}"
-        )
-        lines.append(f"- **{label}** (seed {r.config['seed']}): training-subset accuracy {path} at the "
-                     f"evaluation points, {when}; test accuracy {r.final['test_accuracy']:.1%}.")  # fmt: skip
-    crop = next((runs[0] for label, runs in pilot.items() if "crop+flip" in label), None)
-    if crop is not None:
-        fit = fit_epoch(crop, threshold)
-        end = crop.history[-1]["epoch"]
-        lines.append("- The full crop+flip run " + (
-            f"fits its training subset (≥ {threshold:.0%}) from epoch {fit:g} of {end:g}: with the learning rate "
-            "decaying to 0 the fit comes late in any run, and this one ends on a fitted training set, which "
-            "the chapter's 16-epoch run does not." if fit is not None else
-            f"does not fit its training subset (≥ {threshold:.0%}) even at this length: the regime leaves "
-            "RICAP little overfitting to prevent."))  # fmt: skip
-    return lines
+        when = "–" if fit is None else f"epoch {fit:g} of {r.history[-1]['epoch']:g}"
+        lines.append(f"| {label} | {path} | {when} | {r.final['test_accuracy']:.1%} |")
+    return "\n".join(lines)
 
 
 def with_modelled_clock(runs: dict[str, list[Result]]) -> dict[str, list[Result]]:

@@ -220,19 +220,19 @@ def test_primary_lines_state_ratios_for_log_metrics_and_the_detectable_size():
         verdicts.exploratory(results, [c], missing="skip")
 
 
-def test_the_overfitting_pilot_says_when_the_full_run_fits_and_when_it_never_does():
+def test_the_overfitting_pilot_table_says_when_the_full_run_fits_and_when_it_never_does():
     def long_run(accuracies, test):
         history = [{"epoch": 8.0 * k, "train_eval_accuracy": a} for k, a in enumerate(accuracies)]
         return Result({"seed": 0}, {}, history, {}, {"test_accuracy": test})
 
     fits = {"crop+flip, 100%": [long_run([0.1, 0.7, 0.9, 0.985, 1.0], 0.76)],
             "RICAP, 100%": [long_run([0.1, 0.5, 0.6, 0.7, 0.8], 0.78)]}  # fmt: skip
-    lines = findings.overfit_pilot_lines(fits)
-    assert "first ≥ 99% at epoch 32 of 32" in lines[0] and "never ≥ 99%" in lines[1]
-    assert "fits its training subset (≥ 99%) from epoch 32 of 32" in lines[2]
+    table = findings.overfit_pilot_table(fits).splitlines()
+    assert table[2] == "| crop+flip, 100% | 70%, 90%, 98%, 100% | epoch 32 of 32 | 76.0% |"
+    assert table[3] == "| RICAP, 100% | 50%, 60%, 70%, 80% | – | 78.0% |"
     assert findings.fit_epoch(fits["crop+flip, 100%"][0], 0.9) == 16.0
     fits["crop+flip, 100%"] = [long_run([0.1, 0.5, 0.9, 0.95, 0.97], 0.7)]
-    assert "does not fit its training subset" in findings.overfit_pilot_lines(fits)[2]
+    assert findings.fit_epoch(fits["crop+flip, 100%"][0], 0.99) is None
 
 
 def _race_run(seed, accuracy, loss, selection=0.0, steps=100, importance=0):
