@@ -130,8 +130,7 @@ class StrategyBatchSampler(EpochPosition, Sampler[list[int]]):
         self._generator = torch.Generator().manual_seed(int(seed))
         cpu = torch.device("cpu")
         strategy.setup(self.num_items, global_batch, cpu, self._generator)
-        if isinstance(strategy, InfoBatch):  # the authors' annealing epoch needs E
-            strategy.num_epochs = self.num_epochs
+        strategy.set_planned_epochs(self.num_epochs)  # InfoBatch's annealing epoch needs E
         self._pairing = Pairing()
         weakref.finalize(
             self, self._pairing.warn_if_unused
@@ -168,8 +167,7 @@ class StrategyBatchSampler(EpochPosition, Sampler[list[int]]):
         if self.num_epochs is not None:
             within = (count + 1) / length if length > 0 else 0.0
             strategy.progress = min((self.epoch + within) / self.num_epochs, 1.0)
-        if isinstance(strategy, InfoBatch):
-            strategy.current_epoch = self.epoch
+        strategy.set_current_epoch(self.epoch)
 
     def _begin_epoch(self) -> int:
         """Start the epoch about to be yielded, once, and return its length in batches: a scored

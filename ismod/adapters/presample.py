@@ -51,6 +51,49 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class StepTimer:
+    """Times a forward pass without autograd and a backward pass of a batch, in inference mode on the
+    unwrapped module with the gradients returned rather than accumulated, so training is untouched;
+    after ``probes`` of them, the medians are the machine's step times (``threshold="measured"``).
+    Each probe synchronises with the device four times."""
+
+    def __init__(self, probes: int) -> None:
+        self.wanted = probes
+        self.probes: list[tuple[float, float]] = []  # (forward, backward) seconds of a batch
+
+    @property
+    def done(self) -> bool:
+        return len(self.probes) >= self.wanted
+
+    def probe(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: PerSampleLoss,
+              logits: Logits) -> tuple[float, float] | None:  # fmt: skip
+        """Time one batch; the median (forward, backward) seconds once the last probe is in, else None."""
+        module = getattr(model, "module", model)  # DDP's hooks expect a real backward
+        was_training = module.training
+        module.eval()
+        try:
+            _synchronize(x.device)
+            t0 = time.perf_counter()
+            with torch.no_grad():
+                module(x)
+            _synchronize(x.device)
+            t1 = time.perf_counter()
+            loss = per_sample_losses(loss_fn, pick_logits(module(x), logits, "loss()"), y).mean()
+            _synchronize(x.device)
+            t2 = time.perf_counter()
+            torch.autograd.grad(loss, [p for p in module.parameters() if p.requires_grad])
+            _synchronize(x.device)
+            t3 = time.perf_counter()
+        finally:
+            module.train(was_training)
+        self.probes.append((t1 - t0, t3 - t2))
+        if not self.done:
+            return None
+        return statistics.median(f for f, _ in self.probes), statistics.median(
+            b for _, b in self.probes
+        )
+
+
 class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
     """Katharopoulos & Fleuret's (2018) upper-bound presampling with the τ switch, in your own loop.
 
@@ -144,7 +187,7 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
         self.importance_steps = 0
         self.last_logits: torch.Tensor | None = None  # of the samples trained on at the last step
         self.last_targets: torch.Tensor | None = None
-        self.probes: list[tuple[float, float]] = []  # (forward, backward) seconds of a batch
+        self.timer = StepTimer(len(_PROBE_CALLS))
         # each epoch's permutations seeded by (seed, epoch, pass), this replica's share of each
         self._stream = EpochStream(self._permutation)
         self._generator: torch.Generator | None = None
@@ -259,12 +302,10 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
             ).mean()
             self.importance_steps += 1
         else:
-            if (
-                self.threshold == "measured"
-                and step in _PROBE_CALLS
-                and len(self.probes) < len(_PROBE_CALLS)
-            ):
-                self._probe(x, y)
+            if self.threshold == "measured" and step in _PROBE_CALLS and not self.timer.done:
+                times = self.timer.probe(self.model, x, y, self.loss_fn, self.logits)
+                if times is not None:  # the medians of the probes, once all are in
+                    core.switch.set_step_times(*times)
             logits = pick_logits(self.model(x), self.logits, "loss()")
             losses = per_sample_losses(self.loss_fn, logits, y)
             scores = core.scores(logits.detach(), y, losses.detach())
@@ -278,34 +319,10 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
         self._end_epoch_if_done()
         return loss
 
-    def _probe(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        """Time a forward pass without autograd and a backward pass of this batch (inference mode, the
-        unwrapped module, gradients returned rather than accumulated: training is untouched); after
-        five, set τ_th from their medians. Five host synchronisations in a run."""
-        module = getattr(self.model, "module", self.model)  # DDP's hooks expect a real backward
-        was_training = module.training
-        module.eval()
-        try:
-            _synchronize(x.device)
-            t0 = time.perf_counter()
-            with torch.no_grad():
-                module(x)
-            _synchronize(x.device)
-            t1 = time.perf_counter()
-            logits = pick_logits(module(x), self.logits, "loss()")
-            loss = per_sample_losses(self.loss_fn, logits, y).mean()
-            _synchronize(x.device)
-            t2 = time.perf_counter()
-            torch.autograd.grad(loss, [p for p in module.parameters() if p.requires_grad])
-            _synchronize(x.device)
-            t3 = time.perf_counter()
-        finally:
-            module.train(was_training)
-        self.probes.append((t1 - t0, t3 - t2))
-        if len(self.probes) == len(_PROBE_CALLS):
-            forward = statistics.median(f for f, _ in self.probes)
-            backward = statistics.median(b for _, b in self.probes)
-            self.core.switch.set_step_times(forward, backward)  # type: ignore[union-attr]
+    @property
+    def probes(self) -> list[tuple[float, float]]:
+        """The (forward, backward) seconds of each timing probe so far (``threshold="measured"``)."""
+        return self.timer.probes
 
     @property
     def tau(self) -> float:
@@ -344,7 +361,7 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
                             "device_type": core.device.type}  # fmt: skip
         return {
             **switch_state, "calls": self.calls, "importance_steps": self.importance_steps,
-            "epoch": self.epoch, "probes": list(self.probes), "stream": self._stream.order,
+            "epoch": self.epoch, "probes": list(self.timer.probes), "stream": self._stream.order,
             "stream_position": self._stream.position, "passes": self._stream.refills,
             "in_epoch": self._epoch_state(),
         }  # fmt: skip
@@ -366,7 +383,7 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
             )
         self.calls, self.importance_steps = int(state["calls"]), int(state["importance_steps"])
         self.epoch = int(state["epoch"])
-        self.probes = [tuple(p) for p in state.get("probes", [])]
+        self.timer.probes = [tuple(p) for p in state.get("probes", [])]
         if "stream" in state:
             self._stream.order = state["stream"]
             self._stream.position, self._stream.refills = (

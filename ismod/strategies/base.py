@@ -104,6 +104,14 @@ class Strategy(ABC):
         of any training indices under it. RHO-LOSS's irreducible-loss model is one; the other
         strategies ignore it. Its passes count in the run's budget, so call it from :meth:`select`."""
 
+    def set_planned_epochs(self, num_epochs: int | None) -> None:  # noqa: B027
+        """Hear the planned number of epochs where the caller knows it (a batch sampler's
+        ``num_epochs``), for a strategy whose schedule is set in epochs (InfoBatch's annealing);
+        without it a strategy reads its schedule from ``progress``."""
+
+    def set_current_epoch(self, epoch: int) -> None:  # noqa: B027
+        """Hear the number (from 0) of the epoch being drawn, where the caller counts epochs."""
+
     def set_step_times(self, forward: float, backward: float) -> None:  # noqa: B027
         """Hear the trainer's measured seconds per step of the forward and the backward pass (at step 10
         and at every evaluation point), for strategies whose decisions weigh cost."""

@@ -79,6 +79,12 @@ class InfoBatch(ScoredStrategy):
         self._epoch_start_progress: float | None = None
         self._epoch_fraction = 0.0
 
+    def set_planned_epochs(self, num_epochs: int | None) -> None:
+        self.num_epochs = num_epochs
+
+    def set_current_epoch(self, epoch: int) -> None:
+        self.current_epoch = epoch
+
     def annealing(self) -> bool:
         """Whether the epoch being built trains on everything: epoch e (from 0) anneals iff
         :math:`e + 1 > E\\delta`, the authors' rule. Without ``num_epochs`` the epoch's end is estimated
