@@ -569,11 +569,12 @@ GRADIENT_ERROR_DRAWS = 8
 
 def _should_pay_base(scale: str) -> Config:
     """The "should pay per step" regime of :func:`chapter5_prediction` (b = 64, B = 6b, no
-    augmentation, 20 epochs, uniform), with the gradient-error probe at each evaluation point (two
-    draws at ``smoke`` scale, which checks that the code runs)."""
+    augmentation, 20 epochs, uniform), with the gradient-error probe at each evaluation point (at
+    ``smoke`` scale, which checks that the code runs, two draws at two evaluation points)."""
     pay = chapter5_prediction(scale)["should pay per step: uniform"][0]
     draws = by_scale(scale, smoke=2, cpu=GRADIENT_ERROR_DRAWS, gpu=GRADIENT_ERROR_DRAWS)
-    return pay.replace(name="ch5b", gradient_error_draws=draws)
+    evaluations = by_scale(scale, smoke=2, cpu=pay.evaluations, gpu=pay.evaluations)
+    return pay.replace(name="ch5b", gradient_error_draws=draws, evaluations=evaluations)
 
 
 def chapter5_norm_pilot(scale: str) -> Suite:
