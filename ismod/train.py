@@ -525,8 +525,8 @@ def gradient_error_at(model: nn.Module, images: torch.Tensor, targets: torch.Ten
     gradient; otherwise the mean of 2·``draws`` uniform batches' gradients (no other full gradient
     exists there; its own noise pulls the ratio slightly toward 1). Returns, per mode, ``uniform``,
     ``importance`` (each with ``_se``) and ``ratio`` (importance / uniform: below 1, the method removes
-    variance), and ``tau``, the presamples' mean :math:`	au = B\sum_i g_i^2` (:func:`ismod.tau.tau`).
-    The model is left as it was."""
+    variance), and ``tau``, the presamples' mean :math:`\tau = B\sum_i g_i^2`
+    (:func:`ismod.tau.equivalent_batch_increment`). The model is left as it was."""
     from .bounds import upper_bound_unchecked
     from .diagnostics import batch_gradient, batch_gradient_error
     from .sampling import draw_unchecked
