@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .batchnorm import tracked_norms, weighted_statistics
 from .sampling import check_probs, draw
 
 __all__ = [
@@ -233,12 +235,16 @@ def gradient_noise_scale(
 
 # --- the error of a batch gradient, in the normalisation mode training uses (Chapter 5) -------------
 
-NORM_MODES = ("train", "eval", "presample")
+NORM_MODES = ("train", "eval", "presample", "weighted")
 """The ways a batch can be normalised when its gradient is taken. ``"train"`` uses the batch's own
 statistics (what a training step with batch norm does; a sample's gradient then depends on its batch);
 ``"eval"`` the running statistics (a sample's gradient is its own); ``"presample"`` the statistics of
 the uniform presample the batch was drawn from, as ``Presample(batch_norm="presample")`` trains (a
-sample's gradient depends on its presample, not on which of its members were drawn with it)."""
+sample's gradient depends on its presample, not on which of its members were drawn with it);
+``"weighted"`` the batch's own statistics weighted by its importance weights
+(:func:`ismod.batchnorm.weighted_statistics`, as ``Presample(batch_norm="weighted")`` trains: an
+estimate of the presample's statistics, with gradients through them; a uniform batch, weights 1,
+is normalised as in ``"train"``)."""
 
 PerSampleLoss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 BatchRule = Callable[[torch.Generator], "tuple[torch.Tensor, torch.Tensor | None]"]
@@ -287,11 +293,15 @@ def batch_gradient(
         raise ValueError("model has no trainable parameters: there is no gradient to measure")
     buffers = [b.detach().clone() for b in model.buffers()]
     was_training = model.training
-    model.train(mode == "train")
+    model.train(mode in ("train", "weighted"))
     try:
-        if presample is not None:
-            _hold_statistics_of(model, x[presample])
-        losses = loss_fn(model(x[indices]), y[indices])
+        with contextlib.ExitStack() as normalisation:
+            if presample is not None:
+                _hold_statistics_of(model, x[presample])
+            if mode == "weighted" and weights is not None:
+                normalisation.enter_context(weighted_statistics(model, weights.to(x.device)))
+            logits = model(x[indices])
+        losses = loss_fn(logits, y[indices])
         if losses.dim() != 1 or losses.shape[0] != indices.numel():
             raise ValueError(
                 f"loss_fn must return one loss per sample (reduction='none'), got shape "
@@ -312,8 +322,7 @@ def _hold_statistics_of(model: nn.Module, inputs: torch.Tensor) -> None:
     """Make every batch-norm layer's running statistics those of a train-mode pass of ``inputs`` and
     put the model in eval mode, so that the next forward pass normalises with them as constants (the
     caller restores the buffers)."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
-             and m.track_running_stats]  # fmt: skip
+    norms = tracked_norms(model)
     momenta = [m.momentum for m in norms]
     try:
         for m in norms:

@@ -129,6 +129,7 @@ class Config(TrainSettings):
         d = dataclasses.asdict(self)
         d["milestones"] = list(d["milestones"])
         d["tau_probe_sizes"] = list(d["tau_probe_sizes"])
+        d["gradient_error_modes"] = list(d["gradient_error_modes"])
         return d
 
     @classmethod
@@ -138,7 +139,7 @@ class Config(TrainSettings):
         if unknown:
             raise ValueError(f"unknown config fields: {unknown}")
         d = dict(d)
-        for name in ("milestones", "tau_probe_sizes"):
+        for name in ("milestones", "tau_probe_sizes", "gradient_error_modes"):
             if name in d:
                 d[name] = tuple(d[name])
         return cls(**d)
@@ -164,6 +165,7 @@ _LATER_FIELDS: dict[str, Any] = {
     "batch_norm_eps": 0.0,
     "norm": "batch",
     "gradient_error_draws": 0,
+    "gradient_error_modes": ["train", "eval", "presample"],
 }
 
 

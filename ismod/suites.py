@@ -45,6 +45,7 @@ __all__ = [
     "chapter5_norm_pilot",
     "chapter5_batch_norm",
     "chapter5_free_scores_pilot",
+    "chapter5_weighted_pilot",
     "NORM_PILOT_NORMS",
     "UNCOUPLED_NORM",
     "PROBED_SEEDS",
@@ -635,6 +636,25 @@ def chapter5_batch_norm(scale: str) -> Suite:
             for label, runs in suite.items()}  # fmt: skip
 
 
+# the probe's modes for runs that train with importance-weighted batch statistics: the three every
+# probed run measures, and the one those runs train with
+WEIGHTED_PROBE_MODES: tuple[str, ...] = ("train", "eval", "presample", "weighted")
+# a seed outside the batch-norm test's (0-4): a pilot must not be one of the runs it helps declare
+WEIGHTED_PILOT_SEED = 5
+
+
+def chapter5_weighted_pilot(scale: str) -> Suite:
+    """Before the batch-norm test's rebuilt arm: forced importance sampling with batch norm normalising
+    each importance batch by its importance-weighted statistics (``Presample(batch_norm="weighted")``)
+    in the "should pay per step" regime without augmentation, one seed outside the test's, probed in
+    every mode and in the weighted one. Does it train (the presample-statistics arm did not), and is an
+    importance batch's gradient error below a uniform one's under weighted statistics?"""
+    base = _should_pay_base(scale).replace(name="ch5w", gradient_error_modes=WEIGHTED_PROBE_MODES)
+    options = {**FORCED, "presample": 6.0, "score_augmented": True, "batch_norm": "weighted"}
+    return {"forced, batch norm (weighted statistics)": _arm(base, "pilot-forced-batch-weighted", "presample",
+                                                             options, range(WEIGHTED_PILOT_SEED, WEIGHTED_PILOT_SEED + 1))}  # fmt: skip
+
+
 def chapter5_free_scores_pilot(scale: str) -> Suite:
     """Before the free-score race: ``StaleBoundSampling`` (the upper bound from the training step,
     kept over all N, a defensive mixture with λ = 0.2) in the "should pay per step" regime without
@@ -937,6 +957,7 @@ SUITES = {
     "chapter5_norm_pilot": chapter5_norm_pilot,
     "chapter5_batch_norm": chapter5_batch_norm,
     "chapter5_free_scores_pilot": chapter5_free_scores_pilot,
+    "chapter5_weighted_pilot": chapter5_weighted_pilot,
     "chapter6": chapter6,
     "chapter6_modelled": chapter6_modelled,
     "chapter6_speed": chapter6_speed,

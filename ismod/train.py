@@ -24,6 +24,7 @@ from torch import nn
 
 from ._io import replace_atomically
 from .augment import Augment
+from .batchnorm import tracked_norms, weighted_statistics
 from .data import ImageData
 from .process_group import World
 from .strategies.base import Selection, Strategy
@@ -124,6 +125,9 @@ class TrainSettings:
     # > 0, with instrument: at each evaluation point, the error of importance-drawn against uniform
     # batch gradients in each normalisation mode, over this many draws each (gradient_error_at)
     gradient_error_draws: int = 0
+    # the normalisation modes the probe measures, of ismod.diagnostics.NORM_MODES (batch-norm models;
+    # a network without batch norm is probed in "train" mode only)
+    gradient_error_modes: tuple[str, ...] = ("train", "eval", "presample")
     checkpoint_every_steps: int = 250
     checkpoint_every_seconds: float = 300.0
     # the cost model of a "modelled_seconds" budget, measured with nothing else on the machine
@@ -178,6 +182,15 @@ class TrainSettings:
                 or (self.gradient_error_draws >= 2 and self.instrument),
                 "gradient_error_draws must be 0 (off) or >= 2 with instrument=True (the probe runs "
                 f"with the instrumentation), got {self.gradient_error_draws}",
+            ),
+            (
+                len(self.gradient_error_modes) > 0
+                and all(
+                    m in ("train", "eval", "presample", "weighted")
+                    for m in self.gradient_error_modes
+                ),
+                "gradient_error_modes must be a non-empty tuple of 'train', 'eval', 'presample', "
+                f"'weighted', got {self.gradient_error_modes!r}",
             ),
             (
                 self.bn_recalibration >= 0,
@@ -365,7 +378,7 @@ def recalibrated_batch_norm(
     running statistics and momenta are restored exactly. An importance sampler trains on non-uniform
     batches, so its running statistics describe those batches; comparing evaluations inside and
     outside the block separates that effect from what the weights learnt."""
-    norms = _tracked_norms(model)
+    norms = tracked_norms(model)
     momenta = [m.momentum for m in norms]
     was_training = model.training
     # the running statistics come back through the one buffer-restoring mechanism; momenta here
@@ -395,21 +408,16 @@ def recalibrated_batch_norm(
             model.train(was_training)
 
 
-def _tracked_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
-    return [m for m in model.modules()
-            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]  # fmt: skip
-
-
 @contextlib.contextmanager
 def frozen_batch_norm_statistics(model: nn.Module) -> Iterator[None]:
     """Inside the ``with`` block, train-mode forward passes leave every batch-norm layer's running
     statistics (and batch count) exactly as they were: a measurement must not move the model."""
     saved = [{k: v.clone() for k, v in m.state_dict().items()
-              if k.startswith("running") or k == "num_batches_tracked"} for m in _tracked_norms(model)]  # fmt: skip
+              if k.startswith("running") or k == "num_batches_tracked"} for m in tracked_norms(model)]  # fmt: skip
     try:
         yield
     finally:
-        for m, buffers in zip(_tracked_norms(model), saved):
+        for m, buffers in zip(tracked_norms(model), saved):
             for k, v in buffers.items():
                 getattr(m, k).copy_(v)
 
@@ -425,7 +433,7 @@ def normalized_by(model: nn.Module, inputs: torch.Tensor) -> Iterator[None]:
     as constants, as in inference mode. On leaving, each layer's running statistics are updated from
     ``inputs`` with the layer's own momentum, as if ``inputs`` had been the training batch, and not
     from the trained, importance-drawn batch. Other layers (dropout) keep their mode."""
-    norms = _tracked_norms(model)
+    norms = tracked_norms(model)
     saved = [(m.running_mean.clone(), m.running_var.clone(), m.momentum, m.training) for m in norms]
     presample: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     try:
@@ -511,7 +519,8 @@ GRADIENT_ERROR_PRESAMPLE = 6
 
 def gradient_error_at(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, loss: PerSampleLoss, *,
                       batch_size: int, draws: int, generator: torch.Generator,
-                      presample: int = GRADIENT_ERROR_PRESAMPLE) -> dict[str, Any]:  # fmt: skip
+                      presample: int = GRADIENT_ERROR_PRESAMPLE,
+                      modes: tuple[str, ...] = ("train", "eval", "presample")) -> dict[str, Any]:  # fmt: skip
     r"""How far an importance-drawn batch gradient lands from the mean gradient, against a uniform one,
     in each normalisation mode a step can use (Chapter 5's batch-norm test): importance sampling's
     theory holds a sample's gradient fixed whatever its batch, which batch norm in train mode breaks.
@@ -519,8 +528,8 @@ def gradient_error_at(model: nn.Module, images: torch.Tensor, targets: torch.Ten
     On the fixed batch ``images`` (the pool), each draw takes a uniform presample of
     :math:`B` = ``presample`` · b, scores it with the upper bound :math:`\hat G_i` in eval mode, and
     draws b with :math:`p_i \propto \hat G_i` and :math:`w_i = 1/(B p_i)` (importance), or b of it
-    uniformly (uniform). For each mode of :data:`ismod.diagnostics.NORM_MODES` (only ``"train"`` for a
-    network without batch norm, where they coincide) :func:`ismod.diagnostics.batch_gradient_error`
+    uniformly (uniform). For each of ``modes`` (:data:`ismod.diagnostics.NORM_MODES`; only ``"train"``
+    for a network without batch norm, where they coincide) :func:`ismod.diagnostics.batch_gradient_error`
     gives each rule's mean squared error against the mode's mean gradient: in eval mode the pool's
     gradient; otherwise the mean of 2·``draws`` uniform batches' gradients (no other full gradient
     exists there; its own noise pulls the ratio slightly toward 1). Returns, per mode, ``uniform``,
@@ -554,9 +563,8 @@ def gradient_error_at(model: nn.Module, images: torch.Tensor, targets: torch.Ten
         picked, weights = draw_unchecked(p, b, True, gen)  # weights 1/(B p)
         return pre[picked].to(device), weights.float().to(device), pre.to(device)
 
-    has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
     out: dict[str, Any] = {}
-    for mode in ("train", "eval", "presample") if has_batch_norm else ("train",):
+    for mode in modes if tracked_norms(model) else ("train",):
         if mode == "eval":
             reference = batch_gradient(model, loss, images, targets, torch.arange(n, device=images.device), mode="eval")  # fmt: skip
         else:
@@ -847,7 +855,8 @@ class _Instruments:
             # seeded by the step, so that a resumed run probes as the uninterrupted one did
             probe = torch.Generator().manual_seed(self.seed * 100_003 + step)
             out["gradient_error"] = gradient_error_at(model, images, labels, loss, batch_size=settings.batch_size,
-                                                      draws=settings.gradient_error_draws, generator=probe)  # fmt: skip
+                                                      draws=settings.gradient_error_draws, generator=probe,
+                                                      modes=settings.gradient_error_modes)  # fmt: skip
         self._fresh_interval()
         return out
 
@@ -1145,7 +1154,8 @@ class _Loop:
         t1 = clock.mark()
         x, y, y_global, weights = self._inputs(selection)
         t2 = clock.mark()
-        logits, losses, t_forward = self._forward_backward(x, y, weights, selection.norm_inputs)
+        logits, losses, t_forward = self._forward_backward(x, y, weights, selection.norm_inputs,
+                                                           selection.weighted_norm)  # fmt: skip
         t3 = clock.mark()
         if world is not None:
             world.average_([p.grad for p in self.model.parameters() if p.grad is not None])
@@ -1204,11 +1214,17 @@ class _Loop:
         y: torch.Tensor,
         weights: torch.Tensor | None,
         norm_inputs: torch.Tensor | None,
+        weighted_norm: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """The weighted loss's forward and backward passes, normalised by ``norm_inputs``' batch-norm
-        statistics where the strategy gave them; the logits, per-sample losses and the clock's mark
-        between the two passes."""
+        statistics where the strategy gave them, or by the batch's own statistics weighted by
+        ``weights`` (``weighted_norm``); the logits, per-sample losses and the clock's mark between the
+        two passes."""
         with contextlib.ExitStack() as normalisation:
+            if (
+                weighted_norm and weights is not None
+            ):  # this rank's shard, weighted by its own weights
+                normalisation.enter_context(weighted_statistics(self.model, weights))
             if norm_inputs is not None:  # one more forward pass: the presample's statistics
                 self.state.forward_passes += norm_inputs.shape[0]
                 if self.settings.channels_last:

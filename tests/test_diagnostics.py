@@ -237,3 +237,31 @@ def test_presample_mode_normalises_with_the_presample_and_decouples_the_batch():
         batch_gradient(model, _per_sample_ce, x, y, torch.arange(4), mode="presample")
     with pytest.raises(ValueError, match="presample .* is needed with mode='presample'"):
         batch_gradient(model, _per_sample_ce, x, y, torch.arange(4), mode="train", presample=pre)
+
+
+def test_weighted_mode_normalises_with_the_weighted_batch_statistics():
+    """mode='weighted': a uniform batch (no weights) is normalised as in train mode; integer weights
+    give the gradient of the batch holding each sample that many times, normalised by its own
+    statistics, with gradients through them."""
+    from ismod.diagnostics import batch_gradient
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(5, 8), torch.nn.BatchNorm1d(8), torch.nn.Linear(8, 3)
+    )
+    x, y = torch.randn(32, 5), torch.randint(3, (32,))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    plain = batch_gradient(model, _per_sample_ce, x, y, torch.arange(4), mode="train")
+    assert torch.allclose(
+        batch_gradient(model, _per_sample_ce, x, y, torch.arange(4), mode="weighted"), plain
+    )
+    weighted = batch_gradient(model, _per_sample_ce, x, y, torch.arange(4), torch.tensor([2.0, 1, 1, 1]),
+                              mode="weighted")  # fmt: skip
+    repeated = batch_gradient(
+        model, _per_sample_ce, x, y, torch.tensor([0, 0, 1, 2, 3]), mode="train"
+    )
+    assert torch.allclose(weighted * 4, repeated * 5, atol=1e-6)
+    skewed_plain = batch_gradient(model, _per_sample_ce, x, y, torch.arange(4), torch.tensor([2.0, 1, 1, 1]),
+                                  mode="train")  # fmt: skip
+    assert not torch.allclose(weighted, skewed_plain, atol=1e-4)  # the statistics did change
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items()) and model.training

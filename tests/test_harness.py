@@ -1,6 +1,7 @@
 """The training harness: data loading, models, strategy interface, schedules, results, resume."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -616,6 +617,30 @@ def test_a_group_norm_run_trains_and_is_a_run_of_its_own(tree, monkeypatch):
     assert result.final["steps"] == 4 and result.final["train_loss"] > 0
     plain = tiny_config()
     assert experiments.config_hash(plain) != experiments.config_hash(plain.replace(norm="group"))
+
+
+def test_weighted_batch_norm_normalises_each_importance_step_with_its_weights(tree, monkeypatch):
+    """Presample(batch_norm="weighted") under fit: every importance step, and only those, runs inside
+    ismod.batchnorm.weighted_statistics with that step's weights; no pass is added."""
+    from ismod import train
+
+    calls = []
+    real = train.weighted_statistics
+
+    def spy(model, weights):
+        calls.append(weights.clone())
+        return real(model, weights)
+
+    monkeypatch.setattr(train, "weighted_statistics", spy)
+    options = {"threshold": 1.0, "tau_momentum": 0.0, "batch_norm": "weighted"}
+    result = run(tiny_config(strategy="presample", strategy_options=options, budget_amount=6), data_root=tree,
+                 progress=False)  # fmt: skip
+    b, steps = 8, 6
+    importance = result.history[-1]["importance_steps"]
+    assert 0 < importance <= steps and len(calls) == importance
+    assert all(w.shape == (b,) and bool((w > 0).all()) for w in calls)
+    assert result.final["forward_passes"] == pytest.approx(3.0 * b * steps + importance * 3 * b)
+    assert math.isfinite(result.final["train_loss"])
 
 
 def test_presample_batch_norm_trains_and_counts_its_extra_pass(tree):

@@ -318,3 +318,36 @@ def test_presample_normalisation_keeps_a_cumulative_average_layer_cumulative():
         assert m.momentum is None and int(m.num_batches_tracked) == 4
         torch.testing.assert_close(m.running_mean, e.running_mean)
         torch.testing.assert_close(m.running_var, e.running_var)
+
+
+def test_the_weighted_batch_norm_option():
+    """batch_norm="weighted" asks the trainer to normalise each importance batch with its statistics
+    weighted by its weights (Selection.weighted_norm), at no extra pass; uniform steps stay plain."""
+    import pickle
+
+    from ismod.strategies.base import Selection
+
+    with pytest.raises(ValueError, match="needs weighted=True"):
+        Presample(batch_norm="weighted", weighted=False)
+    assert (
+        Presample(batch_norm="weighted").scoring_passes_per_sample
+        == Presample().scoring_passes_per_sample
+    )
+    with pytest.raises(ValueError, match="weighted_norm=True needs weights"):
+        Selection(torch.arange(3), None, weighted_norm=True)
+    scorer = Scorer()
+    s = make(scorer, threshold=1.0, tau_momentum=0.0, batch_norm="weighted")
+    seen = set()
+    for k in range(20):
+        selection = s.select(k)
+        assert selection.weighted_norm == (selection.weights is not None)
+        assert selection.norm_inputs is None
+        seen.add(selection.weighted_norm)
+        s.observe(
+            selection.indices, selection.indices.float() / 10, scorer.logits(selection.indices)
+        )
+    assert seen == {True, False}  # the warm-up's uniform steps, then importance steps
+    copied = pickle.loads(
+        pickle.dumps(Selection(torch.arange(2), torch.ones(2), weighted_norm=True))
+    )
+    assert copied.weighted_norm

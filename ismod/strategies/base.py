@@ -24,23 +24,29 @@ class Selection(tuple):
     """What a strategy's ``select`` returns, ``(indices, weights)`` unpacked as a pair, and
     ``inputs``, the ``(x, y)`` to train on where the strategy trained on the very inputs it scored
     (``score_fn(..., augmented=True)``), else ``None`` (the trainer augments ``indices`` afresh);
-    and ``norm_inputs``, inputs whose batch-norm statistics the step's forward and backward passes
-    use instead of the trained batch's own (:func:`ismod.train.normalized_by`), else ``None``.
+    ``norm_inputs``, inputs whose batch-norm statistics the step's forward and backward passes
+    use instead of the trained batch's own (:func:`ismod.train.normalized_by`), else ``None``; and
+    ``weighted_norm``: ``True`` where the step's batch-norm layers normalise with the batch's statistics
+    weighted by ``weights`` (:func:`ismod.batchnorm.weighted_statistics`).
 
     One value object, so nothing passes between a strategy and the trainer by the side. A plain
     ``(indices, weights)`` pair is accepted too (:meth:`of`)."""
 
     def __new__(cls, indices: torch.Tensor, weights: torch.Tensor | None = None,
                 inputs: tuple[torch.Tensor, torch.Tensor] | None = None,
-                norm_inputs: torch.Tensor | None = None) -> Selection:  # fmt: skip
+                norm_inputs: torch.Tensor | None = None, weighted_norm: bool = False) -> Selection:  # fmt: skip
+        if weighted_norm and weights is None:
+            raise ValueError(
+                "weighted_norm=True needs weights: the batch's statistics are weighted by them"
+            )
         self = super().__new__(cls, (indices, weights))
-        self.inputs, self.norm_inputs = inputs, norm_inputs
+        self.inputs, self.norm_inputs, self.weighted_norm = inputs, norm_inputs, bool(weighted_norm)
         return self
 
     def __reduce__(self) -> tuple[type[Selection], tuple[Any, ...]]:
         # tuple's own reduction would rebuild from tuple(self) alone, as Selection((i, w)): wrong
         # arguments, and `inputs` lost (a selection sent between processes, or deep-copied)
-        return (type(self), (self[0], self[1], self.inputs, self.norm_inputs))
+        return (type(self), (self[0], self[1], self.inputs, self.norm_inputs, self.weighted_norm))
 
     @property
     def indices(self) -> torch.Tensor:

@@ -34,7 +34,7 @@ __all__ = [
 THRESHOLDS: tuple[str, ...] = ("measured", "fixed")
 # How an importance step's batch norm is computed: from the trained (importance-drawn) batch, as any
 # train-mode step does, or from the uniform presample it was drawn from (ismod.train.normalized_by).
-BATCH_NORM_MODES: tuple[str, ...] = ("train", "presample")
+BATCH_NORM_MODES: tuple[str, ...] = ("train", "presample", "weighted")
 
 # On CUDA the phase decision reads τ as it was this many steps ago, so the host never waits for the
 # step in flight (the copy of an older value has long finished).
@@ -266,7 +266,11 @@ class Presample(Strategy):
             any train-mode step does; ``"presample"`` with those of the uniform presample it was drawn
             from (one more forward pass of the presample), so that a sample's gradient does not depend
             on the skewed batch it was drawn into, and the running statistics move with the presample
-            (:func:`ismod.train.normalized_by`; Chapter 5's batch-norm test).
+            (:func:`ismod.train.normalized_by`; those statistics are held constant, and Chapter 5
+            found this network does not train so); ``"weighted"`` with the batch's own statistics
+            weighted by its importance weights :math:`1/(Bg_i)`, an estimate of the presample's, with
+            gradients through them as in any train-mode step, at no extra cost
+            (:func:`ismod.batchnorm.weighted_statistics`; Chapter 5's batch-norm test).
         max_weight: if set (≥ 1), g is mixed with uniform, :math:`g \\leftarrow (1-\\lambda)g + \\lambda/B`
             with the smallest λ that keeps every weight :math:`1/(B g_i)` at or below it (unbiased; τ
             is computed from the mixed g).
@@ -304,6 +308,9 @@ class Presample(Strategy):
         if batch_norm == "presample" and not score_augmented:
             raise ValueError("batch_norm='presample' takes its statistics from the augmented presample it "
                              "scores: it needs score_augmented=True")  # fmt: skip
+        if batch_norm == "weighted" and not weighted:
+            raise ValueError("batch_norm='weighted' weights the batch's statistics by its importance weights: "
+                             "it needs weighted=True")  # fmt: skip
         self.batch_norm = batch_norm
         if max_weight is not None and not (
             isinstance(max_weight, (int, float)) and max_weight >= 1
@@ -413,7 +420,8 @@ class Presample(Strategy):
                 self.switch_step = step
         if step % self.log_every == 0:
             self._pending_log = step
-        return Selection(idx, weights, inputs, norm_inputs)
+        return Selection(idx, weights, inputs, norm_inputs,
+                         weighted_norm=use_importance and self.batch_norm == "weighted")  # fmt: skip
 
     def _instrument(self, chosen: torch.Tensor, weights: torch.Tensor) -> None:
         drawn = torch.zeros(self.presample_size, dtype=torch.float64, device=self.device)
