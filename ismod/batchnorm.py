@@ -24,13 +24,37 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-__all__ = ["tracked_norms", "weighted_statistics"]
+__all__ = ["hold_statistics_of", "tracked_norms", "weighted_statistics"]
 
 
 def tracked_norms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
     """The model's batch-norm layers that keep running statistics, in module order."""
     return [m for m in model.modules()
             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]  # fmt: skip
+
+
+def hold_statistics_of(
+    model: nn.Module, inputs: torch.Tensor
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Make every tracked batch-norm layer's running statistics those of a train-mode forward pass of
+    ``inputs`` (without autograd) and put those layers in eval mode, so that the forward passes that
+    follow normalise with them as constants. Each layer keeps its momentum; other layers (dropout)
+    keep their mode; the caller restores or updates the running statistics and the layers' modes.
+    Returns the captured ``(mean, var)`` of each layer, in :func:`tracked_norms` order."""
+    norms = tracked_norms(model)
+    momenta = [m.momentum for m in norms]
+    try:
+        for m in norms:
+            m.momentum = 1.0  # the running statistics become this forward pass's batch statistics
+            m.train()
+        with torch.no_grad():
+            model(inputs)
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+    for m in norms:
+        m.eval()
+    return [(m.running_mean.clone(), m.running_var.clone()) for m in norms]
 
 
 def _weighted_batch_norm(

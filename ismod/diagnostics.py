@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .batchnorm import tracked_norms, weighted_statistics
+from .batchnorm import hold_statistics_of, weighted_statistics
 from .sampling import check_probs, draw
 
 __all__ = [
@@ -297,7 +297,7 @@ def batch_gradient(
     try:
         with contextlib.ExitStack() as normalisation:
             if presample is not None:
-                _hold_statistics_of(model, x[presample])
+                hold_statistics_of(model, x[presample])
             if mode == "weighted" and weights is not None:
                 normalisation.enter_context(weighted_statistics(model, weights.to(x.device)))
             logits = model(x[indices])
@@ -316,24 +316,6 @@ def batch_gradient(
             for live, saved in zip(model.buffers(), buffers):
                 live.copy_(saved)
     return torch.cat([g.reshape(-1) for g in grads]).double()
-
-
-def _hold_statistics_of(model: nn.Module, inputs: torch.Tensor) -> None:
-    """Make every batch-norm layer's running statistics those of a train-mode pass of ``inputs`` and
-    put the model in eval mode, so that the next forward pass normalises with them as constants (the
-    caller restores the buffers)."""
-    norms = tracked_norms(model)
-    momenta = [m.momentum for m in norms]
-    try:
-        for m in norms:
-            m.momentum = 1.0  # the running statistics become this pass's batch statistics
-        model.train()
-        with torch.no_grad():
-            model(inputs)
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        model.eval()
 
 
 def batch_gradient_error(

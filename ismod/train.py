@@ -24,7 +24,7 @@ from torch import nn
 
 from ._io import replace_atomically
 from .augment import Augment
-from .batchnorm import tracked_norms, weighted_statistics
+from .batchnorm import hold_statistics_of, tracked_norms, weighted_statistics
 from .data import ImageData
 from .process_group import World
 from .strategies.base import Selection, Strategy
@@ -437,14 +437,7 @@ def normalized_by(model: nn.Module, inputs: torch.Tensor) -> Iterator[None]:
     saved = [(m.running_mean.clone(), m.running_var.clone(), m.momentum, m.training) for m in norms]
     presample: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     try:
-        for m in norms:
-            m.momentum = 1.0  # the running statistics become this forward pass's batch statistics
-            m.train()
-        with torch.no_grad():
-            model(inputs)
-        presample = [(m.running_mean.clone(), m.running_var.clone()) for m in norms]
-        for m in norms:
-            m.eval()
+        presample = hold_statistics_of(model, inputs)
         yield
     finally:
         for m, (mean, var, momentum, training) in zip(norms, saved):
