@@ -289,7 +289,9 @@ def _batch_norm_test() -> list[tuple[Comparison, tuple[str, ...], str]]:
     from .suites import UNCOUPLED_NORM
 
     arms = (("batch norm (batch statistics)", "batch norm", ("higher",), "a higher training loss than uniform"),
-            ("batch norm (presample statistics)", "batch norm", ("lower",), "a lower training loss than uniform"),
+            # replaced the presample-statistics arm (which could not train) before any of its runs;
+            # its prediction is declared after its pilot (suites.chapter5_weighted_pilot)
+            ("batch norm (weighted statistics)", "batch norm", (), "not yet declared"),
             (f"{UNCOUPLED_NORM} norm", f"{UNCOUPLED_NORM} norm", ("lower",), "a lower training loss than uniform"))  # fmt: skip
     declared = []
     for aug in ("no augmentation", "crop+flip"):

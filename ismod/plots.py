@@ -652,7 +652,7 @@ def speedup_intervals(rows: Sequence[Mapping], *, ax: Axes | None = None, title:
 
 # how each normalisation mode of the gradient-error probe reads in a legend
 NORM_MODE_LABELS: dict[str, str] = {"train": "batch statistics", "eval": "running statistics",
-                                    "presample": "presample statistics"}  # fmt: skip
+                                    "presample": "presample statistics", "weighted": "weighted statistics"}  # fmt: skip
 
 
 def gradient_error_ratios(results: Mapping[str, Sequence], *, modes: Sequence[str] = ("train", "eval", "presample"),

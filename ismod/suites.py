@@ -46,6 +46,7 @@ __all__ = [
     "chapter5_batch_norm",
     "chapter5_free_scores_pilot",
     "chapter5_weighted_pilot",
+    "chapter5_batch_norm_retired",
     "NORM_PILOT_NORMS",
     "UNCOUPLED_NORM",
     "PROBED_SEEDS",
@@ -594,14 +595,25 @@ UNCOUPLED_NORM = "group"
 # seeds of the batch-norm test that run the gradient-error probe
 PROBED_SEEDS = 2
 
+# the probe's modes for runs that train with importance-weighted batch statistics: the three every
+# probed run measures, and the one those runs train with
+WEIGHTED_PROBE_MODES: tuple[str, ...] = ("train", "eval", "presample", "weighted")
+# the pilots' seed, outside the tests' (0-4): a pilot must not be one of the runs it helps declare
+PILOT_SEED = 5
+
 
 def chapter5_batch_norm(scale: str) -> Suite:
     """Chapter 5's batch-norm test, declared before its runs: uniform and forced importance sampling
     (the upper bound over B = 6b, τ_th = 1) in the "should pay per step" regime at equal steps, with
     batch norm normalising the importance batch with its own statistics (``"train"``, as every saved
-    run did) or its presample's (``Presample(batch_norm="presample")``), and with
-    :data:`UNCOUPLED_NORM` in place of batch norm; without augmentation and with crop+flip (scoring
-    the augmented images it trains on). The gradient-error probe runs at each evaluation point."""
+    run did) or with its importance-weighted statistics (``Presample(batch_norm="weighted")``), and
+    with :data:`UNCOUPLED_NORM` in place of batch norm; without augmentation and with crop+flip
+    (scoring the augmented images it trains on). The gradient-error probe runs at each evaluation
+    point of the first :data:`PROBED_SEEDS` seeds.
+
+    The weighted arm replaced, before any of its runs, one normalising with the presample's statistics
+    held constant (``batch_norm="presample"``), whose first seed did not train, nor did a uniform run
+    normalised that way (``benchmarks/diagnose_presample_statistics.py``); Chapter 5 §5.10 says so."""
     seeds = range(by_scale(scale, smoke=1, cpu=5, gpu=5))
     base = _should_pay_base(scale)
     forced = {**FORCED, "presample": 6.0}
@@ -616,11 +628,11 @@ def chapter5_batch_norm(scale: str) -> Suite:
         suite[f"{aug}: forced, batch norm (batch statistics)"] = _arm(
             config, f"forced-batch-train-{tag}", "presample", {**forced, **scored}, seeds
         )
-        suite[f"{aug}: forced, batch norm (presample statistics)"] = _arm(
-            config,
-            f"forced-batch-presample-{tag}",
+        suite[f"{aug}: forced, batch norm (weighted statistics)"] = _arm(
+            config.replace(gradient_error_modes=WEIGHTED_PROBE_MODES),
+            f"forced-batch-weighted-{tag}",
             "presample",
-            {**forced, **scored, "batch_norm": "presample"},
+            {**forced, **scored, "batch_norm": "weighted"},
             seeds,
         )
         uncoupled = config.replace(norm=UNCOUPLED_NORM)
@@ -636,11 +648,16 @@ def chapter5_batch_norm(scale: str) -> Suite:
             for label, runs in suite.items()}  # fmt: skip
 
 
-# the probe's modes for runs that train with importance-weighted batch statistics: the three every
-# probed run measures, and the one those runs train with
-WEIGHTED_PROBE_MODES: tuple[str, ...] = ("train", "eval", "presample", "weighted")
-# a seed outside the batch-norm test's (0-4): a pilot must not be one of the runs it helps declare
-WEIGHTED_PILOT_SEED = 5
+def chapter5_batch_norm_retired(scale: str) -> Suite:
+    """The batch-norm test's arm that was replaced: forced importance sampling with each importance
+    batch normalised by its presample's statistics held constant (``Presample(batch_norm="presample")``).
+    Its first seed did not train, and it was retired before its other seeds ran (Chapter 5 §5.10 shows
+    the run and its diagnosis)."""
+    base = _should_pay_base(scale)
+    options = {**FORCED, "presample": 6.0, "score_augmented": True, "batch_norm": "presample"}
+    return {"no augmentation: forced, batch norm (presample statistics)": _arm(
+        base.replace(crop=False, flip=False), "forced-batch-presample-noaug", "presample", options,
+        range(1))}  # fmt: skip
 
 
 def chapter5_weighted_pilot(scale: str) -> Suite:
@@ -652,17 +669,23 @@ def chapter5_weighted_pilot(scale: str) -> Suite:
     base = _should_pay_base(scale).replace(name="ch5w", gradient_error_modes=WEIGHTED_PROBE_MODES)
     options = {**FORCED, "presample": 6.0, "score_augmented": True, "batch_norm": "weighted"}
     return {"forced, batch norm (weighted statistics)": _arm(base, "pilot-forced-batch-weighted", "presample",
-                                                             options, range(WEIGHTED_PILOT_SEED, WEIGHTED_PILOT_SEED + 1))}  # fmt: skip
+                                                             options, range(PILOT_SEED, PILOT_SEED + 1))}  # fmt: skip
 
 
 def chapter5_free_scores_pilot(scale: str) -> Suite:
     """Before the free-score race: ``StaleBoundSampling`` (the upper bound from the training step,
     kept over all N, a defensive mixture with λ = 0.2) in the "should pay per step" regime without
-    augmentation, one seed, with :data:`UNCOUPLED_NORM` and with batch norm, probed as the batch-norm
-    test's arms are; its uniform baselines are the batch-norm test's first seeds."""
+    augmentation, one seed outside the batch-norm test's, with :data:`UNCOUPLED_NORM`, with batch norm,
+    and with batch norm normalising each drawn batch by its weighted statistics, probed as the
+    batch-norm test's arms are; its uniform baselines are the batch-norm test's first seeds."""
     base = _should_pay_base(scale).replace(name="ch5f", crop=False, flip=False)
-    return {f"stale bound, {norm} norm": _arm(base, f"pilot-stale-bound-{norm}", "stale_bound", {}, range(1), norm=norm)
-            for norm in (UNCOUPLED_NORM, "batch")}  # fmt: skip
+    seeds = range(PILOT_SEED, PILOT_SEED + 1)
+    arms = {f"stale bound, {UNCOUPLED_NORM} norm": ("group", {}, {"norm": UNCOUPLED_NORM}),
+            "stale bound, batch norm": ("batch", {}, {}),
+            "stale bound, batch norm (weighted statistics)": ("batch-weighted", {"batch_norm": "weighted"},
+                                                              {"gradient_error_modes": WEIGHTED_PROBE_MODES})}  # fmt: skip
+    return {label: _arm(base, f"pilot-stale-bound-{slug}", "stale_bound", options, seeds, **changes)
+            for label, (slug, options, changes) in arms.items()}  # fmt: skip
 
 
 def chapter6(scale: str) -> Suite:
@@ -958,6 +981,7 @@ SUITES = {
     "chapter5_batch_norm": chapter5_batch_norm,
     "chapter5_free_scores_pilot": chapter5_free_scores_pilot,
     "chapter5_weighted_pilot": chapter5_weighted_pilot,
+    "chapter5_batch_norm_retired": chapter5_batch_norm_retired,
     "chapter6": chapter6,
     "chapter6_modelled": chapter6_modelled,
     "chapter6_speed": chapter6_speed,

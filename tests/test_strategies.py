@@ -249,6 +249,13 @@ def test_stale_bound_draws_from_the_defensive_mixture_with_unbiased_weights():
         StaleBoundSampling(mixture=0.0)
     with pytest.raises(ValueError, match="labels"):
         StaleBoundSampling().setup(n, b, CPU, torch.Generator())
+    assert not s.select(0).weighted_norm  # batch_norm="train": the trainer normalises as usual
+    with pytest.raises(ValueError, match="batch_norm must be 'train' or 'weighted'"):
+        StaleBoundSampling(batch_norm="presample")
+    weighted = StaleBoundSampling(mixture=lam, warmup_epochs=0, batch_norm="weighted")
+    weighted.setup(n, b, CPU, torch.Generator().manual_seed(0), None, labels)
+    selection = weighted.select(0)
+    assert selection.weighted_norm and selection.weights is not None
 
 
 # --- p-SGD, c-SGD ----------------------------------------------------------------------------------

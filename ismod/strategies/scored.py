@@ -26,7 +26,7 @@ import torch
 from ..bounds import upper_bound_unchecked
 from ..diagnostics import STAT_NAMES, coverage, distribution_stats
 from ..sampling import METHODS, SumTree, draw_unchecked, unnormalized_masses
-from .base import Strategy
+from .base import Selection, Strategy
 
 __all__ = [
     "ScoredStrategy",
@@ -480,18 +480,25 @@ class StaleBoundSampling(ScoredStrategy):
             dissection tried).
         warmup_epochs: uniform epochs first, which give every sample a score (default 1; an unscored
             sample holds a mass of 1, within the bound's range :math:`[0, \\sqrt 2]`).
+        batch_norm: ``"train"`` normalises a drawn batch with its own statistics, as any train-mode
+            step does; ``"weighted"`` with its statistics weighted by the weights :math:`1/(Np_i)`, an
+            estimate of the data's (:func:`ismod.batchnorm.weighted_statistics`; Chapter 5, §5.10).
     """
 
     name = "stale_bound"
     observes_logits = True
 
-    def __init__(self, mixture: float = 0.2, warmup_epochs: int = 1) -> None:
+    def __init__(
+        self, mixture: float = 0.2, warmup_epochs: int = 1, batch_norm: str = "train"
+    ) -> None:
         super().__init__("last", 0.0, warmup_epochs)
         if not (
             isinstance(mixture, (int, float)) and not isinstance(mixture, bool) and 0 < mixture <= 1
         ):
             raise ValueError(f"mixture (the uniform share λ) must lie in (0, 1], got {mixture!r}")
-        self.mixture = float(mixture)
+        if batch_norm not in ("train", "weighted"):
+            raise ValueError(f"batch_norm must be 'train' or 'weighted', got {batch_norm!r}")
+        self.mixture, self.batch_norm = float(mixture), batch_norm
 
     def setup(self, num_items, batch_size, device, generator, score_fn=None, labels=None) -> None:
         super().setup(num_items, batch_size, device, generator, score_fn, labels)
@@ -520,14 +527,14 @@ class StaleBoundSampling(ScoredStrategy):
         )  # once per epoch (O(N)); the draws are per step
         return self._uniform_epoch()
 
-    def per_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def per_step(self) -> Selection:
         b, n, lam = self.batch_size, self.num_items, self.mixture
         drawn = self.tree.sample(b, generator=self.generator)
         uniform = torch.randint(n, (b,), device=self.device, generator=self.generator)
         take_uniform = torch.rand(b, device=self.device, generator=self.generator) < lam
         idx = torch.where(take_uniform, uniform, drawn)
         p = (1 - lam) * self.tree.masses(idx) / self.tree.total + lam / n
-        return idx, (1.0 / (n * p)).float()
+        return Selection(idx, (1.0 / (n * p)).float(), weighted_norm=self.batch_norm == "weighted")
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "tree_masses": self.tree.masses().clone()}
