@@ -172,7 +172,7 @@ def sampler_step_costs(
         for name, step in candidates.items():
             rows.append({"N": n, "method": name, "median_us": median_us(step, reps)})
         # The sampler also rebuilds its tree exactly once per N updated entries: O(N), amortised.
-        rebuild_us = median_us(sampler._rebuild, 3, warmup=1)
+        rebuild_us = median_us(sampler.table._rebuild, 3, warmup=1)
         rows.append(
             {
                 "N": n,

@@ -36,6 +36,7 @@ __all__ = [
     "check_scores",
     "draw",
     "SumTree",
+    "ScoreTree",
     "ImportanceSampler",
     "IndexedDataset",
 ]
@@ -497,6 +498,188 @@ def check_epoch(epoch: Any) -> int:
     return int(epoch)
 
 
+class ScoreTree:
+    """Per-sample scores as a sampling distribution: the scores, a :class:`SumTree` over their masses
+    (:func:`unnormalized_masses`), the probabilities :math:`p_i = (1-\\epsilon)\\,m_i/\\sum_k m_k + \\epsilon/N`
+    (:func:`probabilities`), draws with replacement with their weights :math:`1/(Np_i)`, recorded at
+    draw, and updates in :math:`O(k\\log N)`, with an exact :math:`O(N)` rebuild every
+    ``rebuild_every`` updated entries. The distribution half of :class:`ImportanceSampler`, which adds
+    the ``Sampler`` protocol, distributed draws and resume; its arguments are that class's."""
+
+    def __init__(self, num_items: int, *, method: str, temperature: float, smoothing: float, pressure: float,
+                 initial_score: float, device: torch.device, rebuild_every: int, dtype: torch.dtype,
+                 backend: str | None) -> None:  # fmt: skip
+        self.num_items, self.method, self.temperature = num_items, method, temperature
+        self.smoothing, self.pressure, self.device = smoothing, pressure, device
+        self.rebuild_every, self.dtype, self.backend = rebuild_every, dtype, backend
+        self.scores = torch.full(
+            (num_items,), float(initial_score), dtype=torch.float64, device=device
+        )
+        self._weight_at_draw = torch.ones(num_items, dtype=dtype, device=device)
+        # CPU draws take their uniforms from this buffer, refilled from the generator (_uniforms)
+        self._uniform_buffer, self._uniform_source, self._uniform_position = np.empty(0), None, 0
+        self._rebuild()
+
+    @property
+    def compiled(self) -> bool:
+        """Whether draws and updates run as compiled kernels (the CPU's default tree)."""
+        return self._tree.compiled
+
+    # the tree holds masses proportional to the probabilities before smoothing
+    def _rebuild(self, leaves: torch.Tensor | None = None, reference: Any = None) -> None:
+        """The tree from the scores (or, resuming, from saved ``leaves`` and ``reference``, so that a
+        resumed sampler draws bit for bit as the one it was saved from)."""
+        check_scores(self.scores, "scores (as updated)")
+        self._reference = self.scores.max() if reference is None else torch.as_tensor(reference)
+        if self.method == "proportional" and self._reference == 0:
+            raise ValueError("scores are all zero: method='proportional' needs a positive score")
+        masses = self._masses(self.scores) if leaves is None else leaves.to(self.device)
+        self._tree = SumTree(masses, backend=self.backend)  # O(N), once per rebuild_every updates
+        self._updated = 0
+        # On the CPU a step is two compiled calls on numpy views of the sampler's tensors.
+        self._compiled = self._tree.compiled and self.dtype in (torch.float32, torch.float64)
+        if self._compiled:
+            from . import _sumtree_kernels
+
+            self._kernels = _sumtree_kernels
+            self._scores_np = self.scores.numpy()
+            self._weight_at_draw_np = self._weight_at_draw.numpy()
+            self._np_dtype = np.float32 if self.dtype == torch.float32 else np.float64
+            self._method_code = {"softmax": 0, "proportional": 1}.get(self.method, -1)
+            self._reference_value = float(self._reference)
+
+    def _masses(self, scores: torch.Tensor) -> torch.Tensor:
+        return unnormalized_masses(
+            scores, self.method, self.temperature, self.pressure, self._reference
+        )
+
+    def probabilities(self) -> torch.Tensor:
+        """The current probability of every index (float64, length N)."""
+        p = self._tree.masses() / self._tree.total
+        return (1 - self.smoothing) * p + self.smoothing / self.num_items
+
+    def _weights(self, masses: torch.Tensor) -> torch.Tensor:
+        """1/(N p) from tree masses: p = (1 - ε) mass/total + ε/N."""
+        if not self.smoothing:
+            return (self._tree.total / (self.num_items * masses)).to(self.dtype)
+        p = (1 - self.smoothing) * masses / self._tree.total + self.smoothing / self.num_items
+        return (1.0 / (self.num_items * p)).to(self.dtype)
+
+    def sample(
+        self, k: int, *, generator: torch.Generator | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Draw ``k`` indices with replacement; return ``(indices, weights)`` on ``device``, no host sync.
+        ``generator``: the random generator to draw from."""
+        if type(k) is not int or k < 1:
+            k = _check_k(k)
+        gen = generator
+        if self._compiled:  # one compiled call: tree or uniform draw, weight, record
+            tree = self._tree
+            u = self._uniforms(2 * k, gen)
+            idx, weights = np.empty(k, dtype=np.int64), np.empty(k, dtype=self._np_dtype)
+            self._kernels.sampler_draw(tree.nodes, tree.offsets, tree.depth, tree.branching,
+                                       self.num_items, u, self.smoothing, self._weight_at_draw_np,
+                                       idx, weights)  # fmt: skip
+            return torch.from_numpy(idx), torch.from_numpy(weights)
+        idx, masses = self._tree.sample_with_masses(k, generator=gen)
+        if self.smoothing:
+            u = torch.rand(k, device=self.device, generator=gen)
+            uniform = torch.randint(self.num_items, (k,), device=self.device, generator=gen)
+            idx = torch.where(u < self.smoothing, uniform, idx)
+            masses = self._tree.masses(idx)
+        weights = self._weights(masses)
+        self._weight_at_draw.index_put_((idx,), weights)
+        return idx, weights
+
+    def _uniforms(self, count: int, gen: torch.Generator | None) -> np.ndarray:
+        """``count`` uniforms from ``gen``, taken from a buffer filled _UNIFORM_BUFFER at a time: one
+        ``torch.rand`` call costs as much as a whole compiled draw."""
+        if gen is not self._uniform_source or self._uniform_position + count > len(
+            self._uniform_buffer
+        ):
+            size = max(_UNIFORM_BUFFER, count)
+            self._uniform_buffer = torch.rand(size, dtype=torch.float64, generator=gen).numpy()
+            self._uniform_source, self._uniform_position = gen, 0
+        start = self._uniform_position
+        self._uniform_position += count
+        return self._uniform_buffer[start : start + count]
+
+    def weights_for(self, indices: torch.Tensor) -> torch.Tensor:
+        """Weights :math:`1/(N p_i)` that ``indices`` had when last drawn, on the device of ``indices``
+        (so that a batch moved to the GPU gets its weights there)."""
+        target = indices.device if isinstance(indices, torch.Tensor) else self.device
+        weights = self._weight_at_draw[torch.as_tensor(indices, device=self.device)]
+        if target == self.device:
+            return weights
+        if target.type == "cuda" and self.device.type == "cpu":
+            weights = weights.pin_memory()  # from pinned memory the copy is queued, not waited for
+        return weights.to(target, non_blocking=True)
+
+    def store(self, idx: torch.Tensor, new: torch.Tensor) -> None:
+        """Set the scores of ``idx`` (int64, on ``device``) to ``new`` (floating, on ``device``), checked;
+        a repeated index keeps one value."""
+        if self._compiled and self.method != "rank":  # check, store, re-weigh: one compiled call
+            tree = self._tree
+            bad = self._kernels.sampler_update(
+                tree.nodes, tree.offsets, tree.depth, tree.branching, self.num_items,
+                self._scores_np, idx.contiguous().numpy(), new.contiguous().numpy(),
+                self._method_code, self.temperature,
+                self._reference_value,
+            )  # fmt: skip
+            if bad >= 0:
+                self._raise_bad_update(idx, new)
+            self._updated += idx.numel()
+            if self._updated >= self.rebuild_every:
+                self._rebuild()
+            return
+        if self.device.type == "cpu":
+            low, high = torch.aminmax(new)  # one cheap pass; the full check names the problem
+            if not (low >= 0 and high < math.inf):
+                check_scores(new)
+            if idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < self.num_items):
+                self._raise_bad_update(idx, new)
+        self.scores.index_put_((idx,), new.to(torch.float64))
+        self._updated += idx.numel()
+        if self.method == "rank" or self._updated >= self.rebuild_every:
+            self._rebuild()  # ranks change globally; otherwise a periodic exact refresh
+        else:
+            self._tree.update(idx, self._masses(self.scores[idx]))
+
+    def _raise_bad_update(self, idx: torch.Tensor, new: torch.Tensor) -> None:
+        outside = (idx < 0) | (idx >= self.num_items)
+        if outside.any():
+            first = int(idx[outside][0])
+            raise IndexError(
+                f"indices must lie in [0, num_items={self.num_items}), got {first}: pass the dataset "
+                "positions the sampler yielded (IndexedDataset returns them), not positions in the batch"
+            )
+        check_scores(new)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scores": self.scores.clone(), "weight_at_draw": self._weight_at_draw.clone(),
+                "leaves": self._tree.masses().clone(), "reference": self._reference.clone(),
+                "updated": self._updated,
+                "uniforms": torch.from_numpy(self._uniform_buffer[self._uniform_position :].copy())}  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        scores = torch.as_tensor(state["scores"], dtype=torch.float64, device=self.device)
+        if scores.shape != (self.num_items,):
+            raise ValueError(
+                f"state has scores for {scores.numel()} items, this sampler has {self.num_items}"
+            )
+        self.scores = scores.clone()
+        self._weight_at_draw = torch.as_tensor(
+            state["weight_at_draw"], dtype=self.dtype, device=self.device
+        ).clone()
+        # a state with scores alone (as older checkpoints hold) rebuilds from the scores
+        leaves = state.get("leaves")
+        self._rebuild(None if leaves is None else leaves.to(torch.float64), state.get("reference"))
+        self._updated = int(state.get("updated", 0))
+        uniforms = state.get("uniforms")
+        self._uniform_buffer = np.empty(0) if uniforms is None else uniforms.numpy().copy()
+        self._uniform_position = 0
+
+
 class ImportanceSampler(Sampler[int]):
     """A :class:`~torch.utils.data.Sampler` drawing indices with probabilities from per-sample scores.
 
@@ -565,7 +748,6 @@ class ImportanceSampler(Sampler[int]):
         seed: int = 0,
         backend: str | None = None,
     ) -> None:
-        self.backend = backend  # checked by SumTree when _rebuild below builds the first tree
         if (
             isinstance(num_items, bool)
             or not isinstance(num_items, numbers.Integral)
@@ -609,108 +791,38 @@ class ImportanceSampler(Sampler[int]):
         if generator is None and self.num_replicas == 1:
             generator = torch.Generator(device=self.device).manual_seed(self.seed)
         self.generator = generator
-        self.rebuild_every = int(rebuild_every) if rebuild_every else self.num_items
         self.dtype = dtype
-        self.scores = torch.full(
-            (self.num_items,), float(initial_score), dtype=torch.float64, device=self.device
-        )
-        self._weight_at_draw = torch.ones(self.num_items, dtype=dtype, device=self.device)
-        # CPU draws take their uniforms from this buffer, refilled from the generator (_uniforms)
-        self._uniform_buffer, self._uniform_source, self._uniform_position = np.empty(0), None, 0
+        # the scores and their tree; the backend is checked by SumTree when the table builds it
+        self.table = ScoreTree(self.num_items, method=method, temperature=self.temperature,
+                               smoothing=self.smoothing, pressure=self.pressure, initial_score=initial_score,
+                               device=self.device, rebuild_every=int(rebuild_every) if rebuild_every else self.num_items,
+                               dtype=dtype, backend=backend)  # fmt: skip
         # the pass of __iter__ in progress, so that state_dict() can resume it mid-epoch (_Pass)
         self._pass: _Pass | None = None
         self._resume: _Pass | None = None
-        self._rebuild()
 
-    # the tree holds masses proportional to the probabilities before smoothing
-    def _rebuild(self, leaves: torch.Tensor | None = None, reference: Any = None) -> None:
-        """The tree from the scores (or, resuming, from saved ``leaves`` and ``reference``, so that a
-        resumed sampler draws bit for bit as the one it was saved from)."""
-        check_scores(self.scores, "scores (as updated)")
-        self._reference = self.scores.max() if reference is None else torch.as_tensor(reference)
-        if self.method == "proportional" and self._reference == 0:
-            raise ValueError("scores are all zero: method='proportional' needs a positive score")
-        masses = self._masses(self.scores) if leaves is None else leaves.to(self.device)
-        self._tree = SumTree(masses, backend=self.backend)  # O(N), once per rebuild_every updates
-        self._updated = 0
-        # On the CPU a step is two compiled calls on numpy views of the sampler's tensors.
-        self._compiled = self._tree.compiled and self.dtype in (torch.float32, torch.float64)
-        if self._compiled:
-            from . import _sumtree_kernels
-
-            self._kernels = _sumtree_kernels
-            self._scores_np = self.scores.numpy()
-            self._weight_at_draw_np = self._weight_at_draw.numpy()
-            self._np_dtype = np.float32 if self.dtype == torch.float32 else np.float64
-            self._method_code = {"softmax": 0, "proportional": 1}.get(self.method, -1)
-            self._reference_value = float(self._reference)
-
-    def _masses(self, scores: torch.Tensor) -> torch.Tensor:
-        return unnormalized_masses(
-            scores, self.method, self.temperature, self.pressure, self._reference
-        )
+    @property
+    def scores(self) -> torch.Tensor:
+        """Every item's current score (float64, length N)."""
+        return self.table.scores
 
     def probabilities(self) -> torch.Tensor:
         """The current probability of every index (float64, length N)."""
-        p = self._tree.masses() / self._tree.total
-        return (1 - self.smoothing) * p + self.smoothing / self.num_items
-
-    def _weights(self, masses: torch.Tensor) -> torch.Tensor:
-        """1/(N p) from tree masses: p = (1 - ε) mass/total + ε/N."""
-        if not self.smoothing:
-            return (self._tree.total / (self.num_items * masses)).to(self.dtype)
-        p = (1 - self.smoothing) * masses / self._tree.total + self.smoothing / self.num_items
-        return (1.0 / (self.num_items * p)).to(self.dtype)
+        return self.table.probabilities()
 
     def sample(
         self, k: int, *, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw ``k`` indices with replacement; return ``(indices, weights)`` on ``device``, no host sync.
         ``generator`` overrides the sampler's own for this draw."""
-        if type(k) is not int or k < 1:
-            k = _check_k(k)
-        gen = generator if generator is not None else self.generator
-        if self._compiled:  # one compiled call: tree or uniform draw, weight, record
-            tree = self._tree
-            u = self._uniforms(2 * k, gen)
-            idx, weights = np.empty(k, dtype=np.int64), np.empty(k, dtype=self._np_dtype)
-            self._kernels.sampler_draw(tree.nodes, tree.offsets, tree.depth, tree.branching,
-                                       self.num_items, u, self.smoothing, self._weight_at_draw_np,
-                                       idx, weights)  # fmt: skip
-            return torch.from_numpy(idx), torch.from_numpy(weights)
-        idx, masses = self._tree.sample_with_masses(k, generator=gen)
-        if self.smoothing:
-            u = torch.rand(k, device=self.device, generator=gen)
-            uniform = torch.randint(self.num_items, (k,), device=self.device, generator=gen)
-            idx = torch.where(u < self.smoothing, uniform, idx)
-            masses = self._tree.masses(idx)
-        weights = self._weights(masses)
-        self._weight_at_draw.index_put_((idx,), weights)
-        return idx, weights
-
-    def _uniforms(self, count: int, gen: torch.Generator | None) -> np.ndarray:
-        """``count`` uniforms from ``gen``, taken from a buffer filled _UNIFORM_BUFFER at a time: one
-        ``torch.rand`` call costs as much as a whole compiled draw."""
-        if gen is not self._uniform_source or self._uniform_position + count > len(
-            self._uniform_buffer
-        ):
-            size = max(_UNIFORM_BUFFER, count)
-            self._uniform_buffer = torch.rand(size, dtype=torch.float64, generator=gen).numpy()
-            self._uniform_source, self._uniform_position = gen, 0
-        start = self._uniform_position
-        self._uniform_position += count
-        return self._uniform_buffer[start : start + count]
+        return self.table.sample(
+            k, generator=generator if generator is not None else self.generator
+        )
 
     def weights_for(self, indices: torch.Tensor) -> torch.Tensor:
         """Weights :math:`1/(N p_i)` that ``indices`` had when last drawn, on the device of ``indices``
         (so that a batch moved to the GPU gets its weights there)."""
-        target = indices.device if isinstance(indices, torch.Tensor) else self.device
-        weights = self._weight_at_draw[torch.as_tensor(indices, device=self.device)]
-        if target == self.device:
-            return weights
-        if target.type == "cuda" and self.device.type == "cpu":
-            weights = weights.pin_memory()  # from pinned memory the copy is queued, not waited for
-        return weights.to(target, non_blocking=True)
+        return self.table.weights_for(indices)
 
     def update(self, indices: torch.Tensor, scores: torch.Tensor) -> None:
         """Set the scores of ``indices`` (e.g. their latest losses). A repeated index keeps one value.
@@ -734,32 +846,7 @@ class ImportanceSampler(Sampler[int]):
                 raise RuntimeError(f"update in distributed mode needs an initialised process group of "
                                    f"{self.num_replicas} ranks (torch.distributed.init_process_group)")  # fmt: skip
             idx, new = world.all_gather_cat(idx), world.all_gather_cat(new.to(torch.float64))
-        if self._compiled and self.method != "rank":  # check, store, re-weigh: one compiled call
-            tree = self._tree
-            bad = self._kernels.sampler_update(
-                tree.nodes, tree.offsets, tree.depth, tree.branching, self.num_items,
-                self._scores_np, idx.contiguous().numpy(), new.contiguous().numpy(),
-                self._method_code, self.temperature,
-                self._reference_value,
-            )  # fmt: skip
-            if bad >= 0:
-                self._raise_bad_update(idx, new)
-            self._updated += idx.numel()
-            if self._updated >= self.rebuild_every:
-                self._rebuild()
-            return
-        if self.device.type == "cpu":
-            low, high = torch.aminmax(new)  # one cheap pass; the full check names the problem
-            if not (low >= 0 and high < math.inf):
-                check_scores(new)
-            if idx.numel() and not (0 <= int(idx.min()) and int(idx.max()) < self.num_items):
-                self._raise_bad_update(idx, new)
-        self.scores.index_put_((idx,), new.to(torch.float64))
-        self._updated += idx.numel()
-        if self.method == "rank" or self._updated >= self.rebuild_every:
-            self._rebuild()  # ranks change globally; otherwise a periodic exact refresh
-        else:
-            self._tree.update(idx, self._masses(self.scores[idx]))
+        self.table.store(idx, new)
 
     def _as_update(self, indices: Any, scores: Any) -> tuple[torch.Tensor, torch.Tensor]:
         """Indices (int64) and scores (floating, detached) as 1-D tensors on the sampler's device.
@@ -791,16 +878,6 @@ class ImportanceSampler(Sampler[int]):
         if scores.device != self.device:
             scores = scores.to(self.device)
         return indices, scores.detach()
-
-    def _raise_bad_update(self, idx: torch.Tensor, new: torch.Tensor) -> None:
-        outside = (idx < 0) | (idx >= self.num_items)
-        if outside.any():
-            first = int(idx[outside][0])
-            raise IndexError(
-                f"indices must lie in [0, num_items={self.num_items}), got {first}: pass the dataset "
-                "positions the sampler yielded (IndexedDataset returns them), not positions in the batch"
-            )
-        check_scores(new)
 
     def set_epoch(self, epoch: int) -> None:
         """Seed the next pass with ``seed + epoch`` (distributed mode), as ``DistributedSampler.set_epoch``."""
@@ -849,46 +926,23 @@ class ImportanceSampler(Sampler[int]):
         masses, the weights at draw, the generators and the uniforms already fetched, and the pass in
         progress (its indices drawn but not yet passed to :meth:`update` are yielded again first)."""
         gen = self.generator
-        state: dict[str, Any] = {
-            "scores": self.scores.clone(), "weight_at_draw": self._weight_at_draw.clone(),
-            "leaves": self._tree.masses().clone(), "reference": self._reference.clone(),
-            "updated": self._updated, "epoch": self.epoch,
-            "generator": None if gen is None else gen.get_state(),
-            "uniforms": torch.from_numpy(self._uniform_buffer[self._uniform_position :].copy()),
-            "pass": None if self._pass is None else self._pass.state_dict(),
-        }  # fmt: skip
-        return state
+        return {**self.table.state_dict(), "epoch": self.epoch,
+                "generator": None if gen is None else gen.get_state(),
+                "pass": None if self._pass is None else self._pass.state_dict()}  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`: the next pass finishes the interrupted one, if any."""
-        scores = torch.as_tensor(state["scores"], dtype=torch.float64, device=self.device)
-        if scores.shape != (self.num_items,):
-            raise ValueError(
-                f"state has scores for {scores.numel()} items, this sampler has {self.num_items}"
-            )
-        self.scores = scores.clone()
-        self._weight_at_draw = torch.as_tensor(
-            state["weight_at_draw"], dtype=self.dtype, device=self.device
-        ).clone()
-        # a state with scores alone (as older checkpoints hold) rebuilds from the scores
-        leaves = state.get("leaves")
-        self._rebuild(None if leaves is None else leaves.to(torch.float64), state.get("reference"))
-        self._updated, self.epoch = (
-            int(state.get("updated", 0)),
-            int(state.get("epoch", self.epoch)),
-        )
+        self.table.load_state_dict(state)
+        self.epoch = int(state.get("epoch", self.epoch))
         if state.get("generator") is not None and self.generator is not None:
             self.generator.set_state(state["generator"])
-        uniforms = state.get("uniforms")
-        self._uniform_buffer = np.empty(0) if uniforms is None else uniforms.numpy().copy()
-        self._uniform_position = 0
         self._pass = self._resume = None
         if state.get("pass") is not None:
             self._resume = _Pass.from_state(state["pass"], self.device)
             if self._resume.finished():
                 self._resume = None  # saved at a pass boundary: the next pass is a new one
         pass_gen = None if self._resume is None else self._resume.generator
-        self._uniform_source = pass_gen if pass_gen is not None else self.generator
+        self.table._uniform_source = pass_gen if pass_gen is not None else self.generator
 
 
 @dataclass

@@ -296,7 +296,7 @@ def test_cumsum_tree_draws_again_after_an_update_and_the_sampler_takes_the_backe
             200, smoothing=0.1, backend=backend, generator=torch.Generator().manual_seed(1)
         )
         s.update(torch.arange(200), scores)
-        assert s._tree.compiled == (backend == "compiled")
+        assert s.table.compiled == (backend == "compiled")
         idx, w = s.sample(50_000)
         stat, df = chi2_statistic(idx, s.probabilities())
         assert stat < chi2_threshold(df), backend
