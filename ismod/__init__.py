@@ -6,8 +6,8 @@ imports only from layers below it (function-level imports included), and there i
 
 - layer 0, estimators and formulas: :mod:`ismod.mc`, :mod:`ismod.sampling`, :mod:`ismod.diagnostics`,
   :mod:`ismod.convex`, :mod:`ismod.bounds`, :mod:`ismod.tau`, :mod:`ismod.stats`, :mod:`ismod.verdicts`,
-  :mod:`ismod.scale`, and the process-group primitives :mod:`ismod.process_group` (torch and the
-  standard library only);
+  :mod:`ismod.scale`, :mod:`ismod.batchnorm` (batch norm under importance weights), and the
+  process-group primitives :mod:`ismod.process_group` (torch and the standard library only);
 - layer 1, training parts: :mod:`ismod.data`, :mod:`ismod.augment`, :mod:`ismod.models`;
 - layer 2, strategies: :mod:`ismod.strategies` (one class per strategy, one registry line);
 - layer 3, the loop: :mod:`ismod.train` (budget and schedule, scoring, the step, recording and

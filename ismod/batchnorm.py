@@ -7,9 +7,11 @@ with them. :func:`weighted_statistics` normalises such a batch with its *importa
 statistics instead: with the importance weights :math:`w_i = 1/(B g_i)` of a batch drawn from a
 presample of B, the self-normalised weighted mean and variance (Hesterberg, 1995)
 
-.. math::  \\hat\\mu = \\sum_i \\omega_i \\bar x_i, \\qquad
-           \\hat\\sigma^2 = \\sum_i \\omega_i \\overline{(x_i - \\hat\\mu)^2}, \\qquad
-           \\omega_i = w_i / \\textstyle\\sum_j w_j
+.. math::
+
+    \\hat\\mu = \\sum_i \\omega_i \\bar x_i, \\qquad
+    \\hat\\sigma^2 = \\sum_i \\omega_i \\overline{(x_i - \\hat\\mu)^2}, \\qquad
+    \\omega_i = w_i / \\textstyle\\sum_j w_j
 
 (bars: the mean over a channel's positions) estimate the presample's own statistics, so the layer
 sees the data as a uniform batch would, while gradients still flow through the statistics, as in any

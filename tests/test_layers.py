@@ -21,6 +21,7 @@ LAYERS = {
         "scale",
         "_sumtree_kernels",
         "verdicts",
+        "batchnorm",
     },
     1: {"data", "augment", "models"},
     2: {"strategies"},
