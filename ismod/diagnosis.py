@@ -281,17 +281,19 @@ def _batch_norm_test() -> list[tuple[Comparison, tuple[str, ...], str]]:
     (un-augmented training samples, running statistics; log ratio, margin 10%), the six primaries.
 
     The predictions are the completed rule's at equal steps (scoring free), read with the gradient-error
-    probe of the pilot (:func:`ismod.suites.chapter5_norm_pilot`): where an importance batch's gradient
-    error is below a uniform one's, a step is worth more, so **lower**: with the presample's statistics
-    and without batch norm, whose pilot ratios stayed below 1 once the network began to fit; with the
-    batch's own statistics the ratio stayed near or above 1, and §5.9's forced runs ended above uniform,
-    so **higher**."""
+    probe of the pilots (:func:`ismod.suites.chapter5_norm_pilot`, :func:`ismod.suites.chapter5_weighted_pilot`):
+    where an importance batch's gradient error is below a uniform one's, a step is worth more, so
+    **lower** without batch norm, whose pilot ratios stayed below 1 once the network began to fit; with
+    the batch's own statistics the ratio stayed near or above 1, and §5.9's forced runs ended above
+    uniform, so **higher**; with the batch's weighted statistics the pilot's ratio stayed above 1 and its
+    training loss ended far above uniform's, so **higher**. The weighted arm replaced, before its runs,
+    one with the presample's statistics held constant, which did not train (§5.10)."""
     from .suites import UNCOUPLED_NORM
 
     arms = (("batch norm (batch statistics)", "batch norm", ("higher",), "a higher training loss than uniform"),
             # replaced the presample-statistics arm (which could not train) before any of its runs;
-            # its prediction is declared after its pilot (suites.chapter5_weighted_pilot)
-            ("batch norm (weighted statistics)", "batch norm", (), "not yet declared"),
+            # predicted from its pilot (suites.chapter5_weighted_pilot), declared before its runs
+            ("batch norm (weighted statistics)", "batch norm", ("higher",), "a higher training loss than uniform"),
             (f"{UNCOUPLED_NORM} norm", f"{UNCOUPLED_NORM} norm", ("lower",), "a lower training loss than uniform"))  # fmt: skip
     declared = []
     for aug in ("no augmentation", "crop+flip"):
