@@ -28,6 +28,7 @@ __all__ = [
     "rule_inputs_markdown",
     "PREDICTIONS",
     "BATCH_NORM_TEST",
+    "FREE_SCORE_RACE",
     "prediction_rows",
     "prediction_findings",
     "rule_check_markdown",
@@ -305,6 +306,28 @@ def _batch_norm_test() -> list[tuple[Comparison, tuple[str, ...], str]]:
 
 
 BATCH_NORM_TEST: list[tuple[Comparison, tuple[str, ...], str]] = _batch_norm_test()
+
+
+def _free_score_race() -> list[tuple[Comparison, tuple[str, ...], str]]:
+    """Chapter 5's free-score race (:func:`ismod.suites.chapter5_free_scores`), declared before its runs:
+    stale bound − uniform in final training loss (un-augmented training samples, running statistics;
+    log ratio, margin 10%) at equal steps, within each normalisation; Holm over the two.
+
+    Predictions: scores from the training step cost nothing, so τ_th = 1 and the completed rule says
+    any τ > 1 pays per step. Without batch coupling (:data:`ismod.suites.UNCOUPLED_NORM`) the pilot's
+    gradient-error ratio stayed below 1 once the network fit, so **lower**; with batch norm the drawn
+    batch is skewed as the forced arms' are, and the pilot's training loss ended about twice the
+    uniform pilot's, so **higher**."""
+    from .suites import UNCOUPLED_NORM
+
+    arms = ((f"{UNCOUPLED_NORM} norm", ("lower",), "a lower training loss than uniform"),
+            ("batch norm", ("higher",), "a higher training loss than uniform"))  # fmt: skip
+    return [(Comparison(f"stale bound, {norm}", f"uniform, {norm}", "train_eval_loss", _LOSS_MARGIN, math.log,
+                        f"stale bound − uniform, {norm}, equal steps"), holds, claim)
+            for norm, holds, claim in arms]  # fmt: skip
+
+
+FREE_SCORE_RACE: list[tuple[Comparison, tuple[str, ...], str]] = _free_score_race()
 
 
 def prediction_rows(results: dict[str, list[Any]],

@@ -47,6 +47,7 @@ __all__ = [
     "chapter5_free_scores_pilot",
     "chapter5_weighted_pilot",
     "chapter5_batch_norm_retired",
+    "chapter5_free_scores",
     "NORM_PILOT_NORMS",
     "UNCOUPLED_NORM",
     "PROBED_SEEDS",
@@ -688,6 +689,26 @@ def chapter5_free_scores_pilot(scale: str) -> Suite:
             for label, (slug, options, changes) in arms.items()}  # fmt: skip
 
 
+def chapter5_free_scores(scale: str) -> Suite:
+    """Chapter 5's free-score race, declared before its runs: ``StaleBoundSampling`` against uniform
+    in the "should pay per step" regime without augmentation, at equal steps — equal forward passes,
+    since its scores come from the training step itself (τ_th = 1 by cost) — five seeds, with
+    :data:`UNCOUPLED_NORM` and with batch norm. The uniform arms are the batch-norm test's, config for
+    config; the probe runs on the first :data:`PROBED_SEEDS` seeds."""
+    test = chapter5_batch_norm(scale)
+    base = _should_pay_base(scale).replace(crop=False, flip=False)
+    seeds = range(by_scale(scale, smoke=1, cpu=5, gpu=5))
+    suite = {
+        f"uniform, {UNCOUPLED_NORM} norm": test[f"no augmentation: uniform, {UNCOUPLED_NORM} norm"],
+        f"stale bound, {UNCOUPLED_NORM} norm": _arm(base, f"stale-bound-{UNCOUPLED_NORM}-noaug", "stale_bound", {},
+                                                   seeds, norm=UNCOUPLED_NORM),
+        "uniform, batch norm": test["no augmentation: uniform, batch norm"],
+        "stale bound, batch norm": _arm(base, "stale-bound-batch-noaug", "stale_bound", {}, seeds),
+    }  # fmt: skip
+    return {label: [c if c.seed < PROBED_SEEDS else c.replace(gradient_error_draws=0) for c in runs]
+            for label, runs in suite.items()}  # fmt: skip
+
+
 def chapter6(scale: str) -> Suite:
     """Equal wall-clock time, every strategy of the course (Katharopoulos & Fleuret's setting, Chapter 5's base):
     uniform, Algorithm 1 with the loss and with the upper bound (τ switch), online batch selection,
@@ -982,6 +1003,7 @@ SUITES = {
     "chapter5_free_scores_pilot": chapter5_free_scores_pilot,
     "chapter5_weighted_pilot": chapter5_weighted_pilot,
     "chapter5_batch_norm_retired": chapter5_batch_norm_retired,
+    "chapter5_free_scores": chapter5_free_scores,
     "chapter6": chapter6,
     "chapter6_modelled": chapter6_modelled,
     "chapter6_speed": chapter6_speed,
