@@ -60,14 +60,13 @@ def hold_statistics_of(
 
 
 def _weighted_batch_norm(
-    layer: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, weights: torch.Tensor
+    layer: nn.modules.batchnorm._BatchNorm, x: torch.Tensor, omega: torch.Tensor
 ) -> torch.Tensor:
     """One train-mode batch-norm forward pass of ``x`` with the batch statistics weighted by
-    ``weights`` (one per sample, positive); the running statistics move toward the weighted ones with
-    the layer's momentum, their variance corrected by the effective sample size (Kish)."""
+    ``omega`` (one weight per sample, summing to 1); the running statistics move toward the weighted
+    ones with the layer's momentum, their variance corrected by the effective sample size (Kish)."""
     reduce = [0, *range(2, x.dim())]
-    shape = (-1,) + (1,) * (x.dim() - 1)
-    omega = (weights / weights.sum()).to(torch.float32).reshape(shape)
+    omega = omega.reshape((-1,) + (1,) * (x.dim() - 1))
     positions = x[0, 0].numel()  # a channel's positions in one sample
     xf = x.float()
     mean = (omega * xf).sum(reduce) / positions
@@ -80,8 +79,9 @@ def _weighted_batch_norm(
             share = (layer.momentum if layer.momentum is not None
                      else 1.0 / float(layer.num_batches_tracked))  # fmt: skip
             # unbiased like PyTorch's n/(n-1), with n the effective count of the weighted positions
-            n = positions / float((omega.square()).sum())
-            unbiased = var * (n / max(n - 1.0, 1e-12))
+            # (a tensor: no host sync in the step)
+            n = positions / omega.square().sum()
+            unbiased = var * (n / (n - 1.0).clamp_min(1e-12))
             layer.running_mean.mul_(1 - share).add_(share * mean.to(layer.running_mean.dtype))
             layer.running_var.mul_(1 - share).add_(share * unbiased.to(layer.running_var.dtype))
     out = centred * torch.rsqrt(var + layer.eps).reshape(mean_shape)  # the graph runs through both
@@ -106,7 +106,8 @@ def weighted_statistics(model: nn.Module, weights: torch.Tensor) -> Iterator[Non
             "weights must be a 1-D tensor, one importance weight per sample of the batch, got "
             f"{type(weights).__name__} of shape {tuple(getattr(weights, 'shape', ()))}"
         )
-    weights = weights.detach()
+    # the normalised weights, once per step for every layer
+    omega = (weights.detach() / weights.detach().sum()).to(torch.float32)
     layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     for m in layers:
         if isinstance(m, nn.SyncBatchNorm):
@@ -119,11 +120,11 @@ def weighted_statistics(model: nn.Module, weights: torch.Tensor) -> Iterator[Non
         def forward(x: torch.Tensor) -> torch.Tensor:
             if not layer.training:
                 return plain(layer, x)
-            if x.shape[0] != weights.shape[0]:
+            if x.shape[0] != omega.shape[0]:
                 raise ValueError(
-                    f"weights has {weights.shape[0]} entries, the batch {x.shape[0]} samples"
+                    f"weights has {omega.shape[0]} entries, the batch {x.shape[0]} samples"
                 )
-            return _weighted_batch_norm(layer, x, weights.to(x.device))
+            return _weighted_batch_norm(layer, x, omega.to(x.device))
 
         return forward
 

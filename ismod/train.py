@@ -26,6 +26,7 @@ from ._io import replace_atomically
 from .augment import Augment
 from .batchnorm import hold_statistics_of, tracked_norms, weighted_statistics
 from .data import ImageData
+from .diagnostics import NORM_MODES
 from .process_group import World
 from .strategies.base import Selection, Strategy
 
@@ -74,6 +75,10 @@ SUBPHASES: tuple[str, ...] = ("forward", "backward")
 _FIRST_TIMING_STEP = 10
 # samples scored per forward pass when a strategy scores many at once (a presample, candidates)
 _SCORE_CHUNK = 1024
+
+
+# the normalisation modes the gradient-error probe measures unless told otherwise
+GRADIENT_ERROR_MODES: tuple[str, ...] = ("train", "eval", "presample")
 
 
 @dataclass(frozen=True)
@@ -127,7 +132,7 @@ class TrainSettings:
     gradient_error_draws: int = 0
     # the normalisation modes the probe measures, of ismod.diagnostics.NORM_MODES (batch-norm models;
     # a network without batch norm is probed in "train" mode only)
-    gradient_error_modes: tuple[str, ...] = ("train", "eval", "presample")
+    gradient_error_modes: tuple[str, ...] = GRADIENT_ERROR_MODES
     checkpoint_every_steps: int = 250
     checkpoint_every_seconds: float = 300.0
     # the cost model of a "modelled_seconds" budget, measured with nothing else on the machine
@@ -185,12 +190,9 @@ class TrainSettings:
             ),
             (
                 len(self.gradient_error_modes) > 0
-                and all(
-                    m in ("train", "eval", "presample", "weighted")
-                    for m in self.gradient_error_modes
-                ),
-                "gradient_error_modes must be a non-empty tuple of 'train', 'eval', 'presample', "
-                f"'weighted', got {self.gradient_error_modes!r}",
+                and all(m in NORM_MODES for m in self.gradient_error_modes),
+                f"gradient_error_modes must be a non-empty tuple of {NORM_MODES}, got "
+                f"{self.gradient_error_modes!r}",
             ),
             (
                 self.bn_recalibration >= 0,
@@ -513,7 +515,7 @@ GRADIENT_ERROR_PRESAMPLE = 6
 def gradient_error_at(model: nn.Module, images: torch.Tensor, targets: torch.Tensor, loss: PerSampleLoss, *,
                       batch_size: int, draws: int, generator: torch.Generator,
                       presample: int = GRADIENT_ERROR_PRESAMPLE,
-                      modes: tuple[str, ...] = ("train", "eval", "presample")) -> dict[str, Any]:  # fmt: skip
+                      modes: tuple[str, ...] = GRADIENT_ERROR_MODES) -> dict[str, Any]:  # fmt: skip
     r"""How far an importance-drawn batch gradient lands from the mean gradient, against a uniform one,
     in each normalisation mode a step can use (Chapter 5's batch-norm test): importance sampling's
     theory holds a sample's gradient fixed whatever its batch, which batch norm in train mode breaks.
