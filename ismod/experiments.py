@@ -43,6 +43,7 @@ __all__ = [
     "run_or_load",
     "load_saved",
     "results_dir",
+    "saved_results_dir",
     "saved_or_measured",
 ]
 
@@ -58,6 +59,23 @@ def results_dir(default: str | os.PathLike = "results") -> Path:
     """Where saved results live: ``$ISMOD_RESULTS`` if set (tests point it at a scratch folder), else ``default``."""
     env = os.environ.get(RESULTS_ENV, "").strip()
     return Path(env) if env else Path(default)
+
+
+def saved_results_dir(scale: str, book_results: str | os.PathLike = "results") -> Path:
+    """The runs saved at ``scale`` that ship with the book (``book/results/<scale>``), to read only.
+
+    Unlike :func:`results_dir` it ignores ``$ISMOD_RESULTS``: a page that rests an argument on a pilot
+    run at ``"cpu"`` scale reads that run at every scale, also when a test points new results at a
+    scratch folder. Raises :class:`FileNotFoundError` naming the folder when it is not there (run from
+    the book's folder, or pass ``book_results``).
+    """
+    path = Path(book_results) / scale
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"no saved runs at {path.resolve()}: run from the book's folder (book/), where results/ "
+            "holds the saved runs, or pass book_results= the path to that folder"
+        )
+    return path
 
 
 @dataclass(frozen=True)

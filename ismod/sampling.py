@@ -500,7 +500,7 @@ def check_epoch(epoch: Any) -> int:
 
 class ScoreTree:
     """Per-sample scores as a sampling distribution: the scores, a :class:`SumTree` over their masses
-    (:func:`unnormalized_masses`), the probabilities :math:`p_i = (1-\\epsilon)\\,m_i/\\sum_k m_k + \\epsilon/N`
+    (``unnormalized_masses``), the probabilities :math:`p_i = (1-\\epsilon)\\,m_i/\\sum_k m_k + \\epsilon/N`
     (:func:`probabilities`), draws with replacement with their weights :math:`1/(Np_i)`, recorded at
     draw, and updates in :math:`O(k\\log N)`, with an exact :math:`O(N)` rebuild every
     ``rebuild_every`` updated entries. The distribution half of :class:`ImportanceSampler`, which adds

@@ -209,3 +209,22 @@ def test_saved_results_are_found_from_a_colab_like_working_directory(tmp_path, m
     monkeypatch.delenv(experiments.RESULTS_ENV, raising=False)
     found = runner.load_suite(suites.chapter5("gpu"), experiments.results_dir("results") / "gpu")
     assert list(found) == ["uniform"] and found["uniform"][0].config == config.to_dict()
+
+
+def test_saved_results_dir_reads_the_books_runs_whatever_ismod_results_says(tmp_path, monkeypatch):
+    # a page's pilots are read from the runs shipped with the book, also when a test (or a reader)
+    # points new results elsewhere
+    book = tmp_path / "book"
+    config = suites.chapter5_weighted_pilot("cpu")["forced, batch norm (weighted statistics)"][0]
+    saved = Result(config.to_dict(), {"behaviour_version": BEHAVIOUR_VERSION, "data_source": "CIFAR-10 (JPEG q75 copy)"},
+                   [], {}, {})  # fmt: skip
+    saved.save(result_path(config, book / "results" / "cpu"))
+    monkeypatch.chdir(book)
+    monkeypatch.setenv(experiments.RESULTS_ENV, str(tmp_path / "scratch"))
+    assert experiments.results_dir("results") == tmp_path / "scratch"
+    found = runner.load_suite(
+        suites.chapter5_weighted_pilot("cpu"), experiments.saved_results_dir("cpu")
+    )
+    assert [runs[0].config for runs in found.values()] == [config.to_dict()]
+    with pytest.raises(FileNotFoundError, match="book_results"):
+        experiments.saved_results_dir("gpu")
