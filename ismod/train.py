@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -782,6 +783,30 @@ class LoopState:
         self.correct_sum = torch.zeros((), device=device)
         self.loss_count = 0
 
+    def add_batch(self, losses: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor) -> None:
+        """The interval's sums grow by a trained batch's losses and correct predictions (on the device)."""
+        self.loss_sum += losses.sum()
+        labels = targets if targets.dim() == 1 else targets.argmax(1)
+        self.correct_sum += (logits.argmax(1) == labels).sum()
+        self.loss_count += losses.numel()
+
+    def counters(self, step: int, settings: TrainSettings, n: int, lr: float, summary: dict[str, Any],
+                 test: tuple[float, float]) -> dict[str, Any]:  # fmt: skip
+        """A history record's counters (the interval's training loss and accuracy, the learning rate
+        ``lr``, the strategy's ``summary``, forward passes), around the test set's ``(accuracy, loss)``."""
+        count = self.loss_count
+        record = {
+            "step": step, "epoch": step * settings.batch_size / n, "wall_time": self.train_time,
+            "samples_seen": step * settings.batch_size,
+            "train_loss": float(self.loss_sum) / count if count else None,  # None: nothing trained yet
+            "train_accuracy": float(self.correct_sum) / count if count else None,
+            "test_accuracy": test[0], "test_loss": test[1], "lr": lr, **summary,
+            "forward_passes": self.forward_passes,
+        }  # fmt: skip
+        if settings.step_seconds > 0:  # the cost model's clock, so time to a target can read it
+            record["modelled_seconds"] = modelled_seconds(step, self.forward_passes, settings)
+        return record
+
     def state_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
@@ -1063,15 +1088,7 @@ class _Loop:
                  optimizer: OptimizerFactory | None, loss: PerSampleLoss | None) -> None:  # fmt: skip
         settings.validate(len(train))
         self.world = World.current()
-        self.local: slice | None = None
-        if self.world is not None:
-            world = self.world
-            if settings.batch_size % world.size:
-                raise ValueError(f"batch_size {settings.batch_size} (the global batch) is not divisible by the world "
-                                 f"size {world.size}; choose a multiple of {world.size}")  # fmt: skip
-            world.check_same(tag, "config hash")
-            per_rank = settings.batch_size // world.size
-            self.local = slice(world.rank * per_rank, (world.rank + 1) * per_rank)
+        self.local = _local_slice(self.world, settings.batch_size, tag)
         self.train, self.test, self.strategy, self.augment, self.settings = (
             train,
             test,
@@ -1079,17 +1096,12 @@ class _Loop:
             augment,
             settings,
         )
-        self.tag, self.probe, self.train_eval = tag, probe, train_eval
+        self.tag = tag
         self.device = device = train.images.device
         self.n = len(train)
         self.use_amp = settings.amp and device.type == "cuda"
         self.dtype = amp_dtype(device)
-        # fp16 (GPUs before Ampere) needs loss scaling; bf16 has float32's range and does not. The scale
-        # starts at 2^10 (airbench's summed loss over 1024 samples, in effect): from the default 2^16 the
-        # fast network's batch-norm backward overflows and the first ten steps would be skipped.
-        self.scaler = torch.amp.GradScaler(
-            "cuda", init_scale=1024.0, enabled=self.use_amp and self.dtype == torch.float16
-        )
+        self.scaler = _grad_scaler(self.use_amp, self.dtype)
         if settings.channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
@@ -1105,20 +1117,16 @@ class _Loop:
                              seed)  # fmt: skip
         strategy.setup(self.n, settings.batch_size, device, self.gen, self.score, train.labels)
         strategy.set_reference_trainer(self.score.train_reference)
-        if settings.budget == "strategy_epochs" and (
-            strategy.epochs_done() is None or self.world is not None
-        ):
-            raise ValueError(
-                f"budget='strategy_epochs' counts the strategy's own epochs, which {strategy.name!r} "
-                "does not cut (Strategy.epochs_done is None), or the run has several processes; use "
-                "budget='epochs' (samples seen / N) or an epoch-cutting strategy in one process"
-            )
+        _check_strategy_budget(settings, strategy, self.world)
         self.optimizer = (optimizer or sgd(settings))(_param_groups(model, settings))
         self.lookahead = _Lookahead(model) if settings.lookahead else None
         self.budget = _Budget(settings, self.n, strategy, self.state)
         self.total_steps = self.budget.total_steps
         self.instruments = _Instruments(train, augment, seed) if settings.instrument else None
         self.clock = _Clock(device)
+        self.evaluations = _Evaluations(model, train, test, train_eval, augment, settings, self.loss,
+                                        probe, self.instruments, self.world, self.use_amp, seed,
+                                        self.clock.totals)  # fmt: skip
         self.checkpoint = _Checkpoint(Path(checkpoint), tag) if checkpoint is not None else None
         if self.checkpoint is not None:
             strategy.state_dict()  # a strategy that cannot be checkpointed fails now, not at the first save
@@ -1147,7 +1155,8 @@ class _Loop:
         selection = Selection.of(strategy.select(step))
         indices, weights = selection
         t1 = clock.mark()
-        x, y, y_global, weights = self._inputs(selection)
+        x, y, y_global, weights = _step_inputs(selection, self.train, self.augment, self.gen, self.local,
+                                               self.settings.channels_last)  # fmt: skip
         t2 = clock.mark()
         logits, losses, t_forward = self._forward_backward(x, y, weights, selection.norm_inputs,
                                                            selection.weighted_norm)  # fmt: skip
@@ -1180,29 +1189,6 @@ class _Loop:
             elapsed = world.reduce_floats([elapsed], "max")[0]
         state.train_time += elapsed
 
-    def _inputs(
-        self, selection: Selection
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The step's inputs ``x, y`` (this process's part), the global batch's targets and the weights."""
-        indices, weights = selection
-        if (
-            selection.inputs is not None
-        ):  # the very inputs the strategy scored (and weighted) this step
-            x, y = selection.inputs
-        else:
-            x, y = self.augment(
-                self.train.images[indices], self.train.labels[indices], generator=self.gen
-            )
-        y_global = y
-        if (
-            self.local is not None
-        ):  # the whole global batch was augmented, as one process would; train on a slice
-            x, y = x[self.local], y[self.local]
-            weights = weights[self.local] if weights is not None else None
-        if self.settings.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x, y, y_global, weights
-
     def _forward_backward(
         self,
         x: torch.Tensor,
@@ -1215,18 +1201,13 @@ class _Loop:
         statistics where the strategy gave them, or by the batch's own statistics weighted by
         ``weights`` (``weighted_norm``); the logits, per-sample losses and the clock's mark between the
         two passes."""
-        with contextlib.ExitStack() as normalisation:
-            if (
-                weighted_norm and weights is not None
-            ):  # this rank's shard, weighted by its own weights
-                normalisation.enter_context(weighted_statistics(self.model, weights))
-            if norm_inputs is not None:  # one more forward pass: the presample's statistics
-                self.state.forward_passes += norm_inputs.shape[0]
-                if self.settings.channels_last:
-                    norm_inputs = norm_inputs.contiguous(memory_format=torch.channels_last)
-                # under the step's autocast, so the statistics are those its forward pass would see
-                with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.use_amp):
-                    normalisation.enter_context(normalized_by(self.model, norm_inputs))
+        if norm_inputs is not None:  # one more forward pass: the presample's statistics
+            self.state.forward_passes += norm_inputs.shape[0]
+        autocast = functools.partial(
+            torch.autocast, self.device.type, dtype=self.dtype, enabled=self.use_amp
+        )
+        with _step_normalisation(self.model, weights if weighted_norm else None, norm_inputs, autocast,
+                                 self.settings.channels_last):  # fmt: skip
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.use_amp):
                 logits = self.train_model(x)
             losses = per_sample_losses(self.loss, logits.float(), y)
@@ -1257,72 +1238,30 @@ class _Loop:
             self.strategy.observe(indices, *self.score(indices))
         else:
             self.strategy.observe(indices, detached, seen_logits)
-        state = self.state
-        state.loss_sum += detached.sum()
-        labels = y_global if y_global.dim() == 1 else y_global.argmax(1)
-        state.correct_sum += (seen_logits.argmax(1) == labels).sum()
-        state.loss_count += detached.numel()
+        self.state.add_batch(detached, seen_logits, y_global)
         return t_gathered
 
     def tell_step_times(self) -> None:
-        s = self.settings
-        if s.budget == "modelled_seconds":
-            # the modelled costs, not the clock's: τ_th = 1 + B·score_seconds/step_seconds, the same on
-            # a busy machine as on an idle one (a batch's scoring pass stands for t_f, the rest of a step for t_b)
-            forward = s.score_seconds * s.batch_size
-            self.strategy.set_step_times(forward, s.step_seconds - forward)
-            return
-        done = self.state.step
-        if done:
-            totals = self.clock.settle()
-            times = [totals["forward"] / done, totals["backward"] / done]
-            if self.world is not None:  # one τ_th on every rank
-                times = self.world.reduce_floats(times, "mean")
+        times = _step_times(self.settings, self.clock, self.state.step, self.world)
+        if times is not None:
             self.strategy.set_step_times(*times)
 
     # --- recording --------------------------------------------------------------------------------------
 
     def record(self, step: int) -> None:
         """Evaluate and append a history record (evaluation and probe time are not training time)."""
-        state, settings = self.state, self.settings
+        state = self.state
         if (
             self.device.type == "cuda"
         ):  # the steps still queued on the device belong to training time
             start = time.perf_counter()
             torch.cuda.synchronize(self.device)
             state.train_time += time.perf_counter() - start
-        start = time.perf_counter()
-        kwargs = dict(amp=self.use_amp, channels_last=settings.channels_last, world=self.world)
-        accuracy, test_loss = evaluate(
-            self.model, self.test, self.augment, tta=settings.tta, **kwargs
+        lr = self.settings.lr * lr_factor(self.settings, self.progress_of(step))
+        counters = functools.partial(
+            state.counters, step, self.settings, self.n, lr, self.strategy.summary()
         )
-        count = state.loss_count
-        state.history.append({
-            "step": step, "epoch": step * settings.batch_size / self.n, "wall_time": state.train_time,
-            "samples_seen": step * settings.batch_size,
-            "train_loss": float(state.loss_sum) / count if count else None,  # None: nothing trained yet
-            "train_accuracy": float(state.correct_sum) / count if count else None,
-            "test_accuracy": accuracy, "test_loss": test_loss,
-            "lr": settings.lr * lr_factor(settings, self.progress_of(step)), **self.strategy.summary(),
-            "forward_passes": state.forward_passes,
-        })  # fmt: skip
-        if settings.step_seconds > 0:  # the cost model's clock, so time to a target can read it
-            state.history[-1]["modelled_seconds"] = modelled_seconds(
-                step, state.forward_passes, settings
-            )
-        if self.train_eval is not None:
-            acc, loss = evaluate(self.model, self.train_eval, self.augment, **kwargs)
-            state.history[-1].update(train_eval_accuracy=acc, train_eval_loss=loss)
-        if self.instruments is not None and self.world is None:
-            state.history[-1].update(
-                self.instruments.read(self.model, self.loss, settings, step, amp=self.use_amp)
-            )
-        totals = self.clock.totals
-        totals["evaluation"] = totals.get("evaluation", 0.0) + time.perf_counter() - start
-        if self.probe is not None:
-            start = time.perf_counter()
-            state.history[-1]["probe"] = self.probe(self.model)
-            totals["probe"] = totals.get("probe", 0.0) + time.perf_counter() - start
+        state.history.append(self.evaluations.at(step, counters))
         state.start_interval(self.device)
         state.next_eval += 1
         self.tell_step_times()
@@ -1377,7 +1316,7 @@ class _Loop:
         timing = self.clock.settle()
         final = {
             **_final_summary(self.state, self.settings, self.n),
-            **self.recalibrated_evaluation(),
+            **self.evaluations.recalibrated(),
         }
         steps = max(self.state.step, 1)
         per_step = {k: v / steps for k, v in timing.items() if k in PHASES + SUBPHASES}
@@ -1387,12 +1326,140 @@ class _Loop:
             "final": final,
         }
 
-    def recalibrated_evaluation(self) -> dict[str, float]:
+
+def _step_inputs(selection: Selection, train: ImageData, augment: Augment, gen: torch.Generator,
+                 local: slice | None, channels_last: bool,
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:  # fmt: skip
+    """A step's inputs ``x, y`` (this process's part), the global batch's targets and the weights."""
+    indices, weights = selection
+    if selection.inputs is not None:  # the very inputs the strategy scored (and weighted) this step
+        x, y = selection.inputs
+    else:
+        x, y = augment(train.images[indices], train.labels[indices], generator=gen)
+    y_global = y
+    if (
+        local is not None
+    ):  # the whole global batch was augmented, as one process would; train on a slice
+        x, y = x[local], y[local]
+        weights = weights[local] if weights is not None else None
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, y, y_global, weights
+
+
+@contextlib.contextmanager
+def _step_normalisation(model: nn.Module, weights: torch.Tensor | None, norm_inputs: torch.Tensor | None,
+                        autocast: Callable[[], Any], channels_last: bool) -> Iterator[None]:  # fmt: skip
+    """The batch-norm statistics a step's forward pass normalises by: the batch's own weighted by
+    ``weights`` (:func:`~ismod.batchnorm.weighted_statistics`; this rank's shard, by its own weights),
+    those of ``norm_inputs`` (:func:`normalized_by`), or, with neither, the batch's own."""
+    with contextlib.ExitStack() as normalisation:
+        if weights is not None:
+            normalisation.enter_context(weighted_statistics(model, weights))
+        if norm_inputs is not None:
+            if channels_last:
+                norm_inputs = norm_inputs.contiguous(memory_format=torch.channels_last)
+            # under the step's autocast, so the statistics are those its forward pass would see
+            with autocast():
+                normalisation.enter_context(normalized_by(model, norm_inputs))
+        yield
+
+
+def _local_slice(world: World | None, batch_size: int, tag: str) -> slice | None:
+    """This process's part of the global batch (None in one process); every rank must run ``tag``."""
+    if world is None:
+        return None
+    if batch_size % world.size:
+        raise ValueError(f"batch_size {batch_size} (the global batch) is not divisible by the world "
+                         f"size {world.size}; choose a multiple of {world.size}")  # fmt: skip
+    world.check_same(tag, "config hash")
+    per_rank = batch_size // world.size
+    return slice(world.rank * per_rank, (world.rank + 1) * per_rank)
+
+
+def _grad_scaler(use_amp: bool, dtype: torch.dtype) -> torch.amp.GradScaler:
+    """fp16 (GPUs before Ampere) needs loss scaling; bf16 has float32's range and does not. The scale
+    starts at 2^10 (airbench's summed loss over 1024 samples, in effect): from the default 2^16 the
+    fast network's batch-norm backward overflows and the first ten steps would be skipped."""
+    return torch.amp.GradScaler(
+        "cuda", init_scale=1024.0, enabled=use_amp and dtype == torch.float16
+    )
+
+
+def _check_strategy_budget(
+    settings: TrainSettings, strategy: Strategy, world: World | None
+) -> None:
+    if settings.budget == "strategy_epochs" and (
+        strategy.epochs_done() is None or world is not None
+    ):
+        raise ValueError(
+            f"budget='strategy_epochs' counts the strategy's own epochs, which {strategy.name!r} "
+            "does not cut (Strategy.epochs_done is None), or the run has several processes; use "
+            "budget='epochs' (samples seen / N) or an epoch-cutting strategy in one process"
+        )
+
+
+def _step_times(settings: TrainSettings, clock: _Clock, done: int,
+                world: World | None) -> tuple[float, float] | None:  # fmt: skip
+    """The (forward, backward) seconds of a step the strategy's τ_th rests on: the cost model's under a
+    modelled budget, else the clock's means over the ``done`` steps (None before the first)."""
+    if settings.budget == "modelled_seconds":
+        # the modelled costs, not the clock's: τ_th = 1 + B·score_seconds/step_seconds, the same on
+        # a busy machine as on an idle one (a batch's scoring pass stands for t_f, the rest of a step for t_b)
+        forward = settings.score_seconds * settings.batch_size
+        return forward, settings.step_seconds - forward
+    if not done:
+        return None
+    totals = clock.settle()
+    times = [totals["forward"] / done, totals["backward"] / done]
+    if world is not None:  # one τ_th on every rank
+        times = world.reduce_floats(times, "mean")
+    return times[0], times[1]
+
+
+class _Evaluations:
+    """What an evaluation point measures beyond the loop's counters (the test set, the fixed training
+    subset, the instruments and the probe), timed apart from training into the clock's ``totals``; and
+    the run's closing evaluation with recalibrated batch-norm statistics."""
+
+    def __init__(self, model: nn.Module, train: ImageData, test: ImageData, train_eval: ImageData | None,
+                 augment: Augment, settings: TrainSettings, loss: PerSampleLoss,
+                 probe: Callable[[nn.Module], dict[str, Any]] | None, instruments: _Instruments | None,
+                 world: World | None, amp: bool, seed: int, totals: dict[str, float]) -> None:  # fmt: skip
+        self.model, self.train, self.test, self.train_eval = model, train, test, train_eval
+        self.augment, self.settings, self.loss, self.probe = augment, settings, loss, probe
+        self.instruments, self.world, self.amp, self.seed = instruments, world, amp, seed
+        self.totals = totals
+        self.kwargs = dict(amp=amp, channels_last=settings.channels_last, world=world)
+
+    def at(
+        self, step: int, counters: Callable[[tuple[float, float]], dict[str, Any]]
+    ) -> dict[str, Any]:
+        """The history record of ``step``: ``counters(test accuracy and loss)`` and the measurements."""
+        start = time.perf_counter()
+        record = counters(
+            evaluate(self.model, self.test, self.augment, tta=self.settings.tta, **self.kwargs)
+        )
+        if self.train_eval is not None:
+            acc, loss = evaluate(self.model, self.train_eval, self.augment, **self.kwargs)
+            record.update(train_eval_accuracy=acc, train_eval_loss=loss)
+        if self.instruments is not None and self.world is None:
+            record.update(
+                self.instruments.read(self.model, self.loss, self.settings, step, amp=self.amp)
+            )
+        self.totals["evaluation"] = self.totals.get("evaluation", 0.0) + time.perf_counter() - start
+        if self.probe is not None:
+            start = time.perf_counter()
+            record["probe"] = self.probe(self.model)
+            self.totals["probe"] = self.totals.get("probe", 0.0) + time.perf_counter() - start
+        return record
+
+    def recalibrated(self) -> dict[str, float]:
         """With ``settings.bn_recalibration`` batches (single process only): :func:`evaluate_recalibrated`."""
         if not self.settings.bn_recalibration or self.world is not None:
             return {}
         return evaluate_recalibrated(self.model, self.train, self.test, self.train_eval, self.augment,
-                                     self.settings, seed=self.seed, amp=self.use_amp)  # fmt: skip
+                                     self.settings, seed=self.seed, amp=self.amp)  # fmt: skip
 
 
 class _Checkpoint:

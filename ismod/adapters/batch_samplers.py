@@ -32,6 +32,57 @@ from ._epochs import EpochPosition, Pairing
 # --- score-driven strategies as batch samplers -------------------------------------------------------
 
 
+def _batch_sampler_strategy(strategy: Strategy | str, options: dict[str, Any]) -> Strategy:
+    """``strategy`` built from its name and options, and checked to run in a batch sampler: what it
+    declares, never its name, decides (no extra scoring passes, no logits needed)."""
+    if isinstance(strategy, str):
+        strategy = build_strategy(strategy, options)
+    elif options:
+        raise TypeError(
+            f"options {sorted(options)} are for a strategy given by name; set them on the object"
+        )
+    if not isinstance(strategy, Strategy):
+        raise TypeError(f"strategy must be a Strategy or one of {sorted(STRATEGIES)}, got {type(strategy).__name__}")  # fmt: skip
+    if strategy.scoring_passes_per_sample > 0 or strategy.observes_logits:
+        need = ("scores samples with extra forward passes" if strategy.scoring_passes_per_sample > 0
+                else "needs the logits of what was trained on, which loss() does not see")  # fmt: skip
+        fix = (f"use ismod.{strategy.own_loop_adapter}" if strategy.own_loop_adapter
+               else "run it under ismod.train.fit")  # fmt: skip
+        raise ValueError(
+            f"strategy {strategy.name!r} {need}, which a batch sampler cannot do: {fix}"
+        )
+    return strategy
+
+
+def _keep_partial_batches(strategy: Strategy, num_replicas: int) -> None:
+    """``drop_last=False``: the strategy keeps an epoch's last partial batch, where it can."""
+    if not strategy.cuts_epochs_into_batches:
+        raise ValueError(
+            f"drop_last=False keeps an epoch's last partial batch, which strategy {strategy.name!r} "
+            "does not have (it draws whole batches): leave drop_last=True"
+        )
+    if num_replicas > 1:
+        raise ValueError(
+            "drop_last=False would give the replicas batches of different sizes: leave "
+            "drop_last=True under torch.distributed"
+        )
+    strategy.keep_partial_batch = True
+
+
+def _whole_batch(losses: torch.Tensor, num_replicas: int) -> torch.Tensor:
+    """This replica's ``losses``, or under ``torch.distributed`` every replica's, back in the order of
+    the global batch (rank r trained on positions r, r + R, ...)."""
+    if num_replicas == 1:
+        return losses
+    from ..process_group import World
+
+    world = World.current()
+    if world is None or world.size != num_replicas:
+        raise RuntimeError(f"a sampler with num_replicas={num_replicas} needs an initialised process group of that size")  # fmt: skip
+    gathered = world.all_gather_cat(losses.detach().float())
+    return gathered.view(num_replicas, -1).t().reshape(-1)
+
+
 class StrategyBatchSampler(EpochPosition, Sampler[list[int]]):
     """A harness strategy that learns from training losses, as a ``DataLoader`` batch sampler.
 
@@ -86,23 +137,7 @@ class StrategyBatchSampler(EpochPosition, Sampler[list[int]]):
         rank: int | None = None,
         **options: Any,
     ) -> None:
-        if isinstance(strategy, str):
-            strategy = build_strategy(strategy, options)
-        elif options:
-            raise TypeError(
-                f"options {sorted(options)} are for a strategy given by name; set them on the object"
-            )
-        if not isinstance(strategy, Strategy):
-            raise TypeError(f"strategy must be a Strategy or one of {sorted(STRATEGIES)}, got {type(strategy).__name__}")  # fmt: skip
-        # what the strategy declares, never its name, says whether a batch sampler can run it
-        if strategy.scoring_passes_per_sample > 0 or strategy.observes_logits:
-            need = ("scores samples with extra forward passes" if strategy.scoring_passes_per_sample > 0
-                    else "needs the logits of what was trained on, which loss() does not see")  # fmt: skip
-            fix = (f"use ismod.{strategy.own_loop_adapter}" if strategy.own_loop_adapter
-                   else "run it under ismod.train.fit")  # fmt: skip
-            raise ValueError(
-                f"strategy {strategy.name!r} {need}, which a batch sampler cannot do: {fix}"
-            )
+        strategy = _batch_sampler_strategy(strategy, options)
         self.num_items = positive_int("num_items", num_items)
         check_dataset(dataset, self.num_items)
         self.batch_size = positive_int("batch_size", batch_size)
@@ -110,17 +145,7 @@ class StrategyBatchSampler(EpochPosition, Sampler[list[int]]):
         self.num_replicas, self.rank = replica_layout(num_replicas, rank)
         self.drop_last = bool(drop_last)
         if not self.drop_last:
-            if not strategy.cuts_epochs_into_batches:
-                raise ValueError(
-                    f"drop_last=False keeps an epoch's last partial batch, which strategy {strategy.name!r} "
-                    "does not have (it draws whole batches): leave drop_last=True"
-                )
-            if self.num_replicas > 1:
-                raise ValueError(
-                    "drop_last=False would give the replicas batches of different sizes: leave "
-                    "drop_last=True under torch.distributed"
-                )
-            strategy.keep_partial_batch = True
+            _keep_partial_batches(strategy, self.num_replicas)
         global_batch = self.batch_size * self.num_replicas
         if global_batch > self.num_items:
             raise ValueError(f"batch_size × num_replicas = {global_batch} exceeds num_items = {self.num_items}")  # fmt: skip
@@ -250,18 +275,7 @@ class StrategyBatchSampler(EpochPosition, Sampler[list[int]]):
         if not losses.is_cuda:  # CUDA losses are checked on their host copy (_observe_ready)
             check_scores(losses.detach(), LOSSES_ARGUMENT)
         self._pairing.done()
-        if self.num_replicas > 1:
-            from ..process_group import World
-
-            world = World.current()
-            if world is None or world.size != self.num_replicas:
-                raise RuntimeError(f"a sampler with num_replicas={self.num_replicas} needs an initialised process group of that size")  # fmt: skip
-            gathered = world.all_gather_cat(losses.detach().float())
-            # rank r trained on positions r, r + R, ...: put every rank's losses back in batch order
-            ordered = gathered.view(self.num_replicas, -1).t().reshape(-1)
-            self._losses.put(indices, ordered)
-        else:
-            self._losses.put(indices, losses)
+        self._losses.put(indices, _whole_batch(losses, self.num_replicas))
         self._observe_ready()  # at once on the CPU; on CUDA once the copy has landed
         self._end_epoch_if_done()
         if weights is None:

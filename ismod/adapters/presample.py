@@ -65,6 +65,16 @@ class StepTimer:
     def done(self) -> bool:
         return len(self.probes) >= self.wanted
 
+    def time_step(self, switch: TauSwitch, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  loss_fn: PerSampleLoss, logits: Logits) -> None:  # fmt: skip
+        """Probe this batch, unless every probe is in; the last probe sets ``switch``'s step times to the
+        medians."""
+        if self.done:
+            return
+        times = self.probe(model, x, y, loss_fn, logits)
+        if times is not None:
+            switch.set_step_times(*times)
+
     def probe(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss_fn: PerSampleLoss,
               logits: Logits) -> tuple[float, float] | None:  # fmt: skip
         """Time one batch; the median (forward, backward) seconds once the last probe is in, else None."""
@@ -163,23 +173,17 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
         num_replicas: int | None = None,
         rank: int | None = None,
     ) -> None:
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.num_items = positive_int("num_items", num_items)
-        check_dataset(dataset, self.num_items)
         self.batch_size = positive_int("batch_size", batch_size)
-        check_presample_options(presample, score, threshold, tau_momentum)
         self.num_replicas, self.rank = replica_layout(num_replicas, rank)
-        check_replicated(model)
         self.shard_size = -(-self.num_items // self.num_replicas)
         self.presample_size = round(presample * self.batch_size)
-        if self.presample_size > self.shard_size:
-            raise ValueError(f"presample B = {self.presample_size} exceeds the {self.shard_size} samples of a replica")  # fmt: skip
+        _check_arguments(
+            model, dataset, self, presample, score, threshold, tau_momentum, presample_cap
+        )
         self.model, self.score, self.loss_fn = model, score, loss_fn or cross_entropy_loss()
         self.logits = check_logits_option(logits)
         self.threshold, self.tau_momentum, self.sqrt = threshold, float(tau_momentum), bool(sqrt)
-        if not isinstance(presample_cap, bool):
-            raise ValueError(f"presample_cap must be True or False, got {presample_cap!r}")
         self.presample_cap = presample_cap
         self.seed, self.epoch = int(seed), 0
         self.core: PresampleCore | None = None  # made at the first loss(), on the tensors' device
@@ -218,22 +222,10 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
 
     def importance_on(self) -> bool:
         """Whether the next batch is a presample: τ (as the host can read it without waiting) > τ_th."""
-        core, restored = self.core, self._restored
-        if core is None and restored is not None:  # resumed, before the first loss(): τ as saved
-            ring = restored["ring"]  # on CUDA, the lagged copy tau_for_decision would read
-            tau = (
-                ring[(self.calls - TAU_LAG) % len(ring)]
-                if restored.get("device_type") == "cuda"
-                else float(restored["tau"])
-            )
-            return switches_on(
-                tau,
-                restored["tau_threshold"],
-                self.batch_size,
-                self.presample_size,
-                self.presample_cap,
-            )
-        return core is not None and core.importance_next(self.calls)
+        if self.core is None and self._restored is not None:  # resumed, before the first loss()
+            return _saved_switch_on(self._restored, self.calls, self.batch_size, self.presample_size,
+                                    self.presample_cap)  # fmt: skip
+        return self.core is not None and self.core.importance_next(self.calls)
 
     def _batches(self) -> Iterator[list[int]]:
         self._iterated = True
@@ -302,10 +294,8 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
             ).mean()
             self.importance_steps += 1
         else:
-            if self.threshold == "measured" and step in _PROBE_CALLS and not self.timer.done:
-                times = self.timer.probe(self.model, x, y, self.loss_fn, self.logits)
-                if times is not None:  # the medians of the probes, once all are in
-                    core.switch.set_step_times(*times)
+            if self.threshold == "measured" and step in _PROBE_CALLS:
+                self.timer.time_step(core.switch, self.model, x, y, self.loss_fn, self.logits)
             logits = pick_logits(self.model(x), self.logits, "loss()")
             losses = per_sample_losses(self.loss_fn, logits, y)
             scores = core.scores(logits.detach(), y, losses.detach())
@@ -351,19 +341,10 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
 
     def _saved_state(self) -> dict[str, Any]:
         self._check.raise_if_bad(wait=True)
-        core, gen = self.core, self._generator
-        if self._restored is not None:  # loaded, not yet applied: pass it on as it is
-            switch_state = {k: self._restored.get(k) for k in ("tau", "ring", "tau_threshold", "measured_times", "generator", "device_type")}  # fmt: skip
-        elif core is None:
-            switch_state = {"tau": None, "ring": None, "tau_threshold": None, "measured_times": None, "generator": None, "device_type": None}  # fmt: skip
-        else:
-            switch_state = {**core.state_dict(), "generator": None if gen is None else gen.get_state(),
-                            "device_type": core.device.type}  # fmt: skip
         return {
-            **switch_state, "calls": self.calls, "importance_steps": self.importance_steps,
-            "epoch": self.epoch, "probes": list(self.timer.probes), "stream": self._stream.order,
-            "stream_position": self._stream.position, "passes": self._stream.refills,
-            "in_epoch": self._epoch_state(),
+            **_switch_state(self.core, self._generator, self._restored), **_stream_state(self._stream),
+            "calls": self.calls, "importance_steps": self.importance_steps, "epoch": self.epoch,
+            "probes": list(self.timer.probes), "in_epoch": self._epoch_state(),
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -374,22 +355,10 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
         require_keys(
             state, ("tau", "calls", "importance_steps", "epoch"), "TauSwitchSampler.load_state_dict"
         )
-        mine = len(range(self.rank, self.num_items, self.num_replicas))
-        if "stream" in state and state["stream"].numel() not in (0, mine):
-            raise ValueError(
-                f"TauSwitchSampler.load_state_dict: the state's permutation has "
-                f"{state['stream'].numel()} items, this replica's share of num_items {mine}: build "
-                "the sampler with the saved run's num_items and num_replicas"
-            )
+        _load_stream(self._stream, state, len(range(self.rank, self.num_items, self.num_replicas)))
         self.calls, self.importance_steps = int(state["calls"]), int(state["importance_steps"])
         self.epoch = int(state["epoch"])
         self.timer.probes = [tuple(p) for p in state.get("probes", [])]
-        if "stream" in state:
-            self._stream.order = state["stream"]
-            self._stream.position, self._stream.refills = (
-                int(state["stream_position"]),
-                int(state["passes"]),
-            )
         self._resume = state.get("in_epoch")
         self._in_epoch = None
         self._pairing.new_epoch(self.epoch)
@@ -405,3 +374,65 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
         if state.get("generator") is not None and self._generator is not None:
             self._generator.set_state(state["generator"])
         self._restored = None
+
+
+def _check_arguments(model: Any, dataset: Any, sampler: TauSwitchSampler, presample: float, score: str,
+                     threshold: Any, tau_momentum: float, presample_cap: Any) -> None:  # fmt: skip
+    """TauSwitchSampler's arguments, each refused with an error naming it and the fix."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    check_dataset(dataset, sampler.num_items)
+    check_presample_options(presample, score, threshold, tau_momentum)
+    check_replicated(model)
+    if sampler.presample_size > sampler.shard_size:
+        raise ValueError(f"presample B = {sampler.presample_size} exceeds the {sampler.shard_size} samples of a replica")  # fmt: skip
+    if not isinstance(presample_cap, bool):
+        raise ValueError(f"presample_cap must be True or False, got {presample_cap!r}")
+
+
+# The τ switch's part of a saved TauSwitchSampler state.
+_SWITCH_KEYS = ("tau", "ring", "tau_threshold", "measured_times", "generator", "device_type")
+
+
+def _switch_state(core: PresampleCore | None, generator: torch.Generator | None,
+                  restored: dict[str, Any] | None) -> dict[str, Any]:  # fmt: skip
+    """The switch's state: as loaded while not yet applied (the core is made at the first loss(), on
+    the tensors' device), empty before the first loss(), else the core's and the resampling generator's."""
+    if restored is not None:
+        return {k: restored.get(k) for k in _SWITCH_KEYS}
+    if core is None:
+        return dict.fromkeys(_SWITCH_KEYS)
+    return {**core.state_dict(), "generator": None if generator is None else generator.get_state(),
+            "device_type": core.device.type}  # fmt: skip
+
+
+def _saved_switch_on(saved: dict[str, Any], calls: int, batch_size: int, presample_size: int,
+                     presample_cap: bool) -> bool:  # fmt: skip
+    """Whether a loaded switch state, not yet applied, makes the next batch a presample: τ as the core
+    would read it at call ``calls`` (on CUDA the lagged copy, as ``tau_for_decision``)."""
+    ring = saved["ring"]
+    tau = (
+        ring[(calls - TAU_LAG) % len(ring)]
+        if saved.get("device_type") == "cuda"
+        else float(saved["tau"])
+    )
+    return switches_on(tau, saved["tau_threshold"], batch_size, presample_size, presample_cap)
+
+
+def _stream_state(stream: EpochStream) -> dict[str, Any]:
+    return {"stream": stream.order, "stream_position": stream.position, "passes": stream.refills}
+
+
+def _load_stream(stream: EpochStream, state: dict[str, Any], share: int) -> None:
+    """Restore :func:`_stream_state` (absent from older states), refusing a permutation that is not
+    this replica's ``share`` of the items."""
+    if "stream" not in state:
+        return
+    if state["stream"].numel() not in (0, share):
+        raise ValueError(
+            f"TauSwitchSampler.load_state_dict: the state's permutation has {state['stream'].numel()} "
+            f"items, this replica's share of num_items {share}: build the sampler with the saved run's "
+            "num_items and num_replicas"
+        )
+    stream.order = state["stream"]
+    stream.position, stream.refills = int(state["stream_position"]), int(state["passes"])
