@@ -318,6 +318,53 @@ def test_scoring_leaves_batch_norm_statistics_alone():
     assert not torch.equal(model[1].running_mean, before)
 
 
+@pytest.mark.parametrize("batch_norm", ["train", "weighted"])
+def test_tau_switch_sampler_weights_batch_norm_statistics_on_importance_steps_only(
+    batch_norm, monkeypatch
+):
+    """batch_norm="weighted": each importance step's forward pass runs inside weighted_statistics with
+    that step's weights; uniform steps, and every step under "train", are plain."""
+    import ismod.adapters.presample as presample
+    from ismod.batchnorm import weighted_statistics
+
+    entered = []
+
+    def spy(model, weights):
+        entered.append(weights.detach().clone())
+        return weighted_statistics(model, weights)
+
+    monkeypatch.setattr(presample, "weighted_statistics", spy)
+    model = small_classifier()
+    sampler = ismod.TauSwitchSampler(model, 600, 20, threshold=1.02, batch_norm=batch_norm)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    for x, y in DataLoader(blobs(600), batch_sampler=sampler):
+        loss = sampler.loss(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert sampler.importance_steps > 0
+    if batch_norm == "train":
+        assert entered == []
+    else:
+        assert len(entered) == sampler.importance_steps
+        assert all(w.shape == (20,) and (w > 0).all() for w in entered)
+        assert any(w.std() > 0 for w in entered)  # the step's own importance weights, not ones
+
+
+def test_a_batch_sampler_refuses_a_strategy_that_asks_for_other_batch_norm_statistics():
+    from ismod.strategies.base import Selection
+    from ismod.strategies.uniform import Uniform
+
+    class WeightedNorm(Uniform):
+        def select(self, step):
+            indices, _ = super().select(step)
+            return Selection(indices, torch.ones(indices.numel()), weighted_norm=True)
+
+    sampler = StrategyBatchSampler(WeightedNorm(), 40, 8)
+    with pytest.raises(ValueError, match="batch sampler cannot do .* batch_norm='train'"):
+        next(iter(sampler))
+
+
 def test_soft_targets_are_accepted():
     model = small_classifier()
     x, y = blobs(48).tensors
@@ -334,6 +381,7 @@ def test_soft_targets_are_accepted():
         ({"threshold": "auto"}, "threshold must be one of"),
         ({"threshold": 0.5}, "numeric threshold"),
         ({"tau_momentum": 1.0}, "tau_momentum"),
+        ({"batch_norm": "presample"}, "batch_norm must be one of .* need ismod.train.fit"),
     ],
 )
 def test_tau_switch_sampler_bad_arguments(kwargs, match):

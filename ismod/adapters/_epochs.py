@@ -7,7 +7,7 @@ import os
 import sys
 import warnings
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from ..sampling import check_epoch
@@ -113,6 +113,26 @@ class EpochPosition:
 
     def _batches(self) -> Iterator[list[int]]:
         raise NotImplementedError
+
+    def _yield_epoch(self, count: int, length: int, pending: list[Any], draw: Callable[[int], Any],
+                     shown: Callable[[Any], list[int]]) -> Iterator[list[int]]:  # fmt: skip
+        """An epoch's batches from batch ``count`` of ``length``: first the ``pending`` batches of a
+        resumed epoch (yielded before the interruption, not yet trained on), then ``draw(count)`` for
+        each batch left; each is paired with its ``loss()`` and yielded as ``shown(batch)``."""
+        for batch in pending:
+            self._pairing.yielded(batch)
+            yield shown(batch)
+        self._in_epoch = {"count": count, "length": length}
+        while count < length:
+            batch = draw(count)
+            count += 1
+            self._in_epoch = {"count": count, "length": length}
+            self._pairing.yielded(batch)
+            if count == length:
+                self._pairing.exhausted = True
+            yield shown(batch)
+        self._pairing.exhausted = self._iteration_over = True
+        self._end_epoch_if_done()
 
     def _set_epoch(self, epoch: int) -> None:
         """After :meth:`load_state_dict`, the resumed epoch's own number keeps the resume; another

@@ -14,6 +14,7 @@ from torch.utils.data import Sampler
 from ..process_group import replica_layout
 from ..sampling import check_scores
 from ..strategies import STRATEGIES, Strategy, build_strategy
+from ..strategies.base import Selection
 from ..strategies.pruning import InfoBatch
 from ..strategies.scored import LossSampling, ScoredStrategy
 from ._common import (
@@ -67,6 +68,19 @@ def _keep_partial_batches(strategy: Strategy, num_replicas: int) -> None:
             "drop_last=True under torch.distributed"
         )
     strategy.keep_partial_batch = True
+
+
+def _indices_and_weights(strategy: Strategy, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The batch ``strategy.select`` draws, refused where the strategy asks the step for more than a
+    batch sampler gives (its own inputs, or batch-norm statistics other than the batch's own)."""
+    selection = Selection.of(strategy.select(step))
+    if selection.inputs is not None or selection.norm_inputs is not None or selection.weighted_norm:
+        raise ValueError(
+            f"strategy {strategy.name!r} asked the step to train on inputs it made, or to normalise "
+            "with other batch-norm statistics, which a batch sampler cannot do (your loop runs the "
+            "forward pass): run it under ismod.train.fit, or build it with batch_norm='train'"
+        )
+    return selection.indices, selection.weights
 
 
 def _whole_batch(losses: torch.Tensor, num_replicas: int) -> torch.Tensor:
@@ -231,28 +245,20 @@ class StrategyBatchSampler(EpochPosition, Sampler[list[int]]):
             resume is None or resume["length"] < 0
         )  # (a format-1 state saved before its first batch)
         if fresh:
-            count, length = 0, self._begin_epoch()
+            resume = {"count": 0, "length": self._begin_epoch(), "pending": []}
             self._next_length = self._before_next = None
-        else:
-            count, length = resume["count"], resume["length"]
-            for indices, weights in resume["pending"]:
-                self._pairing.yielded((indices, weights))
-                yield indices[mine].tolist()
-        self._in_epoch = {"count": count, "length": length}
-        while count < length:
+        length = resume["length"]
+
+        def draw(count: int) -> tuple[torch.Tensor, torch.Tensor | None]:
             self._observe_ready()
             if count or not fresh:  # the first one's progress was set when the epoch began
                 self._set_progress(count, length)
-            indices, weights = strategy.select(self.step)
+            batch = _indices_and_weights(strategy, self.step)
             self.step += 1
-            count += 1
-            self._in_epoch = {"count": count, "length": length}
-            self._pairing.yielded((indices, weights))
-            if count == length:
-                self._pairing.exhausted = True
-            yield indices[mine].tolist()
-        self._pairing.exhausted = self._iteration_over = True
-        self._end_epoch_if_done()
+            return batch
+
+        yield from self._yield_epoch(resume["count"], length, [tuple(p) for p in resume["pending"]], draw,
+                                     lambda batch: batch[0][mine].tolist())  # fmt: skip
 
     def __len__(self) -> int:
         """Batches in the epoch being yielded or, between epochs, in the next one (started early:

@@ -4,6 +4,7 @@ harness's ``Presample``."""
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
 import weakref
@@ -14,6 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import Sampler
 
+from ..batchnorm import weighted_statistics
 from ..process_group import replica_layout
 from ..sampling import EpochStream
 from ..strategies.presample import (
@@ -44,6 +46,9 @@ from ._epochs import EpochPosition, Pairing
 # Calls of TauSwitchSampler.loss, on uniform steps, whose batch also times a forward and a backward
 # pass for threshold="measured": the median of the five sets τ_th once.
 _PROBE_CALLS = range(10, 15)
+
+# How an importance step in one's own loop can normalise its batch (TauSwitchSampler's batch_norm).
+OWN_LOOP_BATCH_NORM: tuple[str, ...] = ("train", "weighted")
 
 
 def _synchronize(device: torch.device) -> None:
@@ -147,6 +152,10 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
         sqrt: the authors' library's square root of τ (Chapter 5 shows the bound fits better without).
         presample_cap: switch on when :math:`\\tau_{\\text{eff}} = 1/(1/\\tau + b/B)` exceeds τ_th, not τ
             (Chapter 5, §5.6: the presample's own variance caps what a step is worth).
+        batch_norm: how an importance step's batch-norm layers normalise the b drawn samples:
+            ``"train"``, with the batch's own statistics (PyTorch's train mode), or ``"weighted"``, with
+            the statistics weighted by the importance weights
+            (:func:`ismod.batchnorm.weighted_statistics`; Chapter 5, §5.10). Uniform steps are plain.
         loss_fn: per-sample loss, ``(logits, targets) -> (b,)``; softmax cross-entropy by default.
         logits: where the logits are in the model's output, for models that return a tuple or a dict:
             a key, an index or a function of the output (default: the output is the logits).
@@ -166,6 +175,7 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
         tau_momentum: float = 0.9,
         sqrt: bool = False,
         presample_cap: bool = False,
+        batch_norm: str = "train",
         loss_fn: PerSampleLoss | None = None,
         logits: Logits = None,
         dataset: Any = None,
@@ -178,9 +188,9 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
         self.num_replicas, self.rank = replica_layout(num_replicas, rank)
         self.shard_size = -(-self.num_items // self.num_replicas)
         self.presample_size = round(presample * self.batch_size)
-        _check_arguments(
-            model, dataset, self, presample, score, threshold, tau_momentum, presample_cap
-        )
+        _check_arguments(model, dataset, self, presample, score, threshold, tau_momentum,
+                         presample_cap, batch_norm)  # fmt: skip
+        self.batch_norm = batch_norm
         self.model, self.score, self.loss_fn = model, score, loss_fn or cross_entropy_loss()
         self.logits = check_logits_option(logits)
         self.threshold, self.tau_momentum, self.sqrt = threshold, float(tau_momentum), bool(sqrt)
@@ -233,28 +243,17 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
         resume, self._resume = self._resume, None
         self._pairing.new_epoch(self.epoch)
         self._iteration_over = False
-        count = 0
         if resume is None:
             self._stream.restart()  # a fresh permutation
-        else:
-            count = resume["count"]
-            for batch in resume["pending"]:
-                self._pairing.yielded(batch)
-                yield batch
-        length = len(self) if resume is None else resume["length"]
-        self._in_epoch = {"count": count, "length": length}
-        while count < length:
-            batch = self._stream.take(
-                self.presample_size if self.importance_on() else self.batch_size
-            ).tolist()
-            count += 1
-            self._in_epoch = {"count": count, "length": length}
-            self._pairing.yielded(batch)
-            if count == length:
-                self._pairing.exhausted = True
-            yield batch
-        self._pairing.exhausted = self._iteration_over = True
-        self._end_epoch_if_done()
+            resume = {"count": 0, "length": len(self), "pending": []}
+
+        def draw(count: int) -> list[int]:
+            size = self.presample_size if self.importance_on() else self.batch_size
+            return self._stream.take(size).tolist()
+
+        yield from self._yield_epoch(
+            resume["count"], resume["length"], resume["pending"], draw, list
+        )
 
     def __len__(self) -> int:
         return self.shard_size // self.batch_size
@@ -287,7 +286,9 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
             self._check(scores)
             chosen, weights = core.resample(scores, self._generator, step)  # 1/(B g_i)
             x, y = x[chosen], y[chosen]
-            logits = pick_logits(self.model(x), self.logits, "loss()")
+            with (weighted_statistics(self.model, weights) if self.batch_norm == "weighted"
+                  else contextlib.nullcontext()):  # fmt: skip
+                logits = pick_logits(self.model(x), self.logits, "loss()")
             loss = (
                 weights.to(logits.device, torch.float32)
                 * per_sample_losses(self.loss_fn, logits, y)
@@ -377,7 +378,7 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
 
 
 def _check_arguments(model: Any, dataset: Any, sampler: TauSwitchSampler, presample: float, score: str,
-                     threshold: Any, tau_momentum: float, presample_cap: Any) -> None:  # fmt: skip
+                     threshold: Any, tau_momentum: float, presample_cap: Any, batch_norm: Any) -> None:  # fmt: skip
     """TauSwitchSampler's arguments, each refused with an error naming it and the fix."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -388,6 +389,9 @@ def _check_arguments(model: Any, dataset: Any, sampler: TauSwitchSampler, presam
         raise ValueError(f"presample B = {sampler.presample_size} exceeds the {sampler.shard_size} samples of a replica")  # fmt: skip
     if not isinstance(presample_cap, bool):
         raise ValueError(f"presample_cap must be True or False, got {presample_cap!r}")
+    if batch_norm not in OWN_LOOP_BATCH_NORM:
+        raise ValueError(f"batch_norm must be one of {OWN_LOOP_BATCH_NORM}, got {batch_norm!r} (the "
+                         "presample's statistics, 'presample', need ismod.train.fit)")  # fmt: skip
 
 
 # The τ switch's part of a saved TauSwitchSampler state.
