@@ -37,7 +37,7 @@ def parse_override(text: str) -> tuple[str, Any]:
     return key, value
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m ismod", description="ismod experiments")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("list", help="list the named configs")
@@ -83,69 +83,86 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="refuse to start if the runs still missing are predicted to train longer than this",
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     try:
         world = init_from_env()
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     rank0 = world is None or world.rank == 0
-
     if args.command == "suite":
-        if args.name not in SUITES:
-            print(f"error: no suite named {args.name!r}; known: {sorted(SUITES)}", file=sys.stderr)
-            return 2
-        suite = SUITES[args.name](args.scale)
-        if args.only:
-            suite = {k: v for k, v in suite.items() if any(part in k for part in args.only)}
-        missing = missing_runs(suite, args.out, args.data)
-        if missing:
-            minutes = estimate_seconds(missing, args.device) / 60
-            if rank0:
-                print(
-                    f"{len(missing)} runs to train, about {minutes:.1f} min predicted from measured step times",
-                    flush=True,
-                )
-            if args.max_minutes is not None and minutes > args.max_minutes:
-                print(f"error: predicted {minutes:.0f} min exceeds --max-minutes {args.max_minutes:g}; nothing was run "
-                      "(use --only to run part of the grid)", file=sys.stderr)  # fmt: skip
-                return 2
-        # seed by seed across arms, so that a slow spell on the machine hits every arm alike
-        rounds = max((len(c) for c in suite.values()), default=0)
-        for i in range(rounds):
-            for label, configs in suite.items():
-                if i >= len(configs):
-                    continue
-                config = configs[i]
-                start = time.perf_counter()
-                result = run_or_load(config, args.out, scale=args.scale, data_root=args.data, device=args.device,
-                                     progress=False)  # fmt: skip
-                if rank0:
-                    print(
-                        f"{label} seed {config.seed}: test accuracy {result.final['test_accuracy']:.4f}, "
-                        f"{result.final['train_time']:.0f} s training ({time.perf_counter() - start:.0f} s now)",
-                        flush=True,
-                    )
-        return 0
-
+        return _suite(args, rank0)
     if args.command == "pages":
-        from .runner import page_costs
-
-        costs = page_costs(args.scale, Path(args.results) / args.scale, data_root=args.data)
-        print(f"predicted training per page at {args.scale!r} scale (runs already saved are read):")
-        for page, c in costs.items():
-            train = (
-                f"trains {c['missing']} runs, about {c['seconds'] / 60:.1f} min"
-                if c["missing"]
-                else "trains nothing"
-            )
-            print(f"  {page:20} reads {c['saved']:3d} saved runs, {train}")  # fmt: skip
-        return 0
+        return _pages(args)
     if args.command == "list":
         for name, config in CONFIGS.items():
             print(f"{name:28} model={config.model} strategy={config.strategy} "
                   f"budget={config.budget_amount:g} {config.budget}")  # fmt: skip
         return 0
+    return _run(args, rank0)
+
+
+def _suite(args: argparse.Namespace, rank0: bool) -> int:
+    """``suite``: train (or reuse) every config of a grid, seed by seed across arms."""
+    if args.name not in SUITES:
+        print(f"error: no suite named {args.name!r}; known: {sorted(SUITES)}", file=sys.stderr)
+        return 2
+    suite = SUITES[args.name](args.scale)
+    if args.only:
+        suite = {k: v for k, v in suite.items() if any(part in k for part in args.only)}
+    missing = missing_runs(suite, args.out, args.data)
+    if missing:
+        minutes = estimate_seconds(missing, args.device) / 60
+        if rank0:
+            print(
+                f"{len(missing)} runs to train, about {minutes:.1f} min predicted from measured step times",
+                flush=True,
+            )
+        if args.max_minutes is not None and minutes > args.max_minutes:
+            print(f"error: predicted {minutes:.0f} min exceeds --max-minutes {args.max_minutes:g}; nothing was run "
+                  "(use --only to run part of the grid)", file=sys.stderr)  # fmt: skip
+            return 2
+    # seed by seed across arms, so that a slow spell on the machine hits every arm alike
+    rounds = max((len(c) for c in suite.values()), default=0)
+    for i in range(rounds):
+        for label, configs in suite.items():
+            if i >= len(configs):
+                continue
+            config = configs[i]
+            start = time.perf_counter()
+            result = run_or_load(config, args.out, scale=args.scale, data_root=args.data, device=args.device,
+                                 progress=False)  # fmt: skip
+            if rank0:
+                print(
+                    f"{label} seed {config.seed}: test accuracy {result.final['test_accuracy']:.4f}, "
+                    f"{result.final['train_time']:.0f} s training ({time.perf_counter() - start:.0f} s now)",
+                    flush=True,
+                )
+    return 0
+
+
+def _pages(args: argparse.Namespace) -> int:
+    """``pages``: per page of the book, the saved runs it reads and the runs it would train."""
+    from .runner import page_costs
+
+    costs = page_costs(args.scale, Path(args.results) / args.scale, data_root=args.data)
+    print(f"predicted training per page at {args.scale!r} scale (runs already saved are read):")
+    for page, c in costs.items():
+        train = (
+            f"trains {c['missing']} runs, about {c['seconds'] / 60:.1f} min"
+            if c["missing"]
+            else "trains nothing"
+        )
+        print(f"  {page:20} reads {c['saved']:3d} saved runs, {train}")  # fmt: skip
+    return 0
+
+
+def _run(args: argparse.Namespace, rank0: bool) -> int:
+    """``run``: one named config, with overrides, saved as JSON (its checkpoint beside it)."""
     try:
         config = get_config(args.name, **dict(parse_override(s) for s in args.set))
         config.validate()

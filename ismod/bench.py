@@ -60,6 +60,97 @@ def median_us(step: Callable[[], object], repeats: int, warmup: int = 5) -> floa
     return statistics.median(times) * 1e6
 
 
+def _ismod_candidates(n: int, scores: torch.Tensor, new: torch.Tensor, batch_size: int,
+                      draw_gen: torch.Generator, device: torch.device,
+                      ) -> tuple[ImportanceSampler, dict[str, Callable[[], object]]]:  # fmt: skip
+    """:func:`sampler_step_costs`' ismod steps: the sampler in its default and other SumTree forms."""
+    # unsmoothed, so that the sampler does the same job as the baselines
+    sampler = ImportanceSampler(
+        n, method="proportional", smoothing=0.0, generator=draw_gen, device=device
+    )
+    sampler.update(torch.arange(n, device=device), scores)
+
+    def ismod_step() -> None:
+        idx, _ = sampler.sample(batch_size)
+        sampler.update(idx, new)
+
+    candidates: dict[str, Callable[[], object]] = {"ismod ImportanceSampler": ismod_step}
+    # the sampler's other SumTree forms, the same job (the candidates for CUDA's default)
+    for backend in ("tensor", "cumsum"):
+        if backend == "tensor" and device.type != "cpu":
+            continue  # the default there
+        other = ImportanceSampler(n, method="proportional", smoothing=0.0, generator=draw_gen,
+                                  device=device, backend=backend)  # fmt: skip
+        other.update(torch.arange(n, device=device), scores)
+
+        def other_step(other: ImportanceSampler = other) -> None:
+            idx, _ = other.sample(batch_size)
+            other.update(idx, new)
+
+        candidates[f"ismod ImportanceSampler, {backend} form"] = other_step
+    return sampler, candidates
+
+
+def _baseline_candidates(n: int, scores: torch.Tensor, new: torch.Tensor, batch_size: int, seed: int,
+                         gen: torch.Generator, draw_gen: torch.Generator, device: torch.device,
+                         ) -> dict[str, Callable[[], object]]:  # fmt: skip
+    """:func:`sampler_step_costs`' baselines: torch.multinomial, and on the CPU WeightedRandomSampler,
+    torchrl's C++ sum tree (when installed) and numpy's choice."""
+    candidates: dict[str, Callable[[], object]] = {}
+    weights = scores.clone()
+    idx0 = torch.randint(n, (batch_size,), generator=draw_gen, device=device)
+
+    def multinomial_step() -> None:
+        weights[idx0] = new
+        torch.multinomial(weights, batch_size, replacement=True, generator=draw_gen)
+
+    if device.type == "cpu":  # the host-only baselines
+
+        def wrs_step() -> None:
+            weights[idx0] = new
+            list(WeightedRandomSampler(weights, batch_size, replacement=True, generator=gen))
+
+        candidates["WeightedRandomSampler rebuild"] = wrs_step
+    if n <= 2**24:
+        candidates["torch.multinomial"] = multinomial_step
+    if device.type == "cpu" and SumSegmentTreeFp64 is not None:
+        tree = SumSegmentTreeFp64(n)
+        tree[np.arange(n)] = scores.numpy()
+
+        def torchrl_step() -> None:
+            # the same job with torch tensors in and out, as ImportanceSampler has
+            total = tree.query(0, n)
+            u = torch.rand(batch_size, dtype=torch.float64, generator=draw_gen) * total
+            idx = torch.from_numpy(tree.scan_lower_bound(u.numpy()))
+            weights = torch.from_numpy(total / (n * tree[idx.numpy()])).float()
+            tree[idx.numpy()] = new.numpy()
+            return idx, weights
+
+        rng_raw = np.random.default_rng(seed)
+        new_np = new.numpy()
+
+        def torchrl_raw_step() -> None:
+            # the tree's own floor: numpy in and out, numpy's generator, no conversions
+            total = tree.query(0, n)
+            idx = tree.scan_lower_bound(rng_raw.random(batch_size) * total)
+            weights = total / (n * tree[idx])
+            tree[idx] = new_np
+            return idx, weights
+
+        candidates["torchrl SumSegmentTreeFp64 (C++), torch tensors"] = torchrl_step
+        candidates["torchrl SumSegmentTreeFp64 (C++), bare numpy"] = torchrl_raw_step
+    if device.type == "cpu":
+        rng = np.random.default_rng(seed)
+        w_np = scores.numpy().copy()
+
+        def numpy_step() -> None:
+            w_np[idx0.numpy()] = new.numpy()
+            rng.choice(n, batch_size, p=w_np / w_np.sum())
+
+        candidates["numpy Generator.choice"] = numpy_step
+    return candidates
+
+
 def sampler_step_costs(
     sizes: list[int],
     *,
@@ -89,85 +180,11 @@ def sampler_step_costs(
         scores = (torch.rand(n, generator=gen, dtype=torch.float64) + 0.01).to(device)
         new = (torch.rand(batch_size, generator=gen, dtype=torch.float64) + 0.01).to(device)
 
-        # unsmoothed, so that the sampler does the same job as the baselines
-        sampler = ImportanceSampler(
-            n, method="proportional", smoothing=0.0, generator=draw_gen, device=device
-        )
-        sampler.update(torch.arange(n, device=device), scores)
-
-        def ismod_step() -> None:
-            idx, _ = sampler.sample(batch_size)
-            sampler.update(idx, new)
-
-        candidates: dict[str, Callable[[], object]] = {"ismod ImportanceSampler": ismod_step}
-        # the sampler's other SumTree forms, the same job (the candidates for CUDA's default)
-        for backend in ("tensor", "cumsum"):
-            if backend == "tensor" and device.type != "cpu":
-                continue  # the default there
-            other = ImportanceSampler(n, method="proportional", smoothing=0.0, generator=draw_gen,
-                                      device=device, backend=backend)  # fmt: skip
-            other.update(torch.arange(n, device=device), scores)
-
-            def other_step(other: ImportanceSampler = other) -> None:
-                idx, _ = other.sample(batch_size)
-                other.update(idx, new)
-
-            candidates[f"ismod ImportanceSampler, {backend} form"] = other_step
+        sampler, candidates = _ismod_candidates(n, scores, new, batch_size, draw_gen, device)
         if n <= ismod_only_above:
-            weights = scores.clone()
-            idx0 = torch.randint(n, (batch_size,), generator=draw_gen, device=device)
-
-            def multinomial_step() -> None:
-                weights[idx0] = new
-                torch.multinomial(weights, batch_size, replacement=True, generator=draw_gen)
-
-            if device.type == "cpu":  # the host-only baselines
-
-                def wrs_step() -> None:
-                    weights[idx0] = new
-                    list(
-                        WeightedRandomSampler(weights, batch_size, replacement=True, generator=gen)
-                    )
-
-                candidates["WeightedRandomSampler rebuild"] = wrs_step
-            if n <= 2**24:
-                candidates["torch.multinomial"] = multinomial_step
-            if device.type == "cpu" and SumSegmentTreeFp64 is not None:
-                tree = SumSegmentTreeFp64(n)
-                tree[np.arange(n)] = scores.numpy()
-
-                def torchrl_step() -> None:
-                    # the same job with torch tensors in and out, as ImportanceSampler has
-                    total = tree.query(0, n)
-                    u = torch.rand(batch_size, dtype=torch.float64, generator=draw_gen) * total
-                    idx = torch.from_numpy(tree.scan_lower_bound(u.numpy()))
-                    weights = torch.from_numpy(total / (n * tree[idx.numpy()])).float()
-                    tree[idx.numpy()] = new.numpy()
-                    return idx, weights
-
-                rng_raw = np.random.default_rng(seed)
-                new_np = new.numpy()
-
-                def torchrl_raw_step() -> None:
-                    # the tree's own floor: numpy in and out, numpy's generator, no conversions
-                    total = tree.query(0, n)
-                    idx = tree.scan_lower_bound(rng_raw.random(batch_size) * total)
-                    weights = total / (n * tree[idx])
-                    tree[idx] = new_np
-                    return idx, weights
-
-                candidates["torchrl SumSegmentTreeFp64 (C++), torch tensors"] = torchrl_step
-                candidates["torchrl SumSegmentTreeFp64 (C++), bare numpy"] = torchrl_raw_step
-            if device.type == "cpu":
-                rng = np.random.default_rng(seed)
-                w_np = scores.numpy().copy()
-
-                def numpy_step() -> None:
-                    w_np[idx0.numpy()] = new.numpy()
-                    rng.choice(n, batch_size, p=w_np / w_np.sum())
-
-                candidates["numpy Generator.choice"] = numpy_step
-
+            candidates |= _baseline_candidates(
+                n, scores, new, batch_size, seed, gen, draw_gen, device
+            )
         reps = repeats if n < 10**7 else max(5, repeats // 4)
         for name, step in candidates.items():
             rows.append({"N": n, "method": name, "median_us": median_us(step, reps)})
@@ -197,6 +214,40 @@ def format_table(
     return "\n".join(lines)
 
 
+def _minimal_loop_images_per_s(model_name: str, images: torch.Tensor, labels: torch.Tensor, batch_size: int,
+                               n_steps: int, device: torch.device, seed: int, amp: bool) -> float:  # fmt: skip
+    """:func:`harness_throughput`'s reference: a minimal hand-written loop over the same work."""
+    import torch.nn.functional as F
+
+    from .augment import normalize, random_crop, random_flip
+    from .models import build_model
+    from .train import amp_dtype
+
+    num_items = images.shape[0]
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    model = build_model(model_name).to(device).to(memory_format=torch.channels_last)
+    opt = torch.optim.SGD(
+        model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4
+    )
+    gen = torch.Generator(device=device).manual_seed(seed)
+    sync()
+    start = time.perf_counter()
+    order = torch.randperm(num_items, device=device, generator=gen)
+    for step in range(n_steps):
+        idx = order[(step * batch_size) % (num_items - batch_size + 1) :][:batch_size]
+        x = random_flip(random_crop(normalize(images[idx]), 4, generator=gen), generator=gen)
+        with torch.autocast(
+            device.type, dtype=amp_dtype(device), enabled=amp and device.type == "cuda"
+        ):
+            logits = model(x.contiguous(memory_format=torch.channels_last))
+        loss = F.cross_entropy(logits.float(), labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    sync()
+    return n_steps * batch_size / (time.perf_counter() - start)
+
+
 def harness_throughput(
     model_name: str = "small_cnn",
     *,
@@ -217,13 +268,11 @@ def harness_throughput(
     both. Returns images/s of each, their ratio, and the harness's per-step selection, data and
     optimiser times.
     """
-    import torch.nn.functional as F
-
-    from .augment import Augment, normalize, random_crop, random_flip
+    from .augment import Augment
     from .data import ImageData
     from .models import build_model
     from .strategies import build_strategy
-    from .train import TrainSettings, amp_dtype, fit
+    from .train import TrainSettings, fit
 
     device = torch.device(device)
     g = torch.Generator().manual_seed(seed)
@@ -233,30 +282,11 @@ def harness_throughput(
     labels = torch.randint(10, (num_items,), generator=g).to(device)
     data = ImageData(images, labels, [str(i) for i in range(10)], "random")
     tiny_test = ImageData(images[:10], labels[:10], data.classes, "random")
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def minimal(n_steps: int) -> float:
-        model = build_model(model_name).to(device).to(memory_format=torch.channels_last)
-        opt = torch.optim.SGD(
-            model.parameters(), lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4
+        return _minimal_loop_images_per_s(
+            model_name, images, labels, batch_size, n_steps, device, seed, amp
         )
-        gen = torch.Generator(device=device).manual_seed(seed)
-        sync()
-        start = time.perf_counter()
-        order = torch.randperm(num_items, device=device, generator=gen)
-        for step in range(n_steps):
-            idx = order[(step * batch_size) % (num_items - batch_size + 1) :][:batch_size]
-            x = random_flip(random_crop(normalize(images[idx]), 4, generator=gen), generator=gen)
-            with torch.autocast(
-                device.type, dtype=amp_dtype(device), enabled=amp and device.type == "cuda"
-            ):
-                logits = model(x.contiguous(memory_format=torch.channels_last))
-            loss = F.cross_entropy(logits.float(), labels[idx])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-        sync()
-        return n_steps * batch_size / (time.perf_counter() - start)
 
     timings: dict[str, float] = {}
 
@@ -624,6 +654,28 @@ def _at_least_zero(seconds: float, label: str, name: str) -> float:
     return 0.0
 
 
+def _step_cost_deltas(configs: dict[str, Any], steps: int, rounds: int, device: str | torch.device,
+                      data_root: str | None) -> dict[str, list[tuple[float, float, float]]]:  # fmt: skip
+    """:func:`step_costs`' measurements: per arm and round, the differences between runs of 2k and k
+    steps in training seconds, selection seconds and samples scored."""
+    from .experiments import run
+    from .train import scored_samples
+
+    deltas: dict[str, list[tuple[float, float, float]]] = {label: [] for label in configs}
+    for _ in range(rounds):
+        for label, config in configs.items():
+            spent = []
+            for k in (steps, 2 * steps):
+                short = config.replace(budget="steps", budget_amount=k, evaluations=1, train_eval_size=0,
+                                       test_subset=256, tau_probe=0, checkpoint_every_seconds=1e9)  # fmt: skip
+                out = run(short, device=device, data_root=data_root, progress=False)
+                scored = scored_samples(k, out.final["forward_passes"], config.batch_size)
+                spent.append((out.final["train_time"], out.timing["selection"], scored))
+            (t1, sel1, s1), (t2, sel2, s2) = spent
+            deltas[label].append((t2 - t1, sel2 - sel1, s2 - s1))
+    return deltas
+
+
 def step_costs(
     configs: dict[str, Any],
     *,
@@ -644,9 +696,6 @@ def step_costs(
     figures are differences of measured times, so on a busy machine (or with few ``steps``) noise can
     exceed the cost and a median come out ≤ 0; such a figure is set to 0 with a ``RuntimeWarning``
     naming the arm, since a cost cannot be negative and a re-run with more steps is the fix."""
-    from .experiments import run
-    from .train import scored_samples
-
     score_like = dict(score_like or {})
     unknown = sorted(set(score_like) - set(configs)) + sorted(
         set(score_like.values()) - set(configs)
@@ -655,18 +704,7 @@ def step_costs(
         raise ValueError(
             f"score_like names arms that configs lacks: {unknown}; use labels of configs"
         )
-    deltas: dict[str, list[tuple[float, float, float]]] = {label: [] for label in configs}
-    for _ in range(rounds):
-        for label, config in configs.items():
-            spent = []
-            for k in (steps, 2 * steps):
-                short = config.replace(budget="steps", budget_amount=k, evaluations=1, train_eval_size=0,
-                                       test_subset=256, tau_probe=0, checkpoint_every_seconds=1e9)  # fmt: skip
-                out = run(short, device=device, data_root=data_root, progress=False)
-                scored = scored_samples(k, out.final["forward_passes"], config.batch_size)
-                spent.append((out.final["train_time"], out.timing["selection"], scored))
-            (t1, sel1, s1), (t2, sel2, s2) = spent
-            deltas[label].append((t2 - t1, sel2 - sel1, s2 - s1))
+    deltas = _step_cost_deltas(configs, steps, rounds, device, data_root)
     score = {label: _at_least_zero(statistics.median(sel / n for _, sel, n in d), label, "score_seconds")
              for label, d in deltas.items() if all(n > 0 for _, _, n in d)}  # fmt: skip
     for label, like in score_like.items():

@@ -175,6 +175,47 @@ class SGDHistory:
     variance: list[float] = field(default_factory=list)
 
 
+class _SamplingRule:
+    """:func:`run_sgd`'s sampling for ``strategy``: its probabilities at an iterate, a batch drawn with
+    its weights :math:`1/(Np)`, and, for ``"loss"``, the losses of the batch recorded after the draw."""
+
+    def __init__(self, problem: Problem, strategy: str, smoothing: float, gen: torch.Generator,
+                 x: torch.Tensor) -> None:  # fmt: skip
+        self.problem, self.strategy, self.smoothing, self.gen = problem, strategy, smoothing, gen
+        n = problem.n
+        self.uniform = torch.full((n,), 1.0 / n, dtype=torch.float64)
+        self.fixed: torch.Tensor | None = None
+        self.sampler: ImportanceSampler | None = None
+        if strategy == "lipschitz":
+            self.fixed = probabilities(problem.lipschitz(), "proportional", smoothing=smoothing)
+        elif strategy == "loss":
+            self.sampler = ImportanceSampler(n, method="proportional", smoothing=smoothing, generator=gen,
+                                             initial_score=1.0, dtype=torch.float64)  # fmt: skip
+            self.sampler.update(torch.arange(n), problem.losses(x).clamp_min(1e-12))
+
+    def probs(self, x: torch.Tensor) -> torch.Tensor:
+        if self.strategy == "uniform":
+            return self.uniform
+        if self.fixed is not None:
+            return self.fixed
+        if self.sampler is not None:
+            return self.sampler.probabilities()
+        norms = self.problem.grads(x).norm(dim=1)  # the oracle: every per-sample gradient
+        return probabilities(norms.clamp_min(1e-300), "proportional", smoothing=self.smoothing)
+
+    def batch(self, x: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.sampler is not None:
+            return self.sampler.sample(batch_size)
+        if self.strategy == "uniform":
+            idx = torch.randint(self.problem.n, (batch_size,), generator=self.gen)
+            return idx, torch.ones(batch_size, dtype=torch.float64)
+        return draw(self.probs(x), batch_size, generator=self.gen)
+
+    def observe(self, x: torch.Tensor, idx: torch.Tensor) -> None:
+        if self.sampler is not None:
+            self.sampler.update(idx, self.problem.losses(x, idx).clamp_min(1e-12))
+
+
 def run_sgd(
     problem: Problem,
     strategy: str,
@@ -209,48 +250,21 @@ def run_sgd(
     gen = torch.Generator().manual_seed(seed)
     x = problem.init()
     hist = SGDHistory(strategy)
-    uniform = torch.full((n,), 1.0 / n, dtype=torch.float64)
-    fixed = None
-    sampler = None
-    elapsed = 0.0
     start = time.perf_counter()
-    if strategy == "lipschitz":
-        fixed = probabilities(problem.lipschitz(), "proportional", smoothing=smoothing)
-    elif strategy == "loss":
-        sampler = ImportanceSampler(n, method="proportional", smoothing=smoothing, generator=gen,
-                                    initial_score=1.0, dtype=torch.float64)  # fmt: skip
-        sampler.update(torch.arange(n), problem.losses(x).clamp_min(1e-12))
-    elapsed += time.perf_counter() - start
-
-    def current_probs() -> torch.Tensor:
-        if strategy == "uniform":
-            return uniform
-        if strategy == "lipschitz":
-            return fixed
-        if strategy == "loss":
-            return sampler.probabilities()
-        norms = problem.grads(x).norm(dim=1)
-        return probabilities(norms.clamp_min(1e-300), "proportional", smoothing=smoothing)
-
+    rule = _SamplingRule(problem, strategy, smoothing, gen, x)
+    elapsed = time.perf_counter() - start
     for step in range(steps + 1):
         if step in eval_at:
             hist.epochs.append(step * batch_size / n)
             hist.seconds.append(elapsed)
             hist.suboptimality.append(max(problem.objective(x) - minimum, 1e-16))
-            hist.variance.append(gradient_variance(problem.grads(x), current_probs(), batch_size))
+            hist.variance.append(gradient_variance(problem.grads(x), rule.probs(x), batch_size))
         if step == steps:
             break
         start = time.perf_counter()
-        if sampler is not None:
-            idx, w = sampler.sample(batch_size)
-        elif strategy == "uniform":
-            idx = torch.randint(n, (batch_size,), generator=gen)
-            w = torch.ones(batch_size, dtype=torch.float64)
-        else:
-            idx, w = draw(current_probs(), batch_size, generator=gen)
+        idx, w = rule.batch(x, batch_size)
         g = problem.grads(x, idx)
-        if sampler is not None:  # the losses a forward pass would give, before the step
-            sampler.update(idx, problem.losses(x, idx).clamp_min(1e-12))
+        rule.observe(x, idx)  # the losses a forward pass would give, before the step
         x = x - lr * (w[:, None] * g).mean(0)
         elapsed += time.perf_counter() - start
     return hist

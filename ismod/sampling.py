@@ -680,6 +680,27 @@ class ScoreTree:
         self._uniform_position = 0
 
 
+def _check_sampler_arguments(num_items: Any, num_samples: Any, method: str, temperature: float,
+                             smoothing: float, initial_score: float) -> None:  # fmt: skip
+    """:class:`ImportanceSampler`'s arguments, each refused with an error naming it."""
+    if isinstance(num_items, bool) or not isinstance(num_items, numbers.Integral) or num_items < 1:
+        raise ValueError(f"num_items must be a positive integer, got {num_items!r}")
+    if num_samples is not None and (
+        not isinstance(num_samples, numbers.Integral) or num_samples < 1
+    ):
+        raise ValueError(f"num_samples must be a positive integer or None, got {num_samples!r}")
+    _check_options(method, temperature, smoothing)
+    if not (math.isfinite(initial_score) and initial_score >= 0):
+        raise ValueError(
+            f"initial_score must be a non-negative finite number, got {initial_score!r}"
+        )
+    if method == "proportional" and initial_score == 0:
+        raise ValueError(
+            "initial_score=0 with method='proportional' gives all-zero probabilities; "
+            "start from a small positive score"
+        )
+
+
 class ImportanceSampler(Sampler[int]):
     """A :class:`~torch.utils.data.Sampler` drawing indices with probabilities from per-sample scores.
 
@@ -748,26 +769,9 @@ class ImportanceSampler(Sampler[int]):
         seed: int = 0,
         backend: str | None = None,
     ) -> None:
-        if (
-            isinstance(num_items, bool)
-            or not isinstance(num_items, numbers.Integral)
-            or num_items < 1
-        ):
-            raise ValueError(f"num_items must be a positive integer, got {num_items!r}")
-        if num_samples is not None and (
-            not isinstance(num_samples, numbers.Integral) or num_samples < 1
-        ):
-            raise ValueError(f"num_samples must be a positive integer or None, got {num_samples!r}")
-        _check_options(method, temperature, smoothing)
-        if not (math.isfinite(initial_score) and initial_score >= 0):
-            raise ValueError(
-                f"initial_score must be a non-negative finite number, got {initial_score!r}"
-            )
-        if method == "proportional" and initial_score == 0:
-            raise ValueError(
-                "initial_score=0 with method='proportional' gives all-zero probabilities; "
-                "start from a small positive score"
-            )
+        _check_sampler_arguments(
+            num_items, num_samples, method, temperature, smoothing, initial_score
+        )
         replicas, this_rank = replica_layout(num_replicas, rank)
         if replicas > 1 and generator is not None:
             raise ValueError("in distributed mode (num_replicas > 1) the sampler seeds its own generator from "
@@ -779,9 +783,8 @@ class ImportanceSampler(Sampler[int]):
             0,
         )
         self.num_items = int(num_items)
-        default = -(
-            -self.num_items // self.num_replicas
-        )  # like DistributedSampler: ceil(N / replicas)
+        # like DistributedSampler: ceil(N / replicas)
+        default = -(-self.num_items // self.num_replicas)
         self.num_samples = int(num_samples) if num_samples is not None else default
         self.method, self.temperature, self.smoothing = method, float(temperature), float(smoothing)
         self.pressure = float(pressure)

@@ -145,14 +145,13 @@ class TrainSettings:
         """Fail before any training, naming the field: its type first (a value from the command line
         arrives as text), then its range."""
         check_field_types(self)
-        checks = [
-            (self.batch_size >= 1, "batch_size must be >= 1"),
-            (
-                self.batch_size <= num_items,
-                f"batch_size {self.batch_size} exceeds the {num_items} training samples",
-            ),
-            (self.budget in BUDGETS, f"budget must be one of {BUDGETS}, got {self.budget!r}"),
-            (self.budget_amount > 0, f"budget_amount must be > 0, got {self.budget_amount}"),
+        for ok, message in self._run_checks(num_items) + self._optimizer_checks():
+            if not ok:
+                raise ValueError(message)
+
+    def _optimizer_checks(self) -> list[tuple[bool, str]]:
+        """The optimiser's and the schedule's fields, each with the error that names it."""
+        return [
             (self.lr > 0, f"lr must be > 0, got {self.lr}"),
             (
                 self.schedule in SCHEDULES,
@@ -163,13 +162,10 @@ class TrainSettings:
                 all(0 < m < 1 for m in self.milestones),
                 "milestones must be fractions of the budget in (0, 1)",
             ),
-            (self.evaluations >= 1, "evaluations must be >= 1"),
             (0 <= self.label_smoothing < 1, "label_smoothing must lie in [0, 1)"),
             (0 <= self.momentum < 1, f"momentum must lie in [0, 1), got {self.momentum}"),
             (self.weight_decay >= 0, f"weight_decay must be >= 0, got {self.weight_decay}"),
             (self.gamma > 0, f"gamma must be > 0, got {self.gamma}"),
-            (self.checkpoint_every_steps >= 1, "checkpoint_every_steps must be >= 1"),
-            (self.checkpoint_every_seconds > 0, "checkpoint_every_seconds must be > 0"),
             (
                 0 <= self.final_lr <= 1,
                 f"final_lr (a fraction of lr) must lie in [0, 1], got {self.final_lr}",
@@ -179,6 +175,25 @@ class TrainSettings:
                 f"initial_lr (a fraction of lr) must lie in [0, 1], got {self.initial_lr}",
             ),
             (self.bias_lr_scale > 0, f"bias_lr_scale must be > 0, got {self.bias_lr_scale}"),
+            (
+                not self.lookahead or self.budget in ("epochs", "steps"),
+                "lookahead needs a budget in epochs or steps (its averaging schedule follows the step count)",
+            ),
+        ]
+
+    def _run_checks(self, num_items: int) -> list[tuple[bool, str]]:
+        """The run's fields (batch, budget, evaluation, probes, checkpoints), each with its error."""
+        return [
+            (self.batch_size >= 1, "batch_size must be >= 1"),
+            (
+                self.batch_size <= num_items,
+                f"batch_size {self.batch_size} exceeds the {num_items} training samples",
+            ),
+            (self.budget in BUDGETS, f"budget must be one of {BUDGETS}, got {self.budget!r}"),
+            (self.budget_amount > 0, f"budget_amount must be > 0, got {self.budget_amount}"),
+            (self.evaluations >= 1, "evaluations must be >= 1"),
+            (self.checkpoint_every_steps >= 1, "checkpoint_every_steps must be >= 1"),
+            (self.checkpoint_every_seconds > 0, "checkpoint_every_seconds must be > 0"),
             (
                 self.tta in (0, 1, 2),
                 f"tta must be 0 (none), 1 (mirror) or 2 (mirror + shifts), got {self.tta}",
@@ -214,14 +229,7 @@ class TrainSettings:
                 f"step_seconds ({self.step_seconds}) must exceed the scoring of a batch, score_seconds × "
                 f"batch_size ({self.score_seconds * self.batch_size}): a step holds a forward and a backward pass",
             ),
-            (
-                not self.lookahead or self.budget in ("epochs", "steps"),
-                "lookahead needs a budget in epochs or steps (its averaging schedule follows the step count)",
-            ),
         ]
-        for ok, message in checks:
-            if not ok:
-                raise ValueError(message)
 
 
 _TYPE_NAMES = {
