@@ -201,6 +201,30 @@ def _load_and_inspect(driver, url: str, page: Path) -> dict:
     return seen
 
 
+# run in the page at a phone's width: display equations that neither fit the column nor scroll in
+# their own box (they run off the page or are cut off)
+_PHONE = """
+const width = document.documentElement.clientWidth;
+const boxes = [...document.querySelectorAll('mjx-container[display="true"]')];
+return {
+  pageWide: document.documentElement.scrollWidth > width + 1,
+  equations: boxes.filter(b => b.getBoundingClientRect().right > width + 1
+    || (b.scrollWidth > b.clientWidth + 1 && !["auto", "scroll"].includes(getComputedStyle(b).overflowX)))
+    // whole characters only: a cut through a surrogate pair (math italics) cannot be returned
+    .map(b => Array.from((b.getAttribute("aria-label") || b.innerText || "").replace(/\\s+/g, " "))
+      .slice(0, 60).join("")),
+};
+"""
+
+
+def _at_phone_width(driver) -> dict:
+    driver.set_window_size(420, 1000)
+    try:
+        return driver.execute_script(_PHONE)
+    finally:
+        driver.set_window_size(1400, 1000)
+
+
 def _screenshots(driver, name: str) -> None:
     """The whole page at 1400 px and at 420 px (a phone), for a person to read."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
@@ -215,7 +239,8 @@ def _screenshots(driver, name: str) -> None:
 @pytest.mark.slow
 def test_book_pages_in_a_browser(smoke_book, tmp_path):
     """What each check guards against: raw TeX where MathJax did not run (it used to load from a CDN),
-    code or output wider than the column, a figure that does not load, a link to nowhere, a Colab
+    code or output wider than the column, a display equation that runs off a phone's screen, a
+    figure that does not load, a link to nowhere, a Colab
     button that opens the wrong file, and a search index that finds nothing."""
     if not (CHROMIUM and CHROMEDRIVER):
         if os.environ.get("CI"):
@@ -266,6 +291,11 @@ def test_book_pages_in_a_browser(smoke_book, tmp_path):
                     problems.append(
                         f"{name}: figure {fig['src']} shown at {fig['shown']} of {fig['natural']} px"
                     )
+            phone = _at_phone_width(driver)
+            if phone["pageWide"]:
+                problems.append(f"{name}: the page scrolls sideways at 420 px")
+            problems += [f"{name}: a display equation runs off a 420 px screen: {eq!r}"
+                         for eq in phone["equations"]]  # fmt: skip
             _screenshots(driver, name)
         driver.get(base + "search.html?q=presample")
         from selenium.webdriver.common.by import By
