@@ -1097,13 +1097,7 @@ class _Loop:
         settings.validate(len(train))
         self.world = World.current()
         self.local = _local_slice(self.world, settings.batch_size, tag)
-        self.train, self.test, self.strategy, self.augment, self.settings = (
-            train,
-            test,
-            strategy,
-            augment,
-            settings,
-        )
+        self.train, self.strategy, self.augment, self.settings = train, strategy, augment, settings
         self.tag = tag
         self.device = device = train.images.device
         self.n = len(train)
@@ -1117,7 +1111,6 @@ class _Loop:
         # plain model, so their other batch shapes trigger no recompilation
         self.train_model = torch.compile(model) if settings.compile else model
         self.loss = loss if loss is not None else cross_entropy_loss(settings.label_smoothing)
-        self.seed = seed
         self.gen = torch.Generator(device=device).manual_seed(seed)
         self.state = LoopState()
         self.state.start_interval(device)
