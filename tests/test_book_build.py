@@ -201,13 +201,19 @@ def _load_and_inspect(driver, url: str, page: Path) -> dict:
     return seen
 
 
-# run in the page at a phone's width: display equations that neither fit the column nor scroll in
-# their own box (they run off the page or are cut off)
+# run in the page at a phone's width: whether the page scrolls sideways, and display equations that
+# neither fit the column nor scroll in their own box (they run off the page or are cut off)
 _PHONE = """
 const width = document.documentElement.clientWidth;
 const boxes = [...document.querySelectorAll('mjx-container[display="true"]')];
+// the innermost elements past the screen's edge that do not scroll in a box of their own, to name
+const past = e => e.getBoundingClientRect().right > width + 1;
+const sticksOut = [...document.querySelectorAll("article *")]
+  .filter(e => past(e) && ![...e.children].some(past) && !e.closest("mjx-container, pre, table"))
+  .map(e => `${e.tagName.toLowerCase()}.${e.className}: ${(e.innerText || "").slice(0, 60)}`);
 return {
   pageWide: document.documentElement.scrollWidth > width + 1,
+  sticksOut: sticksOut.slice(0, 5),
   equations: boxes.filter(b => b.getBoundingClientRect().right > width + 1
     || (b.scrollWidth > b.clientWidth + 1 && !["auto", "scroll"].includes(getComputedStyle(b).overflowX)))
     // whole characters only: a cut through a surrogate pair (math italics) cannot be returned
@@ -291,8 +297,11 @@ def test_book_pages_in_a_browser(smoke_book, tmp_path):
                     problems.append(
                         f"{name}: figure {fig['src']} shown at {fig['shown']} of {fig['natural']} px"
                     )
-            # (the API page still scrolls sideways at 420 px: long signatures and field lists, #40)
             phone = _at_phone_width(driver)
+            if phone["pageWide"]:
+                problems.append(
+                    f"{name}: the page scrolls sideways at 420 px: {phone['sticksOut']}"
+                )
             problems += [f"{name}: a display equation runs off a 420 px screen: {eq!r}"
                          for eq in phone["equations"]]  # fmt: skip
             _screenshots(driver, name)

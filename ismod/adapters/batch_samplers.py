@@ -342,7 +342,8 @@ class LossSampler(StrategyBatchSampler):
     :class:`StrategyBatchSampler`'s.
 
     Args:
-        num_items: N, the dataset's length. batch_size: b per replica.
+        num_items: N, the dataset's length.
+        batch_size: b per replica.
         method: ``"proportional"`` (:math:`p_i \\propto s_i`) or ``"softmax"``
             (:math:`p_i \\propto e^{s_i/T}`, the report's Algorithm 1).
         temperature: T of the softmax.
@@ -388,7 +389,8 @@ class InfoBatchSampler(StrategyBatchSampler):
     epoch is that epoch's pruned length.
 
     Args:
-        num_items: N, the dataset's length. batch_size: b per replica.
+        num_items: N, the dataset's length.
+        batch_size: b per replica.
         num_epochs: E, the planned epochs; the last :math:`E(1-δ)` of them train on everything.
         prune_ratio: r, the chance that a well-learned sample is left out of an epoch (at most 0.9).
         delta: δ, the share of the epochs that prune (the authors' 0.875).

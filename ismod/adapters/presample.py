@@ -145,10 +145,12 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
 
     Args:
         model: the network, returning logits (its last layer linear, for the bound).
-        num_items: N. batch_size: b.
+        num_items: N, the dataset's length.
+        batch_size: b, the samples each step trains on.
         presample: B as a multiple of b (the authors' default 3).
         score: ``"bound"`` or ``"loss"`` (for losses other than softmax cross-entropy).
-        threshold: ``"fixed"``, ``"measured"`` or a number. tau_momentum: :math:`a_\\tau`.
+        threshold: ``"fixed"``, ``"measured"`` or a number.
+        tau_momentum: :math:`a_\\tau`, the momentum of τ's running average (0.9 in the authors' code).
         sqrt: the authors' library's square root of τ (Chapter 5 shows the bound fits better without).
         presample_cap: switch on when :math:`\\tau_{\\text{eff}} = 1/(1/\\tau + b/B)` exceeds τ_th, not τ
             (Chapter 5, §5.6: the presample's own variance caps what a step is worth).
