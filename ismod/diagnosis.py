@@ -31,12 +31,15 @@ __all__ = [
     "FREE_SCORE_RACE",
     "prediction_rows",
     "prediction_findings",
-    "rule_check_markdown",
+    "rule_check_table",
     "probe_increments",
     "pilot_summary",
-    "race_lines",
-    "recalibration_lines",
-    "sqrt_check_markdown",
+    "race_rows",
+    "race_table",
+    "cost_model_check",
+    "recalibration",
+    "sqrt_check",
+    "sqrt_check_table",
     "exploratory_line",
 ]
 
@@ -373,22 +376,20 @@ def prediction_findings(rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def rule_check_markdown(check: Any) -> str:
-    """``ismod.convex.rule_check`` as a table of measured against predicted steps, with the fitted
-    and closed-form noise scales and τ, τ_eff above it."""
-    head = (f"Fitted to uniform SGD: $S_{{\\min}}$ = {check.s_min:.1f} steps, $B_{{\\text{{crit}}}}$ = {check.b_crit:.0f}; "
-            f"closed form at the target: $B_{{\\text{{simple}}}}$ = {check.b_simple:.0f}, "
-            f"$B_{{\\text{{noise}}}}$ = {check.b_noise:.0f}; τ = {check.tau:.2f} for $p \\propto \\lVert G_i\\rVert$ over "
-            f"all N, τ_eff = {check.tau_eff:.2f} from a presample of B = {check.presample_ratio}b.\n\n")  # fmt: skip
+def rule_check_table(check: Any) -> str:
+    """:func:`ismod.convex.rule_check` as a markdown table: per batch size, the steps to the target
+    measured and predicted for uniform SGD, for importance sampling over all N (predicted with τ) and
+    for a presample of B = ``presample_ratio``·b (predicted with τ_eff, and with τ in its place)."""
+    k = check.presample_ratio
     lines = ["| b | uniform: measured | predicted | importance, all N: measured | predicted (τ) | "
-             f"presample B = {check.presample_ratio}b: measured | predicted (τ_eff) | predicted with τ instead |",
+             f"presample B = {k}b: measured | predicted (τ_eff) | predicted with τ instead |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
     for i, b in enumerate(check.batch_sizes):
         lines.append(f"| {b} | {check.steps_uniform[i]:.0f} | {check.predicted(1.0, b):.1f} | "
                      f"{check.steps_importance[i]:.0f} | {check.predicted(check.tau, b):.1f} | "
                      f"{check.steps_presample[i]:.0f} | {check.predicted(check.tau_eff, b):.1f} | "
                      f"{check.predicted(check.tau, b):.1f} |")  # fmt: skip
-    return head + "\n".join(lines)
+    return "\n".join(lines)
 
 
 def probe_increments(
@@ -425,57 +426,73 @@ def pilot_summary(label: str, points: list[dict[str, Any]]) -> str:
 # --- Chapter 5's race (§5.5), read ------------------------------------------------------------------
 
 
-def race_lines(race: dict[str, list[Any]], baseline: str = "uniform",
-               forced: str = "upper bound, always") -> list[str]:  # fmt: skip
-    """The race's lines: for each arm, when it switched, its share of importance steps, its steps
-    against the baseline's and its final τ against τ_th; training loss and test error relative to the
-    baseline; and the cost model checked on the forced arm (its share s of importance steps, each
-    costing τ_th = 1 + (B/b) t_f/(t_f + t_b) uniform steps from its measured times, predicts
-    1/(s τ_th + 1 − s) of the baseline's steps)."""
-    base = race[baseline]
-    uniform_steps = statistics.fmean(r.history[-1]["step"] for r in base)
-    lines = []
-    for label, runs in race.items():
-        if label == baseline:
+def race_rows(race: dict[str, list[Any]], baseline: str = "uniform") -> list[dict[str, Any]]:
+    """The equal-time race, one row per arm other than ``baseline``, means over seeds: ``switch_steps``
+    (each seed's first importance step, ``None`` for never), ``importance_share`` (importance steps
+    over all steps), ``steps`` and ``baseline_steps`` (steps taken in the budget), the final ``tau``
+    and ``tau_threshold``, and the final ``train_loss_ratio`` and ``test_error_ratio`` against
+    ``baseline`` (ratios of the seed means, as :func:`ismod.findings.summarize`)."""
+    baseline_steps = statistics.fmean(r.history[-1]["step"] for r in race[baseline])
+    summary = {r["arm"]: r for r in summarize(race, baseline=baseline)}
+    rows = []
+    for arm, runs in race.items():
+        if arm == baseline:
             continue
-        h = [r.history[-1] for r in runs]
-        share = statistics.fmean(x["importance_steps"] / max(x["steps"], 1) for x in h)
-        lines.append(f"- **{label}**: switched at steps {[x['switch_step'] for x in h]} (None: never); {share:.0%} of "
-                     f"its steps were importance steps; {statistics.fmean(x['steps'] for x in h):.0f} steps in the "
-                     f"budget against uniform's {uniform_steps:.0f}; final τ {statistics.fmean(x['tau'] for x in h):.2f} "
-                     f"vs τ_th {statistics.fmean(x['tau_threshold'] for x in h):.2f}.")  # fmt: skip
-    rows = {r["arm"]: r for r in summarize(race, baseline=baseline)}
-    for label in race:
-        if label != baseline:
-            r, u = rows[label], rows[baseline]
-            lines.append(f"- {label} vs uniform at equal time: training loss ×{r['train_loss'][0] / u['train_loss'][0]:.2f}, "
-                         f"test error ×{r['relative_test_error']:.2f}.")  # fmt: skip
-    if forced in race:
-        h = [r.history[-1] for r in race[forced]]
-        steps_ratio = statistics.fmean(x["steps"] for x in h) / uniform_steps
-        share = statistics.fmean(x["importance_steps"] / x["steps"] for x in h)
-        # the cost of an importance step in uniform steps is the τ_th of the measured times, whatever
-        # threshold the arm used
-        saved = race[forced][0].config
-        ratio = build_strategy(
-            saved["strategy"], saved["strategy_options"]
-        ).scoring_passes_per_sample
-        threshold = statistics.fmean(
-            1 + ratio * x["t_forward"] / (x["t_forward"] + x["t_backward"]) for x in h
-        )
-        predicted = 1 / (share * threshold + (1 - share))
-        lines.append(f"- Cost model check, switch forced: {share:.0%} importance steps, each predicted to cost "
-                     f"{threshold:.2f} uniform steps (τ_th from the measured t_f, t_b), so {predicted:.2f}× uniform's "
-                     f"steps in the same time; measured {steps_ratio:.2f}× — the model "
-                     f"{'overstates' if steps_ratio > predicted else 'understates'} the cost of an importance step here "
-                     f"by {abs(steps_ratio / predicted - 1):.0%}.")  # fmt: skip
-    return lines
+        last = [r.history[-1] for r in runs]
+        rows.append({"arm": arm, "switch_steps": [x["switch_step"] for x in last],
+                     "importance_share": statistics.fmean(x["importance_steps"] / max(x["steps"], 1) for x in last),
+                     "steps": statistics.fmean(x["steps"] for x in last), "baseline_steps": baseline_steps,
+                     "tau": statistics.fmean(x["tau"] for x in last),
+                     "tau_threshold": statistics.fmean(x["tau_threshold"] for x in last),
+                     "train_loss_ratio": summary[arm]["train_loss"][0] / summary[baseline]["train_loss"][0],
+                     "test_error_ratio": summary[arm]["relative_test_error"]})  # fmt: skip
+    return rows
 
 
-def recalibration_lines(race: dict[str, list[Any]], baseline: str = "uniform") -> str | None:
-    """The race's test accuracy against the baseline with the running batch-norm statistics and with
-    statistics re-estimated on uniform batches (two tables of intervals, exploratory), and which arms' deficit
-    re-estimation closed by at least half; ``None`` if the runs have no re-estimated evaluation."""
+def race_table(rows: list[dict[str, Any]]) -> str:
+    """:func:`race_rows` as a markdown table."""
+    lines = ["| arm | first importance step, per seed | importance steps | steps (uniform's) | final τ | τ_th "
+             "| training loss ÷ uniform's | test error ÷ uniform's |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]  # fmt: skip
+    for r in rows:
+        first = ", ".join("never" if s is None else str(s) for s in r["switch_steps"])
+        lines.append(f"| {r['arm']} | {first} | {r['importance_share']:.0%} | {r['steps']:.0f} ({r['baseline_steps']:.0f}) "
+                     f"| {r['tau']:.2f} | {r['tau_threshold']:.2f} | {r['train_loss_ratio']:.2f} | {r['test_error_ratio']:.2f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
+def cost_model_check(race: dict[str, list[Any]], forced: str = "upper bound, always",
+                     baseline: str = "uniform") -> dict[str, float] | None:  # fmt: skip
+    """The cost model of §5.2 checked on the arm whose switch is forced: with a share ``s`` of
+    importance steps, each costing :math:`\\tau_{th} = 1 + (B/b)\\,t_f/(t_f + t_b)` uniform steps
+    from the run's own measured times (whatever threshold the arm used), the model predicts
+    :math:`1/(s\\tau_{th} + 1 - s)` of ``baseline``'s steps in the same time. Returns ``share``,
+    ``step_cost`` (that τ_th), ``predicted`` and ``measured`` (steps as a fraction of the baseline's)
+    and ``error`` (measured ÷ predicted − 1: negative where the model understates an importance
+    step's cost); ``None`` if the race has no ``forced`` arm."""
+    if forced not in race:
+        return None
+    last = [r.history[-1] for r in race[forced]]
+    measured = statistics.fmean(x["steps"] for x in last) / statistics.fmean(
+        r.history[-1]["step"] for r in race[baseline]
+    )
+    share = statistics.fmean(x["importance_steps"] / x["steps"] for x in last)
+    saved = race[forced][0].config
+    passes = build_strategy(saved["strategy"], saved["strategy_options"]).scoring_passes_per_sample
+    step_cost = statistics.fmean(
+        1 + passes * x["t_forward"] / (x["t_forward"] + x["t_backward"]) for x in last
+    )
+    predicted = 1 / (share * step_cost + (1 - share))
+    return {"share": share, "step_cost": step_cost, "predicted": predicted, "measured": measured,
+            "error": measured / predicted - 1}  # fmt: skip
+
+
+def recalibration(race: dict[str, list[Any]], baseline: str = "uniform") -> dict[str, Any] | None:
+    """The race's test accuracy against ``baseline`` with the running batch-norm statistics
+    (``plain``) and with statistics re-estimated on uniform batches (``recalibrated``), as
+    :func:`ismod.verdicts.exploratory` rows; ``shift``, each arm's mean change of test accuracy under
+    re-estimation; and which arms behind the baseline saw their deficit ``closed`` by at least half or
+    ``widened``, out of the arms ``behind``. ``None`` if the runs have no re-estimated evaluation."""
     if not all("test_accuracy_recalibrated" in r.final for runs in race.values() for r in runs):
         return None
     against = [(arm, baseline) for arm in race if arm != baseline]
@@ -483,56 +500,56 @@ def recalibration_lines(race: dict[str, list[Any]], baseline: str = "uniform") -
     fixed = exploratory(race, pairs(against, metric="test_accuracy_recalibrated"))
     shift = {arm: statistics.fmean(r.final["test_accuracy_recalibrated"] - r.final["test_accuracy"] for r in runs)
              for arm, runs in race.items()}  # fmt: skip
-    closed = [row["comparison"].arm for row, again in zip(plain, fixed)
-              if "mean" in row and row["mean"] < 0 and again["mean"] > row["mean"] / 2]  # fmt: skip
-    moved = ", ".join(f"{shift[arm]:+.1%} ({arm})" for arm in race)
-    reading = (f"It closed at least half of the deficit against uniform for {', '.join(closed)}: there the running "
-               "statistics, not the weights, carried the loss." if closed else
-               "It closed less than half of any arm's deficit against uniform: the deficit is in the weights (or in the "
-               "steps the arm could not take), not in the batch-norm statistics.")  # fmt: skip
-    return ("Test accuracy against uniform, with the running statistics (exploratory):\n\n"
-            + exploratory_markdown(plain, scale=100, digits=2)
-            + "\n\nThe same weights with re-estimated statistics:\n\n" + exploratory_markdown(fixed, scale=100, digits=2)
-            + f"\n\nRe-estimating the statistics moved test accuracy by {moved} on average. " + reading)  # fmt: skip
+    behind = [(row["comparison"].arm, row["mean"], again["mean"]) for row, again in zip(plain, fixed)
+              if "mean" in row and "mean" in again and row["mean"] < 0]  # fmt: skip
+    return {"plain": plain, "recalibrated": fixed, "shift": shift,
+            "behind": [arm for arm, _, _ in behind],
+            "closed": [arm for arm, before, after in behind if after > before / 2],
+            "widened": [arm for arm, before, after in behind if after < before]}  # fmt: skip
 
 
-def sqrt_check_markdown(points: list[dict[str, Any]]) -> str:
-    """§5.3's table: for each score and presample size, the mean absolute log error of τ = BΣg² and of
-    its square root against the measured variance ratio, which is better seed by seed, the share of
-    :math:`\\lVert\\bar G_U\\rVert^2` in the mean :math:`\\lVert G_i\\rVert^2` (the term §5.1 drops) and the
-    sampled check of the closed form."""
+def sqrt_check(points: list[dict[str, Any]]) -> dict[str, Any]:
+    """§5.3's numbers: for each score and presample size (``rows``), the mean absolute log error of
+    τ = BΣg² (``error_tau``) and of its square root (``error_sqrt``) against the measured variance
+    ratio, and in how many of the ``seeds`` τ without the root was the closer
+    (``closer_without_root``); the same count summed over sizes per score (``cases``:
+    ``{score: (closer without the root, cases)}``); ``dropped_share``, the mean share of
+    :math:`\\lVert\\bar G_U\\rVert^2` in the mean :math:`\\lVert G_i\\rVert^2` (the term §5.1
+    drops); and the sampled check of the closed form for the bound: ``sampled_ratio`` (mean, least,
+    largest of sampled ÷ closed form) and ``sampled_rel_se`` (one sampled ratio's relative standard
+    error)."""
     sizes = sorted({p["B"] for p in points})
     seeds = sorted({p["seed"] for p in points})
-    rows = ["| g ∝ | B | τ = BΣg² | √(BΣg²) | better, seed by seed |", "|---|---|---|---|---|"]
-    wins = {score: [0, 0] for score in ("bound", "loss", "exact")}
-    for score in wins:
+    rows, cases = [], {}
+    for score in ("bound", "loss", "exact"):
+        closer = 0
         for size in sizes:
             at = [p for p in points if p["B"] == size]
             per_seed = [[p for p in at if p["seed"] == s] for s in seeds]
-            plain = [tau_log_error(group, score, "tau") for group in per_seed]
-            root = [tau_log_error(group, score, "tau_sqrt") for group in per_seed]
-            n_plain = sum(a < b for a, b in zip(plain, root))
-            wins[score][0] += n_plain
-            wins[score][1] += len(seeds)
-            rows.append(f"| {score} | {size} | {tau_log_error(at, score, 'tau'):.3f} | "
-                        f"{tau_log_error(at, score, 'tau_sqrt'):.3f} | without the root in {n_plain} of {len(seeds)} |")  # fmt: skip
-    exact_gap = statistics.fmean(
-        p["entry"]["mean_grad_sq"] / p["entry"]["mean_sq_norm"] for p in points
-    )
+            n = sum(
+                tau_log_error(g, score, "tau") < tau_log_error(g, score, "tau_sqrt")
+                for g in per_seed
+            )
+            closer += n
+            rows.append({"score": score, "B": size, "error_tau": tau_log_error(at, score, "tau"),
+                         "error_sqrt": tau_log_error(at, score, "tau_sqrt"),
+                         "closer_without_root": n, "seeds": len(seeds)})  # fmt: skip
+        cases[score] = (closer, len(sizes) * len(seeds))
     sampled = [p["entry"]["bound"]["sampled"] / p["entry"]["bound"]["measured"] for p in points]
-    rel_se = statistics.fmean(p["entry"]["bound"]["sampled_rel_se"] for p in points)
-    said = []
-    for score, (n, total) in wins.items():
-        verdict = ("without the root" if n == total else "with the root" if n == 0
-                   else f"without the root in {n} and with it in {total - n}")  # fmt: skip
-        said.append(f"for g ∝ {score}, {verdict} of the {total} (B, seed) cases")
-    return ("Mean absolute log error of each formula against the measured ratio (0 is perfect; 0.1 is about 10%):\n\n"
-            + "\n".join(rows)
-            + f"\n\n**Measured:** the formula that predicts the variance ratio better is {'; '.join(said)}. "
-            f"Across these presamples $\\lVert\\bar G_U\\rVert^2$ averaged {exact_gap:.1%} of the mean "
-            "$\\lVert G_i\\rVert^2$ — the term §5.1 drops. Sampled minibatches confirm the closed form: sampled / "
-            f"closed-form ratio {sum(sampled) / len(sampled):.3f} on average (range {min(sampled):.3f}–{max(sampled):.3f}; "
-            f"relative standard error of one sampled ratio ≈ {rel_se:.3f}).")  # fmt: skip
+    return {"rows": rows, "cases": cases,
+            "dropped_share": statistics.fmean(p["entry"]["mean_grad_sq"] / p["entry"]["mean_sq_norm"] for p in points),
+            "sampled_ratio": (statistics.fmean(sampled), min(sampled), max(sampled)),
+            "sampled_rel_se": statistics.fmean(p["entry"]["bound"]["sampled_rel_se"] for p in points)}  # fmt: skip
+
+
+def sqrt_check_table(check: dict[str, Any]) -> str:
+    """:func:`sqrt_check`'s rows as a markdown table (a log error of 0.1 is about 10%)."""
+    lines = ["| g ∝ | B | log error of τ = BΣg² | log error of √(BΣg²) | seeds where τ = BΣg² is closer |",
+             "|---|---:|---:|---:|---:|"]  # fmt: skip
+    for r in check["rows"]:
+        lines.append(f"| {r['score']} | {r['B']} | {r['error_tau']:.3f} | {r['error_sqrt']:.3f} "
+                     f"| {r['closer_without_root']} / {r['seeds']} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def exploratory_line(results: dict[str, list[Any]], arm: str, baseline: str) -> str:

@@ -180,27 +180,48 @@ def _race_run(seed, accuracy, recalibrated, done, **last):
     )
 
 
-def test_race_lines_check_the_cost_model_and_recalibration_names_the_arms_it_repairs():
+def test_the_race_rows_and_the_cost_model_check_read_the_forced_arm():
     forced = dict(importance_steps=40, steps=50, switch_step=10, tau=1.8, tau_threshold=1.0, t_forward=1.0,
                   t_backward=2.0)  # fmt: skip
     race = {"uniform": [_race_run(k, 0.70, 0.70, 100) for k in range(3)],
             "upper bound, always": [_race_run(k, 0.60 + 0.001 * k * k, 0.68, 50, **forced) for k in range(3)]}  # fmt: skip
-    lines = diagnosis.race_lines(race)
-    # 80% importance steps at τ_th = 1 + 3·1/3 = 2 predict 1/(0.8·2 + 0.2) = 0.56 of uniform's steps; 0.50 measured
-    assert "switched at steps [10, 10, 10]" in lines[0] and "80% of its steps" in lines[0]
+    (row,) = diagnosis.race_rows(race)
+    assert row["switch_steps"] == [10, 10, 10] and row["importance_share"] == pytest.approx(0.8)
+    assert (row["steps"], row["baseline_steps"], row["tau"]) == (50, 100, 1.8)
     assert (
-        "so 0.56× uniform's steps" in lines[-1]
-        and "measured 0.50×" in lines[-1]
-        and "understates" in lines[-1]
+        "| upper bound, always | 10, 10, 10 | 80% | 50 (100) | 1.80 | 1.00 |"
+        in diagnosis.race_table([row])
     )
-    text = diagnosis.recalibration_lines(race)
-    assert "closed at least half of the deficit against uniform for upper bound, always" in text
-    race["upper bound, always"] = [
-        _race_run(k, 0.60 + 0.001 * k * k, 0.61, 50, **forced) for k in range(3)
-    ]
-    assert "closed less than half" in diagnosis.recalibration_lines(race)
+    # 80% importance steps at τ_th = 1 + 3·1/3 = 2 predict 1/(0.8·2 + 0.2) = 0.556 of uniform's steps;
+    # 0.50 measured: the model understates an importance step's cost by 10%
+    check = diagnosis.cost_model_check(race)
+    assert check["step_cost"] == pytest.approx(2.0) and check["predicted"] == pytest.approx(1 / 1.8)
+    assert check["measured"] == pytest.approx(0.5) and check["error"] == pytest.approx(
+        0.5 * 1.8 - 1
+    )
+    assert diagnosis.cost_model_check(race, forced="absent") is None
+
+
+def test_recalibration_says_which_deficits_it_closed_and_which_it_widened():
+    forced = dict(importance_steps=40, steps=50, switch_step=10, tau=1.8, tau_threshold=1.0, t_forward=1.0,
+                  t_backward=2.0)  # fmt: skip
+    uniform = [_race_run(k, 0.70, 0.70, 100) for k in range(3)]
+    # 10 points behind with running statistics, 2 behind re-estimated: closed by more than half
+    race = {
+        "uniform": uniform,
+        "forced": [_race_run(k, 0.60 + 0.001 * k * k, 0.68, 50, **forced) for k in range(3)],
+    }
+    found = diagnosis.recalibration(race)
+    assert (
+        found["behind"] == ["forced"] and found["closed"] == ["forced"] and found["widened"] == []
+    )
+    assert found["shift"]["forced"] == pytest.approx(0.08 - 0.001 * 5 / 3)
+    # 10 behind, then 15 behind: widened, not closed
+    race["forced"] = [_race_run(k, 0.60 + 0.001 * k * k, 0.55, 50, **forced) for k in range(3)]
+    found = diagnosis.recalibration(race)
+    assert found["closed"] == [] and found["widened"] == ["forced"]
     del race["uniform"][0].final["test_accuracy_recalibrated"]
-    assert diagnosis.recalibration_lines(race) is None
+    assert diagnosis.recalibration(race) is None
 
 
 def _tau_point(seed, size, tau_plain, tau_root, measured):
@@ -211,14 +232,20 @@ def _tau_point(seed, size, tau_plain, tau_root, measured):
     return {"seed": seed, "epoch": 1.0, "B": size, "entry": entry}
 
 
-def test_the_square_root_table_counts_which_formula_is_closer_seed_by_seed():
+def test_the_square_root_check_counts_which_formula_is_closer_seed_by_seed():
     # τ = 4 against a measured 4: without the root exact; the root (2) off by log 2
-    points = [_tau_point(s, 96, 4.0, 2.0, 4.0) for s in range(3)]
-    text = diagnosis.sqrt_check_markdown(points)
-    assert "| bound | 96 | 0.000 | 0.693 | without the root in 3 of 3 |" in text
-    assert "for g ∝ bound, without the root of the 3 (B, seed) cases" in text and "10.0%" in text
-    rooted = [_tau_point(s, 96, 4.0, 2.0, 2.0) for s in range(3)]
-    assert "for g ∝ loss, with the root of the 3" in diagnosis.sqrt_check_markdown(rooted)
+    check = diagnosis.sqrt_check([_tau_point(s, 96, 4.0, 2.0, 4.0) for s in range(3)])
+    assert check["cases"] == {"bound": (3, 3), "loss": (3, 3), "exact": (3, 3)}
+    assert check["rows"][0]["error_tau"] == 0 and check["rows"][0]["error_sqrt"] == pytest.approx(
+        math.log(2)
+    )
+    assert check["dropped_share"] == pytest.approx(0.1) and check["sampled_ratio"][
+        0
+    ] == pytest.approx(1.01)
+    assert "| bound | 96 | 0.000 | 0.693 | 3 / 3 |" in diagnosis.sqrt_check_table(check)
+    # measured 2: the root is exact, and closer in every case
+    rooted = diagnosis.sqrt_check([_tau_point(s, 96, 4.0, 2.0, 2.0) for s in range(3)])
+    assert rooted["cases"]["loss"] == (0, 3)
 
 
 def test_an_exploratory_line_gives_intervals_and_no_verdict():
@@ -294,3 +321,15 @@ def test_speedups_pair_seeds_and_say_which_never_reached_the_target():
         lower_is_better=False,
     )
     assert t.not_reached == [0, 1, 2] and t.mean is None
+
+
+def test_the_rule_check_table_predicts_the_presample_with_tau_eff():
+    from ismod.convex import RuleCheck
+
+    # S(b) = 10 (1 + 40/b); τ = 6 over all N, so a presample of 3b is worth τ_eff = 1/(1/6 + 1/3) = 2
+    check = RuleCheck(batch_sizes=(4,), steps_uniform=(110.0,), steps_importance=(27.0,),
+                      steps_presample=(60.0,), s_min=10.0, b_crit=40.0, b_simple=38.0, b_noise=45.0,
+                      tau=6.0, presample_ratio=3)  # fmt: skip
+    assert check.tau_eff == pytest.approx(2.0)
+    # predicted: uniform 10(1 + 10) = 110; with τ 10(1 + 10/6) = 26.7; with τ_eff 10(1 + 5) = 60
+    assert "| 4 | 110 | 110.0 | 27 | 26.7 | 60 | 60.0 | 26.7 |" in diagnosis.rule_check_table(check)
