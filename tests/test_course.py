@@ -16,6 +16,7 @@ COURSE_PAGES = [
     "ch03_loss_scores",
     "ch04_upper_bound",
     "ch05_tau_switch",
+    "ch05b_diagnosis",
     "ch06_wall_clock",
     "ch07_budgeted",
     "ch08_conclusions",
