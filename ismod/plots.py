@@ -18,6 +18,8 @@ from torch.distributions import Distribution, Normal
 from . import mc
 
 __all__ = [
+    "speedup_curves",
+    "speedup_panel",
     "BOOK_STYLE",
     "PANEL_WIDTH",
     "MIN_FONT_SIZE",
@@ -534,9 +536,10 @@ def tau_tradeoff(presample_ratio: float, backward_ratio: float, spread: float, *
                  axes: Sequence[Axes] | None = None) -> dict[str, float]:  # fmt: skip
     """Katharopoulos & Fleuret's cost model for a presample of B = ``presample_ratio`` · b scored with
     log-normal scores of log-spread ``spread`` (σ; 0 is uniform). Left: the presample's normalised
-    scores g. Right: τ against σ, with τ_th = 1 + B t_f/(b(t_f + t_b)) for t_b = ``backward_ratio`` · t_f;
-    the predicted speed-up of an importance-sampled step over uniform is τ/τ_th. Returns the numbers."""
-    from .tau import equivalent_batch_increment, switch_threshold
+    scores g. Right: τ and τ_eff = 1/(1/τ + b/B) against σ, with τ_th = 1 + B t_f/(b(t_f + t_b)) for
+    t_b = ``backward_ratio`` · t_f; the completed rule's predicted speed-up in time, far below the
+    critical batch size, is τ_eff/τ_th (:func:`ismod.tau.predict_speedup`). Returns the numbers."""
+    from .tau import equivalent_batch_increment, presample_increment, switch_threshold
 
     if axes is None:
         axes = panels(2)
@@ -559,13 +562,62 @@ def tau_tradeoff(presample_ratio: float, backward_ratio: float, spread: float, *
     sigmas = torch.linspace(0, 2, 81)
     taus = [tau_at(float(x)) for x in sigmas]
     axes[1].plot(sigmas.numpy(), taus, label="τ = B Σ g²")
+    axes[1].plot(sigmas.numpy(), [presample_increment(t, batch, big_b) for t in taus],
+                 color="C2", label="τ_eff = 1/(1/τ + b/B)")  # fmt: skip
     axes[1].axhline(threshold, color="C3", ls="--", label=f"τ_th = {threshold:.2f}")
     tau = tau_at(spread)
-    axes[1].plot([spread], [tau], "o", color="C1")
-    axes[1].set(xlabel="score spread σ", ylabel="τ", yscale="log",
-                title=f"τ = {tau:.2f}: predicted speed-up τ/τ_th = {tau / threshold:.2f}")  # fmt: skip
+    tau_eff = presample_increment(tau, batch, big_b)
+    axes[1].plot([spread, spread], [tau, tau_eff], "o", color="C1")
+    axes[1].set(xlabel="score spread σ", ylabel="τ, τ_eff", yscale="log",
+                title=f"σ = {spread:.2f}: speed-up τ_eff/τ_th = {tau_eff / threshold:.2f}")  # fmt: skip
     axes[1].legend()
-    return {"tau": tau, "tau_threshold": threshold, "speedup": tau / threshold}
+    return {
+        "tau": tau,
+        "tau_eff": tau_eff,
+        "tau_threshold": threshold,
+        "speedup": tau_eff / threshold,
+    }
+
+
+def speedup_panel(ax: Axes, *, presample_ratio: float | None, backward_ratio: float = 2.0,
+                  batch: int = 128, noise_ratios: Sequence[float] = (0.5, 2.0, 8.0, math.inf),
+                  tau: float | None = None) -> None:  # fmt: skip
+    """The completed switch rule's predicted speed-up in time to a target over uniform sampling
+    (:func:`ismod.tau.predict_speedup`) against τ, one line per :math:`B_{\\text{noise}}/b` in
+    ``noise_ratios``, scoring a presample of B = ``presample_ratio`` · b with t_b = ``backward_ratio``
+    · t_f, or with free scores (no presample, τ_th = 1) when ``presample_ratio`` is ``None``. Above
+    the dashed line importance sampling pays. With ``tau``, that τ is marked on each line."""
+    from .tau import predict_speedup
+
+    presample = None if presample_ratio is None else max(batch, round(presample_ratio * batch))
+    taus = torch.logspace(0, math.log10(50), 120).tolist()
+    for k, ratio in enumerate(noise_ratios):
+
+        def speedup(t: float) -> float:
+            return predict_speedup(t, batch, presample=presample, t_backward=backward_ratio,
+                                   noise_scale=ratio * batch).speedup  # fmt: skip
+
+        label = "B_noise ≫ b" if math.isinf(ratio) else f"B_noise = {ratio:g} b"
+        ax.plot(taus, [speedup(t) for t in taus], color=f"C{k}", label=label)
+        if tau is not None:
+            ax.plot([tau], [speedup(tau)], "o", color=f"C{k}")
+    ax.axhline(1.0, color="black", lw=0.8, ls="--")
+    title = ("free scores (τ_th = 1)" if presample is None
+             else f"presample B = {presample / batch:g} b, t_b = {backward_ratio:g} t_f")  # fmt: skip
+    ax.set(xscale="log", yscale="log", xlabel="τ", ylabel="predicted speed-up in time", title=title)
+    ax.legend()
+
+
+def speedup_curves(*, presample_ratio: float = 3.0, backward_ratio: float = 2.0, batch: int = 128,
+                   noise_ratios: Sequence[float] = (0.5, 2.0, 8.0, math.inf),
+                   axes: Sequence[Axes] | None = None) -> None:  # fmt: skip
+    """Two :func:`speedup_panel` panels: left, scoring a presample of B = ``presample_ratio`` · b;
+    right, free scores."""
+    if axes is None:
+        axes = panels(2)
+    for ax, ratio in zip(axes, (presample_ratio, None)):
+        speedup_panel(ax, presample_ratio=ratio, backward_ratio=backward_ratio, batch=batch,
+                      noise_ratios=noise_ratios)  # fmt: skip
 
 
 def loop_costs(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import numbers
+from dataclasses import dataclass
 
 import torch
 
@@ -33,6 +34,8 @@ __all__ = [
     "switch_threshold",
     "presample_increment",
     "required_increment",
+    "SpeedupPrediction",
+    "predict_speedup",
     "variance_ratio",
     "sampled_sq_errors",
 ]
@@ -124,6 +127,70 @@ def required_increment(tau_threshold: float, noise_scale: float, b: int) -> floa
     if margin <= 0:
         return math.inf
     return r * tau_threshold / margin
+
+
+@dataclass(frozen=True)
+class SpeedupPrediction:
+    """:func:`predict_speedup`'s answer: what an importance step is worth (``tau_eff``) and costs
+    (``tau_threshold``), both in uniform steps; the least ``tau_eff`` that pays (``required``); and
+    the predicted ``speedup`` in time to a target loss over uniform sampling (above 1: it pays)."""
+
+    tau_eff: float
+    tau_threshold: float
+    required: float
+    speedup: float
+
+    @property
+    def pays(self) -> bool:
+        """Whether importance steps reach the target sooner than uniform ones: ``speedup > 1``."""
+        return self.speedup > 1.0
+
+
+def predict_speedup(
+    tau: float,
+    b: int,
+    *,
+    presample: int | None,
+    t_forward: float = 1.0,
+    t_backward: float = 2.0,
+    noise_scale: float = math.inf,
+) -> SpeedupPrediction:
+    r"""Whether importance sampling pays in time, by the completed switch rule (Chapter 5, §5.6).
+
+    With a ``presample`` of :math:`B` scored by a forward pass (Katharopoulos & Fleuret's
+    Algorithm 1) an importance step on :math:`b` is worth :math:`\tau_{\text{eff}} = 1/(1/\tau + b/B)`
+    uniform steps (:func:`presample_increment`) and costs
+    :math:`\tau_{th} = 1 + B t_f/(b(t_f + t_b))` (:func:`switch_threshold`). With ``presample=None``
+    the scores are free — read from earlier steps' logits, as
+    :class:`~ismod.strategies.StaleBoundSampling` does, over all :math:`N` — so
+    :math:`\tau_{\text{eff}} = \tau` and :math:`\tau_{th} = 1`.
+
+    Steps to a target follow :math:`S(b) = S_{\min}(1 + B_{\text{noise}}/b)` (McCandlish et al.
+    2018); with :math:`r = B_{\text{noise}}/b` the time to the target shrinks by
+
+    .. math:: \text{speedup} = \frac{1 + r}{(1 + r/\tau_{\text{eff}})\,\tau_{th}}
+              \;\to\; \frac{\tau_{\text{eff}}}{\tau_{th}} \quad (B_{\text{noise}} \gg b),
+
+    which exceeds 1 exactly when :math:`\tau_{\text{eff}}` exceeds :func:`required_increment`.
+    ``noise_scale`` (:math:`B_{\text{noise}}`, in samples) defaults to infinity, the rule as its
+    authors state it; ``t_forward`` and ``t_backward`` matter only through their ratio."""
+    if not (isinstance(tau, numbers.Real) and tau >= 1 and not math.isnan(tau)):
+        raise ValueError(
+            f"tau must be a number >= 1 (τ = BΣg² is at least 1 for any scores), got {tau!r}"
+        )
+    b = _positive_count("b", b)
+    if presample is None:
+        tau_eff, threshold = float(tau), 1.0
+    else:
+        tau_eff = presample_increment(tau, b, presample)
+        threshold = switch_threshold(presample, b, t_forward, t_backward)
+    required = required_increment(threshold, noise_scale, b)
+    if math.isinf(noise_scale):
+        speedup = tau_eff / threshold
+    else:
+        r = noise_scale / b
+        speedup = (1.0 + r) / ((1.0 + r / tau_eff) * threshold)
+    return SpeedupPrediction(tau_eff, threshold, required, speedup)
 
 
 def _check_gram(gram: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

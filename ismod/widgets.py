@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 
 from . import plots
 
-__all__ = ["proposal_explorer", "tau_explorer"]
+__all__ = ["proposal_explorer", "tau_explorer", "speedup_explorer"]
 
 
 def proposal_explorer(*, threshold: float = 3.0, n: int = 10_000, seed: int = 0):
@@ -36,7 +36,7 @@ def tau_explorer(
     *, presample_ratio: float = 3.0, backward_ratio: float = 2.0, spread: float = 0.5, seed: int = 0
 ):
     """Sliders for Katharopoulos & Fleuret's cost model: B/b, t_b/t_f and the spread of the scores
-    (:func:`ismod.plots.tau_tradeoff`) → τ against τ_th and the predicted speed-up.
+    (:func:`ismod.plots.tau_tradeoff`) → τ and τ_eff against τ_th and the predicted speed-up.
 
     Returns an ``ipywidgets.interactive``; display it (or leave it as the cell's last expression).
     """
@@ -61,5 +61,46 @@ def tau_explorer(
         ),
         spread=widgets.FloatSlider(
             value=spread, min=0.0, max=2.0, step=0.05, description="score spread σ"
+        ),
+    )
+
+
+def speedup_explorer(
+    *, tau: float = 4.0, presample_ratio: float = 3.0, backward_ratio: float = 2.0,
+    noise_ratio: float = 8.0, batch: int = 128,
+):  # fmt: skip
+    """Sliders for Chapter 8's check: τ, B/b (0 for free scores), t_b/t_f and
+    :math:`B_{\\text{noise}}/b` → the predicted speed-up in time of
+    :func:`ismod.tau.predict_speedup`, drawn against τ with the chosen τ marked.
+
+    Returns an ``ipywidgets.interactive``; display it (or leave it as the cell's last expression).
+    """
+    import ipywidgets as widgets
+
+    from .tau import predict_speedup
+
+    def show(tau: float, presample_ratio: float, backward_ratio: float, noise_ratio: float) -> None:
+        ratio = presample_ratio or None  # 0 on the slider: free scores
+        presample = None if ratio is None else max(batch, round(ratio * batch))
+        p = predict_speedup(tau, batch, presample=presample, t_backward=backward_ratio,
+                            noise_scale=noise_ratio * batch)  # fmt: skip
+        ax = plots.panels(1, height=3.6)[0]
+        plots.speedup_panel(ax, presample_ratio=ratio, backward_ratio=backward_ratio, batch=batch,
+                            noise_ratios=(noise_ratio,), tau=tau)  # fmt: skip
+        ax.set_title(f"τ_eff {p.tau_eff:.2f} · τ_th {p.tau_threshold:.2f} · "
+                     f"needs τ_eff > {p.required:.2f} · speed-up ×{p.speedup:.2f}")  # fmt: skip
+        plt.show()
+
+    return widgets.interactive(
+        show,
+        tau=widgets.FloatLogSlider(value=tau, base=10, min=0, max=2, step=0.02, description="τ"),
+        presample_ratio=widgets.FloatSlider(
+            value=presample_ratio, min=0.0, max=10.0, step=0.5, description="B / b (0: free)"
+        ),
+        backward_ratio=widgets.FloatSlider(
+            value=backward_ratio, min=0.5, max=4.0, step=0.05, description="t_b / t_f"
+        ),
+        noise_ratio=widgets.FloatLogSlider(
+            value=noise_ratio, base=10, min=-1, max=3, step=0.05, description="B_noise / b"
         ),
     )

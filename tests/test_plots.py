@@ -2,6 +2,7 @@
 natural size in the book's column and at over 70% on a phone, and text no smaller than
 MIN_FONT_SIZE. The browser test measures the shown widths; this checks the code that draws them."""
 
+import math
 import re
 
 import matplotlib
@@ -144,4 +145,26 @@ def test_gradient_error_ratios_draws_one_line_per_arm_and_mode_as_geometric_mean
     assert curves["batch norm, batch statistics"] == pytest.approx([4.0, 4.0])  # geometric means
     assert curves["group norm"] == pytest.approx([1.0, 1.0])
     assert ax.get_yscale() == "log"
+    plt.close("all")
+
+
+def test_the_tau_tradeoff_predicts_the_completed_rules_speedup():
+    from ismod.tau import predict_speedup
+
+    numbers = plots.tau_tradeoff(3.0, 2.0, 1.0, batch=64)
+    # a presample of 192 for a batch of 64, t_b = 2 t_f: the same arithmetic as predict_speedup
+    p = predict_speedup(numbers["tau"], 64, presample=192)
+    assert numbers["tau_eff"] == pytest.approx(p.tau_eff)
+    assert numbers["speedup"] == pytest.approx(p.speedup) and numbers["tau_threshold"] == 2.0
+    plt.close("all")
+
+
+def test_speedup_curves_draw_one_line_per_noise_scale_on_each_panel():
+    axes = plots.panels(2)
+    plots.speedup_curves(noise_ratios=(1.0, math.inf), axes=axes)
+    for ax in axes:
+        # two curves; free scores reach τ (50) with no noise cap, a presample of 3b at most 3/2
+        assert len([ln for ln in ax.get_lines() if len(ln.get_xdata()) > 2]) == 2
+    assert max(axes[1].get_lines()[1].get_ydata()) == pytest.approx(50.0, rel=1e-6)
+    assert max(axes[0].get_lines()[1].get_ydata()) < 1.5
     plt.close("all")

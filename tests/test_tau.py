@@ -227,3 +227,49 @@ def test_required_increment_is_the_break_even_of_the_steps_model():
         required_increment(0.5, 10.0, 8)
     with pytest.raises(ValueError, match="noise_scale"):
         required_increment(2.0, -1.0, 8)
+
+
+def test_predict_speedup_with_a_presample_against_hand_computed_values():
+    from ismod.tau import predict_speedup, required_increment
+
+    # B = 3b, t_b = 2t_f: τ_th = 2; τ = 4 gives τ_eff = 1/(1/4 + 1/3) = 12/7, worth less than it costs
+    p = predict_speedup(4.0, 128, presample=384)
+    assert p.tau_threshold == pytest.approx(2.0) and p.tau_eff == pytest.approx(12 / 7)
+    assert p.speedup == pytest.approx(6 / 7) and p.required == pytest.approx(2.0) and not p.pays
+    # r = B_noise/b = 1 halves what a bigger effective batch buys: (1 + 1)/((1 + 7/12)·2) = 12/19
+    q = predict_speedup(4.0, 128, presample=384, noise_scale=128.0)
+    assert q.speedup == pytest.approx(12 / 19)
+    assert q.required == pytest.approx(required_increment(2.0, 128.0, 128))
+
+
+def test_predict_speedup_with_free_scores_and_its_boundary_agrees_with_required_increment():
+    from ismod.tau import predict_speedup
+
+    free = predict_speedup(2.0, 64, presample=None)
+    assert (free.tau_eff, free.tau_threshold, free.speedup) == (2.0, 1.0, 2.0) and free.pays
+    # far above the critical batch size a bigger effective batch buys almost nothing: (1 + 0.5)/(1 + 0.25)
+    assert predict_speedup(2.0, 64, presample=None, noise_scale=32.0).speedup == pytest.approx(1.2)
+    # pays exactly when τ_eff exceeds the required increment, over a grid of settings
+    for tau in (1.0, 1.5, 3.0, 8.0, 40.0):
+        for ratio in (1, 2, 4, 8):
+            for noise in (16.0, 256.0, 4096.0, math.inf):
+                p = predict_speedup(
+                    tau, 64, presample=64 * ratio, t_backward=1.25, noise_scale=noise
+                )
+                assert p.pays == (p.tau_eff > p.required), (tau, ratio, noise)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(tau=0.5, b=64, presample=192), "tau must be a number >= 1"),
+        (dict(tau=2.0, b=0, presample=192), "b must be a positive integer"),
+        (dict(tau=2.0, b=64, presample=32), "presample B = 32 must hold at least the batch"),
+        (dict(tau=2.0, b=64, presample=192, noise_scale=-1.0), "noise_scale"),
+    ],
+)
+def test_predict_speedup_refuses_bad_input_naming_the_argument(kwargs, match):
+    from ismod.tau import predict_speedup
+
+    with pytest.raises(ValueError, match=match):
+        predict_speedup(**kwargs)
