@@ -174,9 +174,10 @@ def predict_speedup(
     which exceeds 1 exactly when :math:`\tau_{\text{eff}}` exceeds :func:`required_increment`.
     ``noise_scale`` (:math:`B_{\text{noise}}`, in samples) defaults to infinity, the rule as its
     authors state it; ``t_forward`` and ``t_backward`` matter only through their ratio."""
-    if not (isinstance(tau, numbers.Real) and tau >= 1 and not math.isnan(tau)):
+    # a running estimate of τ may dip below 1, the least that τ = BΣg² of one presample can be
+    if not (isinstance(tau, numbers.Real) and tau > 0 and not math.isnan(tau)):
         raise ValueError(
-            f"tau must be a number >= 1 (τ = BΣg² is at least 1 for any scores), got {tau!r}"
+            f"tau must be a positive number (τ = BΣg² of one presample is at least 1), got {tau!r}"
         )
     b = _positive_count("b", b)
     if presample is None:

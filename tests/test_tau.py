@@ -262,7 +262,7 @@ def test_predict_speedup_with_free_scores_and_its_boundary_agrees_with_required_
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(tau=0.5, b=64, presample=192), "tau must be a number >= 1"),
+        (dict(tau=0.0, b=64, presample=192), "tau must be a positive number"),
         (dict(tau=2.0, b=0, presample=192), "b must be a positive integer"),
         (dict(tau=2.0, b=64, presample=32), "presample B = 32 must hold at least the batch"),
         (dict(tau=2.0, b=64, presample=192, noise_scale=-1.0), "noise_scale"),
