@@ -377,7 +377,7 @@ def prediction_findings(rows: list[dict[str, Any]]) -> list[str]:
 
 
 def rule_check_table(check: Any) -> str:
-    """:func:`ismod.convex.rule_check` as a markdown table: per batch size, the steps to the target
+    """``ismod.convex.rule_check`` as a markdown table: per batch size, the steps to the target
     measured and predicted for uniform SGD, for importance sampling over all N (predicted with τ) and
     for a presample of B = ``presample_ratio``·b (predicted with τ_eff, and with τ in its place)."""
     k = check.presample_ratio

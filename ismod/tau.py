@@ -142,7 +142,7 @@ class SpeedupPrediction:
 
     @property
     def pays(self) -> bool:
-        """Whether importance steps reach the target sooner than uniform ones: ``speedup > 1``."""
+        """True when importance steps reach the target sooner than uniform ones (``speedup > 1``)."""
         return self.speedup > 1.0
 
 
