@@ -605,7 +605,8 @@ def speedup_panel(ax: Axes, *, presample_ratio: float | None, backward_ratio: fl
     title = ("free scores (τ_th = 1)" if presample is None
              else f"presample B = {presample / batch:g} b, t_b = {backward_ratio:g} t_f")  # fmt: skip
     ax.set(xscale="log", yscale="log", xlabel="τ", ylabel="predicted speed-up in time", title=title)
-    ax.legend()
+    # under the axes: inside, the legend covered the curves
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
 
 
 def speedup_curves(*, presample_ratio: float = 3.0, backward_ratio: float = 2.0, batch: int = 128,
