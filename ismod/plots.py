@@ -16,6 +16,7 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 from torch.distributions import Distribution, Normal
 
 from . import mc
+from .tau import SpeedupPrediction
 
 __all__ = [
     "speedup_curves",
@@ -581,32 +582,36 @@ def tau_tradeoff(presample_ratio: float, backward_ratio: float, spread: float, *
 
 def speedup_panel(ax: Axes, *, presample_ratio: float | None, backward_ratio: float = 2.0,
                   batch: int = 128, noise_ratios: Sequence[float] = (0.5, 2.0, 8.0, math.inf),
-                  tau: float | None = None) -> None:  # fmt: skip
+                  tau: float | None = None) -> list[SpeedupPrediction]:  # fmt: skip
     """The completed switch rule's predicted speed-up in time to a target over uniform sampling
     (:func:`ismod.tau.predict_speedup`) against τ, one line per :math:`B_{\\text{noise}}/b` in
     ``noise_ratios``, scoring a presample of B = ``presample_ratio`` · b with t_b = ``backward_ratio``
     · t_f, or with free scores (no presample, τ_th = 1) when ``presample_ratio`` is ``None``. Above
-    the dashed line importance sampling pays. With ``tau``, that τ is marked on each line."""
+    the dashed line importance sampling pays. With ``tau``, that τ is marked on each line and the
+    predictions there are returned, one per noise scale (none without ``tau``)."""
     from .tau import predict_speedup
 
     presample = None if presample_ratio is None else max(batch, round(presample_ratio * batch))
     taus = torch.logspace(0, math.log10(50), 120).tolist()
+    at_tau = []
     for k, ratio in enumerate(noise_ratios):
 
-        def speedup(t: float) -> float:
+        def predict(t: float) -> SpeedupPrediction:
             return predict_speedup(t, batch, presample=presample, t_backward=backward_ratio,
-                                   noise_scale=ratio * batch).speedup  # fmt: skip
+                                   noise_scale=ratio * batch)  # fmt: skip
 
         label = "B_noise ≫ b" if math.isinf(ratio) else f"B_noise = {ratio:g} b"
-        ax.plot(taus, [speedup(t) for t in taus], color=f"C{k}", label=label)
+        ax.plot(taus, [predict(t).speedup for t in taus], color=f"C{k}", label=label)
         if tau is not None:
-            ax.plot([tau], [speedup(tau)], "o", color=f"C{k}")
+            at_tau.append(predict(tau))
+            ax.plot([tau], [at_tau[-1].speedup], "o", color=f"C{k}")
     ax.axhline(1.0, color="black", lw=0.8, ls="--")
     title = ("free scores (τ_th = 1)" if presample is None
              else f"presample B = {presample / batch:g} b, t_b = {backward_ratio:g} t_f")  # fmt: skip
     ax.set(xscale="log", yscale="log", xlabel="τ", ylabel="predicted speed-up in time", title=title)
     # under the axes: inside, the legend covered the curves
     ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2)
+    return at_tau
 
 
 def speedup_curves(*, presample_ratio: float = 3.0, backward_ratio: float = 2.0, batch: int = 128,

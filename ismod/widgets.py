@@ -77,16 +77,11 @@ def speedup_explorer(
     """
     import ipywidgets as widgets
 
-    from .tau import predict_speedup
-
     def show(tau: float, presample_ratio: float, backward_ratio: float, noise_ratio: float) -> None:
-        ratio = presample_ratio or None  # 0 on the slider: free scores
-        presample = None if ratio is None else max(batch, round(ratio * batch))
-        p = predict_speedup(tau, batch, presample=presample, t_backward=backward_ratio,
-                            noise_scale=noise_ratio * batch)  # fmt: skip
         ax = plots.panels(1, height=3.6)[0]
-        plots.speedup_panel(ax, presample_ratio=ratio, backward_ratio=backward_ratio, batch=batch,
-                            noise_ratios=(noise_ratio,), tau=tau)  # fmt: skip
+        (p,) = plots.speedup_panel(ax, presample_ratio=presample_ratio or None,  # 0: free scores
+                                   backward_ratio=backward_ratio, batch=batch,
+                                   noise_ratios=(noise_ratio,), tau=tau)  # fmt: skip
         ax.set_title(f"τ_eff {p.tau_eff:.2f} · τ_th {p.tau_threshold:.2f} · "
                      f"needs τ_eff > {p.required:.2f} · speed-up ×{p.speedup:.2f}")  # fmt: skip
         plt.show()

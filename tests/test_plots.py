@@ -167,4 +167,13 @@ def test_speedup_curves_draw_one_line_per_noise_scale_on_each_panel():
         assert len([ln for ln in ax.get_lines() if len(ln.get_xdata()) > 2]) == 2
     assert max(axes[1].get_lines()[1].get_ydata()) == pytest.approx(50.0, rel=1e-6)
     assert max(axes[0].get_lines()[1].get_ydata()) < 1.5
+    # with τ marked, the panel returns the predictions there, one per noise scale
+    from ismod.tau import predict_speedup
+
+    ax = plots.panels(1)[0]
+    marked = plots.speedup_panel(ax, presample_ratio=3.0, noise_ratios=(1.0, 4.0), tau=4.0)
+    assert [p.speedup for p in marked] == [
+        predict_speedup(4.0, 128, presample=384, noise_scale=r * 128).speedup for r in (1.0, 4.0)
+    ]
+    assert plots.speedup_panel(ax, presample_ratio=None, noise_ratios=(1.0,)) == []
     plt.close("all")
