@@ -12,5 +12,4 @@ def executed_book(tmp_path_factory):
     """The book's chapters, each executed once at smoke scale (see executed_book.py)."""
     from executed_book import ExecutedBook
 
-    with pytest.MonkeyPatch.context() as monkeypatch:
-        yield ExecutedBook(tmp_path_factory.mktemp("executed"), monkeypatch)
+    return ExecutedBook(tmp_path_factory.mktemp("executed"))

@@ -1,7 +1,7 @@
 """Build the whole book from scratch at smoke scale, warnings as errors (the CI's book check), from the
-chapters the notebook tests executed (each alone, once a session; tests/executed_book.py), then read
-every page in headless Chromium as a reader would: formulas rendered, nothing wider than the page,
-figures loaded, links resolving, Colab buttons pointing at the repository, search working."""
+chapters executed once a session, each in its own kernel (tests/executed_book.py), then read every
+page in headless Chromium as a reader would: formulas rendered, nothing wider than the page, figures
+loaded, links resolving, Colab buttons pointing at the repository, search working."""
 
 from __future__ import annotations
 
@@ -36,10 +36,9 @@ RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\\(?:frac|sum|lVert|mathrm|opera
 
 @pytest.fixture(scope="module")
 def smoke_book(executed_book) -> tuple[subprocess.CompletedProcess, Path]:
-    # the chapters executed once, alone each (tests/executed_book.py), shared with the notebook tests;
-    # the build renders those outputs rather than executing every chapter a second time
-    for notebook in toc_notebooks():
-        executed_book.execute(notebook)
+    # the chapters executed once, each in its own kernel (tests/executed_book.py), shared with the
+    # notebook tests; the build renders those outputs rather than executing every chapter again
+    executed_book.execute_all(toc_notebooks())
     settings = config()
     settings["execute"]["execute_notebooks"] = "off"
     out = executed_book.root
