@@ -14,14 +14,21 @@ from typing import Any
 from .findings import summarize, tau_log_error
 from .strategies import build_strategy
 from .tau import presample_increment, required_increment
-from .verdicts import Comparison, exploratory, exploratory_markdown, final_value, pairs, primary
+from .verdicts import (
+    Comparison,
+    exploratory,
+    final_value,
+    paired_mean,
+    pairs,
+    primary,
+    verdict_text,
+)
 
 __all__ = [
     "run_instruments",
     "DISSECTION_CONTROLS",
     "dissection_rows",
     "dissection_markdown",
-    "dissection_findings",
     "critical_batch_rows",
     "critical_batch_markdown",
     "rule_inputs",
@@ -30,17 +37,16 @@ __all__ = [
     "BATCH_NORM_TEST",
     "FREE_SCORE_RACE",
     "prediction_rows",
-    "prediction_findings",
+    "prediction_markdown",
     "rule_check_table",
     "probe_increments",
-    "pilot_summary",
+    "pilot_numbers",
     "race_rows",
     "race_table",
     "cost_model_check",
     "recalibration",
     "sqrt_check",
     "sqrt_check_table",
-    "exploratory_line",
 ]
 
 
@@ -75,7 +81,8 @@ def dissection_rows(
     """Per arm: seeds, mean final test accuracy and training loss (eval mode, fixed training subset),
     the median over seeds of :func:`run_instruments`, and against ``baseline`` — or the arm's control in
     ``DISSECTION_CONTROLS``, uniform with the same change — (paired by seed, exploratory:
-    unadjusted intervals) the test-accuracy difference and the log training-loss ratio."""
+    unadjusted intervals) the test-accuracy difference and the log training-loss ratio, with their
+    point estimates ``accuracy_gap`` and ``loss_ratio`` (defined for one seed too)."""
     rows = []
     for arm, runs in results.items():
         inst = [run_instruments(r) for r in runs]
@@ -91,9 +98,13 @@ def dissection_rows(
         control = DISSECTION_CONTROLS.get(arm, baseline)
         row["control"] = control if control in results else baseline
         if arm != baseline and not arm.startswith("uniform"):
-            acc, loss = exploratory(results, [Comparison(arm, row["control"], "test_accuracy"),
-                                              Comparison(arm, row["control"], "train_eval_loss", transform=math.log)])  # fmt: skip
-            row["accuracy_difference"], row["log_loss_ratio"] = acc, loss
+            pair = [Comparison(arm, row["control"], "test_accuracy"),
+                    Comparison(arm, row["control"], "train_eval_loss", transform=math.log)]  # fmt: skip
+            row["accuracy_difference"], row["log_loss_ratio"] = exploratory(results, pair)
+            # the point estimates, also for one seed (where the intervals above have none)
+            gap, log_ratio = (paired_mean(results, c) for c in pair)
+            row["accuracy_gap"] = gap
+            row["loss_ratio"] = None if log_ratio is None else math.exp(log_ratio)
         rows.append(row)
     return rows
 
@@ -123,58 +134,6 @@ def dissection_markdown(rows: list[dict[str, Any]]) -> str:
                      f"{_number(r['max_weight'], '.1f')} | {_number(r['duplicate_fraction'], '.2f')} | "
                      f"{_number(r['importance_steps'], '.0f')} |")  # fmt: skip
     return "\n".join(lines)
-
-
-# the variants that leave every weight of the method in place, and those that bound it
-_KEEPS_WEIGHTS = ("forced, as is", "forced, BN ε = 1e-5", "forced, lr halved")
-_BOUNDS_WEIGHTS = ("forced, unweighted (w = 1)", "forced, weights ≤ 5")
-
-
-def dissection_findings(rows: list[dict[str, Any]]) -> list[str]:
-    """Sentences naming what the numbers of :func:`dissection_rows` separate: the arms that kept the
-    method's weights against those that bounded them, with their largest weights and their training
-    loss and accuracy against uniform, and the arm that scores what it trains on."""
-    by_arm = {r["arm"]: r for r in rows}
-
-    def describe(arm: str) -> str:
-        r = by_arm[arm]
-        ratio = r["log_loss_ratio"]
-        return (f"{arm}: largest weight {_number(r['max_weight'], '.0f')}, training loss ×{math.exp(ratio['mean']):.2f} "
-                f"[{math.exp(ratio['low']):.2f}, {math.exp(ratio['high']):.2f}] and test accuracy "
-                f"{_interval(r['accuracy_difference'], 100, 2)} points against {r['control']}")  # fmt: skip
-
-    out = []
-    kept = [a for a in _KEEPS_WEIGHTS if a in by_arm and "mean" in by_arm[a]["log_loss_ratio"]]
-    bounded = [a for a in _BOUNDS_WEIGHTS if a in by_arm and "mean" in by_arm[a]["log_loss_ratio"]]
-    if kept:
-        out.append("- **The method's weights kept**: " + "; ".join(describe(a) for a in kept) + ".")
-    if bounded:
-        out.append("- **Weights bounded**: " + "; ".join(describe(a) for a in bounded) + ".")
-    faithful = "forced, scores what it trains on"
-    if faithful in by_arm and "mean" in by_arm[faithful]["log_loss_ratio"]:
-        out.append(
-            f"- **Scoring the augmented images it trains on** (the authors' library): {describe(faithful)}."
-        )
-        if "forced, as is" in kept:
-            before, after = by_arm["forced, as is"], by_arm[faithful]
-            out.append(f"- Against *as is*, scoring what it trains on moved the training-loss ratio from "
-                       f"×{math.exp(before['log_loss_ratio']['mean']):.2f} to ×{math.exp(after['log_loss_ratio']['mean']):.2f} "
-                       f"and test accuracy from {100 * before['accuracy_difference']['mean']:+.2f} to "
-                       f"{100 * after['accuracy_difference']['mean']:+.2f} points, with weights as large as before "
-                       f"(largest {_number(after['max_weight'], '.0f')} against {_number(before['max_weight'], '.0f')}).")  # fmt: skip
-    if kept and bounded:
-        worst_bounded = max(by_arm[a]["log_loss_ratio"]["mean"] for a in bounded)
-        best_kept = min(by_arm[a]["log_loss_ratio"]["mean"] for a in kept)
-        if worst_bounded < best_kept:
-            out.append(f"- Every arm that bounded the weights ({'; '.join(bounded)}) ended with a lower training loss, "
-                       f"against its control, than every arm that kept them ({'; '.join(kept)}): ×{math.exp(worst_bounded):.2f} "
-                       f"at worst against ×{math.exp(best_kept):.2f} at best. The harm goes with the weights.")  # fmt: skip
-        else:
-            out.append(
-                "- The arms that bounded the weights and those that kept them overlap in training loss: "
-                "the weights alone do not separate them."
-            )
-    return out
 
 
 def _steps_to(run: Any, target: float, key: str) -> float:
@@ -355,25 +314,17 @@ def prediction_rows(results: dict[str, list[Any]],
     return rows
 
 
-def prediction_findings(rows: list[dict[str, Any]]) -> list[str]:
-    """One sentence per prediction: the claim, the verdict with its size, and whether it held."""
-    out = []
+def prediction_markdown(rows: list[dict[str, Any]]) -> str:
+    """:func:`prediction_rows` as a table: each comparison, what was predicted before the runs, the
+    verdict (Holm over the family) and whether the prediction held. The sizes and intervals are in
+    :func:`ismod.verdicts.primary_markdown`'s table of the same rows."""
+    lines = ["| comparison | predicted | verdict | prediction |", "|---|---|---|---|"]
     for r in rows:
         c = r["comparison"]
-        if "mean" not in r:
-            out.append(f"- {c.label} ({c.metric}): not tested.")
-            continue
-        if c.transform is math.log:
-            size = (f"training loss ×{math.exp(r['mean']):.2f} [{math.exp(r['low']):.2f}, {math.exp(r['high']):.2f}], "
-                    f"margin ×{math.exp(c.margin):.2f}")  # fmt: skip
-        else:
-            size = (f"test accuracy {100 * r['mean']:+.2f} points [{100 * r['low']:+.2f}, {100 * r['high']:+.2f}], "
-                    f"margin ±{100 * c.margin:g}")  # fmt: skip
-        verdict = r["verdict"].replace(f"±{c.margin:g}", f"±{100 * c.margin:g} points" if c.transform is None
-                                       else f"×{math.exp(c.margin):.2f}")  # fmt: skip
-        out.append(f"- **{c.label}** — predicted: {r['predicted']}. Measured: {size}, {r['seeds']} seeds; "
-                   f"verdict *{verdict}* (Holm over the four). Prediction **{r['outcome']}**.")  # fmt: skip
-    return out
+        tested = "mean" in r
+        lines.append(f"| {c.label} | {r['predicted']} | {verdict_text(r) if tested else 'not tested'} "
+                     f"| {r['outcome'] if tested else '–'} |")  # fmt: skip
+    return "\n".join(lines)
 
 
 def rule_check_table(check: Any) -> str:
@@ -407,20 +358,20 @@ def probe_increments(
     return out
 
 
-def pilot_summary(label: str, points: list[dict[str, Any]]) -> str:
-    """One sentence of :func:`rule_inputs`' points: τ's peak, τ_eff's range against the cost, the noise
-    scale's range against b and what a step would be worth with scoring free."""
+def pilot_numbers(points: list[dict[str, Any]]) -> dict[str, float] | None:
+    """:func:`rule_inputs`' points of one run, summed up for the prose: τ's peak and its epoch, the
+    ranges of τ_eff, of the cost τ_th, of B_simple and of the importance steps worth one uniform step
+    with scoring free, and at how many points the completed rule says importance sampling pays in
+    time; None if no point has τ and a noise scale."""
     if not points:
-        return f"- {label}: no evaluation point with τ and a noise scale."
+        return None
     peak = max(points, key=lambda p: p["tau"])
-    pays = sum(p["pays"] for p in points)
-    return (f"- {label}: τ peaked at {peak['tau']:.2f} (epoch {peak['epoch']:.0f}); τ_eff "
-            f"{min(p['tau_eff'] for p in points):.2f}–{max(p['tau_eff'] for p in points):.2f} against a cost τ_th of "
-            f"{min(p['tau_threshold'] for p in points):.2f}–{max(p['tau_threshold'] for p in points):.2f}, so the completed "
-            f"rule says importance sampling pays in time at {pays} of {len(points)} points; B_simple "
-            f"{min(p['b_simple'] for p in points):.0f}–{max(p['b_simple'] for p in points):.0f}; with scoring free, "
-            f"{min(p['steps_ratio'] for p in points):.2f}–{max(p['steps_ratio'] for p in points):.2f} importance steps "
-            "per uniform step.")  # fmt: skip
+    out = {"tau_peak": peak["tau"], "tau_peak_epoch": peak["epoch"], "points": len(points),
+           "pays": sum(p["pays"] for p in points)}  # fmt: skip
+    for key in ("tau_eff", "tau_threshold", "b_simple", "steps_ratio"):
+        values = [p[key] for p in points]
+        out[f"{key}_min"], out[f"{key}_max"] = min(values), max(values)
+    return out
 
 
 # --- Chapter 5's race (§5.5), read ------------------------------------------------------------------
@@ -550,24 +501,3 @@ def sqrt_check_table(check: dict[str, Any]) -> str:
         lines.append(f"| {r['score']} | {r['B']} | {r['error_tau']:.3f} | {r['error_sqrt']:.3f} "
                      f"| {r['closer_without_root']} / {r['seeds']} |")  # fmt: skip
     return "\n".join(lines)
-
-
-def exploratory_line(results: dict[str, list[Any]], arm: str, baseline: str) -> str:
-    """An exploratory comparison as a sentence: the training-loss ratio and the test-accuracy difference
-    against ``baseline`` with unadjusted 95% intervals, the seeds, and no verdict word."""
-    acc, loss = exploratory(results, [Comparison(arm, baseline, "test_accuracy"),
-                                      Comparison(arm, baseline, "train_eval_loss", transform=math.log)])  # fmt: skip
-    if "mean" not in loss:
-        shared = sorted(
-            {r.config["seed"] for r in results[arm]} & {r.config["seed"] for r in results[baseline]}
-        )
-        if not shared:
-            return f"- {arm} against {baseline}: no shared seed."
-        a = next(r for r in results[arm] if r.config["seed"] == shared[0])
-        u = next(r for r in results[baseline] if r.config["seed"] == shared[0])
-        return (f"- {arm} against {baseline} (exploratory, one seed — no interval): training loss "
-                f"{final_value(a, 'train_eval_loss'):.3f} against {final_value(u, 'train_eval_loss'):.3f}, test accuracy "
-                f"{100 * final_value(a, 'test_accuracy'):.1f}% against {100 * final_value(u, 'test_accuracy'):.1f}%.")  # fmt: skip
-    return (f"- {arm} against {baseline} (exploratory, {loss['seeds']} seeds, unadjusted 95% intervals): training loss "
-            f"×{math.exp(loss['mean']):.2f} [{math.exp(loss['low']):.2f}, {math.exp(loss['high']):.2f}], test accuracy "
-            f"{_interval(acc, 100, 2)} points.")  # fmt: skip

@@ -10,6 +10,7 @@ also states the smallest difference the design could detect (:func:`ismod.stats.
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -21,6 +22,7 @@ __all__ = [
     "final_value",
     "primary",
     "exploratory",
+    "paired_mean",
     "primary_markdown",
     "exploratory_markdown",
     "primary_lines",
@@ -69,6 +71,14 @@ def _paired(results: dict[str, list[Any]], c: Comparison) -> tuple[list[float], 
     b = {r.config["seed"]: f(final_value(r, c.metric)) for r in results[c.baseline]}
     seeds = sorted(set(a) & set(b))
     return [a[k] for k in seeds], [b[k] for k in seeds]
+
+
+def paired_mean(results: dict[str, list[Any]], c: Comparison) -> float | None:
+    """The mean over shared seeds of ``c.arm`` − ``c.baseline`` (after ``c.transform``: for a
+    log-transformed metric, the mean log ratio), the point estimate of :func:`exploratory` and
+    :func:`primary`; unlike them it is defined for one seed. None if the arms share no seed."""
+    a, b = _paired(results, c)
+    return statistics.fmean(x - y for x, y in zip(a, b)) if a else None
 
 
 def exploratory(

@@ -17,6 +17,7 @@ COURSE_PAGES = [
     "ch04_upper_bound",
     "ch05_tau_switch",
     "ch05b_diagnosis",
+    "ch05c_batch_norm",
     "ch06_wall_clock",
     "ch07_budgeted",
     "ch08_conclusions",
