@@ -20,6 +20,7 @@ from .findings import (
     tau_log_error,
     tau_points,
 )
+from .tau import in_time_bar
 from .verdicts import exploratory, pairs
 
 __all__ = ["Evidence", "chapter8_numbers", "load_evidence"]
@@ -66,7 +67,9 @@ def chapter8_numbers(e: Evidence) -> dict[str, float]:
       root, the authors' library's form) misses the variance ratio measured with exact per-sample
       gradients, e to the mean absolute log error (:func:`ismod.findings.tau_log_error`); ``tau_points``, ``tau_seeds``;
     - ``tb_tf``, ``tau_th``, ``tau_end``, ``tau_above`` (share of logged steps with τ > τ_th),
-      ``tau_cross_epoch`` and ``tau_epochs`` of the τ run under uniform training;
+      ``tau_cross_epoch`` and ``tau_epochs`` of the τ run under uniform training, and ``in_time_bar``,
+      the smallest τ that pays at equal time for any presample size at that ``tb_tf``
+      (:func:`ismod.tau.in_time_bar`, scoring at a training forward's cost);
     - ``tau_eff_max``: the largest τ_eff = 1/(1/τ + b/B) over the probe's presamples;
     - ``race_share``: the bound's τ switch's share of importance steps in Chapter 6's race;
       ``race_{bound,loss}_error``: its and the loss switch's test error over uniform's;
@@ -89,14 +92,23 @@ def chapter8_numbers(e: Evidence) -> dict[str, float]:
     caps = probe_increments(points) if points else {}
     out["tau_eff_max"] = max((v["tau_eff_max"] for v in caps.values()), default=nan)
     run = _tau_run(e)
-    keys = ("tb_tf", "tau_th", "tau_end", "tau_above", "tau_cross_epoch", "tau_epochs")
+    keys = (
+        "tb_tf",
+        "tau_th",
+        "tau_end",
+        "tau_above",
+        "tau_cross_epoch",
+        "tau_epochs",
+        "in_time_bar",
+    )
     out.update(dict.fromkeys(keys, nan))
     if run is not None:
         last, (x, tau, _) = run.history[-1], tau_log(run)
         first = tau_crossing(run)
         out.update(tb_tf=last["t_backward"] / last["t_forward"], tau_th=last["tau_threshold"],
                    tau_end=last["tau"], tau_above=_mean([t > last["tau_threshold"] for t in tau]),
-                   tau_cross_epoch=nan if first is None else first, tau_epochs=x[-1])  # fmt: skip
+                   tau_cross_epoch=nan if first is None else first, tau_epochs=x[-1],
+                   in_time_bar=in_time_bar(last["t_backward"] / last["t_forward"]).tau)  # fmt: skip
     rows = {r["arm"]: r for r in summarize(e.race, baseline="uniform")} if e.race else {}
     bound = [r.history[-1] for r in e.race.get("upper bound, τ switch", [])]
     out["race_share"] = _mean([h["importance_steps"] / max(h["steps"], 1) for h in bound])

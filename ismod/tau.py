@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -34,6 +35,8 @@ __all__ = [
     "switch_threshold",
     "presample_increment",
     "required_increment",
+    "InTimeBar",
+    "in_time_bar",
     "SpeedupPrediction",
     "predict_speedup",
     "variance_ratio",
@@ -127,6 +130,49 @@ def required_increment(tau_threshold: float, noise_scale: float, b: int) -> floa
     if margin <= 0:
         return math.inf
     return r * tau_threshold / margin
+
+
+class InTimeBar(NamedTuple):
+    """:func:`in_time_bar`'s answer: the smallest τ that pays and the presample size B/b where it does."""
+
+    tau: float
+    presample_ratio: float
+
+
+def in_time_bar(backward_over_forward: float = 2.0, scoring_cost: float = 1.0) -> InTimeBar:
+    r"""The smallest τ at which an importance step pays at equal time for *some* presample size, far
+    below the critical batch size, and the presample ratio :math:`k = B/b` that attains it.
+
+    Scoring a presample of :math:`B = kb` costs :math:`s\,t_f` per sample (``scoring_cost`` = s: 1 for
+    a forward pass as costly as training's, less without autograd, 0 for scores the training step
+    already computed), so :math:`\tau_{th} = 1 + ak` with :math:`a = s\,t_f/(t_f + t_b) = s/(1 + r)`
+    and :math:`r` = ``backward_over_forward``. The step pays iff :math:`\tau_{\text{eff}} = 1/(1/\tau
+    + 1/k) > \tau_{th}`, i.e. :math:`\tau > k\tau_{th}/(k - \tau_{th})`. Minimised over :math:`k`:
+    :math:`k^* = 1/(\sqrt a\,(1 - \sqrt a))` and
+
+    .. math:: \tau_{\min} = \frac{1}{(1 - \sqrt a)^2},
+
+    which is :math:`3(2 + \sqrt 3)/2 \approx 5.6` at :math:`r = 2, s = 1` (Katharopoulos & Fleuret's
+    cost model), 1 (with :math:`k^* = \infty`) for free scores, and ``math.inf`` when :math:`a \ge 1`:
+    scoring a sample then costs as much as training it, and no presample pays."""
+    for name, value in (
+        ("backward_over_forward", backward_over_forward),
+        ("scoring_cost", scoring_cost),
+    ):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, numbers.Real)
+            or not math.isfinite(value)
+            or value < 0
+        ):
+            raise ValueError(f"{name} must be a finite number >= 0 (a time in forward passes), got {value!r}")  # fmt: skip
+    a = scoring_cost / (1.0 + backward_over_forward)
+    if a == 0:
+        return InTimeBar(1.0, math.inf)
+    if a >= 1:
+        return InTimeBar(math.inf, math.nan)
+    root = math.sqrt(a)
+    return InTimeBar(1.0 / (1.0 - root) ** 2, 1.0 / (root * (1.0 - root)))
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@ import math
 import pytest
 import torch
 
+from ismod import tau
 from ismod.tau import equivalent_batch_increment, switch_threshold
 
 
@@ -227,6 +228,35 @@ def test_required_increment_is_the_break_even_of_the_steps_model():
         required_increment(0.5, 10.0, 8)
     with pytest.raises(ValueError, match="noise_scale"):
         required_increment(2.0, -1.0, 8)
+
+
+def test_in_time_bar_is_the_smallest_tau_that_pays_for_any_presample_size():
+    # Katharopoulos & Fleuret's cost model (t_b = 2 t_f, scoring a training forward): 3(2 + √3)/2 at B ≈ 4.1 b
+    bar = tau.in_time_bar()
+    assert bar.tau == pytest.approx(3 * (2 + math.sqrt(3)) / 2)
+    assert bar.presample_ratio == pytest.approx(3 * (math.sqrt(3) + 1) / 2)
+    # against the pieces it is made of, on a grid of presample sizes: just above the bar some B pays,
+    # just below it none does (b = 1000 so that B = k b is fine-grained)
+    b, r = 1000, 1.3
+    bar = tau.in_time_bar(r)
+
+    def pays(t, size):
+        return tau.presample_increment(t, b, size) > tau.switch_threshold(size, b, 1.0, r)
+
+    sizes = range(b + 1, 40 * b, 7)
+    assert any(pays(bar.tau * 1.001, size) for size in sizes)
+    assert not any(pays(bar.tau * 0.999, size) for size in sizes)
+    assert pays(bar.tau * 1.001, round(bar.presample_ratio * b))
+    # free scores: any τ > 1, with as large a presample as one likes; scoring as costly as training: never
+    assert tau.in_time_bar(1.3, 0.0) == (1.0, math.inf)
+    assert math.isinf(tau.in_time_bar(0.5, 1.5).tau)
+    for kwargs in (
+        {"backward_over_forward": -1.0},
+        {"scoring_cost": float("nan")},
+        {"scoring_cost": True},
+    ):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            tau.in_time_bar(**kwargs)
 
 
 def test_predict_speedup_with_a_presample_against_hand_computed_values():
