@@ -19,6 +19,7 @@ from . import mc
 from .tau import SpeedupPrediction
 
 __all__ = [
+    "noise_scale_trajectory",
     "speedup_curves",
     "speedup_panel",
     "BOOK_STYLE",
@@ -745,3 +746,61 @@ def gradient_error_ratios(results: Mapping[str, Sequence], *, modes: Sequence[st
     ax.yaxis.set_minor_formatter(NullFormatter())
     ax.set(xlabel="epochs (samples seen / N)", ylabel="gradient error, importance / uniform")
     return curves
+
+
+def noise_scale_trajectory(results: Mapping[str, Sequence], *, ax: Axes | None = None,
+                           batch_sizes: Sequence[int] = ()) -> dict[str, list[float]]:  # fmt: skip
+    r"""The simple noise scale :math:`B_{\text{simple}}` (McCandlish et al. 2018; measured by
+    ``instrument=True`` at every evaluation point, :func:`ismod.train.noise_scale_at`) along training
+    for each arm: the median over seeds as a line, their range as a band, log scale. An estimate of
+    :math:`\lVert G\rVert^2` at or below zero gives :math:`B_{\text{simple}} = \infty` (the gradient is
+    lost in its noise): such points are drawn at the top edge as open triangles. Dotted lines mark
+    ``batch_sizes``. Returns the median curve per arm (``inf`` kept)."""
+    ax = _axes(ax)
+    medians: dict[str, list[float]] = {}
+    finite_max = 1.0
+    drawn = []
+    for label, runs in results.items():
+        rows = [
+            [h for h in r.history if (h.get("noise_scale") or {}).get("b_simple") is not None]
+            for r in runs
+        ]  # type: ignore[attr-defined]
+        n = min(len(rw) for rw in rows)
+        xs = torch.tensor([[h["step"] for h in rw[:n]] for rw in rows], dtype=torch.float64).mean(0)
+        ys = torch.tensor(
+            [[h["noise_scale"]["b_simple"] for h in rw[:n]] for rw in rows], dtype=torch.float64
+        )
+        ordered, k = ys.sort(0).values, len(runs)
+        median = ordered[(k - 1) // 2 : k // 2 + 1].mean(0)  # the middle one or two; inf stays inf
+        finite = ys[torch.isfinite(ys)]
+        finite_max = max(finite_max, finite.max().item() if finite.numel() else 1.0)
+        drawn.append((label, xs, ys, median))
+        medians[label] = median.tolist()
+    ceiling = 2.0 * finite_max  # where a point beyond measurement is drawn
+    for label, xs, ys, median in drawn:
+        shown = median.clamp(max=ceiling)
+        line = ax.plot(
+            xs.numpy(),
+            torch.where(torch.isfinite(median), median, torch.nan).numpy(),
+            "o-",
+            ms=3,
+            label=label,
+        )[0]
+        if len(ys) > 1:
+            ax.fill_between(xs.numpy(), ys.min(0).values.clamp(max=ceiling).numpy(),
+                            ys.max(0).values.clamp(max=ceiling).numpy(), alpha=0.15, color=line.get_color())  # fmt: skip
+        beyond = ~torch.isfinite(median)
+        if beyond.any():
+            ax.plot(
+                xs[beyond].numpy(),
+                shown[beyond].numpy(),
+                "^",
+                ms=7,
+                mfc="none",
+                color=line.get_color(),
+            )
+    for b in batch_sizes:
+        ax.axhline(b, color="k", ls=":", lw=1)
+    ax.set_yscale("log")
+    ax.set(xlabel="step", ylabel="B_simple (samples)")
+    return medians

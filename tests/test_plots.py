@@ -148,6 +148,34 @@ def test_gradient_error_ratios_draws_one_line_per_arm_and_mode_as_geometric_mean
     plt.close("all")
 
 
+def test_noise_scale_trajectory_draws_medians_and_marks_points_beyond_measurement():
+    from types import SimpleNamespace
+
+    def run(values):
+        history = [{"step": 50 * k, "noise_scale": {"b_simple": v}} for k, v in enumerate(values)]
+        return SimpleNamespace(
+            history=[{"step": -1}, *history]
+        )  # a record without the probe is skipped
+
+    inf = math.inf
+    three = [run([100.0, 400.0, 900.0]), run([300.0, 200.0, inf]), run([200.0, 800.0, inf])]
+    two = [run([100.0, 1000.0, 50.0]), run([300.0, 3000.0, inf])]
+    ax = plots.panels(1)[0]
+    medians = plots.noise_scale_trajectory({"three": three, "two": two}, ax=ax, batch_sizes=(64,))
+    assert medians["three"] == [
+        200.0,
+        400.0,
+        inf,
+    ]  # the middle seed; two of three beyond measurement
+    assert medians["two"] == [200.0, 2000.0, inf]  # mean of the middle two, inf when one is
+    # beyond measurement: an open triangle at twice the largest finite value, one per arm
+    markers = [line for line in ax.lines if line.get_marker() == "^"]
+    assert len(markers) == 2 and all(list(m.get_ydata()) == [2 * 3000.0] for m in markers)
+    assert any(list(line.get_ydata()) == [64, 64] for line in ax.lines)  # the batch size, dotted
+    assert ax.get_yscale() == "log"
+    plt.close("all")
+
+
 def test_the_tau_tradeoff_predicts_the_completed_rules_speedup():
     from ismod.tau import predict_speedup
 
