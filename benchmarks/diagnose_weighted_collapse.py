@@ -12,13 +12,27 @@ importance step logs:
   normalised activation.
 `--variant eps` reruns it with ε = 1e-5, and `--variant max-weight` with the weights bounded by 5.
 
+OUT.json holds the history, the final numbers, a summary of the logged steps (the largest weight and
+its step, the effective sample size and the smallest weighted variance there, the largest normalised
+activation over the run), the steps with a weight above 20 and their neighbours, and the provenance.
+`--full FULL.json` also writes every step's row; `--from-full FULL.json` summarises such a file
+instead of training (`--run-commit` then names the commit the run was made at).
+
 python benchmarks/diagnose_weighted_collapse.py OUT.json [--variant none|eps|max-weight] [--scale cpu|smoke]
 (ISMOD_DATA set, OMP_NUM_THREADS=1; about 10 minutes at "cpu" scale on this 2-core machine)
+
+Run on 2026-12-07 (benchmarks/results/diagnose-weighted-collapse-*-cpu-2026-12-07.json): the collapse
+reproduced; its cause was one weight, not ε (see Chapter 5c).
 """
 
 import argparse
 import contextlib
+import datetime
 import json
+import os
+import platform
+import subprocess
+import sys
 
 import torch
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -32,7 +46,47 @@ parser = argparse.ArgumentParser()
 parser.add_argument("out")
 parser.add_argument("--variant", choices=("none", "eps", "max-weight"), default="none")
 parser.add_argument("--scale", choices=("cpu", "smoke"), default="cpu")
+parser.add_argument("--full", help="also write every importance step's row here")
+parser.add_argument("--from-full", help="summarise this full output instead of training")
+parser.add_argument("--run-commit", help="with --from-full: the commit the run was made at")
+parser.add_argument(
+    "--run-note", default="", help="with --from-full: how the run was made (threads, load)"
+)
 args = parser.parse_args()
+
+
+def write_summary(path: str, full: dict) -> None:
+    """The compact record described above, from the full one."""
+    steps = full["steps"]
+    top = max(steps, key=lambda r: r["max_weight"])
+    near = {r["step"] + d for r in steps if r["max_weight"] > 20 for d in (-1, 0, 1, 2)}
+    summary = {"importance_steps": len(steps), "max_weight": top["max_weight"], "max_weight_step": top["step"],
+               "ess_at_max_weight": top["ess"], "min_var_at_max_weight": top["min_var"],
+               "max_out_at_max_weight": top["max_out"], "min_var": min(r["min_var"] for r in steps),
+               "max_out": max(r["max_out"] for r in steps),
+               "max_out_step": max(steps, key=lambda r: r["max_out"])["step"]}  # fmt: skip
+    record = {k: full[k] for k in ("config", "variant", "history", "final", "provenance")}
+    record.update(summary=summary, heavy_steps=[r for r in steps if r["step"] in near])
+    with open(path, "w") as f:
+        json.dump(record, f, default=str, indent=1)
+
+
+if args.from_full:
+    full = json.load(open(args.from_full))
+    made = datetime.date.fromtimestamp(os.path.getmtime(args.from_full)).isoformat()
+    full.setdefault(
+        "provenance",
+        {
+            "git_commit": f"{args.run_commit} (ismod); script benchmarks/diagnose_weighted_collapse.py",
+            "device": f"CPU ({platform.machine()}, {os.cpu_count()} cores); {args.run_note}",
+            "data": "CIFAR-10 (JPEG q75 copy)",
+            "date": made,
+            "command": f"python benchmarks/diagnose_weighted_collapse.py FULL.json --variant {full['variant']}",
+        },
+    )
+    full["provenance"]["summarised"] = " ".join(["python", *sys.argv])
+    write_summary(args.out, full)
+    sys.exit(0)
 
 runs = suites.chapter5_batch_norm(args.scale)[ARM]
 config = runs[min(SEED, len(runs) - 1)]
@@ -88,8 +142,19 @@ finally:
 
 history = [{k: h.get(k) for k in ("epoch", "step", "train_eval_loss", "test_accuracy", "max_weight")}
            for h in result.history]  # fmt: skip
-json.dump({"config": config.to_dict(), "variant": args.variant, "history": history,
-           "final": result.final, "steps": steps}, open(args.out, "w"), default=str)  # fmt: skip
+commit = subprocess.run(
+    ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True
+).stdout.strip()
+provenance = {"git_commit": f"{commit} (ismod); script benchmarks/diagnose_weighted_collapse.py",
+              "device": f"CPU ({platform.machine()}, {os.cpu_count()} cores), {torch.get_num_threads()} torch thread(s)",
+              "data": "CIFAR-10 (JPEG q75 copy)", "date": datetime.date.today().isoformat(),
+              "command": " ".join(["python", *sys.argv])}  # fmt: skip
+full = {"config": config.to_dict(), "variant": args.variant, "history": history, "final": result.final,
+        "steps": steps, "provenance": provenance}  # fmt: skip
+if args.full:
+    with open(args.full, "w") as f:
+        json.dump(full, f, default=str)
+write_summary(args.out, full)
 worst = max(steps, key=lambda r: r["max_out"]) if steps else None
 print(json.dumps({"final_test_accuracy": result.final["test_accuracy"], "importance_steps": len(steps),
                   "worst_step": worst}))  # fmt: skip
