@@ -25,8 +25,6 @@ __all__ = [
     "paired_mean",
     "primary_markdown",
     "exploratory_markdown",
-    "primary_lines",
-    "exploratory_lines",
     "pairs",
     "interval_text",
     "margin_text",
@@ -216,47 +214,6 @@ def verdict_text(row: dict[str, Any], *, scale: float = 100.0, unit: str = "poin
     if word.startswith("equivalent"):
         return f"equivalent within ±{margin_text(row['comparison'], scale=scale, unit=unit)}"
     return word
-
-
-def primary_lines(
-    rows: list[dict[str, Any]], *, scale: float = 100.0, unit: str = "points"
-) -> list[str]:
-    """:func:`primary`'s rows as sentences: the verdict word, direction and size with its unadjusted
-    interval, the seeds, the Holm-adjusted p-values, and the smallest difference the design could
-    detect. A log-transformed metric (a ratio of losses) is stated as a ratio."""
-    out = []
-    for r in rows:
-        c = r["comparison"]
-        head = f"**{_name(c)}** ({c.metric}, {_seeds(r['seeds'])})"
-        if "mean" not in r:
-            out.append(f"- {head}: not tested (fewer than two seeds both arms ran).")
-            continue
-        log = c.transform is math.log
-        margin = margin_text(c, scale=scale, unit=unit)
-        detect = (
-            f"×{math.exp(r['detectable']):.2f}" if log else f"{scale * r['detectable']:.2f} {unit}"
-        )
-        word = verdict_text(r, scale=scale, unit=unit)
-        what = (f"{interval_text(r, scale=scale, unit=unit)}; Holm-adjusted p = {r['p_difference']:.3f} (difference), "
-                f"{r['p_equivalence']:.3f} (equivalence within ±{margin}); the design detects {detect} "
-                "with 80% power")  # fmt: skip
-        out.append(f"- {head}: **{word}**, {what}.")
-    return out
-
-
-def exploratory_lines(
-    rows: list[dict[str, Any]], *, scale: float = 100.0, unit: str = "points"
-) -> list[str]:
-    """:func:`exploratory`'s rows as sentences: the size and its unadjusted interval, no verdict word."""
-    out = []
-    for r in rows:
-        c = r["comparison"]
-        head = f"{_name(c)} ({c.metric}, {_seeds(r['seeds'])}, exploratory)"
-        if "mean" not in r:
-            out.append(f"- {head}: fewer than two seeds — no interval.")
-            continue
-        out.append(f"- {head}: {interval_text(r, scale=scale, unit=unit)}.")
-    return out
 
 
 def pairs(arm_baselines: list[tuple[str, str]], **fields: Any) -> list[Comparison]:

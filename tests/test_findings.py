@@ -200,7 +200,7 @@ def test_chapter7_states_arazos_headline_and_the_direction_of_each_augmentation(
     )
 
 
-def test_primary_lines_state_ratios_for_log_metrics_and_the_detectable_size():
+def test_primary_and_exploratory_tables_state_ratios_for_log_metrics_and_the_detectable_size():
     results = {
         "base": arm([0] * 5, key="loss", base=[1.0] * 5),
         "half": [run(k, {"loss": 0.5 * (1 + 0.01 * (-1) ** k)}) for k in range(5)],
@@ -209,13 +209,11 @@ def test_primary_lines_state_ratios_for_log_metrics_and_the_detectable_size():
         "half", "base", metric="loss", transform=math.log, margin=math.log(1.25)
     )
     rows = verdicts.primary(results, [c])
-    line = verdicts.primary_lines(rows)[0]
-    assert "**lower**, ×0.50 (unadjusted 95% interval [×0.49, ×0.51])" in line
-    assert "equivalence within ±×1.25" in line and "the design detects ×1.0" in line
+    assert rows[0]["verdict"] == "lower"
     table = verdicts.primary_markdown(rows, scale=100)
-    assert "| ×0.50 | [×0.49, ×0.51] | ±×1.25 |" in table
-    explore = verdicts.exploratory_lines(verdicts.exploratory(results, [c]))[0]
-    assert "×0.50" in explore and "lower" not in explore
+    assert "| ×0.50 | [×0.49, ×0.51] | ±×1.25 | ×1.0" in table and table.endswith("| lower |")
+    explore = verdicts.exploratory_markdown(verdicts.exploratory(results, [c]))
+    assert "| ×0.50 | [×0.49, ×0.51] |" in explore and "lower" not in explore
     with pytest.raises(ValueError, match="missing must be"):
         verdicts.exploratory(results, [c], missing="skip")
 
