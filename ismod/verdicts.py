@@ -23,6 +23,7 @@ __all__ = [
     "primary",
     "exploratory",
     "paired_mean",
+    "METRIC_NAMES",
     "primary_markdown",
     "exploratory_markdown",
     "pairs",
@@ -144,17 +145,30 @@ def _formatter(c: Comparison, scale: float, digits: int) -> Callable[[float], st
     return lambda x: f"{scale * x:+.{digits}f}"
 
 
+# how a table names the metrics the book compares (any other metric keeps its key)
+METRIC_NAMES: dict[str, str] = {"train_eval_loss": "training loss", "train_mode_loss": "training loss (train mode)",
+                                "test_accuracy": "test accuracy", "test_loss": "test loss"}  # fmt: skip
+
+
+def _metric(c: Comparison, scale: float) -> str:
+    name = METRIC_NAMES.get(c.metric, c.metric)
+    if c.transform is math.log:
+        return f"{name} (ratio)"
+    return f"{name} (points)" if scale == 100 and c.metric.endswith("accuracy") else name
+
+
 def primary_markdown(rows: list[dict[str, Any]], *, scale: float = 1.0, digits: int = 3) -> str:
     """:func:`primary`'s rows as a table: difference, unadjusted interval, margin, what the design could
     detect, adjusted p-values and the verdict (values × ``scale``, e.g. 100 for accuracy in points; a
     log-transformed metric as a ratio)."""
-    lines = ["| comparison (primary) | metric | seeds | difference | 95% interval (unadjusted) | margin | detectable | "
-             "p (Holm) | p equiv. (Holm) | verdict |", "|---|---|---:|---:|---|---:|---:|---:|---:|---|"]  # fmt: skip
+    lines = ["| comparison (primary) | metric | seeds | difference | 95% interval (unadjusted) | margin | "
+             "detectable (80% power) | p, difference (Holm) | p, equivalence (TOST, Holm) | verdict |",
+             "|---|---|---:|---:|---|---:|---:|---:|---:|---|"]  # fmt: skip
     for r in rows:
         c = r["comparison"]
         if "mean" not in r:
             lines.append(
-                f"| {_name(c)} | {c.metric} | {r['seeds']} | – | – | – | – | – | – | not tested |"
+                f"| {_name(c)} | {_metric(c, scale)} | {r['seeds']} | – | – | – | – | – | – | not tested |"
             )
             continue
         v = _formatter(c, scale, digits)
@@ -164,7 +178,7 @@ def primary_markdown(rows: list[dict[str, Any]], *, scale: float = 1.0, digits: 
             f"×{math.exp(r['detectable']):.2f}" if log else f"{scale * r['detectable']:.{digits}g}"
         )
         word = verdict_text(r, scale=scale, unit="")
-        lines.append(f"| {_name(c)} | {c.metric}{' (ratio)' if log else ''} | {r['seeds']} | {v(r['mean'])} | "
+        lines.append(f"| {_name(c)} | {_metric(c, scale)} | {r['seeds']} | {v(r['mean'])} | "
                      f"[{v(r['low'])}, {v(r['high'])}] | ±{margin} | {detect} | {r['p_difference']:.3f} | "
                      f"{r['p_equivalence']:.3f} | {word} |")  # fmt: skip
     return "\n".join(lines)
@@ -177,12 +191,11 @@ def exploratory_markdown(rows: list[dict[str, Any]], *, scale: float = 1.0, digi
     for r in rows:
         c = r["comparison"]
         if "mean" not in r:
-            lines.append(f"| {_name(c)} | {c.metric} | {r['seeds']} | – | – |")
+            lines.append(f"| {_name(c)} | {_metric(c, scale)} | {r['seeds']} | – | – |")
             continue
         v = _formatter(c, scale, digits)
-        log = " (ratio)" if c.transform is math.log else ""
         lines.append(
-            f"| {_name(c)} | {c.metric}{log} | {r['seeds']} | {v(r['mean'])} | [{v(r['low'])}, {v(r['high'])}] |"
+            f"| {_name(c)} | {_metric(c, scale)} | {r['seeds']} | {v(r['mean'])} | [{v(r['low'])}, {v(r['high'])}] |"
         )
     return "\n".join(lines)
 

@@ -214,6 +214,7 @@ def test_primary_and_exploratory_tables_state_ratios_for_log_metrics_and_the_det
     assert "| ×0.50 | [×0.49, ×0.51] | ±×1.25 | ×1.0" in table and table.endswith("| lower |")
     explore = verdicts.exploratory_markdown(verdicts.exploratory(results, [c]))
     assert "| ×0.50 | [×0.49, ×0.51] |" in explore and "lower" not in explore
+    assert "| loss (ratio) |" in explore
     with pytest.raises(ValueError, match="missing must be"):
         verdicts.exploratory(results, [c], missing="skip")
 

@@ -44,6 +44,7 @@ def test_primary_verdicts_higher_equivalent_and_a_wide_loss_inconclusive():
     assert rows[2]["detectable"] > 0.4  # what five seeds of this spread could see: not 40 points
     table = primary_markdown(rows, scale=100)
     assert "equivalent within ±1" in table and "inconclusive" in table
+    assert "| win − base | test accuracy (points) | 5 |" in table  # a reader's name, not the key
     assert all("verdict" not in r for r in exploratory(results, comparisons))
     with pytest.raises(KeyError, match="nowhere"):
         primary(results, [Comparison("nowhere", "base")])
