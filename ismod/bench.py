@@ -41,7 +41,8 @@ def machine() -> str:
     """A one-line description of where a benchmark ran."""
     cpu = platform.processor() or platform.machine()
     gpu = f", {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {torch.get_num_threads()} torch threads{gpu}; torch {torch.__version__}"
+    threads = torch.get_num_threads()
+    return f"{cpu}, {threads} torch thread{'' if threads == 1 else 's'}{gpu}; torch {torch.__version__}"
 
 
 def median_us(step: Callable[[], object], repeats: int, warmup: int = 5) -> float:

@@ -538,7 +538,12 @@ def _device_name(device: torch.device) -> str:
     # its libraries differed, not the code)
     capability = torch.backends.cpu.get_cpu_capability()
     return (f"CPU ({platform.machine()}, {capability}, {os.cpu_count()} cores, "
-            f"{torch.get_num_threads()} torch threads)")  # fmt: skip
+            f"{_threads()})")  # fmt: skip
+
+
+def _threads() -> str:
+    n = torch.get_num_threads()
+    return f"{n} torch thread" + ("" if n == 1 else "s")
 
 
 def run(
