@@ -227,12 +227,14 @@ def tau_ddp_loop(rank: int, size: int, port: int, out_dir: str, kwargs: dict[str
     try:
         model = tiny_model()
         try:
-            TauSwitchSampler(model, N, 8)
+            TauSwitchSampler(model, N, 8, batch_norm="train")
             refusal = ""
         except ValueError as err:
             refusal = str(err)
         ddp = DistributedDataParallel(model)
-        sampler = TauSwitchSampler(ddp, N, 8, threshold=1.0, seed=kwargs["seed"])
+        sampler = TauSwitchSampler(
+            ddp, N, 8, threshold=1.0, seed=kwargs["seed"], batch_norm="train"
+        )
         data = synthetic(N, 1)
         images = data.images.float() / 255.0
         loader = DataLoader(TensorDataset(images, data.labels), batch_sampler=sampler)

@@ -242,7 +242,7 @@ def test_presample_loss_is_an_unbiased_estimate_of_the_presample_mean():
     its expectation over the draws is the presample's mean loss."""
     model = small_classifier()
     x, y = blobs(48).tensors
-    sampler = ismod.TauSwitchSampler(model, 600, 16, presample=3)
+    sampler = ismod.TauSwitchSampler(model, 600, 16, presample=3, batch_norm="train")
     with torch.no_grad():
         expected = float(F.cross_entropy(model.eval()(x), y))
         model.eval()  # BN in inference mode in the training forward too, so every call is the same function
@@ -255,7 +255,7 @@ def test_presample_loss_is_an_unbiased_estimate_of_the_presample_mean():
 def test_tau_follows_the_recurrence_on_uniform_batches():
     model = small_classifier()
     x, y = blobs(16).tensors
-    sampler = ismod.TauSwitchSampler(model, 600, 16, tau_momentum=0.5)
+    sampler = ismod.TauSwitchSampler(model, 600, 16, tau_momentum=0.5, batch_norm="train")
     sampler.loss(x, y)
     g = ismod.upper_bound(sampler.last_logits, y).double()
     g = g / g.sum()
@@ -265,7 +265,9 @@ def test_tau_follows_the_recurrence_on_uniform_batches():
 def test_tau_switch_sampler_yields_presamples_once_tau_exceeds_the_threshold():
     model = small_classifier()
     data = blobs(600)
-    sampler = ismod.TauSwitchSampler(model, 600, 20, presample=3, threshold=1.02)
+    sampler = ismod.TauSwitchSampler(
+        model, 600, 20, presample=3, threshold=1.02, batch_norm="train"
+    )
     loader = DataLoader(data, batch_sampler=sampler)
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
     sizes = []
@@ -284,7 +286,9 @@ def test_tau_switch_sampler_yields_presamples_once_tau_exceeds_the_threshold():
 def test_tau_threshold_is_measured_in_the_users_loop_from_the_median_of_five_probes():
     model = small_classifier()
     x, y = blobs(16).tensors
-    sampler = ismod.TauSwitchSampler(model, 600, 16, presample=3, threshold="measured")
+    sampler = ismod.TauSwitchSampler(
+        model, 600, 16, presample=3, threshold="measured", batch_norm="train"
+    )
     assert sampler.tau_threshold == pytest.approx(2.0)  # (B + 3b)/(3b) before any timing
     before = [p.detach().clone() for p in model.parameters()]
     for _ in range(40):
@@ -299,7 +303,7 @@ def test_tau_threshold_is_measured_in_the_users_loop_from_the_median_of_five_pro
 
 
 def test_default_threshold_is_the_authors_fixed_rule():
-    sampler = ismod.TauSwitchSampler(small_classifier(), 600, 16, presample=4)
+    sampler = ismod.TauSwitchSampler(small_classifier(), 600, 16, presample=4, batch_norm="train")
     x, y = blobs(16).tensors
     for _ in range(20):
         sampler.loss(x, y)
@@ -309,7 +313,7 @@ def test_default_threshold_is_the_authors_fixed_rule():
 def test_scoring_leaves_batch_norm_statistics_alone():
     model = small_classifier()
     x, y = blobs(48).tensors
-    sampler = ismod.TauSwitchSampler(model, 600, 16)
+    sampler = ismod.TauSwitchSampler(model, 600, 16, batch_norm="train")
     before = model[1].running_mean.clone()
     ismod.adapters._common.score_without_grad(model, x, y, ismod.cross_entropy_loss())
     torch.testing.assert_close(model[1].running_mean, before)
@@ -351,6 +355,50 @@ def test_tau_switch_sampler_weights_batch_norm_statistics_on_importance_steps_on
         assert any(w.std() > 0 for w in entered)  # the step's own importance weights, not ones
 
 
+def _tau_switch_run(model, **options) -> ismod.TauSwitchSampler:
+    """One epoch of blobs with a low threshold, so that a sampler allowed to switch does."""
+    sampler = ismod.TauSwitchSampler(model, 600, 20, threshold=1.02, **options)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    for x, y in DataLoader(blobs(600), batch_sampler=sampler):
+        loss = sampler.loss(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return sampler
+
+
+def test_tau_switch_by_default_takes_no_importance_step_on_a_batch_normalised_model():
+    """batch_norm="auto" on a model with batch norm: a warning naming the fix, uniform batches only
+    (τ still tracked, above τ_th), and the same batches and weights as the uniform steps of "train"
+    before its first switch."""
+    with pytest.warns(UserWarning, match="replace_batch_norm.*batch_norm='train'"):
+        auto = _tau_switch_run(small_classifier())
+    assert auto.importance_steps == 0 and not auto.importance_allowed
+    assert auto.tau > auto.tau_threshold  # it would have switched: "train" does, below
+    switching = _tau_switch_run(small_classifier(), batch_norm="train")
+    assert switching.importance_steps > 0
+    with pytest.warns(UserWarning):
+        own_batches = ismod.TauSwitchSampler(small_classifier(), 600, 20)  # never iterated
+    with pytest.raises(ValueError, match="batch_norm='train' to allow presamples"):
+        own_batches.loss(*blobs(60).tensors)  # a presample of B = 3b, which "auto" never yields
+
+
+def test_tau_switch_auto_switches_on_a_model_without_batch_norm(recwarn):
+    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3))
+    torch.manual_seed(0)
+    sampler = _tau_switch_run(model)
+    assert sampler.importance_allowed and sampler.importance_steps > 0
+    assert not [w for w in recwarn if "batch-norm" in str(w.message)]
+
+
+def test_tau_switch_refuses_a_state_from_a_sampler_that_switches_differently():
+    with pytest.warns(UserWarning):
+        auto = ismod.TauSwitchSampler(small_classifier(), 600, 20)
+    train = ismod.TauSwitchSampler(small_classifier(), 600, 20, batch_norm="train")
+    with pytest.raises(ValueError, match="importance_allowed"):
+        auto.load_state_dict(train.state_dict())
+
+
 def test_a_batch_sampler_refuses_a_strategy_that_asks_for_other_batch_norm_statistics():
     from ismod.strategies.base import Selection
     from ismod.strategies.uniform import Uniform
@@ -369,7 +417,7 @@ def test_soft_targets_are_accepted():
     model = small_classifier()
     x, y = blobs(48).tensors
     soft = 0.9 * F.one_hot(y, 3).float() + 0.1 / 3
-    loss = ismod.TauSwitchSampler(model, 600, 16).loss(x, soft)
+    loss = ismod.TauSwitchSampler(model, 600, 16, batch_norm="train").loss(x, soft)
     assert torch.isfinite(loss)
 
 
@@ -386,13 +434,15 @@ def test_soft_targets_are_accepted():
 )
 def test_tau_switch_sampler_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
-        ismod.TauSwitchSampler(small_classifier(), 600, 16, **kwargs)
+        ismod.TauSwitchSampler(small_classifier(), 600, 16, **{"batch_norm": "train", **kwargs})
 
 
 def test_a_reduced_loss_fn_is_named():
     model = small_classifier()
     x, y = blobs(16).tensors
-    sampler = ismod.TauSwitchSampler(model, 600, 16, loss_fn=lambda z, t: F.cross_entropy(z, t))
+    sampler = ismod.TauSwitchSampler(
+        model, 600, 16, loss_fn=lambda z, t: F.cross_entropy(z, t), batch_norm="train"
+    )
     with pytest.raises(ValueError, match="reduction='none'"):
         sampler.loss(x, y)
 
@@ -401,7 +451,7 @@ def test_mismatched_batches_are_named():
     model = small_classifier()
     x, y = blobs(16).tensors
     with pytest.raises(ValueError, match="inputs hold 16 samples but targets 15"):
-        ismod.TauSwitchSampler(model, 600, 16).loss(x, y[:15])
+        ismod.TauSwitchSampler(model, 600, 16, batch_norm="train").loss(x, y[:15])
 
 
 # --- selective backprop and hard selection ----------------------------------------------------------
@@ -533,7 +583,8 @@ def test_loss_sampler_in_a_ddp_loop_matches_one_process(tmp_path):
 def test_tau_switch_sampler_shards_each_epoch_between_replicas():
     model = small_classifier()
     shards = [
-        ismod.TauSwitchSampler(model, 100, 10, num_replicas=2, rank=r, seed=4) for r in range(2)
+        ismod.TauSwitchSampler(model, 100, 10, num_replicas=2, rank=r, seed=4, batch_norm="train")
+        for r in range(2)
     ]
     epochs = [[i for batch in s for i in batch] for s in shards]
     assert len(epochs[0]) == len(epochs[1]) == 50
@@ -577,7 +628,7 @@ def make_sampler(kind: str, model: nn.Module):
     if kind in ("per", "obs"):
         return StrategyBatchSampler(kind, n, b, num_epochs=e, seed=3)
     if kind == "tau":
-        return ismod.TauSwitchSampler(model, n, b, threshold=1.02, seed=3)
+        return ismod.TauSwitchSampler(model, n, b, threshold=1.02, seed=3, batch_norm="train")
     if kind == "selective_backprop":
         return ismod.SelectiveBackpropLoss(model, beta=1.0, seed=3)  # about half kept: BN needs 2+
     if kind == "reducible":
@@ -782,8 +833,8 @@ def _saved(sampler) -> dict:
          "class 'InfoBatchSampler'"),
         (lambda: StrategyBatchSampler("per", 100, 16), lambda: StrategyBatchSampler("obs", 100, 16),
          "strategy 'per'"),
-        (lambda: ismod.TauSwitchSampler(small_classifier(), 100, 8),
-         lambda: ismod.TauSwitchSampler(small_classifier(), 50, 8), "num_items 100"),
+        (lambda: ismod.TauSwitchSampler(small_classifier(), 100, 8, batch_norm="train"),
+         lambda: ismod.TauSwitchSampler(small_classifier(), 50, 8, batch_norm="train"), "num_items 100"),
     ],
     ids=["fewer-items", "more-items", "batch-size", "class", "method", "tau-items"],
 )  # fmt: skip
@@ -879,7 +930,7 @@ def test_in_loop_methods_refuse_bad_scores(kind):
     model = small_classifier()
     method = make_sampler(kind, model)
     if kind == "tau":
-        method = ismod.TauSwitchSampler(model, 240, 16, score="loss", loss_fn=lambda z, t: -F.cross_entropy(z, t, reduction="none"))  # fmt: skip
+        method = ismod.TauSwitchSampler(model, 240, 16, score="loss", loss_fn=lambda z, t: -F.cross_entropy(z, t, reduction="none"), batch_norm="train")  # fmt: skip
     else:
         method.loss_fn = lambda z, t: -F.cross_entropy(z, t, reduction="none")
     x, y = blobs(16).tensors
@@ -911,7 +962,7 @@ def test_a_second_loss_for_one_batch_is_an_error(workers):
 
 def test_a_second_tau_loss_for_one_batch_is_an_error():
     model = small_classifier()
-    sampler = ismod.TauSwitchSampler(model, RESUME_N, RESUME_B)
+    sampler = ismod.TauSwitchSampler(model, RESUME_N, RESUME_B, batch_norm="train")
     it = iter(DataLoader(indexed_blobs(), batch_sampler=sampler))
     x, y, _ = next(it)
     sampler.loss(x, y)
@@ -934,7 +985,9 @@ def test_an_epoch_without_loss_calls_warns():
         lambda d: ismod.LossSampler(100, 16, dataset=d),
         lambda d: ismod.InfoBatchSampler(300, 16, num_epochs=4, dataset=d),
         lambda d: StrategyBatchSampler("per", 100, 16, dataset=d),
-        lambda d: ismod.TauSwitchSampler(small_classifier(), 100, 16, dataset=d),
+        lambda d: ismod.TauSwitchSampler(
+            small_classifier(), 100, 16, dataset=d, batch_norm="train"
+        ),
     ],
 )
 def test_dataset_length_is_checked(make):
@@ -949,7 +1002,7 @@ def test_tau_switch_sampler_refuses_a_plain_model_under_several_ranks(monkeypatc
     monkeypatch.setattr(dist, "get_world_size", lambda group=None: 2)
     monkeypatch.setattr(dist, "get_rank", lambda group=None: 0)
     with pytest.raises(ValueError, match="DistributedDataParallel-wrapped model"):
-        ismod.TauSwitchSampler(small_classifier(), 240, 16)
+        ismod.TauSwitchSampler(small_classifier(), 240, 16, batch_norm="train")
 
 
 def test_all_gather_gives_no_deprecation_warning(tmp_path):
@@ -1082,7 +1135,7 @@ def test_an_epoch_without_loss_calls_warns_with_its_own_number_at_the_users_line
         for _ in loader:
             break
     assert caught[0].filename == __file__  # this loop's line, not torch's dataloader.py
-    one_epoch = ismod.TauSwitchSampler(small_classifier(), 64, 16)
+    one_epoch = ismod.TauSwitchSampler(small_classifier(), 64, 16, batch_norm="train")
     for _ in DataLoader(blobs(64), batch_sampler=one_epoch):
         pass
     with pytest.warns(RuntimeWarning, match="epoch 0 ended with no loss"):
@@ -1124,21 +1177,24 @@ def test_len_before_an_infobatch_epoch_is_that_epochs_and_asking_changes_nothing
 
 @pytest.mark.parametrize("bad", [-1, 2.7, "3", True])
 def test_set_epoch_takes_a_non_negative_integer(bad):
-    for sampler in (ismod.LossSampler(64, 16), ismod.TauSwitchSampler(small_classifier(), 64, 16),
+    for sampler in (ismod.LossSampler(64, 16), ismod.TauSwitchSampler(small_classifier(), 64, 16, batch_norm="train"),
                     ismod.ImportanceSampler(64)):  # fmt: skip
         with pytest.raises(ValueError, match="set_epoch takes the epoch's number, an integer >= 0"):
             sampler.set_epoch(bad)
 
 
 def test_a_batch_sampler_passed_as_sampler_is_refused_naming_batch_sampler():
-    for sampler in (ismod.LossSampler(64, 16), ismod.TauSwitchSampler(small_classifier(), 64, 16)):
+    for sampler in (
+        ismod.LossSampler(64, 16),
+        ismod.TauSwitchSampler(small_classifier(), 64, 16, batch_norm="train"),
+    ):
         with pytest.raises(TypeError, match=r"batch_sampler=sampler\), not sampler=sampler"):
             next(iter(DataLoader(blobs(64), sampler=sampler, batch_size=4)))
 
 
 def test_a_threshold_below_one_is_refused_with_the_reason_and_tau_is_documented_to_start_at_zero():
     with pytest.raises(ValueError, match="each batch's τ is at least 1"):
-        ismod.TauSwitchSampler(small_classifier(), 64, 16, threshold=0.9)
+        ismod.TauSwitchSampler(small_classifier(), 64, 16, threshold=0.9, batch_norm="train")
     assert "started at 0" in ismod.TauSwitchSampler.tau.__doc__
 
 
@@ -1160,7 +1216,9 @@ class DictOutput(nn.Module):
 @pytest.mark.parametrize(
     "make",
     [
-        lambda m, logits: ismod.TauSwitchSampler(m, 96, 16, threshold=1.0, logits=logits),
+        lambda m, logits: ismod.TauSwitchSampler(
+            m, 96, 16, threshold=1.0, logits=logits, batch_norm="train"
+        ),
         lambda m, logits: ismod.SelectiveBackpropLoss(m, beta=1.0, logits=logits),
         lambda m, logits: ismod.HardExampleLoss(m, logits=logits),
     ],

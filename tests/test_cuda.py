@@ -160,7 +160,7 @@ def test_adapters_learn_on_cuda_and_their_loss_calls_never_wait(method):
     sampler = {
         "loss": lambda: ismod.LossSampler(n, b),
         "infobatch": lambda: ismod.InfoBatchSampler(n, b, num_epochs=4),
-        "tau": lambda: ismod.TauSwitchSampler(model, n, b, threshold=1.01),
+        "tau": lambda: ismod.TauSwitchSampler(model, n, b, threshold=1.01, batch_norm="train"),
         "hard": lambda: ismod.adapters.StrategyBatchSampler("uniform", n, 2 * b),
     }[method]()
     hard = ismod.HardExampleLoss(model) if method == "hard" else None
@@ -219,7 +219,7 @@ def test_tau_switch_sampler_resumes_exactly_on_cuda():
         torch.manual_seed(0)
         model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4)).cuda()
         opt = torch.optim.SGD(model.parameters(), lr=0.2)
-        sampler = ismod.TauSwitchSampler(model, 256, 16, threshold=1.0, seed=1)
+        sampler = ismod.TauSwitchSampler(model, 256, 16, threshold=1.0, seed=1, batch_norm="train")
         g = torch.Generator().manual_seed(2)
         x_all, y_all = torch.randn(256, 8, generator=g), torch.randint(4, (256,), generator=g)
         done, seen = 0, []

@@ -194,7 +194,9 @@ def test_the_harness_strategy_and_the_own_loop_sampler_decide_alike_on_the_same_
     options = {"presample": 3, "score": score, "threshold": 1.15, "tau_momentum": 0.5}
     harness = Presample(**options, score_augmented=False)
     harness.setup(n, b, CPU, torch.Generator().manual_seed(1), score_fn, y)
-    own = TauSwitchSampler(model, n, b, **options)  # never iterated: it trains on what it is given
+    own = TauSwitchSampler(
+        model, n, b, **options, batch_norm="train"
+    )  # never iterated: it trains on what it is given
     importance_steps = 0
     for k in range(60):
         decides = own.importance_on()

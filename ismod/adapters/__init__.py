@@ -4,7 +4,8 @@ or both, in at most three changed lines (the book's page "Importance sampling in
 - :class:`LossSampler` (and :class:`InfoBatchSampler` alike): ``s = LossSampler(len(train), 128)``;
   ``DataLoader(train, batch_sampler=s)``; ``loss = s.loss(F.cross_entropy(out, y, reduction="none"))``.
 - :class:`TauSwitchSampler`: ``s = TauSwitchSampler(model, len(train), 128)``; ``batch_sampler=s``;
-  ``loss = s.loss(x, y)`` (it runs the forward pass).
+  ``loss = s.loss(x, y)`` (it runs the forward pass; on a model with batch norm it stays uniform
+  unless given ``batch_norm="train"``).
 - :class:`SelectiveBackpropLoss`, :class:`HardExampleLoss`, :class:`ReducibleLossSelection`
   (RHO-LOSS): ``m = SelectiveBackpropLoss(model)``; a larger loader batch (the candidates);
   ``loss = m.loss(x, y)``.
