@@ -47,6 +47,7 @@ __all__ = [
     "loop_costs",
     "tau_pilot_and_switch",
     "speedup_intervals",
+    "comparison_ratios",
 ]
 
 
@@ -707,6 +708,47 @@ def speedup_intervals(rows: Sequence[Mapping], *, ax: Axes | None = None, title:
     ax.set_yticks(range(len(rows)), [row["arm"].replace(", cost model", "") for row in rows])
     ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set(xlabel="speed-up: uniform's time / the arm's", title=title)
+
+
+def comparison_ratios(results: Mapping[str, Sequence], rows: Sequence[Mapping], *,
+                      labels: Sequence[str] | None = None, ax: Axes | None = None) -> dict[str, list[float]]:  # fmt: skip
+    """Declared comparisons of a log-transformed metric (:func:`ismod.verdicts.primary`'s rows, e.g. a
+    ratio of training losses), one line each: every seed's ratio arm / baseline as a dot and the
+    geometric mean with its unadjusted 95% interval as a bar (``exp`` of the row's mean, ``low`` and
+    ``high``). Log scale; left of the dashed line at 1 the arm is lower. ``labels`` name the lines
+    (default: each comparison's label). Returns each line's per-seed ratios."""
+    from .verdicts import paired_values
+
+    ax = _axes(ax)
+    names = list(labels) if labels is not None else [r["comparison"].label for r in rows]
+    if len(names) != len(rows):
+        raise ValueError(f"labels has {len(names)} names for {len(rows)} rows: give one a row")
+    drawn: dict[str, list[float]] = {}
+    for y, (row, name) in enumerate(zip(rows, names)):
+        c = row["comparison"]
+        if c.transform is not math.log:
+            raise ValueError(f"comparison {c.label!r} is not of a log ratio (transform=math.log)")
+        ratios = [math.exp(v) for v in paired_values(results, c).values()]
+        ax.plot(ratios, [y] * len(ratios), "o", color="C0", alpha=0.6, ms=5)
+        if "low" in row and math.isfinite(row["low"]):
+            ax.plot(
+                [math.exp(row["low"]), math.exp(row["high"])],
+                [y, y],
+                "-",
+                color="C1",
+                lw=3,
+                alpha=0.8,
+            )
+        if "mean" in row and math.isfinite(row["mean"]):
+            ax.plot([math.exp(row["mean"])], [y], "|", color="C1", ms=14, mew=2)
+        drawn[name] = ratios
+    ax.axvline(1.0, color="k", ls="--", lw=1)
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"×{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_yticks(range(len(rows)), names)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
+    return drawn
 
 
 # how each normalisation mode of the gradient-error probe reads in a legend

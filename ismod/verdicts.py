@@ -23,6 +23,7 @@ __all__ = [
     "primary",
     "exploratory",
     "paired_mean",
+    "paired_values",
     "METRIC_NAMES",
     "primary_markdown",
     "exploratory_markdown",
@@ -61,15 +62,26 @@ def final_value(result: Any, metric: str) -> float:
     return float(value)
 
 
-def _paired(results: dict[str, list[Any]], c: Comparison) -> tuple[list[float], list[float]]:
+def _by_seed(results: dict[str, list[Any]], c: Comparison) -> dict[int, tuple[float, float]]:
+    """The (arm, baseline) values of each seed both arms ran, after ``c.transform``."""
     for name in (c.arm, c.baseline):
         if name not in results:
             raise KeyError(f"no results for {name!r}; known arms: {sorted(results)}")
     f = c.transform or (lambda v: v)
     a = {r.config["seed"]: f(final_value(r, c.metric)) for r in results[c.arm]}
     b = {r.config["seed"]: f(final_value(r, c.metric)) for r in results[c.baseline]}
-    seeds = sorted(set(a) & set(b))
-    return [a[k] for k in seeds], [b[k] for k in seeds]
+    return {k: (a[k], b[k]) for k in sorted(set(a) & set(b))}
+
+
+def _paired(results: dict[str, list[Any]], c: Comparison) -> tuple[list[float], list[float]]:
+    values = _by_seed(results, c).values()
+    return [a for a, _ in values], [b for _, b in values]
+
+
+def paired_values(results: dict[str, list[Any]], c: Comparison) -> dict[int, float]:
+    """Each shared seed's ``c.arm`` − ``c.baseline`` (after ``c.transform``: for a log-transformed
+    metric, the seed's log ratio), the pairs every test of this module is computed from."""
+    return {seed: a - b for seed, (a, b) in _by_seed(results, c).items()}
 
 
 def paired_mean(results: dict[str, list[Any]], c: Comparison) -> float | None:

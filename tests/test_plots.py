@@ -205,3 +205,29 @@ def test_speedup_curves_draw_one_line_per_noise_scale_on_each_panel():
     ]
     assert plots.speedup_panel(ax, presample_ratio=None, noise_ratios=(1.0,)) == []
     plt.close("all")
+
+
+def test_comparison_ratios_draws_each_seeds_ratio_and_the_rows_interval():
+    import math
+    from types import SimpleNamespace
+
+    from ismod.verdicts import Comparison
+
+    def runs(losses):
+        return [SimpleNamespace(config={"seed": k}, final={"loss": v}, history=[])
+                for k, v in enumerate(losses)]  # fmt: skip
+
+    results = {"forced": runs([1.0, 2.0, 4.0]), "uniform": runs([2.0, 2.0, 2.0])}
+    c = Comparison("forced", "uniform", "loss", 0.1, math.log, "forced − uniform")
+    row = {"comparison": c, "mean": 0.0, "low": math.log(0.5), "high": math.log(2.0)}
+    ax = plots.panels(1)[0]
+    drawn = plots.comparison_ratios(results, [row], labels=["forced"], ax=ax)
+    assert drawn == {"forced": [0.5, 1.0, 2.0]}
+    bars = [line for line in ax.lines if line.get_linestyle() == "-" and line.get_linewidth() == 3]
+    assert [list(b.get_xdata()) for b in bars] == [[pytest.approx(0.5), pytest.approx(2.0)]]
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["forced"]
+    with pytest.raises(ValueError, match="labels has 2 names for 1 rows"):
+        plots.comparison_ratios(results, [row], labels=["a", "b"])
+    with pytest.raises(ValueError, match="not of a log ratio"):
+        plots.comparison_ratios(results, [{"comparison": Comparison("forced", "uniform", "loss")}])
+    plt.close("all")

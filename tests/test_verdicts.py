@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from ismod import diagnosis
+from ismod import diagnosis, verdicts
 from ismod.experiments import Result
 from ismod.stats import detectable_difference, paired_difference
 from ismod.verdicts import Comparison, exploratory, final_value, primary, primary_markdown
@@ -327,3 +327,15 @@ def test_the_rule_check_table_predicts_the_presample_with_tau_eff():
     assert check.tau_eff == pytest.approx(2.0)
     # predicted: uniform 10(1 + 10) = 110; with τ 10(1 + 10/6) = 26.7; with τ_eff 10(1 + 5) = 60
     assert "| 4 | 110 | 110.0 | 27 | 26.7 | 60 | 60.0 | 26.7 |" in diagnosis.rule_check_table(check)
+
+
+def test_paired_values_are_each_shared_seeds_transformed_difference():
+    results = {"a": [run(0, {"loss": 2.0}), run(1, {"loss": 1.0}), run(3, {"loss": 5.0})],
+               "b": [run(0, {"loss": 1.0}), run(1, {"loss": 4.0}), run(2, {"loss": 9.0})]}  # fmt: skip
+    c = Comparison("a", "b", "loss", 0.1, math.log)
+    values = verdicts.paired_values(results, c)
+    assert list(values) == [0, 1]  # seeds 2 and 3 ran in one arm only
+    assert values[0] == pytest.approx(math.log(2.0)) and values[1] == pytest.approx(math.log(0.25))
+    assert verdicts.paired_mean(results, c) == pytest.approx(sum(values.values()) / 2)
+    with pytest.raises(KeyError, match="no results for 'c'"):
+        verdicts.paired_values(results, Comparison("c", "b", "loss"))
