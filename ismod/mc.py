@@ -58,7 +58,7 @@ class Estimate:
         return self.stderr / abs(self.value) if self.value != 0 else math.inf
 
     def __str__(self) -> str:
-        return f"{self.value:.6g} ± {self.stderr:.2g} (n={self.n}, ESS={self.ess:.4g})"
+        return f"{self.value:.6g} ± {self.stderr:.2g} (n={self.n:,}, ESS={self.ess:,.0f})"
 
 
 @contextlib.contextmanager

@@ -31,6 +31,8 @@ UNREADABLE = [
     (r"\d{16,}", "a float printed in full"),
     (r"nan ± nan", "'nan ± nan'"),
 ]
+# a run's commit as provenance prints it (Result.describe, provenance_summary, saved_or_measured)
+PROVENANCE = re.compile(r"\bcommit [0-9a-f]{12}\b")
 RAW_TEX = re.compile(r"\\\(|\\\)|\\\[|\\\]|\$\$|\\(?:frac|sum|lVert|mathrm|operatorname|tau)\b")
 
 
@@ -77,6 +79,11 @@ def test_book_builds_clean_at_smoke_scale(smoke_book):
         for pattern, what in UNREADABLE:
             found = re.search(pattern, text)
             assert not found, f"{notebook.stem}: {what} on the page: {found.group(0)[:80]!r}"
+        # provenance sits behind a button (a hidden output is a <details> block), not in the reading flow
+        shown = re.sub(r"<details.*?</details>", " ", page, flags=re.DOTALL)
+        shown = re.sub(r"<script.*?</script>|<[^>]+>", " ", shown, flags=re.DOTALL)
+        found = PROVENANCE.search(shown)
+        assert not found, f"{notebook.stem}: provenance in the reading flow: {found.group(0)!r}"
     # formulas render without internet: MathJax is served from the book itself, not a CDN
     intro = (html_dir / "intro.html").read_text()
     assert 'src="_static/mathjax/tex-chtml.js"' in intro and "cdn.jsdelivr" not in intro
