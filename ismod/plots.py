@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 import matplotlib.pyplot as plt
 import torch
 from matplotlib.axes import Axes
+from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
 from torch.distributions import Distribution, Normal
 
@@ -83,6 +84,17 @@ def panels(count: int, *, height: float = PANEL_HEIGHT, width: float = PANEL_WID
     if width > PANEL_WIDTH:
         raise ValueError(f"width {width} in exceeds the book's panel width of {PANEL_WIDTH} in")
     return [plt.subplots(figsize=(width, height))[1] for _ in range(count)]
+
+
+def _line_with_band(ax: Axes, xs: torch.Tensor, center: torch.Tensor, ys: torch.Tensor, label: str,
+                    *, ceiling: float = math.inf) -> Line2D:  # fmt: skip
+    """``center`` against ``xs`` as a line, and the range of ``ys`` (one row a seed) as a band of the
+    line's colour, clamped at ``ceiling``; no band for a single seed. Returns the line."""
+    line = ax.plot(xs.numpy(), center.numpy(), "o-", ms=3, label=label)[0]
+    if len(ys) > 1:
+        low, high = ys.min(0).values.clamp(max=ceiling), ys.max(0).values.clamp(max=ceiling)
+        ax.fill_between(xs.numpy(), low.numpy(), high.numpy(), alpha=0.15, color=line.get_color())
+    return line
 
 
 def _axes(ax: Axes | None) -> Axes:
@@ -351,15 +363,7 @@ def seed_bands(results: Mapping[str, Sequence], key: str, *, x: str = "epoch", a
         xs = torch.tensor([[h[x] for h in rw[:n]] for rw in rows], dtype=torch.float64).mean(0)
         ys = torch.tensor([[h[key] for h in rw[:n]] for rw in rows], dtype=torch.float64)
         mean = ys.mean(0)
-        line = ax.plot(xs.numpy(), mean.numpy(), "o-", ms=3, label=label)[0]
-        if len(runs) > 1:
-            ax.fill_between(
-                xs.numpy(),
-                ys.min(0).values.numpy(),
-                ys.max(0).values.numpy(),
-                alpha=0.15,
-                color=line.get_color(),
-            )
+        _line_with_band(ax, xs, mean, ys, label)
         means[label] = mean.tolist()
     ax.set(
         xlabel={
@@ -776,10 +780,7 @@ def gradient_error_ratios(results: Mapping[str, Sequence], *, modes: Sequence[st
             ys = torch.tensor([log[mode][1][:n] for log in logs], dtype=torch.float64).log()
             # a network without batch norm has one mode, which needs no name
             name = label if len(logs[0]) == 1 else f"{label}, {NORM_MODE_LABELS[mode]}"
-            line = ax.plot(xs.numpy(), ys.mean(0).exp().numpy(), "o-", ms=3, label=name)[0]
-            if len(runs) > 1:
-                ax.fill_between(xs.numpy(), ys.min(0).values.exp().numpy(), ys.max(0).values.exp().numpy(),
-                                alpha=0.15, color=line.get_color())  # fmt: skip
+            _line_with_band(ax, xs, ys.mean(0).exp(), ys.exp(), name)  # geometric mean, range
             curves[name] = ys.mean(0).exp().tolist()
     ax.axhline(1.0, color="k", ls="--", lw=1)
     ax.set_yscale("log")
@@ -821,16 +822,8 @@ def noise_scale_trajectory(results: Mapping[str, Sequence], *, ax: Axes | None =
     ceiling = 2.0 * finite_max  # where a point beyond measurement is drawn
     for label, xs, ys, median in drawn:
         shown = median.clamp(max=ceiling)
-        line = ax.plot(
-            xs.numpy(),
-            torch.where(torch.isfinite(median), median, torch.nan).numpy(),
-            "o-",
-            ms=3,
-            label=label,
-        )[0]
-        if len(ys) > 1:
-            ax.fill_between(xs.numpy(), ys.min(0).values.clamp(max=ceiling).numpy(),
-                            ys.max(0).values.clamp(max=ceiling).numpy(), alpha=0.15, color=line.get_color())  # fmt: skip
+        finite_median = torch.where(torch.isfinite(median), median, torch.nan)
+        line = _line_with_band(ax, xs, finite_median, ys, label, ceiling=ceiling)
         beyond = ~torch.isfinite(median)
         if beyond.any():
             ax.plot(
