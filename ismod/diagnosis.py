@@ -35,6 +35,8 @@ __all__ = [
     "rule_inputs_markdown",
     "PREDICTIONS",
     "BATCH_NORM_TEST",
+    "BATCH_NORM_EXPLORATORY",
+    "BATCH_NORM_PRICE",
     "FREE_SCORE_RACE",
     "prediction_rows",
     "prediction_markdown",
@@ -268,6 +270,47 @@ def _batch_norm_test() -> list[tuple[Comparison, tuple[str, ...], str]]:
 
 
 BATCH_NORM_TEST: list[tuple[Comparison, tuple[str, ...], str]] = _batch_norm_test()
+
+
+def _batch_norm_price() -> list[Comparison]:
+    """What giving up batch norm cost (exploratory): in each augmentation, forced importance with
+    GroupNorm against uniform with batch norm, in training loss and test accuracy — does importance
+    sampling in the network without coupling beat the network with it?"""
+    from .suites import UNCOUPLED_NORM
+
+    out = []
+    for aug in ("no augmentation", "crop+flip"):
+        arm, baseline = f"{aug}: forced, {UNCOUPLED_NORM} norm", f"{aug}: uniform, batch norm"
+        label = f"forced {UNCOUPLED_NORM} norm − uniform batch norm, {aug}"
+        out.append(
+            Comparison(
+                arm, baseline, "train_eval_loss", _LOSS_MARGIN, math.log, f"{label}, training loss"
+            )
+        )
+        out.append(
+            Comparison(arm, baseline, "test_accuracy", 0.01, label=f"{label}, test accuracy")
+        )
+    return out
+
+
+BATCH_NORM_PRICE: list[Comparison] = _batch_norm_price()
+
+
+def _batch_norm_exploratory() -> list[Comparison]:
+    """The batch-norm test's exploratory comparisons (no verdict): each primary pair in test accuracy
+    and in the training-mode loss (a uniform batch normalised with its own statistics), then
+    :data:`BATCH_NORM_PRICE`."""
+    out = []
+    for c, _, _ in BATCH_NORM_TEST:
+        out.append(
+            Comparison(c.arm, c.baseline, "test_accuracy", 0.01, label=f"{c.label}, test accuracy")
+        )
+        out.append(Comparison(c.arm, c.baseline, "train_mode_loss", _LOSS_MARGIN, math.log,
+                              f"{c.label}, training-mode loss"))  # fmt: skip
+    return out + BATCH_NORM_PRICE
+
+
+BATCH_NORM_EXPLORATORY: list[Comparison] = _batch_norm_exploratory()
 
 
 def _free_score_race() -> list[tuple[Comparison, tuple[str, ...], str]]:

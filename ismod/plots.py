@@ -765,7 +765,8 @@ def gradient_error_ratios(results: Mapping[str, Sequence], *, modes: Sequence[st
     """The gradient-error probe (:func:`ismod.train.gradient_error_at`) along training: for each arm and
     each normalisation mode it measured, the importance batches' error over the uniform ones', the
     geometric mean over seeds as a line and their range as a band. Log scale; below the dashed line at
-    1 importance sampling removes variance, above it adds error. Returns the mean curve per line."""
+    1 importance sampling removes variance, above it adds error. A line is named by its arm, and by
+    its mode where ``modes`` names more than one. Returns the mean curve per line."""
     from .findings import gradient_error_log
 
     ax = _axes(ax)
@@ -778,8 +779,9 @@ def gradient_error_ratios(results: Mapping[str, Sequence], *, modes: Sequence[st
             n = min(len(log[mode][1]) for log in logs)
             xs = torch.tensor([log[mode][0][:n] for log in logs], dtype=torch.float64).mean(0)
             ys = torch.tensor([log[mode][1][:n] for log in logs], dtype=torch.float64).log()
-            # a network without batch norm has one mode, which needs no name
-            name = label if len(logs[0]) == 1 else f"{label}, {NORM_MODE_LABELS[mode]}"
+            # one mode asked for, or a network without batch norm (one mode), needs no mode name
+            single = len(modes) == 1 or len(logs[0]) == 1
+            name = label if single else f"{label}, {NORM_MODE_LABELS[mode]}"
             _line_with_band(ax, xs, ys.mean(0).exp(), ys.exp(), name)  # geometric mean, range
             curves[name] = ys.mean(0).exp().tolist()
     ax.axhline(1.0, color="k", ls="--", lw=1)

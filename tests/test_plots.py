@@ -145,6 +145,8 @@ def test_gradient_error_ratios_draws_one_line_per_arm_and_mode_as_geometric_mean
     assert curves["batch norm, batch statistics"] == pytest.approx([4.0, 4.0])  # geometric means
     assert curves["group norm"] == pytest.approx([1.0, 1.0])
     assert ax.get_yscale() == "log"
+    one_mode = plots.gradient_error_ratios({"batch norm": batch}, modes=("eval",))
+    assert one_mode == {"batch norm": pytest.approx([0.5, 0.5])}  # named by its arm alone
     plt.close("all")
 
 

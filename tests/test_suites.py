@@ -1,5 +1,6 @@
 """The chapters' experiment grids: valid configs at every scale, distinct result files, the CLI."""
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -443,3 +444,18 @@ def test_the_descendants_race_charges_borrowed_costs_and_gives_infobatch_uniform
         assert [c.budget_amount for c in short] == [pytest.approx(f * 45.0)] * 3
     assert len({c.name for runs in grid.values() for c in runs}) == sum(map(len, grid.values()))
     assert suites.chapter6_speed("gpu") == {}
+
+
+def test_the_batch_norm_tests_comparisons_name_its_arms_five_seeds_each():
+    test = suites.chapter5_batch_norm("cpu")
+    declared = [c for c, _, _ in diagnosis.BATCH_NORM_TEST]
+    assert len(declared) == 6 and all(c.transform is math.log for c in declared)
+    for c in declared + diagnosis.BATCH_NORM_EXPLORATORY:
+        assert len(test[c.arm]) == 5 and len(test[c.baseline]) == 5, c.label
+    # the price of giving up batch norm: the coupled network's uniform arm is the baseline
+    assert all(c.baseline.endswith("uniform, batch norm") and "group" in c.arm
+               for c in diagnosis.BATCH_NORM_PRICE)  # fmt: skip
+    assert diagnosis.BATCH_NORM_EXPLORATORY[-4:] == diagnosis.BATCH_NORM_PRICE
+    race = suites.chapter5_free_scores("cpu")
+    for c, _, _ in diagnosis.FREE_SCORE_RACE:
+        assert len(race[c.arm]) == 5 and len(race[c.baseline]) == 5, c.label
