@@ -19,6 +19,7 @@ activation over the run), the steps with a weight above 20 and their neighbours,
 instead of training (`--run-commit` then names the commit the run was made at).
 
 python benchmarks/diagnose_weighted_collapse.py OUT.json [--variant none|eps|max-weight] [--scale cpu|smoke]
+    [--arm "crop+flip: forced, batch norm (weighted statistics)" --seed 0]
 (ISMOD_DATA set, OMP_NUM_THREADS=1; about 10 minutes at "cpu" scale on this 2-core machine)
 
 Run on 2026-12-07 (benchmarks/results/diagnose-weighted-collapse-*-cpu-2026-12-07.json): the collapse
@@ -46,6 +47,10 @@ parser = argparse.ArgumentParser()
 parser.add_argument("out")
 parser.add_argument("--variant", choices=("none", "eps", "max-weight"), default="none")
 parser.add_argument("--scale", choices=("cpu", "smoke"), default="cpu")
+parser.add_argument(
+    "--arm", default=ARM, help="the batch-norm test's arm to rerun (a label of its suite)"
+)
+parser.add_argument("--seed", type=int, default=SEED, help="which of the arm's seeds")
 parser.add_argument("--full", help="also write every importance step's row here")
 parser.add_argument("--from-full", help="summarise this full output instead of training")
 parser.add_argument("--run-commit", help="with --from-full: the commit the run was made at")
@@ -88,8 +93,11 @@ if args.from_full:
     write_summary(args.out, full)
     sys.exit(0)
 
-runs = suites.chapter5_batch_norm(args.scale)[ARM]
-config = runs[min(SEED, len(runs) - 1)]
+test = suites.chapter5_batch_norm(args.scale)
+if args.arm not in test:
+    sys.exit(f"--arm must be one of the batch-norm test's arms: {sorted(test)}")
+runs = test[args.arm]
+config = runs[min(args.seed, len(runs) - 1)]
 if args.variant == "eps":
     config = config.replace(batch_norm_eps=1e-5)
 elif args.variant == "max-weight":
