@@ -150,6 +150,22 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
     :meth:`load_state_dict` the loader continues the interrupted run batch for batch, and
     ``epoch`` is the epoch of the next batch.
 
+    **Why no importance step under batch norm by default.** The method's variance reduction assumes
+    that a sample's gradient does not depend on the batch it is drawn into. A train-mode batch-norm
+    layer breaks that: an importance batch is skewed towards high scores, so its statistics, and
+    every gradient through them, differ from a uniform batch's. In Chapter 5c's batch-norm test (cpu
+    scale, a small convolutional network on CIFAR-10, 5 seeds an arm, b = 64, B = 6b, importance
+    steps throughout) importance batches normalised by their own statistics ended with a higher
+    training loss than uniform batches in every seed without augmentation; with crop and flip they
+    ended level with it, and about a point lower in test accuracy in every seed. Weighting the
+    statistics did worse: several of its runs collapsed when one heavy weight took over a batch's
+    statistics. The same network with GroupNorm in place of batch norm ended with a lower training
+    loss than uniform in every seed of both regimes. If your batch-norm layers are
+    frozen (eval mode throughout), or you want the authors' behaviour, pass ``batch_norm="train"``;
+    to use the method, replace the layers (:func:`ismod.models.replace_batch_norm` with
+    ``"group"``), and check that the replacement costs your network less than the steps save (it
+    did not here: Chapter 5c).
+
     Args:
         model: the network, returning logits (its last layer linear, for the bound).
         num_items: N, the dataset's length.
@@ -168,22 +184,6 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
             statistics (PyTorch's train mode, the authors' library); ``"weighted"`` with statistics
             weighted by the importance weights (:func:`ismod.batchnorm.weighted_statistics`).
             Uniform steps are plain in every mode.
-
-    **Why no importance step under batch norm by default.** The method's variance reduction assumes
-    that a sample's gradient does not depend on the batch it is drawn into. A train-mode batch-norm
-    layer breaks that: an importance batch is skewed towards high scores, so its statistics, and
-    every gradient through them, differ from a uniform batch's. In Chapter 5's batch-norm test (cpu
-    scale, a small convolutional network on CIFAR-10, 5 seeds an arm, b = 64, B = 6b, importance
-    steps throughout) importance batches normalised by their own statistics ended with a higher
-    training loss than uniform batches in every seed without augmentation; with crop and flip they
-    ended level with it, and about a point lower in test accuracy in every seed. Weighting the
-    statistics did worse: several of its runs collapsed when one heavy weight took over a batch's
-    statistics. The same network with GroupNorm in place of batch norm ended with a
-    lower training loss than uniform in every seed of both regimes. If your batch-norm layers are
-    frozen (eval mode throughout), or you want the authors' behaviour, pass ``batch_norm="train"``;
-    to use the method, replace the layers (:func:`ismod.models.replace_batch_norm` with
-    ``"group"``), and check that the replacement costs your network less than the steps save (it
-    did not here: Chapter 5c).
         loss_fn: per-sample loss, ``(logits, targets) -> (b,)``; softmax cross-entropy by default.
         logits: where the logits are in the model's output, for models that return a tuple or a dict:
             a key, an index or a function of the output (default: the output is the logits).
