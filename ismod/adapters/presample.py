@@ -156,8 +156,9 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
     every gradient through them, differ from a uniform batch's. In Chapter 5c's batch-norm test (cpu
     scale, a small convolutional network on CIFAR-10, 5 seeds an arm, b = 64, B = 6b, importance
     steps throughout) importance batches normalised by their own statistics ended with a higher
-    training loss than uniform batches in every seed without augmentation; with crop and flip they
-    ended level with it, and about a point lower in test accuracy in every seed. Weighting the
+    training loss than uniform batches in every seed without augmentation; with crop and flip the
+    test could not tell their training losses apart, and they ended about a point lower in test
+    accuracy in every seed. Weighting the
     statistics did worse: several of its runs collapsed when one heavy weight took over a batch's
     statistics. The same network with GroupNorm in place of batch norm ended with a lower training
     loss than uniform in every seed of both regimes. If your batch-norm layers are
