@@ -322,6 +322,18 @@ def test_scoring_leaves_batch_norm_statistics_alone():
     assert not torch.equal(model[1].running_mean, before)
 
 
+def _tau_switch_run(model, **options) -> ismod.TauSwitchSampler:
+    """One epoch of blobs with a low threshold, so that a sampler allowed to switch does."""
+    sampler = ismod.TauSwitchSampler(model, 600, 20, threshold=1.02, **options)
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    for x, y in DataLoader(blobs(600), batch_sampler=sampler):
+        loss = sampler.loss(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return sampler
+
+
 @pytest.mark.parametrize("batch_norm", ["train", "weighted"])
 def test_tau_switch_sampler_weights_batch_norm_statistics_on_importance_steps_only(
     batch_norm, monkeypatch
@@ -338,14 +350,7 @@ def test_tau_switch_sampler_weights_batch_norm_statistics_on_importance_steps_on
         return weighted_statistics(model, weights)
 
     monkeypatch.setattr(presample, "weighted_statistics", spy)
-    model = small_classifier()
-    sampler = ismod.TauSwitchSampler(model, 600, 20, threshold=1.02, batch_norm=batch_norm)
-    opt = torch.optim.SGD(model.parameters(), lr=0.2)
-    for x, y in DataLoader(blobs(600), batch_sampler=sampler):
-        loss = sampler.loss(x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+    sampler = _tau_switch_run(small_classifier(), batch_norm=batch_norm)
     assert sampler.importance_steps > 0
     if batch_norm == "train":
         assert entered == []
@@ -353,18 +358,6 @@ def test_tau_switch_sampler_weights_batch_norm_statistics_on_importance_steps_on
         assert len(entered) == sampler.importance_steps
         assert all(w.shape == (20,) and (w > 0).all() for w in entered)
         assert any(w.std() > 0 for w in entered)  # the step's own importance weights, not ones
-
-
-def _tau_switch_run(model, **options) -> ismod.TauSwitchSampler:
-    """One epoch of blobs with a low threshold, so that a sampler allowed to switch does."""
-    sampler = ismod.TauSwitchSampler(model, 600, 20, threshold=1.02, **options)
-    opt = torch.optim.SGD(model.parameters(), lr=0.2)
-    for x, y in DataLoader(blobs(600), batch_sampler=sampler):
-        loss = sampler.loss(x, y)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return sampler
 
 
 def test_tau_switch_by_default_takes_no_importance_step_on_a_batch_normalised_model():
