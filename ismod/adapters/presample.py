@@ -49,7 +49,7 @@ from ._epochs import EpochPosition, Pairing
 _PROBE_CALLS = range(10, 15)
 
 # How an importance step in one's own loop can normalise its batch (TauSwitchSampler's batch_norm);
-# "auto" takes no importance step on a network with batch norm (Chapter 5's batch-norm test).
+# "auto" takes no importance step on a network with batch norm (Chapter 5c's batch-norm test).
 OWN_LOOP_BATCH_NORM: tuple[str, ...] = ("auto", "train", "weighted")
 
 
@@ -158,14 +158,13 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
     steps throughout) importance batches normalised by their own statistics ended with a higher
     training loss than uniform batches in every seed without augmentation; with crop and flip the
     test could not tell their training losses apart, and they ended about a point lower in test
-    accuracy in every seed. Weighting the
-    statistics did worse: several of its runs collapsed when one heavy weight took over a batch's
-    statistics. The same network with GroupNorm in place of batch norm ended with a lower training
-    loss than uniform in every seed of both regimes. If your batch-norm layers are
-    frozen (eval mode throughout), or you want the authors' behaviour, pass ``batch_norm="train"``;
-    to use the method, replace the layers (:func:`ismod.models.replace_batch_norm` with
-    ``"group"``), and check that the replacement costs your network less than the steps save (it
-    did not here: Chapter 5c).
+    accuracy in every seed. Weighting the statistics did worse: several of its runs collapsed when
+    one heavy weight took over a batch's statistics. The same network with GroupNorm in place of
+    batch norm ended with a lower training loss than uniform in every seed of both regimes. If your
+    batch-norm layers are frozen (eval mode throughout), or you want the authors' behaviour, pass
+    ``batch_norm="train"``; to use the method, replace the layers
+    (:func:`ismod.models.replace_batch_norm` with ``"group"``), and check that the replacement costs
+    your network less than the steps save (it did not here: Chapter 5c).
 
     Args:
         model: the network, returning logits (its last layer linear, for the bound).
@@ -221,13 +220,13 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
                          presample_cap, batch_norm)  # fmt: skip
         self.batch_norm = batch_norm
         # False: "auto" on a network with batch norm, whose importance batches trained worse than
-        # uniform ones in Chapter 5's test (see the class docstring)
+        # uniform ones in Chapter 5c's test (see the class docstring)
         self.importance_allowed = batch_norm != "auto" or not has_batch_norm(model)
         if not self.importance_allowed:
             warnings.warn(
                 "TauSwitchSampler: the model has batch-norm layers, so with batch_norm='auto' it takes "
                 "no importance step and trains on uniform batches (importance batches change the "
-                "layers' statistics, and trained worse than uniform ones in the course's Chapter 5). "
+                "layers' statistics, and trained worse than uniform ones in the course's Chapter 5c). "
                 "Replace the layers (ismod.models.replace_batch_norm(model, 'group')) to use the "
                 "method, or pass batch_norm='train' to switch anyway.",
                 stacklevel=2,
