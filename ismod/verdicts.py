@@ -88,8 +88,8 @@ def paired_mean(results: dict[str, list[Any]], c: Comparison) -> float | None:
     """The mean over shared seeds of ``c.arm`` − ``c.baseline`` (after ``c.transform``: for a
     log-transformed metric, the mean log ratio), the point estimate of :func:`exploratory` and
     :func:`primary`; unlike them it is defined for one seed. None if the arms share no seed."""
-    a, b = _paired(results, c)
-    return statistics.fmean(x - y for x, y in zip(a, b)) if a else None
+    differences = paired_values(results, c)
+    return statistics.fmean(differences.values()) if differences else None
 
 
 def exploratory(
