@@ -382,20 +382,37 @@ def _chapter5_base(scale: str) -> Config:
 
 def chapter5(scale: str) -> Suite:
     """Equal wall-clock time: uniform vs Algorithm 1 with the upper bound vs Algorithm 1 with the loss."""
-    base = _chapter5_base(scale)
+    base = _race_base(scale, "ch5")
     seeds = _seeds(scale)
-    # three seeds at cpu scale: a seconds budget pairs seeds only on one machine in one state, and the
-    # machine these ran on is gone (Chapter 6's primary comparisons add the cost-model grid's five)
+    scorer = _race_scorer(scale)
+    # three seeds at cpu scale: a seconds budget pairs seeds only on one machine in one state
+    # (Chapter 6's primary comparisons add the cost-model grid's five)
     return {
         "uniform": _arm(base, "uniform", "uniform", {}, seeds),
-        "upper bound, τ switch": _arm(base, "bound-tau", "presample", {"score": "bound"}, seeds),
-        "loss, τ switch": _arm(base, "loss-tau", "presample", {"score": "loss"}, seeds),
+        "upper bound, τ switch": _arm(
+            base, "bound-tau", "presample", {"score": "bound", **scorer}, seeds
+        ),
+        "loss, τ switch": _arm(base, "loss-tau", "presample", {"score": "loss", **scorer}, seeds),
         # the switch forced (τ_th = 1: importance sampling from the first step τ exceeds 1), to test the
         # cost model's prediction where the rule would have stayed uniform
         "upper bound, always": _arm(
-            base, "bound-always", "presample", {"score": "bound", "threshold": 1.0}, seeds
+            base, "bound-always", "presample", {"score": "bound", "threshold": 1.0, **scorer}, seeds
         ),
     }
+
+
+def _race_scorer(scale: str) -> dict[str, Any]:
+    """The presample arms' scoring in the equal-time races: at ``cpu`` and ``smoke`` scale the fixed
+    scorer (the augmented images the step trains on, as the authors' library scores); the ``gpu`` race
+    is as saved, scoring clean images, until a GPU re-runs it."""
+    return {"score_augmented": True} if scale in ("cpu", "smoke") else {}
+
+
+def _race_base(scale: str, name: str) -> Config:
+    """Chapter 5's base named for the equal-time race. At ``cpu`` scale every arm of the race was
+    re-run together with the fixed scorer (``ch5r``, ``ch6r``): a seconds budget pairs seeds only on
+    one machine in one state, so the uniform and other arms were re-run beside the fixed ones."""
+    return _chapter5_base(scale).replace(name=f"{name}r" if scale == "cpu" else name)
 
 
 def chapter5_tau(scale: str) -> Suite:
@@ -714,7 +731,6 @@ def chapter6(scale: str) -> Suite:
     uniform, Algorithm 1 with the loss and with the upper bound (τ switch), online batch selection,
     prioritised replay and selective backprop. The first three are Chapter 5's runs, config for
     config, so a book that ran Chapter 5 reuses them."""
-    base = _chapter5_base(scale)
     seeds = _seeds(scale)
     reused = {k: v for k, v in chapter5(scale).items() if k != "upper bound, always"}
     others = {
@@ -722,7 +738,7 @@ def chapter6(scale: str) -> Suite:
         "prioritised replay": ("per", PER_AS_SAVED),
         "selective backprop": ("selective_backprop", {"beta": 3.0}),
     }
-    ch6 = base.replace(name="ch6")
+    ch6 = _race_base(scale, "ch6")
     return {
         **reused,
         **{
