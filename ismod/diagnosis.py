@@ -38,6 +38,7 @@ __all__ = [
     "BATCH_NORM_EXPLORATORY",
     "BATCH_NORM_PRICE",
     "FREE_SCORE_RACE",
+    "FREE_SCORE_EXPLORATORY",
     "prediction_rows",
     "prediction_markdown",
     "rule_check_table",
@@ -333,6 +334,15 @@ def _free_score_race() -> list[tuple[Comparison, tuple[str, ...], str]]:
 
 
 FREE_SCORE_RACE: list[tuple[Comparison, tuple[str, ...], str]] = _free_score_race()
+
+
+def _free_score_exploratory() -> list[Comparison]:
+    """The free-score race's exploratory comparisons (no verdict): each primary pair in test accuracy."""
+    return [Comparison(c.arm, c.baseline, "test_accuracy", 0.01, label=f"{c.label}, test accuracy")
+            for c, _, _ in FREE_SCORE_RACE]  # fmt: skip
+
+
+FREE_SCORE_EXPLORATORY: list[Comparison] = _free_score_exploratory()
 
 
 def prediction_rows(results: dict[str, list[Any]],
