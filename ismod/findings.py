@@ -56,6 +56,7 @@ __all__ = [
     "overfit_pilot_table",
     "chapter6_exploratory",
     "with_modelled_clock",
+    "race_clock",
     "chapter6_speed_primary",
     "speed_rows",
     "chapter6_speed_verdicts",
@@ -533,6 +534,13 @@ def overfit_pilot_table(pilot: dict[str, list[Result]], threshold: float = 0.99)
         when = "–" if fit is None else f"epoch {fit:g} of {r.history[-1]['epoch']:g}"
         lines.append(f"| {label} | {path} | {when} | {r.final['test_accuracy']:.1%} |")
     return "\n".join(lines)
+
+
+def race_clock(runs: dict[str, list[Result]]) -> str:
+    """The history key a race's time budget counts in: ``"modelled_seconds"`` when any run has a
+    cost-model budget (read it after :func:`with_modelled_clock`), else ``"wall_time"``."""
+    modelled = any(r.config.get("budget") == "modelled_seconds" for rs in runs.values() for r in rs)
+    return "modelled_seconds" if modelled else "wall_time"
 
 
 def with_modelled_clock(runs: dict[str, list[Result]]) -> dict[str, list[Result]]:

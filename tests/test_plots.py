@@ -228,8 +228,42 @@ def test_comparison_ratios_draws_each_seeds_ratio_and_the_rows_interval():
     bars = [line for line in ax.lines if line.get_linestyle() == "-" and line.get_linewidth() == 3]
     assert [list(b.get_xdata()) for b in bars] == [[pytest.approx(0.5), pytest.approx(2.0)]]
     assert [t.get_text() for t in ax.get_yticklabels()] == ["forced"]
+    # a range under a decade is labelled in 1-2-5 steps, not by ×1 alone
+    ax.figure.canvas.draw()
+    shown = [t.get_text() for t in ax.get_xticklabels() if t.get_text()]
+    assert {"×0.5", "×1", "×2"} <= set(shown)
     with pytest.raises(ValueError, match="labels has 2 names for 1 rows"):
         plots.comparison_ratios(results, [row], labels=["a", "b"])
     with pytest.raises(ValueError, match="not of a log ratio"):
         plots.comparison_ratios(results, [{"comparison": Comparison("forced", "uniform", "loss")}])
+    plt.close("all")
+
+
+def test_a_cost_model_race_is_drawn_in_its_budgets_seconds():
+    from ismod import findings
+    from ismod.experiments import Config, Result
+
+    def run(steps, modelled, budget="modelled_seconds"):
+        config = Config(budget=budget, step_seconds=0.5 if budget == "modelled_seconds" else 0.0)
+        history = [{"step": k, "wall_time": 10.0 * k, "modelled_seconds": 0.5 * k, "loss": 1.0 / (k + 1)}
+                   for k in (0, steps // 2, steps)]  # fmt: skip
+        timing = {"data": 1.0, "forward_backward": 5.0, "optimizer": 1.0, "selection": 3.0}
+        return Result(
+            config.to_dict(), {}, history, timing, {"steps": steps, "modelled_seconds": modelled}
+        )
+
+    race = {"uniform": [run(10, 5.0), run(10, 5.0)], "scored": [run(6, 4.0)]}
+    assert findings.race_clock(race) == "modelled_seconds"
+    assert findings.race_clock({"u": [run(10, 0.0, budget="seconds")]}) == "wall_time"
+    ax = plots.panels(1)[0]
+    parts = plots.time_breakdown(race, ax=ax, clock="modelled_seconds")
+    # training: steps × step_seconds; selection: the rest of the budget's clock; no evaluation
+    assert parts["scored"] == {"training": 3.0, "selection": 1.0, "evaluation": 0.0}
+    assert parts["uniform"]["selection"] == 0.0
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["training", "selection"]
+    assert plots.time_breakdown(race)["scored"]["training"] == 7.0  # the clock's own seconds
+    ax = plots.panels(1)[0]
+    curves = plots.relative_to_baseline(race, "uniform", lambda h: h["loss"], ax=ax,
+                                        x="modelled_seconds")  # fmt: skip
+    assert curves["scored"][0] == [1.5, 3.0] and ax.get_xlabel() == "modelled seconds"
     plt.close("all")

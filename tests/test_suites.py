@@ -33,8 +33,7 @@ def test_every_suite_is_valid_and_its_runs_are_distinct(scale):
 
 def test_seed_counts_follow_the_issues():
     # five seeds for every arm a declared primary comparison reads, where a cpu run costs under a
-    # minute; the seconds race keeps its three (a fourth seed on another day's machine would not
-    # pair) and is exploratory at cpu scale, where Chapter 6 declares its cost-model race instead
+    # minute; the race's other arms keep three
     grids = {**suites.chapter3("cpu"), **suites.chapter3_report("cpu"), **suites.chapter7("cpu"),
              **suites.chapter7_overfit("cpu"), **suites.chapter5_prediction("cpu"),
              **suites.chapter6_modelled("cpu")}  # fmt: skip
@@ -50,6 +49,8 @@ def test_seed_counts_follow_the_issues():
             expected = 3 if name in race else 5
             assert len(grids.get(name, race.get(name, ()))) == expected, name
     primary_arms = {name for c in declared for name in (c.arm, c.baseline)}
+    # at cpu scale Chapters 5 and 6 show the cost-model race, whose declared arms have five seeds
+    primary_arms |= set(suites.CHAPTER6_PRIMARY_ARMS)
     for grid in (
         suites.chapter3("cpu"),
         suites.chapter5("cpu"),
@@ -161,6 +162,22 @@ def test_result_readers():
     assert findings.tau_crossing(r) == 1.0
     history[-1]["tau_threshold"] = 3.0  # never above 3
     assert findings.tau_crossing(r) is None
+
+
+def test_the_cpu_race_is_the_cost_model_race_and_scores_what_it_trains_on():
+    # a seconds budget on a shared CPU measures the machine, so at cpu and smoke scale Chapters 5 and
+    # 6 read the cost-model race (the same saved runs); a GPU race stays in seconds
+    for scale in ("cpu", "smoke"):
+        modelled = suites.chapter6_modelled(scale)
+        race = suites.equal_time(scale)
+        assert race == {arm: modelled[suites.modelled_label(arm)] for arm in race}
+        presample = [c for runs in race.values() for c in runs if c.strategy == "presample"]
+        assert presample and all(c.strategy_options["score_augmented"] for c in presample)
+    gpu = suites.equal_time("gpu")
+    assert {c.budget for runs in gpu.values() for c in runs} == {"seconds"}
+    # the saved gpu race predates the scorer fix and keeps its hashes until a GPU re-runs it
+    assert all(not c.strategy_options["score_augmented"]
+               for runs in gpu.values() for c in runs if c.strategy == "presample")  # fmt: skip
 
 
 def test_chapter6_reuses_chapter5_runs_and_adds_the_other_strategies():
@@ -405,7 +422,7 @@ def test_the_cost_model_race_charges_the_step_costs_measured_alone():
     import json
 
     saved = json.loads((ROOT / "benchmarks/results/step-costs-cpu.json").read_text())
-    race = suites.equal_time("cpu")
+    race = suites._equal_time_seconds("cpu")
     assert set(suites.MODELLED_STEP_COSTS) == set(saved["step_seconds"]) == set(race)
     grid = suites.chapter6_modelled("cpu")
     assert set(grid) == {suites.modelled_label(a) for a in race}
@@ -459,3 +476,7 @@ def test_the_batch_norm_tests_comparisons_name_its_arms_five_seeds_each():
     race = suites.chapter5_free_scores("cpu")
     for c, _, _ in diagnosis.FREE_SCORE_RACE:
         assert len(race[c.arm]) == 5 and len(race[c.baseline]) == 5, c.label
+    # its exploratory rows are the same pairs, in test accuracy
+    assert [(c.arm, c.baseline, c.metric) for c in diagnosis.FREE_SCORE_EXPLORATORY] == [
+        (c.arm, c.baseline, "test_accuracy") for c, _, _ in diagnosis.FREE_SCORE_RACE
+    ]

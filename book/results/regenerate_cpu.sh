@@ -5,10 +5,9 @@
 # takes at most about 45 minutes (Chapter 5's dissection is two grids, chapter5_dissection_weights and
 # _changes, for that reason), except Chapter 7's room-to-overfit grid: its 16 runs beyond the pilot
 # took 47 minutes on 2026-12-03. The order keeps compared arms together: the pilots first, then
-# Chapters 5 and 6's seven equal-time arms interleaved seed by seed (no other work on the machine
-# meanwhile: a seconds budget pairs seeds only on one machine in one state), Chapter 6's race under a
-# cost model (its modelled budget does not mind a busy machine) and its time-to-target race of the
-# descendants, Chapter 5's diagnosis at equal steps
+# Chapters 5 and 6's seven equal-time arms (at cpu scale the race under a cost model, whose modelled
+# budget does not mind a busy machine; equal_time and chapter6_modelled name the same runs) and the
+# time-to-target race of the descendants, Chapter 5's diagnosis at equal steps
 # and forward passes, then the epoch-budgeted grids of Chapters 4, 3 and 7.
 # Saved results with the same config, data and behaviour version are kept, so an interrupted run
 # resumes where it stopped. Run from a clean checkout (the commit goes into every result).
