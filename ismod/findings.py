@@ -484,12 +484,13 @@ def chapter3_numbers(grid: dict[str, list[Result]], report: dict[str, list[Resul
 
 
 def chapter6_exploratory(results: dict[str, list[Result]], scale: str) -> list[dict[str, Any]]:
-    """Every race arm against its race's uniform (the seconds race, and the cost-model race where
-    ``results`` holds it), test accuracy then the training-loss ratio, except the pairs
-    :func:`chapter6_primary` declares: exploratory."""
+    """Every race arm against its race's uniform, test accuracy then the training-loss ratio, except
+    the pairs :func:`chapter6_primary` declares: exploratory. On a GPU the race is the seconds one;
+    at ``cpu`` and ``smoke`` scale it is the cost-model race (:func:`ismod.suites.chapter5`), read
+    under its ``modelled_label`` names only, since its plain labels name the same runs."""
     declared = {(c.arm, c.baseline) for c in chapter6_primary(scale)}
     others = []
-    for label in (str, modelled_label):  # the seconds race's labels, then the cost-model race's
+    for label in (modelled_label,) if scale in ("cpu", "smoke") else (str,):
         uniform = label("uniform")
         others += [(label(a), uniform) for a in RACE_ARMS if a != "uniform" and uniform in results
                    and label(a) in results and (label(a), uniform) not in declared]  # fmt: skip
