@@ -23,7 +23,7 @@ Private helpers (a leading underscore) sit in their user's layer; ``tests/test_l
 list, and this docstring and the architecture notes are checked against it.
 """
 
-__version__ = "0.6.0"  # CHANGELOG.md says what each version changed
+__version__ = "0.7.0"  # CHANGELOG.md says what each version changed
 
 # What a training loop of your own needs, importable from the top: ``from ismod import LossSampler``.
 from .adapters import (
