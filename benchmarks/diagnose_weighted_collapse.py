@@ -32,6 +32,7 @@ import datetime
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 
@@ -58,6 +59,17 @@ parser.add_argument(
     "--run-note", default="", help="with --from-full: how the run was made (threads, load)"
 )
 args = parser.parse_args()
+
+
+def _command() -> str:
+    """This invocation as a shell command, with paths inside the repository made relative to it."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    def relative(arg: str) -> str:
+        inside = os.path.isabs(arg) and os.path.commonpath([root, arg]) == root
+        return os.path.relpath(arg, root) if inside else arg
+
+    return shlex.join(["python", *map(relative, sys.argv)])
 
 
 def write_summary(path: str, full: dict) -> None:
@@ -89,7 +101,7 @@ if args.from_full:
             "command": f"python benchmarks/diagnose_weighted_collapse.py FULL.json --variant {full['variant']}",
         },
     )
-    full["provenance"]["summarised"] = " ".join(["python", *sys.argv])
+    full["provenance"]["summarised"] = _command()
     write_summary(args.out, full)
     sys.exit(0)
 
@@ -156,7 +168,7 @@ commit = subprocess.run(
 provenance = {"git_commit": f"{commit} (ismod); script benchmarks/diagnose_weighted_collapse.py",
               "device": f"CPU ({platform.machine()}, {os.cpu_count()} cores), {torch.get_num_threads()} torch thread(s)",
               "data": "CIFAR-10 (JPEG q75 copy)", "date": datetime.date.today().isoformat(),
-              "command": " ".join(["python", *sys.argv])}  # fmt: skip
+              "command": _command()}  # fmt: skip
 full = {"config": config.to_dict(), "variant": args.variant, "history": history, "final": result.final,
         "steps": steps, "provenance": provenance}  # fmt: skip
 if args.full:

@@ -273,6 +273,12 @@ def _batch_norm_test() -> list[tuple[Comparison, tuple[str, ...], str]]:
 BATCH_NORM_TEST: list[tuple[Comparison, tuple[str, ...], str]] = _batch_norm_test()
 
 
+def _in_test_accuracy(arm: str, baseline: str, label: str) -> Comparison:
+    """``arm`` − ``baseline`` in test accuracy (margin one point), labelled ``"{label}, test accuracy"``:
+    the exploratory companion of a comparison declared in training loss."""
+    return Comparison(arm, baseline, "test_accuracy", 0.01, label=f"{label}, test accuracy")
+
+
 def _batch_norm_price() -> list[Comparison]:
     """What giving up batch norm cost (exploratory): in each augmentation, forced importance with
     GroupNorm against uniform with batch norm, in training loss and test accuracy — does importance
@@ -288,9 +294,7 @@ def _batch_norm_price() -> list[Comparison]:
                 arm, baseline, "train_eval_loss", _LOSS_MARGIN, math.log, f"{label}, training loss"
             )
         )
-        out.append(
-            Comparison(arm, baseline, "test_accuracy", 0.01, label=f"{label}, test accuracy")
-        )
+        out.append(_in_test_accuracy(arm, baseline, label))
     return out
 
 
@@ -303,9 +307,7 @@ def _batch_norm_exploratory() -> list[Comparison]:
     :data:`BATCH_NORM_PRICE`."""
     out = []
     for c, _, _ in BATCH_NORM_TEST:
-        out.append(
-            Comparison(c.arm, c.baseline, "test_accuracy", 0.01, label=f"{c.label}, test accuracy")
-        )
+        out.append(_in_test_accuracy(c.arm, c.baseline, c.label))
         out.append(Comparison(c.arm, c.baseline, "train_mode_loss", _LOSS_MARGIN, math.log,
                               f"{c.label}, training-mode loss"))  # fmt: skip
     return out + BATCH_NORM_PRICE
@@ -338,8 +340,7 @@ FREE_SCORE_RACE: list[tuple[Comparison, tuple[str, ...], str]] = _free_score_rac
 
 def _free_score_exploratory() -> list[Comparison]:
     """The free-score race's exploratory comparisons (no verdict): each primary pair in test accuracy."""
-    return [Comparison(c.arm, c.baseline, "test_accuracy", 0.01, label=f"{c.label}, test accuracy")
-            for c, _, _ in FREE_SCORE_RACE]  # fmt: skip
+    return [_in_test_accuracy(c.arm, c.baseline, c.label) for c, _, _ in FREE_SCORE_RACE]
 
 
 FREE_SCORE_EXPLORATORY: list[Comparison] = _free_score_exploratory()

@@ -417,6 +417,13 @@ def sampling_drift(
     ax.legend()
 
 
+# axis labels of a race's clocks (the history keys a time budget counts in)
+CLOCK_LABELS: dict[str, str] = {
+    "wall_time": "training seconds",
+    "modelled_seconds": "modelled seconds",
+}
+
+
 def time_breakdown(
     results: Mapping[str, Sequence], *, ax: Axes | None = None, clock: str = "wall_time"
 ) -> dict[str, dict[str, float]]:
@@ -453,13 +460,6 @@ def time_breakdown(
     ax.set(xlabel=f"{CLOCK_LABELS.get(clock, clock)} per run")
     ax.legend()
     return parts
-
-
-# axis labels of a race's clocks (the history keys a time budget counts in)
-CLOCK_LABELS: dict[str, str] = {
-    "wall_time": "training seconds",
-    "modelled_seconds": "modelled seconds",
-}
 
 
 def relative_to_baseline(results: Mapping[str, Sequence], baseline: str, key: Callable[[dict], float], *,

@@ -224,11 +224,9 @@ class TauSwitchSampler(EpochPosition, Sampler[list[int]]):
         self.importance_allowed = batch_norm != "auto" or not has_batch_norm(model)
         if not self.importance_allowed:
             warnings.warn(
-                "TauSwitchSampler: the model has batch-norm layers, so with batch_norm='auto' it takes "
-                "no importance step and trains on uniform batches (importance batches change the "
-                "layers' statistics, and trained worse than uniform ones in the course's Chapter 5c). "
-                "Replace the layers (ismod.models.replace_batch_norm(model, 'group')) to use the "
-                "method, or pass batch_norm='train' to switch anyway.",
+                "TauSwitchSampler: the model has batch-norm layers, so batch_norm='auto' trains on "
+                "uniform batches only (the class docstring says why). To use the method, use "
+                "ismod.models.replace_batch_norm(model, 'group'), or pass batch_norm='train'.",
                 stacklevel=2,
             )
         self.model, self.score, self.loss_fn = model, score, loss_fn or cross_entropy_loss()
